@@ -1,0 +1,75 @@
+"""What every command-line tool shares: error handling, logging, table output."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import polars as pl
+
+from ._atomic import atomic_file
+from .errors import InputError
+
+EXIT_INPUT = 2
+DEBUG_ENV = "PAMELA_LITE_DEBUG"
+
+
+def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
+    """Call a CLI's main; bad input → one line on stderr and exit 2, never a traceback.
+
+    Set PAMELA_LITE_DEBUG=1 to see the traceback of an unexpected error.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        return main(argv)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except Exception as err:  # an unexpected failure is still one line unless debugging
+        if os.environ.get(DEBUG_ENV):
+            raise
+        first = str(err).splitlines()[0] if str(err) else ""
+        print(f"error: unexpected {type(err).__name__}: {first} (set {DEBUG_ENV}=1 for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+def parse_kshot(text: str) -> tuple[int, ...]:
+    """``"0,10,50"`` → (0, 10, 50)."""
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise InputError(None, f"--kshot takes whole numbers separated by commas, not {text!r}") from None
+    if not values or min(values) < 0:
+        raise InputError(None, f"--kshot takes whole numbers >= 0, not {text!r}")
+    return values
+
+
+def write_table(frame: pl.DataFrame, path: str | Path) -> None:
+    """Write a table by its suffix (.csv, .parquet, .json), atomically."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    writers = {".csv": frame.write_csv, ".parquet": frame.write_parquet, ".json": frame.write_json}
+    if suffix not in writers:
+        raise InputError(path, f"unknown output type {suffix!r}; use .csv, .parquet or .json")
+    with atomic_file(path, suffix) as tmp:
+        writers[suffix](tmp)
+
+
+class Stopwatch:
+    """Log how long each step takes (to stderr), so long work is never silent."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.start = time.perf_counter()
+
+    def step(self, message: str) -> None:
+        if not self.quiet:
+            print(f"[{time.perf_counter() - self.start:6.1f}s] {message}", file=sys.stderr, flush=True)

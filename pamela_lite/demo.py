@@ -1,0 +1,289 @@
+"""A deterministic, PAMELA-shaped demo world, written in PAMELA's own on-disk layout.
+
+The real PAMELA release cannot be downloaded everywhere, so the toolkit ships a generator that
+mimics its published statistics (see ``shared/reference/pamela.md``): 199 participants, about 5k
+images rated by about 14 people each, 21 visual groups, 26 art styles, Art/Photorealism,
+demographics, and the five splits in PAMELA's proportions.
+
+Taste in the demo has the structure a personalized model should find:
+
+* a population appeal that the image embedding carries (some images are simply better);
+* shared low-rank taste (people differ along a few common directions of image content);
+* categorical likes and dislikes (a person loves food photos, hates abstract art);
+* demographic effects (age and gender shift the liking of some groups);
+* per-user use of the rating scale (ordinal thresholds with a personal shift and spread);
+* rating noise.
+
+The noise-free utilities and the expected rating of every pair are written to
+``demo_truth.parquet``, so evaluation can print the noise ceiling: what a model that knew the
+true utility would score.
+
+Usage::
+
+    python -m pamela_lite.demo --out DIR [--seed N] [--scale 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from scipy.special import ndtr
+
+from ._atomic import atomic_dir
+
+GROUPS = (
+    "abstract", "animal", "architecture", "automotive", "cinematic", "cityscape", "fashion",
+    "flower painting", "food", "landscape art", "landscape photo", "lifestyle", "portrait art",
+    "portrait photo", "product", "scene", "special", "sports", "still life", "street", "travel",
+)
+ART_GROUPS = ("abstract", "flower painting", "landscape art", "portrait art", "still life", "special")
+STYLES = tuple(f"style_{k:02d}" for k in range(26))
+NATIONALITIES = tuple(f"country_{k:02d}" for k in range(23))
+GENDERS = ("male", "female", "prefer not to say")
+GENDER_SHARE = (40525, 29086, 293)  # PAMELA's ratings by gender
+
+# PAMELA's ratings per split (pamela.md); the demo keeps these proportions.
+SPLIT_RATINGS = {
+    "train": 50222, "val_seen": 6551, "test_seen": 9735, "val_unseen": 926, "test_unseen": 2470,
+}
+TRUTH_FILE = "demo_truth.parquet"
+EMBEDDINGS_FILE = "embeddings.parquet"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Sizes of the demo world; the defaults are PAMELA's."""
+
+    n_users: int = 199
+    n_images: int = 5077
+    n_ratings: int = 69904
+    dim: int = 512
+    scale: int = 5
+    latent: int = 24
+    taste_rank: int = 6
+    noise: float = 0.55
+    seed: int = 0
+
+
+def _age_bin(age: np.ndarray) -> list[str]:
+    lower = (age // 10) * 10
+    return [f"{lo}-{lo + 9}" for lo in lower]
+
+
+def _split_counts(total: int, weights: dict[str, int]) -> dict[str, int]:
+    share = np.array(list(weights.values()), dtype=float)
+    counts = np.floor(share / share.sum() * total).astype(int)
+    counts[0] += total - counts.sum()
+    return dict(zip(weights, counts.tolist()))
+
+
+def _make_images(cfg: DemoConfig, rng: np.random.Generator):
+    n, L = cfg.n_images, cfg.latent
+    group = rng.integers(0, len(GROUPS), n)
+    is_art = np.isin(np.array(GROUPS)[group], ART_GROUPS) | (rng.random(n) < 0.12)
+    style = np.where(is_art, rng.integers(0, len(STYLES), n), -1)
+
+    group_centre = rng.normal(0, 1.0, (len(GROUPS), L))
+    style_offset = rng.normal(0, 0.6, (len(STYLES), L))
+    type_offset = rng.normal(0, 0.5, (2, L))
+    content = (
+        group_centre[group]
+        + np.where(style[:, None] >= 0, style_offset[np.maximum(style, 0)], 0.0)
+        + type_offset[is_art.astype(int)]
+        + rng.normal(0, 0.7, (n, L))
+    )
+    # A CLIP-like embedding: a shared direction, content seen through a random linear map,
+    # and nuisance dimensions the encoder sees but taste ignores.
+    mixing = rng.normal(0, 1.0 / np.sqrt(L), (L, cfg.dim))
+    common = rng.normal(0, 1.0, cfg.dim)
+    emb = 1.5 * common / np.linalg.norm(common) * np.sqrt(cfg.dim) / 8
+    emb = emb + content @ mixing + rng.normal(0, 0.35, (n, cfg.dim))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+
+    types = np.where(is_art, "Art", "Photorealism")
+    names = np.array(GROUPS)[group]
+    images = pl.DataFrame({
+        "image_id": np.arange(100000, 100000 + n, dtype=np.int64),
+        "image_path": [f"images/{g.replace(' ', '_')}/{100000 + i}.png" for i, g in enumerate(names)],
+        "group": names,
+        "style": [STYLES[s] if s >= 0 else None for s in style],
+        "type": types,
+        "prompt": [f"a {t.lower()} {g} image, variation {i % 97}" for i, (t, g) in enumerate(zip(types, names))],
+    })
+    return images, content, group, style, is_art, emb.astype(np.float32)
+
+
+def _make_users(cfg: DemoConfig, rng: np.random.Generator) -> pl.DataFrame:
+    n = cfg.n_users
+    age = rng.integers(19, 61, n)
+    p = np.array(GENDER_SHARE, dtype=float)
+    gender = rng.choice(len(GENDERS), n, p=p / p.sum())
+    nat_weights = rng.dirichlet(np.full(len(NATIONALITIES), 0.7))
+    nationality = rng.choice(len(NATIONALITIES), n, p=nat_weights)
+    return pl.DataFrame({
+        "participant_id": [f"p{k:04d}" for k in range(n)],
+        "age": age.astype(np.int64),
+        "age_binned": _age_bin(age),
+        "gender": np.array(GENDERS)[gender],
+        "nationality": np.array(NATIONALITIES)[nationality],
+    })
+
+
+def _utilities(cfg, rng, users, content, group, style, is_art):
+    """Noise-free utility of every (user, image): the demo's ground truth."""
+    n_users, L = cfg.n_users, cfg.latent
+    appeal_dir = rng.normal(0, 1.0, L) / np.sqrt(L)
+    population = 0.9 * (content @ appeal_dir)
+
+    taste_basis = rng.normal(0, 1.0, (cfg.taste_rank, L)) / np.sqrt(L)
+    user_taste = rng.normal(0, 0.75, (n_users, cfg.taste_rank))
+    shared = user_taste @ (content @ taste_basis.T).T  # users x images
+
+    group_like = np.zeros((n_users, len(GROUPS)))
+    for u in range(n_users):
+        liked, disliked = rng.choice(len(GROUPS), 2, replace=False), rng.choice(len(GROUPS), 2, replace=False)
+        group_like[u, liked] += 0.7
+        group_like[u, disliked] -= 0.7
+    style_like = rng.normal(0, 0.35, (n_users, len(STYLES)))
+    art_like = rng.normal(0, 0.3, n_users)
+
+    age = users["age"].to_numpy().astype(float)
+    age_z = (age - 40) / 12
+    female = (users["gender"] == "female").to_numpy().astype(float)
+    age_effect = rng.normal(0, 0.35, len(GROUPS))
+    gender_effect = rng.normal(0, 0.35, len(GROUPS))
+    demographic = np.outer(age_z, age_effect) + np.outer(female, gender_effect)
+
+    categorical = (group_like + demographic)[:, group]
+    categorical += np.where(style >= 0, style_like[:, np.maximum(style, 0)], 0.0)
+    categorical += np.outer(art_like, is_art.astype(float))
+    return population[None, :] + shared + categorical
+
+
+def _thresholds(cfg: DemoConfig, rng: np.random.Generator, utility: np.ndarray) -> np.ndarray:
+    """Per-user ordinal thresholds: a personal shift and spread of the population's cut points."""
+    qs = np.linspace(0, 1, cfg.scale + 1)[1:-1] ** 1.15  # lean a little toward the top of the scale
+    noisy = utility.ravel() + rng.normal(0, cfg.noise, utility.size)
+    base = np.quantile(noisy, qs)
+    shift = rng.normal(0, 0.45, (cfg.n_users, 1))
+    spread = np.exp(rng.normal(0, 0.2, (cfg.n_users, 1)))
+    return shift + spread * (base - base.mean()) + base.mean()
+
+
+def make_world(cfg: DemoConfig = DemoConfig()):
+    """Build the demo world in memory.
+
+    Returns
+    -------
+    images, users, ratings, truth : polars.DataFrame
+        Image metadata, participants, rating records (with ``split``) and ground truth.
+    embeddings : numpy.ndarray
+        (n_images, dim) float32, L2-normalised, row k belongs to ``images[k]``.
+    """
+    rng = np.random.default_rng(cfg.seed)
+    images, content, group, style, is_art, emb = _make_images(cfg, rng)
+    users = _make_users(cfg, rng)
+    utility = _utilities(cfg, rng, users, content, group, style, is_art)
+    utility = (utility - utility.mean()) / utility.std()
+    thresholds = _thresholds(cfg, rng, utility)
+
+    counts = _split_counts(cfg.n_ratings, SPLIT_RATINGS)
+    seen_total = counts["train"] + counts["val_seen"] + counts["test_seen"]
+    n_unseen = max(2, round(cfg.n_users * (cfg.n_ratings - seen_total) / cfg.n_ratings))
+    n_val_unseen = max(1, round(n_unseen * counts["val_unseen"] / (counts["val_unseen"] + counts["test_unseen"])))
+    user_split = np.array(["seen"] * (cfg.n_users - n_unseen) + ["val_unseen"] * n_val_unseen
+                          + ["test_unseen"] * (n_unseen - n_val_unseen))
+    rng.shuffle(user_split)
+
+    image_share = np.array([counts["train"], counts["val_seen"], counts["test_seen"]], float)
+    image_split = rng.choice(["train", "val_seen", "test_seen"], cfg.n_images, p=image_share / image_share.sum())
+
+    per_user = rng.normal(1.0, 0.15, cfg.n_users).clip(0.6, 1.4)
+    per_user = np.floor(per_user / per_user.sum() * cfg.n_ratings).astype(int)
+    per_user[: cfg.n_ratings - per_user.sum()] += 1
+    per_user = np.minimum(per_user, cfg.n_images)
+
+    rows_u, rows_i = [], []
+    for u in range(cfg.n_users):
+        rows_u.append(np.full(per_user[u], u))
+        rows_i.append(rng.choice(cfg.n_images, per_user[u], replace=False))
+    ru, ri = np.concatenate(rows_u), np.concatenate(rows_i)
+
+    true_u = utility[ru, ri]
+    latent = true_u + rng.normal(0, cfg.noise, len(ru))
+    thr = thresholds[ru]
+    score = 1 + (latent[:, None] > thr).sum(axis=1)
+    expected = 1 + ndtr((true_u[:, None] - thr) / cfg.noise).sum(axis=1)
+    split = np.where(user_split[ru] == "seen", image_split[ri], user_split[ru])
+
+    pid = users["participant_id"].to_numpy()[ru]
+    iid = images["image_id"].to_numpy()[ri]
+    ratings = pl.DataFrame({
+        "participant_id": pid, "image_id": iid, "original_score": score.astype(np.int64), "split": split,
+    })
+    truth = pl.DataFrame({
+        "participant_id": pid, "image_id": iid,
+        "utility": true_u.astype(np.float64), "expected_rating": expected.astype(np.float64),
+    })
+    return images, users, ratings, truth, emb
+
+
+def write_world(out: str | Path, cfg: DemoConfig = DemoConfig()) -> Path:
+    """Write the demo world to `out` in PAMELA's layout (atomically) and return `out`.
+
+    Layout: ``annotations/pamela_<split>.json``, ``embeddings.parquet`` and ``demo_truth.parquet``.
+    """
+    images, users, ratings, truth, emb = make_world(cfg)
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        (tmp / "annotations").mkdir()
+        records = (
+            ratings.join(images, on="image_id", how="left")
+            .join(users, on="participant_id", how="left")
+            .select(
+                "participant_id", "image_id", "image_path", "original_score", "split",
+                pl.struct("prompt", "group", "style", "type").alias("image_metadata"),
+                pl.struct("age", "age_binned", "gender", "nationality").alias("user_demographics"),
+            )
+        )
+        for split in SPLIT_RATINGS:
+            part = records.filter(pl.col("split") == split).drop("split")
+            part.write_json(tmp / "annotations" / f"pamela_{split}.json")
+        pl.DataFrame({
+            "image_id": images["image_id"],
+            "embedding": pl.Series(emb, dtype=pl.Array(pl.Float32, cfg.dim)),
+        }).write_parquet(tmp / EMBEDDINGS_FILE)
+        truth.write_parquet(tmp / TRUTH_FILE)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pamela_lite.demo",
+        description="Write a deterministic PAMELA-shaped demo world (annotations JSON, embeddings "
+                    "Parquet and ground-truth utilities) in PAMELA's on-disk layout.",
+    )
+    parser.add_argument("--out", required=True, type=Path, help="folder to write (replaced atomically)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--scale", type=int, default=5, help="top of the 1..N rating scale (default 5)")
+    parser.add_argument("--users", type=int, default=199, help="participants (default 199, as PAMELA)")
+    parser.add_argument("--images", type=int, default=5077, help="images (default 5077, as PAMELA)")
+    parser.add_argument("--ratings", type=int, default=69904, help="ratings (default 69904, as PAMELA)")
+    args = parser.parse_args(argv)
+    if args.scale < 2 or min(args.users, args.images, args.ratings) < 20:
+        parser.error("--scale must be >= 2 and --users/--images/--ratings >= 20")
+    cfg = DemoConfig(n_users=args.users, n_images=args.images, n_ratings=args.ratings,
+                     scale=args.scale, seed=args.seed)
+    write_world(args.out, cfg)
+    print(f"wrote a demo world ({cfg.n_users} users, {cfg.n_images} images, {cfg.n_ratings} ratings, "
+          f"scale 1-{cfg.scale}) to {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

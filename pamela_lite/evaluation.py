@@ -1,0 +1,94 @@
+"""The evaluation protocol: seen splits scored directly, unseen splits k-shot.
+
+For a split of users not seen in training, each user's ratings are divided by a seeded draw into
+k context ratings (folded in, no refit) and the rest (scored). k = 0 uses demographics only.
+Every figure can be set beside the demo's noise ceiling: the same metrics computed from the
+true expected rating, the best any model could score on those rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from .data import Dataset
+from .metrics import evaluate_scores
+from .model import PersonalScorer
+
+SEEN_SPLITS = ("val_seen", "test_seen")
+UNSEEN_SPLITS = ("val_unseen", "test_unseen")
+
+
+def kshot_split(frame: pl.DataFrame, k: int, seed: int = 0) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Per user, a seeded choice of `k` ratings as context; the rest are the query.
+
+    Users with k or fewer ratings have nothing left to score and drop out of the query.
+    """
+    rng = np.random.default_rng(seed)
+    keyed = frame.with_columns(_draw=pl.Series(rng.random(frame.height)))
+    keyed = keyed.with_columns(_rank=pl.col("_draw").rank("ordinal").over("participant_id"))
+    context = keyed.filter(pl.col("_rank") <= k).drop("_draw", "_rank")
+    query = keyed.filter(pl.col("_rank") > k).drop("_draw", "_rank")
+    return context, query
+
+
+def score_rows(model: PersonalScorer, dataset: Dataset, split: str, k: int | None = None,
+               seed: int = 0) -> pl.DataFrame:
+    """Rows of one split with the model's ``score``; for unseen splits, after k-shot fold-in."""
+    frame = dataset.split(split)
+    if k is None:
+        query = frame.filter(pl.col("participant_id").is_in(model.users_))
+        states = None
+    else:
+        context, query = kshot_split(frame, k, seed)
+        users = frame.unique("participant_id", keep="first", maintain_order=True)
+        states = model.fold_in(context, dataset.embeddings, users=users)
+    if query.height == 0:
+        return query.with_columns(score=pl.lit(None, dtype=pl.Float64))
+    return query.with_columns(score=pl.Series(model.predict(query, dataset.embeddings, states)))
+
+
+def ceiling_rows(dataset: Dataset, rows: pl.DataFrame) -> pl.DataFrame | None:
+    """The same rows scored by the demo's true expected rating (None without ground truth)."""
+    if dataset.truth is None:
+        return None
+    truth = dataset.truth.select("participant_id", "image_id", score=pl.col("expected_rating"))
+    joined = rows.drop("score", strict=False).join(truth, on=["participant_id", "image_id"], how="inner")
+    return joined if joined.height == rows.height else None
+
+
+def evaluation_cases(dataset: Dataset, kshots: tuple[int, ...], splits=("test_seen", "test_unseen")):
+    """(split, k) pairs to evaluate: seen splits once, unseen splits at each k."""
+    for split in splits:
+        if not dataset.has_split(split):
+            continue
+        if split in UNSEEN_SPLITS:
+            yield from ((split, k) for k in kshots)
+        else:
+            yield split, None
+
+
+def evaluate_models(models: dict[str, PersonalScorer], dataset: Dataset, kshots=(0, 10, 50),
+                    splits=("test_seen", "test_unseen"), seed: int = 0) -> list[dict]:
+    """One row of metrics per (model, split, k), plus a ``noise ceiling`` row when known."""
+    rows = []
+    for split, k in evaluation_cases(dataset, kshots, splits):
+        scored = None
+        for name, model in models.items():
+            scored = score_rows(model, dataset, split, k, seed)
+            rows.append({"model": name, "split": split, "k": k, **evaluate_scores(scored)})
+        ceiling = ceiling_rows(dataset, scored) if scored is not None else None
+        if ceiling is not None:
+            rows.append({"model": "noise ceiling", "split": split, "k": k, **evaluate_scores(ceiling)})
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """A plain-text table, one line per row, for the terminal and the README."""
+    header = f"{'split':<12} {'k':>3}  {'model':<20} {'SROCC':>6} {'PLCC':>6} {'pair acc':>8} {'MAE':>6} {'RMSE':>6} {'users':>5}"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        k = "" if r["k"] is None else str(r["k"])
+        lines.append(f"{r['split']:<12} {k:>3}  {r['model']:<20} {r['srocc']:6.3f} {r['plcc']:6.3f} "
+                     f"{r['pairwise_acc']:8.3f} {r['mae']:6.3f} {r['rmse']:6.3f} {r['n_users']:5d}")
+    return "\n".join(lines)

@@ -1,0 +1,122 @@
+"""Fit a personal scorer and evaluate it: ``python -m pamela_lite.fit``.
+
+Without ``--data`` it writes (or reuses) the built-in demo world and fits on it, so the whole
+pipeline runs on a fresh machine with no download. With ``--data`` it reads a PAMELA root
+(``annotations/pamela_<split>.json``) or a ratings table, fits on ``train``, early-stops on
+``val_seen``, evaluates on ``test_seen`` and k-shot ``test_unseen``, prints a table and writes
+the model folder (with ``metrics.json``) to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from . import demo
+from .cli import Stopwatch, parse_kshot, run
+from .data import Scale, load_dataset
+from .evaluation import evaluate_models, format_table
+from .model import PersonalScorer
+
+# The baselines every table shows beside the full model, as switches of the same estimator.
+BASELINES = {
+    "global mean": dict(use_bias=False, use_population=False, use_taste=False, use_mf=False, use_head=False),
+    "population head": dict(use_bias=False, use_taste=False, use_mf=False, use_head=False),
+    "MF only": dict(use_population=False, use_taste=False, use_head=False),
+}
+# Cumulative ablation on validation: what each component adds to the one before.
+ABLATION = {
+    "population + bias": dict(use_taste=False, use_mf=False, use_head=False),
+    "+ MF (implicit)": dict(use_taste=False, use_head=False),
+    "+ linear taste": dict(use_head=False),
+    "+ LightGBM head": dict(),
+}
+FULL = "pamela_lite (full)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pamela_lite.fit",
+        description=__doc__.split("\n\n")[1].replace("\n", " ") if __doc__ else None,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--data", type=Path,
+                        help="PAMELA root or ratings table (.csv/.parquet/.json); default: the demo world")
+    parser.add_argument("--embeddings", type=Path,
+                        help="embeddings Parquet (image_id, embedding); default: embeddings.parquet beside --data")
+    parser.add_argument("--out", type=Path, default=Path("runs/model"), help="model folder to write")
+    parser.add_argument("--seed", type=int, default=0, help="seed for the model, the demo and k-shot draws")
+    parser.add_argument("--scale", type=Scale.parse, help="rating scale LOW-HIGH; default: the data's range")
+    parser.add_argument("--kshot", type=parse_kshot, default=(0, 10, 50),
+                        help="context sizes for users unseen in training")
+    parser.add_argument("--demo-dir", type=Path, default=Path("runs/demo_world"),
+                        help="where the demo world is written when --data is not given")
+    parser.add_argument("--ablation", action="store_true",
+                        help="also fit the cumulative ablation and report it on validation")
+    parser.add_argument("--no-baselines", action="store_true", help="skip the baseline models")
+    parser.add_argument("--quiet", action="store_true", help="no progress messages")
+    return parser
+
+
+def ensure_demo(folder: Path, seed: int) -> Path:
+    """The demo world at `folder`, written once per seed (it is deterministic)."""
+    stamp = folder / "demo_seed.txt"
+    if not (stamp.exists() and stamp.read_text().strip() == str(seed)):
+        demo.write_world(folder, demo.DemoConfig(seed=seed))
+        stamp.write_text(str(seed))
+    return folder
+
+
+def fit_variants(variants: dict, dataset, seed: int, watch: Stopwatch, progress: bool) -> dict:
+    train, val = dataset.split("train"), dataset.split("val_seen")
+    models = {}
+    for name, switches in variants.items():
+        t0 = time.perf_counter()
+        models[name] = PersonalScorer(random_state=seed, progress=progress, **switches).fit(
+            train, dataset.embeddings, dataset.scale, validation=val)
+        watch.step(f"fitted {name} in {time.perf_counter() - t0:.1f}s")
+    return models
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    watch = Stopwatch(args.quiet)
+    if args.data is None:
+        data = ensure_demo(args.demo_dir, args.seed)
+        watch.step(f"demo world ready in {data}")
+    else:
+        data = args.data
+    dataset = load_dataset(data, args.embeddings, args.scale, seed=args.seed)
+    counts = dataset.ratings.group_by("split").len().sort("split")
+    watch.step(f"read {dataset.ratings.height} ratings (scale {dataset.scale}) and "
+               f"{dataset.embeddings.matrix.shape[0]} embeddings of dimension {dataset.embeddings.dim}: "
+               + ", ".join(f"{s}={n}" for s, n in counts.iter_rows()))
+
+    fit_start = time.perf_counter()
+    full = fit_variants({FULL: {}}, dataset, args.seed, watch, progress=not args.quiet)[FULL]
+    fit_seconds = time.perf_counter() - fit_start
+    models = {} if args.no_baselines else fit_variants(BASELINES, dataset, args.seed, watch, progress=False)
+    models[FULL] = full
+
+    rows = evaluate_models(models, dataset, args.kshot, seed=args.seed)
+    watch.step("evaluated on the test splits")
+    report = {"data": str(data), "scale": str(dataset.scale), "seed": args.seed,
+              "fit_seconds": round(fit_seconds, 2), "test": rows}
+    print(format_table(rows))
+    if args.ablation:
+        ablation = fit_variants(ABLATION, dataset, args.seed, watch, progress=False)
+        val_rows = evaluate_models(ablation, dataset, args.kshot, splits=("val_seen", "val_unseen"), seed=args.seed)
+        report["ablation_validation"] = val_rows
+        print("\nablation on validation (each row adds one component):")
+        print(format_table(val_rows))
+
+    full.save(args.out, extra_files={"metrics.json": json.dumps(report, indent=1)})
+    watch.step(f"wrote the model and metrics.json to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))

@@ -1,0 +1,647 @@
+"""The personal scorer: population head + user bias + taste models + LightGBM residual head.
+
+A score for (participant u, image with embedding x) is built in layers, each fitted on what the
+layers before it leave:
+
+1. ``mean_``: the global mean rating.
+2. Population head ``p(x)``: a ridge map from the L2-normalised embedding to the rating (the
+   LAION aesthetic predictor is, in effect, such a linear map).
+3. User bias ``b_u``: how high the person rates in general (shrunk toward a demographic prior).
+4. Taste models on the user-centred residual ``r = y - mean - p(x) - b_u``:
+
+   * **factor model (implicit ALS)**: images are soft-assigned to ``n_prototypes`` embedding
+     prototypes (k-means centres); each user's signed residual mass per prototype is the
+     feedback matrix ALS factorises. Prototype factors give every image — seen or not — a factor
+     vector ``q(x) = softmax(cos(x, prototypes)/T) @ V``; user factors ``u`` capture the shared
+     taste dimensions. A new user folds in from k ratings with one least-squares solve.
+   * **linear taste**: a per-user ridge ``w_u`` on a whitened PCA ``z(x)`` of the embedding.
+
+   They enter the base score through a blend ``gamma`` fitted on out-of-fold predictions.
+5. LightGBM residual head on ``y - base``, trained on out-of-fold base features (images held
+   out by fold, so the head sees train-time features exactly as at test time for new images).
+
+Per user, everything the model needs is one **state vector** (bias, w, u, demographics), so a
+device can score a user known at fit time or fold in a new one without refitting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
+from sklearn.linear_model import Ridge, RidgeCV
+from threadpoolctl import threadpool_limits
+from tqdm.auto import tqdm
+
+from . import __version__
+from ._atomic import atomic_dir
+from .data import Embeddings, Scale
+from .errors import InputError, preview
+from .features import als_fold_in, als_row_values, l2_normalise, soft_assign
+
+log = logging.getLogger(__name__)
+
+FORMAT = "pamela_lite.PersonalScorer"
+FORMAT_VERSION = 1
+COMPONENTS = ("bias", "population", "taste", "mf", "head")
+
+
+@dataclass
+class ImageFeatures:
+    """What the scorer computes from an embedding, once per image."""
+
+    population: np.ndarray  # (n,) p(x), without the global mean
+    pca: np.ndarray  # (n, d) whitened PCA coordinates z(x)
+    factors: np.ndarray  # (n, f) image factors q(x)
+
+
+@dataclass
+class _Base:
+    """Everything below the residual head, fitted on one set of ratings."""
+
+    mean: float
+    pop_coef: np.ndarray
+    pop_intercept: float
+    item_factors: np.ndarray
+    residual_scale: float
+    user_ids: list
+    states: np.ndarray  # (n_users, 1 + d + f): bias, w, u
+
+
+class PersonalScorer:
+    """Predict how much one particular person will like an image, from its embedding.
+
+    Parameters
+    ----------
+    n_components : int
+        Whitened PCA dimensions of the embedding used by the linear taste model and the head.
+    n_prototypes : int
+        Embedding prototypes (k-means centres) that form the item side of the factor model.
+    temperature : float
+        Softmax temperature of an image's assignment to prototypes (cosine similarity).
+    factors : int
+        Latent taste dimensions of the implicit ALS factor model.
+    alpha, als_regularization, als_iterations : float, float, int
+        implicit ALS confidence scale, L2 penalty and sweeps.
+    bias_shrinkage, taste_shrinkage : float
+        Pseudo-counts pulling a user's bias and linear taste toward the demographic prior.
+    head_trees, head_leaves, head_learning_rate, head_min_child_samples : int, int, float, int
+        LightGBM residual head; the number of trees is early-stopped on validation when given.
+    head_pca : int
+        How many PCA coordinates of the image the head sees.
+    n_folds : int
+        Image folds for the out-of-fold base features the head trains on.
+    use_bias, use_population, use_taste, use_mf, use_head : bool
+        Switch components off for baselines and ablations.
+    random_state : int
+        Seed for everything random (k-means, ALS, folds, LightGBM).
+    progress : bool
+        Show a progress bar while fitting.
+    """
+
+    def __init__(self, n_components: int = 32, n_prototypes: int = 64, temperature: float = 0.05,
+                 factors: int = 16, alpha: float = 2.0, als_regularization: float = 1.0,
+                 als_iterations: int = 15, bias_shrinkage: float = 5.0, taste_shrinkage: float = 30.0,
+                 head_trees: int = 600, head_leaves: int = 15, head_learning_rate: float = 0.03,
+                 head_min_child_samples: int = 100, head_pca: int = 16, n_folds: int = 4,
+                 use_bias: bool = True, use_population: bool = True, use_taste: bool = True,
+                 use_mf: bool = True, use_head: bool = True, random_state: int = 0,
+                 progress: bool = False):
+        self.n_components = n_components
+        self.n_prototypes = n_prototypes
+        self.temperature = temperature
+        self.factors = factors
+        self.alpha = alpha
+        self.als_regularization = als_regularization
+        self.als_iterations = als_iterations
+        self.bias_shrinkage = bias_shrinkage
+        self.taste_shrinkage = taste_shrinkage
+        self.head_trees = head_trees
+        self.head_leaves = head_leaves
+        self.head_learning_rate = head_learning_rate
+        self.head_min_child_samples = head_min_child_samples
+        self.head_pca = head_pca
+        self.n_folds = n_folds
+        self.use_bias = use_bias
+        self.use_population = use_population
+        self.use_taste = use_taste
+        self.use_mf = use_mf
+        self.use_head = use_head
+        self.random_state = random_state
+        self.progress = progress
+
+    # ------------------------------------------------------------------ parameters
+
+    def get_params(self) -> dict:
+        return {k: getattr(self, k) for k in self.__init__.__code__.co_varnames[1:self.__init__.__code__.co_argcount]}
+
+    def set_params(self, **params) -> "PersonalScorer":
+        for key, value in params.items():
+            if key not in self.get_params():
+                raise ValueError(f"unknown parameter {key!r}")
+            setattr(self, key, value)
+        return self
+
+    # ------------------------------------------------------------------ state layout
+
+    @property
+    def state_slices(self) -> dict[str, slice]:
+        """Where bias, linear taste w, factors u and demographics sit in a user state vector."""
+        d, f = self.pca_components_.shape[1], self.item_factors_.shape[1]
+        g = 1 + len(self.genders_)
+        return {"bias": slice(0, 1), "taste": slice(1, 1 + d), "factors": slice(1 + d, 1 + d + f),
+                "demographics": slice(1 + d + f, 1 + d + f + g)}
+
+    @property
+    def state_dim(self) -> int:
+        return self.state_slices["demographics"].stop
+
+    # ------------------------------------------------------------------ image side
+
+    def image_features(self, embeddings: np.ndarray) -> ImageFeatures:
+        """Population score, PCA coordinates and factor vector of each embedding row."""
+        self._check_fitted()
+        x = l2_normalise(embeddings)
+        if x.shape[1] != self.pca_mean_.shape[0]:
+            raise InputError(None, f"embeddings have dimension {x.shape[1]}, the model was fitted on "
+                                   f"{self.pca_mean_.shape[0]}")
+        return self._image_features(x, self.pop_coef_, self.pop_intercept_, self.item_factors_)
+
+    def _image_features(self, x_unit, pop_coef, pop_intercept, item_factors, assign=None) -> ImageFeatures:
+        population = x_unit @ pop_coef + pop_intercept
+        pca = (x_unit - self.pca_mean_) @ self.pca_components_
+        if assign is None:
+            assign = soft_assign(x_unit, self.prototypes_, self.temperature)
+        factors = assign @ item_factors
+        return ImageFeatures(population.astype(np.float64), pca.astype(np.float64), factors.astype(np.float64))
+
+    # ------------------------------------------------------------------ user side
+
+    def demographic_features(self, users: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(head features: age z-score + gender one-hot, prior features: those + nationality one-hot)."""
+        n = users.height
+        age = users["age"].cast(pl.Float64).to_numpy() if "age" in users.columns else np.full(n, np.nan)
+        age_z = np.nan_to_num((age - self.age_mean_) / self.age_std_, nan=0.0)
+        gender = _one_hot(users, "gender", self.genders_)
+        nationality = _one_hot(users, "nationality", self.nationalities_)
+        head = np.column_stack([age_z, gender])
+        return head, np.column_stack([head, nationality])
+
+    def _prior_states(self, prior_features: np.ndarray) -> np.ndarray:
+        return prior_features @ self.prior_coef_ + self.prior_intercept_
+
+    def _solve_states(self, ratings: pl.DataFrame, feats: ImageFeatures, assign: np.ndarray,
+                      user_ids: list, priors: np.ndarray, mean: float, item_factors: np.ndarray,
+                      residual_scale: float) -> tuple[np.ndarray, np.ndarray]:
+        """Bias, linear taste and factors of each user in `user_ids` from their ratings.
+
+        `ratings` rows align with `feats` and `assign` (soft prototype assignments); `priors` are
+        (n_users, 1+d+f) prior states. Returns the states and each user's signed residual mass
+        per prototype (the row the factor model sees).
+        """
+        d, f = feats.pca.shape[1], item_factors.shape[1]
+        order = {u: k for k, u in enumerate(user_ids)}
+        user_index = np.array([order[u] for u in ratings["participant_id"].to_list()], dtype=np.int64)
+        y = ratings["rating"].to_numpy().astype(np.float64)
+        resid = y - mean - (feats.population if self.use_population else 0.0)
+
+        counts = np.bincount(user_index, minlength=len(user_ids)).astype(np.float64)
+        states = priors.copy()
+        if self.use_bias:
+            sums = np.bincount(user_index, weights=resid, minlength=len(user_ids))
+            states[:, 0] = (sums + self.bias_shrinkage * priors[:, 0]) / (counts + self.bias_shrinkage)
+        else:
+            states[:, 0] = 0.0
+        resid = resid - states[user_index, 0]
+
+        sort = np.argsort(user_index, kind="stable")
+        bounds = np.searchsorted(user_index[sort], np.arange(len(user_ids) + 1))
+        masses = np.zeros((len(user_ids), item_factors.shape[0]))
+        for k in range(len(user_ids)):
+            rows = sort[bounds[k]:bounds[k + 1]]
+            if self.use_taste:
+                Z = feats.pca[rows]
+                A = Z.T @ Z + self.taste_shrinkage * np.eye(d)
+                states[k, 1:1 + d] = np.linalg.solve(A, Z.T @ resid[rows] + self.taste_shrinkage * priors[k, 1:1 + d])
+            if self.use_mf and len(rows):
+                masses[k] = assign[rows].T @ resid[rows] / residual_scale
+        if not self.use_taste:
+            states[:, 1:1 + d] = 0.0
+        if self.use_mf:
+            for k in range(len(user_ids)):
+                states[k, 1 + d:1 + d + f] = als_fold_in(item_factors, masses[k], self.alpha,
+                                                         self.als_regularization, priors[k, 1 + d:1 + d + f])
+        else:
+            states[:, 1 + d:1 + d + f] = 0.0
+        return states, masses
+
+    def _fit_als(self, masses: np.ndarray) -> np.ndarray:
+        """implicit ALS on the users x prototypes matrix of signed residual mass → prototype factors."""
+        from implicit.als import AlternatingLeastSquares
+
+        values = np.where(np.abs(masses) >= self._min_mass, als_row_values(masses, self.alpha), 0.0)
+        matrix = sp.csr_matrix(values.astype(np.float32))
+        with threadpool_limits(1, "blas"):  # implicit is many times slower with threaded BLAS
+            model = AlternatingLeastSquares(factors=self.factors, regularization=self.als_regularization,
+                                            alpha=self.alpha, iterations=self.als_iterations,
+                                            calculate_training_loss=False, random_state=self.random_state,
+                                            use_gpu=False, num_threads=1)
+            model.fit(matrix, show_progress=False)
+        return np.asarray(model.item_factors, dtype=np.float64)
+
+    # ------------------------------------------------------------------ fitting
+
+    def fit(self, ratings: pl.DataFrame, embeddings: Embeddings, scale: Scale | None = None,
+            validation: pl.DataFrame | None = None) -> "PersonalScorer":
+        """Fit on training ratings.
+
+        Parameters
+        ----------
+        ratings : polars.DataFrame
+            ``participant_id``, ``image_id``, ``rating`` and optionally ``age``, ``gender``,
+            ``nationality`` (validated by :func:`pamela_lite.data.validate_ratings`).
+        embeddings : Embeddings
+            Must cover every rated image.
+        scale : Scale, optional
+            Rating scale; default the range of `ratings`.
+        validation : polars.DataFrame, optional
+            Ratings of the same users on other images, for early stopping of the head.
+
+        Returns
+        -------
+        self
+        """
+        rng = np.random.default_rng(self.random_state)
+        self.scale_ = scale or Scale(int(ratings["rating"].min()), int(ratings["rating"].max()))
+        steps = tqdm(total=3 + self.n_folds, desc="fit", disable=not self.progress, file=sys.stderr, leave=False)
+
+        x_all = l2_normalise(embeddings.take(ratings["image_id"]))
+        image_ids = ratings["image_id"].unique(maintain_order=True)
+        x_images = l2_normalise(embeddings.take(image_ids))
+        self._fit_embedding_maps(x_images)
+        self._fit_demographics(ratings)
+        steps.update(1)
+
+        assign_all = soft_assign(x_all, self.prototypes_, self.temperature)
+        user_ids = ratings["participant_id"].unique(maintain_order=True).to_list()
+        users = _users_table(ratings, user_ids)
+        head_demo, prior_demo = self.demographic_features(users)
+        self._head_demo, self._user_order = head_demo, {u: k for k, u in enumerate(user_ids)}
+
+        folds = _image_folds(ratings["image_id"], self.n_folds, rng)
+        oof = None
+        if self.use_head or self.use_taste or self.use_mf:
+            parts = []
+            for fold in range(self.n_folds):
+                inner, outer = np.flatnonzero(folds != fold), np.flatnonzero(folds == fold)
+                base = self._fit_base(ratings[inner], x_all[inner], assign_all[inner], user_ids)
+                parts.append((outer, self._pair_columns(base, ratings[outer], x_all[outer], assign_all[outer])))
+                steps.update(1)
+            oof = _stack_parts(parts, ratings.height)
+
+        base = self._fit_base(ratings, x_all, assign_all, user_ids)
+        self.mean_, self.pop_coef_, self.pop_intercept_ = base.mean, base.pop_coef, base.pop_intercept
+        self.item_factors_, self.residual_scale_ = base.item_factors, base.residual_scale
+        self._fit_prior(prior_demo, base.states)
+        self.users_ = user_ids
+        self.user_states_ = np.column_stack([base.states, head_demo])
+        steps.update(1)
+
+        y = ratings["rating"].to_numpy().astype(np.float64)
+        self.blend_ = self._fit_blend(oof, y) if oof is not None else np.zeros(2)
+        self.head_ = None
+        if self.use_head:
+            self.head_ = self._fit_head(oof, y, validation, embeddings)
+        steps.update(1)
+        steps.close()
+        for name in ("_head_demo", "_user_order"):
+            self.__dict__.pop(name, None)
+        return self
+
+    def _fit_embedding_maps(self, x_images: np.ndarray) -> None:
+        n_comp = min(self.n_components, x_images.shape[0] - 1, x_images.shape[1])
+        pca = PCA(n_components=n_comp, random_state=self.random_state).fit(x_images)
+        self.pca_mean_ = pca.mean_.astype(np.float32)
+        self.pca_components_ = (pca.components_.T / np.sqrt(pca.explained_variance_)).astype(np.float32)
+        k = min(self.n_prototypes, x_images.shape[0])
+        km = KMeans(n_clusters=k, n_init=2, random_state=self.random_state).fit(x_images)
+        self.prototypes_ = l2_normalise(km.cluster_centers_)
+
+    def _fit_demographics(self, ratings: pl.DataFrame) -> None:
+        users = ratings.unique("participant_id", keep="first")
+        age = users["age"].cast(pl.Float64) if "age" in users.columns else pl.Series([], dtype=pl.Float64)
+        self.age_mean_ = float(age.mean()) if age.drop_nulls().len() else 0.0
+        self.age_std_ = float(age.std()) if age.drop_nulls().len() > 1 and age.std() > 0 else 1.0
+        self.genders_ = _vocabulary(users, "gender")
+        self.nationalities_ = _vocabulary(users, "nationality")
+
+    def _fit_base(self, ratings, x_unit, assign, user_ids) -> _Base:
+        """Population head, bias, linear taste and factor model on one set of ratings."""
+        y = ratings["rating"].to_numpy().astype(np.float64)
+        mean = float(y.mean())
+        d = self.pca_components_.shape[1]
+        zero_priors = np.zeros((len(user_ids), 1 + d + self.factors))
+        pop_coef, pop_intercept = np.zeros(x_unit.shape[1]), 0.0
+        user_index = np.array([self._user_order[u] for u in ratings["participant_id"].to_list()])
+        bias = np.zeros(len(user_ids))
+        for _ in range(2 if self.use_population else 0):  # bias and population head, alternated
+            target = y - mean - bias[user_index]
+            pop_coef, pop_intercept = _fit_population(ratings["image_id"], x_unit, target)
+            population = x_unit @ pop_coef + pop_intercept
+            if not self.use_bias:
+                break
+            resid = y - mean - population
+            bias = (np.bincount(user_index, resid, len(user_ids))
+                    / (np.bincount(user_index, minlength=len(user_ids)) + self.bias_shrinkage))
+        item_factors = np.zeros((self.n_prototypes_fit, self.factors))
+        feats = self._image_features(x_unit, pop_coef, pop_intercept, item_factors, assign)
+        # Residual scale and the mass threshold of the ALS matrix come from this fit's users.
+        states, masses = self._solve_states(ratings, feats, assign, user_ids, zero_priors, mean,
+                                            item_factors, 1.0)
+        residual_scale = float(np.std(masses)) or 1.0
+        masses = masses / residual_scale
+        if self.use_mf:
+            self._min_mass = float(np.quantile(np.abs(masses), 0.25))
+            item_factors = self._fit_als(masses)
+            feats.factors = assign @ item_factors
+            states, _ = self._solve_states(ratings, feats, assign, user_ids, zero_priors, mean, item_factors,
+                                           residual_scale)
+        return _Base(mean, pop_coef, pop_intercept, item_factors, residual_scale, user_ids, states)
+
+    @property
+    def n_prototypes_fit(self) -> int:
+        return self.prototypes_.shape[0]
+
+    def _pair_columns(self, base: _Base, ratings: pl.DataFrame, x_unit: np.ndarray, assign: np.ndarray) -> dict:
+        """Base components and head features of rating rows, from one fitted base."""
+        feats = self._image_features(x_unit, base.pop_coef, base.pop_intercept, base.item_factors, assign)
+        idx = np.array([self._user_order[u] for u in ratings["participant_id"].to_list()])
+        states = np.column_stack([base.states, self._head_demo])[idx]
+        return self._columns(base.mean, feats, states)
+
+    def _columns(self, mean: float, feats: ImageFeatures, states: np.ndarray) -> dict:
+        d, f = feats.pca.shape[1], feats.factors.shape[1]
+        bias = states[:, 0]
+        taste = np.einsum("ij,ij->i", states[:, 1:1 + d], feats.pca)
+        mf = np.einsum("ij,ij->i", states[:, 1 + d:1 + d + f], feats.factors)
+        population = feats.population if self.use_population else np.zeros_like(bias)
+        head_x = np.column_stack([population, bias, taste, mf, feats.pca[:, :self.head_pca], feats.factors,
+                                  states[:, 1 + d:1 + d + f], states[:, 1 + d + f:]]).astype(np.float32)
+        return {"mean": np.full_like(bias, mean), "population": population, "bias": bias, "taste": taste,
+                "mf": mf, "head_x": head_x}
+
+    def _fit_blend(self, oof: dict, y: np.ndarray) -> np.ndarray:
+        """Weights of taste and factor scores in the base, by least squares on out-of-fold rows."""
+        target = y - oof["mean"] - oof["population"] - oof["bias"]
+        cols = np.column_stack([oof["taste"], oof["mf"]])
+        use = np.array([self.use_taste, self.use_mf])
+        gamma = np.zeros(2)
+        if use.any():
+            sol, *_ = np.linalg.lstsq(cols[:, use], target, rcond=None)
+            gamma[use] = np.maximum(sol, 0.0)
+        return gamma
+
+    def _base_score(self, cols: dict, blend: np.ndarray) -> np.ndarray:
+        return cols["mean"] + cols["population"] + cols["bias"] + blend[0] * cols["taste"] + blend[1] * cols["mf"]
+
+    def _fit_head(self, oof: dict, y: np.ndarray, validation, embeddings) -> lgb.Booster:
+        # Features are float32 on both sides so LightGBM and its ONNX export see the same values.
+        base = self._base_score(oof, self.blend_)
+        train = lgb.Dataset(oof["head_x"], y, init_score=base, free_raw_data=False)
+        params = {"objective": "regression", "num_leaves": self.head_leaves,
+                  "learning_rate": self.head_learning_rate, "min_child_samples": self.head_min_child_samples,
+                  "feature_fraction": 0.8, "bagging_fraction": 0.8, "bagging_freq": 1,
+                  "lambda_l2": 10.0, "seed": self.random_state, "deterministic": True,
+                  "num_threads": min(2, os.cpu_count() or 1), "verbose": -1}
+        callbacks, valid_sets = [], []
+        if validation is not None and validation.height:
+            known = validation.filter(pl.col("participant_id").is_in(self.users_))
+            if known.height:
+                cols = self.components(known, embeddings)
+                valid_sets = [lgb.Dataset(cols["head_x"], known["rating"].to_numpy().astype(np.float64),
+                                          init_score=self._base_score(cols, self.blend_), reference=train)]
+                callbacks = [lgb.early_stopping(50, verbose=False)]
+        booster = lgb.train(params, train, num_boost_round=self.head_trees, valid_sets=valid_sets,
+                            callbacks=callbacks)
+        if valid_sets:
+            booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=booster.best_iteration))
+        return booster
+
+    def _fit_prior(self, prior_demo: np.ndarray, states: np.ndarray) -> None:
+        """Demographics → user state: the k=0 guess for a new person, and the shrinkage target."""
+        ridge = Ridge(alpha=10.0).fit(prior_demo, states)
+        self.prior_coef_ = ridge.coef_.T.astype(np.float64)
+        self.prior_intercept_ = ridge.intercept_.astype(np.float64)
+
+    # ------------------------------------------------------------------ new users and scoring
+
+    def fold_in(self, context: pl.DataFrame, embeddings: Embeddings,
+                users: pl.DataFrame | None = None) -> tuple[list, np.ndarray]:
+        """States of new users from their ratings (k-shot) and/or demographics (k = 0).
+
+        Parameters
+        ----------
+        context : polars.DataFrame
+            ``participant_id``, ``image_id``, ``rating`` (may be empty) and optionally
+            demographics columns.
+        users : polars.DataFrame, optional
+            ``participant_id`` and demographics of users to fold in, including those with no
+            ratings in `context` (they get the demographic prior).
+
+        Returns
+        -------
+        (participant ids, states) with states of shape (n, state_dim).
+        """
+        self._check_fitted()
+        ids = context["participant_id"].unique(maintain_order=True).to_list()
+        if users is not None:
+            ids += [u for u in users["participant_id"].unique(maintain_order=True).to_list() if u not in set(ids)]
+        table = _users_table(pl.concat([f for f in (users, context) if f is not None], how="diagonal_relaxed"), ids)
+        head_demo, prior_demo = self.demographic_features(table)
+        priors = self._prior_states(prior_demo)
+        if context.height:
+            outside = context.filter(~pl.col("rating").is_between(self.scale_.low, self.scale_.high))
+            if outside.height:
+                raise InputError(None, f"context ratings outside the model's scale {self.scale_}: "
+                                       f"{preview(outside['rating'].to_list())}")
+            x = l2_normalise(embeddings.take(context["image_id"]))
+            feats = self.image_features(x)
+            assign = soft_assign(x, self.prototypes_, self.temperature)
+            states, _ = self._solve_states(context, feats, assign, ids, priors, self.mean_, self.item_factors_,
+                                           self.residual_scale_)
+        else:
+            states = priors
+        return ids, np.column_stack([states, head_demo])
+
+    def components(self, pairs: pl.DataFrame, embeddings: Embeddings,
+                   states: tuple[list, np.ndarray] | None = None) -> dict:
+        """Each layer's contribution for (participant_id, image_id) pairs (known or folded-in users)."""
+        self._check_fitted()
+        ids, table = list(self.users_), self.user_states_
+        if states is not None:
+            ids, table = ids + list(states[0]), np.vstack([table, states[1]])
+        order = pl.DataFrame({"participant_id": pl.Series(ids, dtype=pairs["participant_id"].dtype, strict=False),
+                              "_row": np.arange(len(ids), dtype=np.int64)}).unique("participant_id", keep="last")
+        found = pairs.select("participant_id").join(order, on="participant_id", how="left", maintain_order="left")
+        unknown = found.filter(pl.col("_row").is_null())["participant_id"].unique(maintain_order=True)
+        if len(unknown):
+            raise InputError(None, f"{len(unknown)} participant(s) unknown to the model and without context "
+                                   f"ratings: {preview(unknown.to_list())}; pass their ratings as --context")
+        feats = self.image_features(embeddings.take(pairs["image_id"]))
+        return self._columns(self.mean_, feats, table[found["_row"].to_numpy()])
+
+    def predict(self, pairs: pl.DataFrame, embeddings: Embeddings,
+                states: tuple[list, np.ndarray] | None = None) -> np.ndarray:
+        """Predicted rating of each (participant_id, image_id) pair, clipped to the scale."""
+        cols = self.components(pairs, embeddings, states)
+        return self._final(cols)
+
+    def _final(self, cols: dict) -> np.ndarray:
+        score = self._base_score(cols, self.blend_)
+        if self.head_ is not None:
+            score = score + self.head_.predict(cols["head_x"], num_threads=1)
+        return np.clip(score, self.scale_.low, self.scale_.high)
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "user_states_"):
+            raise RuntimeError("this PersonalScorer is not fitted yet; call fit() or load()")
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, path: str | Path, extra_files: dict[str, str] | None = None) -> Path:
+        """Write the model to folder `path` (atomically; an existing model is replaced only on success).
+
+        Files: ``model.json`` (parameters, vocabularies, checksums), ``arrays.npz`` (numbers) and
+        ``head.txt`` (LightGBM's text format), plus `extra_files` (name → text, e.g. metrics).
+        Nothing is pickled.
+        """
+        self._check_fitted()
+        path = Path(path)
+        with atomic_dir(path) as tmp:
+            arrays = {name: getattr(self, name + "_") for name in _ARRAYS}
+            arrays["user_ids"] = np.array([str(u) for u in self.users_])
+            np.savez(tmp / "arrays.npz", **arrays)
+            (tmp / "head.txt").write_text(self.head_.model_to_string() if self.head_ is not None else "")
+            meta = {
+                "format": FORMAT, "format_version": FORMAT_VERSION, "pamela_lite_version": __version__,
+                "params": self.get_params(), "scale": [self.scale_.low, self.scale_.high],
+                "mean": self.mean_, "pop_intercept": self.pop_intercept_, "residual_scale": self.residual_scale_,
+                "blend": self.blend_.tolist(), "age_mean": self.age_mean_, "age_std": self.age_std_,
+                "genders": self.genders_, "nationalities": self.nationalities_,
+                "user_id_type": "int" if self.users_ and isinstance(self.users_[0], int) else "str",
+                "state_layout": {k: [s.start, s.stop] for k, s in self.state_slices.items()},
+                "checksums": {name: _sha256(tmp / name) for name in ("arrays.npz", "head.txt")},
+            }
+            (tmp / "model.json").write_text(json.dumps(meta, indent=1))
+            for name, text in (extra_files or {}).items():
+                (tmp / name).write_text(text)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "PersonalScorer":
+        """Read a model folder written by :meth:`save`; any damage raises InputError."""
+        path = Path(path)
+        meta_path = path / "model.json"
+        if not meta_path.exists():
+            raise InputError(path, "not a pamela_lite model folder (no model.json)")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise InputError(meta_path, "corrupted (not valid JSON)") from None
+        if meta.get("format") != FORMAT:
+            raise InputError(meta_path, f"not a pamela_lite model (format {meta.get('format')!r})")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise InputError(meta_path, f"model format version {meta.get('format_version')} was written by "
+                                        f"pamela_lite {meta.get('pamela_lite_version')}; this version "
+                                        f"({__version__}) reads version {FORMAT_VERSION}: refit the model")
+        for name, digest in meta["checksums"].items():
+            if not (path / name).exists():
+                raise InputError(path / name, "missing from the model folder")
+            if _sha256(path / name) != digest:
+                raise InputError(path / name, "corrupted (checksum does not match model.json)")
+        model = cls(**meta["params"])
+        with np.load(path / "arrays.npz", allow_pickle=False) as arrays:
+            for name in _ARRAYS:
+                setattr(model, name + "_", arrays[name])
+            ids = arrays["user_ids"].tolist()
+        model.users_ = [int(u) for u in ids] if meta["user_id_type"] == "int" else ids
+        model.scale_ = Scale(*meta["scale"])
+        model.mean_, model.pop_intercept_ = meta["mean"], meta["pop_intercept"]
+        model.residual_scale_ = meta["residual_scale"]
+        model.blend_ = np.array(meta["blend"])
+        model.age_mean_, model.age_std_ = meta["age_mean"], meta["age_std"]
+        model.genders_, model.nationalities_ = meta["genders"], meta["nationalities"]
+        head = (path / "head.txt").read_text()
+        model.head_ = lgb.Booster(model_str=head) if head else None
+        return model
+
+
+_ARRAYS = ("pca_mean", "pca_components", "pop_coef", "prototypes", "item_factors",
+           "prior_coef", "prior_intercept", "user_states")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _vocabulary(users: pl.DataFrame, column: str) -> list[str]:
+    if column not in users.columns:
+        return []
+    return sorted(users[column].drop_nulls().cast(pl.String).unique().to_list())
+
+
+def _one_hot(users: pl.DataFrame, column: str, vocabulary: list[str]) -> np.ndarray:
+    if column not in users.columns or not vocabulary:
+        return np.zeros((users.height, len(vocabulary)))
+    values = users[column].cast(pl.String).to_list()
+    index = {v: k for k, v in enumerate(vocabulary)}
+    out = np.zeros((users.height, len(vocabulary)))
+    for row, v in enumerate(values):
+        if v in index:
+            out[row, index[v]] = 1.0
+    return out
+
+
+def _users_table(ratings: pl.DataFrame, user_ids: list) -> pl.DataFrame:
+    """One row per user (in `user_ids` order) with whatever demographics the ratings carry."""
+    cols = [c for c in ("age", "gender", "nationality") if c in ratings.columns]
+    first = ratings.select("participant_id", *cols).unique("participant_id", keep="first", maintain_order=True)
+    order = pl.DataFrame({"participant_id": pl.Series(user_ids, dtype=ratings["participant_id"].dtype)})
+    return order.join(first, on="participant_id", how="left", maintain_order="left")
+
+
+def _image_folds(image_ids: pl.Series, n_folds: int, rng: np.random.Generator) -> np.ndarray:
+    unique = image_ids.unique(maintain_order=True)
+    fold_of = pl.DataFrame({"image_id": unique, "_fold": rng.permutation(len(unique)) % n_folds})
+    return pl.DataFrame({"image_id": image_ids}).join(fold_of, on="image_id", how="left",
+                                                      maintain_order="left")["_fold"].to_numpy()
+
+
+def _stack_parts(parts: list, n: int) -> dict:
+    out = {}
+    for rows, cols in parts:
+        for key, value in cols.items():
+            if key not in out:
+                out[key] = np.zeros((n,) + value.shape[1:], dtype=value.dtype)
+            out[key][rows] = value
+    return out
+
+
+def _fit_population(image_ids: pl.Series, x_unit: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, float]:
+    """Ridge from embedding to the mean target of each image, weighted by its rating count."""
+    table = (pl.DataFrame({"image_id": image_ids, "t": target, "_row": np.arange(len(target))})
+             .group_by("image_id").agg(pl.col("t").mean(), pl.len(), pl.col("_row").first()))
+    ridge = RidgeCV(alphas=np.logspace(-2, 3, 11)).fit(
+        x_unit[table["_row"].to_numpy()], table["t"].to_numpy(), sample_weight=table["len"].to_numpy().astype(float))
+    return ridge.coef_.astype(np.float64), float(ridge.intercept_)
