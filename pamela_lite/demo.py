@@ -274,11 +274,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=199, help="participants (default 199, as PAMELA)")
     parser.add_argument("--images", type=int, default=5077, help="images (default 5077, as PAMELA)")
     parser.add_argument("--ratings", type=int, default=69904, help="ratings (default 69904, as PAMELA)")
+    parser.add_argument("--dim", type=int, default=512, help="embedding dimension (default 512, as CLIP ViT-B)")
     args = parser.parse_args(argv)
-    if args.scale < 2 or min(args.users, args.images, args.ratings) < 20:
-        parser.error("--scale must be >= 2 and --users/--images/--ratings >= 20")
+    if args.scale < 2 or min(args.users, args.images, args.ratings) < 20 or args.dim < 8:
+        parser.error("--scale must be >= 2, --users/--images/--ratings >= 20 and --dim >= 8")
+    if args.ratings > args.users * args.images:
+        parser.error("--ratings cannot exceed --users x --images")
     cfg = DemoConfig(n_users=args.users, n_images=args.images, n_ratings=args.ratings,
-                     scale=args.scale, seed=args.seed)
+                     dim=args.dim, scale=args.scale, seed=args.seed)
     write_world(args.out, cfg)
     print(f"wrote a demo world ({cfg.n_users} users, {cfg.n_images} images, {cfg.n_ratings} ratings, "
           f"scale 1-{cfg.scale}) to {args.out}", file=sys.stderr)

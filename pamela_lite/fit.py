@@ -27,12 +27,15 @@ BASELINES = {
     "population head": dict(use_bias=False, use_taste=False, use_mf=False, use_head=False),
     "MF only": dict(use_population=False, use_taste=False, use_head=False),
 }
-# Cumulative ablation on validation: what each component adds to the one before.
+# Ablation on validation: what each component adds to the one before (cumulative rows), and
+# what the full model loses without it (the "full - X" rows).
 ABLATION = {
     "population + bias": dict(use_taste=False, use_mf=False, use_head=False),
     "+ MF (implicit)": dict(use_taste=False, use_head=False),
     "+ linear taste": dict(use_head=False),
     "+ LightGBM head": dict(),
+    "full - MF": dict(use_mf=False),
+    "full - linear taste": dict(use_taste=False),
 }
 FULL = "pamela_lite (full)"
 

@@ -1,0 +1,43 @@
+"""Small generated worlds and models shared by the tests (nothing is downloaded)."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from pamela_lite import demo
+from pamela_lite.data import load_dataset
+from pamela_lite.model import PersonalScorer
+
+SMALL = demo.DemoConfig(n_users=48, n_images=400, n_ratings=6000, dim=32, seed=3)
+# A model small enough to fit in about a second, with every component switched on.
+SMALL_MODEL = dict(n_components=8, n_prototypes=12, factors=4, head_trees=60, head_pca=4, n_folds=3)
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory):
+    """A PAMELA-layout demo world on disk (annotations JSON, embeddings, truth)."""
+    return demo.write_world(tmp_path_factory.mktemp("world") / "pamela", SMALL)
+
+
+@pytest.fixture(scope="session")
+def dataset(world):
+    return load_dataset(world)
+
+
+@pytest.fixture(scope="session")
+def fitted(dataset):
+    model = PersonalScorer(random_state=0, **SMALL_MODEL)
+    return model.fit(dataset.split("train"), dataset.embeddings, dataset.scale,
+                     validation=dataset.split("val_seen"))
+
+
+@pytest.fixture
+def ratings_table(dataset):
+    """A plain ratings table (participant_id, image_id, rating, split) as a polars frame."""
+    return dataset.ratings.select("participant_id", "image_id", "rating", "split")
+
+
+def write_embeddings(path, ids, matrix):
+    pl.DataFrame({"image_id": ids, "embedding": pl.Series(matrix.tolist(), dtype=pl.List(pl.Float32))}).write_parquet(path)
+    return path

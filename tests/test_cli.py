@@ -1,0 +1,132 @@
+"""The command-line contract: exit codes, one-line errors, no tracebacks, files never clobbered."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import polars as pl
+import pytest
+
+from pamela_lite import evaluate, fit, predict
+from pamela_lite.cli import run
+
+from .conftest import write_embeddings
+
+
+def cli(module, *args):
+    return subprocess.run([sys.executable, "-m", f"pamela_lite.{module}", *map(str, args)],
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def model_dir(world, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fit") / "model"
+    done = cli("fit", "--data", world, "--out", out, "--kshot", "0,5", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "pamela_lite (full)" in done.stdout and "noise ceiling" in done.stdout
+    return out
+
+
+def test_fit_writes_model_and_metrics(model_dir):
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    models = {row["model"] for row in metrics["test"]}
+    assert {"global mean", "population head", "MF only", "pamela_lite (full)", "noise ceiling"} <= models
+    assert {(r["split"], r["k"]) for r in metrics["test"]} == {("test_seen", None), ("test_unseen", 0), ("test_unseen", 5)}
+
+
+def _one_line_error(capsys, code):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("error: ") and "Traceback" not in err[0]
+    return err[0]
+
+
+def test_bad_data_exits_2_with_one_line(tmp_path, capsys):
+    bad = tmp_path / "r.csv"
+    pl.DataFrame({"participant_id": ["a"], "image_id": [1]}).write_csv(bad)
+    line = _one_line_error(capsys, run(fit.main, ["--data", str(bad), "--out", str(tmp_path / "m")]))
+    assert str(bad) in line and "rating" in line
+    assert not (tmp_path / "m").exists()
+
+
+def test_bad_input_leaves_existing_model_untouched(tmp_path, capsys, model_dir, world):
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "model.json").write_text("previous model")
+    bad = tmp_path / "e.parquet"
+    write_embeddings(bad, [1, 2], np.array([[np.nan, 1.0], [1.0, 1.0]]))
+    _one_line_error(capsys, run(fit.main, ["--data", str(world), "--embeddings", str(bad), "--out", str(out)]))
+    assert (out / "model.json").read_text() == "previous model"
+
+
+def test_fit_help_explains_the_defaults():
+    done = cli("fit", "--help")
+    assert done.returncode == 0 and "--data" in done.stdout and "demo" in done.stdout
+
+
+def test_usage_error_exits_2():
+    done = cli("fit", "--kshot", "ten")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+
+
+def test_predict_scores_known_and_context_users(model_dir, world, tmp_path):
+    test = pl.read_json(world / "annotations" / "pamela_test_unseen.json")
+    seen = pl.read_json(world / "annotations" / "pamela_test_seen.json")
+    pairs = pl.concat([seen.select("participant_id", "image_id").head(5),
+                       test.select("participant_id", "image_id").tail(5)])
+    pairs.write_csv(tmp_path / "pairs.csv")
+    context = test.head(8).select("participant_id", "image_id", rating=pl.col("original_score"))
+    context.write_parquet(tmp_path / "context.parquet")
+    out = tmp_path / "scores.parquet"
+    done = cli("predict", "--model", model_dir, "--pairs", tmp_path / "pairs.csv",
+               "--embeddings", world / "embeddings.parquet", "--context", tmp_path / "context.parquet", "--out", out)
+    assert done.returncode == 0, done.stderr
+    scores = pl.read_parquet(out)
+    assert scores.columns == ["participant_id", "image_id", "score"] and scores.height == 10
+    assert scores["score"].is_finite().all()
+
+
+def test_predict_unknown_user_without_context_exits_2(model_dir, world, tmp_path, capsys):
+    pl.DataFrame({"participant_id": ["nobody"], "image_id": [100000]}).write_csv(tmp_path / "pairs.csv")
+    line = _one_line_error(capsys, run(predict.main, [
+        "--model", str(model_dir), "--pairs", str(tmp_path / "pairs.csv"),
+        "--embeddings", str(world / "embeddings.parquet"), "--out", str(tmp_path / "o.csv")]))
+    assert "'nobody'" in line and "--context" in line
+    assert not (tmp_path / "o.csv").exists()
+
+
+def test_predict_context_outside_scale_exits_2(model_dir, world, tmp_path, capsys):
+    pl.DataFrame({"participant_id": ["new"], "image_id": [100000]}).write_csv(tmp_path / "pairs.csv")
+    pl.DataFrame({"participant_id": ["new"], "image_id": [100001], "rating": [99]}).write_csv(tmp_path / "ctx.csv")
+    line = _one_line_error(capsys, run(predict.main, [
+        "--model", str(model_dir), "--pairs", str(tmp_path / "pairs.csv"), "--context", str(tmp_path / "ctx.csv"),
+        "--embeddings", str(world / "embeddings.parquet"), "--out", str(tmp_path / "o.csv")]))
+    assert "ctx.csv" in line and "outside the scale" in line
+
+
+def test_predict_wrong_dimension_exits_2(model_dir, tmp_path, capsys):
+    pl.DataFrame({"participant_id": ["x"], "image_id": [1]}).write_csv(tmp_path / "pairs.csv")
+    write_embeddings(tmp_path / "e.parquet", [1], np.ones((1, 5)))
+    line = _one_line_error(capsys, run(predict.main, [
+        "--model", str(model_dir), "--pairs", str(tmp_path / "pairs.csv"),
+        "--embeddings", str(tmp_path / "e.parquet"), "--out", str(tmp_path / "o.csv")]))
+    assert "dimension 5" in line
+
+
+def test_predict_missing_model_exits_2(tmp_path, capsys):
+    line = _one_line_error(capsys, run(predict.main, [
+        "--model", str(tmp_path), "--pairs", "p.csv", "--embeddings", "e.parquet", "--out", "o.csv"]))
+    assert "not a pamela_lite model" in line
+
+
+def test_evaluate_reports_the_saved_models_test_figures(model_dir, world, tmp_path):
+    out = tmp_path / "eval.json"
+    assert run(evaluate.main, ["--model", str(model_dir), "--data", str(world), "--kshot", "0,5",
+                               "--no-baselines", "--out", str(out), "--quiet"]) == 0
+    again = {(r["split"], r["k"]): r["srocc"] for r in json.loads(out.read_text()) if r["model"].startswith("model")}
+    at_fit = {(r["split"], r["k"]): r["srocc"] for r in json.loads((model_dir / "metrics.json").read_text())["test"]
+              if r["model"] == "pamela_lite (full)"}
+    assert again == pytest.approx(at_fit)

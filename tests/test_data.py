@@ -1,0 +1,157 @@
+"""The data layer: both layouts load, and every bad input is one clear InputError."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import polars as pl
+import pytest
+
+from pamela_lite.data import (SPLITS, Scale, load_dataset, read_embeddings, read_ratings,
+                              validate_ratings)
+from pamela_lite.errors import InputError
+
+from .conftest import write_embeddings
+
+
+def test_pamela_root_loads_all_splits_with_demographics(world):
+    frame = read_ratings(world)
+    assert set(frame["split"].unique()) == set(SPLITS)
+    assert {"participant_id", "image_id", "rating", "age", "gender", "nationality"} <= set(frame.columns)
+    on_disk = sum(len(json.loads((world / "annotations" / f"pamela_{s}.json").read_text())) for s in SPLITS)
+    assert frame.height == on_disk
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".json"])
+def test_ratings_table_loads_in_each_format(tmp_path, ratings_table, dataset, suffix):
+    path = tmp_path / f"ratings{suffix}"
+    getattr(ratings_table, {".csv": "write_csv", ".parquet": "write_parquet", ".json": "write_json"}[suffix])(path)
+    loaded = load_dataset(path, embeddings=dataset.embeddings.source)
+    assert loaded.ratings.height == ratings_table.height
+    assert loaded.scale == dataset.scale
+
+
+def test_table_without_split_gets_seen_splits_by_image(tmp_path, ratings_table, dataset):
+    path = tmp_path / "r.csv"
+    ratings_table.drop("split").write_csv(path)
+    loaded = load_dataset(path, embeddings=dataset.embeddings.source)
+    per_image = loaded.ratings.group_by("image_id").agg(pl.col("split").n_unique())
+    assert per_image["split"].max() == 1  # an image is in one split only: its users see it as new
+    assert set(loaded.ratings["split"].unique()) == {"train", "val_seen", "test_seen"}
+
+
+def test_string_image_ids_are_kept_as_given(tmp_path, dataset):
+    ids = [f"img-{k}" for k in range(3)]
+    frame = pl.DataFrame({"participant_id": ["a", "a", "b"], "image_id": ids, "rating": [1, 3, 2]})
+    frame.write_csv(tmp_path / "r.csv")
+    write_embeddings(tmp_path / "e.parquet", ids, np.eye(3, 4))
+    loaded = load_dataset(tmp_path / "r.csv", tmp_path / "e.parquet")
+    assert loaded.ratings["image_id"].dtype == pl.String
+    assert loaded.embeddings.take(pl.Series(["img-2"]))[0, 2] == 1.0
+
+
+def test_scale_is_taken_from_the_data(ratings_table):
+    shifted = ratings_table.with_columns(pl.col("rating") * 2 + 3)  # 5..13, nothing like 1-5
+    _, scale = validate_ratings(shifted, "x")
+    assert scale == Scale(int(shifted["rating"].min()), int(shifted["rating"].max()))
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _error(func, *args, **kwargs) -> str:
+    with pytest.raises(InputError) as info:
+        func(*args, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_missing_column_is_named(tmp_path):
+    path = tmp_path / "r.csv"
+    pl.DataFrame({"participant_id": ["a"], "image_id": [1]}).write_csv(path)
+    message = _error(read_ratings, path)
+    assert str(path) in message and "rating" in message
+
+
+def test_duplicated_pairs_are_listed():
+    frame = pl.DataFrame({"participant_id": ["a", "a"], "image_id": [7, 7], "rating": [1, 2]})
+    assert "(a, 7)" in _error(validate_ratings, frame, "r.csv")
+
+
+@pytest.mark.parametrize("rating", [2.5, "good"])
+def test_non_integer_rating_is_rejected(rating):
+    frame = pl.DataFrame({"participant_id": ["a", "b"], "image_id": [1, 2], "rating": [1, rating]},
+                         strict=False)
+    assert "integer" in _error(validate_ratings, frame, "r.csv")
+
+
+def test_rating_outside_given_scale_is_rejected():
+    frame = pl.DataFrame({"participant_id": ["a", "b"], "image_id": [1, 2], "rating": [1, 7]})
+    message = _error(validate_ratings, frame, "r.csv", Scale(1, 5))
+    assert "outside the scale 1-5" in message and "rows 1" in message
+
+
+def test_unknown_split_name_is_rejected():
+    frame = pl.DataFrame({"participant_id": ["a", "b"], "image_id": [1, 2], "rating": [1, 2], "split": ["train", "tst"]})
+    assert "'tst'" in _error(validate_ratings, frame, "r.csv")
+
+
+def test_empty_file_is_rejected(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text("")
+    assert "empty" in _error(read_ratings, path)
+
+
+def test_invalid_json_is_rejected(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text("[{oops")
+    assert "not valid JSON" in _error(read_ratings, path)
+
+
+def test_missing_split_file_is_named(tmp_path, world):
+    root = tmp_path / "copy"
+    shutil.copytree(world, root)
+    (root / "annotations" / "pamela_val_seen.json").unlink()
+    assert "pamela_val_seen.json" in _error(read_ratings, root)
+
+
+def test_empty_split_is_rejected(tmp_path, world):
+    root = tmp_path / "copy"
+    shutil.copytree(world, root)
+    (root / "annotations" / "pamela_test_seen.json").write_text("[]")
+    assert "split test_seen has no ratings" in _error(read_ratings, root)
+
+
+def test_rated_image_without_embedding_is_listed(tmp_path, dataset, ratings_table):
+    keep = dataset.embeddings.ids[1:]
+    write_embeddings(tmp_path / "e.parquet", keep, dataset.embeddings.matrix[1:])
+    ratings_table.write_csv(tmp_path / "r.csv")
+    message = _error(load_dataset, tmp_path / "r.csv", tmp_path / "e.parquet")
+    assert "no embedding" in message and repr(dataset.embeddings.ids[0]) in message
+
+
+def test_nan_embedding_is_rejected(tmp_path):
+    matrix = np.ones((3, 4))
+    matrix[1, 2] = np.nan
+    path = write_embeddings(tmp_path / "e.parquet", [10, 11, 12], matrix)
+    message = _error(read_embeddings, path)
+    assert "NaN" in message and "11" in message
+
+
+def test_mixed_dimension_embeddings_are_rejected(tmp_path):
+    path = tmp_path / "e.parquet"
+    pl.DataFrame({"image_id": [1, 2, 3], "embedding": [[0.1, 0.2], [0.3, 0.4], [0.5, 0.6, 0.7]]}).write_parquet(path)
+    message = _error(read_embeddings, path)
+    assert "mixed dimension" in message and "3" in message
+
+
+def test_duplicated_embedding_ids_are_rejected(tmp_path):
+    path = write_embeddings(tmp_path / "e.parquet", [1, 1], np.ones((2, 3)))
+    assert "more than once" in _error(read_embeddings, path)
+
+
+def test_missing_file_is_named(tmp_path):
+    assert "no such file" in _error(read_embeddings, tmp_path / "nope.parquet")

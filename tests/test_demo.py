@@ -1,0 +1,66 @@
+"""The demo world: deterministic, PAMELA-shaped, in PAMELA's layout."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import polars as pl
+
+from pamela_lite import demo
+from pamela_lite.data import SPLITS, read_ratings
+
+from .conftest import SMALL
+
+
+def _digest(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*.json"))}
+
+
+def test_same_seed_writes_the_same_world(tmp_path):
+    a = demo.write_world(tmp_path / "a", SMALL)
+    b = demo.write_world(tmp_path / "b", SMALL)
+    assert _digest(a) == _digest(b)
+
+
+def test_other_seed_writes_another_world(tmp_path, world):
+    other = demo.write_world(tmp_path / "c", demo.DemoConfig(**{**SMALL.__dict__, "seed": 4}))
+    assert _digest(other) != _digest(world)
+
+
+def test_full_size_world_has_pamela_statistics():
+    images, users, ratings, truth, emb = demo.make_world()
+    assert (users.height, images.height, ratings.height) == (199, 5077, 69904)
+    assert emb.shape == (5077, 512)
+    assert images["group"].n_unique() == 21 and images["style"].drop_nulls().n_unique() == 26
+    raters = ratings.group_by("image_id").len()["len"].mean()
+    assert 12 <= raters <= 16
+    share = ratings.group_by("split").len().with_columns(pl.col("len") / ratings.height)
+    expected = {k: v / sum(demo.SPLIT_RATINGS.values()) for k, v in demo.SPLIT_RATINGS.items()}
+    for split, frac in share.iter_rows():
+        assert abs(frac - expected[split]) < 0.03, split
+    assert set(ratings["original_score"].unique()) == {1, 2, 3, 4, 5}
+    assert truth.height == ratings.height
+
+
+def test_unseen_users_rate_only_in_unseen_splits(world):
+    frame = read_ratings(world)
+    per_user = frame.group_by("participant_id").agg(pl.col("split").unique())
+    for splits in per_user["split"]:
+        kinds = {s.endswith("unseen") for s in splits}
+        assert len(kinds) == 1
+    assert set(frame["split"].unique()) == set(SPLITS)
+
+
+def test_scale_flag_sets_the_rating_range(tmp_path):
+    cfg = demo.DemoConfig(**{**SMALL.__dict__, "scale": 10})
+    frame = read_ratings(demo.write_world(tmp_path / "w", cfg))
+    assert frame["rating"].min() == 1 and frame["rating"].max() == 10
+
+
+def test_truth_explains_ratings(world):
+    frame = read_ratings(world)
+    truth = pl.read_parquet(world / demo.TRUTH_FILE)
+    joined = frame.join(truth, on=["participant_id", "image_id"])
+    assert joined.height == frame.height
+    assert np.corrcoef(joined["rating"], joined["expected_rating"])[0, 1] > 0.7

@@ -1,0 +1,146 @@
+"""The personal scorer: fit/predict, fold-in, save/load, determinism, and that it learns."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+import scipy.sparse as sp
+
+from pamela_lite.errors import InputError
+from pamela_lite.evaluation import evaluate_models, kshot_split
+from pamela_lite.features import als_fold_in, als_row_values
+from pamela_lite.model import PersonalScorer
+
+from .conftest import SMALL_MODEL
+
+
+def test_predict_returns_one_score_per_pair_within_the_scale(fitted, dataset):
+    pairs = dataset.split("test_seen")
+    scores = fitted.predict(pairs, dataset.embeddings)
+    assert scores.shape == (pairs.height,)
+    assert scores.min() >= dataset.scale.low and scores.max() <= dataset.scale.high
+
+
+def test_full_model_beats_population_head_on_unseen_images(fitted, dataset):
+    pop = PersonalScorer(use_bias=False, use_taste=False, use_mf=False, use_head=False, **SMALL_MODEL)
+    pop.fit(dataset.split("train"), dataset.embeddings, dataset.scale)
+    rows = evaluate_models({"pop": pop, "full": fitted}, dataset, splits=("test_seen",))
+    by_model = {r["model"]: r for r in rows}
+    assert by_model["full"]["srocc"] > by_model["pop"]["srocc"] + 0.05
+    assert by_model["full"]["srocc"] < by_model["noise ceiling"]["srocc"] + 0.05
+
+
+def test_unknown_user_without_context_is_an_error(fitted, dataset):
+    pairs = dataset.split("test_unseen").head(3)
+    with pytest.raises(InputError, match="unknown to the model"):
+        fitted.predict(pairs, dataset.embeddings)
+
+
+def test_new_user_folds_in_from_k_ratings(fitted, dataset):
+    frame = dataset.split("test_unseen")
+    context, query = kshot_split(frame, 10, seed=0)
+    assert context.group_by("participant_id").len()["len"].max() == 10
+    states = fitted.fold_in(context, dataset.embeddings)
+    scores = fitted.predict(query, dataset.embeddings, states)
+    assert np.isfinite(scores).all() and scores.std() > 0
+
+
+def test_zero_shot_user_gets_the_demographic_prior(fitted, dataset):
+    users = dataset.split("test_unseen").unique("participant_id")
+    ids, states = fitted.fold_in(users.head(0), dataset.embeddings, users=users)
+    assert len(ids) == users.height
+    head, prior = fitted.demographic_features(users)
+    expected = prior @ fitted.prior_coef_ + fitted.prior_intercept_
+    order = [ids.index(u) for u in users["participant_id"]]
+    np.testing.assert_allclose(states[order, : expected.shape[1]], expected)
+
+
+def test_refolding_a_known_user_reproduces_the_stored_state(fitted, dataset):
+    # Known users' states are the fold-in of their training ratings against the final factors
+    # (shrunk toward zero, not toward the prior), so the same solve must give them back.
+    user = fitted.users_[0]
+    own = dataset.split("train").filter(pl.col("participant_id") == user)
+    zero_prior = fitted.prior_coef_ * 0
+    model = PersonalScorer.__new__(PersonalScorer)
+    model.__dict__.update({**fitted.__dict__, "prior_coef_": zero_prior,
+                           "prior_intercept_": fitted.prior_intercept_ * 0})
+    _, states = model.fold_in(own, dataset.embeddings)
+    stored = fitted.user_states_[0]
+    np.testing.assert_allclose(states[0], stored, rtol=1e-6, atol=1e-8)
+
+
+def test_numpy_fold_in_matches_implicit_recalculate_user():
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    rng = np.random.default_rng(0)
+    alpha, reg = 2.0, 0.5
+    rows = rng.normal(0, 1, (30, 12)) * (rng.random((30, 12)) > 0.3)
+    model = AlternatingLeastSquares(factors=5, regularization=reg, alpha=alpha, iterations=3, random_state=0)
+    model.fit(sp.csr_matrix(als_row_values(rows, alpha).astype(np.float32)), show_progress=False)
+    signed = rows[4]
+    ours = als_fold_in(np.asarray(model.item_factors, dtype=np.float64), signed, alpha, reg)
+    theirs = model.recalculate_user(0, sp.csr_matrix(als_row_values(signed, alpha)[None, :].astype(np.float32)))
+    np.testing.assert_allclose(ours, theirs, rtol=1e-3, atol=1e-4)
+
+
+def test_save_load_round_trip_gives_identical_scores(fitted, dataset, tmp_path):
+    fitted.save(tmp_path / "m")
+    loaded = PersonalScorer.load(tmp_path / "m")
+    pairs = dataset.split("test_seen")
+    np.testing.assert_array_equal(loaded.predict(pairs, dataset.embeddings), fitted.predict(pairs, dataset.embeddings))
+    assert loaded.get_params() == fitted.get_params()
+
+
+def test_saved_model_has_no_pickle(fitted, tmp_path):
+    fitted.save(tmp_path / "m")
+    with np.load(tmp_path / "m" / "arrays.npz", allow_pickle=False) as arrays:
+        assert all(arrays[name].dtype != object for name in arrays.files)
+
+
+def test_corrupted_model_is_rejected(fitted, tmp_path):
+    fitted.save(tmp_path / "m")
+    with open(tmp_path / "m" / "arrays.npz", "r+b") as fh:
+        fh.seek(100)
+        fh.write(b"garbage")
+    with pytest.raises(InputError, match="corrupted"):
+        PersonalScorer.load(tmp_path / "m")
+
+
+def test_model_from_another_format_version_is_rejected(fitted, tmp_path):
+    fitted.save(tmp_path / "m")
+    meta_path = tmp_path / "m" / "model.json"
+    meta = json.loads(meta_path.read_text())
+    meta["format_version"] = 999
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(InputError, match="format version 999"):
+        PersonalScorer.load(tmp_path / "m")
+
+
+def test_folder_without_model_is_rejected(tmp_path):
+    with pytest.raises(InputError, match="not a pamela_lite model"):
+        PersonalScorer.load(tmp_path)
+
+
+def test_failed_save_keeps_the_existing_model(fitted, tmp_path, monkeypatch):
+    fitted.save(tmp_path / "m")
+    before = (tmp_path / "m" / "model.json").read_text()
+    monkeypatch.setattr(np, "savez", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError):
+        fitted.save(tmp_path / "m")
+    assert (tmp_path / "m" / "model.json").read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temporary folder left behind
+
+
+def test_same_seed_same_model(dataset, fitted):
+    again = PersonalScorer(random_state=0, **SMALL_MODEL).fit(
+        dataset.split("train"), dataset.embeddings, dataset.scale, validation=dataset.split("val_seen"))
+    pairs = dataset.split("test_seen")
+    np.testing.assert_allclose(again.predict(pairs, dataset.embeddings), fitted.predict(pairs, dataset.embeddings))
+
+
+def test_wrong_embedding_dimension_is_an_error(fitted):
+    with pytest.raises(InputError, match="dimension 7"):
+        fitted.image_features(np.ones((2, 7), dtype=np.float32))
