@@ -9,10 +9,10 @@ layers before it leave:
 3. User bias ``b_u``: how high the person rates in general (shrunk toward a demographic prior).
 4. Taste models on the user-centred residual ``r = y - mean - p(x) - b_u``:
 
-   * **factor model (implicit ALS)**: images are soft-assigned to ``n_prototypes`` embedding
-     prototypes (k-means centres); each user's signed residual mass per prototype is the
-     feedback matrix ALS factorises. Prototype factors give every image — seen or not — a factor
-     vector ``q(x) = softmax(cos(x, prototypes)/T) @ V``; user factors ``u`` capture the shared
+   * **factor model (implicit ALS)**: images are soft-assigned to ``n_prototypes`` prototypes
+     (k-means centres in the embedding's PCA space); each user's signed residual mass per
+     prototype is the feedback matrix ALS factorises. Prototype factors give every image — seen
+     or not — a factor vector ``q(x) = assign(x) @ V``; user factors ``u`` capture the shared
      taste dimensions. A new user folds in from k ratings with one least-squares solve.
    * **linear taste**: a per-user ridge ``w_u`` on a whitened PCA ``z(x)`` of the embedding.
 
@@ -48,7 +48,8 @@ from . import __version__
 from ._atomic import atomic_dir
 from .data import Embeddings, Scale
 from .errors import InputError, preview
-from .features import als_fold_in, als_row_values, l2_normalise, soft_assign
+from .features import (ImageFeatures, ImageSide, UserSolver, als_row_values, demographic_vectors,
+                       l2_normalise)
 
 log = logging.getLogger(__name__)
 
@@ -58,24 +59,11 @@ COMPONENTS = ("bias", "population", "taste", "mf", "head")
 
 
 @dataclass
-class ImageFeatures:
-    """What the scorer computes from an embedding, once per image."""
-
-    population: np.ndarray  # (n,) p(x), without the global mean
-    pca: np.ndarray  # (n, d) whitened PCA coordinates z(x)
-    factors: np.ndarray  # (n, f) image factors q(x)
-
-
-@dataclass
 class _Base:
     """Everything below the residual head, fitted on one set of ratings."""
 
-    mean: float
-    pop_coef: np.ndarray
-    pop_intercept: float
-    item_factors: np.ndarray
-    residual_scale: float
-    user_ids: list
+    image_side: ImageSide
+    solver: UserSolver
     states: np.ndarray  # (n_users, 1 + d + f): bias, w, u
 
 
@@ -89,7 +77,8 @@ class PersonalScorer:
     n_prototypes : int
         Embedding prototypes (k-means centres) that form the item side of the factor model.
     temperature : float
-        Softmax temperature of an image's assignment to prototypes (cosine similarity).
+        Softness of an image's assignment to prototypes, relative to the mean squared distance
+        from an image to its nearest prototype (small: hard clusters; large: smooth mixtures).
     factors : int
         Latent taste dimensions of the implicit ALS factor model.
     alpha, als_regularization, als_iterations : float, float, int
@@ -98,8 +87,6 @@ class PersonalScorer:
         Pseudo-counts pulling a user's bias and linear taste toward the demographic prior.
     head_trees, head_leaves, head_learning_rate, head_min_child_samples : int, int, float, int
         LightGBM residual head; the number of trees is early-stopped on validation when given.
-    head_pca : int
-        How many PCA coordinates of the image the head sees.
     n_folds : int
         Image folds for the out-of-fold base features the head trains on.
     use_bias, use_population, use_taste, use_mf, use_head : bool
@@ -110,11 +97,11 @@ class PersonalScorer:
         Show a progress bar while fitting.
     """
 
-    def __init__(self, n_components: int = 32, n_prototypes: int = 64, temperature: float = 0.05,
+    def __init__(self, n_components: int = 32, n_prototypes: int = 64, temperature: float = 1.0,
                  factors: int = 16, alpha: float = 2.0, als_regularization: float = 1.0,
                  als_iterations: int = 15, bias_shrinkage: float = 5.0, taste_shrinkage: float = 30.0,
                  head_trees: int = 600, head_leaves: int = 15, head_learning_rate: float = 0.03,
-                 head_min_child_samples: int = 100, head_pca: int = 16, n_folds: int = 4,
+                 head_min_child_samples: int = 100, n_folds: int = 4,
                  use_bias: bool = True, use_population: bool = True, use_taste: bool = True,
                  use_mf: bool = True, use_head: bool = True, random_state: int = 0,
                  progress: bool = False):
@@ -131,7 +118,6 @@ class PersonalScorer:
         self.head_leaves = head_leaves
         self.head_learning_rate = head_learning_rate
         self.head_min_child_samples = head_min_child_samples
-        self.head_pca = head_pca
         self.n_folds = n_folds
         self.use_bias = use_bias
         self.use_population = use_population
@@ -169,89 +155,43 @@ class PersonalScorer:
 
     # ------------------------------------------------------------------ image side
 
-    def image_features(self, embeddings: np.ndarray) -> ImageFeatures:
-        """Population score, PCA coordinates and factor vector of each embedding row."""
-        self._check_fitted()
-        x = l2_normalise(embeddings)
-        if x.shape[1] != self.pca_mean_.shape[0]:
-            raise InputError(None, f"embeddings have dimension {x.shape[1]}, the model was fitted on "
-                                   f"{self.pca_mean_.shape[0]}")
-        return self._image_features(x, self.pop_coef_, self.pop_intercept_, self.item_factors_)
+    @property
+    def image_side_(self) -> ImageSide:
+        return ImageSide(self.pop_coef_, self.pop_intercept_, self.pca_mean_, self.pca_components_,
+                         self.pca_scale_, self.prototypes_, self.assign_width_, self.item_factors_)
 
-    def _image_features(self, x_unit, pop_coef, pop_intercept, item_factors, assign=None) -> ImageFeatures:
-        population = x_unit @ pop_coef + pop_intercept
-        pca = (x_unit - self.pca_mean_) @ self.pca_components_
-        if assign is None:
-            assign = soft_assign(x_unit, self.prototypes_, self.temperature)
-        factors = assign @ item_factors
-        return ImageFeatures(population.astype(np.float64), pca.astype(np.float64), factors.astype(np.float64))
+    @property
+    def solver_(self) -> UserSolver:
+        return self._solver(self.mean_, self.item_factors_, self.residual_scale_)
+
+    def _solver(self, mean: float, item_factors: np.ndarray, residual_scale: float) -> UserSolver:
+        return UserSolver(mean, item_factors, residual_scale, self.alpha, self.als_regularization,
+                          self.bias_shrinkage, self.taste_shrinkage, self.use_bias, self.use_population,
+                          self.use_taste, self.use_mf)
+
+    def image_features(self, embeddings: np.ndarray) -> ImageFeatures:
+        """Population score, PCA coordinates, prototype assignment and factors of each embedding row."""
+        self._check_fitted()
+        if embeddings.shape[1] != self.pca_mean_.shape[0]:
+            raise InputError(None, f"embeddings have dimension {embeddings.shape[1]}, the model was fitted on "
+                                   f"{self.pca_mean_.shape[0]}")
+        return self.image_side_.features(l2_normalise(embeddings))
 
     # ------------------------------------------------------------------ user side
 
     def demographic_features(self, users: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """(head features: age z-score + gender one-hot, prior features: those + nationality one-hot)."""
-        n = users.height
-        age = users["age"].cast(pl.Float64).to_numpy() if "age" in users.columns else np.full(n, np.nan)
-        age_z = np.nan_to_num((age - self.age_mean_) / self.age_std_, nan=0.0)
-        gender = _one_hot(users, "gender", self.genders_)
-        nationality = _one_hot(users, "nationality", self.nationalities_)
-        head = np.column_stack([age_z, gender])
-        return head, np.column_stack([head, nationality])
+        def column(name):
+            return users[name].to_list() if name in users.columns else [None] * users.height
 
-    def _prior_states(self, prior_features: np.ndarray) -> np.ndarray:
-        return prior_features @ self.prior_coef_ + self.prior_intercept_
-
-    def _solve_states(self, ratings: pl.DataFrame, feats: ImageFeatures, assign: np.ndarray,
-                      user_ids: list, priors: np.ndarray, mean: float, item_factors: np.ndarray,
-                      residual_scale: float) -> tuple[np.ndarray, np.ndarray]:
-        """Bias, linear taste and factors of each user in `user_ids` from their ratings.
-
-        `ratings` rows align with `feats` and `assign` (soft prototype assignments); `priors` are
-        (n_users, 1+d+f) prior states. Returns the states and each user's signed residual mass
-        per prototype (the row the factor model sees).
-        """
-        d, f = feats.pca.shape[1], item_factors.shape[1]
-        order = {u: k for k, u in enumerate(user_ids)}
-        user_index = np.array([order[u] for u in ratings["participant_id"].to_list()], dtype=np.int64)
-        y = ratings["rating"].to_numpy().astype(np.float64)
-        resid = y - mean - (feats.population if self.use_population else 0.0)
-
-        counts = np.bincount(user_index, minlength=len(user_ids)).astype(np.float64)
-        states = priors.copy()
-        if self.use_bias:
-            sums = np.bincount(user_index, weights=resid, minlength=len(user_ids))
-            states[:, 0] = (sums + self.bias_shrinkage * priors[:, 0]) / (counts + self.bias_shrinkage)
-        else:
-            states[:, 0] = 0.0
-        resid = resid - states[user_index, 0]
-
-        sort = np.argsort(user_index, kind="stable")
-        bounds = np.searchsorted(user_index[sort], np.arange(len(user_ids) + 1))
-        masses = np.zeros((len(user_ids), item_factors.shape[0]))
-        for k in range(len(user_ids)):
-            rows = sort[bounds[k]:bounds[k + 1]]
-            if self.use_taste:
-                Z = feats.pca[rows]
-                A = Z.T @ Z + self.taste_shrinkage * np.eye(d)
-                states[k, 1:1 + d] = np.linalg.solve(A, Z.T @ resid[rows] + self.taste_shrinkage * priors[k, 1:1 + d])
-            if self.use_mf and len(rows):
-                masses[k] = assign[rows].T @ resid[rows] / residual_scale
-        if not self.use_taste:
-            states[:, 1:1 + d] = 0.0
-        if self.use_mf:
-            for k in range(len(user_ids)):
-                states[k, 1 + d:1 + d + f] = als_fold_in(item_factors, masses[k], self.alpha,
-                                                         self.als_regularization, priors[k, 1 + d:1 + d + f])
-        else:
-            states[:, 1 + d:1 + d + f] = 0.0
-        return states, masses
+        return demographic_vectors(column("age"), column("gender"), column("nationality"), self.age_mean_,
+                                   self.age_std_, self.genders_, self.nationalities_)
 
     def _fit_als(self, masses: np.ndarray) -> np.ndarray:
         """implicit ALS on the users x prototypes matrix of signed residual mass → prototype factors."""
         from implicit.als import AlternatingLeastSquares
 
-        values = np.where(np.abs(masses) >= self._min_mass, als_row_values(masses, self.alpha), 0.0)
-        matrix = sp.csr_matrix(values.astype(np.float32))
+        matrix = sp.csr_matrix(als_row_values(masses, self.alpha).astype(np.float32))
         with threadpool_limits(1, "blas"):  # implicit is many times slower with threaded BLAS
             model = AlternatingLeastSquares(factors=self.factors, regularization=self.als_regularization,
                                             alpha=self.alpha, iterations=self.als_iterations,
@@ -293,7 +233,6 @@ class PersonalScorer:
         self._fit_demographics(ratings)
         steps.update(1)
 
-        assign_all = soft_assign(x_all, self.prototypes_, self.temperature)
         user_ids = ratings["participant_id"].unique(maintain_order=True).to_list()
         users = _users_table(ratings, user_ids)
         head_demo, prior_demo = self.demographic_features(users)
@@ -305,17 +244,19 @@ class PersonalScorer:
             parts = []
             for fold in range(self.n_folds):
                 inner, outer = np.flatnonzero(folds != fold), np.flatnonzero(folds == fold)
-                base = self._fit_base(ratings[inner], x_all[inner], assign_all[inner], user_ids)
-                parts.append((outer, self._pair_columns(base, ratings[outer], x_all[outer], assign_all[outer])))
+                base = self._fit_base(ratings[inner], x_all[inner], user_ids)
+                parts.append((outer, self._pair_columns(base, ratings[outer], x_all[outer])))
                 steps.update(1)
             oof = _stack_parts(parts, ratings.height)
 
-        base = self._fit_base(ratings, x_all, assign_all, user_ids)
-        self.mean_, self.pop_coef_, self.pop_intercept_ = base.mean, base.pop_coef, base.pop_intercept
-        self.item_factors_, self.residual_scale_ = base.item_factors, base.residual_scale
+        base = self._fit_base(ratings, x_all, user_ids)
+        self.mean_, self.residual_scale_ = base.solver.mean, base.solver.residual_scale
+        self.pop_coef_, self.pop_intercept_ = base.image_side.pop_coef, base.image_side.pop_intercept
+        self.item_factors_ = base.image_side.item_factors
         self._fit_prior(prior_demo, base.states)
         self.users_ = user_ids
-        self.user_states_ = np.column_stack([base.states, head_demo])
+        # States are float32, the type the exported scorer takes them in, so both score alike.
+        self.user_states_ = np.column_stack([base.states, head_demo]).astype(np.float32)
         steps.update(1)
 
         y = ratings["rating"].to_numpy().astype(np.float64)
@@ -332,11 +273,14 @@ class PersonalScorer:
     def _fit_embedding_maps(self, x_images: np.ndarray) -> None:
         n_comp = min(self.n_components, x_images.shape[0] - 1, x_images.shape[1])
         pca = PCA(n_components=n_comp, random_state=self.random_state).fit(x_images)
-        self.pca_mean_ = pca.mean_.astype(np.float32)
-        self.pca_components_ = (pca.components_.T / np.sqrt(pca.explained_variance_)).astype(np.float32)
+        self.pca_mean_ = pca.mean_.astype(np.float64)
+        self.pca_components_ = pca.components_.T.astype(np.float64)
+        self.pca_scale_ = 1.0 / np.sqrt(pca.explained_variance_)
+        coords = (x_images - self.pca_mean_) @ self.pca_components_
         k = min(self.n_prototypes, x_images.shape[0])
-        km = KMeans(n_clusters=k, n_init=2, random_state=self.random_state).fit(x_images)
-        self.prototypes_ = l2_normalise(km.cluster_centers_)
+        km = KMeans(n_clusters=k, n_init=2, random_state=self.random_state).fit(coords)
+        self.prototypes_ = km.cluster_centers_.astype(np.float64)
+        self.assign_width_ = self.temperature * float(km.inertia_ / len(coords))
 
     def _fit_demographics(self, ratings: pl.DataFrame) -> None:
         users = ratings.unique("participant_id", keep="first")
@@ -346,49 +290,44 @@ class PersonalScorer:
         self.genders_ = _vocabulary(users, "gender")
         self.nationalities_ = _vocabulary(users, "nationality")
 
-    def _fit_base(self, ratings, x_unit, assign, user_ids) -> _Base:
+    def _fit_base(self, ratings, x_unit, user_ids) -> _Base:
         """Population head, bias, linear taste and factor model on one set of ratings."""
         y = ratings["rating"].to_numpy().astype(np.float64)
         mean = float(y.mean())
-        d = self.pca_components_.shape[1]
-        zero_priors = np.zeros((len(user_ids), 1 + d + self.factors))
+        n_users = len(user_ids)
+        user_index = self._user_index(ratings)
         pop_coef, pop_intercept = np.zeros(x_unit.shape[1]), 0.0
-        user_index = np.array([self._user_order[u] for u in ratings["participant_id"].to_list()])
-        bias = np.zeros(len(user_ids))
+        bias = np.zeros(n_users)
         for _ in range(2 if self.use_population else 0):  # bias and population head, alternated
             target = y - mean - bias[user_index]
             pop_coef, pop_intercept = _fit_population(ratings["image_id"], x_unit, target)
-            population = x_unit @ pop_coef + pop_intercept
             if not self.use_bias:
                 break
-            resid = y - mean - population
-            bias = (np.bincount(user_index, resid, len(user_ids))
-                    / (np.bincount(user_index, minlength=len(user_ids)) + self.bias_shrinkage))
-        item_factors = np.zeros((self.n_prototypes_fit, self.factors))
-        feats = self._image_features(x_unit, pop_coef, pop_intercept, item_factors, assign)
-        # Residual scale and the mass threshold of the ALS matrix come from this fit's users.
-        states, masses = self._solve_states(ratings, feats, assign, user_ids, zero_priors, mean,
-                                            item_factors, 1.0)
-        residual_scale = float(np.std(masses)) or 1.0
-        masses = masses / residual_scale
+            resid = y - mean - (x_unit @ pop_coef + pop_intercept)
+            bias = (np.bincount(user_index, resid, n_users)
+                    / (np.bincount(user_index, minlength=n_users) + self.bias_shrinkage))
+        side = ImageSide(pop_coef, pop_intercept, self.pca_mean_, self.pca_components_, self.pca_scale_,
+                         self.prototypes_, self.assign_width_, np.zeros((self.prototypes_.shape[0], self.factors)))
+        feats = side.features(x_unit)
+        zero_priors = np.zeros((n_users, 1 + self.pca_components_.shape[1] + self.factors))
+        solver = self._solver(mean, side.item_factors, 1.0)
+        states, masses = solver.states(user_index, n_users, y, feats, zero_priors)
+        # Mass is measured in units of its spread, so alpha means the same on any data set.
+        solver.residual_scale = float(np.std(masses)) or 1.0
         if self.use_mf:
-            self._min_mass = float(np.quantile(np.abs(masses), 0.25))
-            item_factors = self._fit_als(masses)
-            feats.factors = assign @ item_factors
-            states, _ = self._solve_states(ratings, feats, assign, user_ids, zero_priors, mean, item_factors,
-                                           residual_scale)
-        return _Base(mean, pop_coef, pop_intercept, item_factors, residual_scale, user_ids, states)
+            side.item_factors = solver.item_factors = self._fit_als(masses / solver.residual_scale)
+            feats.factors = feats.assign @ side.item_factors
+            states, _ = solver.states(user_index, n_users, y, feats, zero_priors)
+        return _Base(side, solver, states)
 
-    @property
-    def n_prototypes_fit(self) -> int:
-        return self.prototypes_.shape[0]
+    def _user_index(self, ratings: pl.DataFrame) -> np.ndarray:
+        return np.array([self._user_order[u] for u in ratings["participant_id"].to_list()], dtype=np.int64)
 
-    def _pair_columns(self, base: _Base, ratings: pl.DataFrame, x_unit: np.ndarray, assign: np.ndarray) -> dict:
+    def _pair_columns(self, base: _Base, ratings: pl.DataFrame, x_unit: np.ndarray) -> dict:
         """Base components and head features of rating rows, from one fitted base."""
-        feats = self._image_features(x_unit, base.pop_coef, base.pop_intercept, base.item_factors, assign)
-        idx = np.array([self._user_order[u] for u in ratings["participant_id"].to_list()])
-        states = np.column_stack([base.states, self._head_demo])[idx]
-        return self._columns(base.mean, feats, states)
+        feats = base.image_side.features(x_unit)
+        states = np.column_stack([base.states, self._head_demo])[self._user_index(ratings)]
+        return self._columns(base.solver.mean, feats, states)
 
     def _columns(self, mean: float, feats: ImageFeatures, states: np.ndarray) -> dict:
         d, f = feats.pca.shape[1], feats.factors.shape[1]
@@ -396,7 +335,7 @@ class PersonalScorer:
         taste = np.einsum("ij,ij->i", states[:, 1:1 + d], feats.pca)
         mf = np.einsum("ij,ij->i", states[:, 1 + d:1 + d + f], feats.factors)
         population = feats.population if self.use_population else np.zeros_like(bias)
-        head_x = np.column_stack([population, bias, taste, mf, feats.pca[:, :self.head_pca], feats.factors,
+        head_x = np.column_stack([population, bias, taste, mf, feats.pca, feats.factors,
                                   states[:, 1 + d:1 + d + f], states[:, 1 + d + f:]]).astype(np.float32)
         return {"mean": np.full_like(bias, mean), "population": population, "bias": bias, "taste": taste,
                 "mf": mf, "head_x": head_x}
@@ -434,9 +373,8 @@ class PersonalScorer:
                 callbacks = [lgb.early_stopping(50, verbose=False)]
         booster = lgb.train(params, train, num_boost_round=self.head_trees, valid_sets=valid_sets,
                             callbacks=callbacks)
-        if valid_sets:
-            booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=booster.best_iteration))
-        return booster
+        best = booster.best_iteration if valid_sets else None
+        return float32_safe(booster.model_to_string(num_iteration=best))
 
     def _fit_prior(self, prior_demo: np.ndarray, states: np.ndarray) -> None:
         """Demographics → user state: the k=0 guess for a new person, and the shrinkage target."""
@@ -469,20 +407,19 @@ class PersonalScorer:
             ids += [u for u in users["participant_id"].unique(maintain_order=True).to_list() if u not in set(ids)]
         table = _users_table(pl.concat([f for f in (users, context) if f is not None], how="diagonal_relaxed"), ids)
         head_demo, prior_demo = self.demographic_features(table)
-        priors = self._prior_states(prior_demo)
+        priors = prior_demo @ self.prior_coef_ + self.prior_intercept_
+        states = priors
         if context.height:
             outside = context.filter(~pl.col("rating").is_between(self.scale_.low, self.scale_.high))
             if outside.height:
                 raise InputError(None, f"context ratings outside the model's scale {self.scale_}: "
                                        f"{preview(outside['rating'].to_list())}")
-            x = l2_normalise(embeddings.take(context["image_id"]))
-            feats = self.image_features(x)
-            assign = soft_assign(x, self.prototypes_, self.temperature)
-            states, _ = self._solve_states(context, feats, assign, ids, priors, self.mean_, self.item_factors_,
-                                           self.residual_scale_)
-        else:
-            states = priors
-        return ids, np.column_stack([states, head_demo])
+            feats = self.image_features(embeddings.take(context["image_id"]))
+            order = {u: k for k, u in enumerate(ids)}
+            user_index = np.array([order[u] for u in context["participant_id"].to_list()], dtype=np.int64)
+            y = context["rating"].to_numpy().astype(np.float64)
+            states, _ = self.solver_.states(user_index, len(ids), y, feats, priors)
+        return ids, np.column_stack([states, head_demo]).astype(np.float32)
 
     def components(self, pairs: pl.DataFrame, embeddings: Embeddings,
                    states: tuple[list, np.ndarray] | None = None) -> dict:
@@ -537,6 +474,7 @@ class PersonalScorer:
                 "format": FORMAT, "format_version": FORMAT_VERSION, "pamela_lite_version": __version__,
                 "params": self.get_params(), "scale": [self.scale_.low, self.scale_.high],
                 "mean": self.mean_, "pop_intercept": self.pop_intercept_, "residual_scale": self.residual_scale_,
+                "assign_width": self.assign_width_,
                 "blend": self.blend_.tolist(), "age_mean": self.age_mean_, "age_std": self.age_std_,
                 "genders": self.genders_, "nationalities": self.nationalities_,
                 "user_id_type": "int" if self.users_ and isinstance(self.users_[0], int) else "str",
@@ -578,7 +516,7 @@ class PersonalScorer:
         model.users_ = [int(u) for u in ids] if meta["user_id_type"] == "int" else ids
         model.scale_ = Scale(*meta["scale"])
         model.mean_, model.pop_intercept_ = meta["mean"], meta["pop_intercept"]
-        model.residual_scale_ = meta["residual_scale"]
+        model.residual_scale_, model.assign_width_ = meta["residual_scale"], meta["assign_width"]
         model.blend_ = np.array(meta["blend"])
         model.age_mean_, model.age_std_ = meta["age_mean"], meta["age_std"]
         model.genders_, model.nationalities_ = meta["genders"], meta["nationalities"]
@@ -587,7 +525,30 @@ class PersonalScorer:
         return model
 
 
-_ARRAYS = ("pca_mean", "pca_components", "pop_coef", "prototypes", "item_factors",
+def float32_safe(model_text: str) -> lgb.Booster:
+    """A booster whose split thresholds are float32 numbers, with every decision unchanged.
+
+    Tree features are float32. LightGBM compares them with double thresholds; ONNX's tree
+    ensemble stores thresholds as float32, and rounding a threshold *up* onto a feature value
+    flips ``value <= threshold`` (the known LightGBM-to-ONNX trap; a user-level feature repeats
+    on every pair of that user, so one such threshold mis-scores hundreds of pairs). Replacing
+    each threshold by the largest float32 not above it keeps every float32 comparison as it was
+    and makes both runtimes see the same number.
+    """
+    # tree_sizes= gives each tree's length in bytes, which the new numbers change; LightGBM
+    # parses the trees one by one without it.
+    lines = [line for line in model_text.split("\n") if not line.startswith("tree_sizes=")]
+    for k, line in enumerate(lines):
+        if line.startswith("threshold="):
+            values = np.array(line[len("threshold="):].split(), dtype=np.float64)
+            snapped = values.astype(np.float32)
+            above = snapped.astype(np.float64) > values
+            snapped[above] = np.nextafter(snapped[above], np.float32(-np.inf))
+            lines[k] = "threshold=" + " ".join(repr(float(v)) for v in snapped)
+    return lgb.Booster(model_str="\n".join(lines))
+
+
+_ARRAYS = ("pca_mean", "pca_components", "pca_scale", "pop_coef", "prototypes", "item_factors",
            "prior_coef", "prior_intercept", "user_states")
 
 
@@ -599,18 +560,6 @@ def _vocabulary(users: pl.DataFrame, column: str) -> list[str]:
     if column not in users.columns:
         return []
     return sorted(users[column].drop_nulls().cast(pl.String).unique().to_list())
-
-
-def _one_hot(users: pl.DataFrame, column: str, vocabulary: list[str]) -> np.ndarray:
-    if column not in users.columns or not vocabulary:
-        return np.zeros((users.height, len(vocabulary)))
-    values = users[column].cast(pl.String).to_list()
-    index = {v: k for k, v in enumerate(vocabulary)}
-    out = np.zeros((users.height, len(vocabulary)))
-    for row, v in enumerate(values):
-        if v in index:
-            out[row, index[v]] = 1.0
-    return out
 
 
 def _users_table(ratings: pl.DataFrame, user_ids: list) -> pl.DataFrame:

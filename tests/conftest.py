@@ -11,7 +11,7 @@ from pamela_lite.model import PersonalScorer
 
 SMALL = demo.DemoConfig(n_users=48, n_images=400, n_ratings=6000, dim=32, seed=3)
 # A model small enough to fit in about a second, with every component switched on.
-SMALL_MODEL = dict(n_components=8, n_prototypes=12, factors=4, head_trees=60, head_pca=4, n_folds=3)
+SMALL_MODEL = dict(n_components=8, n_prototypes=12, factors=4, head_trees=60, n_folds=3)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,169 @@
+"""Scoring on a device with numpy and onnxruntime alone.
+
+This module imports nothing heavier than numpy and onnxruntime (a test checks it), so it runs on
+a phone, a laptop or a T2I server that has neither LightGBM, implicit, scikit-learn nor polars.
+It needs the two files ``python -m pamela_lite.export`` writes: ``scorer.onnx`` and
+``scorer.users.npz`` (known users' states and the arrays that fold in a new user).
+
+Example::
+
+    from pamela_lite.edge import EdgeScorer
+    scorer = EdgeScorer("scorer.onnx")
+    scores = scorer.score_user("p0007", gallery)             # (n,) predicted ratings
+    best, best_scores = scorer.top_k("p0007", gallery, k=10)  # indices into gallery
+    me = scorer.fold_in(my_embeddings, my_ratings, age=34, gender="female")
+    scorer.score_user(me, gallery)                            # a new person, no re-export
+
+Session settings are chosen for latency on small calls: one intra-op thread (scoring is a few
+small matrix products and a tree walk; threads cost more to wake than they save) and no busy
+spinning, so an idle scorer does not burn a core between calls.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .features import ImageSide, UserSolver, demographic_vectors, l2_normalise
+
+EDGE_FORMAT_VERSION = 1
+
+
+def session_options(threads: int = 1) -> ort.SessionOptions:
+    """onnxruntime settings for latency-bound scoring (see the module docstring)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3  # the exported graph is clean; keep device logs quiet
+    return options
+
+
+def users_path(scorer_path: str | Path) -> Path:
+    """Where the known users' states and fold-in arrays live beside a scorer file."""
+    scorer_path = Path(scorer_path)
+    return scorer_path.with_name(scorer_path.stem + ".users.npz")
+
+
+class EdgeScorer:
+    """An exported scorer plus its users, ready to score.
+
+    Parameters
+    ----------
+    scorer_path : path
+        The ONNX file from ``python -m pamela_lite.export``.
+    users : path, optional
+        Its ``.users.npz``; default: beside `scorer_path`.
+    threads : int
+        onnxruntime intra-op threads (1 is fastest for small batches).
+    """
+
+    def __init__(self, scorer_path: str | Path, users: str | Path | None = None, threads: int = 1):
+        scorer_path = Path(scorer_path)
+        if not scorer_path.exists():
+            raise FileNotFoundError(f"{scorer_path}: no such scorer file")
+        self.session = ort.InferenceSession(str(scorer_path), session_options(threads),
+                                            providers=["CPUExecutionProvider"])
+        sidecar = Path(users) if users else users_path(scorer_path)
+        if not sidecar.exists():
+            raise FileNotFoundError(f"{sidecar}: no users file beside the scorer (written by pamela_lite.export)")
+        with np.load(sidecar, allow_pickle=False) as arrays:
+            a = {k: arrays[k] for k in arrays.files}
+        scalars = json.loads(str(a["scalars"]))
+        if scalars.get("format_version") != EDGE_FORMAT_VERSION:
+            raise ValueError(f"{sidecar}: users file format {scalars.get('format_version')}, "
+                             f"this pamela_lite reads {EDGE_FORMAT_VERSION}; export again")
+        self.user_ids = a["user_ids"].tolist()
+        self._row = {u: k for k, u in enumerate(self.user_ids)}
+        self.states = a["user_states"].astype(np.float32)
+        self.scale = (scalars["scale_low"], scalars["scale_high"])
+        self._demographics = (scalars["age_mean"], scalars["age_std"], a["genders"].tolist(),
+                              a["nationalities"].tolist())
+        self._prior = (a["prior_coef"], a["prior_intercept"])
+        self.image_side = ImageSide(a["pop_coef"], scalars["pop_intercept"], a["pca_mean"], a["pca_components"],
+                                    a["pca_scale"], a["prototypes"], scalars["assign_width"], a["item_factors"])
+        self.solver = UserSolver(scalars["mean"], a["item_factors"], scalars["residual_scale"], scalars["alpha"],
+                                 scalars["regularization"], scalars["bias_shrinkage"], scalars["taste_shrinkage"],
+                                 scalars["use_bias"], scalars["use_population"], scalars["use_taste"],
+                                 scalars["use_mf"])
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.image_side.pca_mean.shape[0]
+
+    @property
+    def state_dim(self) -> int:
+        return self.states.shape[1]
+
+    # ------------------------------------------------------------------ users
+
+    def state(self, user: str | np.ndarray) -> np.ndarray:
+        """The state vector of a known user id, or `user` itself when it is already a state."""
+        if isinstance(user, np.ndarray):
+            if user.shape != (self.state_dim,):
+                raise ValueError(f"a user state has shape ({self.state_dim},), not {user.shape}")
+            return user.astype(np.float32)
+        row = self._row.get(str(user))
+        if row is None:
+            raise KeyError(f"user {user!r} is not known to this scorer; fold them in from their ratings")
+        return self.states[row]
+
+    def fold_in(self, embeddings: np.ndarray, ratings: np.ndarray, age: float | None = None,
+                gender: str | None = None, nationality: str | None = None) -> np.ndarray:
+        """A new person's state from k (embedding, rating) pairs and optional demographics.
+
+        k = 0 (empty arrays) gives the demographic prior. Same arithmetic as
+        ``PersonalScorer.fold_in``; no refit, no re-export.
+        """
+        embeddings = np.asarray(embeddings, dtype=np.float32).reshape(-1, self.embedding_dim)
+        ratings = np.asarray(ratings, dtype=np.float64).reshape(-1)
+        if len(ratings) != len(embeddings):
+            raise ValueError(f"{len(embeddings)} embeddings but {len(ratings)} ratings")
+        low, high = self.scale
+        if len(ratings) and (ratings.min() < low or ratings.max() > high):
+            raise ValueError(f"ratings must lie on the scale {low}-{high}")
+        head, prior_x = demographic_vectors([age], [gender], [nationality], *self._demographics)
+        prior = prior_x @ self._prior[0] + self._prior[1]
+        state = prior
+        if len(ratings):
+            feats = self.image_side.features(l2_normalise(embeddings))
+            state, _ = self.solver.states(np.zeros(len(ratings), dtype=np.int64), 1, ratings, feats, prior)
+        return np.concatenate([state[0], head[0]]).astype(np.float32)
+
+    def add_user(self, user_id: str, state: np.ndarray) -> None:
+        """Remember a folded-in user under an id (in memory)."""
+        state = self.state(np.asarray(state))
+        self._row[str(user_id)] = len(self.user_ids)
+        self.user_ids.append(str(user_id))
+        self.states = np.vstack([self.states, state[None, :]])
+
+    # ------------------------------------------------------------------ scoring
+
+    def score(self, embeddings: np.ndarray, states: np.ndarray) -> np.ndarray:
+        """Scores of N (embedding, user state) pairs: arrays (N, D) and (N, S) → (N,)."""
+        embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        states = np.ascontiguousarray(states, dtype=np.float32)
+        if embeddings.ndim != 2 or embeddings.shape[1] != self.embedding_dim:
+            raise ValueError(f"embeddings must have shape (N, {self.embedding_dim}), not {embeddings.shape}")
+        if states.shape != (embeddings.shape[0], self.state_dim):
+            raise ValueError(f"states must have shape ({embeddings.shape[0]}, {self.state_dim}), not {states.shape}")
+        return self.session.run(None, {"embedding": embeddings, "user_state": states})[0]
+
+    def score_user(self, user: str | np.ndarray, embeddings: np.ndarray) -> np.ndarray:
+        """Scores of one user (id or state) for each embedding row."""
+        embeddings = np.atleast_2d(np.asarray(embeddings, dtype=np.float32))
+        states = np.broadcast_to(self.state(user), (embeddings.shape[0], self.state_dim))
+        return self.score(embeddings, states)
+
+    def top_k(self, user: str | np.ndarray, embeddings: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """Indices and scores of the user's k best images in a gallery, best first."""
+        scores = self.score_user(user, embeddings)
+        k = min(k, len(scores))
+        best = np.argpartition(-scores, k - 1)[:k]
+        best = best[np.argsort(-scores[best], kind="stable")]
+        return best, scores[best]

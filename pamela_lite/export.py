@@ -1,0 +1,215 @@
+"""Export a fitted scorer to one ONNX file: ``python -m pamela_lite.export``.
+
+The graph holds the whole scorer — embedding normalisation, population head, PCA, prototype
+assignment and image factors, the taste and factor scores, the LightGBM residual trees and the
+clip to the rating scale — so a device needs only onnxruntime to score.
+
+Inputs (float32):
+
+* ``embedding`` [N, D]: raw image embeddings (normalised inside the graph);
+* ``user_state`` [N, S]: one state vector per pair, ``[bias, w (d), u (f), age_z, gender one-hot]``.
+
+Output: ``score`` [N], the predicted rating.
+
+Beside the graph, ``<name>.users.npz`` (numpy, no pickle) ships the states of the users known
+at fit time and the small arrays needed to fold in a new user on the device
+(:mod:`pamela_lite.edge`), so a new person never requires a re-export.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from . import __version__
+from ._atomic import atomic_file
+from .cli import Stopwatch, run
+from .edge import EDGE_FORMAT_VERSION, users_path
+from .model import PersonalScorer
+
+OPSET = 15  # onnxmltools' LightGBM converter supports opsets up to 15 here
+ML_OPSET = 3
+IR_VERSION = 8  # accepted by onnxruntime >= 1.10
+
+
+def _tree_nodes(model: PersonalScorer, n_features: int, input_name: str, output_name: str):
+    """The LightGBM head as ONNX nodes (TreeEnsembleRegressor), wired to our tensor names."""
+    from onnxmltools import convert_lightgbm
+    from onnxmltools.convert.common.data_types import FloatTensorType
+
+    converted = convert_lightgbm(model.head_, initial_types=[("head_x", FloatTensorType([None, n_features]))],
+                                 target_opset=OPSET, zipmap=False)
+    graph = converted.graph
+    rename = {graph.input[0].name: input_name, graph.output[0].name: output_name}
+    nodes = []
+    for node in graph.node:
+        node.input[:] = [rename.get(n, n) for n in node.input]
+        node.output[:] = [rename.get(n, n) for n in node.output]
+        node.name = f"head/{node.name}"
+        nodes.append(node)
+    return nodes, list(graph.initializer)
+
+
+def build_graph(model: PersonalScorer) -> onnx.ModelProto:
+    """The whole scorer as an ONNX model (see the module docstring for inputs and outputs).
+
+    The image side runs in float64 and is rounded to float32 only where the trees read it, as in
+    Python (see ``features.l2_normalise``): both sides then hand the trees the same float32
+    values, so every split goes the same way as in LightGBM. The graph is kept to few nodes
+    because at batch 1 each node costs about a microsecond of dispatch.
+    """
+    model._check_fitted()
+    f64 = np.float64
+    side = model.image_side_
+    D, d = side.pca_components.shape
+    f = side.item_factors.shape[1]
+    sl = model.state_slices
+    S = model.state_dim
+    g = S - sl["demographics"].start
+    head_width = 4 + d + 2 * f + g  # [population, bias, taste, mf, pca, q, u, demographics]
+    # Multiplying first and dividing the product by the norm equals normalising first, at a
+    # fraction of the cost; population head and PCA share one matrix.
+    W = np.column_stack([side.pop_coef, side.pca_components])
+    b = np.concatenate([[side.pop_intercept], -side.pca_mean @ side.pca_components])
+    C = side.prototypes
+    base_weights = np.zeros((head_width, 1))
+    base_weights[:4, 0] = [1.0, 1.0, model.blend_[0], model.blend_[1]]
+    arrays = {
+        "W_image": W, "b_image": b, "pca_scale": side.pca_scale,
+        "W_logits": C.T / side.assign_width, "b_logits": -0.5 * (C**2).sum(axis=1) / side.assign_width,
+        "item_factors": side.item_factors, "base_weights": base_weights,
+        "eps": np.array(1e-12), "mean": np.array(model.mean_),
+        "low": np.array(float(model.scale_.low)), "high": np.array(float(model.scale_.high)),
+    }
+    init = [numpy_helper.from_array(np.asarray(v, dtype=f64), k) for k, v in arrays.items()]
+    init += [numpy_helper.from_array(np.array(v, np.int64), k) for k, v in
+             {"split_image": [1, d], "split_state": [1, d, f, g], "axis1": [1]}.items()]
+    n = helper.make_node
+    nodes = [
+        n("Cast", ["embedding"], ["embedding64"], to=TensorProto.DOUBLE),
+        n("Cast", ["user_state"], ["state64"], to=TensorProto.DOUBLE),
+        n("ReduceL2", ["embedding64"], ["norm"], axes=[1], keepdims=1),
+        n("Max", ["norm", "eps"], ["norm_safe"]),
+        n("MatMul", ["embedding64", "W_image"], ["lin_raw"]),
+        n("Div", ["lin_raw", "norm_safe"], ["lin_unit"]),
+        n("Add", ["lin_unit", "b_image"], ["lin"]),
+        n("Split", ["lin", "split_image"], ["population", "coords"], axis=1),
+        n("Mul", ["coords", "pca_scale"], ["pca"]),
+        n("MatMul", ["coords", "W_logits"], ["logits_raw"]),
+        n("Add", ["logits_raw", "b_logits"], ["logits"]),
+        n("Softmax", ["logits"], ["assign"], axis=1),
+        n("MatMul", ["assign", "item_factors"], ["image_factors"]),
+        n("Split", ["state64", "split_state"], ["bias", "taste_w", "user_factors", "demographics"], axis=1),
+        n("Mul", ["taste_w", "pca"], ["taste_terms"]),
+        n("ReduceSum", ["taste_terms", "axis1"], ["taste"], keepdims=1),
+        n("Mul", ["user_factors", "image_factors"], ["mf_terms"]),
+        n("ReduceSum", ["mf_terms", "axis1"], ["mf"], keepdims=1),
+        n("Concat", ["population", "bias", "taste", "mf", "pca", "image_factors", "user_factors",
+                     "demographics"], ["head_x64"], axis=1),
+        n("MatMul", ["head_x64", "base_weights"], ["base_raw"]),
+        n("Add", ["base_raw", "mean"], ["base"]),
+    ]
+    total = "base"
+    if model.head_ is not None:
+        tree_nodes, tree_init = _tree_nodes(model, head_width, "head_x", "head_out")
+        nodes += [n("Cast", ["head_x64"], ["head_x"], to=TensorProto.FLOAT), *tree_nodes,
+                  n("Cast", ["head_out"], ["head_out64"], to=TensorProto.DOUBLE),
+                  n("Add", ["base", "head_out64"], ["with_head"])]
+        init += tree_init
+        total = "with_head"
+    nodes += [
+        n("Clip", [total, "low", "high"], ["clipped"]),
+        n("Squeeze", ["clipped", "axis1"], ["score64"]),
+        n("Cast", ["score64"], ["score"], to=TensorProto.FLOAT),
+    ]
+    graph = helper.make_graph(
+        nodes, "pamela_lite_scorer",
+        inputs=[helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", D]),
+                helper.make_tensor_value_info("user_state", TensorProto.FLOAT, ["N", S])],
+        outputs=[helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N"])],
+        initializer=init,
+    )
+    onnx_model = helper.make_model(graph, producer_name="pamela_lite", producer_version=__version__,
+                                   opset_imports=[helper.make_opsetid("", OPSET),
+                                                  helper.make_opsetid("ai.onnx.ml", ML_OPSET)])
+    onnx_model.ir_version = IR_VERSION
+    onnx_model.doc_string = (__doc__ or "").split("\n\n")[1]
+    meta = {
+        "pamela_lite.version": __version__,
+        "pamela_lite.inputs": "embedding: float32 [N, D] raw image embeddings; user_state: float32 [N, S]",
+        "pamela_lite.state_layout": json.dumps({k: [s.start, s.stop] for k, s in sl.items()}),
+        "pamela_lite.scale": json.dumps([model.scale_.low, model.scale_.high]),
+        "pamela_lite.embedding_dim": str(D),
+        "pamela_lite.state_dim": str(S),
+    }
+    for key, value in meta.items():
+        onnx_model.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(onnx_model, full_check=True)
+    return onnx_model
+
+
+def user_arrays(model: PersonalScorer) -> dict[str, np.ndarray]:
+    """Known users' states and what fold-in on a device needs, as plain arrays."""
+    side, solver = model.image_side_, model.solver_
+    scalars = {
+        "format_version": EDGE_FORMAT_VERSION, "mean": solver.mean, "residual_scale": solver.residual_scale,
+        "alpha": solver.alpha, "regularization": solver.regularization,
+        "bias_shrinkage": solver.bias_shrinkage, "taste_shrinkage": solver.taste_shrinkage,
+        "use_bias": solver.use_bias, "use_population": solver.use_population, "use_taste": solver.use_taste,
+        "use_mf": solver.use_mf, "assign_width": side.assign_width, "pop_intercept": side.pop_intercept,
+        "age_mean": model.age_mean_, "age_std": model.age_std_,
+        "scale_low": model.scale_.low, "scale_high": model.scale_.high,
+    }
+    return {
+        "user_ids": np.array([str(u) for u in model.users_]),
+        "user_states": model.user_states_.astype(np.float32),
+        "pop_coef": side.pop_coef, "pca_mean": side.pca_mean, "pca_components": side.pca_components,
+        "pca_scale": side.pca_scale,
+        "prototypes": side.prototypes, "item_factors": side.item_factors,
+        "prior_coef": model.prior_coef_, "prior_intercept": model.prior_intercept_,
+        "genders": np.array(model.genders_, dtype=str), "nationalities": np.array(model.nationalities_, dtype=str),
+        "scalars": np.array(json.dumps(scalars)),
+    }
+
+
+def export(model: PersonalScorer, path: str | Path) -> tuple[Path, Path]:
+    """Write ``path`` (the ONNX scorer) and its ``.users.npz`` beside it, each atomically."""
+    path = Path(path)
+    onnx_model = build_graph(model)
+    with atomic_file(path, ".onnx") as tmp:
+        onnx.save(onnx_model, tmp)
+    sidecar = users_path(path)
+    with atomic_file(sidecar, ".npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **user_arrays(model))
+    return path, sidecar
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pamela_lite.export",
+                                     description="Export a fitted model folder to one ONNX scorer plus the "
+                                                 "known users' states (<name>.users.npz) beside it.")
+    parser.add_argument("--model", type=Path, required=True, help="model folder written by pamela_lite.fit")
+    parser.add_argument("--out", type=Path, required=True, help="ONNX file to write, e.g. scorer.onnx")
+    parser.add_argument("--quiet", action="store_true", help="no progress messages")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    watch = Stopwatch(args.quiet)
+    model = PersonalScorer.load(args.model)
+    onnx_path, sidecar = export(model, args.out)
+    watch.step(f"wrote {onnx_path} ({onnx_path.stat().st_size / 1e6:.2f} MB) and {sidecar} "
+               f"({len(model.users_)} known users)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))

@@ -1,0 +1,101 @@
+"""Score pairs with an exported ONNX scorer: ``python -m pamela_lite.score``.
+
+Takes the same inputs as ``pamela_lite.predict`` and writes the same columns (participant_id,
+image_id, score), so the two can be compared row by row — but scores with onnxruntime through
+:mod:`pamela_lite.edge`, exactly as a device would. With ``--top K --user ID`` it ranks every
+image of the embeddings file for one user instead (columns rank, image_id, score).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from .cli import Stopwatch, run, write_table
+from .data import Embeddings, Scale, read_embeddings, read_pairs, read_ratings, validate_ratings
+from .edge import EdgeScorer, users_path
+from .errors import InputError, preview
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pamela_lite.score", description=__doc__.split("\n\n")[1])
+    parser.add_argument("--scorer", type=Path, required=True, help="ONNX file written by pamela_lite.export")
+    parser.add_argument("--embeddings", type=Path, required=True, help="embeddings Parquet (image_id, embedding)")
+    parser.add_argument("--pairs", type=Path, help="table or PAMELA JSON with participant_id, image_id")
+    parser.add_argument("--context", type=Path,
+                        help="ratings of new users (participant_id, image_id, rating [, age, gender, nationality])")
+    parser.add_argument("--user", help="with --top: the participant whose gallery ranking is wanted")
+    parser.add_argument("--top", type=int, help="rank the whole embeddings file for --user and keep the best K")
+    parser.add_argument("--out", type=Path, required=True, help="output table (.csv, .parquet or .json)")
+    parser.add_argument("--quiet", action="store_true", help="no progress messages")
+    return parser
+
+
+def load_scorer(path: Path) -> EdgeScorer:
+    for needed in (path, users_path(path)):
+        if not needed.exists():
+            raise InputError(needed, "no such file (write it with python -m pamela_lite.export)")
+    try:
+        return EdgeScorer(path)
+    except Exception as err:  # onnxruntime raises its own types for a damaged file
+        raise InputError(path, f"cannot load the scorer: {str(err).splitlines()[0]}") from None
+
+
+def fold_in_context(scorer: EdgeScorer, path: Path, embeddings: Embeddings) -> None:
+    """Fold each context user in with numpy (as a device would) and remember their state."""
+    frame, _ = validate_ratings(read_ratings(path), path, Scale(*scorer.scale))
+    rows = embeddings.rows(frame["image_id"], path)
+    frame = frame.with_columns(_row=pl.Series(rows))
+    for (user,), part in frame.group_by("participant_id", maintain_order=True):
+        first = part.row(0, named=True)
+        state = scorer.fold_in(embeddings.matrix[part["_row"].to_numpy()], part["rating"].to_numpy(),
+                               age=first.get("age"), gender=first.get("gender"), nationality=first.get("nationality"))
+        scorer.add_user(str(user), state)
+
+
+def user_rows(scorer: EdgeScorer, ids: pl.Series, source: Path) -> np.ndarray:
+    missing = [u for u in ids.unique(maintain_order=True).to_list() if str(u) not in scorer._row]
+    if missing:
+        raise InputError(source, f"{len(missing)} participant(s) unknown to the scorer and without context "
+                                 f"ratings: {preview(missing)}; pass their ratings as --context")
+    return np.array([scorer._row[str(u)] for u in ids.to_list()], dtype=np.int64)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.top is None) == (args.pairs is None):
+        parser.error("give either --pairs FILE, or --top K with --user ID")
+    if args.top is not None and (args.user is None or args.top < 1):
+        parser.error("--top K needs K >= 1 and --user ID")
+    watch = Stopwatch(args.quiet)
+    scorer = load_scorer(args.scorer)
+    embeddings = read_embeddings(args.embeddings)
+    if embeddings.dim != scorer.embedding_dim:
+        raise InputError(args.embeddings, f"embeddings have dimension {embeddings.dim}; the scorer takes "
+                                          f"{scorer.embedding_dim} (use the same encoder)")
+    if args.context is not None:
+        fold_in_context(scorer, args.context, embeddings)
+        watch.step(f"folded in context users from {args.context}")
+    if args.top is not None:
+        row = user_rows(scorer, pl.Series([args.user]), args.context or args.scorer)[0]
+        best, scores = scorer.top_k(scorer.states[row], embeddings.matrix, args.top)
+        out = pl.DataFrame({"rank": np.arange(1, len(best) + 1), "image_id": embeddings.ids.gather(best),
+                            "score": scores.astype(np.float64)})
+    else:
+        pairs = read_pairs(args.pairs)
+        image_rows = embeddings.rows(pairs["image_id"], args.pairs)
+        states = scorer.states[user_rows(scorer, pairs["participant_id"], args.pairs)]
+        scores = scorer.score(embeddings.matrix[image_rows], states)
+        out = pairs.with_columns(score=pl.Series(scores.astype(np.float64)))
+    write_table(out, args.out)
+    watch.step(f"wrote {out.height} rows to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))
