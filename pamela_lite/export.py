@@ -56,16 +56,24 @@ def _tree_nodes(model: PersonalScorer, n_features: int, input_name: str, output_
     return nodes, list(graph.initializer)
 
 
-def build_graph(model: PersonalScorer) -> onnx.ModelProto:
+def build_graph(model: PersonalScorer, precision: str = "exact") -> onnx.ModelProto:
     """The whole scorer as an ONNX model (see the module docstring for inputs and outputs).
 
-    The image side runs in float64 and is rounded to float32 only where the trees read it, as in
-    Python (see ``features.l2_normalise``): both sides then hand the trees the same float32
-    values, so every split goes the same way as in LightGBM. The graph is kept to few nodes
-    because at batch 1 each node costs about a microsecond of dispatch.
+    With ``precision="exact"`` the image side runs in float64 and is rounded to float32 only
+    where the trees read it, as in Python (see ``features.l2_normalise``): both sides then hand
+    the trees the same float32 values, so every split goes the same way as in LightGBM and the
+    scores match ``predict`` to float rounding. ``precision="fast"`` runs everything in float32:
+    about twice the throughput, but a feature computed within float32 rounding of a tree
+    threshold can take the other branch, so a few pairs in ten thousand differ by a leaf value
+    (measured in benchmarks/). The graph is kept to few nodes because at batch 1 each node costs
+    about a microsecond of dispatch.
     """
+    if precision not in ("exact", "fast"):
+        raise ValueError(f"precision must be 'exact' or 'fast', not {precision!r}")
     model._check_fitted()
-    f64 = np.float64
+    exact = precision == "exact"
+    f64 = np.float64 if exact else np.float32
+    wide = TensorProto.DOUBLE if exact else TensorProto.FLOAT
     side = model.image_side_
     D, d = side.pca_components.shape
     f = side.item_factors.shape[1]
@@ -75,14 +83,16 @@ def build_graph(model: PersonalScorer) -> onnx.ModelProto:
     head_width = 4 + d + 2 * f + g  # [population, bias, taste, mf, pca, q, u, demographics]
     # Multiplying first and dividing the product by the norm equals normalising first, at a
     # fraction of the cost; population head and PCA share one matrix.
-    W = np.column_stack([side.pop_coef, side.pca_components])
-    b = np.concatenate([[side.pop_intercept], -side.pca_mean @ side.pca_components])
+    # Whitening folds into the matrix; prototype logits are linear in the whitened coordinates.
+    W = np.column_stack([side.pop_coef, side.pca_components * side.pca_scale])
+    b = np.concatenate([[side.pop_intercept], -side.pca_mean @ side.pca_components * side.pca_scale])
     C = side.prototypes
     base_weights = np.zeros((head_width, 1))
     base_weights[:4, 0] = [1.0, 1.0, model.blend_[0], model.blend_[1]]
     arrays = {
-        "W_image": W, "b_image": b, "pca_scale": side.pca_scale,
-        "W_logits": C.T / side.assign_width, "b_logits": -0.5 * (C**2).sum(axis=1) / side.assign_width,
+        "W_image": W, "b_image": b,
+        "W_logits": (C / side.pca_scale).T / side.assign_width,
+        "b_logits": -0.5 * (C**2).sum(axis=1) / side.assign_width,
         "item_factors": side.item_factors, "base_weights": base_weights,
         "eps": np.array(1e-12), "mean": np.array(model.mean_),
         "low": np.array(float(model.scale_.low)), "high": np.array(float(model.scale_.high)),
@@ -92,16 +102,15 @@ def build_graph(model: PersonalScorer) -> onnx.ModelProto:
              {"split_image": [1, d], "split_state": [1, d, f, g], "axis1": [1]}.items()]
     n = helper.make_node
     nodes = [
-        n("Cast", ["embedding"], ["embedding64"], to=TensorProto.DOUBLE),
-        n("Cast", ["user_state"], ["state64"], to=TensorProto.DOUBLE),
+        n("Cast", ["embedding"], ["embedding64"], to=wide),
+        n("Cast", ["user_state"], ["state64"], to=wide),
         n("ReduceL2", ["embedding64"], ["norm"], axes=[1], keepdims=1),
         n("Max", ["norm", "eps"], ["norm_safe"]),
         n("MatMul", ["embedding64", "W_image"], ["lin_raw"]),
         n("Div", ["lin_raw", "norm_safe"], ["lin_unit"]),
         n("Add", ["lin_unit", "b_image"], ["lin"]),
-        n("Split", ["lin", "split_image"], ["population", "coords"], axis=1),
-        n("Mul", ["coords", "pca_scale"], ["pca"]),
-        n("MatMul", ["coords", "W_logits"], ["logits_raw"]),
+        n("Split", ["lin", "split_image"], ["population", "pca"], axis=1),
+        n("MatMul", ["pca", "W_logits"], ["logits_raw"]),
         n("Add", ["logits_raw", "b_logits"], ["logits"]),
         n("Softmax", ["logits"], ["assign"], axis=1),
         n("MatMul", ["assign", "item_factors"], ["image_factors"]),
@@ -119,7 +128,7 @@ def build_graph(model: PersonalScorer) -> onnx.ModelProto:
     if model.head_ is not None:
         tree_nodes, tree_init = _tree_nodes(model, head_width, "head_x", "head_out")
         nodes += [n("Cast", ["head_x64"], ["head_x"], to=TensorProto.FLOAT), *tree_nodes,
-                  n("Cast", ["head_out"], ["head_out64"], to=TensorProto.DOUBLE),
+                  n("Cast", ["head_out"], ["head_out64"], to=wide),
                   n("Add", ["base", "head_out64"], ["with_head"])]
         init += tree_init
         total = "with_head"
@@ -150,8 +159,27 @@ def build_graph(model: PersonalScorer) -> onnx.ModelProto:
     }
     for key, value in meta.items():
         onnx_model.metadata_props.add(key=key, value=value)
+    onnx_model.metadata_props.add(key="pamela_lite.precision", value=precision)
+    if not exact:  # casts to the type a tensor already has are no-ops: drop them
+        _drop_identity_casts(onnx_model.graph)
     onnx.checker.check_model(onnx_model, full_check=True)
     return onnx_model
+
+
+def _drop_identity_casts(graph: onnx.GraphProto) -> None:
+    """Remove float→float casts by renaming their outputs to their inputs downstream."""
+    rename, keep = {}, []
+    float_cast = [node for node in graph.node if node.op_type == "Cast"
+                  and node.attribute[0].i == TensorProto.FLOAT and node.output[0] != "score"]
+    for node in float_cast:
+        rename[node.output[0]] = node.input[0]
+    for node in graph.node:
+        if node in float_cast:
+            continue
+        node.input[:] = [rename.get(name, name) for name in node.input]
+        keep.append(node)
+    del graph.node[:]
+    graph.node.extend(keep)
 
 
 def user_arrays(model: PersonalScorer) -> dict[str, np.ndarray]:
@@ -178,10 +206,10 @@ def user_arrays(model: PersonalScorer) -> dict[str, np.ndarray]:
     }
 
 
-def export(model: PersonalScorer, path: str | Path) -> tuple[Path, Path]:
+def export(model: PersonalScorer, path: str | Path, precision: str = "exact") -> tuple[Path, Path]:
     """Write ``path`` (the ONNX scorer) and its ``.users.npz`` beside it, each atomically."""
     path = Path(path)
-    onnx_model = build_graph(model)
+    onnx_model = build_graph(model, precision)
     with atomic_file(path, ".onnx") as tmp:
         onnx.save(onnx_model, tmp)
     sidecar = users_path(path)
@@ -197,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "known users' states (<name>.users.npz) beside it.")
     parser.add_argument("--model", type=Path, required=True, help="model folder written by pamela_lite.fit")
     parser.add_argument("--out", type=Path, required=True, help="ONNX file to write, e.g. scorer.onnx")
+    parser.add_argument("--precision", choices=("exact", "fast"), default="exact",
+                        help="exact: float64 image side, scores match predict to 1e-6; fast: float32 "
+                             "throughout, about 2x throughput, rare pairs differ by a tree leaf")
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
     return parser
 
@@ -205,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     watch = Stopwatch(args.quiet)
     model = PersonalScorer.load(args.model)
-    onnx_path, sidecar = export(model, args.out)
+    onnx_path, sidecar = export(model, args.out, args.precision)
     watch.step(f"wrote {onnx_path} ({onnx_path.stat().st_size / 1e6:.2f} MB) and {sidecar} "
                f"({len(model.users_)} known users)")
     return 0

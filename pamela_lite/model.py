@@ -97,10 +97,10 @@ class PersonalScorer:
         Show a progress bar while fitting.
     """
 
-    def __init__(self, n_components: int = 32, n_prototypes: int = 64, temperature: float = 1.0,
+    def __init__(self, n_components: int = 32, n_prototypes: int = 64, temperature: float = 0.2,
                  factors: int = 16, alpha: float = 2.0, als_regularization: float = 1.0,
                  als_iterations: int = 15, bias_shrinkage: float = 5.0, taste_shrinkage: float = 30.0,
-                 head_trees: int = 600, head_leaves: int = 15, head_learning_rate: float = 0.03,
+                 head_trees: int = 80, head_leaves: int = 15, head_learning_rate: float = 0.15,
                  head_min_child_samples: int = 100, n_folds: int = 4,
                  use_bias: bool = True, use_population: bool = True, use_taste: bool = True,
                  use_mf: bool = True, use_head: bool = True, random_state: int = 0,

@@ -1,0 +1,174 @@
+"""The ONNX scorer and the edge runtime: parity with predict, fold-in on the device, CLIs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import polars as pl
+import pytest
+
+from pamela_lite import export, score
+from pamela_lite.cli import run
+from pamela_lite.edge import EdgeScorer
+from pamela_lite.evaluation import kshot_split
+from pamela_lite.model import PersonalScorer
+
+from .conftest import SMALL_MODEL
+
+
+@pytest.fixture(scope="module")
+def exported(fitted, tmp_path_factory):
+    path = tmp_path_factory.mktemp("onnx") / "scorer.onnx"
+    export.export(fitted, path)
+    return path
+
+
+def _random_pairs(model, dataset, n, seed=0):
+    rng = np.random.default_rng(seed)
+    users = rng.integers(0, len(model.users_), n)
+    images = rng.integers(0, len(dataset.embeddings.ids), n)
+    pairs = pl.DataFrame({"participant_id": [model.users_[k] for k in users],
+                          "image_id": dataset.embeddings.ids.gather(images)})
+    return pairs, users, images
+
+
+def test_onnx_scores_match_predict_on_10k_random_pairs(fitted, dataset, exported):
+    pairs, users, images = _random_pairs(fitted, dataset, 10_000)
+    edge = EdgeScorer(exported)
+    onnx_scores = edge.score(dataset.embeddings.matrix[images], fitted.user_states_[users])
+    np.testing.assert_allclose(onnx_scores, fitted.predict(pairs, dataset.embeddings), atol=1e-4, rtol=0)
+
+
+def test_model_without_head_exports_too(dataset, tmp_path):
+    model = PersonalScorer(use_head=False, **SMALL_MODEL).fit(dataset.split("train"), dataset.embeddings)
+    path, _ = export.export(model, tmp_path / "nohead.onnx")
+    assert "TreeEnsembleRegressor" not in {node.op_type for node in onnx.load(path).graph.node}
+    pairs, users, images = _random_pairs(model, dataset, 500)
+    scores = EdgeScorer(path).score(dataset.embeddings.matrix[images], model.user_states_[users])
+    np.testing.assert_allclose(scores, model.predict(pairs, dataset.embeddings), atol=1e-4, rtol=0)
+
+
+def test_scorer_documents_its_inputs(exported, fitted):
+    model = onnx.load(exported)
+    meta = {p.key: p.value for p in model.metadata_props}
+    layout = json.loads(meta["pamela_lite.state_layout"])
+    assert layout["bias"] == [0, 1] and int(meta["pamela_lite.state_dim"]) == fitted.state_dim
+    assert [i.name for i in model.graph.input] == ["embedding", "user_state"]
+    assert exported.stat().st_size < 5e6
+
+
+def test_fold_in_on_the_device_equals_the_models(fitted, dataset, exported):
+    frame = dataset.split("test_unseen")
+    context, query = kshot_split(frame, 10, seed=1)
+    ids, states = fitted.fold_in(context, dataset.embeddings)
+    edge = EdgeScorer(exported)
+    for user, state in zip(ids, states):
+        mine = context.filter(pl.col("participant_id") == user)
+        first = mine.row(0, named=True)
+        on_device = edge.fold_in(dataset.embeddings.take(mine["image_id"]), mine["rating"].to_numpy(),
+                                 age=first["age"], gender=first["gender"], nationality=first["nationality"])
+        np.testing.assert_allclose(on_device, state, rtol=1e-5, atol=1e-6)
+
+
+def test_zero_shot_fold_in_on_the_device_is_the_prior(fitted, dataset, exported):
+    users = dataset.split("test_unseen").unique("participant_id", maintain_order=True).head(1)
+    _, expected = fitted.fold_in(users.head(0), dataset.embeddings, users=users)
+    row = users.row(0, named=True)
+    state = EdgeScorer(exported).fold_in(np.zeros((0, dataset.embeddings.dim)), [], age=row["age"],
+                                         gender=row["gender"], nationality=row["nationality"])
+    np.testing.assert_allclose(state, expected[0], rtol=1e-5, atol=1e-6)
+
+
+def test_top_k_ranks_a_gallery_best_first(fitted, dataset, exported):
+    edge = EdgeScorer(exported)
+    gallery = dataset.embeddings.matrix[:200]
+    best, scores = edge.top_k(str(fitted.users_[0]), gallery, k=7)
+    full = edge.score_user(str(fitted.users_[0]), gallery)
+    assert list(scores) == sorted(scores, reverse=True)
+    assert scores[0] == full.max() and len(best) == 7
+    np.testing.assert_array_equal(full[best], scores)
+
+
+def test_edge_rejects_wrong_shapes(exported):
+    edge = EdgeScorer(exported)
+    with pytest.raises(ValueError, match="shape"):
+        edge.score(np.ones((2, 3), np.float32), edge.states[:2])
+    with pytest.raises(KeyError, match="not known"):
+        edge.state("nobody")
+
+
+def test_edge_imports_only_numpy_and_onnxruntime():
+    code = ("import sys, pamela_lite.edge; heavy = {'lightgbm', 'implicit', 'sklearn', 'polars', 'scipy', "
+            "'onnx', 'onnxmltools', 'pamela_lite.model', 'pamela_lite.data'}; "
+            "print(sorted(heavy & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_fast_precision_trades_exactness_for_speed_but_stays_close(fitted, dataset, tmp_path):
+    path = tmp_path / "fast.onnx"
+    export.export(fitted, path, precision="fast")
+    pairs, users, images = _random_pairs(fitted, dataset, 10_000, seed=2)
+    fast = EdgeScorer(path).score(dataset.embeddings.matrix[images], fitted.user_states_[users])
+    diff = np.abs(fast - fitted.predict(pairs, dataset.embeddings))
+    assert np.mean(diff < 1e-4) > 0.995
+
+
+# --------------------------------------------------------------------------- CLIs
+
+
+def test_score_cli_matches_predict_row_by_row(fitted, dataset, world, exported, tmp_path):
+    test = dataset.split("test_unseen")
+    context, query = kshot_split(test, 5, seed=0)
+    pairs = pl.concat([dataset.split("test_seen").select("participant_id", "image_id").head(20),
+                       query.select("participant_id", "image_id").head(20)])
+    pairs.write_csv(tmp_path / "pairs.csv")
+    context.write_parquet(tmp_path / "context.parquet")
+    fitted.save(tmp_path / "model")
+    common = ["--pairs", str(tmp_path / "pairs.csv"), "--embeddings", str(world / "embeddings.parquet"),
+              "--context", str(tmp_path / "context.parquet"), "--quiet"]
+    assert run(score.main, ["--scorer", str(exported), "--out", str(tmp_path / "a.csv"), *common]) == 0
+    from pamela_lite import predict
+    assert run(predict.main, ["--model", str(tmp_path / "model"), "--out", str(tmp_path / "b.csv"), *common]) == 0
+    a, b = pl.read_csv(tmp_path / "a.csv"), pl.read_csv(tmp_path / "b.csv")
+    assert a.columns == b.columns == ["participant_id", "image_id", "score"]
+    assert a.select("participant_id", "image_id").equals(b.select("participant_id", "image_id"))
+    np.testing.assert_allclose(a["score"], b["score"], atol=1e-4)
+
+
+def test_score_cli_ranks_a_gallery(fitted, world, exported, tmp_path):
+    out = tmp_path / "top.json"
+    assert run(score.main, ["--scorer", str(exported), "--embeddings", str(world / "embeddings.parquet"),
+                            "--top", "5", "--user", str(fitted.users_[0]), "--out", str(out), "--quiet"]) == 0
+    top = pl.read_json(out)
+    assert top["rank"].to_list() == [1, 2, 3, 4, 5]
+    assert top["score"].is_sorted(descending=True)
+
+
+def test_score_cli_unknown_user_exits_2(world, exported, tmp_path, capsys):
+    pl.DataFrame({"participant_id": ["nobody"], "image_id": [100000]}).write_csv(tmp_path / "p.csv")
+    code = run(score.main, ["--scorer", str(exported), "--pairs", str(tmp_path / "p.csv"),
+                            "--embeddings", str(world / "embeddings.parquet"), "--out", str(tmp_path / "o.csv")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "'nobody'" in err[0]
+
+
+def test_score_cli_missing_scorer_exits_2(world, tmp_path, capsys):
+    code = run(score.main, ["--scorer", str(tmp_path / "none.onnx"), "--top", "3", "--user", "x",
+                            "--embeddings", str(world / "embeddings.parquet"), "--out", str(tmp_path / "o.csv")])
+    assert code == 2 and "no such file" in capsys.readouterr().err
+
+
+def test_export_cli_writes_scorer_and_users(fitted, tmp_path):
+    fitted.save(tmp_path / "model")
+    assert run(export.main, ["--model", str(tmp_path / "model"), "--out", str(tmp_path / "s.onnx"), "--quiet"]) == 0
+    assert (tmp_path / "s.onnx").exists() and (tmp_path / "s.users.npz").exists()
+
+
+def test_export_cli_bad_model_exits_2(tmp_path, capsys):
+    assert run(export.main, ["--model", str(tmp_path), "--out", str(tmp_path / "s.onnx")]) == 2
+    assert not (tmp_path / "s.onnx").exists()
