@@ -1,0 +1,134 @@
+"""The embedding pipeline: a tiny ONNX encoder on generated images, corrupt files and resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+from PIL import Image
+
+from pamela_lite import embed, tiny_encoder
+from pamela_lite.cli import run
+from pamela_lite.data import read_embeddings
+from pamela_lite.embed import Encoder, Preprocess, embed_images, list_images, load_pixels, to_tensor
+
+
+def _images(folder, n, start=0, size=(40, 30)):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(start)
+    for k in range(start, start + n):
+        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(folder / f"img{k:03d}.png")
+    return folder
+
+
+@pytest.fixture
+def encoder_path(tmp_path):
+    return tiny_encoder.write(tmp_path / "enc.onnx", size=32, dim=16)
+
+
+def test_folder_of_images_becomes_an_embeddings_file(tmp_path, encoder_path):
+    images = _images(tmp_path / "imgs", 5)
+    report = embed_images(Encoder(encoder_path), list_images(images), tmp_path / "e.parquet", batch_size=2)
+    emb = read_embeddings(tmp_path / "e.parquet")  # the loader the scorer uses accepts it
+    assert report.embedded == 5 and emb.matrix.shape == (5, 16)
+    assert sorted(emb.ids.to_list()) == [f"img{k:03d}.png" for k in range(5)]
+    np.testing.assert_allclose(np.linalg.norm(emb.matrix, axis=1), 1.0, rtol=1e-5)  # CLIP default: L2
+
+
+def test_corrupt_and_non_image_files_are_reported_not_fatal(tmp_path, encoder_path):
+    images = _images(tmp_path / "imgs", 3)
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (images / "notes.txt").write_text("hello")
+    out = tmp_path / "e.parquet"
+    code = run(embed.main, ["--encoder", str(encoder_path), "--images", str(images), "--out", str(out), "--quiet"])
+    assert code == 0
+    assert read_embeddings(out).matrix.shape[0] == 3
+    skipped = pl.read_csv(tmp_path / "e.parquet.skipped.csv")
+    assert sorted(p.rsplit("/", 1)[1] for p in skipped["path"]) == ["broken.png", "notes.txt"]
+
+
+def test_rerun_skips_done_images_and_appends_new_ones(tmp_path, encoder_path):
+    images = _images(tmp_path / "imgs", 3)
+    out = tmp_path / "e.parquet"
+    enc = Encoder(encoder_path)
+    embed_images(enc, list_images(images), out)
+    before = read_embeddings(out)
+    _images(images, 2, start=3)
+    report = embed_images(enc, list_images(images), out)
+    after = read_embeddings(out)
+    assert (report.embedded, report.already_present) == (2, 3)
+    assert after.matrix.shape[0] == 5
+    np.testing.assert_array_equal(after.take(before.ids), before.matrix)
+
+
+def test_a_failure_mid_run_keeps_the_checkpointed_embeddings(tmp_path, encoder_path, monkeypatch):
+    images = _images(tmp_path / "imgs", 6)
+    out = tmp_path / "e.parquet"
+    enc = Encoder(encoder_path)
+    calls = {"n": 0}
+    real = Encoder.__call__
+
+    def flaky(self, pixels):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("power cut")
+        return real(self, pixels)
+
+    monkeypatch.setattr(Encoder, "__call__", flaky)
+    with pytest.raises(RuntimeError):
+        embed_images(enc, list_images(images), out, batch_size=2, checkpoint=2)
+    assert read_embeddings(out).matrix.shape[0] == 4  # two checkpoints landed whole
+    monkeypatch.setattr(Encoder, "__call__", real)
+    report = embed_images(enc, list_images(images), out, batch_size=2)
+    assert report.embedded == 2 and read_embeddings(out).matrix.shape[0] == 6
+
+
+def test_pixels_follow_the_declared_preprocessing(tmp_path):
+    img = np.zeros((20, 40, 3), dtype=np.uint8)
+    img[:, 10:30] = [255, 0, 0]  # a red centre square in a black frame, 40 wide and 20 high
+    Image.fromarray(img).save(tmp_path / "x.png")
+    config = Preprocess(input_size=10, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bilinear")
+    pixels = load_pixels(tmp_path / "x.png", config)
+    assert pixels.shape == (10, 10, 3)  # shorter side to 10 (→ 20x10), then the centre crop
+    np.testing.assert_allclose(pixels[5, 5], [1.0, 0.0, 0.0], atol=0.02)
+    tensor = to_tensor(pixels[None], config)
+    assert tensor.shape == (1, 3, 10, 10)
+    np.testing.assert_allclose(tensor[0, :, 5, 5], [1.0, -1.0, -1.0], atol=0.04)
+    bgr = to_tensor(pixels[None], Preprocess(input_size=10, mean=(0.5,) * 3, std=(0.5,) * 3, channel_order="BGR"))
+    np.testing.assert_allclose(bgr[0, :, 5, 5], [-1.0, -1.0, 1.0], atol=0.04)
+
+
+def test_sidecar_declares_preprocessing(tmp_path):
+    path = tiny_encoder.write(tmp_path / "enc.onnx", size=16, dim=8,
+                              sidecar={"input_size": 16, "resize": "squash", "l2_normalize": False})
+    enc = Encoder(path)
+    assert enc.config.resize == "squash" and enc.config.l2_normalize is False
+
+
+def test_bad_sidecar_key_exits_2(tmp_path, capsys):
+    path = tiny_encoder.write(tmp_path / "enc.onnx", sidecar={"input_sise": 16})
+    _images(tmp_path / "imgs", 1)
+    code = run(embed.main, ["--encoder", str(path), "--images", str(tmp_path / "imgs"),
+                            "--out", str(tmp_path / "e.parquet")])
+    assert code == 2 and "input_sise" in capsys.readouterr().err
+
+
+def test_pamela_image_paths_map_to_image_ids(tmp_path, encoder_path):
+    root = tmp_path / "pamela"
+    _images(root / "images" / "food", 2)
+    records = [{"participant_id": "a", "image_id": 501 + k, "image_path": f"images/food/img{k:03d}.png",
+                "original_score": 3} for k in range(2)]
+    (root / "annotations").mkdir()
+    (root / "annotations" / "pamela_train.json").write_text(json.dumps(records))
+    out = tmp_path / "e.parquet"
+    assert run(embed.main, ["--encoder", str(encoder_path), "--images", str(root / "images"),
+                            "--pamela", str(root), "--out", str(out), "--quiet"]) == 0
+    assert sorted(read_embeddings(out).ids.to_list()) == [501, 502]
+
+
+def test_missing_encoder_exits_2(tmp_path, capsys):
+    code = run(embed.main, ["--encoder", str(tmp_path / "none.onnx"), "--images", str(tmp_path),
+                            "--out", str(tmp_path / "e.parquet")])
+    assert code == 2 and "no such encoder" in capsys.readouterr().err
