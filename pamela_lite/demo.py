@@ -102,7 +102,8 @@ def _make_images(cfg: DemoConfig, rng: np.random.Generator):
     mixing = rng.normal(0, 1.0 / np.sqrt(L), (L, cfg.dim))
     common = rng.normal(0, 1.0, cfg.dim)
     emb = 1.5 * common / np.linalg.norm(common) * np.sqrt(cfg.dim) / 8
-    emb = emb + content @ mixing + rng.normal(0, 0.35, (n, cfg.dim))
+    emb = (emb + content @ mixing).astype(np.float32)
+    emb += 0.35 * rng.standard_normal((n, cfg.dim), dtype=np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
 
     types = np.where(is_art, "Art", "Photorealism")
@@ -134,15 +135,19 @@ def _make_users(cfg: DemoConfig, rng: np.random.Generator) -> pl.DataFrame:
     })
 
 
-def _utilities(cfg, rng, users, content, group, style, is_art):
-    """Noise-free utility of every (user, image): the demo's ground truth."""
+def _utilities(cfg, rng, users, content, group, style, is_art, ru, ri):
+    """Noise-free utility of each sampled (user ru, image ri) pair: the demo's ground truth.
+
+    Computed pair by pair rather than as a users x images matrix, so worlds of 20k users or
+    500k images (the scaling benchmarks) fit in memory.
+    """
     n_users, L = cfg.n_users, cfg.latent
     appeal_dir = rng.normal(0, 1.0, L) / np.sqrt(L)
     population = 0.9 * (content @ appeal_dir)
 
     taste_basis = rng.normal(0, 1.0, (cfg.taste_rank, L)) / np.sqrt(L)
     user_taste = rng.normal(0, 0.75, (n_users, cfg.taste_rank))
-    shared = user_taste @ (content @ taste_basis.T).T  # users x images
+    image_taste = content @ taste_basis.T  # images x rank
 
     group_like = np.zeros((n_users, len(GROUPS)))
     for u in range(n_users):
@@ -159,16 +164,17 @@ def _utilities(cfg, rng, users, content, group, style, is_art):
     gender_effect = rng.normal(0, 0.35, len(GROUPS))
     demographic = np.outer(age_z, age_effect) + np.outer(female, gender_effect)
 
-    categorical = (group_like + demographic)[:, group]
-    categorical += np.where(style >= 0, style_like[:, np.maximum(style, 0)], 0.0)
-    categorical += np.outer(art_like, is_art.astype(float))
-    return population[None, :] + shared + categorical
+    utility = population[ri] + np.einsum("ij,ij->i", user_taste[ru], image_taste[ri])
+    utility += (group_like + demographic)[ru, group[ri]]
+    utility += np.where(style[ri] >= 0, style_like[ru, np.maximum(style[ri], 0)], 0.0)
+    utility += art_like[ru] * is_art[ri]
+    return utility
 
 
 def _thresholds(cfg: DemoConfig, rng: np.random.Generator, utility: np.ndarray) -> np.ndarray:
     """Per-user ordinal thresholds: a personal shift and spread of the population's cut points."""
     qs = np.linspace(0, 1, cfg.scale + 1)[1:-1] ** 1.15  # lean a little toward the top of the scale
-    noisy = utility.ravel() + rng.normal(0, cfg.noise, utility.size)
+    noisy = utility + rng.normal(0, cfg.noise, utility.size)
     base = np.quantile(noisy, qs)
     shift = rng.normal(0, 0.45, (cfg.n_users, 1))
     spread = np.exp(rng.normal(0, 0.2, (cfg.n_users, 1)))
@@ -188,9 +194,6 @@ def make_world(cfg: DemoConfig = DemoConfig()):
     rng = np.random.default_rng(cfg.seed)
     images, content, group, style, is_art, emb = _make_images(cfg, rng)
     users = _make_users(cfg, rng)
-    utility = _utilities(cfg, rng, users, content, group, style, is_art)
-    utility = (utility - utility.mean()) / utility.std()
-    thresholds = _thresholds(cfg, rng, utility)
 
     counts = _split_counts(cfg.n_ratings, SPLIT_RATINGS)
     seen_total = counts["train"] + counts["val_seen"] + counts["test_seen"]
@@ -214,7 +217,9 @@ def make_world(cfg: DemoConfig = DemoConfig()):
         rows_i.append(rng.choice(cfg.n_images, per_user[u], replace=False))
     ru, ri = np.concatenate(rows_u), np.concatenate(rows_i)
 
-    true_u = utility[ru, ri]
+    true_u = _utilities(cfg, rng, users, content, group, style, is_art, ru, ri)
+    true_u = (true_u - true_u.mean()) / true_u.std()
+    thresholds = _thresholds(cfg, rng, true_u)
     latent = true_u + rng.normal(0, cfg.noise, len(ru))
     thr = thresholds[ru]
     score = 1 + (latent[:, None] > thr).sum(axis=1)
@@ -231,6 +236,18 @@ def make_world(cfg: DemoConfig = DemoConfig()):
         "utility": true_u.astype(np.float64), "expected_rating": expected.astype(np.float64),
     })
     return images, users, ratings, truth, emb
+
+
+def world_dataset(cfg: DemoConfig = DemoConfig()):
+    """The demo world as a validated in-memory Dataset (no files): for benchmarks at any scale."""
+    from .data import Dataset, Embeddings, Scale, validate_ratings
+
+    images, users, ratings, truth, emb = make_world(cfg)
+    frame = (ratings.rename({"original_score": "rating"})
+             .join(users.select("participant_id", "age", "gender", "nationality"), on="participant_id", how="left")
+             .with_columns(pl.col("age").cast(pl.Float64)))
+    frame, _ = validate_ratings(frame, "demo world", Scale(1, cfg.scale))
+    return Dataset(frame, Embeddings(images["image_id"], emb, "demo world"), Scale(1, cfg.scale), "demo world", truth)
 
 
 def write_world(out: str | Path, cfg: DemoConfig = DemoConfig()) -> Path:

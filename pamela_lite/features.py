@@ -72,6 +72,10 @@ class ImageFeatures:
     assign: np.ndarray  # (n, K) soft assignment to prototypes
     factors: np.ndarray  # (n, f) image factors q(x) = assign @ item_factors
 
+    def take(self, rows: np.ndarray) -> "ImageFeatures":
+        """The features of the given rows (e.g. each rating's image), in that order."""
+        return ImageFeatures(self.population[rows], self.pca[rows], self.assign[rows], self.factors[rows])
+
 
 @dataclass
 class ImageSide:

@@ -226,30 +226,34 @@ class PersonalScorer:
         self.scale_ = scale or Scale(int(ratings["rating"].min()), int(ratings["rating"].max()))
         steps = tqdm(total=3 + self.n_folds, desc="fit", disable=not self.progress, file=sys.stderr, leave=False)
 
-        x_all = l2_normalise(embeddings.take(ratings["image_id"]))
+        # Everything image-side is computed once per image and gathered per rating: memory and
+        # time grow with the catalogue, not with ratings x embedding dimension.
         image_ids = ratings["image_id"].unique(maintain_order=True)
         x_images = l2_normalise(embeddings.take(image_ids))
+        image_index = _positions(ratings["image_id"], image_ids)
         self._fit_embedding_maps(x_images)
         self._fit_demographics(ratings)
         steps.update(1)
 
         user_ids = ratings["participant_id"].unique(maintain_order=True).to_list()
+        user_index = _positions(ratings["participant_id"], ratings["participant_id"].unique(maintain_order=True))
         users = _users_table(ratings, user_ids)
         head_demo, prior_demo = self.demographic_features(users)
-        self._head_demo, self._user_order = head_demo, {u: k for k, u in enumerate(user_ids)}
+        y = ratings["rating"].to_numpy().astype(np.float64)
 
-        folds = _image_folds(ratings["image_id"], self.n_folds, rng)
+        folds = rng.permutation(len(image_ids))[image_index] % self.n_folds  # held out by image
         oof = None
         if self.use_head or self.use_taste or self.use_mf:
             parts = []
             for fold in range(self.n_folds):
                 inner, outer = np.flatnonzero(folds != fold), np.flatnonzero(folds == fold)
-                base = self._fit_base(ratings[inner], x_all[inner], user_ids)
-                parts.append((outer, self._pair_columns(base, ratings[outer], x_all[outer])))
+                base = self._fit_base(y[inner], user_index[inner], image_index[inner], x_images, len(user_ids))
+                parts.append((outer, self._pair_columns(base, user_index[outer], image_index[outer], x_images,
+                                                        head_demo)))
                 steps.update(1)
             oof = _stack_parts(parts, ratings.height)
 
-        base = self._fit_base(ratings, x_all, user_ids)
+        base = self._fit_base(y, user_index, image_index, x_images, len(user_ids))
         self.mean_, self.residual_scale_ = base.solver.mean, base.solver.residual_scale
         self.pop_coef_, self.pop_intercept_ = base.image_side.pop_coef, base.image_side.pop_intercept
         self.item_factors_ = base.image_side.item_factors
@@ -259,15 +263,12 @@ class PersonalScorer:
         self.user_states_ = np.column_stack([base.states, head_demo]).astype(np.float32)
         steps.update(1)
 
-        y = ratings["rating"].to_numpy().astype(np.float64)
         self.blend_ = self._fit_blend(oof, y) if oof is not None else np.zeros(2)
         self.head_ = None
         if self.use_head:
             self.head_ = self._fit_head(oof, y, validation, embeddings)
         steps.update(1)
         steps.close()
-        for name in ("_head_demo", "_user_order"):
-            self.__dict__.pop(name, None)
         return self
 
     def _fit_embedding_maps(self, x_images: np.ndarray) -> None:
@@ -290,43 +291,43 @@ class PersonalScorer:
         self.genders_ = _vocabulary(users, "gender")
         self.nationalities_ = _vocabulary(users, "nationality")
 
-    def _fit_base(self, ratings, x_unit, user_ids) -> _Base:
-        """Population head, bias, linear taste and factor model on one set of ratings."""
-        y = ratings["rating"].to_numpy().astype(np.float64)
+    def _fit_base(self, y: np.ndarray, user_index: np.ndarray, image_index: np.ndarray,
+                  x_images: np.ndarray, n_users: int) -> _Base:
+        """Population head, bias, linear taste and factor model on one set of ratings.
+
+        `y`, `user_index` and `image_index` describe the ratings; `x_images` holds the
+        normalised embeddings of every training image (rows not rated here are not fitted on).
+        """
         mean = float(y.mean())
-        n_users = len(user_ids)
-        user_index = self._user_index(ratings)
-        pop_coef, pop_intercept = np.zeros(x_unit.shape[1]), 0.0
+        pop_coef, pop_intercept = np.zeros(x_images.shape[1]), 0.0
         bias = np.zeros(n_users)
         for _ in range(2 if self.use_population else 0):  # bias and population head, alternated
             target = y - mean - bias[user_index]
-            pop_coef, pop_intercept = _fit_population(ratings["image_id"], x_unit, target)
+            pop_coef, pop_intercept = _fit_population(image_index, x_images, target)
             if not self.use_bias:
                 break
-            resid = y - mean - (x_unit @ pop_coef + pop_intercept)
+            resid = y - mean - (x_images @ pop_coef + pop_intercept)[image_index]
             bias = (np.bincount(user_index, resid, n_users)
                     / (np.bincount(user_index, minlength=n_users) + self.bias_shrinkage))
         side = ImageSide(pop_coef, pop_intercept, self.pca_mean_, self.pca_components_, self.pca_scale_,
                          self.prototypes_, self.assign_width_, np.zeros((self.prototypes_.shape[0], self.factors)))
-        feats = side.features(x_unit)
+        image_feats = side.features(x_images)
         zero_priors = np.zeros((n_users, 1 + self.pca_components_.shape[1] + self.factors))
         solver = self._solver(mean, side.item_factors, 1.0)
-        states, masses = solver.states(user_index, n_users, y, feats, zero_priors)
+        states, masses = solver.states(user_index, n_users, y, image_feats.take(image_index), zero_priors)
         # Mass is measured in units of its spread, so alpha means the same on any data set.
         solver.residual_scale = float(np.std(masses)) or 1.0
         if self.use_mf:
             side.item_factors = solver.item_factors = self._fit_als(masses / solver.residual_scale)
-            feats.factors = feats.assign @ side.item_factors
-            states, _ = solver.states(user_index, n_users, y, feats, zero_priors)
+            image_feats.factors = image_feats.assign @ side.item_factors
+            states, _ = solver.states(user_index, n_users, y, image_feats.take(image_index), zero_priors)
         return _Base(side, solver, states)
 
-    def _user_index(self, ratings: pl.DataFrame) -> np.ndarray:
-        return np.array([self._user_order[u] for u in ratings["participant_id"].to_list()], dtype=np.int64)
-
-    def _pair_columns(self, base: _Base, ratings: pl.DataFrame, x_unit: np.ndarray) -> dict:
+    def _pair_columns(self, base: _Base, user_index: np.ndarray, image_index: np.ndarray,
+                      x_images: np.ndarray, head_demo: np.ndarray) -> dict:
         """Base components and head features of rating rows, from one fitted base."""
-        feats = base.image_side.features(x_unit)
-        states = np.column_stack([base.states, self._head_demo])[self._user_index(ratings)]
+        feats = base.image_side.features(x_images).take(image_index)
+        states = np.column_stack([base.states, head_demo])[user_index]
         return self._columns(base.solver.mean, feats, states)
 
     def _columns(self, mean: float, feats: ImageFeatures, states: np.ndarray) -> dict:
@@ -570,11 +571,11 @@ def _users_table(ratings: pl.DataFrame, user_ids: list) -> pl.DataFrame:
     return order.join(first, on="participant_id", how="left", maintain_order="left")
 
 
-def _image_folds(image_ids: pl.Series, n_folds: int, rng: np.random.Generator) -> np.ndarray:
-    unique = image_ids.unique(maintain_order=True)
-    fold_of = pl.DataFrame({"image_id": unique, "_fold": rng.permutation(len(unique)) % n_folds})
-    return pl.DataFrame({"image_id": image_ids}).join(fold_of, on="image_id", how="left",
-                                                      maintain_order="left")["_fold"].to_numpy()
+def _positions(values: pl.Series, vocabulary: pl.Series) -> np.ndarray:
+    """Index of each value in `vocabulary` (a polars join, not a Python loop over rows)."""
+    table = pl.DataFrame({"key": vocabulary, "_pos": np.arange(len(vocabulary), dtype=np.int64)})
+    joined = pl.DataFrame({"key": values}).join(table, on="key", how="left", maintain_order="left")
+    return joined["_pos"].to_numpy()
 
 
 def _stack_parts(parts: list, n: int) -> dict:
@@ -587,10 +588,10 @@ def _stack_parts(parts: list, n: int) -> dict:
     return out
 
 
-def _fit_population(image_ids: pl.Series, x_unit: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, float]:
+def _fit_population(image_index: np.ndarray, x_images: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, float]:
     """Ridge from embedding to the mean target of each image, weighted by its rating count."""
-    table = (pl.DataFrame({"image_id": image_ids, "t": target, "_row": np.arange(len(target))})
-             .group_by("image_id").agg(pl.col("t").mean(), pl.len(), pl.col("_row").first()))
-    ridge = RidgeCV(alphas=np.logspace(-2, 3, 11)).fit(
-        x_unit[table["_row"].to_numpy()], table["t"].to_numpy(), sample_weight=table["len"].to_numpy().astype(float))
+    counts = np.bincount(image_index, minlength=len(x_images)).astype(np.float64)
+    rated = counts > 0
+    means = np.bincount(image_index, target, minlength=len(x_images))[rated] / counts[rated]
+    ridge = RidgeCV(alphas=np.logspace(-2, 3, 11)).fit(x_images[rated], means, sample_weight=counts[rated])
     return ridge.coef_.astype(np.float64), float(ridge.intercept_)
