@@ -88,7 +88,7 @@ class EdgeScorer:
         self.image_side = ImageSide(a["pop_coef"], scalars["pop_intercept"], a["pca_mean"], a["pca_components"],
                                     a["pca_scale"], a["prototypes"], scalars["assign_width"], a["item_factors"])
         self.solver = UserSolver(scalars["mean"], a["item_factors"], scalars["residual_scale"], scalars["alpha"],
-                                 scalars["regularization"], scalars["bias_shrinkage"], scalars["taste_shrinkage"],
+                                 scalars["regularization"], scalars["bias_shrinkage"], a["taste_precision"],
                                  scalars["use_bias"], scalars["use_population"], scalars["use_taste"],
                                  scalars["use_mf"])
 

@@ -188,7 +188,7 @@ def user_arrays(model: PersonalScorer) -> dict[str, np.ndarray]:
     scalars = {
         "format_version": EDGE_FORMAT_VERSION, "mean": solver.mean, "residual_scale": solver.residual_scale,
         "alpha": solver.alpha, "regularization": solver.regularization,
-        "bias_shrinkage": solver.bias_shrinkage, "taste_shrinkage": solver.taste_shrinkage,
+        "bias_shrinkage": solver.bias_shrinkage,
         "use_bias": solver.use_bias, "use_population": solver.use_population, "use_taste": solver.use_taste,
         "use_mf": solver.use_mf, "assign_width": side.assign_width, "pop_intercept": side.pop_intercept,
         "age_mean": model.age_mean_, "age_std": model.age_std_,
@@ -198,7 +198,7 @@ def user_arrays(model: PersonalScorer) -> dict[str, np.ndarray]:
         "user_ids": np.array([str(u) for u in model.users_]),
         "user_states": model.user_states_.astype(np.float32),
         "pop_coef": side.pop_coef, "pca_mean": side.pca_mean, "pca_components": side.pca_components,
-        "pca_scale": side.pca_scale,
+        "pca_scale": side.pca_scale, "taste_precision": solver.taste_precision,
         "prototypes": side.prototypes, "item_factors": side.item_factors,
         "prior_coef": model.prior_coef_, "prior_intercept": model.prior_intercept_,
         "genders": np.array(model.genders_, dtype=str), "nationalities": np.array(model.nationalities_, dtype=str),

@@ -111,7 +111,7 @@ class UserSolver:
     alpha: float
     regularization: float
     bias_shrinkage: float
-    taste_shrinkage: float
+    taste_precision: np.ndarray  # (d, d) prior precision of the linear taste, in rating units
     use_bias: bool = True
     use_population: bool = True
     use_taste: bool = True
@@ -136,13 +136,12 @@ class UserSolver:
         sort = np.argsort(user_index, kind="stable")
         bounds = np.searchsorted(user_index[sort], np.arange(n_users + 1))
         masses = np.zeros((n_users, self.item_factors.shape[0]))
-        eye = np.eye(d)
         for k in range(n_users):
             rows = sort[bounds[k]:bounds[k + 1]]
             if self.use_taste:
                 Z = feats.pca[rows]
-                A = Z.T @ Z + self.taste_shrinkage * eye
-                states[k, 1:1 + d] = np.linalg.solve(A, Z.T @ resid[rows] + self.taste_shrinkage * priors[k, 1:1 + d])
+                A = Z.T @ Z + self.taste_precision
+                states[k, 1:1 + d] = np.linalg.solve(A, Z.T @ resid[rows] + self.taste_precision @ priors[k, 1:1 + d])
             if self.use_mf:
                 masses[k] = feats.assign[rows].T @ resid[rows] / self.residual_scale
                 states[k, 1 + d:] = als_fold_in(self.item_factors, masses[k], self.alpha, self.regularization,

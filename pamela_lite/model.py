@@ -85,6 +85,10 @@ class PersonalScorer:
         implicit ALS confidence scale, L2 penalty and sweeps.
     bias_shrinkage, taste_shrinkage : float
         Pseudo-counts pulling a user's bias and linear taste toward the demographic prior.
+    taste_prior : {"empirical", "isotropic"}
+        "empirical": a new user's linear taste is shrunk with the covariance of the training
+        users' tastes (empirical Bayes), so a few ratings move it along the directions in which
+        people really differ; "isotropic": plain ridge with `taste_shrinkage`.
     head_trees, head_leaves, head_learning_rate, head_min_child_samples : int, int, float, int
         LightGBM residual head; the number of trees is early-stopped on validation when given.
     n_folds : int
@@ -100,6 +104,7 @@ class PersonalScorer:
     def __init__(self, n_components: int = 32, n_prototypes: int = 64, temperature: float = 0.2,
                  factors: int = 16, alpha: float = 2.0, als_regularization: float = 1.0,
                  als_iterations: int = 15, bias_shrinkage: float = 5.0, taste_shrinkage: float = 30.0,
+                 taste_prior: str = "empirical",
                  head_trees: int = 80, head_leaves: int = 15, head_learning_rate: float = 0.15,
                  head_min_child_samples: int = 100, n_folds: int = 4,
                  use_bias: bool = True, use_population: bool = True, use_taste: bool = True,
@@ -114,6 +119,7 @@ class PersonalScorer:
         self.als_iterations = als_iterations
         self.bias_shrinkage = bias_shrinkage
         self.taste_shrinkage = taste_shrinkage
+        self.taste_prior = taste_prior
         self.head_trees = head_trees
         self.head_leaves = head_leaves
         self.head_learning_rate = head_learning_rate
@@ -162,11 +168,14 @@ class PersonalScorer:
 
     @property
     def solver_(self) -> UserSolver:
-        return self._solver(self.mean_, self.item_factors_, self.residual_scale_)
+        return self._solver(self.mean_, self.item_factors_, self.residual_scale_, self.taste_precision_)
 
-    def _solver(self, mean: float, item_factors: np.ndarray, residual_scale: float) -> UserSolver:
+    def _solver(self, mean: float, item_factors: np.ndarray, residual_scale: float,
+                taste_precision: np.ndarray | None = None) -> UserSolver:
+        if taste_precision is None:
+            taste_precision = self.taste_shrinkage * np.eye(self.pca_components_.shape[1])
         return UserSolver(mean, item_factors, residual_scale, self.alpha, self.als_regularization,
-                          self.bias_shrinkage, self.taste_shrinkage, self.use_bias, self.use_population,
+                          self.bias_shrinkage, taste_precision, self.use_bias, self.use_population,
                           self.use_taste, self.use_mf)
 
     def image_features(self, embeddings: np.ndarray) -> ImageFeatures:
@@ -255,6 +264,7 @@ class PersonalScorer:
 
         base = self._fit_base(y, user_index, image_index, x_images, len(user_ids))
         self.mean_, self.residual_scale_ = base.solver.mean, base.solver.residual_scale
+        self.taste_precision_ = base.solver.taste_precision
         self.pop_coef_, self.pop_intercept_ = base.image_side.pop_coef, base.image_side.pop_intercept
         self.item_factors_ = base.image_side.item_factors
         self._fit_prior(prior_demo, base.states)
@@ -314,7 +324,11 @@ class PersonalScorer:
         image_feats = side.features(x_images)
         zero_priors = np.zeros((n_users, 1 + self.pca_components_.shape[1] + self.factors))
         solver = self._solver(mean, side.item_factors, 1.0)
-        states, masses = solver.states(user_index, n_users, y, image_feats.take(image_index), zero_priors)
+        feats = image_feats.take(image_index)
+        states, masses = solver.states(user_index, n_users, y, feats, zero_priors)
+        if self.use_taste and self.taste_prior == "empirical":
+            solver.taste_precision = _empirical_taste_precision(states, y, user_index, feats, solver)
+            states, masses = solver.states(user_index, n_users, y, feats, zero_priors)
         # Mass is measured in units of its spread, so alpha means the same on any data set.
         solver.residual_scale = float(np.std(masses)) or 1.0
         if self.use_mf:
@@ -549,7 +563,7 @@ def float32_safe(model_text: str) -> lgb.Booster:
     return lgb.Booster(model_str="\n".join(lines))
 
 
-_ARRAYS = ("pca_mean", "pca_components", "pca_scale", "pop_coef", "prototypes", "item_factors",
+_ARRAYS = ("pca_mean", "pca_components", "pca_scale", "pop_coef", "prototypes", "item_factors", "taste_precision",
            "prior_coef", "prior_intercept", "user_states")
 
 
@@ -569,6 +583,22 @@ def _users_table(ratings: pl.DataFrame, user_ids: list) -> pl.DataFrame:
     first = ratings.select("participant_id", *cols).unique("participant_id", keep="first", maintain_order=True)
     order = pl.DataFrame({"participant_id": pl.Series(user_ids, dtype=ratings["participant_id"].dtype)})
     return order.join(first, on="participant_id", how="left", maintain_order="left")
+
+
+def _empirical_taste_precision(states, y, user_index, feats, solver) -> np.ndarray:
+    """Prior precision of the linear taste from the spread of the training users' tastes.
+
+    Bayesian linear regression with prior w ~ N(w0, S) and noise variance s2 solves
+    (Z'Z + s2 S^-1) w = Z'r + s2 S^-1 w0; S is the second moment of the users' fitted tastes
+    (lightly regularised), s2 the residual variance left after bias and taste.
+    """
+    d = feats.pca.shape[1]
+    taste = states[:, 1:1 + d]
+    resid = y - solver.mean - (feats.population if solver.use_population else 0.0) - states[user_index, 0]
+    noise = float(np.mean((resid - np.einsum("ij,ij->i", taste[user_index], feats.pca)) ** 2))
+    second = taste.T @ taste / len(taste)
+    second += 0.05 * np.trace(second) / d * np.eye(d)
+    return noise * np.linalg.inv(second)
 
 
 def _positions(values: pl.Series, vocabulary: pl.Series) -> np.ndarray:

@@ -1,0 +1,241 @@
+"""Accuracy benchmark: pamela_lite against baselines and a deep personalized model.
+
+    python benchmarks/accuracy.py              # the PAMELA-shaped demo world (about 2-4 min)
+    python benchmarks/accuracy.py --quick      # a smaller world, fewer epochs (under 2 min)
+    python benchmarks/accuracy.py --data /path/to/PAMELA --embeddings /path/to/embeddings.parquet
+
+Rows: global mean, user mean, population head (LAION-style linear head), k-NN on embeddings
+per user, MF only, pamela_lite (full: MF + linear taste + LightGBM residual head) and a deep
+baseline (PyTorch MLP + learned user embedding, benchmarks/deep_baseline.py; skipped with a
+clear note when torch is absent). test_seen and test_unseen at k = 0, 10, 50; per-user SROCC
+with a 95% bootstrap interval over users, PLCC, pairwise accuracy, MAE, RMSE, fit time and
+model size; the demo's noise ceiling. Results go to benchmarks/results/accuracy.{md,json} with
+two plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, dir_size, has_torch, log, machine, machine_lines, save  # noqa: E402
+
+from pamela_lite.data import Scale, load_dataset  # noqa: E402
+from pamela_lite.demo import DemoConfig, world_dataset  # noqa: E402
+from pamela_lite.evaluation import ceiling_rows, evaluation_cases, score_rows  # noqa: E402
+from pamela_lite.fit import BASELINES  # noqa: E402
+from pamela_lite.metrics import evaluate_scores, per_user  # noqa: E402
+from pamela_lite.model import PersonalScorer  # noqa: E402
+
+
+class KNNBaseline:
+    """Per user: similarity-weighted mean of the user's ratings on their nearest rated images."""
+
+    def __init__(self, neighbours: int = 20, shrinkage: float = 5.0):
+        self.neighbours, self.shrinkage = neighbours, shrinkage
+
+    def fit(self, train: pl.DataFrame, embeddings, validation=None) -> "KNNBaseline":
+        self.embeddings_ = embeddings
+        self.mean_ = float(train["rating"].mean())
+        self.rated_ = {p[0]: part for p, part in train.group_by("participant_id")}
+        self.users_ = list(self.rated_)
+        return self
+
+    def fold_in(self, context: pl.DataFrame, embeddings, users: pl.DataFrame | None = None) -> dict:
+        states = {p[0]: part for p, part in context.group_by("participant_id")}
+        for p in (users["participant_id"].to_list() if users is not None else []):
+            states.setdefault(p, context.head(0))
+        return states
+
+    def _unit(self, ids) -> np.ndarray:
+        x = self.embeddings_.take(ids).astype(np.float64)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    def predict(self, pairs: pl.DataFrame, embeddings, states: dict | None = None) -> np.ndarray:
+        out = np.full(pairs.height, self.mean_)
+        indexed = pairs.with_row_index("_row")
+        for (user,), part in indexed.group_by("participant_id"):
+            rated = (states or {}).get(user, self.rated_.get(user))
+            if rated is None or rated.height == 0:
+                continue
+            r = rated["rating"].to_numpy().astype(np.float64)
+            user_mean = (r.sum() + self.shrinkage * self.mean_) / (len(r) + self.shrinkage)
+            sim = self._unit(part["image_id"]) @ self._unit(rated["image_id"]).T
+            k = min(self.neighbours, sim.shape[1])
+            top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+            w = np.maximum(np.take_along_axis(sim, top, axis=1), 0) + 1e-9
+            out[part["_row"].to_numpy()] = user_mean + (w * (r[top] - user_mean)).sum(1) / w.sum(1)
+        return out
+
+
+class Scorer:
+    """PersonalScorer with the benchmark's fit signature."""
+
+    def __init__(self, scale: Scale, seed: int, **switches):
+        self.model = PersonalScorer(random_state=seed, **switches)
+        self.scale = scale
+
+    def fit(self, train, embeddings, validation=None):
+        self.model.fit(train, embeddings, self.scale, validation=validation)
+        return self
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def size_bytes(self) -> int:
+        with tempfile.TemporaryDirectory() as tmp:
+            self.model.save(Path(tmp) / "m")
+            return dir_size(Path(tmp) / "m")
+
+
+def build_models(dataset, seed: int, quick: bool) -> dict:
+    models = {
+        "global mean": Scorer(dataset.scale, seed, **BASELINES["global mean"]),
+        "user mean": Scorer(dataset.scale, seed, use_population=False, use_taste=False, use_mf=False, use_head=False),
+        "population head": Scorer(dataset.scale, seed, **BASELINES["population head"]),
+        "k-NN (per user)": KNNBaseline(),
+        "MF only": Scorer(dataset.scale, seed, **BASELINES["MF only"]),
+        "pamela_lite (full)": Scorer(dataset.scale, seed),
+    }
+    if has_torch():
+        from deep_baseline import DeepBaseline
+        models["deep baseline (torch)"] = DeepBaseline(epochs=12 if quick else 40, seed=seed)
+    return models
+
+
+def bootstrap_ci(values: np.ndarray, seed: int, n: int = 1000) -> tuple[float, float]:
+    """95% interval of the mean of per-user values, resampling users."""
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), (n, len(values)))].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def run_benchmark(dataset, kshots, seed: int, quick: bool) -> tuple[list[dict], dict]:
+    train, val = dataset.split("train"), dataset.split("val_seen")
+    models = build_models(dataset, seed, quick)
+    rows, per_user_srocc = [], {}
+    for name, model in models.items():
+        start = time.perf_counter()
+        model.fit(train, dataset.embeddings, validation=val)
+        fit_s = time.perf_counter() - start
+        size = model.size_bytes() if hasattr(model, "size_bytes") else 0
+        log(f"fitted {name} in {fit_s:.1f}s")
+        for split, k in evaluation_cases(dataset, kshots):
+            scored = score_rows(model, dataset, split, k, seed)
+            users = per_user(scored)
+            lo, hi = bootstrap_ci(users["srocc"].to_numpy(), seed)
+            rows.append({"model": name, "split": split, "k": k, **evaluate_scores(scored),
+                         "srocc_ci95": [lo, hi], "fit_s": fit_s, "size_bytes": size})
+            per_user_srocc[(name, split, k)] = users["srocc"].to_numpy()
+            if name == "global mean":
+                ceiling = ceiling_rows(dataset, scored)
+                if ceiling is not None:
+                    cu = per_user(ceiling)
+                    lo, hi = bootstrap_ci(cu["srocc"].to_numpy(), seed)
+                    rows.append({"model": "noise ceiling", "split": split, "k": k, **evaluate_scores(ceiling),
+                                 "srocc_ci95": [lo, hi], "fit_s": 0.0, "size_bytes": 0})
+                    per_user_srocc[("noise ceiling", split, k)] = cu["srocc"].to_numpy()
+    if not has_torch():
+        log("torch is not installed: the deep baseline row is skipped (pip install torch, CPU build)")
+    return rows, per_user_srocc
+
+
+def markdown(rows: list[dict], info: dict, args, torch_note: str) -> str:
+    lines = [f"# Accuracy benchmark ({'quick' if args.quick else 'full'}, data: {args.data or 'demo world'})", "",
+             machine_lines(info), "", torch_note, "",
+             "| split | k | model | SROCC [95% CI] | PLCC | pair acc | MAE | RMSE | users | fit s | size |",
+             "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        k = "" if r["k"] is None else r["k"]
+        ci = r["srocc_ci95"]
+        size = f"{r['size_bytes'] / 1e6:.2f} MB" if r["size_bytes"] else ""
+        fit = f"{r['fit_s']:.1f}" if r["fit_s"] else ""
+        lines.append(f"| {r['split']} | {k} | {r['model']} | {r['srocc']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] | "
+                     f"{r['plcc']:.3f} | {r['pairwise_acc']:.3f} | {r['mae']:.3f} | {r['rmse']:.3f} | "
+                     f"{r['n_users']} | {fit} | {size} |")
+    return "\n".join(lines) + "\n"
+
+
+def plots(rows: list[dict], per_user_srocc: dict, out: Path) -> list[Path]:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib is not installed: no plots (pip install matplotlib)")
+        return []
+    paths = []
+    seen = [(name, v) for (name, split, k), v in per_user_srocc.items() if split == "test_seen"]
+    if seen:
+        fig, ax = plt.subplots(figsize=(9, 4.5))
+        ax.boxplot([v for _, v in seen], vert=False, showmeans=True)
+        ax.set_yticks(range(1, len(seen) + 1), [n for n, _ in seen])
+        ax.set_xlabel("per-user SROCC on test_seen")
+        ax.set_title("Per-user SROCC distribution (each box: one model, one point per user)")
+        fig.tight_layout()
+        paths.append(out / "accuracy_per_user_srocc.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    unseen = [r for r in rows if r["split"] == "test_unseen"]
+    if unseen:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for name in dict.fromkeys(r["model"] for r in unseen):
+            pts = sorted((r["k"], r["srocc"], r["srocc_ci95"]) for r in unseen if r["model"] == name)
+            ks = [p[0] for p in pts]
+            ax.errorbar(ks, [p[1] for p in pts], yerr=[[p[1] - p[2][0] for p in pts], [p[2][1] - p[1] for p in pts]],
+                        marker="o", capsize=3, label=name)
+        ax.set_xlabel("k (context ratings of the unseen user)")
+        ax.set_ylabel("mean per-user SROCC on test_unseen")
+        ax.set_title("Unseen users: accuracy vs. k (bars: 95% bootstrap over users)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        paths.append(out / "accuracy_vs_k.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    return paths
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, help="PAMELA root or ratings table; default: the demo world")
+    parser.add_argument("--embeddings", type=Path, help="embeddings Parquet for --data")
+    parser.add_argument("--quick", action="store_true", help="smaller world, fewer deep epochs (< 2 min)")
+    parser.add_argument("--kshot", default="0,10,50", help="context sizes for unseen users")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--name", default=None, help="results file stem (default accuracy or accuracy_quick)")
+    args = parser.parse_args(argv)
+    kshots = tuple(int(k) for k in args.kshot.split(","))
+    info = machine()
+    log(machine_lines(info))
+    start = time.perf_counter()
+    if args.data:
+        dataset = load_dataset(args.data, args.embeddings, seed=args.seed)
+    else:
+        cfg = DemoConfig(n_users=100, n_images=2500, n_ratings=35000, seed=args.seed) if args.quick \
+            else DemoConfig(seed=args.seed)
+        dataset = world_dataset(cfg)
+    rows, per_user_srocc = run_benchmark(dataset, kshots, args.seed, args.quick)
+    torch_note = ("Deep baseline: benchmarks/deep_baseline.py (torch, CPU)." if has_torch() else
+                  "**torch is not installed: the deep baseline was skipped.** Install the CPU build to include it.")
+    name = args.name or ("accuracy_quick" if args.quick else "accuracy")
+    md = markdown(rows, info, args, torch_note)
+    figures = plots(rows, per_user_srocc, RESULTS)
+    if figures:
+        md += "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in figures) + "\n"
+    save(name, {"machine": info, "args": vars(args) | {"data": str(args.data)}, "rows": rows}, md)
+    print(md)
+    log(f"done in {time.perf_counter() - start:.0f}s → {RESULTS / (name + '.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
