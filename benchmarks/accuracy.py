@@ -154,6 +154,8 @@ def markdown(rows: list[dict], info: dict, args, torch_note: str) -> str:
              machine_lines(info), "", torch_note, "",
              "| split | k | model | SROCC [95% CI] | PLCC | pair acc | MAE | RMSE | users | fit s | size |",
              "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    order = list(dict.fromkeys(r["model"] for r in rows if r["model"] != "noise ceiling")) + ["noise ceiling"]
+    rows = sorted(rows, key=lambda r: (r["split"], -1 if r["k"] is None else r["k"], order.index(r["model"])))
     for r in rows:
         k = "" if r["k"] is None else r["k"]
         ci = r["srocc_ci95"]
@@ -177,7 +179,7 @@ def plots(rows: list[dict], per_user_srocc: dict, out: Path) -> list[Path]:
     seen = [(name, v) for (name, split, k), v in per_user_srocc.items() if split == "test_seen"]
     if seen:
         fig, ax = plt.subplots(figsize=(9, 4.5))
-        ax.boxplot([v for _, v in seen], vert=False, showmeans=True)
+        ax.boxplot([v for _, v in seen], orientation="horizontal", showmeans=True)
         ax.set_yticks(range(1, len(seen) + 1), [n for n, _ in seen])
         ax.set_xlabel("per-user SROCC on test_seen")
         ax.set_title("Per-user SROCC distribution (each box: one model, one point per user)")

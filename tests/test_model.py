@@ -144,3 +144,18 @@ def test_same_seed_same_model(dataset, fitted):
 def test_wrong_embedding_dimension_is_an_error(fitted):
     with pytest.raises(InputError, match="dimension 7"):
         fitted.image_features(np.ones((2, 7), dtype=np.float32))
+
+
+def test_weighted_ridge_matches_scikit_learns_ridgecv():
+    from sklearn.linear_model import RidgeCV
+
+    from pamela_lite.model import weighted_ridge_loo
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 20))
+    y = X @ rng.normal(size=20) + 3 * rng.normal(size=300)
+    w = rng.integers(1, 20, 300).astype(float)
+    reference = RidgeCV(alphas=np.logspace(-2, 3, 11)).fit(X, y, sample_weight=w)
+    coef, intercept = weighted_ridge_loo(X, y, w)
+    np.testing.assert_allclose(coef, reference.coef_, atol=1e-8)
+    assert intercept == pytest.approx(reference.intercept_)

@@ -1,0 +1,375 @@
+"""Speed benchmark: scoring latency and throughput, fit time, scaling, encoder throughput.
+
+    python benchmarks/latency.py           # about 6-9 min on 2 cores
+    python benchmarks/latency.py --quick   # under 2 min (smaller scaling grid, shorter timings)
+
+All figures come from one run on this machine and are compared as ratios:
+
+1. Scoring: the exported ONNX scorer (exact and fast precision) vs the Python model
+   (``PersonalScorer.predict``) vs LightGBM's own predict of the same trees (and the same trees
+   in onnxruntime) vs the deep baseline in torch; batch 1, 100 and 10,000 pairs; p50, p99,
+   pairs/s on one thread. Each engine runs in its own process, so its peak RSS is its own.
+2. Fit: the full pamela_lite pipeline vs the deep baseline's training, same data.
+3. Scaling: fit time and scoring time as users grow (200 → 2,000 → 20,000) and as the catalogue
+   grows (5k → 50k → 500k images), with the observed log-log exponent.
+4. Embedding: images/s of ``pamela_lite.embed`` with the tiny test encoder, and the onnxruntime
+   GFLOP/s this CPU sustains on ViT-shaped matrix products, to estimate CLIP ViT-B/32 and
+   ViT-L/14 throughput from their published FLOPs.
+
+Results: benchmarks/results/latency.{md,json} and latency_scaling.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _common import RESULTS, dir_size, has_torch, log, machine, machine_lines, peak_rss_mb, save, time_calls  # noqa: E402
+
+BATCHES = (1, 100, 10_000)
+VIT_GFLOPS = {"CLIP ViT-B/32 (512-d)": 8.8, "CLIP ViT-B/16 (512-d)": 35.0, "CLIP ViT-L/14 (768-d)": 162.0}
+
+
+# --------------------------------------------------------------------------- engines (child processes)
+
+
+def engine_main(name: str, workdir: Path, budget: float) -> dict:
+    """Time one scoring engine on the pairs saved in `workdir`; print JSON. Runs in a child."""
+    data = np.load(workdir / "pairs.npz")
+    emb, states = data["embeddings"], data["states"]
+    n = len(emb)
+    if name.startswith("onnx-") and name != "onnx-trees":
+        from pamela_lite.edge import EdgeScorer
+        scorer = EdgeScorer(workdir / f"{name[5:]}.onnx", users=workdir / "exact.users.npz")
+        call = lambda b: scorer.score(emb[:b], states[:b])  # noqa: E731
+    elif name == "onnx-trees":
+        import onnxruntime as ort
+        from pamela_lite.edge import session_options
+        session = ort.InferenceSession(str(workdir / "trees.onnx"), session_options(1), providers=["CPUExecutionProvider"])
+        head_x = data["head_x"]
+        call = lambda b: session.run(None, {"x": head_x[:b]})  # noqa: E731
+    elif name == "lightgbm":
+        import lightgbm as lgb
+        booster = lgb.Booster(model_file=str(workdir / "model" / "head.txt"))
+        head_x = data["head_x"]
+        call = lambda b: booster.predict(head_x[:b], num_threads=1)  # noqa: E731
+    elif name == "python-model":
+        import polars as pl
+        from threadpoolctl import threadpool_limits
+        from pamela_lite.data import Embeddings
+        from pamela_lite.model import PersonalScorer
+        model = PersonalScorer.load(workdir / "model")
+        ids = pl.Series(np.arange(n))
+        embeddings = Embeddings(ids, emb)
+        users = [model.users_[k] for k in data["user_rows"]]
+        pairs = pl.DataFrame({"participant_id": users, "image_id": ids})
+        limiter = threadpool_limits(1)  # one thread, like the other engines
+        call = lambda b: model.predict(pairs.head(b), embeddings)  # noqa: E731
+    elif name == "deep-torch":
+        import torch
+        torch.set_num_threads(1)
+        net = torch.jit.load(str(workdir / "deep.pt"))
+        x = torch.from_numpy(emb / np.linalg.norm(emb, axis=1, keepdims=True))
+        u = torch.from_numpy(data["deep_users"])
+
+        def call(b):
+            with torch.no_grad():
+                return net(x[:b], u[:b])
+    else:
+        raise SystemExit(f"unknown engine {name}")
+    rows = [time_calls(lambda b=b: call(b), b, budget_s=budget) for b in BATCHES]
+    return {"engine": name, "rows": rows, "peak_rss_mb": peak_rss_mb()}
+
+
+def run_engine(name: str, workdir: Path, budget: float) -> dict:
+    done = subprocess.run([sys.executable, __file__, "--engine", name, "--workdir", str(workdir),
+                           "--budget", str(budget)], capture_output=True, text=True, timeout=1200)
+    if done.returncode != 0:
+        raise RuntimeError(f"engine {name} failed: {done.stderr.strip().splitlines()[-1:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- set-up (parent)
+
+
+def prepare(workdir: Path, seed: int, quick: bool) -> dict:
+    """Fit the model and the deep baseline on the demo world; save what the engines need."""
+    import lightgbm  # noqa: F401  (import cost outside the timings)
+    from onnxmltools import convert_lightgbm
+    from onnxmltools.convert.common.data_types import FloatTensorType
+
+    from pamela_lite.demo import DemoConfig, world_dataset
+    from pamela_lite.export import export
+    from pamela_lite.model import PersonalScorer
+
+    dataset = world_dataset(DemoConfig(seed=seed))
+    train, val = dataset.split("train"), dataset.split("val_seen")
+    start = time.perf_counter()
+    model = PersonalScorer(random_state=seed).fit(train, dataset.embeddings, dataset.scale, validation=val)
+    fit_s = time.perf_counter() - start
+    log(f"fitted pamela_lite in {fit_s:.1f}s")
+    model.save(workdir / "model")
+    export(model, workdir / "exact.onnx", "exact")
+    export(model, workdir / "fast.onnx", "fast")
+    rng = np.random.default_rng(seed)
+    n = max(BATCHES)
+    user_rows = rng.integers(0, len(model.users_), n)
+    images = rng.integers(0, len(dataset.embeddings.ids), n)
+    emb = dataset.embeddings.matrix[images]
+    states = model.user_states_[user_rows]
+    feats = model.image_features(emb)
+    head_x = model._columns(model.mean_, feats, states.astype(np.float64))["head_x"]
+    trees = convert_lightgbm(model.head_, initial_types=[("x", FloatTensorType([None, head_x.shape[1]]))],
+                             target_opset=15, zipmap=False)
+    (workdir / "trees.onnx").write_bytes(trees.SerializeToString())
+    payload = {"embeddings": emb, "states": states, "head_x": head_x, "user_rows": user_rows}
+    result = {"fit_s": fit_s, "sizes": {
+        "onnx exact (file)": (workdir / "exact.onnx").stat().st_size,
+        "onnx fast (file)": (workdir / "fast.onnx").stat().st_size,
+        "users file (189 users)": (workdir / "exact.users.npz").stat().st_size,
+        "model folder": dir_size(workdir / "model")}, "trees": model.head_.num_trees()}
+    if has_torch():
+        import torch
+        from deep_baseline import DeepBaseline
+        deep = DeepBaseline(epochs=8 if quick else 40, seed=seed).fit(train, dataset.embeddings, validation=val)
+        result["deep_fit_s"] = deep.fit_seconds_
+        result["deep_epochs"] = deep.epochs_run_
+        log(f"trained the deep baseline in {deep.fit_seconds_:.1f}s ({deep.epochs_run_} epochs)")
+
+        class Scoring(torch.nn.Module):
+            def __init__(self, net):
+                super().__init__()
+                self.net = net
+
+            def forward(self, x, u):
+                return self.net(x, u)
+
+        scripted = torch.jit.trace(Scoring(deep.net_), (torch.zeros(2, emb.shape[1]), torch.zeros(2, dtype=torch.long)))
+        scripted.save(str(workdir / "deep.pt"))
+        payload["deep_users"] = rng.integers(0, len(deep.users_), n)
+        result["sizes"]["deep baseline (weights)"] = deep.size_bytes()
+    np.savez(workdir / "pairs.npz", **payload)
+    return result
+
+
+# --------------------------------------------------------------------------- scaling
+
+
+def scaling(seed: int, quick: bool) -> list[dict]:
+    from threadpoolctl import threadpool_limits
+
+    from pamela_lite.demo import DemoConfig, world_dataset
+    from pamela_lite.edge import EdgeScorer
+    from pamela_lite.export import export
+    from pamela_lite.model import PersonalScorer
+
+    users_grid = (200, 1_000) if quick else (200, 2_000, 20_000)
+    images_grid = (5_000, 20_000) if quick else (5_000, 50_000, 500_000)
+    rows = []
+    configs = [("users", u, DemoConfig(n_users=u, n_images=5_000, n_ratings=351 * u, seed=seed)) for u in users_grid]
+    configs += [("images", m, DemoConfig(n_users=199, n_images=m, n_ratings=69_904, seed=seed)) for m in images_grid]
+    for axis, size, cfg in configs:
+        dataset = world_dataset(cfg)
+        train = dataset.split("train")
+        start = time.perf_counter()
+        model = PersonalScorer(random_state=seed).fit(train, dataset.embeddings, dataset.scale,
+                                                      validation=dataset.split("val_seen"))
+        fit_s = time.perf_counter() - start
+        with tempfile.TemporaryDirectory() as tmp:
+            export(model, Path(tmp) / "s.onnx")
+            scorer = EdgeScorer(Path(tmp) / "s.onnx")
+            rng = np.random.default_rng(seed)
+            with threadpool_limits(1):
+                if axis == "users":  # 10,000 pairs of random users and images
+                    idx = rng.integers(0, len(dataset.embeddings.ids), 10_000)
+                    st = scorer.states[rng.integers(0, len(scorer.states), 10_000)]
+                    t = time.perf_counter()
+                    scorer.score(dataset.embeddings.matrix[idx], st)
+                    score_s, what = time.perf_counter() - t, "score 10,000 pairs"
+                else:  # rank the whole catalogue for one user, in chunks of 10,000
+                    t = time.perf_counter()
+                    for at in range(0, len(dataset.embeddings.ids), 10_000):
+                        scorer.score_user(scorer.user_ids[0], dataset.embeddings.matrix[at:at + 10_000])
+                    score_s, what = time.perf_counter() - t, "rank the catalogue for one user"
+        rows.append({"axis": axis, "size": size, "ratings": train.height, "fit_s": fit_s, "score_s": score_s,
+                     "score_what": what})
+        log(f"scaling {axis}={size}: fit {fit_s:.1f}s, {what} {score_s:.3f}s")
+    return rows
+
+
+def exponent(rows: list[dict], axis: str, key: str) -> float:
+    pts = [(r["size"], r[key]) for r in rows if r["axis"] == axis]
+    x, y = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])
+    return float(np.polyfit(x, y, 1)[0])
+
+
+# --------------------------------------------------------------------------- embedding throughput
+
+
+def encoder_throughput(quick: bool) -> dict:
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    from PIL import Image
+
+    from pamela_lite import tiny_encoder
+    from pamela_lite.embed import Encoder, embed_images, list_images
+
+    n = 256 if quick else 1024
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        rng = np.random.default_rng(0)
+        (tmp / "imgs").mkdir()
+        for k in range(n):
+            Image.fromarray(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)).save(tmp / "imgs" / f"{k}.png")
+        enc = tiny_encoder.write(tmp / "tiny.onnx", size=32, dim=16)
+        report = embed_images(Encoder(enc, threads=1), list_images(tmp / "imgs"), tmp / "e.parquet", batch_size=32)
+        tiny = report.images_per_second
+        # ViT-B-shaped MLP block: 50 tokens x 768 @ 768 x 3072, float32 (the bulk of a ViT's FLOPs).
+        w = numpy_helper.from_array(rng.normal(size=(768, 3072)).astype(np.float32), "w")
+        graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "mm",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 768])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3072])], [w])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
+        model.ir_version = 8
+        x = rng.normal(size=(50 * 32, 768)).astype(np.float32)  # a batch of 32 images' tokens
+        gflops = {}
+        for threads in (1, 2):
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = threads
+            sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+            timing = time_calls(lambda: sess.run(None, {"x": x}), 1, budget_s=1.0 if quick else 3.0)
+            gflops[threads] = 2 * x.shape[0] * 768 * 3072 / (timing["p50_us"] * 1e-6) / 1e9
+    estimates = {name: {t: g / cost for t, g in gflops.items()} for name, cost in VIT_GFLOPS.items()}
+    return {"tiny_images_per_s": tiny, "tiny_images": n, "sustained_gflops": gflops, "vit_estimates": estimates}
+
+
+# --------------------------------------------------------------------------- report
+
+
+ENGINE_LABELS = {
+    "onnx-exact": "ONNX scorer, exact (default)", "onnx-fast": "ONNX scorer, fast (float32)",
+    "python-model": "Python model (PersonalScorer.predict)", "lightgbm": "LightGBM predict (trees only)",
+    "onnx-trees": "onnxruntime (same trees only)", "deep-torch": "deep baseline (torch)",
+}
+
+
+def markdown(info, setup, engines, scale_rows, enc, quick) -> str:
+    out = [f"# Speed benchmark ({'quick' if quick else 'full'})", "", machine_lines(info), "",
+           "One thread per engine (onnxruntime intra_op_num_threads=1, no spinning; LightGBM num_threads=1; "
+           "torch.set_num_threads(1); BLAS limited to 1 thread for the Python model). Random (user, image) "
+           "pairs of the PAMELA-size demo world; each engine in its own process.", "",
+           "## Scoring", "",
+           "| engine | batch | p50 µs | p99 µs | pairs/s | vs ONNX exact | peak RSS MB |",
+           "|---|---:|---:|---:|---:|---:|---:|"]
+    ref = {r["batch"]: r["pairs_per_s"] for r in engines["onnx-exact"]["rows"]}
+    for name, result in engines.items():
+        for r in result["rows"]:
+            out.append(f"| {ENGINE_LABELS[name]} | {r['batch']:,} | {r['p50_us']:,.1f} | {r['p99_us']:,.1f} | "
+                       f"{r['pairs_per_s']:,.0f} | {r['pairs_per_s'] / ref[r['batch']]:.2f}x | {result['peak_rss_mb']:.0f} |")
+    out += ["", f"Trees in the head: {setup['trees']}. Sizes: " +
+            ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in setup["sizes"].items()) + ".", "",
+            "## Fit time (same data: 50k training ratings, 189 users, 512-d embeddings)", "",
+            "| pipeline | seconds | ratio |", "|---|---:|---:|",
+            f"| pamela_lite full fit (PCA, k-means, 5 base fits with implicit ALS, LightGBM head) | "
+            f"{setup['fit_s']:.1f} | 1.00x |"]
+    if "deep_fit_s" in setup:
+        out.append(f"| deep baseline training ({setup['deep_epochs']} epochs, early-stopped) | {setup['deep_fit_s']:.1f} | "
+                   f"{setup['deep_fit_s'] / setup['fit_s']:.2f}x |")
+    else:
+        out.append("| deep baseline | torch not installed | |")
+    out += ["", "## Scaling", "", "| grows | size | training ratings | fit s | scoring | scoring s |",
+            "|---|---:|---:|---:|---|---:|"]
+    for r in scale_rows:
+        out.append(f"| {r['axis']} | {r['size']:,} | {r['ratings']:,} | {r['fit_s']:.1f} | {r['score_what']} | "
+                   f"{r['score_s']:.3f} |")
+    out += ["", f"Observed log-log exponents: fit time vs users {exponent(scale_rows, 'users', 'fit_s'):.2f}; "
+            f"fit time vs images {exponent(scale_rows, 'images', 'fit_s'):.2f} (ratings fixed); "
+            f"catalogue ranking time vs images {exponent(scale_rows, 'images', 'score_s'):.2f}.", "",
+            "![scaling](latency_scaling.png)", "",
+            "## Embedding throughput", "",
+            f"`pamela_lite.embed` with the tiny test encoder (decode PNG 128x96 → resize/crop to 32 → encode), "
+            f"1 thread: **{enc['tiny_images_per_s']:.0f} images/s** over {enc['tiny_images']} images.", "",
+            "onnxruntime sustains " + ", ".join(f"{g:.0f} GFLOP/s on {t} thread(s)" for t, g in enc["sustained_gflops"].items())
+            + " on a ViT-B MLP-shaped float32 matrix product here. Estimated encoder throughput from published "
+              "FLOPs per image (open_clip's profile; an upper bound, attention and norms run slower than GEMM):", "",
+            "| encoder | GFLOPs/image | est. images/s, 1 thread | est. images/s, 2 threads |", "|---|---:|---:|---:|"]
+    for name, est in enc["vit_estimates"].items():
+        out.append(f"| {name} | {VIT_GFLOPS[name]} | {est[1]:.1f} | {est[2]:.1f} |")
+    return "\n".join(out) + "\n"
+
+
+def plot(scale_rows, path: Path) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib not installed: no scaling plot")
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, axis, label in ((axes[0], "users", "users (5k images, 351 ratings each)"),
+                            (axes[1], "images", "catalogue images (199 users)")):
+        pts = [r for r in scale_rows if r["axis"] == axis]
+        ax.loglog([r["size"] for r in pts], [r["fit_s"] for r in pts], "o-",
+                  label=f"fit (slope {exponent(scale_rows, axis, 'fit_s'):.2f})")
+        ax.loglog([r["size"] for r in pts], [r["score_s"] for r in pts], "s-",
+                  label=f"{pts[0]['score_what']} (slope {exponent(scale_rows, axis, 'score_s'):.2f})")
+        ax.set_xlabel(label)
+        ax.set_ylabel("seconds")
+        ax.legend(fontsize=8)
+        ax.grid(True, which="both", alpha=0.3)
+    fig.suptitle("pamela_lite scaling on this machine (log-log)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller scaling grid, shorter timings (< 2 min)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--engine", help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--budget", type=float, default=2.0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.engine:
+        print(json.dumps(engine_main(args.engine, args.workdir, args.budget)))
+        return 0
+    start = time.perf_counter()
+    info = machine()
+    log(machine_lines(info))
+    budget = 0.6 if args.quick else 2.5
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        setup = prepare(workdir, args.seed, args.quick)
+        names = ["onnx-exact", "onnx-fast", "python-model", "lightgbm", "onnx-trees"]
+        names += ["deep-torch"] if has_torch() else []
+        engines = {}
+        for name in names:
+            engines[name] = run_engine(name, workdir, budget)
+            log(f"{name}: " + ", ".join(f"b{r['batch']} p50 {r['p50_us']:.0f}us {r['pairs_per_s']:,.0f}/s"
+                                        for r in engines[name]["rows"]))
+    if not has_torch():
+        log("torch is not installed: the deep baseline is left out (pip install torch, CPU build)")
+    scale_rows = scaling(args.seed, args.quick)
+    enc = encoder_throughput(args.quick)
+    name = "latency_quick" if args.quick else "latency"
+    plot(scale_rows, RESULTS / f"{name}_scaling.png")
+    md = markdown(info, setup, engines, scale_rows, enc, args.quick).replace("latency_scaling.png", f"{name}_scaling.png")
+    save(name, {"machine": info, "setup": setup, "engines": engines, "scaling": scale_rows, "embedding": enc}, md)
+    print(md)
+    log(f"done in {time.perf_counter() - start:.0f}s → {RESULTS / (name + '.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
