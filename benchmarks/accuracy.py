@@ -167,7 +167,7 @@ def markdown(rows: list[dict], info: dict, args, torch_note: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plots(rows: list[dict], per_user_srocc: dict, out: Path) -> list[Path]:
+def plots(rows: list[dict], per_user_srocc: dict, out: Path, name: str) -> list[Path]:
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -184,7 +184,7 @@ def plots(rows: list[dict], per_user_srocc: dict, out: Path) -> list[Path]:
         ax.set_xlabel("per-user SROCC on test_seen")
         ax.set_title("Per-user SROCC distribution (each box: one model, one point per user)")
         fig.tight_layout()
-        paths.append(out / "accuracy_per_user_srocc.png")
+        paths.append(out / f"{name}_per_user_srocc.png")
         fig.savefig(paths[-1], dpi=110)
         plt.close(fig)
     unseen = [r for r in rows if r["split"] == "test_unseen"]
@@ -200,7 +200,7 @@ def plots(rows: list[dict], per_user_srocc: dict, out: Path) -> list[Path]:
         ax.set_title("Unseen users: accuracy vs. k (bars: 95% bootstrap over users)")
         ax.legend(fontsize=8)
         fig.tight_layout()
-        paths.append(out / "accuracy_vs_k.png")
+        paths.append(out / f"{name}_vs_k.png")
         fig.savefig(paths[-1], dpi=110)
         plt.close(fig)
     return paths
@@ -230,7 +230,7 @@ def main(argv=None) -> int:
                   "**torch is not installed: the deep baseline was skipped.** Install the CPU build to include it.")
     name = args.name or ("accuracy_quick" if args.quick else "accuracy")
     md = markdown(rows, info, args, torch_note)
-    figures = plots(rows, per_user_srocc, RESULTS)
+    figures = plots(rows, per_user_srocc, RESULTS, name)
     if figures:
         md += "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in figures) + "\n"
     save(name, {"machine": info, "args": vars(args) | {"data": str(args.data)}, "rows": rows}, md)

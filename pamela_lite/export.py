@@ -28,9 +28,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from . import __version__
-from ._atomic import atomic_file
+from ._atomic import atomic_file, write_text
 from .cli import Stopwatch, run
 from .edge import EDGE_FORMAT_VERSION, users_path
+from .errors import InputError
 from .model import PersonalScorer
 
 OPSET = 15  # onnxmltools' LightGBM converter supports opsets up to 15 here
@@ -206,17 +207,64 @@ def user_arrays(model: PersonalScorer) -> dict[str, np.ndarray]:
     }
 
 
-def export(model: PersonalScorer, path: str | Path, precision: str = "exact") -> tuple[Path, Path]:
-    """Write ``path`` (the ONNX scorer) and its ``.users.npz`` beside it, each atomically."""
+def merge_with_encoder(scorer: onnx.ModelProto, encoder: onnx.ModelProto) -> onnx.ModelProto:
+    """Encoder and scorer in one graph: pixels and a user state in, score out (onnx.compose).
+
+    Opsets are brought to the newer of the two with onnx's version converter; the encoder's
+    output feeds the scorer's ``embedding`` input (the scorer normalises it itself).
+    """
+    from onnx import compose, version_converter
+
+    def default_opset(m):
+        return next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))
+
+    out_dim = encoder.graph.output[0].type.tensor_type.shape.dim[-1].dim_value
+    want = scorer.graph.input[0].type.tensor_type.shape.dim[1].dim_value
+    if out_dim and out_dim != want:
+        raise InputError(None, f"the encoder gives {out_dim}-d embeddings; the scorer takes {want}-d")
+    version = max(default_opset(scorer), default_opset(encoder))
+    if default_opset(scorer) < version:
+        scorer = version_converter.convert_version(scorer, version)
+    if default_opset(encoder) < version:
+        encoder = version_converter.convert_version(encoder, version)
+    scorer.ir_version = encoder.ir_version = max(scorer.ir_version, encoder.ir_version)
+    merged = compose.merge_models(encoder, scorer, io_map=[(encoder.graph.output[0].name, "embedding")],
+                                  prefix1="encoder/", outputs=["score"])
+    # The prefix keeps the encoder's internal names apart; its input keeps its own name.
+    pixels, prefixed = encoder.graph.input[0].name, "encoder/" + encoder.graph.input[0].name
+    for value in merged.graph.input:
+        if value.name == prefixed:
+            value.name = pixels
+    for node in merged.graph.node:
+        node.input[:] = [pixels if name == prefixed else name for name in node.input]
+    onnx.checker.check_model(merged)
+    return merged
+
+
+def export(model: PersonalScorer, path: str | Path, precision: str = "exact",
+           encoder: onnx.ModelProto | None = None) -> tuple[Path, Path]:
+    """Write ``path`` (the ONNX scorer) and its ``.users.npz`` beside it, each atomically.
+
+    With `encoder`, also ``<stem>.pixels.onnx``: encoder and scorer merged. Every graph is built
+    and checked in memory first, so a failure writes nothing.
+    """
     path = Path(path)
     onnx_model = build_graph(model, precision)
+    merged = merge_with_encoder(onnx_model, encoder) if encoder is not None else None
     with atomic_file(path, ".onnx") as tmp:
         onnx.save(onnx_model, tmp)
     sidecar = users_path(path)
     with atomic_file(sidecar, ".npz") as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **user_arrays(model))
+    if merged is not None:
+        with atomic_file(pixels_path(path), ".onnx") as tmp:
+            onnx.save(merged, tmp)
     return path, sidecar
+
+
+def pixels_path(scorer_path: Path) -> Path:
+    return scorer_path.with_name(scorer_path.stem + ".pixels.onnx")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -228,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", choices=("exact", "fast"), default="exact",
                         help="exact: float64 image side, scores match predict to 1e-6; fast: float32 "
                              "throughout, about 2x throughput, rare pairs differ by a tree leaf")
+    parser.add_argument("--encoder", type=Path,
+                        help="also write <out stem>.pixels.onnx: this ONNX image encoder and the scorer in one "
+                             "graph (pixels + user_state in, score out)")
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
     return parser
 
@@ -236,9 +287,26 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     watch = Stopwatch(args.quiet)
     model = PersonalScorer.load(args.model)
-    onnx_path, sidecar = export(model, args.out, args.precision)
+    encoder = None
+    if args.encoder is not None:
+        if not args.encoder.exists():
+            raise InputError(args.encoder, "no such encoder file")
+        try:
+            encoder = onnx.load(args.encoder)
+        except Exception as err:
+            raise InputError(args.encoder, f"cannot read as ONNX: {str(err).splitlines()[0]}") from None
+    try:
+        onnx_path, sidecar = export(model, args.out, args.precision, encoder)
+    except InputError as err:
+        raise InputError(args.encoder, err.problem) from None
     watch.step(f"wrote {onnx_path} ({onnx_path.stat().st_size / 1e6:.2f} MB) and {sidecar} "
                f"({len(model.users_)} known users)")
+    if encoder is not None:
+        preprocess = args.encoder.with_name(args.encoder.stem + ".preprocess.json")
+        merged = pixels_path(onnx_path)
+        if preprocess.exists():
+            write_text(merged.with_name(merged.stem + ".preprocess.json"), preprocess.read_text())
+        watch.step(f"wrote {merged}: pixels and user_state in, score out")
     return 0
 
 

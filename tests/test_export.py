@@ -172,3 +172,35 @@ def test_export_cli_writes_scorer_and_users(fitted, tmp_path):
 def test_export_cli_bad_model_exits_2(tmp_path, capsys):
     assert run(export.main, ["--model", str(tmp_path), "--out", str(tmp_path / "s.onnx")]) == 2
     assert not (tmp_path / "s.onnx").exists()
+
+
+def test_encoder_and_scorer_merge_into_one_pixels_to_score_graph(fitted, dataset, exported, tmp_path):
+    import onnxruntime as ort
+
+    from pamela_lite import tiny_encoder
+
+    encoder = tiny_encoder.write(tmp_path / "enc.onnx", size=16, dim=dataset.embeddings.dim)
+    assert run(export.main, ["--model", str(_saved(fitted, tmp_path)), "--out", str(tmp_path / "s.onnx"),
+                             "--encoder", str(encoder), "--quiet"]) == 0
+    pixels = np.random.default_rng(0).random((4, 3, 16, 16), dtype=np.float32)
+    states = fitted.user_states_[:4]
+    merged = ort.InferenceSession(str(tmp_path / "s.pixels.onnx"), providers=["CPUExecutionProvider"])
+    one_graph = merged.run(None, {"pixels": pixels, "user_state": states})[0]
+    embedding = ort.InferenceSession(str(encoder), providers=["CPUExecutionProvider"]).run(None, {"pixels": pixels})[0]
+    two_steps = EdgeScorer(exported).score(embedding, states)
+    np.testing.assert_allclose(one_graph, two_steps, atol=1e-5)
+
+
+def test_encoder_of_another_dimension_is_refused(fitted, tmp_path, capsys):
+    from pamela_lite import tiny_encoder
+
+    encoder = tiny_encoder.write(tmp_path / "enc.onnx", size=16, dim=5)
+    code = run(export.main, ["--model", str(_saved(fitted, tmp_path)), "--out", str(tmp_path / "s.onnx"),
+                             "--encoder", str(encoder)])
+    assert code == 2 and "5-d" in capsys.readouterr().err
+    assert not (tmp_path / "s.pixels.onnx").exists() and not (tmp_path / "s.onnx").exists()
+
+
+def _saved(model, tmp_path):
+    model.save(tmp_path / "model")
+    return tmp_path / "model"
