@@ -34,24 +34,29 @@ def soft_assign(coords: np.ndarray, prototypes: np.ndarray, width: float) -> np.
     return weights / weights.sum(axis=1, keepdims=True)
 
 
-def als_fold_in(item_factors: np.ndarray, signed_row: np.ndarray, alpha: float, regularization: float,
-                prior: np.ndarray | None = None) -> np.ndarray:
-    """One user's factors against fixed item factors, by implicit's least-squares rule.
+def als_fold_in(item_factors: np.ndarray, signed_rows: np.ndarray, alpha: float, regularization: float,
+                priors: np.ndarray | None = None) -> np.ndarray:
+    """Users' factors against fixed item factors, by implicit's least-squares rule.
 
-    `signed_row` holds, per item (here: per prototype), the signed evidence ``m``: positive
-    means liked with confidence ``1 + alpha*m``, negative means disliked with confidence
-    ``1 + alpha*|m|``, zero means unobserved (preference 0, confidence 1). This is the exact
-    solve ``implicit`` runs in ``recalculate_user`` for rows encoded by :func:`als_row_values`;
-    `prior` shrinks toward a given vector instead of toward zero.
+    `signed_rows` holds, per user (rows) and item (here: prototype), the signed evidence ``m``:
+    positive means liked with confidence ``1 + alpha*m``, negative means disliked with
+    confidence ``1 + alpha*|m|``, zero means unobserved (preference 0, confidence 1). This is
+    the exact solve ``implicit`` runs in ``recalculate_user`` for rows encoded by
+    :func:`als_row_values`, batched over users; `priors` shrink toward given vectors instead of
+    toward zero. A single row (1-d) gives a single vector.
     """
+    single = np.ndim(signed_rows) == 1
+    m = np.atleast_2d(np.asarray(signed_rows, dtype=np.float64))
     V = item_factors.astype(np.float64)
-    m = signed_row.astype(np.float64)
     conf = alpha * np.abs(m)  # the extra confidence over an unobserved entry
-    A = V.T @ V + regularization * np.eye(V.shape[1]) + (V * conf[:, None]).T @ V
+    f = V.shape[1]
+    outer = (V[:, :, None] * V[:, None, :]).reshape(len(V), f * f)  # one BLAS product for all users
+    A = (V.T @ V + regularization * np.eye(f))[None] + (conf @ outer).reshape(-1, f, f)
     b = ((m > 0) * (1.0 + conf)) @ V
-    if prior is not None:
-        b = b + regularization * prior
-    return np.linalg.solve(A, b)
+    if priors is not None:
+        b = b + regularization * np.atleast_2d(priors)
+    out = np.linalg.solve(A, b[..., None])[..., 0]
+    return out[0] if single else out
 
 
 def als_row_values(signed_row: np.ndarray, alpha: float) -> np.ndarray:
@@ -135,18 +140,32 @@ class UserSolver:
 
         sort = np.argsort(user_index, kind="stable")
         bounds = np.searchsorted(user_index[sort], np.arange(n_users + 1))
+        if self.use_taste:
+            # Per-user Gram matrices by one BLAS call each, then one batched solve for everyone.
+            Z, r = feats.pca[sort], resid[sort]
+            A = np.repeat(self.taste_precision[None], n_users, axis=0)
+            for k in np.flatnonzero(counts):
+                block = Z[bounds[k]:bounds[k + 1]]
+                A[k] += block.T @ block
+            b = _segment_sums(Z * r[:, None], bounds, counts) + priors[:, 1:1 + d] @ self.taste_precision.T
+            states[:, 1:1 + d] = np.linalg.solve(A, b[..., None])[..., 0]
         masses = np.zeros((n_users, self.item_factors.shape[0]))
-        for k in range(n_users):
-            rows = sort[bounds[k]:bounds[k + 1]]
-            if self.use_taste:
-                Z = feats.pca[rows]
-                A = Z.T @ Z + self.taste_precision
-                states[k, 1:1 + d] = np.linalg.solve(A, Z.T @ resid[rows] + self.taste_precision @ priors[k, 1:1 + d])
-            if self.use_mf:
-                masses[k] = feats.assign[rows].T @ resid[rows] / self.residual_scale
-                states[k, 1 + d:] = als_fold_in(self.item_factors, masses[k], self.alpha, self.regularization,
-                                                priors[k, 1 + d:1 + d + f])
+        if self.use_mf:
+            masses = _segment_sums(feats.assign[sort] * resid[sort, None], bounds, counts) / self.residual_scale
+            states[:, 1 + d:] = als_fold_in(self.item_factors, masses, self.alpha, self.regularization,
+                                            priors[:, 1 + d:1 + d + f])
         return states, masses
+
+
+def _segment_sums(values: np.ndarray, bounds: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Sums of consecutive row segments ``values[bounds[k]:bounds[k+1]]`` (zero for empty ones)."""
+    if len(counts) == 1:  # one user: the device's fold-in, which must not need scipy
+        return values.sum(axis=0, keepdims=True)
+    # Fitting many users: a sparse segment-indicator product is ~15x faster than np.add.reduceat.
+    from scipy.sparse import csr_matrix
+
+    indicator = csr_matrix((np.ones(len(values)), np.arange(len(values)), bounds), shape=(len(counts), len(values)))
+    return np.asarray(indicator @ values)
 
 
 def demographic_vectors(ages, genders, nationalities, age_mean: float, age_std: float,

@@ -91,6 +91,8 @@ class PersonalScorer:
         people really differ; "isotropic": plain ridge with `taste_shrinkage`.
     head_trees, head_leaves, head_learning_rate, head_min_child_samples : int, int, float, int
         LightGBM residual head; the number of trees is early-stopped on validation when given.
+    head_max_rows : int
+        The head trains on at most this many (seeded, uniformly drawn) out-of-fold rows.
     n_folds : int
         Image folds for the out-of-fold base features the head trains on.
     use_bias, use_population, use_taste, use_mf, use_head : bool
@@ -106,7 +108,7 @@ class PersonalScorer:
                  als_iterations: int = 15, bias_shrinkage: float = 5.0, taste_shrinkage: float = 30.0,
                  taste_prior: str = "empirical",
                  head_trees: int = 80, head_leaves: int = 15, head_learning_rate: float = 0.15,
-                 head_min_child_samples: int = 100, n_folds: int = 4,
+                 head_min_child_samples: int = 100, head_max_rows: int = 1_000_000, n_folds: int = 4,
                  use_bias: bool = True, use_population: bool = True, use_taste: bool = True,
                  use_mf: bool = True, use_head: bool = True, random_state: int = 0,
                  progress: bool = False):
@@ -124,6 +126,7 @@ class PersonalScorer:
         self.head_leaves = head_leaves
         self.head_learning_rate = head_learning_rate
         self.head_min_child_samples = head_min_child_samples
+        self.head_max_rows = head_max_rows
         self.n_folds = n_folds
         self.use_bias = use_bias
         self.use_population = use_population
@@ -205,7 +208,7 @@ class PersonalScorer:
             model = AlternatingLeastSquares(factors=self.factors, regularization=self.als_regularization,
                                             alpha=self.alpha, iterations=self.als_iterations,
                                             calculate_training_loss=False, random_state=self.random_state,
-                                            use_gpu=False, num_threads=1)
+                                            use_gpu=False, num_threads=0)
             model.fit(matrix, show_progress=False)
         return np.asarray(model.item_factors, dtype=np.float64)
 
@@ -372,7 +375,10 @@ class PersonalScorer:
     def _fit_head(self, oof: dict, y: np.ndarray, validation, embeddings) -> lgb.Booster:
         # Features are float32 on both sides so LightGBM and its ONNX export see the same values.
         base = self._base_score(oof, self.blend_)
-        train = lgb.Dataset(oof["head_x"], y, init_score=base, free_raw_data=False)
+        rows = slice(None)
+        if len(y) > self.head_max_rows:  # a few dozen shallow trees learn nothing more from millions of rows
+            rows = np.sort(np.random.default_rng(self.random_state).choice(len(y), self.head_max_rows, replace=False))
+        train = lgb.Dataset(oof["head_x"][rows], y[rows], init_score=base[rows], free_raw_data=False)
         params = {"objective": "regression", "num_leaves": self.head_leaves,
                   "learning_rate": self.head_learning_rate, "min_child_samples": self.head_min_child_samples,
                   "feature_fraction": 0.8, "bagging_fraction": 0.8, "bagging_freq": 1,
@@ -381,6 +387,8 @@ class PersonalScorer:
         callbacks, valid_sets = [], []
         if validation is not None and validation.height:
             known = validation.filter(pl.col("participant_id").is_in(self.users_))
+            if known.height > self.head_max_rows:
+                known = known.sample(self.head_max_rows, seed=self.random_state)
             if known.height:
                 cols = self.components(known, embeddings)
                 valid_sets = [lgb.Dataset(cols["head_x"], known["rating"].to_numpy().astype(np.float64),
