@@ -190,11 +190,11 @@ def plots(rows: list[dict], per_user_srocc: dict, out: Path, name: str) -> list[
     unseen = [r for r in rows if r["split"] == "test_unseen"]
     if unseen:
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for name in dict.fromkeys(r["model"] for r in unseen):
-            pts = sorted((r["k"], r["srocc"], r["srocc_ci95"]) for r in unseen if r["model"] == name)
+        for model in dict.fromkeys(r["model"] for r in unseen):
+            pts = sorted((r["k"], r["srocc"], r["srocc_ci95"]) for r in unseen if r["model"] == model)
             ks = [p[0] for p in pts]
             ax.errorbar(ks, [p[1] for p in pts], yerr=[[p[1] - p[2][0] for p in pts], [p[2][1] - p[1] for p in pts]],
-                        marker="o", capsize=3, label=name)
+                        marker="o", capsize=3, label=model)
         ax.set_xlabel("k (context ratings of the unseen user)")
         ax.set_ylabel("mean per-user SROCC on test_unseen")
         ax.set_title("Unseen users: accuracy vs. k (bars: 95% bootstrap over users)")

@@ -144,26 +144,34 @@ class EdgeScorer:
 
     # ------------------------------------------------------------------ scoring
 
-    def score(self, embeddings: np.ndarray, states: np.ndarray) -> np.ndarray:
-        """Scores of N (embedding, user state) pairs: arrays (N, D) and (N, S) → (N,)."""
+    def score(self, embeddings: np.ndarray, states: np.ndarray, clip: bool = True) -> np.ndarray:
+        """Scores of N (embedding, user state) pairs: arrays (N, D) and (N, S) → (N,).
+
+        ``clip=False`` gives the utility before clipping to the rating scale (for ranking).
+        """
         embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
         states = np.ascontiguousarray(states, dtype=np.float32)
         if embeddings.ndim != 2 or embeddings.shape[1] != self.embedding_dim:
             raise ValueError(f"embeddings must have shape (N, {self.embedding_dim}), not {embeddings.shape}")
         if states.shape != (embeddings.shape[0], self.state_dim):
             raise ValueError(f"states must have shape ({embeddings.shape[0]}, {self.state_dim}), not {states.shape}")
-        return self.session.run(None, {"embedding": embeddings, "user_state": states})[0]
+        return self.session.run(["score" if clip else "utility"], {"embedding": embeddings, "user_state": states})[0]
 
-    def score_user(self, user: str | np.ndarray, embeddings: np.ndarray) -> np.ndarray:
+    def score_user(self, user: str | np.ndarray, embeddings: np.ndarray, clip: bool = True) -> np.ndarray:
         """Scores of one user (id or state) for each embedding row."""
         embeddings = np.atleast_2d(np.asarray(embeddings, dtype=np.float32))
         states = np.broadcast_to(self.state(user), (embeddings.shape[0], self.state_dim))
-        return self.score(embeddings, states)
+        return self.score(embeddings, states, clip)
 
     def top_k(self, user: str | np.ndarray, embeddings: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """Indices and scores of the user's k best images in a gallery, best first."""
-        scores = self.score_user(user, embeddings)
-        k = min(k, len(scores))
-        best = np.argpartition(-scores, k - 1)[:k]
-        best = best[np.argsort(-scores[best], kind="stable")]
-        return best, scores[best]
+        """Indices of the user's k best images in a gallery, best first, and their scores.
+
+        Ranked by the unclipped utility: images the model rates above the top of the scale
+        still come out in order instead of as a tie.
+        """
+        utility = self.score_user(user, embeddings, clip=False)
+        k = min(k, len(utility))
+        best = np.argpartition(-utility, k - 1)[:k]
+        best = best[np.argsort(-utility[best], kind="stable")]
+        low, high = self.scale
+        return best, np.clip(utility[best], low, high)

@@ -9,7 +9,8 @@ Inputs (float32):
 * ``embedding`` [N, D]: raw image embeddings (normalised inside the graph);
 * ``user_state`` [N, S]: one state vector per pair, ``[bias, w (d), u (f), age_z, gender one-hot]``.
 
-Output: ``score`` [N], the predicted rating.
+Outputs: ``score`` [N], the predicted rating (clipped to the scale), and ``utility`` [N], the
+same before clipping — rank by it, since several images can share the top of the scale.
 
 Beside the graph, ``<name>.users.npz`` (numpy, no pickle) ships the states of the users known
 at fit time and the small arrays needed to fold in a new user on the device
@@ -96,9 +97,10 @@ def build_graph(model: PersonalScorer, precision: str = "exact") -> onnx.ModelPr
         "b_logits": -0.5 * (C**2).sum(axis=1) / side.assign_width,
         "item_factors": side.item_factors, "base_weights": base_weights,
         "eps": np.array(1e-12), "mean": np.array(model.mean_),
-        "low": np.array(float(model.scale_.low)), "high": np.array(float(model.scale_.high)),
     }
     init = [numpy_helper.from_array(np.asarray(v, dtype=f64), k) for k, v in arrays.items()]
+    init += [numpy_helper.from_array(np.array(float(v), np.float32), k)
+             for k, v in {"low32": model.scale_.low, "high32": model.scale_.high}.items()]
     init += [numpy_helper.from_array(np.array(v, np.int64), k) for k, v in
              {"split_image": [1, d], "split_state": [1, d, f, g], "axis1": [1]}.items()]
     n = helper.make_node
@@ -133,16 +135,17 @@ def build_graph(model: PersonalScorer, precision: str = "exact") -> onnx.ModelPr
                   n("Add", ["base", "head_out64"], ["with_head"])]
         init += tree_init
         total = "with_head"
-    nodes += [
-        n("Clip", [total, "low", "high"], ["clipped"]),
-        n("Squeeze", ["clipped", "axis1"], ["score64"]),
-        n("Cast", ["score64"], ["score"], to=TensorProto.FLOAT),
+    nodes += [  # utility: unclipped, for ranking; score: the predicted rating on the scale
+        n("Squeeze", [total, "axis1"], ["utility64"]),
+        n("Cast", ["utility64"], ["utility"], to=TensorProto.FLOAT),
+        n("Clip", ["utility", "low32", "high32"], ["score"]),
     ]
     graph = helper.make_graph(
         nodes, "pamela_lite_scorer",
         inputs=[helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", D]),
                 helper.make_tensor_value_info("user_state", TensorProto.FLOAT, ["N", S])],
-        outputs=[helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N"])],
+        outputs=[helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N"]),
+                 helper.make_tensor_value_info("utility", TensorProto.FLOAT, ["N"])],
         initializer=init,
     )
     onnx_model = helper.make_model(graph, producer_name="pamela_lite", producer_version=__version__,
@@ -170,8 +173,9 @@ def build_graph(model: PersonalScorer, precision: str = "exact") -> onnx.ModelPr
 def _drop_identity_casts(graph: onnx.GraphProto) -> None:
     """Remove float→float casts by renaming their outputs to their inputs downstream."""
     rename, keep = {}, []
+    outputs = {value.name for value in graph.output}
     float_cast = [node for node in graph.node if node.op_type == "Cast"
-                  and node.attribute[0].i == TensorProto.FLOAT and node.output[0] != "score"]
+                  and node.attribute[0].i == TensorProto.FLOAT and node.output[0] not in outputs]
     for node in float_cast:
         rename[node.output[0]] = node.input[0]
     for node in graph.node:
@@ -229,7 +233,7 @@ def merge_with_encoder(scorer: onnx.ModelProto, encoder: onnx.ModelProto) -> onn
         encoder = version_converter.convert_version(encoder, version)
     scorer.ir_version = encoder.ir_version = max(scorer.ir_version, encoder.ir_version)
     merged = compose.merge_models(encoder, scorer, io_map=[(encoder.graph.output[0].name, "embedding")],
-                                  prefix1="encoder/", outputs=["score"])
+                                  prefix1="encoder/", outputs=["score", "utility"])
     # The prefix keeps the encoder's internal names apart; its input keeps its own name.
     pixels, prefixed = encoder.graph.input[0].name, "encoder/" + encoder.graph.input[0].name
     for value in merged.graph.input:

@@ -159,3 +159,13 @@ def test_weighted_ridge_matches_scikit_learns_ridgecv():
     coef, intercept = weighted_ridge_loo(X, y, w)
     np.testing.assert_allclose(coef, reference.coef_, atol=1e-8)
     assert intercept == pytest.approx(reference.intercept_)
+
+
+def test_any_integer_scale_is_learned_from_the_data():
+    from pamela_lite import demo
+
+    world = demo.world_dataset(demo.DemoConfig(n_users=30, n_images=200, n_ratings=3000, dim=16, scale=10, seed=5))
+    assert (world.scale.low, world.scale.high) == (1, 10)
+    model = PersonalScorer(**SMALL_MODEL).fit(world.split("train"), world.embeddings, world.scale)
+    scores = model.predict(world.split("test_seen"), world.embeddings)
+    assert scores.min() >= 1 and scores.max() <= 10 and scores.max() > 5  # uses the whole range, not 1-5
