@@ -72,7 +72,7 @@ def engine_main(name: str, workdir: Path, budget: float) -> dict:
         embeddings = Embeddings(ids, emb)
         users = [model.users_[k] for k in data["user_rows"]]
         pairs = pl.DataFrame({"participant_id": users, "image_id": ids})
-        limiter = threadpool_limits(1)  # one thread, like the other engines
+        threadpool_limits(1)  # one BLAS thread for the rest of this process, like the other engines
         call = lambda b: model.predict(pairs.head(b), embeddings)  # noqa: E731
     elif name == "deep-torch":
         import torch
@@ -246,7 +246,7 @@ def encoder_throughput(quick: bool) -> dict:
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = threads
             sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-            timing = time_calls(lambda: sess.run(None, {"x": x}), 1, budget_s=1.0 if quick else 3.0)
+            timing = time_calls(lambda s=sess: s.run(None, {"x": x}), 1, budget_s=1.0 if quick else 3.0)
             gflops[threads] = 2 * x.shape[0] * 768 * 3072 / (timing["p50_us"] * 1e-6) / 1e9
     estimates = {name: {t: g / cost for t, g in gflops.items()} for name, cost in VIT_GFLOPS.items()}
     return {"tiny_images_per_s": tiny, "tiny_images": n, "sustained_gflops": gflops, "vit_estimates": estimates}

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -51,11 +50,8 @@ from .errors import InputError, preview
 from .features import (ImageFeatures, ImageSide, UserSolver, als_row_values, demographic_vectors,
                        l2_normalise)
 
-log = logging.getLogger(__name__)
-
 FORMAT = "pamela_lite.PersonalScorer"
 FORMAT_VERSION = 1
-COMPONENTS = ("bias", "population", "taste", "mf", "head")
 
 
 @dataclass
@@ -634,8 +630,11 @@ def _fit_population(image_index: np.ndarray, x_images: np.ndarray, target: np.nd
     return weighted_ridge_loo(x_images[rated], means, counts[rated])
 
 
+RIDGE_ALPHAS = np.logspace(-2, 3, 11)
+
+
 def weighted_ridge_loo(X: np.ndarray, y: np.ndarray, weights: np.ndarray,
-                       alphas: np.ndarray = np.logspace(-2, 3, 11)) -> tuple[np.ndarray, float]:
+                       alphas: np.ndarray = RIDGE_ALPHAS) -> tuple[np.ndarray, float]:
     """Weighted ridge regression with the penalty chosen by exact leave-one-out error.
 
     One eigendecomposition of the weighted Gram matrix serves every alpha: the LOO residual is
