@@ -52,13 +52,22 @@ def parse_kshot(text: str) -> tuple[int, ...]:
     return values
 
 
+TABLE_SUFFIXES = (".csv", ".parquet", ".json")
+
+
+def check_table_path(path: str | Path) -> Path:
+    """Refuse an output name we cannot write, before any work is done."""
+    path = Path(path)
+    if path.suffix.lower() not in TABLE_SUFFIXES:
+        raise InputError(path, f"unknown output type {path.suffix!r}; use .csv, .parquet or .json")
+    return path
+
+
 def write_table(frame: pl.DataFrame, path: str | Path) -> None:
     """Write a table by its suffix (.csv, .parquet, .json), atomically."""
-    path = Path(path)
+    path = check_table_path(path)
     suffix = path.suffix.lower()
     writers = {".csv": frame.write_csv, ".parquet": frame.write_parquet, ".json": frame.write_json}
-    if suffix not in writers:
-        raise InputError(path, f"unknown output type {suffix!r}; use .csv, .parquet or .json")
     with atomic_file(path, suffix) as tmp:
         writers[suffix](tmp)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import polars as pl
 
-from .cli import Stopwatch, run, write_table
+from .cli import Stopwatch, check_table_path, run, write_table
 from .data import Embeddings, read_embeddings, read_pairs, read_ratings, validate_ratings
 from .errors import InputError
 from .model import PersonalScorer
@@ -48,6 +48,7 @@ def load_context(path: Path, model: PersonalScorer) -> pl.DataFrame:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    check_table_path(args.out)
     watch = Stopwatch(args.quiet)
     model = PersonalScorer.load(args.model)
     embeddings = read_embeddings(args.embeddings)

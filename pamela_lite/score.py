@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from .cli import Stopwatch, run, write_table
+from .cli import Stopwatch, check_table_path, run, write_table
 from .data import Embeddings, Scale, read_embeddings, read_pairs, read_ratings, validate_ratings
 from .edge import EdgeScorer, users_path
 from .errors import InputError, preview
@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give either --pairs FILE, or --top K with --user ID")
     if args.top is not None and (args.user is None or args.top < 1):
         parser.error("--top K needs K >= 1 and --user ID")
+    check_table_path(args.out)
     watch = Stopwatch(args.quiet)
     scorer = load_scorer(args.scorer)
     embeddings = read_embeddings(args.embeddings)

@@ -130,3 +130,11 @@ def test_evaluate_reports_the_saved_models_test_figures(model_dir, world, tmp_pa
     at_fit = {(r["split"], r["k"]): r["srocc"] for r in json.loads((model_dir / "metrics.json").read_text())["test"]
               if r["model"] == "pamela_lite (full)"}
     assert again == pytest.approx(at_fit)
+
+
+def test_unknown_output_type_is_refused_before_any_work(model_dir, world, tmp_path, capsys):
+    pl.DataFrame({"participant_id": ["nobody"], "image_id": [100000]}).write_csv(tmp_path / "p.csv")
+    line = _one_line_error(capsys, run(predict.main, [
+        "--model", str(model_dir), "--pairs", str(tmp_path / "p.csv"),
+        "--embeddings", str(world / "embeddings.parquet"), "--out", str(tmp_path / "scores.txt")]))
+    assert "unknown output type '.txt'" in line
