@@ -14,7 +14,9 @@ layers before it leave:
      prototype is the feedback matrix ALS factorises. Prototype factors give every image — seen
      or not — a factor vector ``q(x) = assign(x) @ V``; user factors ``u`` capture the shared
      taste dimensions. A new user folds in from k ratings with one least-squares solve.
-   * **linear taste**: a per-user ridge ``w_u`` on a whitened PCA ``z(x)`` of the embedding.
+   * **linear taste**: a per-user regression ``w_u`` on a whitened PCA ``z(x)`` of the
+     embedding, shrunk with the covariance of the training users' tastes (empirical Bayes), so
+     a new user's few ratings move it along the directions in which people really differ.
 
    They enter the base score through a blend ``gamma`` fitted on out-of-fold predictions.
 5. LightGBM residual head on ``y - base``, trained on out-of-fold base features (images held
