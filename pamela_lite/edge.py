@@ -32,6 +32,15 @@ from .features import ImageSide, UserSolver, demographic_vectors, l2_normalise
 EDGE_FORMAT_VERSION = 1
 
 
+class UnknownUsers(KeyError):
+    """Users the scorer has no state for; ``.users`` lists them all."""
+
+    def __init__(self, users: list[str]):
+        self.users = users
+        shown = ", ".join(repr(u) for u in users[:5]) + (" ..." if len(users) > 5 else "")
+        super().__init__(f"{len(users)} user(s) not known to this scorer: {shown}; fold them in from their ratings")
+
+
 def session_options(threads: int = 1) -> ort.SessionOptions:
     """onnxruntime settings for latency-bound scoring (see the module docstring)."""
     options = ort.SessionOptions()
@@ -108,10 +117,15 @@ class EdgeScorer:
             if user.shape != (self.state_dim,):
                 raise ValueError(f"a user state has shape ({self.state_dim},), not {user.shape}")
             return user.astype(np.float32)
-        row = self._row.get(str(user))
-        if row is None:
-            raise KeyError(f"user {user!r} is not known to this scorer; fold them in from their ratings")
-        return self.states[row]
+        return self.states_of([user])[0]
+
+    def states_of(self, user_ids) -> np.ndarray:
+        """States (n, S) of known users, in order; KeyError lists every unknown id."""
+        ids = [str(u) for u in user_ids]
+        unknown = list(dict.fromkeys(u for u in ids if u not in self._row))
+        if unknown:
+            raise UnknownUsers(unknown)
+        return self.states[[self._row[u] for u in ids]]
 
     def fold_in(self, embeddings: np.ndarray, ratings: np.ndarray, age: float | None = None,
                 gender: str | None = None, nationality: str | None = None) -> np.ndarray:

@@ -17,7 +17,7 @@ import polars as pl
 
 from .cli import Stopwatch, check_table_path, run, write_table
 from .data import Embeddings, Scale, read_embeddings, read_pairs, read_ratings, validate_ratings
-from .edge import EdgeScorer, users_path
+from .edge import EdgeScorer, UnknownUsers, users_path
 from .errors import InputError, preview
 
 
@@ -57,12 +57,12 @@ def fold_in_context(scorer: EdgeScorer, path: Path, embeddings: Embeddings) -> N
         scorer.add_user(str(user), state)
 
 
-def user_rows(scorer: EdgeScorer, ids: pl.Series, source: Path) -> np.ndarray:
-    missing = [u for u in ids.unique(maintain_order=True).to_list() if str(u) not in scorer._row]
-    if missing:
-        raise InputError(source, f"{len(missing)} participant(s) unknown to the scorer and without context "
-                                 f"ratings: {preview(missing)}; pass their ratings as --context")
-    return np.array([scorer._row[str(u)] for u in ids.to_list()], dtype=np.int64)
+def user_states(scorer: EdgeScorer, ids: pl.Series, source: Path) -> np.ndarray:
+    try:
+        return scorer.states_of(ids.to_list())
+    except UnknownUsers as err:
+        raise InputError(source, f"{len(err.users)} participant(s) unknown to the scorer and without context "
+                                 f"ratings: {preview(err.users)}; pass their ratings as --context") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,14 +83,14 @@ def main(argv: list[str] | None = None) -> int:
         fold_in_context(scorer, args.context, embeddings)
         watch.step(f"folded in context users from {args.context}")
     if args.top is not None:
-        row = user_rows(scorer, pl.Series([args.user]), args.context or args.scorer)[0]
-        best, scores = scorer.top_k(scorer.states[row], embeddings.matrix, args.top)
+        state = user_states(scorer, pl.Series([args.user]), args.context or args.scorer)[0]
+        best, scores = scorer.top_k(state, embeddings.matrix, args.top)
         out = pl.DataFrame({"rank": np.arange(1, len(best) + 1), "image_id": embeddings.ids.gather(best),
                             "score": scores.astype(np.float64)})
     else:
         pairs = read_pairs(args.pairs)
         image_rows = embeddings.rows(pairs["image_id"], args.pairs)
-        states = scorer.states[user_rows(scorer, pairs["participant_id"], args.pairs)]
+        states = user_states(scorer, pairs["participant_id"], args.pairs)
         scores = scorer.score(embeddings.matrix[image_rows], states)
         out = pairs.with_columns(score=pl.Series(scores.astype(np.float64)))
     write_table(out, args.out)
