@@ -425,7 +425,8 @@ class PersonalScorer:
         self._check_fitted()
         ids = context["participant_id"].unique(maintain_order=True).to_list()
         if users is not None:
-            ids += [u for u in users["participant_id"].unique(maintain_order=True).to_list() if u not in set(ids)]
+            known = set(ids)
+            ids += [u for u in users["participant_id"].unique(maintain_order=True).to_list() if u not in known]
         table = _users_table(pl.concat([f for f in (users, context) if f is not None], how="diagonal_relaxed"), ids)
         head_demo, prior_demo = self.demographic_features(table)
         priors = prior_demo @ self.prior_coef_ + self.prior_intercept_
@@ -524,6 +525,13 @@ class PersonalScorer:
             raise InputError(meta_path, f"model format version {meta.get('format_version')} was written by "
                                         f"pamela_lite {meta.get('pamela_lite_version')}; this version "
                                         f"({__version__}) reads version {FORMAT_VERSION}: refit the model")
+        try:
+            return cls._from_files(path, meta)
+        except (KeyError, TypeError, ValueError) as err:  # a hand-edited or truncated model.json
+            raise InputError(meta_path, f"corrupted ({type(err).__name__}: {err})") from None
+
+    @classmethod
+    def _from_files(cls, path: Path, meta: dict) -> "PersonalScorer":
         for name, digest in meta["checksums"].items():
             if not (path / name).exists():
                 raise InputError(path / name, "missing from the model folder")

@@ -169,3 +169,13 @@ def test_any_integer_scale_is_learned_from_the_data():
     model = PersonalScorer(**SMALL_MODEL).fit(world.split("train"), world.embeddings, world.scale)
     scores = model.predict(world.split("test_seen"), world.embeddings)
     assert scores.min() >= 1 and scores.max() <= 10 and scores.max() > 5  # uses the whole range, not 1-5
+
+
+def test_model_json_missing_a_field_is_rejected(fitted, tmp_path):
+    fitted.save(tmp_path / "m")
+    meta_path = tmp_path / "m" / "model.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["blend"]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(InputError, match="corrupted"):
+        PersonalScorer.load(tmp_path / "m")
