@@ -49,6 +49,7 @@ from . import __version__
 from ._atomic import atomic_dir
 from .data import Embeddings, Scale
 from .errors import InputError, preview
+from .taste import fit_whitening, taste_moment
 from .features import (ImageFeatures, ImageSide, UserSolver, als_row_values, demographic_vectors,
                        l2_normalise)
 
@@ -63,6 +64,7 @@ class _Base:
     image_side: ImageSide
     solver: UserSolver
     states: np.ndarray  # (n_users, 1 + d + f): bias, w, u
+    learned: int  # taste directions learned from the ratings (beyond the principal ones)
 
 
 class PersonalScorer:
@@ -71,7 +73,16 @@ class PersonalScorer:
     Parameters
     ----------
     n_components : int
-        Whitened PCA dimensions of the embedding used by the linear taste model and the head.
+        Most taste dimensions: the image's taste coordinates the linear taste model and the head
+        use. With ``taste_basis="learned"`` the data choose how many (at least `min_components`).
+    taste_basis : {"learned", "pca"}
+        "learned": directions in which users' tastes differ, discovered from everyone's ratings
+        in the whitened embedding (:mod:`pamela_lite.taste`); "pca": the top principal
+        components of the embedding (directions in which images differ most).
+    taste_rank : int
+        Most learned taste directions beyond the principal ones.
+    whiten_dim : int
+        Most whitened embedding directions searched for taste.
     n_prototypes : int
         Embedding prototypes (k-means centres) that form the item side of the factor model.
     temperature : float
@@ -101,7 +112,9 @@ class PersonalScorer:
         Show a progress bar while fitting.
     """
 
-    def __init__(self, n_components: int = 32, n_prototypes: int = 64, temperature: float = 0.2,
+    def __init__(self, n_components: int = 32, taste_basis: str = "learned", taste_rank: int = 32,
+                 whiten_dim: int = 512, prior_floor: float = 0.5, rank_threshold: float = 2.0,
+                 taste_population: bool = True, n_prototypes: int = 64, temperature: float = 0.2,
                  factors: int = 16, alpha: float = 2.0, als_regularization: float = 1.0,
                  als_iterations: int = 15, bias_shrinkage: float = 5.0, taste_shrinkage: float = 30.0,
                  taste_prior: str = "empirical",
@@ -111,6 +124,12 @@ class PersonalScorer:
                  use_mf: bool = True, use_head: bool = True, random_state: int = 0,
                  progress: bool = False):
         self.n_components = n_components
+        self.taste_basis = taste_basis
+        self.taste_rank = taste_rank
+        self.whiten_dim = whiten_dim
+        self.prior_floor = prior_floor
+        self.rank_threshold = rank_threshold
+        self.taste_population = taste_population
         self.n_prototypes = n_prototypes
         self.temperature = temperature
         self.factors = factors
@@ -251,23 +270,30 @@ class PersonalScorer:
         head_demo, prior_demo = self.demographic_features(users)
         y = ratings["rating"].to_numpy().astype(np.float64)
 
+        # The final base first: it chooses the taste rank, which every fold then keeps, so
+        # out-of-fold features have the same columns as the final model's.
+        base = self._fit_base(y, user_index, image_index, x_images, len(user_ids))
+        learned = base.learned
         folds = rng.permutation(len(image_ids))[image_index] % self.n_folds  # held out by image
         oof = None
         if self.use_head or self.use_taste or self.use_mf:
             parts = []
             for fold in range(self.n_folds):
                 inner, outer = np.flatnonzero(folds != fold), np.flatnonzero(folds == fold)
-                base = self._fit_base(y[inner], user_index[inner], image_index[inner], x_images, len(user_ids))
-                parts.append((outer, self._pair_columns(base, user_index[outer], image_index[outer], x_images,
-                                                        head_demo)))
+                fold_base = self._fit_base(y[inner], user_index[inner], image_index[inner], x_images,
+                                           len(user_ids), learned)
+                parts.append((outer, self._pair_columns(fold_base, user_index[outer], image_index[outer],
+                                                        x_images, head_demo)))
                 steps.update(1)
             oof = _stack_parts(parts, ratings.height)
 
-        base = self._fit_base(y, user_index, image_index, x_images, len(user_ids))
+        side = base.image_side
+        self.pca_mean_, self.pca_components_, self.pca_scale_ = side.pca_mean, side.pca_components, side.pca_scale
+        self.prototypes_, self.assign_width_ = side.prototypes, side.assign_width
         self.mean_, self.residual_scale_ = base.solver.mean, base.solver.residual_scale
         self.taste_precision_ = base.solver.taste_precision
-        self.pop_coef_, self.pop_intercept_ = base.image_side.pop_coef, base.image_side.pop_intercept
-        self.item_factors_ = base.image_side.item_factors
+        self.pop_coef_, self.pop_intercept_ = side.pop_coef, side.pop_intercept
+        self.item_factors_ = side.item_factors
         self._fit_prior(prior_demo, base.states)
         self.users_ = user_ids
         # States are float32, the type the exported scorer takes them in, so both score alike.
@@ -283,16 +309,46 @@ class PersonalScorer:
         return self
 
     def _fit_embedding_maps(self, x_images: np.ndarray) -> None:
-        n_comp = min(self.n_components, x_images.shape[0] - 1, x_images.shape[1])
-        pca = PCA(n_components=n_comp, random_state=self.random_state).fit(x_images)
-        self.pca_mean_ = pca.mean_.astype(np.float64)
-        self.pca_components_ = pca.components_.T.astype(np.float64)
-        self.pca_scale_ = 1.0 / np.sqrt(pca.explained_variance_)
-        coords = (x_images - self.pca_mean_) @ self.pca_components_
-        k = min(self.n_prototypes, x_images.shape[0])
+        """Whitening of the embedding: the space in which taste directions are looked for."""
+        self.whitening_ = fit_whitening(x_images, self.whiten_dim, self.random_state)
+
+    def _taste_map(self, x_images, resid, user_index, image_index, n_users, pop_coef, learned=None):
+        """(mean, components, prior precision or None, learned) of the taste coordinates.
+
+        An image's taste coordinates are ``z = (x - mean) @ components``. The top
+        `n_components` principal directions (where images differ most) come first; with
+        ``taste_basis="learned"`` they are followed by up to `taste_rank` directions of their
+        orthogonal complement in which users' tastes are found to differ (``pamela_lite.taste``;
+        `learned` fixes their number, as the folds must). With `taste_population`, the last
+        coordinate is the population appeal itself: how much a person goes with the crowd.
+        """
+        white = self.whitening_
+        k = min(self.n_components, white.matrix.shape[1])
+        basis = np.eye(white.matrix.shape[1], k)
+        precision, moment = None, None
+        if self.taste_basis == "learned":
+            moment = taste_moment((x_images - white.mean) @ white.matrix, resid, user_index, image_index,
+                                  n_users, self.random_state)
+            rest = slice(k, white.matrix.shape[1])
+            directions, strengths = moment.directions(rest)
+            if learned is None:
+                learned = min(moment.rank(strengths, self.rank_threshold), self.taste_rank)
+            basis = np.zeros((white.matrix.shape[1], k + learned))
+            basis[:k, :k] = np.eye(k)
+            basis[k:, k:] = directions[:, :learned]
+            if self.taste_prior == "moment":
+                precision = moment.prior_precision(basis, self.prior_floor)
+        components = white.matrix @ basis
+        if self.taste_population and np.any(pop_coef):
+            spread = float(np.std((x_images - white.mean) @ pop_coef)) or 1.0
+            components = np.column_stack([components, pop_coef / spread])
+            precision = None
+        return white.mean, components, precision, learned or 0
+
+    def _prototypes(self, coords: np.ndarray) -> tuple[np.ndarray, float]:
+        k = min(self.n_prototypes, coords.shape[0])
         km = KMeans(n_clusters=k, n_init=2, random_state=self.random_state).fit(coords)
-        self.prototypes_ = km.cluster_centers_.astype(np.float64)
-        self.assign_width_ = self.temperature * float(km.inertia_ / len(coords))
+        return km.cluster_centers_.astype(np.float64), self.temperature * float(km.inertia_ / len(coords))
 
     def _fit_demographics(self, ratings: pl.DataFrame) -> None:
         users = ratings.unique("participant_id", keep="first")
@@ -303,7 +359,7 @@ class PersonalScorer:
         self.nationalities_ = _vocabulary(users, "nationality")
 
     def _fit_base(self, y: np.ndarray, user_index: np.ndarray, image_index: np.ndarray,
-                  x_images: np.ndarray, n_users: int) -> _Base:
+                  x_images: np.ndarray, n_users: int, learned: int | None = None) -> _Base:
         """Population head, bias, linear taste and factor model on one set of ratings.
 
         `y`, `user_index` and `image_index` describe the ratings; `x_images` holds the
@@ -320,14 +376,24 @@ class PersonalScorer:
             resid = y - mean - (x_images @ pop_coef + pop_intercept)[image_index]
             bias = (np.bincount(user_index, resid, n_users)
                     / (np.bincount(user_index, minlength=n_users) + self.bias_shrinkage))
-        side = ImageSide(pop_coef, pop_intercept, self.pca_mean_, self.pca_components_, self.pca_scale_,
-                         self.prototypes_, self.assign_width_, np.zeros((self.prototypes_.shape[0], self.factors)))
+        resid = y - mean - bias[user_index]
+        if self.use_population:
+            resid = resid - (x_images @ pop_coef + pop_intercept)[image_index]
+        taste_mean, components, precision, learned = self._taste_map(
+            x_images, resid, user_index, image_index, n_users, pop_coef, learned)
+        coords = (x_images[np.unique(image_index)] - taste_mean) @ components
+        prototypes, width = self._prototypes(coords)
+        side = ImageSide(pop_coef, pop_intercept, taste_mean, components, np.ones(components.shape[1]),
+                         prototypes, width, np.zeros((len(prototypes), self.factors)))
         image_feats = side.features(x_images)
-        zero_priors = np.zeros((n_users, 1 + self.pca_components_.shape[1] + self.factors))
-        solver = self._solver(mean, side.item_factors, 1.0)
+        zero_priors = np.zeros((n_users, 1 + components.shape[1] + self.factors))
+        solver = self._solver(mean, side.item_factors, 1.0, self.taste_shrinkage * np.eye(components.shape[1]))
         feats = image_feats.take(image_index)
         states, masses = solver.states(user_index, n_users, y, feats, zero_priors)
-        if self.use_taste and self.taste_prior == "empirical":
+        if precision is not None:
+            solver.taste_precision = precision
+            states, masses = solver.states(user_index, n_users, y, feats, zero_priors)
+        elif self.use_taste and self.taste_prior == "empirical":
             solver.taste_precision = _empirical_taste_precision(states, y, user_index, feats, solver)
             states, masses = solver.states(user_index, n_users, y, feats, zero_priors)
         # Mass is measured in units of its spread, so alpha means the same on any data set.
@@ -336,7 +402,7 @@ class PersonalScorer:
             side.item_factors = solver.item_factors = self._fit_als(masses / solver.residual_scale)
             image_feats.factors = image_feats.assign @ side.item_factors
             states, _ = solver.states(user_index, n_users, y, image_feats.take(image_index), zero_priors)
-        return _Base(side, solver, states)
+        return _Base(side, solver, states, learned)
 
     def _pair_columns(self, base: _Base, user_index: np.ndarray, image_index: np.ndarray,
                       x_images: np.ndarray, head_demo: np.ndarray) -> dict:
