@@ -21,6 +21,8 @@ true utility would score.
 Usage::
 
     python -m pamela_lite.demo --out DIR [--seed N] [--scale 5]
+    python -m pamela_lite.demo --world NAME [--dim D] [--scale LOW-HIGH] [--users N] [--string-ids] --out DIR
+    python -m pamela_lite.demo --world list     # the world families (pamela_lite.worlds)
 """
 
 from __future__ import annotations
@@ -343,29 +345,75 @@ def write_world(out: str | Path, cfg: DemoConfig = DemoConfig()) -> Path:
     return out
 
 
+def _parse_scale(text: str) -> tuple[int, int]:
+    """``N`` (1..N, as before) or ``LOW-HIGH`` (0-10 starts at 0)."""
+    try:
+        if "-" in text:
+            low, high = (int(part) for part in text.split("-"))
+        else:
+            low, high = 1, int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--scale takes N or LOW-HIGH such as 1-7 or 0-10, not {text!r}") from None
+    if high - low < 1:
+        raise argparse.ArgumentTypeError(f"--scale {text}: needs at least two levels")
+    return low, high
+
+
 def main(argv: list[str] | None = None) -> int:
+    from . import worlds
+
+    families = "\n".join(f"  {name:<12} {fam.summary}" for name, fam in worlds.FAMILIES.items())
     parser = argparse.ArgumentParser(
         prog="python -m pamela_lite.demo",
-        description="Write a deterministic PAMELA-shaped demo world (annotations JSON, embeddings "
-                    "Parquet and ground-truth utilities) in PAMELA's on-disk layout.",
+        description="Write a deterministic PAMELA-shaped world (annotations JSON, embeddings "
+                    "Parquet, ground-truth utilities and world_truth.npz/.json) in PAMELA's "
+                    "on-disk layout. Unset sizes take the world family's defaults.",
+        epilog="worlds (--world NAME; --world list prints them):\n" + families,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--out", required=True, type=Path, help="folder to write (replaced atomically)")
+    parser.add_argument("--world", default="demo", help="world family (default demo); 'list' lists them")
+    parser.add_argument("--out", type=Path, help="folder to write (replaced atomically)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--scale", type=int, default=5, help="top of the 1..N rating scale (default 5)")
-    parser.add_argument("--users", type=int, default=199, help="participants (default 199, as PAMELA)")
-    parser.add_argument("--images", type=int, default=5077, help="images (default 5077, as PAMELA)")
-    parser.add_argument("--ratings", type=int, default=69904, help="ratings (default 69904, as PAMELA)")
-    parser.add_argument("--dim", type=int, default=512, help="embedding dimension (default 512, as CLIP ViT-B)")
+    parser.add_argument("--scale", type=_parse_scale, default=None,
+                        help="rating scale: N for 1..N or LOW-HIGH such as 0-10 (demo default 5)")
+    parser.add_argument("--users", type=int, help="participants (demo default 199, as PAMELA)")
+    parser.add_argument("--images", type=int, help="images (demo default 5077, as PAMELA)")
+    parser.add_argument("--ratings", type=int, help="ratings (demo default 69904, as PAMELA)")
+    parser.add_argument("--ratings-per-user", type=int, help="ratings per user (instead of --ratings)")
+    parser.add_argument("--dim", type=int, help="embedding dimension (demo default 512, as CLIP ViT-B)")
+    parser.add_argument("--string-ids", action="store_true", help="string participant and image ids")
+    parser.add_argument("--int-ids", action="store_true", help="integer participant and image ids")
     args = parser.parse_args(argv)
-    if args.scale < 2 or min(args.users, args.images, args.ratings) < 20 or args.dim < 8:
-        parser.error("--scale must be >= 2, --users/--images/--ratings >= 20 and --dim >= 8")
-    if args.ratings > args.users * args.images:
+    if args.world == "list":
+        print(families)
+        return 0
+    if args.world not in worlds.FAMILIES:
+        parser.error(f"unknown --world {args.world!r}; known: {', '.join(worlds.FAMILIES)} (or list)")
+    if args.out is None:
+        parser.error("--out is required")
+    if args.string_ids and args.int_ids:
+        parser.error("--string-ids and --int-ids exclude each other")
+    overrides = {"seed": args.seed}
+    for flag, key in (("users", "n_users"), ("images", "n_images"), ("dim", "dim")):
+        if getattr(args, flag) is not None:
+            overrides[key] = getattr(args, flag)
+    if args.ratings is not None:
+        overrides["n_ratings"] = args.ratings
+    elif args.ratings_per_user is not None:
+        overrides.update(n_ratings=None, ratings_per_user=args.ratings_per_user)
+    if args.scale is not None:
+        overrides["low"], overrides["high"] = args.scale
+    if args.string_ids or args.int_ids:
+        overrides["string_ids"] = bool(args.string_ids)
+    cfg = worlds.default_config(args.world, **overrides)
+    if min(cfg.n_users, cfg.n_images, cfg.total_ratings) < 20 or cfg.dim < 8:
+        parser.error("--users/--images/--ratings must be >= 20 and --dim >= 8")
+    if (cfg.n_ratings or 0) > cfg.n_users * cfg.n_images:
         parser.error("--ratings cannot exceed --users x --images")
-    cfg = DemoConfig(n_users=args.users, n_images=args.images, n_ratings=args.ratings,
-                     dim=args.dim, scale=args.scale, seed=args.seed)
-    write_world(args.out, cfg)
-    print(f"wrote a demo world ({cfg.n_users} users, {cfg.n_images} images, {cfg.n_ratings} ratings, "
-          f"scale 1-{cfg.scale}) to {args.out}", file=sys.stderr)
+    world = worlds.make(args.world, cfg)
+    worlds.write(world, args.out)
+    print(f"wrote a {args.world} world ({cfg.n_users} users, {cfg.n_images} images, {world.ratings.height} "
+          f"ratings, scale {cfg.low}-{cfg.high}, dim {cfg.dim}) to {args.out}", file=sys.stderr)
     return 0
 
 

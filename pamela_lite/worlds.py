@@ -728,7 +728,8 @@ class WorldTruth:
 
         info = {"format": FORMAT, "family": world.name, "config": asdict(world.config),
                 "scale": [world.scale.low, world.scale.high], "feature_names": world.feature_names,
-                "taste_basis_exact": world.basis_exact, **world.info}
+                "taste_basis_exact": world.basis_exact,
+                **{k: v for k, v in world.info.items() if k != "seconds"}}  # files stay deterministic
         return cls(ids(world.images["image_id"]), world.appeal, world.taste_features,
                    ids(world.users["participant_id"]), world.user_weights, world.user_noise,
                    world.taste_basis, info)
