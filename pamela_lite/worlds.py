@@ -779,13 +779,21 @@ class TasteRidge:
 
     Each user's weights (with an intercept) are shrunk toward a prior mean that is a linear
     function of demographics (1, age, female, male), fitted on the training users' own
-    estimates; the penalty is chosen on `validation` by RMSE. A new user folds in from k
+    estimates. ``prior="empirical"`` (default) shapes the penalty by the covariance of those
+    estimates (empirical Bayes: ``lambda * inv(S)``, S shrunk 20% toward its diagonal),
+    ``"isotropic"`` is plain ridge (``lambda * I``); lambda is chosen on `validation` by RMSE
+    (seen users; the Bayes-optimal penalty does not depend on how many ratings a user has, so
+    the same lambda serves k-shot users). A new user folds in from k
     context ratings the same way (k = 0: the demographic prior). It knows what a model can only
     hope to learn — which features matter — and still has to estimate each person's weights
     from their ratings, so it is the "oracle features" bar, not the noise ceiling.
     """
 
-    def __init__(self, truth: WorldTruth, penalties=(0.3, 1.0, 3.0, 10.0, 30.0, 100.0), intercept_penalty=1.0):
+    def __init__(self, truth: WorldTruth, penalties=(0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0), intercept_penalty=1.0,
+                 prior: str = "empirical"):
+        if prior not in ("empirical", "isotropic"):
+            raise ValueError(f"prior must be 'empirical' or 'isotropic', not {prior!r}")
+        self.prior = prior
         self.truth = truth
         self.penalties = penalties
         self.intercept_penalty = intercept_penalty
@@ -814,13 +822,14 @@ class TasteRidge:
             stats.append((xr.T @ xr, xr.T @ yr))
         return ids, stats
 
-    def _solve(self, stats, prior: np.ndarray, lam: float) -> np.ndarray:
+    def _solve(self, stats, prior: np.ndarray, lam: float, shape: np.ndarray | None = None) -> np.ndarray:
         p = prior.shape[1]
-        pen = np.full(p, lam)
-        pen[0] = self.intercept_penalty
+        pen = np.zeros((p, p))
+        pen[1:, 1:] = lam * (np.eye(p - 1) if shape is None else shape)
+        pen[0, 0] = self.intercept_penalty
         out = np.empty_like(prior)
         for j, (xtx, xty) in enumerate(stats):
-            out[j] = np.linalg.solve(xtx + np.diag(pen), xty + pen * prior[j])
+            out[j] = np.linalg.solve(xtx + pen, xty + pen @ prior[j])
         return out
 
     def fit(self, train: pl.DataFrame, validation: pl.DataFrame | None = None) -> "TasteRidge":
@@ -835,9 +844,16 @@ class TasteRidge:
         D = self._demo_matrix(users)
         self.prior_coef_ = np.linalg.lstsq(D.T @ D + 1e-3 * np.eye(D.shape[1]), D.T @ theta0, rcond=None)[0]
         prior = D @ self.prior_coef_
+        self.shape_ = None
+        if self.prior == "empirical" and len(ids) > 2:
+            dev = theta0[:, 1:] - prior[:, 1:]
+            cov = dev.T @ dev / len(ids)
+            cov = 0.8 * cov + 0.2 * np.diag(np.diag(cov))
+            cov /= max(float(np.mean(np.diag(cov))), 1e-12)
+            self.shape_ = np.linalg.inv(cov + 1e-3 * np.eye(len(cov)))
         best = None
         for lam in self.penalties:
-            theta = self._solve(stats, prior, lam)
+            theta = self._solve(stats, prior, lam, self.shape_)
             if validation is None or validation.height == 0:
                 best = (0.0, lam, theta)
                 break
@@ -861,11 +877,12 @@ class TasteRidge:
         if context.height:
             ids, stats = self._stats(context)
             pri = np.array([states[i] for i in ids])
-            states.update(zip(ids, self._solve(stats, pri, self.penalty_)))
+            states.update(zip(ids, self._solve(stats, pri, self.penalty_, self.shape_)))
         return states
 
     def predict(self, rows: pl.DataFrame, states: dict | None = None) -> np.ndarray:
-        states = self.states_ if states is None else {**self.states_, **states}
+        known = getattr(self, "states_", {})
+        states = known if states is None else {**known, **states}
         x = self._design(rows["image_id"])
         theta = np.array([states[p] for p in rows["participant_id"].to_list()])
         return np.einsum("ij,ij->i", x, theta)
