@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
+
+import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import log, machine, machine_lines, save  # noqa: E402
@@ -48,7 +51,7 @@ def world_summary(world: worlds.World, seconds: float) -> dict:
     diag = world.info["diagnostics"]
     return {
         "world": world.name, "dim": cfg.dim, "scale": f"{cfg.low}-{cfg.high}",
-        "ids": "string" if r["participant_id"].dtype.is_(__import__("polars").String) else "int",
+        "ids": "string" if r["participant_id"].dtype == pl.String else "int",
         "users": world.users.height, "images": world.images.height, "ratings": r.height,
         "raters_per_image": float(r.group_by("image_id").len()["len"].mean()),
         "ratings_per_user": float(r.group_by("participant_id").len()["len"].mean()),
@@ -70,7 +73,9 @@ def markdown(summaries, rows, info, args, seconds) -> str:
     order = (HEAD, MODEL, RIDGE, CEILING)
     out = [f"# World zoo{' (quick)' if args.quick else ''}", "",
            f"`python benchmarks/zoo.py{' --quick' if args.quick else ''}` — seed {args.seed}, k-shot = mean over "
-           f"{args.draws} seeded context draws, {seconds / 60:.1f} min in all.", "",
+           f"{args.draws} seeded context draws, {seconds / 60:.1f} min in all (1-min load average "
+           f"{info['load_average_1min'][0]} at the start, {info['load_average_1min'][1]} at the end; the "
+           "pamela_lite fits, two per world, take most of the time).", "",
            machine_lines(info), "",
            "Per-user SROCC / pairwise accuracy. **head** = population head, **model** = pamela_lite "
            "(full), **ridge** = per-user ridge on the world's TRUE image features (+ appeal), fitted on "
@@ -152,6 +157,7 @@ def main(argv=None) -> int:
         parser.error(f"unknown world(s) {unknown}; known: {', '.join(worlds.FAMILIES)}")
     kshots = tuple(int(k) for k in args.kshots.split(","))
     info = machine()
+    load_start = os.getloadavg()[0]
     log(machine_lines(info))
     start = time.perf_counter()
     rows, summaries = [], []
@@ -174,6 +180,7 @@ def main(argv=None) -> int:
             f"ceiling {ts.get(CEILING, float('nan')):.3f} | pseudo-unseen k=10 model "
             f"{p10.get(MODEL, float('nan')):.3f} ridge {p10.get(RIDGE, float('nan')):.3f}")
     seconds = time.perf_counter() - start
+    info["load_average_1min"] = [round(load_start, 2), round(os.getloadavg()[0], 2)]  # other jobs slow the fits
     payload = {"machine": info, "seed": args.seed, "draws": args.draws, "kshots": list(kshots), "quick": args.quick,
                "seconds": seconds, "worlds": summaries, "rows": rows}
     md = markdown(summaries, rows, info, args, seconds)
