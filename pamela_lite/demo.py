@@ -21,6 +21,8 @@ true utility would score.
 Usage::
 
     python -m pamela_lite.demo --out DIR [--seed N] [--scale 5]
+    python -m pamela_lite.demo --world NAME [--dim D] [--scale LOW-HIGH] [--users N] [--string-ids] --out DIR
+    python -m pamela_lite.demo --world list     # the world families (pamela_lite.worlds)
 """
 
 from __future__ import annotations
@@ -135,7 +137,7 @@ def _make_users(cfg: DemoConfig, rng: np.random.Generator) -> pl.DataFrame:
     })
 
 
-def _utilities(cfg, rng, users, content, group, style, is_art, ru, ri):
+def _utilities(cfg, rng, users, content, group, style, is_art, ru, ri, parts=None):
     """Noise-free utility of each sampled (user ru, image ri) pair: the demo's ground truth.
 
     Computed pair by pair rather than as a users x images matrix, so worlds of 20k users or
@@ -168,6 +170,9 @@ def _utilities(cfg, rng, users, content, group, style, is_art, ru, ri):
     utility += (group_like + demographic)[ru, group[ri]]
     utility += np.where(style[ri] >= 0, style_like[ru, np.maximum(style[ri], 0)], 0.0)
     utility += art_like[ru] * is_art[ri]
+    if parts is not None:  # the true model, for the world zoo's references
+        parts.update(population=population, image_taste=image_taste, user_taste=user_taste,
+                     group_like=group_like + demographic, style_like=style_like, art_like=art_like)
     return utility
 
 
@@ -181,6 +186,67 @@ def _thresholds(cfg: DemoConfig, rng: np.random.Generator, utility: np.ndarray) 
     return shift + spread * (base - base.mean()) + base.mean()
 
 
+def sample_pairs(n_users: int, n_images: int, n_ratings: int, rng: np.random.Generator,
+                 by: str = "image"):
+    """Who rates what, and in which split: PAMELA's five splits in PAMELA's proportions.
+
+    Unseen users (about 5% of users, PAMELA's share of unseen ratings) rate only in
+    ``val_unseen``/``test_unseen``. For seen users the split is drawn per image (``by="image"``,
+    PAMELA's protocol: a val/test image is rated by nobody in train) or per rating
+    (``by="pair"``: val/test images are also rated by other people in train).
+    Each user rates a uniform draw of images without replacement, about the same number each.
+
+    Returns
+    -------
+    ru, ri : numpy.ndarray
+        User and image index of each rating.
+    split : numpy.ndarray
+        Split name of each rating.
+    """
+    counts = _split_counts(n_ratings, SPLIT_RATINGS)
+    seen_total = counts["train"] + counts["val_seen"] + counts["test_seen"]
+    n_unseen = max(2, round(n_users * (n_ratings - seen_total) / n_ratings))
+    n_val_unseen = max(1, round(n_unseen * counts["val_unseen"] / (counts["val_unseen"] + counts["test_unseen"])))
+    user_split = np.array(["seen"] * (n_users - n_unseen) + ["val_unseen"] * n_val_unseen
+                          + ["test_unseen"] * (n_unseen - n_val_unseen))
+    rng.shuffle(user_split)
+
+    image_share = np.array([counts["train"], counts["val_seen"], counts["test_seen"]], float)
+    image_split = rng.choice(["train", "val_seen", "test_seen"], n_images, p=image_share / image_share.sum())
+
+    per_user = rng.normal(1.0, 0.15, n_users).clip(0.6, 1.4)
+    per_user = np.floor(per_user / per_user.sum() * n_ratings).astype(int)
+    per_user[: n_ratings - per_user.sum()] += 1
+    per_user = np.minimum(per_user, n_images)
+
+    rows_u, rows_i = [], []
+    for u in range(n_users):
+        rows_u.append(np.full(per_user[u], u))
+        rows_i.append(rng.choice(n_images, per_user[u], replace=False))
+    ru, ri = np.concatenate(rows_u), np.concatenate(rows_i)
+    if by == "image":
+        seen_split = image_split[ri]
+    elif by == "pair":
+        seen_split = rng.choice(["train", "val_seen", "test_seen"], len(ri), p=image_share / image_share.sum())
+    else:
+        raise ValueError(f"by must be 'image' or 'pair', not {by!r}")
+    split = np.where(user_split[ru] == "seen", seen_split, user_split[ru])
+    return ru, ri, split
+
+
+def ordinal_ratings(true_u: np.ndarray, latent: np.ndarray, thr: np.ndarray, noise, low: int = 1):
+    """Ratings ``low + #(latent > threshold)`` and their expectation given the true utility.
+
+    `thr` holds each rating's ordered thresholds (pairs x levels-1); `noise` is the standard
+    deviation of ``latent - true_u`` (a number, or one per rating).
+    """
+    score = low + (latent[:, None] > thr).sum(axis=1)
+    noise = np.asarray(noise, dtype=float)
+    noise = noise[:, None] if noise.ndim else noise
+    expected = low + ndtr((true_u[:, None] - thr) / noise).sum(axis=1)
+    return score, expected
+
+
 def make_world(cfg: DemoConfig = DemoConfig()):
     """Build the demo world in memory.
 
@@ -191,40 +257,23 @@ def make_world(cfg: DemoConfig = DemoConfig()):
     embeddings : numpy.ndarray
         (n_images, dim) float32, L2-normalised, row k belongs to ``images[k]``.
     """
+    world, _ = _build(cfg)
+    return world
+
+
+def _build(cfg: DemoConfig):
+    """The demo world and its internals (the true taste features, for the world zoo)."""
     rng = np.random.default_rng(cfg.seed)
     images, content, group, style, is_art, emb = _make_images(cfg, rng)
     users = _make_users(cfg, rng)
+    ru, ri, split = sample_pairs(cfg.n_users, cfg.n_images, cfg.n_ratings, rng)
 
-    counts = _split_counts(cfg.n_ratings, SPLIT_RATINGS)
-    seen_total = counts["train"] + counts["val_seen"] + counts["test_seen"]
-    n_unseen = max(2, round(cfg.n_users * (cfg.n_ratings - seen_total) / cfg.n_ratings))
-    n_val_unseen = max(1, round(n_unseen * counts["val_unseen"] / (counts["val_unseen"] + counts["test_unseen"])))
-    user_split = np.array(["seen"] * (cfg.n_users - n_unseen) + ["val_unseen"] * n_val_unseen
-                          + ["test_unseen"] * (n_unseen - n_val_unseen))
-    rng.shuffle(user_split)
-
-    image_share = np.array([counts["train"], counts["val_seen"], counts["test_seen"]], float)
-    image_split = rng.choice(["train", "val_seen", "test_seen"], cfg.n_images, p=image_share / image_share.sum())
-
-    per_user = rng.normal(1.0, 0.15, cfg.n_users).clip(0.6, 1.4)
-    per_user = np.floor(per_user / per_user.sum() * cfg.n_ratings).astype(int)
-    per_user[: cfg.n_ratings - per_user.sum()] += 1
-    per_user = np.minimum(per_user, cfg.n_images)
-
-    rows_u, rows_i = [], []
-    for u in range(cfg.n_users):
-        rows_u.append(np.full(per_user[u], u))
-        rows_i.append(rng.choice(cfg.n_images, per_user[u], replace=False))
-    ru, ri = np.concatenate(rows_u), np.concatenate(rows_i)
-
-    true_u = _utilities(cfg, rng, users, content, group, style, is_art, ru, ri)
+    parts = {}
+    true_u = _utilities(cfg, rng, users, content, group, style, is_art, ru, ri, parts)
     true_u = (true_u - true_u.mean()) / true_u.std()
     thresholds = _thresholds(cfg, rng, true_u)
     latent = true_u + rng.normal(0, cfg.noise, len(ru))
-    thr = thresholds[ru]
-    score = 1 + (latent[:, None] > thr).sum(axis=1)
-    expected = 1 + ndtr((true_u[:, None] - thr) / cfg.noise).sum(axis=1)
-    split = np.where(user_split[ru] == "seen", image_split[ri], user_split[ru])
+    score, expected = ordinal_ratings(true_u, latent, thresholds[ru], cfg.noise)
 
     pid = users["participant_id"].to_numpy()[ru]
     iid = images["image_id"].to_numpy()[ri]
@@ -235,19 +284,53 @@ def make_world(cfg: DemoConfig = DemoConfig()):
         "participant_id": pid, "image_id": iid,
         "utility": true_u.astype(np.float64), "expected_rating": expected.astype(np.float64),
     })
-    return images, users, ratings, truth, emb
+    parts.update(content=content, group=group, style=style, is_art=is_art)
+    return (images, users, ratings, truth, emb), parts
+
+
+def dataset_from(images, users, ratings, truth, emb, scale, source: str = "demo world"):
+    """A validated in-memory Dataset from a generated world (no files)."""
+    from .data import Dataset, Embeddings, validate_ratings
+
+    frame = (ratings.rename({"original_score": "rating"})
+             .join(users.select("participant_id", "age", "gender", "nationality"), on="participant_id", how="left")
+             .with_columns(pl.col("age").cast(pl.Float64)))
+    frame, _ = validate_ratings(frame, source, scale)
+    return Dataset(frame, Embeddings(images["image_id"], emb, source), scale, source, truth)
 
 
 def world_dataset(cfg: DemoConfig = DemoConfig()):
     """The demo world as a validated in-memory Dataset (no files): for benchmarks at any scale."""
-    from .data import Dataset, Embeddings, Scale, validate_ratings
+    from .data import Scale
 
-    images, users, ratings, truth, emb = make_world(cfg)
-    frame = (ratings.rename({"original_score": "rating"})
-             .join(users.select("participant_id", "age", "gender", "nationality"), on="participant_id", how="left")
-             .with_columns(pl.col("age").cast(pl.Float64)))
-    frame, _ = validate_ratings(frame, "demo world", Scale(1, cfg.scale))
-    return Dataset(frame, Embeddings(images["image_id"], emb, "demo world"), Scale(1, cfg.scale), "demo world", truth)
+    return dataset_from(*make_world(cfg), Scale(1, cfg.scale))
+
+
+def write_pamela(tmp: str | Path, images, users, ratings, truth, emb) -> Path:
+    """Write a generated world into the (empty) folder `tmp` in PAMELA's layout.
+
+    Layout: ``annotations/pamela_<split>.json``, ``embeddings.parquet`` and ``demo_truth.parquet``.
+    """
+    tmp = Path(tmp)
+    (tmp / "annotations").mkdir()
+    records = (
+        ratings.join(images, on="image_id", how="left")
+        .join(users, on="participant_id", how="left")
+        .select(
+            "participant_id", "image_id", "image_path", "original_score", "split",
+            pl.struct("prompt", "group", "style", "type").alias("image_metadata"),
+            pl.struct("age", "age_binned", "gender", "nationality").alias("user_demographics"),
+        )
+    )
+    for split in SPLIT_RATINGS:
+        part = records.filter(pl.col("split") == split).drop("split")
+        part.write_json(tmp / "annotations" / f"pamela_{split}.json")
+    pl.DataFrame({
+        "image_id": images["image_id"],
+        "embedding": pl.Series(emb, dtype=pl.Array(pl.Float32, emb.shape[1])),
+    }).write_parquet(tmp / EMBEDDINGS_FILE)
+    truth.write_parquet(tmp / TRUTH_FILE)
+    return tmp
 
 
 def write_world(out: str | Path, cfg: DemoConfig = DemoConfig()) -> Path:
@@ -255,53 +338,82 @@ def write_world(out: str | Path, cfg: DemoConfig = DemoConfig()) -> Path:
 
     Layout: ``annotations/pamela_<split>.json``, ``embeddings.parquet`` and ``demo_truth.parquet``.
     """
-    images, users, ratings, truth, emb = make_world(cfg)
+    world = make_world(cfg)
     out = Path(out)
     with atomic_dir(out) as tmp:
-        (tmp / "annotations").mkdir()
-        records = (
-            ratings.join(images, on="image_id", how="left")
-            .join(users, on="participant_id", how="left")
-            .select(
-                "participant_id", "image_id", "image_path", "original_score", "split",
-                pl.struct("prompt", "group", "style", "type").alias("image_metadata"),
-                pl.struct("age", "age_binned", "gender", "nationality").alias("user_demographics"),
-            )
-        )
-        for split in SPLIT_RATINGS:
-            part = records.filter(pl.col("split") == split).drop("split")
-            part.write_json(tmp / "annotations" / f"pamela_{split}.json")
-        pl.DataFrame({
-            "image_id": images["image_id"],
-            "embedding": pl.Series(emb, dtype=pl.Array(pl.Float32, cfg.dim)),
-        }).write_parquet(tmp / EMBEDDINGS_FILE)
-        truth.write_parquet(tmp / TRUTH_FILE)
+        write_pamela(tmp, *world)
     return out
 
 
+def _parse_scale(text: str) -> tuple[int, int]:
+    """``N`` (1..N, as before) or ``LOW-HIGH`` (0-10 starts at 0)."""
+    try:
+        if "-" in text:
+            low, high = (int(part) for part in text.split("-"))
+        else:
+            low, high = 1, int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--scale takes N or LOW-HIGH such as 1-7 or 0-10, not {text!r}") from None
+    if high - low < 1:
+        raise argparse.ArgumentTypeError(f"--scale {text}: needs at least two levels")
+    return low, high
+
+
 def main(argv: list[str] | None = None) -> int:
+    from . import worlds
+
+    families = "\n".join(f"  {name:<12} {fam.summary}" for name, fam in worlds.FAMILIES.items())
     parser = argparse.ArgumentParser(
         prog="python -m pamela_lite.demo",
-        description="Write a deterministic PAMELA-shaped demo world (annotations JSON, embeddings "
-                    "Parquet and ground-truth utilities) in PAMELA's on-disk layout.",
+        description="Write a deterministic PAMELA-shaped world (annotations JSON, embeddings "
+                    "Parquet, ground-truth utilities and world_truth.npz/.json) in PAMELA's "
+                    "on-disk layout. Unset sizes take the world family's defaults.",
+        epilog="worlds (--world NAME; --world list prints them):\n" + families,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--out", required=True, type=Path, help="folder to write (replaced atomically)")
+    parser.add_argument("--world", default="demo", help="world family (default demo); 'list' lists them")
+    parser.add_argument("--out", type=Path, help="folder to write (replaced atomically)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--scale", type=int, default=5, help="top of the 1..N rating scale (default 5)")
-    parser.add_argument("--users", type=int, default=199, help="participants (default 199, as PAMELA)")
-    parser.add_argument("--images", type=int, default=5077, help="images (default 5077, as PAMELA)")
-    parser.add_argument("--ratings", type=int, default=69904, help="ratings (default 69904, as PAMELA)")
-    parser.add_argument("--dim", type=int, default=512, help="embedding dimension (default 512, as CLIP ViT-B)")
+    parser.add_argument("--scale", type=_parse_scale, default=None,
+                        help="rating scale: N for 1..N or LOW-HIGH such as 0-10 (demo default 5)")
+    parser.add_argument("--users", type=int, help="participants (demo default 199, as PAMELA)")
+    parser.add_argument("--images", type=int, help="images (demo default 5077, as PAMELA)")
+    parser.add_argument("--ratings", type=int, help="ratings (demo default 69904, as PAMELA)")
+    parser.add_argument("--ratings-per-user", type=int, help="ratings per user (instead of --ratings)")
+    parser.add_argument("--dim", type=int, help="embedding dimension (demo default 512, as CLIP ViT-B)")
+    parser.add_argument("--string-ids", action="store_true", help="string participant and image ids")
+    parser.add_argument("--int-ids", action="store_true", help="integer participant and image ids")
     args = parser.parse_args(argv)
-    if args.scale < 2 or min(args.users, args.images, args.ratings) < 20 or args.dim < 8:
-        parser.error("--scale must be >= 2, --users/--images/--ratings >= 20 and --dim >= 8")
-    if args.ratings > args.users * args.images:
+    if args.world == "list":
+        print(families)
+        return 0
+    if args.world not in worlds.FAMILIES:
+        parser.error(f"unknown --world {args.world!r}; known: {', '.join(worlds.FAMILIES)} (or list)")
+    if args.out is None:
+        parser.error("--out is required")
+    if args.string_ids and args.int_ids:
+        parser.error("--string-ids and --int-ids exclude each other")
+    overrides = {"seed": args.seed}
+    for flag, key in (("users", "n_users"), ("images", "n_images"), ("dim", "dim")):
+        if getattr(args, flag) is not None:
+            overrides[key] = getattr(args, flag)
+    if args.ratings is not None:
+        overrides["n_ratings"] = args.ratings
+    elif args.ratings_per_user is not None:
+        overrides.update(n_ratings=None, ratings_per_user=args.ratings_per_user)
+    if args.scale is not None:
+        overrides["low"], overrides["high"] = args.scale
+    if args.string_ids or args.int_ids:
+        overrides["string_ids"] = bool(args.string_ids)
+    cfg = worlds.default_config(args.world, **overrides)
+    if min(cfg.n_users, cfg.n_images, cfg.total_ratings) < 20 or cfg.dim < 8:
+        parser.error("--users/--images/--ratings must be >= 20 and --dim >= 8")
+    if (cfg.n_ratings or 0) > cfg.n_users * cfg.n_images:
         parser.error("--ratings cannot exceed --users x --images")
-    cfg = DemoConfig(n_users=args.users, n_images=args.images, n_ratings=args.ratings,
-                     dim=args.dim, scale=args.scale, seed=args.seed)
-    write_world(args.out, cfg)
-    print(f"wrote a demo world ({cfg.n_users} users, {cfg.n_images} images, {cfg.n_ratings} ratings, "
-          f"scale 1-{cfg.scale}) to {args.out}", file=sys.stderr)
+    world = worlds.make(args.world, cfg)
+    worlds.write(world, args.out)
+    print(f"wrote a {args.world} world ({cfg.n_users} users, {cfg.n_images} images, {world.ratings.height} "
+          f"ratings, scale {cfg.low}-{cfg.high}, dim {cfg.dim}) to {args.out}", file=sys.stderr)
     return 0
 
 

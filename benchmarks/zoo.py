@@ -1,0 +1,201 @@
+"""The world zoo: pamela_lite on world families it was not designed for, beside references.
+
+    python benchmarks/zoo.py                      # every family at its default size (~10-15 min)
+    python benchmarks/zoo.py --quick              # small worlds, results to runs/zoo_quick/ (~2 min)
+    python benchmarks/zoo.py --worlds lowvar,hetero --draws 3
+
+For each world (``pamela_lite.worlds``): fit ``PersonalScorer`` and the population head
+(``PersonalScorer(use_bias=False, use_taste=False, use_mf=False, use_head=False)``) through
+their public API, and report per-user SROCC and pairwise accuracy on test_seen, on test_unseen
+at k = 0, 10, 100 and on pseudo-unseen users (20% of the seen users held out of training, k
+context ratings from their own train ratings, scored on their val_seen + test_seen), beside the
+true-taste per-user ridge and the noise ceiling (``pamela_lite.world_eval.evaluate_world``).
+Full runs write benchmarks/results/zoo.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import log, machine, machine_lines, save  # noqa: E402
+
+from pamela_lite import worlds  # noqa: E402
+from pamela_lite.model import PersonalScorer  # noqa: E402
+from pamela_lite.world_eval import CEILING, RIDGE, evaluate_world  # noqa: E402
+
+MODEL = "pamela_lite"
+HEAD = "population head"
+QUICK = dict(n_users=100, n_images=1500)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def factories() -> dict:
+    return {
+        HEAD: lambda seed: PersonalScorer(random_state=seed, use_bias=False, use_taste=False, use_mf=False,
+                                          use_head=False),
+        MODEL: lambda seed: PersonalScorer(random_state=seed),
+    }
+
+
+def world_summary(world: worlds.World, seconds: float) -> dict:
+    r = world.ratings
+    cfg = world.config
+    diag = world.info["diagnostics"]
+    return {
+        "world": world.name, "dim": cfg.dim, "scale": f"{cfg.low}-{cfg.high}",
+        "ids": "string" if r["participant_id"].dtype == pl.String else "int",
+        "users": world.users.height, "images": world.images.height, "ratings": r.height,
+        "raters_per_image": float(r.group_by("image_id").len()["len"].mean()),
+        "ratings_per_user": float(r.group_by("participant_id").len()["len"].mean()),
+        "features": len(world.feature_names), "basis": list(world.taste_basis.shape),
+        "personal_r2_top32": diag["personal_r2_top32_pcs"], "personal_r2_linear": diag["personal_r2_linear_embedding"],
+        "appeal_r2_linear": diag["appeal_r2_linear_embedding"], "seconds": seconds,
+        "description": worlds.FAMILIES[world.name].summary, "notes": world.info.get("notes", ""),
+    }
+
+
+def _find(rows, world, protocol, k, model):
+    for r in rows:
+        if r["world"] == world and r["protocol"] == protocol and r["k"] == k and r["model"] == model:
+            return r
+    return None
+
+
+def markdown(summaries, rows, info, args, seconds) -> str:
+    order = (HEAD, MODEL, RIDGE, CEILING)
+    out = [f"# World zoo{' (quick)' if args.quick else ''}", "",
+           f"`python benchmarks/zoo.py{' --quick' if args.quick else ''}` — seed {args.seed}, k-shot = mean over "
+           f"{args.draws} seeded context draws, {seconds / 60:.1f} min in all (1-min load average "
+           f"{info['load_average_1min'][0]} at the start, {info['load_average_1min'][1]} at the end; the "
+           "pamela_lite fits, two per world, take most of the time).", "",
+           machine_lines(info), "",
+           "Per-user SROCC / pairwise accuracy. **head** = population head, **model** = pamela_lite "
+           "(full), **ridge** = per-user ridge on the world's TRUE image features (+ appeal), fitted on "
+           "the same training or context ratings, **ceiling** = the true expected rating. "
+           "*gap* = share of the ridge's gain over the head that the model achieves "
+           "((model − head) / (ridge − head)). pseudo_unseen: 20% of the seen users held out of "
+           "training; k context ratings from their own train ratings; scored on their val_seen + "
+           "test_seen.", "",
+           "## Worlds", "",
+           "| world | D | scale | ids | users | images | ratings | raters/img | ratings/user | features | "
+           "taste R² top-32 PCs | taste R² linear | build s | what it tests |",
+           "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for s in summaries:
+        out.append(f"| {s['world']} | {s['dim']} | {s['scale']} | {s['ids']} | {s['users']} | {s['images']} | "
+                   f"{s['ratings']:,} | {s['raters_per_image']:.1f} | {s['ratings_per_user']:.0f} | {s['features']} | "
+                   f"{s['personal_r2_top32']:.2f} | {s['personal_r2_linear']:.2f} | {s['seconds']:.1f} | "
+                   f"{s['description']} |")
+    out += ["", "*taste R²*: share of each person's image-level taste (true weights · true features) "
+                "that is linear in the top 32 principal components / in the whole embedding "
+                "(mean over 64 users).", "",
+            "## Summary (SROCC)", "",
+            "| world | test_seen head / model / ridge / ceiling | gap | pseudo-unseen k=10 model / ridge | "
+            "pseudo-unseen k=100 model / ridge | test_unseen k=10 model / ridge (users) |",
+            "|---|---|---:|---|---|---|"]
+    for s in summaries:
+        w = s["world"]
+        ts = [_find(rows, w, "test_seen", None, m) for m in order]
+        p10 = [_find(rows, w, "pseudo_unseen", 10, m) for m in (MODEL, RIDGE)]
+        p100 = [_find(rows, w, "pseudo_unseen", 100, m) for m in (MODEL, RIDGE)]
+        u10 = [_find(rows, w, "test_unseen", 10, m) for m in (MODEL, RIDGE)]
+
+        def fmt(rs):
+            return " / ".join("–" if r is None else f"{r['srocc']:.3f}" for r in rs)
+
+        out.append(f"| {w} | {fmt(ts)} | {_gap(ts)} | {fmt(p10)} | {fmt(p100)} | {fmt(u10)}"
+                   f"{'' if u10[0] is None else ' (' + str(u10[0]['n_users']) + ')'} |")
+    out += ["", "## All rows", "",
+            "| world | protocol | k | SROCC head | model | ridge | ceiling | gap | pair acc head | model | "
+            "ridge | ceiling | users | ctx/user |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    keys = []
+    for r in rows:
+        key = (r["world"], r["protocol"], r["k"])
+        if key not in keys:
+            keys.append(key)
+    for w, protocol, k in keys:
+        rs = [_find(rows, w, protocol, k, m) for m in order]
+        first = next(r for r in rs if r is not None)
+        sr = " | ".join("–" if r is None else f"{r['srocc']:.3f}" for r in rs)
+        pa = " | ".join("–" if r is None else f"{r['pairwise_acc']:.3f}" for r in rs)
+        out.append(f"| {w} | {protocol} | {'' if k is None else k} | {sr} | {_gap(rs)} | {pa} | "
+                   f"{first['n_users']} | {first['context_mean']:.0f} |")
+    out += ["", "## What each world is", ""]
+    for s in summaries:
+        out.append(f"- **{s['world']}** — {s['description']}. {s['notes']}")
+    return "\n".join(out) + "\n"
+
+
+def _gap(rs) -> str:
+    head, model, ridge = rs[0], rs[1], rs[2]
+    if head is None or model is None or ridge is None or ridge["srocc"] - head["srocc"] < 0.02:
+        return "–"
+    return f"{(model['srocc'] - head['srocc']) / (ridge['srocc'] - head['srocc']):.2f}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--worlds", default=",".join(worlds.FAMILIES), help="comma-separated families (default all)")
+    parser.add_argument("--quick", action="store_true", help="small worlds; results to --out (default runs/zoo_quick)")
+    parser.add_argument("--kshots", default="0,10,100")
+    parser.add_argument("--draws", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results folder (default benchmarks/results for a full run, runs/zoo_quick for --quick)")
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.worlds.split(",") if n.strip()]
+    unknown = [n for n in names if n not in worlds.FAMILIES]
+    if unknown:
+        parser.error(f"unknown world(s) {unknown}; known: {', '.join(worlds.FAMILIES)}")
+    kshots = tuple(int(k) for k in args.kshots.split(","))
+    info = machine()
+    load_start = os.getloadavg()[0]
+    log(machine_lines(info))
+    start = time.perf_counter()
+    rows, summaries = [], []
+    for name in names:
+        t = time.perf_counter()
+        overrides = dict(QUICK) if args.quick else {}
+        if args.quick and name == "demo":
+            overrides["n_ratings"] = None
+        world = worlds.make(name, seed=args.seed, **overrides)
+        gen = time.perf_counter() - t
+        summaries.append(world_summary(world, gen))
+        world_rows = evaluate_world(factories(), worlds.dataset(world), worlds.WorldTruth.from_world(world),
+                                    kshots=kshots, draws=args.draws, seed=args.seed, world=name)
+        rows += world_rows
+        ts = {r["model"]: r["srocc"] for r in world_rows if r["protocol"] == "test_seen"}
+        p10 = {r["model"]: r["srocc"] for r in world_rows if r["protocol"] == "pseudo_unseen" and r["k"] == 10}
+        log(f"[{len(summaries)}/{len(names)}] {name:<12} built {gen:4.1f}s, evaluated in "
+            f"{time.perf_counter() - t - gen:5.1f}s | test_seen SROCC head {ts.get(HEAD, float('nan')):.3f} "
+            f"model {ts.get(MODEL, float('nan')):.3f} ridge {ts.get(RIDGE, float('nan')):.3f} "
+            f"ceiling {ts.get(CEILING, float('nan')):.3f} | pseudo-unseen k=10 model "
+            f"{p10.get(MODEL, float('nan')):.3f} ridge {p10.get(RIDGE, float('nan')):.3f}")
+    seconds = time.perf_counter() - start
+    info["load_average_1min"] = [round(load_start, 2), round(os.getloadavg()[0], 2)]  # other jobs slow the fits
+    payload = {"machine": info, "seed": args.seed, "draws": args.draws, "kshots": list(kshots), "quick": args.quick,
+               "seconds": seconds, "worlds": summaries, "rows": rows}
+    md = markdown(summaries, rows, info, args, seconds)
+    name = "zoo_quick" if args.quick else "zoo"
+    out = args.out if args.out is not None else (ROOT / "runs" / "zoo_quick" if args.quick else None)
+    if out is None:
+        json_path, md_path = save(name, payload, md)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        json_path, md_path = out / f"{name}.json", out / f"{name}.md"
+        json_path.write_text(json.dumps(payload, indent=1, default=float))
+        md_path.write_text(md)
+    log(f"wrote {md_path} and {json_path} ({seconds / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

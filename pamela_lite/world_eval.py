@@ -1,0 +1,200 @@
+"""Evaluate models on a world of the zoo, beside references that know the world's truth.
+
+Three protocols, all with per-user SROCC / PLCC / pairwise accuracy (``metrics.evaluate_scores``):
+
+``test_seen``
+    Fit on train (early-stopping on val_seen), score test_seen of the users seen in training.
+``test_unseen``
+    The test_unseen users (about 7 in PAMELA: a noisy number), k-shot: k of each user's ratings
+    are context (``evaluation.kshot_split``, folded in without refitting), the rest are scored;
+    the mean over `draws` seeded draws of the context (one draw for k = 0).
+``pseudo_unseen``
+    A seeded `holdout` share (20%) of the seen users is removed from training entirely (their
+    train ratings and their val_seen ratings leave the fit and the early stopping); the model
+    is refitted without them. Each held-out user then folds in k ratings drawn from their own
+    (removed) train ratings, and is scored on their val_seen + test_seen ratings — images no
+    one rated in training (in PAMELA-protocol worlds), the same query for every k and draw.
+    About 40 new users instead of 7: a much less noisy unseen-user figure.
+
+Reference rows on the same query rows: ``true-taste ridge`` (``worlds.TasteRidge``: per-user
+ridge on the world's true image features, fitted on the same training / context ratings) and
+``noise ceiling`` (the true expected rating).
+
+Example::
+
+    from pamela_lite import worlds
+    from pamela_lite.model import PersonalScorer
+    from pamela_lite.world_eval import evaluate_world
+
+    world = worlds.make("lowvar")
+    rows = evaluate_world({"full": lambda seed: PersonalScorer(random_state=seed)},
+                          worlds.dataset(world), worlds.WorldTruth.from_world(world))
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+import polars as pl
+
+from .data import Dataset
+from .evaluation import ceiling_rows, kshot_split
+from .metrics import evaluate_scores
+from .worlds import TasteRidge, WorldTruth
+
+RIDGE = "true-taste ridge"
+CEILING = "noise ceiling"
+METRICS = ("srocc", "plcc", "pairwise_acc", "mae", "rmse")
+
+
+def pseudo_unseen_split(dataset: Dataset, holdout: float = 0.2, seed: int = 0):
+    """Hold a seeded share of the seen users out of training.
+
+    Returns
+    -------
+    train, validation : polars.DataFrame
+        train and val_seen without the held-out users (what the model is fitted on).
+    pool : polars.DataFrame
+        The held-out users' train ratings, from which k-shot context is drawn.
+    query : polars.DataFrame
+        The held-out users' val_seen + test_seen ratings, which are scored.
+    """
+    train = dataset.split("train")
+    users = train["participant_id"].unique().sort()
+    rng = np.random.default_rng([seed, 7919])
+    n_out = max(1, round(holdout * len(users)))
+    held = users.gather(np.sort(rng.choice(len(users), n_out, replace=False)))
+    out = pl.col("participant_id").is_in(held.implode())
+    seen_rest = dataset.ratings.filter(pl.col("split").is_in(["val_seen", "test_seen"]))
+    return (train.filter(~out), dataset.split("val_seen").filter(~out),
+            train.filter(out), seen_rest.filter(out))
+
+
+def _factories(model_factory) -> dict[str, Callable[[int], object]]:
+    if isinstance(model_factory, dict):
+        return dict(model_factory)
+    return {"model": model_factory}
+
+
+def _metrics(scored: pl.DataFrame) -> dict:
+    return evaluate_scores(scored)
+
+
+def _mean_rows(parts: list[dict]) -> dict:
+    out = {m: float(np.nanmean([p[m] for p in parts])) for m in METRICS}
+    out["srocc_sd_draws"] = float(np.std([p["srocc"] for p in parts])) if len(parts) > 1 else 0.0
+    out["n_users"] = int(round(np.mean([p["n_users"] for p in parts])))
+    out["n_ratings"] = int(round(np.mean([p["n_ratings"] for p in parts])))
+    out["context_mean"] = float(np.mean([p.get("context_mean", 0.0) for p in parts]))
+    out["draws"] = len(parts)
+    return out
+
+
+def _fit_all(factories, train, validation, dataset, truth, seed):
+    models, fit_s = {}, {}
+    for name, factory in factories.items():
+        t = time.perf_counter()
+        models[name] = factory(seed).fit(train, dataset.embeddings, dataset.scale, validation=validation)
+        fit_s[name] = time.perf_counter() - t
+    ridge = TasteRidge(truth).fit(train, validation) if truth is not None else None
+    return models, fit_s, ridge
+
+
+def _score_all(models, ridge, dataset, query, context=None, users=None) -> dict[str, dict]:
+    """Metrics of every model and reference on `query` (after folding in `context` if given)."""
+    out = {}
+    scored = None
+    for name, model in models.items():
+        states = None if context is None else model.fold_in(context, dataset.embeddings, users=users)
+        scored = query.with_columns(score=pl.Series(model.predict(query, dataset.embeddings, states), dtype=pl.Float64))
+        out[name] = _metrics(scored)
+    if ridge is not None:
+        states = None if context is None else ridge.fold_in(context, users)
+        out[RIDGE] = _metrics(query.with_columns(score=pl.Series(ridge.predict(query, states), dtype=pl.Float64)))
+    base = scored if scored is not None else query.with_columns(score=pl.lit(0.0))
+    ceiling = ceiling_rows(dataset, base)
+    if ceiling is not None:
+        out[CEILING] = _metrics(ceiling)
+    if context is not None:
+        per_user = context.group_by("participant_id").len()["len"]
+        n_users = query["participant_id"].n_unique()
+        ctx = float(per_user.sum() / n_users) if n_users else 0.0
+        for m in out.values():
+            m["context_mean"] = ctx
+    return out
+
+
+def _rows(world, protocol, k, per_draw: list[dict], fit_s: dict) -> list[dict]:
+    rows = []
+    for name in per_draw[0]:
+        agg = _mean_rows([d[name] for d in per_draw])
+        rows.append({"world": world, "protocol": protocol, "k": k, "model": name, **agg,
+                     "fit_s": fit_s.get(name)})
+    return rows
+
+
+def evaluate_world(model_factory, dataset: Dataset, world_truth: WorldTruth | None = None,
+                   kshots=(0, 10, 100), draws: int = 5, seed: int = 0, holdout: float = 0.2,
+                   protocols=("test_seen", "test_unseen", "pseudo_unseen"), world: str | None = None,
+                   log: Callable[[str], None] | None = None) -> list[dict]:
+    """Evaluate one or more models on one world; one row per (protocol, k, model).
+
+    Parameters
+    ----------
+    model_factory : callable or dict of name -> callable
+        ``factory(seed)`` returns an unfitted model with ``fit(train, embeddings, scale,
+        validation=...)``, ``predict(pairs, embeddings, states)`` and ``fold_in(context,
+        embeddings, users=...)`` — the public API of ``PersonalScorer``.
+    dataset : Dataset
+        The world (``worlds.dataset(world)`` or ``data.load_dataset(folder)``); with
+        ``dataset.truth`` the noise ceiling is reported.
+    world_truth : WorldTruth, optional
+        Adds the ``true-taste ridge`` reference.
+    kshots, draws, seed, holdout
+        k values for unseen users, seeded context draws per k (k = 0: one), base seed (models
+        get it as random_state; draw d uses seed + d), held-out share of seen users.
+
+    Returns
+    -------
+    list of dict
+        Keys: world, protocol, k (None for test_seen), model, srocc, plcc, pairwise_acc, mae,
+        rmse (means over draws), srocc_sd_draws, n_users, n_ratings, context_mean (context
+        ratings per scored user), draws, fit_s (None for references).
+    """
+    factories = _factories(model_factory)
+    world = world or dataset.source
+    say = log or (lambda message: None)
+    rows: list[dict] = []
+    if "test_seen" in protocols or "test_unseen" in protocols:
+        models, fit_s, ridge = _fit_all(factories, dataset.split("train"), dataset.split("val_seen"),
+                                        dataset, world_truth, seed)
+        say(f"{world}: fitted {', '.join(f'{n} {s:.1f}s' for n, s in fit_s.items())}")
+        if "test_seen" in protocols and dataset.has_split("test_seen"):
+            query = dataset.split("test_seen").filter(pl.col("participant_id").is_in(dataset.split("train")["participant_id"].unique().implode()))
+            rows += _rows(world, "test_seen", None, [_score_all(models, ridge, dataset, query)], fit_s)
+        if "test_unseen" in protocols and dataset.has_split("test_unseen"):
+            frame = dataset.split("test_unseen")
+            users = frame.unique("participant_id", keep="first", maintain_order=True)
+            for k in kshots:
+                per_draw = []
+                for d in range(1 if k == 0 else draws):
+                    context, query = kshot_split(frame, k, seed + d)
+                    if query.height:
+                        per_draw.append(_score_all(models, ridge, dataset, query, context, users))
+                if per_draw:
+                    rows += _rows(world, "test_unseen", k, per_draw, fit_s)
+    if "pseudo_unseen" in protocols:
+        train, validation, pool, query = pseudo_unseen_split(dataset, holdout, seed)
+        models, fit_s, ridge = _fit_all(factories, train, validation, dataset, world_truth, seed)
+        say(f"{world}: pseudo-unseen refit without {query['participant_id'].n_unique()} users "
+            f"({', '.join(f'{n} {s:.1f}s' for n, s in fit_s.items())})")
+        users = query.unique("participant_id", keep="first", maintain_order=True)
+        for k in kshots:
+            per_draw = []
+            for d in range(1 if k == 0 else draws):
+                context, _ = kshot_split(pool, k, seed + d)
+                per_draw.append(_score_all(models, ridge, dataset, query, context, users))
+            rows += _rows(world, "pseudo_unseen", k, per_draw, fit_s)
+    return rows
