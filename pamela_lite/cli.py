@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
+import re
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Callable
@@ -16,6 +19,36 @@ from .errors import InputError
 
 EXIT_INPUT = 2
 DEBUG_ENV = "PAMELA_LITE_DEBUG"
+# How the tools are invoked: "python -m pamela_lite.<tool>", or "pamela-lite <tool>" when the
+# console entry point (pamela_lite.__main__) dispatches; --help and examples follow it.
+CONSOLE_ENV = "PAMELA_LITE_CONSOLE"
+
+
+def prog(tool: str) -> str:
+    return f"pamela-lite {tool}" if os.environ.get(CONSOLE_ENV) else f"python -m pamela_lite.{tool}"
+
+
+def plain(text: str) -> str:
+    """Docstring text for a terminal: RST literals (double backticks) and roles removed, one paragraph."""
+    text = re.sub(r":\w+:`~?([^`]+)`", r"\1", text)
+    return " ".join(text.replace("``", "").split())
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+class _HelpFormatterDefaults(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def parser_for(tool: str, description: str, example: str, defaults: bool = False) -> argparse.ArgumentParser:
+    """An argparse parser with a plain-text description and one example (``{prog}`` is the command)."""
+    name = prog(tool)
+    return argparse.ArgumentParser(
+        prog=name, description=textwrap.fill(plain(description), 88),
+        epilog="example:\n  " + example.format(prog=name),
+        formatter_class=_HelpFormatterDefaults if defaults else _HelpFormatter)
 
 
 def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:

@@ -30,7 +30,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from ._atomic import atomic_file
-from .cli import Stopwatch, run
+from .cli import Stopwatch, parser_for, run
 from .data import SPLITS, read_table
 from .errors import InputError
 
@@ -248,8 +248,9 @@ def embed_images(encoder: Encoder, files: list[tuple[Path, object]], out: Path, 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pamela_lite.embed", description=__doc__.split("\n\n")[1],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = parser_for("embed", __doc__.split("\n\n")[1],
+                        "{prog} --encoder clip_b32.onnx --images /data/PAMELA/images --pamela /data/PAMELA "
+                        "--out /data/PAMELA/embeddings.parquet", defaults=True)
     parser.add_argument("--encoder", type=Path, required=True, help="ONNX image encoder (see embeddings/)")
     parser.add_argument("--images", type=Path, required=True, help="folder of images, or a file listing paths")
     parser.add_argument("--out", type=Path, required=True, help="embeddings Parquet (created or extended)")

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from . import demo
-from .cli import Stopwatch, parse_kshot, run
+from .cli import Stopwatch, parse_kshot, parser_for, run
 from .data import Scale, load_dataset
 from .evaluation import evaluate_models, format_table
 from .model import PersonalScorer
@@ -41,11 +41,8 @@ FULL = "pamela_lite (full)"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m pamela_lite.fit",
-        description=__doc__.split("\n\n")[1].replace("\n", " ") if __doc__ else None,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = parser_for("fit", __doc__.split("\n\n")[1],
+                        "{prog} --data /data/PAMELA --out runs/pamela", defaults=True)
     parser.add_argument("--data", type=Path,
                         help="PAMELA root or ratings table (.csv/.parquet/.json); default: the demo world")
     parser.add_argument("--embeddings", type=Path,

@@ -14,14 +14,16 @@ from pathlib import Path
 
 import polars as pl
 
-from .cli import Stopwatch, check_table_path, run, write_table
+from .cli import Stopwatch, check_table_path, parser_for, run, write_table
 from .data import Embeddings, read_embeddings, read_pairs, read_ratings, validate_ratings
 from .errors import InputError
 from .model import PersonalScorer
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pamela_lite.predict", description=__doc__.split("\n\n")[1])
+    parser = parser_for("predict", __doc__.split("\n\n")[1],
+                        "{prog} --model runs/model --pairs pairs.csv --embeddings runs/demo_world/embeddings.parquet "
+                        "--context new_user_ratings.csv --out scores.csv")
     parser.add_argument("--model", type=Path, required=True, help="model folder written by pamela_lite.fit")
     parser.add_argument("--pairs", type=Path, required=True,
                         help="table or PAMELA JSON with participant_id, image_id")

@@ -15,14 +15,16 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from .cli import Stopwatch, check_table_path, run, write_table
+from .cli import Stopwatch, check_table_path, parser_for, run, write_table
 from .data import Embeddings, Scale, read_embeddings, read_pairs, read_ratings, validate_ratings
 from .edge import EdgeScorer, UnknownUsers, users_path
 from .errors import InputError, preview
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pamela_lite.score", description=__doc__.split("\n\n")[1])
+    parser = parser_for("score", __doc__.split("\n\n")[1],
+                        "{prog} --scorer runs/scorer.onnx --top 10 --user p0007 "
+                        "--embeddings runs/demo_world/embeddings.parquet --out top10.csv")
     parser.add_argument("--scorer", type=Path, required=True, help="ONNX file written by pamela_lite.export")
     parser.add_argument("--embeddings", type=Path, required=True, help="embeddings Parquet (image_id, embedding)")
     parser.add_argument("--pairs", type=Path, help="table or PAMELA JSON with participant_id, image_id")
