@@ -10,13 +10,15 @@ the model folder (with ``metrics.json``) to ``--out``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
 from pathlib import Path
 
-from . import demo
-from .cli import Stopwatch, parse_kshot, parser_for, run
+from . import __version__, demo
+from ._atomic import write_text
+from .cli import Stopwatch, parse_kshot, parser_for, run, show_progress
 from .data import Scale, load_dataset
 from .evaluation import evaluate_models, format_table
 from .model import PersonalScorer
@@ -61,12 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def demo_stamp(seed: int) -> str:
+    """What a demo world depends on: the seed and the generator (package version + demo.py's source)."""
+    generator = hashlib.sha256(Path(demo.__file__).read_bytes()).hexdigest()[:16]
+    return f"seed {seed}; pamela_lite {__version__}; generator {generator}"
+
+
 def ensure_demo(folder: Path, seed: int) -> Path:
-    """The demo world at `folder`, written once per seed (it is deterministic)."""
+    """The demo world at `folder`, written once per seed and generator version (it is deterministic)."""
     stamp = folder / "demo_seed.txt"
-    if not (stamp.exists() and stamp.read_text().strip() == str(seed)):
+    if not (stamp.exists() and stamp.read_text().strip() == demo_stamp(seed)):
         demo.write_world(folder, demo.DemoConfig(seed=seed))
-        stamp.write_text(str(seed))
+        write_text(stamp, demo_stamp(seed))
     return folder
 
 
@@ -96,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                + ", ".join(f"{s}={n}" for s, n in counts.iter_rows()))
 
     fit_start = time.perf_counter()
-    full = fit_variants({FULL: {}}, dataset, args.seed, watch, progress=not args.quiet)[FULL]
+    full = fit_variants({FULL: {}}, dataset, args.seed, watch, progress=show_progress(args.quiet))[FULL]
     fit_seconds = time.perf_counter() - fit_start
     models = {} if args.no_baselines else fit_variants(BASELINES, dataset, args.seed, watch, progress=False)
     models[FULL] = full

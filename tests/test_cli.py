@@ -13,21 +13,9 @@ import pytest
 from pamela_lite import evaluate, fit, predict
 from pamela_lite.cli import run
 
-from .conftest import write_embeddings
+from .conftest import cli, write_embeddings
 
 
-def cli(module, *args):
-    return subprocess.run([sys.executable, "-m", f"pamela_lite.{module}", *map(str, args)],
-                          capture_output=True, text=True, timeout=600)
-
-
-@pytest.fixture(scope="session")
-def model_dir(world, tmp_path_factory):
-    out = tmp_path_factory.mktemp("fit") / "model"
-    done = cli("fit", "--data", world, "--out", out, "--kshot", "0,5", "--quiet")
-    assert done.returncode == 0, done.stderr
-    assert "pamela_lite (full)" in done.stdout and "noise ceiling" in done.stdout
-    return out
 
 
 def test_fit_writes_model_and_metrics(model_dir):
