@@ -72,6 +72,10 @@ if sys.argv[:1] == ["-m"]:
     import os
     import signal
 
+    # OpenMP threads (LightGBM, implicit) sleep instead of spinning while they wait, so a fit
+    # beside other busy processes does not burn cores it cannot use (set before libgomp loads).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
     sys.excepthook = _quiet_interrupt
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _note_sigint)

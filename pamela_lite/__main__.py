@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown command {command!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     os.environ["PAMELA_LITE_CONSOLE"] = "1"
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see pamela_lite/__init__.py
     try:
         from .cli import run
 
