@@ -14,6 +14,16 @@ from pathlib import Path
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# --quick runs write here (git-ignored), so trying a benchmark never changes committed results.
+QUICK_RESULTS = RESULTS / "quick"
+
+
+def results_dir(quick: bool) -> Path:
+    return QUICK_RESULTS if quick else RESULTS
+
+
+def _json_value(value):
+    return str(value) if isinstance(value, Path) else float(value)
 LIBRARIES = ("numpy", "scikit-learn", "lightgbm", "implicit", "onnxruntime", "onnx", "onnxmltools", "polars", "torch")
 
 
@@ -83,10 +93,10 @@ def time_calls(fn, batch: int, min_calls: int = 30, budget_s: float = 2.0) -> di
             "pairs_per_s": batch / p50}
 
 
-def save(name: str, payload: dict, markdown: str) -> tuple[Path, Path]:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = RESULTS / f"{name}.json", RESULTS / f"{name}.md"
-    json_path.write_text(json.dumps(payload, indent=1, default=float))
+def save(name: str, payload: dict, markdown: str, folder: Path = RESULTS) -> tuple[Path, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = folder / f"{name}.json", folder / f"{name}.md"
+    json_path.write_text(json.dumps(payload, indent=1, default=_json_value))
     md_path.write_text(markdown)
     return json_path, md_path
 

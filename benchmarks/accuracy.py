@@ -1,7 +1,7 @@
 """Accuracy benchmark: pamela_lite against baselines and a deep personalized model.
 
     python benchmarks/accuracy.py              # the PAMELA-shaped demo world (about 2-4 min)
-    python benchmarks/accuracy.py --quick      # a smaller world, fewer epochs (under 2 min)
+    python benchmarks/accuracy.py --quick      # a smaller world, fewer epochs (under 2 min), to results/quick/
     python benchmarks/accuracy.py --data /path/to/PAMELA --embeddings /path/to/embeddings.parquet
 
 Rows: global mean, user mean, population head (LAION-style linear head), k-NN on embeddings
@@ -10,7 +10,7 @@ baseline (PyTorch MLP + learned user embedding, benchmarks/deep_baseline.py; ski
 clear note when torch is absent). test_seen and test_unseen at k = 0, 10, 50; per-user SROCC
 with a 95% bootstrap interval over users, PLCC, pairwise accuracy, MAE, RMSE, fit time and
 model size; the demo's noise ceiling. Results go to benchmarks/results/accuracy.{md,json} with
-two plots.
+two plots (--quick: to benchmarks/results/quick/, which git ignores).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, dir_size, has_torch, log, machine, machine_lines, save  # noqa: E402
+from _common import dir_size, results_dir, has_torch, log, machine, machine_lines, save  # noqa: E402
 
 from pamela_lite.data import Scale, load_dataset  # noqa: E402
 from pamela_lite.demo import DemoConfig, world_dataset  # noqa: E402
@@ -213,7 +213,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller world, fewer deep epochs (< 2 min)")
     parser.add_argument("--kshot", default="0,10,50", help="context sizes for unseen users")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--name", default=None, help="results file stem (default accuracy or accuracy_quick)")
+    parser.add_argument("--name", default=None, help="results file stem (default accuracy)")
     args = parser.parse_args(argv)
     kshots = tuple(int(k) for k in args.kshot.split(","))
     info = machine()
@@ -228,14 +228,17 @@ def main(argv=None) -> int:
     rows, per_user_srocc = run_benchmark(dataset, kshots, args.seed, args.quick)
     torch_note = ("Deep baseline: benchmarks/deep_baseline.py (torch, CPU)." if has_torch() else
                   "**torch is not installed: the deep baseline was skipped.** Install the CPU build to include it.")
-    name = args.name or ("accuracy_quick" if args.quick else "accuracy")
+    name = args.name or "accuracy"
+    out = results_dir(args.quick)
+    out.mkdir(parents=True, exist_ok=True)
     md = markdown(rows, info, args, torch_note)
-    figures = plots(rows, per_user_srocc, RESULTS, name)
+    figures = plots(rows, per_user_srocc, out, name)
     if figures:
         md += "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in figures) + "\n"
-    save(name, {"machine": info, "args": vars(args) | {"data": str(args.data)}, "rows": rows}, md)
+    arguments = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    save(name, {"machine": info, "args": arguments, "rows": rows}, md, out)
     print(md)
-    log(f"done in {time.perf_counter() - start:.0f}s → {RESULTS / (name + '.md')}")
+    log(f"done in {time.perf_counter() - start:.0f}s → {out / (name + '.md')}")
     return 0
 
 

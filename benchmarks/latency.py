@@ -1,7 +1,7 @@
 """Speed benchmark: scoring latency and throughput, fit time, scaling, encoder throughput.
 
     python benchmarks/latency.py           # about 6-7 min on 2 cores
-    python benchmarks/latency.py --quick   # under 2 min (smaller scaling grid, shorter timings)
+    python benchmarks/latency.py --quick   # under 2 min (smaller scaling grid, shorter timings), to results/quick/
 
 All figures come from one run on this machine and are compared as ratios:
 
@@ -16,7 +16,8 @@ All figures come from one run on this machine and are compared as ratios:
    GFLOP/s this CPU sustains on ViT-shaped matrix products, to estimate CLIP ViT-B/32 and
    ViT-L/14 throughput from their published FLOPs.
 
-Results: benchmarks/results/latency.{md,json} and latency_scaling.png.
+Results: benchmarks/results/latency.{md,json} and latency_scaling.png (--quick: in
+benchmarks/results/quick/, which git ignores).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import RESULTS, dir_size, has_torch, log, machine, machine_lines, peak_rss_mb, save, time_calls  # noqa: E402
+from _common import dir_size, results_dir, has_torch, log, machine, machine_lines, peak_rss_mb, save, time_calls  # noqa: E402
 
 BATCHES = (1, 100, 10_000)
 VIT_GFLOPS = {"CLIP ViT-B/32 (512-d)": 8.8, "CLIP ViT-B/16 (512-d)": 35.0, "CLIP ViT-L/14 (768-d)": 162.0}
@@ -86,7 +87,7 @@ def engine_main(name: str, workdir: Path, budget: float) -> dict:
                 return net(x[:b], u[:b])
     else:
         raise SystemExit(f"unknown engine {name}")
-    rows = [time_calls(lambda b=b: call(b), b, budget_s=budget) for b in BATCHES]
+    rows = [time_calls(lambda b=b: call(b), b, min_calls=3 if budget < 0.1 else 30, budget_s=budget) for b in BATCHES]
     return {"engine": name, "rows": rows, "peak_rss_mb": peak_rss_mb()}
 
 
@@ -101,6 +102,12 @@ def run_engine(name: str, workdir: Path, budget: float) -> dict:
 # --------------------------------------------------------------------------- set-up (parent)
 
 
+# --tiny (for the test suite): everything on worlds of a few hundred ratings, results to quick/.
+TINY = {"world": dict(n_users=40, n_images=300, n_ratings=3000, dim=32), "users": (30, 60), "images": (300, 600),
+        "images_to_embed": 16, "model": dict(n_components=8, n_prototypes=12, factors=4, head_trees=20, n_folds=2)}
+_tiny = False
+
+
 def prepare(workdir: Path, seed: int, quick: bool) -> dict:
     """Fit the model and the deep baseline on the demo world; save what the engines need."""
     import lightgbm  # noqa: F401  (import cost outside the timings)
@@ -111,10 +118,10 @@ def prepare(workdir: Path, seed: int, quick: bool) -> dict:
     from pamela_lite.export import export
     from pamela_lite.model import PersonalScorer
 
-    dataset = world_dataset(DemoConfig(seed=seed))
+    dataset = world_dataset(DemoConfig(seed=seed, **(TINY["world"] if _tiny else {})))
     train, val = dataset.split("train"), dataset.split("val_seen")
     start = time.perf_counter()
-    model = PersonalScorer(random_state=seed).fit(train, dataset.embeddings, dataset.scale, validation=val)
+    model = PersonalScorer(random_state=seed, **(TINY["model"] if _tiny else {})).fit(train, dataset.embeddings, dataset.scale, validation=val)
     fit_s = time.perf_counter() - start
     log(f"fitted pamela_lite in {fit_s:.1f}s")
     model.save(workdir / "model")
@@ -177,11 +184,16 @@ def scaling(seed: int, quick: bool) -> list[dict]:
     rows = []
     configs = [("users", u, DemoConfig(n_users=u, n_images=5_000, n_ratings=351 * u, seed=seed)) for u in users_grid]
     configs += [("images", m, DemoConfig(n_users=199, n_images=m, n_ratings=69_904, seed=seed)) for m in images_grid]
+    if _tiny:
+        configs = [("users", u, DemoConfig(n_users=u, n_images=300, n_ratings=60 * u, dim=32, seed=seed))
+                   for u in TINY["users"]]
+        configs += [("images", m, DemoConfig(n_users=40, n_images=m, n_ratings=3000, dim=32, seed=seed))
+                    for m in TINY["images"]]
     for axis, size, cfg in configs:
         dataset = world_dataset(cfg)
         train = dataset.split("train")
         start = time.perf_counter()
-        model = PersonalScorer(random_state=seed).fit(train, dataset.embeddings, dataset.scale,
+        model = PersonalScorer(random_state=seed, **(TINY["model"] if _tiny else {})).fit(train, dataset.embeddings, dataset.scale,
                                                       validation=dataset.split("val_seen"))
         fit_s = time.perf_counter() - start
         with tempfile.TemporaryDirectory() as tmp:
@@ -223,7 +235,7 @@ def encoder_throughput(quick: bool) -> dict:
     from pamela_lite import tiny_encoder
     from pamela_lite.embed import Encoder, embed_images, list_images
 
-    n = 256 if quick else 1024
+    n = TINY["images_to_embed"] if _tiny else 256 if quick else 1024
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         rng = np.random.default_rng(0)
@@ -246,7 +258,8 @@ def encoder_throughput(quick: bool) -> dict:
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = threads
             sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-            timing = time_calls(lambda s=sess: s.run(None, {"x": x}), 1, budget_s=1.0 if quick else 3.0)
+            timing = time_calls(lambda s=sess: s.run(None, {"x": x}), 1, min_calls=3 if _tiny else 30,
+                                budget_s=0.05 if _tiny else 1.0 if quick else 3.0)
             gflops[threads] = 2 * x.shape[0] * 768 * 3072 / (timing["p50_us"] * 1e-6) / 1e9
     estimates = {name: {t: g / cost for t, g in gflops.items()} for name, cost in VIT_GFLOPS.items()}
     return {"tiny_images_per_s": tiny, "tiny_images": n, "sustained_gflops": gflops, "vit_estimates": estimates}
@@ -340,14 +353,18 @@ def main(argv=None) -> int:
     parser.add_argument("--engine", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--budget", type=float, default=2.0, help=argparse.SUPPRESS)
+    parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # the test suite's smoke run
     args = parser.parse_args(argv)
+    global _tiny
+    _tiny = args.tiny
+    args.quick = args.quick or args.tiny
     if args.engine:
         print(json.dumps(engine_main(args.engine, args.workdir, args.budget)))
         return 0
     start = time.perf_counter()
     info = machine()
     log(machine_lines(info))
-    budget = 0.6 if args.quick else 2.5
+    budget = 0.02 if args.tiny else 0.6 if args.quick else 2.5
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         setup = prepare(workdir, args.seed, args.quick)
@@ -362,12 +379,13 @@ def main(argv=None) -> int:
         log("torch is not installed: the deep baseline is left out (pip install torch, CPU build)")
     scale_rows = scaling(args.seed, args.quick)
     enc = encoder_throughput(args.quick)
-    name = "latency_quick" if args.quick else "latency"
-    plot(scale_rows, RESULTS / f"{name}_scaling.png")
-    md = markdown(info, setup, engines, scale_rows, enc, args.quick).replace("latency_scaling.png", f"{name}_scaling.png")
-    save(name, {"machine": info, "setup": setup, "engines": engines, "scaling": scale_rows, "embedding": enc}, md)
+    name, out = "latency", results_dir(args.quick)
+    out.mkdir(parents=True, exist_ok=True)
+    plot(scale_rows, out / f"{name}_scaling.png")
+    md = markdown(info, setup, engines, scale_rows, enc, args.quick)
+    save(name, {"machine": info, "setup": setup, "engines": engines, "scaling": scale_rows, "embedding": enc}, md, out)
     print(md)
-    log(f"done in {time.perf_counter() - start:.0f}s → {RESULTS / (name + '.md')}")
+    log(f"done in {time.perf_counter() - start:.0f}s → {out / (name + '.md')}")
     return 0
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
+import re
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Callable
@@ -12,10 +15,42 @@ from typing import Callable
 import polars as pl
 
 from ._atomic import atomic_file
-from .errors import InputError
+from .errors import InputError, preview
+
+log = logging.getLogger("pamela_lite")
 
 EXIT_INPUT = 2
 DEBUG_ENV = "PAMELA_LITE_DEBUG"
+# How the tools are invoked: "python -m pamela_lite.<tool>", or "pamela-lite <tool>" when the
+# console entry point (pamela_lite.__main__) dispatches; --help and examples follow it.
+CONSOLE_ENV = "PAMELA_LITE_CONSOLE"
+
+
+def prog(tool: str) -> str:
+    return f"pamela-lite {tool}" if os.environ.get(CONSOLE_ENV) else f"python -m pamela_lite.{tool}"
+
+
+def plain(text: str) -> str:
+    """Docstring text for a terminal: RST literals (double backticks) and roles removed, one paragraph."""
+    text = re.sub(r":\w+:`~?([^`]+)`", r"\1", text)
+    return " ".join(text.replace("``", "").split())
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+class _HelpFormatterDefaults(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def parser_for(tool: str, description: str, example: str, defaults: bool = False) -> argparse.ArgumentParser:
+    """An argparse parser with a plain-text description and one example (``{prog}`` is the command)."""
+    name = prog(tool)
+    return argparse.ArgumentParser(
+        prog=name, description=textwrap.fill(plain(description), 88),
+        epilog="example:\n  " + example.format(prog=name),
+        formatter_class=_HelpFormatterDefaults if defaults else _HelpFormatter)
 
 
 def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
@@ -82,3 +117,40 @@ class Stopwatch:
     def step(self, message: str) -> None:
         if not self.quiet:
             print(f"[{time.perf_counter() - self.start:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def show_progress(quiet: bool) -> bool:
+    """Progress bars only on a terminal; in a log file, the plain step lines are enough."""
+    return not quiet and sys.stderr.isatty()
+
+
+def refuse_known_context(context_ids: pl.Series, known_ids, source, refit_known: bool) -> None:
+    """A --context naming users the model already knows would replace their stored state: refuse.
+
+    Ids are compared as text when the two sides type them differently (see data.comparable_ids).
+    """
+    from .data import comparable_ids
+
+    given, known = comparable_ids(context_ids.unique(maintain_order=True), pl.Series(list(known_ids)))
+    overlap = context_ids.unique(maintain_order=True).filter(given.is_in(known.implode()))
+    if len(overlap) and not refit_known:
+        raise InputError(source, f"{len(overlap)} participant(s) in the context are already known to the model: "
+                                 f"{preview(overlap.to_list())}; their stored state would be replaced by a fold-in "
+                                 f"of these ratings alone: pass --refit-known to do so, or rename them")
+    if len(overlap):
+        log.warning(f"warning: {source}: --refit-known: the stored state of {len(overlap)} known participant(s) "
+                    f"is replaced by a fold-in of their context ratings")
+
+
+def warn_unknown_demographics(frame: pl.DataFrame, vocabularies: dict[str, list[str]], source) -> None:
+    """One warning listing gender/nationality values the model never saw (they count as unknown)."""
+    parts = []
+    for column, known in vocabularies.items():
+        if column in frame.columns:
+            values = frame[column].drop_nulls().cast(pl.String).unique(maintain_order=True)
+            odd = values.filter(~values.is_in(pl.Series(list(known), dtype=pl.String).implode()))
+            if len(odd):
+                parts.append(f"{column} {preview(odd.to_list())}")
+    if parts:
+        log.warning(f"warning: {source}: value(s) the model was not fitted with are treated as unknown: "
+                    + "; ".join(parts))

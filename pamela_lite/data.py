@@ -16,6 +16,7 @@ Every problem raises :class:`~pamela_lite.errors.InputError` with one line that 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,10 +24,16 @@ import numpy as np
 import polars as pl
 
 from .errors import InputError, preview
+from .rules import not_whole
+
+log = logging.getLogger("pamela_lite")
 
 SPLITS = ("train", "val_seen", "test_seen", "val_unseen", "test_unseen")
 RATING_COLUMNS = ("participant_id", "image_id", "rating", "split")
 DEMOGRAPHICS = ("age", "gender", "nationality")
+ID_COLUMNS = ("participant_id", "image_id")
+# Where each rating came from, kept until validation so messages can name file lines:
+LINE, FILE = "_line", "_file"  # line (CSV), record (JSON) or row (Parquet) number, 1-based; file name
 EMBEDDINGS_FILE = "embeddings.parquet"
 TRUTH_FILE = "demo_truth.parquet"
 
@@ -66,15 +73,20 @@ class Embeddings:
         return self.matrix.shape[1]
 
     def rows(self, image_ids: pl.Series, source: str | Path | None = None) -> np.ndarray:
-        """Row index of each image id; unknown ids raise one InputError that lists them."""
-        index = pl.DataFrame({"image_id": self.ids, "_row": np.arange(len(self.ids), dtype=np.int64)})
-        wanted = pl.DataFrame({"image_id": _same_dtype(image_ids, self.ids.dtype)})
-        found = wanted.join(index, on="image_id", how="left", maintain_order="left")
+        """Row index of each image id; unknown ids raise one InputError that lists them.
+
+        Ids are kept as given. When the two files type them differently (integers in one, text
+        in the other) they are compared as text, so "077" never becomes 77.
+        """
+        mine, theirs = comparable_ids(self.ids, image_ids)
+        index = pl.DataFrame({"_key": mine, "_row": np.arange(len(self.ids), dtype=np.int64)})
+        wanted = pl.DataFrame({"_key": theirs, "image_id": image_ids})
+        found = wanted.join(index, on="_key", how="left", maintain_order="left")
         missing = found.filter(pl.col("_row").is_null())["image_id"].unique(maintain_order=True)
         if len(missing):
             raise InputError(source or self.source,
                              f"{len(missing)} image id(s) have no embedding in {self.source}: "
-                             f"{preview(missing.to_list())}")
+                             f"{preview(missing.to_list())}{id_type_note(image_ids, self.ids, 'the embeddings')}")
         return found["_row"].to_numpy()
 
     def take(self, image_ids: pl.Series, source: str | Path | None = None) -> np.ndarray:
@@ -99,12 +111,27 @@ class Dataset:
         return self.ratings.select((pl.col("split") == name).any()).item()
 
 
-def _same_dtype(ids: pl.Series, dtype: pl.DataType) -> pl.Series:
-    # Ids stay as given; only when two files disagree (ints in one, strings in the other) do we
-    # compare them as strings, which is what a person would mean.
-    if ids.dtype == dtype:
-        return ids
-    return ids.cast(pl.String) if dtype == pl.String else ids.cast(pl.String).cast(dtype, strict=False)
+def comparable_ids(a: pl.Series, b: pl.Series) -> tuple[pl.Series, pl.Series]:
+    """Two id columns in a type they can be joined on: as they are, or both as text.
+
+    Text is never turned into numbers: "077" and "77" stay two people, and an integer id 77
+    matches the text "77" only.
+    """
+    if a.dtype == b.dtype:
+        return a, b
+    return a.cast(pl.String), b.cast(pl.String)
+
+
+def _id_kind(ids: pl.Series) -> str:
+    return "text" if ids.dtype == pl.String else "integers" if ids.dtype.is_integer() else str(ids.dtype)
+
+
+def id_type_note(given: pl.Series, known: pl.Series, where: str) -> str:
+    """A hint for a failed id lookup when the two sides type their ids differently."""
+    if given.dtype == known.dtype:
+        return ""
+    return (f" (these ids are {_id_kind(given)}, {where}'s are {_id_kind(known)}: they are compared as "
+            f"text, e.g. {known[0]!r} matches {str(known[0])!r} only)")
 
 
 # ----------------------------------------------------------------------------- reading files
@@ -146,7 +173,9 @@ def read_table(path: str | Path) -> pl.DataFrame:
         if suffix in (".parquet", ".pq"):
             return pl.read_parquet(path)
         if suffix in (".csv", ".tsv", ".txt"):
-            return pl.read_csv(path, separator="\t" if suffix == ".tsv" else ",", infer_schema_length=None)
+            # Ids are text as written: participant "077" stays "077", never the number 77.
+            return pl.read_csv(path, separator="\t" if suffix == ".tsv" else ",", infer_schema_length=None,
+                               schema_overrides={c: pl.String for c in ID_COLUMNS})
     except InputError:
         raise
     except Exception as err:
@@ -182,20 +211,119 @@ def read_pamela_root(root: str | Path) -> pl.DataFrame:
         path = folder / f"pamela_{split}.json"
         if not path.exists():
             raise InputError(path, "missing split file")
-        frame = _flatten_pamela(read_table(path))
+        frame = _flatten_pamela(_with_positions(read_table(path), path))
         if frame.height == 0:
             raise InputError(path, f"split {split} has no ratings")
         _require_columns(frame, ("participant_id", "image_id", "rating"), path)
         parts.append(_standard_columns(frame, path).with_columns(split=pl.lit(split)))
-    return pl.concat(parts, how="diagonal_relaxed")
+    try:
+        return pl.concat(parts, how="diagonal_relaxed")
+    except Exception as err:  # e.g. ids that are integers in one split file and text in another
+        raise InputError(folder, f"the split files do not agree on column types: {str(err).splitlines()[0]}") from None
+
+
+def _with_positions(frame: pl.DataFrame, path: Path) -> pl.DataFrame:
+    """Tag rows with their place in the file: CSV line (after the header), JSON record, row."""
+    first = 2 if path.suffix.lower() in (".csv", ".tsv", ".txt") else 1
+    return frame.with_columns(pl.int_range(first, first + frame.height, dtype=pl.Int64).alias(LINE),
+                              pl.lit(path.name).alias(FILE))
+
+
+def _unit(file_name: str) -> str:
+    suffix = Path(file_name).suffix.lower()
+    return "line" if suffix in (".csv", ".tsv", ".txt") else "record" if suffix == ".json" else "row"
+
+
+def _where(frame: pl.DataFrame, bad: pl.Expr, limit: int = 5) -> str:
+    """Where the rows matching `bad` are: "lines 3, 9", or "pamela_train.json record 12, ..."."""
+    if LINE not in frame.columns:
+        frame = frame.with_columns(pl.int_range(1, frame.height + 1, dtype=pl.Int64).alias(LINE),
+                                   pl.lit("").alias(FILE))
+    hits = frame.filter(bad).select(LINE, FILE)
+    files = frame[FILE].unique()
+    places = []
+    for line, name in hits.head(limit).iter_rows():
+        unit = _unit(name or "")
+        places.append(f"{name} {unit} {line}" if len(files) > 1 else f"{unit} {line}")
+    if len(files) == 1 and places:
+        unit = _unit(files[0] or "")
+        places = [f"{unit}s " if len(places) > 1 else f"{unit} "] + [p.split(" ", 1)[1] for p in places]
+        text = places[0] + ", ".join(places[1:])
+    else:
+        text = ", ".join(places)
+    return text + (f" (+{hits.height - limit} more)" if hits.height > limit else "")
+
+
+def _check_plain_values(frame: pl.DataFrame, columns, source) -> None:
+    """Refuse columns that hold lists or objects where a number or a word belongs."""
+    for col in columns:
+        if col in frame.columns and isinstance(frame.schema[col], (pl.List, pl.Array, pl.Struct, pl.Object)):
+            raise InputError(source, f"column {col} holds lists or objects, not plain values")
+
+
+def _ids(frame: pl.DataFrame, source) -> pl.DataFrame:
+    """Id columns as integers or text, kept exactly; whole floats (JSON 77.0) become integers."""
+    for col in ID_COLUMNS:
+        dtype = frame.schema[col]
+        if dtype == pl.String or dtype.is_integer():
+            continue
+        if dtype.is_float():
+            bad = pl.col(col).is_not_null() & (~pl.col(col).is_finite() | (pl.col(col) != pl.col(col).round())
+                                               | (pl.col(col).abs() > 2**53))
+            if frame.select(bad.any()).item():
+                raise InputError(source, f"{col} must be an integer or text, not a fraction or a huge number: "
+                                         f"{preview(frame.filter(bad)[col].to_list(), 3)} ({_where(frame, bad)})")
+            frame = frame.with_columns(pl.col(col).cast(pl.Int64))
+        elif dtype == pl.Null:
+            continue  # every value missing: reported as missing ids
+        else:
+            raise InputError(source, f"{col} must be integers or text, not {dtype}")
+    return frame
+
+
+AGE_RANGE = r"^\s*(\d+(?:\.\d+)?)\s*(?:-|–|to)\s*(\d+(?:\.\d+)?)\s*$"
+AGE_OPEN = r"^\s*(\d+(?:\.\d+)?)\s*\+\s*$"
+
+
+def _age_years(frame: pl.DataFrame, col: str) -> pl.Expr:
+    """Age in years from a number, "34", a range such as "25-34" (its midpoint) or "65+" (65)."""
+    dtype = frame.schema[col]
+    if dtype.is_numeric():
+        return pl.col(col).cast(pl.Float64)
+    if dtype != pl.String:
+        return pl.lit(None, dtype=pl.Float64)
+    text = pl.col(col).str.strip_chars()
+    bounds = text.str.extract_groups(AGE_RANGE)
+    midpoint = (bounds.struct.field("1").cast(pl.Float64) + bounds.struct.field("2").cast(pl.Float64)) / 2
+    return pl.coalesce(text.cast(pl.Float64, strict=False), midpoint,
+                       text.str.extract(AGE_OPEN, 1).cast(pl.Float64, strict=False))
+
+
+def _ages(frame: pl.DataFrame, source) -> pl.DataFrame:
+    """``age`` in years; where it is missing, the midpoint of PAMELA's ``age_binned``."""
+    given = [c for c in ("age", "age_binned") if c in frame.columns]
+    if not given:
+        return frame
+    years = {c: _age_years(frame, c) for c in given}
+    frame = frame.with_columns(pl.coalesce(*years.values()).alias("age"))
+    for col in given:  # values that carried something but gave no age: say so, once
+        raw = frame.schema[col]
+        if raw == pl.String:
+            lost = (pl.col(col).str.strip_chars().str.len_chars() > 0) & years[col].is_null()
+            values = frame.filter(lost)[col].unique(maintain_order=True)
+            if len(values):
+                log.warning(f"warning: {source}: {len(values)} {col} value(s) are neither a number nor a range "
+                            f"such as 25-34 and are ignored: {preview([v[:40] for v in values.to_list()])}")
+    return frame
 
 
 def _standard_columns(frame: pl.DataFrame, source) -> pl.DataFrame:
-    keep = ["participant_id", "image_id", "rating", *(c for c in ("split", *DEMOGRAPHICS) if c in frame.columns)]
-    frame = frame.select(keep)
-    if "age" in frame.columns:
-        frame = frame.with_columns(pl.col("age").cast(pl.Float64, strict=False))
-    for col in ("gender", "nationality"):
+    _check_plain_values(frame, ("participant_id", "image_id", "rating", "split", *DEMOGRAPHICS, "age_binned"),
+                        source)
+    frame = _ids(_ages(frame, source), source)
+    optional = ("split", *DEMOGRAPHICS, LINE, FILE)
+    frame = frame.select("participant_id", "image_id", "rating", *(c for c in optional if c in frame.columns))
+    for col in ("gender", "nationality", "split"):
         if col in frame.columns:
             frame = frame.with_columns(pl.col(col).cast(pl.String))
     return frame
@@ -208,7 +336,7 @@ def read_ratings(path: str | Path) -> pl.DataFrame:
         raise InputError(path, "no such file or folder")
     if path.is_dir():
         return read_pamela_root(path)
-    frame = _flatten_pamela(read_table(path))
+    frame = _flatten_pamela(_with_positions(read_table(path), path))
     if frame.height == 0:
         raise InputError(path, "no ratings in the file")
     _require_columns(frame, ("participant_id", "image_id", "rating"), path)
@@ -220,12 +348,13 @@ def read_pairs(path: str | Path) -> pl.DataFrame:
     path = Path(path)
     if path.is_dir():
         raise InputError(path, "is a folder; --pairs takes a table file")
-    frame = _flatten_pamela(read_table(path))
+    frame = _flatten_pamela(_with_positions(read_table(path), path))
     if frame.height == 0:
         raise InputError(path, "no pairs in the file")
     _require_columns(frame, ("participant_id", "image_id"), path)
+    _check_plain_values(frame, ID_COLUMNS, path)
     _reject_nulls(frame, ("participant_id", "image_id"), path)
-    return frame.select("participant_id", "image_id")
+    return _ids(frame, path).select("participant_id", "image_id")
 
 
 # ----------------------------------------------------------------------------- validation
@@ -233,48 +362,62 @@ def read_pairs(path: str | Path) -> pl.DataFrame:
 
 def _reject_nulls(frame: pl.DataFrame, columns, source) -> None:
     for col in columns:
-        rows = frame.with_row_index("_r").filter(pl.col(col).is_null())["_r"]
-        if len(rows):
-            raise InputError(source, f"{len(rows)} row(s) have no {col}: rows {preview(rows.to_list())}")
+        missing = pl.col(col).is_null()
+        count = frame.select(missing.sum()).item()
+        if count:
+            raise InputError(source, f"{count} row(s) have no {col}: {_where(frame, missing)}")
 
 
 def validate_ratings(frame: pl.DataFrame, source, scale: Scale | None = None) -> tuple[pl.DataFrame, Scale]:
     """Check ratings and return them with an Int64 ``rating`` column, plus the scale.
 
-    Rejected: nulls in the key columns, non-integer ratings, ratings outside `scale` (when
-    given), duplicated (participant, image) pairs, unknown split names.
+    Rejected: nulls in the key columns or in ``split``, ratings that are not whole numbers
+    (:mod:`pamela_lite.rules`, the rule every reader applies), ratings outside `scale` (when
+    given), duplicated (participant, image) pairs, unknown split names. Messages give file
+    line (CSV), record (JSON) or row numbers.
     """
     _require_columns(frame, ("participant_id", "image_id", "rating"), source)
+    _check_plain_values(frame, ("participant_id", "image_id", "rating", "split"), source)
     _reject_nulls(frame, ("participant_id", "image_id", "rating"), source)
     rating = frame["rating"]
-    if not rating.dtype.is_numeric():
-        bad = frame.with_row_index("_r").filter(pl.col("rating").cast(pl.Float64, strict=False).is_null())
-        raise InputError(source, f"rating must be an integer; found {preview(bad['rating'].to_list())} "
-                                 f"(rows {preview(bad['_r'].to_list())})")
-    as_float = rating.cast(pl.Float64)
-    not_int = frame.with_row_index("_r").filter(~as_float.is_finite() | (as_float != as_float.round()))
-    if not_int.height:
-        raise InputError(source, f"{not_int.height} rating(s) are not integers, e.g. "
-                                 f"{preview(not_int['rating'].to_list(), 3)} (rows {preview(not_int['_r'].to_list())})")
+    if rating.dtype == pl.String:
+        unreadable = pl.col("rating").cast(pl.Float64, strict=False).is_null()
+        if frame.select(unreadable.any()).item():
+            raise InputError(source, f"rating must be an integer; found {preview(frame.filter(unreadable)['rating'].to_list(), 3)} "
+                                     f"({_where(frame, unreadable)})")
+        frame = frame.with_columns(pl.col("rating").cast(pl.Float64))
+    elif not rating.dtype.is_numeric():
+        raise InputError(source, f"rating must be an integer, not {rating.dtype}")
+    whole = pl.Series(~not_whole(frame["rating"].cast(pl.Float64).to_numpy()))
+    if not whole.all():
+        bad = frame.filter(~whole)
+        raise InputError(source, f"{bad.height} rating(s) are not integers, e.g. "
+                                 f"{preview(bad['rating'].to_list(), 3)} ({_where(frame, ~pl.lit(whole))})")
     frame = frame.with_columns(pl.col("rating").cast(pl.Int64))
     if scale is None:
         scale = Scale(int(frame["rating"].min()), int(frame["rating"].max()))
         if scale.low == scale.high:
             raise InputError(source, f"every rating is {scale.low}: nothing to learn; give --scale if it is wider")
-    outside = frame.with_row_index("_r").filter(~pl.col("rating").is_between(scale.low, scale.high))
-    if outside.height:
-        raise InputError(source, f"{outside.height} rating(s) outside the scale {scale}: "
-                                 f"{preview(outside['rating'].to_list(), 3)} (rows {preview(outside['_r'].to_list())})")
+    outside = ~pl.col("rating").is_between(scale.low, scale.high)
+    if frame.select(outside.any()).item():
+        values = frame.filter(outside)["rating"]
+        raise InputError(source, f"{len(values)} rating(s) outside the scale {scale}: "
+                                 f"{preview(values.to_list(), 3)} ({_where(frame, outside)})")
     dup = frame.group_by("participant_id", "image_id").len().filter(pl.col("len") > 1)
     if dup.height:
         pairs = [f"({p}, {i})" for p, i in dup.select("participant_id", "image_id").iter_rows()]
         raise InputError(source, f"{dup.height} duplicated (participant_id, image_id) pair(s): {', '.join(pairs[:5])}"
                                  + (" ..." if dup.height > 5 else ""))
     if "split" in frame.columns:
+        no_split = pl.col("split").is_null()
+        count = frame.select(no_split.sum()).item()
+        if count:
+            raise InputError(source, f"{count} row(s) have no split ({_where(frame, no_split)}); give each one "
+                                     f"of {', '.join(SPLITS)}, or drop the split column to split images 80/10/10")
         unknown = frame.filter(~pl.col("split").is_in(SPLITS))["split"].unique().to_list()
         if unknown:
             raise InputError(source, f"unknown split name(s) {preview(unknown)}; use {', '.join(SPLITS)}")
-    return frame, scale
+    return frame.drop(LINE, FILE, strict=False), scale
 
 
 def assign_splits(frame: pl.DataFrame, seed: int = 0) -> pl.DataFrame:
@@ -322,6 +465,22 @@ def read_embeddings(path: str | Path) -> Embeddings:
     return Embeddings(frame["image_id"], matrix, str(path))
 
 
+def warn_seen_without_train(frame: pl.DataFrame, source) -> int:
+    """Warn (once, with the count) about seen-split users who have no train ratings.
+
+    They cannot be scored as known users, so their val_seen/test_seen ratings are left out of
+    the seen-split figures; returns how many there are.
+    """
+    trained = frame.filter(pl.col("split") == "train")["participant_id"].unique()
+    orphans = (frame.filter(pl.col("split").is_in(["val_seen", "test_seen"]) & ~pl.col("participant_id").is_in(trained.implode()))
+               .group_by("participant_id").len())
+    if orphans.height:
+        log.warning(f"warning: {source}: {orphans.height} participant(s) rated in val_seen/test_seen but not in "
+                    f"train ({int(orphans['len'].sum())} ratings); they are left out of the seen-split figures: "
+                    f"{preview(orphans['participant_id'].to_list())}")
+    return orphans.height
+
+
 def default_embeddings_path(data: str | Path) -> Path:
     data = Path(data)
     return (data if data.is_dir() else data.parent) / EMBEDDINGS_FILE
@@ -350,6 +509,7 @@ def load_dataset(data: str | Path, embeddings: str | Path | None = None,
         frame = assign_splits(frame, seed)
     if not frame.select((pl.col("split") == "train").any()).item():
         raise InputError(source, "no ratings in split train")
+    warn_seen_without_train(frame, source)
     emb_path = Path(embeddings) if embeddings else default_embeddings_path(data)
     if not emb_path.exists():
         raise InputError(emb_path, "no such embeddings file; pass --embeddings FILE")

@@ -28,6 +28,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .features import ImageSide, UserSolver, demographic_vectors, l2_normalise
+from .rules import check_ratings
 
 EDGE_FORMAT_VERSION = 1
 
@@ -109,6 +110,11 @@ class EdgeScorer:
     def state_dim(self) -> int:
         return self.states.shape[1]
 
+    @property
+    def demographic_values(self) -> dict[str, list[str]]:
+        """The gender and nationality values the model was fitted with; others count as unknown."""
+        return {"gender": list(self._demographics[2]), "nationality": list(self._demographics[3])}
+
     # ------------------------------------------------------------------ users
 
     def state(self, user: str | np.ndarray) -> np.ndarray:
@@ -135,12 +141,9 @@ class EdgeScorer:
         ``PersonalScorer.fold_in``; no refit, no re-export.
         """
         embeddings = np.asarray(embeddings, dtype=np.float32).reshape(-1, self.embedding_dim)
-        ratings = np.asarray(ratings, dtype=np.float64).reshape(-1)
+        ratings = check_ratings(ratings, *self.scale)  # the rule the command-line tools apply too
         if len(ratings) != len(embeddings):
             raise ValueError(f"{len(embeddings)} embeddings but {len(ratings)} ratings")
-        low, high = self.scale
-        if len(ratings) and (ratings.min() < low or ratings.max() > high):
-            raise ValueError(f"ratings must lie on the scale {low}-{high}")
         head, prior_x = demographic_vectors([age], [gender], [nationality], *self._demographics)
         prior = prior_x @ self._prior[0] + self._prior[1]
         state = prior

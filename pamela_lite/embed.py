@@ -30,7 +30,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from ._atomic import atomic_file
-from .cli import Stopwatch, run
+from .cli import Stopwatch, parser_for, run, show_progress
 from .data import SPLITS, read_table
 from .errors import InputError
 
@@ -141,6 +141,18 @@ class Encoder:
                                    f"{sidecar_path(path).name} with input_size")
         return side
 
+    @property
+    def dim(self) -> int:
+        """Length of the embeddings this encoder gives (from its output shape, or one blank image)."""
+        if not hasattr(self, "_dim"):
+            last = self.session.get_outputs()[0].shape[-1]
+            if isinstance(last, int) and len(self.session.get_outputs()[0].shape) == 2:
+                self._dim = last
+            else:
+                size = self.config.input_size
+                self._dim = int(self(np.zeros((1, size, size, 3), dtype=np.float32)).shape[1])
+        return self._dim
+
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         out = self.session.run(None, {self.input.name: to_tensor(pixels, self.config)})[0]
         out = out.reshape(out.shape[0], -1).astype(np.float32)
@@ -200,6 +212,15 @@ def _existing(out: Path) -> pl.DataFrame | None:
     return frame.select("image_id", "embedding")
 
 
+def _dimension(column: pl.Series) -> int | None:
+    if isinstance(column.dtype, pl.Array):
+        return column.dtype.size
+    if isinstance(column.dtype, pl.List):
+        lengths = column.list.len().unique()
+        return int(lengths[0]) if len(lengths) == 1 else None
+    return None
+
+
 def _write(out: Path, existing: pl.DataFrame | None, ids: list, vectors: list[np.ndarray]) -> pl.DataFrame:
     matrix = np.vstack(vectors)
     new = pl.DataFrame({"image_id": ids, "embedding": pl.Series(matrix, dtype=pl.Array(pl.Float32, matrix.shape[1]))})
@@ -214,16 +235,26 @@ def _write(out: Path, existing: pl.DataFrame | None, ids: list, vectors: list[np
 
 
 def embed_images(encoder: Encoder, files: list[tuple[Path, object]], out: Path, batch_size: int = 32,
-                 checkpoint: int = 1024, progress: bool = False) -> EmbedReport:
-    """Embed `files` (path, id) into `out`, skipping ids already there; returns what happened."""
+                 checkpoint: int = 1024, progress: bool = False, log_lines: bool = False) -> EmbedReport:
+    """Embed `files` (path, id) into `out`, skipping ids already there; returns what happened.
+
+    `progress` shows a bar (for a terminal); `log_lines` prints one plain line per checkpoint
+    instead (for a log file).
+    """
     report = EmbedReport()
     existing = _existing(out)
+    if existing is not None and existing.height:
+        have = _dimension(existing["embedding"])
+        if have is not None and have != encoder.dim:
+            raise InputError(out, f"holds {have}-d embeddings; this encoder gives {encoder.dim}-d: "
+                                  f"use another --out (or the encoder that made the file)")
     done = set(existing["image_id"].cast(pl.String).to_list()) if existing is not None else set()
     todo = [(p, i) for p, i in files if str(i) not in done]
     report.already_present = len(files) - len(todo)
     ids, vectors, pending = [], [], 0
     start = time.perf_counter()
     bar = tqdm(total=len(todo), desc="embed", unit="img", disable=not progress, file=sys.stderr)
+    done = 0
     for at in range(0, len(todo), batch_size):
         pixels, batch_ids = [], []
         for path, image_id in todo[at:at + batch_size]:
@@ -237,8 +268,11 @@ def embed_images(encoder: Encoder, files: list[tuple[Path, object]], out: Path, 
             ids += batch_ids
             pending += len(batch_ids)
         bar.update(len(todo[at:at + batch_size]))
+        done += len(todo[at:at + batch_size])
         if pending >= checkpoint:
             existing, ids, vectors, pending = _write(out, existing, ids, vectors), [], [], 0
+            if log_lines:
+                print(f"embedded {done}/{len(todo)} image(s); saved to {out}", file=sys.stderr, flush=True)
     if ids:
         _write(out, existing, ids, vectors)
     bar.close()
@@ -248,8 +282,9 @@ def embed_images(encoder: Encoder, files: list[tuple[Path, object]], out: Path, 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pamela_lite.embed", description=__doc__.split("\n\n")[1],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = parser_for("embed", __doc__.split("\n\n")[1],
+                        "{prog} --encoder clip_b32.onnx --images /data/PAMELA/images --pamela /data/PAMELA "
+                        "--out /data/PAMELA/embeddings.parquet", defaults=True)
     parser.add_argument("--encoder", type=Path, required=True, help="ONNX image encoder (see embeddings/)")
     parser.add_argument("--images", type=Path, required=True, help="folder of images, or a file listing paths")
     parser.add_argument("--out", type=Path, required=True, help="embeddings Parquet (created or extended)")
@@ -283,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
         files = [(p, i) for p, i in keyed if i is not None]
         if unmatched:
             watch.step(f"{len(unmatched)} file(s) are not in PAMELA's annotations and are left out, e.g. {unmatched[0]}")
-    report = embed_images(encoder, files, args.out, args.batch, args.checkpoint, progress=not args.quiet)
+    report = embed_images(encoder, files, args.out, args.batch, args.checkpoint, progress=show_progress(args.quiet),
+                          log_lines=not args.quiet and not show_progress(args.quiet))
     report_path = args.report or args.out.with_name(args.out.name + ".skipped.csv")
     if report.skipped:
         table = pl.DataFrame({"path": [p for p, _ in report.skipped], "reason": [r for _, r in report.skipped]})

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from ._atomic import write_text
-from .cli import Stopwatch, parse_kshot, run
+from .cli import Stopwatch, parse_kshot, parser_for, run
 from .data import load_dataset
 from .evaluation import SEEN_SPLITS, UNSEEN_SPLITS, evaluate_models, format_table
 from .errors import InputError
@@ -32,8 +32,8 @@ def parse_splits(text: str) -> tuple[str, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pamela_lite.evaluate", description=__doc__.split("\n\n")[1],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = parser_for("evaluate", __doc__.split("\n\n")[1],
+                        "{prog} --model runs/model --data runs/demo_world --kshot 0,10,50", defaults=True)
     parser.add_argument("--model", type=Path, required=True, help="model folder written by pamela_lite.fit")
     parser.add_argument("--data", type=Path, required=True, help="PAMELA root or ratings table")
     parser.add_argument("--embeddings", type=Path, help="embeddings Parquet; default: beside --data")

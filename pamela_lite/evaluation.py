@@ -8,12 +8,16 @@ true expected rating, the best any model could score on those rows.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import polars as pl
 
 from .data import Dataset
 from .metrics import evaluate_scores
 from .model import PersonalScorer
+
+log = logging.getLogger("pamela_lite")
 
 SEEN_SPLITS = ("val_seen", "test_seen")
 UNSEEN_SPLITS = ("val_unseen", "test_unseen")
@@ -58,14 +62,25 @@ def ceiling_rows(dataset: Dataset, rows: pl.DataFrame) -> pl.DataFrame | None:
 
 
 def evaluation_cases(dataset: Dataset, kshots: tuple[int, ...], splits=("test_seen", "test_unseen")):
-    """(split, k) pairs to evaluate: seen splits once, unseen splits at each k."""
+    """(split, k) pairs to evaluate: seen splits once, unseen splits at each k.
+
+    A user with k or fewer ratings has nothing left to score at that k and is skipped, with one
+    line saying how many were; a k no user has enough ratings for is left out.
+    """
     for split in splits:
         if not dataset.has_split(split):
             continue
-        if split in UNSEEN_SPLITS:
-            yield from ((split, k) for k in kshots)
-        else:
+        if split not in UNSEEN_SPLITS:
             yield split, None
+            continue
+        counts = dataset.split(split).group_by("participant_id").len()["len"]
+        for k in kshots:
+            short = int((counts <= k).sum())
+            if short:
+                log.warning(f"warning: {split} k={k}: {short} of {len(counts)} user(s) have {k} or fewer ratings, "
+                            f"nothing left to score: " + ("skipped" if short < len(counts) else "this k is left out"))
+            if short < len(counts):
+                yield split, k
 
 
 def evaluate_models(models: dict[str, PersonalScorer], dataset: Dataset, kshots=(0, 10, 50),

@@ -30,7 +30,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from . import __version__
 from ._atomic import atomic_file, write_text
-from .cli import Stopwatch, run
+from .cli import Stopwatch, parser_for, run
 from .edge import EDGE_FORMAT_VERSION, users_path
 from .errors import InputError
 from .model import PersonalScorer
@@ -272,9 +272,9 @@ def pixels_path(scorer_path: Path) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pamela_lite.export",
-                                     description="Export a fitted model folder to one ONNX scorer plus the "
-                                                 "known users' states (<name>.users.npz) beside it.")
+    parser = parser_for("export", "Export a fitted model folder to one ONNX scorer plus the known users' "
+                                  "states (<name>.users.npz) beside it.",
+                        "{prog} --model runs/model --out runs/scorer.onnx")
     parser.add_argument("--model", type=Path, required=True, help="model folder written by pamela_lite.fit")
     parser.add_argument("--out", type=Path, required=True, help="ONNX file to write, e.g. scorer.onnx")
     parser.add_argument("--precision", choices=("exact", "fast"), default="exact",

@@ -10,14 +10,17 @@ the model folder (with ``metrics.json``) to ``--out``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
 from pathlib import Path
 
-from . import demo
-from .cli import Stopwatch, parse_kshot, run
+from . import __version__, demo
+from ._atomic import write_text
+from .cli import Stopwatch, parse_kshot, parser_for, run, show_progress
 from .data import Scale, load_dataset
+from .errors import InputError
 from .evaluation import evaluate_models, format_table
 from .model import PersonalScorer
 
@@ -41,11 +44,8 @@ FULL = "pamela_lite (full)"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m pamela_lite.fit",
-        description=__doc__.split("\n\n")[1].replace("\n", " ") if __doc__ else None,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = parser_for("fit", __doc__.split("\n\n")[1],
+                        "{prog} --data /data/PAMELA --out runs/pamela", defaults=True)
     parser.add_argument("--data", type=Path,
                         help="PAMELA root or ratings table (.csv/.parquet/.json); default: the demo world")
     parser.add_argument("--embeddings", type=Path,
@@ -60,25 +60,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ablation", action="store_true",
                         help="also fit the cumulative ablation and report it on validation")
     parser.add_argument("--no-baselines", action="store_true", help="skip the baseline models")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads for BLAS, OpenMP, implicit and LightGBM (1 measured fastest on a 2-core "
+                             "machine shared with other work: 2 threads took 3x longer)")
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
     return parser
 
 
+def demo_stamp(seed: int) -> str:
+    """What a demo world depends on: the seed and the generator (package version + demo.py's source)."""
+    generator = hashlib.sha256(Path(demo.__file__).read_bytes()).hexdigest()[:16]
+    return f"seed {seed}; pamela_lite {__version__}; generator {generator}"
+
+
 def ensure_demo(folder: Path, seed: int) -> Path:
-    """The demo world at `folder`, written once per seed (it is deterministic)."""
+    """The demo world at `folder`, written once per seed and generator version (it is deterministic)."""
     stamp = folder / "demo_seed.txt"
-    if not (stamp.exists() and stamp.read_text().strip() == str(seed)):
+    if not (stamp.exists() and stamp.read_text().strip() == demo_stamp(seed)):
         demo.write_world(folder, demo.DemoConfig(seed=seed))
-        stamp.write_text(str(seed))
+        write_text(stamp, demo_stamp(seed))
     return folder
 
 
-def fit_variants(variants: dict, dataset, seed: int, watch: Stopwatch, progress: bool) -> dict:
+def fit_variants(variants: dict, dataset, seed: int, watch: Stopwatch, progress: bool,
+                 threads: int | None = None) -> dict:
     train, val = dataset.split("train"), dataset.split("val_seen")
     models = {}
     for name, switches in variants.items():
         t0 = time.perf_counter()
-        models[name] = PersonalScorer(random_state=seed, progress=progress, **switches).fit(
+        models[name] = PersonalScorer(random_state=seed, progress=progress, n_threads=threads, **switches).fit(
             train, dataset.embeddings, dataset.scale, validation=val)
         watch.step(f"fitted {name} in {time.perf_counter() - t0:.1f}s")
     return models
@@ -99,18 +109,20 @@ def main(argv: list[str] | None = None) -> int:
                + ", ".join(f"{s}={n}" for s, n in counts.iter_rows()))
 
     fit_start = time.perf_counter()
-    full = fit_variants({FULL: {}}, dataset, args.seed, watch, progress=not args.quiet)[FULL]
+    if args.threads is not None and args.threads < 1:
+        raise InputError(None, "--threads takes a number >= 1")
+    full = fit_variants({FULL: {}}, dataset, args.seed, watch, show_progress(args.quiet), args.threads)[FULL]
     fit_seconds = time.perf_counter() - fit_start
-    models = {} if args.no_baselines else fit_variants(BASELINES, dataset, args.seed, watch, progress=False)
+    models = {} if args.no_baselines else fit_variants(BASELINES, dataset, args.seed, watch, False, args.threads)
     models[FULL] = full
 
     rows = evaluate_models(models, dataset, args.kshot, seed=args.seed)
     watch.step("evaluated on the test splits")
-    report = {"data": str(data), "scale": str(dataset.scale), "seed": args.seed,
+    report = {"data": str(data), "scale": str(dataset.scale), "seed": args.seed, "threads": full._threads(),
               "fit_seconds": round(fit_seconds, 2), "test": rows}
     print(format_table(rows))
     if args.ablation:
-        ablation = fit_variants(ABLATION, dataset, args.seed, watch, progress=False)
+        ablation = fit_variants(ABLATION, dataset, args.seed, watch, False, args.threads)
         val_rows = evaluate_models(ablation, dataset, args.kshot, splits=("val_seen", "val_unseen"), seed=args.seed)
         report["ablation_validation"] = val_rows
         print("\nablation on validation (each row adds one component):")

@@ -28,6 +28,7 @@ device can score a user known at fit time or fold in a new one without refitting
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -40,8 +41,10 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 from sklearn.cluster import KMeans
+from sklearn.base import BaseEstimator
 from sklearn.decomposition import PCA
 from sklearn.linear_model import Ridge
+from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
@@ -57,6 +60,15 @@ FORMAT = "pamela_lite.PersonalScorer"
 FORMAT_VERSION = 1
 
 
+def _limit_threads(fit):
+    """Run `fit` with BLAS and OpenMP pools limited to the estimator's thread count."""
+    @functools.wraps(fit)
+    def limited(self, *args, **kwargs):
+        with threadpool_limits(self._threads()):
+            return fit(self, *args, **kwargs)
+    return limited
+
+
 @dataclass
 class _Base:
     """Everything below the residual head, fitted on one set of ratings."""
@@ -67,7 +79,7 @@ class _Base:
     learned: int  # taste directions learned from the ratings (beyond the principal ones)
 
 
-class PersonalScorer:
+class PersonalScorer(BaseEstimator):
     """Predict how much one particular person will like an image, from its embedding.
 
     Parameters
@@ -110,6 +122,26 @@ class PersonalScorer:
         Seed for everything random (k-means, ALS, folds, LightGBM).
     progress : bool
         Show a progress bar while fitting.
+    n_threads : int, optional
+        Threads for fitting (BLAS and OpenMP through threadpoolctl, implicit, LightGBM);
+        default None: all cores, capped at 2.
+
+    Examples
+    --------
+    Fit on a tiny generated world, score known users, then fold in a new person from their
+    ratings (no refit):
+
+    >>> from pamela_lite import PersonalScorer, demo
+    >>> world = demo.world_dataset(demo.DemoConfig(n_users=30, n_images=200, n_ratings=3000, dim=16))
+    >>> model = PersonalScorer(n_components=8, n_prototypes=8, factors=4, head_trees=20, n_folds=2)
+    >>> model = model.fit(world.split("train"), world.embeddings, world.scale)
+    >>> scores = model.predict(world.split("test_seen"), world.embeddings)
+    >>> bool(world.scale.low <= scores.min() <= scores.max() <= world.scale.high)
+    True
+    >>> newcomer = world.split("test_unseen")
+    >>> ids, states = model.fold_in(newcomer, world.embeddings)
+    >>> states.shape == (len(ids), model.state_dim)
+    True
     """
 
     def __init__(self, n_components: int = 32, taste_basis: str = "learned", taste_rank: int = 32,
@@ -122,7 +154,7 @@ class PersonalScorer:
                  head_min_child_samples: int = 100, head_max_rows: int = 1_000_000, n_folds: int = 4,
                  use_bias: bool = True, use_population: bool = True, use_taste: bool = True,
                  use_mf: bool = True, use_head: bool = True, random_state: int = 0,
-                 progress: bool = False):
+                 progress: bool = False, n_threads: int | None = None):
         self.n_components = n_components
         self.taste_basis = taste_basis
         self.taste_rank = taste_rank
@@ -152,18 +184,13 @@ class PersonalScorer:
         self.use_head = use_head
         self.random_state = random_state
         self.progress = progress
+        self.n_threads = n_threads
 
     # ------------------------------------------------------------------ parameters
 
-    def get_params(self) -> dict:
-        return {k: getattr(self, k) for k in self.__init__.__code__.co_varnames[1:self.__init__.__code__.co_argcount]}
-
-    def set_params(self, **params) -> "PersonalScorer":
-        for key, value in params.items():
-            if key not in self.get_params():
-                raise ValueError(f"unknown parameter {key!r}")
-            setattr(self, key, value)
-        return self
+    def _threads(self) -> int:
+        """Threads for BLAS, OpenMP, implicit and LightGBM: `n_threads`, or all cores capped at 2."""
+        return max(1, int(self.n_threads)) if self.n_threads else max(1, min(2, os.cpu_count() or 1))
 
     # ------------------------------------------------------------------ state layout
 
@@ -225,12 +252,13 @@ class PersonalScorer:
             model = AlternatingLeastSquares(factors=self.factors, regularization=self.als_regularization,
                                             alpha=self.alpha, iterations=self.als_iterations,
                                             calculate_training_loss=False, random_state=self.random_state,
-                                            use_gpu=False, num_threads=0)
+                                            use_gpu=False, num_threads=self._threads())
             model.fit(matrix, show_progress=False)
         return np.asarray(model.item_factors, dtype=np.float64)
 
     # ------------------------------------------------------------------ fitting
 
+    @_limit_threads
     def fit(self, ratings: pl.DataFrame, embeddings: Embeddings, scale: Scale | None = None,
             validation: pl.DataFrame | None = None) -> "PersonalScorer":
         """Fit on training ratings.
@@ -447,7 +475,7 @@ class PersonalScorer:
                   "learning_rate": self.head_learning_rate, "min_child_samples": self.head_min_child_samples,
                   "feature_fraction": 0.8, "bagging_fraction": 0.8, "bagging_freq": 1,
                   "lambda_l2": 10.0, "seed": self.random_state, "deterministic": True,
-                  "num_threads": min(2, os.cpu_count() or 1), "verbose": -1}
+                  "num_threads": self._threads(), "verbose": -1}
         callbacks, valid_sets = [], []
         if validation is not None and validation.height:
             known = validation.filter(pl.col("participant_id").is_in(self.users_))
@@ -539,8 +567,7 @@ class PersonalScorer:
         return np.clip(score, self.scale_.low, self.scale_.high)
 
     def _check_fitted(self) -> None:
-        if not hasattr(self, "user_states_"):
-            raise RuntimeError("this PersonalScorer is not fitted yet; call fit() or load()")
+        check_is_fitted(self, "user_states_", msg="this PersonalScorer is not fitted yet; call fit() or load()")
 
     # ------------------------------------------------------------------ persistence
 

@@ -14,20 +14,25 @@ from pathlib import Path
 
 import polars as pl
 
-from .cli import Stopwatch, check_table_path, run, write_table
-from .data import Embeddings, read_embeddings, read_pairs, read_ratings, validate_ratings
+from .cli import (Stopwatch, check_table_path, parser_for, refuse_known_context, run, warn_unknown_demographics,
+                  write_table)
+from .data import Embeddings, id_type_note, read_embeddings, read_pairs, read_ratings, validate_ratings
 from .errors import InputError
 from .model import PersonalScorer
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pamela_lite.predict", description=__doc__.split("\n\n")[1])
+    parser = parser_for("predict", __doc__.split("\n\n")[1],
+                        "{prog} --model runs/model --pairs pairs.csv --embeddings runs/demo_world/embeddings.parquet "
+                        "--context new_user_ratings.csv --out scores.csv")
     parser.add_argument("--model", type=Path, required=True, help="model folder written by pamela_lite.fit")
     parser.add_argument("--pairs", type=Path, required=True,
                         help="table or PAMELA JSON with participant_id, image_id")
     parser.add_argument("--embeddings", type=Path, required=True, help="embeddings Parquet (image_id, embedding)")
     parser.add_argument("--context", type=Path,
                         help="ratings of new users (participant_id, image_id, rating [, age, gender, nationality])")
+    parser.add_argument("--refit-known", action="store_true",
+                        help="let --context replace the stored state of users the model already knows")
     parser.add_argument("--out", type=Path, required=True, help="output table (.csv, .parquet or .json)")
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
     return parser
@@ -40,10 +45,26 @@ def check_dimension(model: PersonalScorer, embeddings: Embeddings) -> None:
                                             f"fitted on dimension {expected} (use the same encoder)")
 
 
-def load_context(path: Path, model: PersonalScorer) -> pl.DataFrame:
-    """Context ratings, validated against the model's scale (not the file's own range)."""
+def load_context(path: Path, model: PersonalScorer, refit_known: bool = False) -> pl.DataFrame:
+    """Context ratings, validated against the model's scale (not the file's own range).
+
+    Users the model already knows are refused unless `refit_known`; gender and nationality
+    values the model never saw are reported once (they count as unknown).
+    """
     frame, _ = validate_ratings(read_ratings(path), path, model.scale_)
+    refuse_known_context(frame["participant_id"], model.users_, path, refit_known)
+    warn_unknown_demographics(frame, {"gender": model.genders_, "nationality": model.nationalities_}, path)
     return frame
+
+
+def lookup_ids(pairs: pl.DataFrame, *others: pl.Series) -> pl.DataFrame:
+    """Pairs whose participant ids compare with the model's and the context's: as text if any side is.
+
+    Text is never read as a number, so "077" and "77" stay two people (see data.comparable_ids).
+    """
+    if pairs["participant_id"].dtype != pl.String and any(o.dtype == pl.String for o in others):
+        return pairs.with_columns(pl.col("participant_id").cast(pl.String))
+    return pairs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,16 +76,18 @@ def main(argv: list[str] | None = None) -> int:
     check_dimension(model, embeddings)
     pairs = read_pairs(args.pairs)
     embeddings.rows(pairs["image_id"].unique(), args.pairs)
-    states = None
+    states, others = None, [pl.Series(model.users_)]
     if args.context is not None:
-        context = load_context(args.context, model)
+        context = load_context(args.context, model, args.refit_known)
         embeddings.rows(context["image_id"].unique(), args.context)
         states = model.fold_in(context, embeddings)
+        others.append(context["participant_id"])
         watch.step(f"folded in {len(states[0])} user(s) from {context.height} context ratings")
     try:
-        scores = model.predict(pairs, embeddings, states)
+        scores = model.predict(lookup_ids(pairs, *others), embeddings, states)
     except InputError as err:
-        raise InputError(args.pairs, err.problem) from None
+        note = id_type_note(pairs["participant_id"], others[0], "the model") if "unknown" in err.problem else ""
+        raise InputError(args.pairs, err.problem + note) from None
     write_table(pairs.with_columns(score=pl.Series(scores)), args.out)
     watch.step(f"scored {pairs.height} pairs → {args.out}")
     return 0

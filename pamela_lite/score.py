@@ -3,7 +3,8 @@
 Takes the same inputs as ``pamela_lite.predict`` and writes the same columns (participant_id,
 image_id, score), so the two can be compared row by row — but scores with onnxruntime through
 :mod:`pamela_lite.edge`, exactly as a device would. With ``--top K --user ID`` it ranks every
-image of the embeddings file for one user instead (columns rank, image_id, score).
+image of the embeddings file for one user instead (columns rank, image_id, score, utility: the
+unclipped value it ranks by).
 """
 
 from __future__ import annotations
@@ -15,19 +16,24 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from .cli import Stopwatch, check_table_path, run, write_table
+from .cli import (Stopwatch, check_table_path, parser_for, refuse_known_context, run,
+                  warn_unknown_demographics, write_table)
 from .data import Embeddings, Scale, read_embeddings, read_pairs, read_ratings, validate_ratings
 from .edge import EdgeScorer, UnknownUsers, users_path
 from .errors import InputError, preview
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pamela_lite.score", description=__doc__.split("\n\n")[1])
+    parser = parser_for("score", __doc__.split("\n\n")[1],
+                        "{prog} --scorer runs/scorer.onnx --top 10 --user p0007 "
+                        "--embeddings runs/demo_world/embeddings.parquet --out top10.csv")
     parser.add_argument("--scorer", type=Path, required=True, help="ONNX file written by pamela_lite.export")
     parser.add_argument("--embeddings", type=Path, required=True, help="embeddings Parquet (image_id, embedding)")
     parser.add_argument("--pairs", type=Path, help="table or PAMELA JSON with participant_id, image_id")
     parser.add_argument("--context", type=Path,
                         help="ratings of new users (participant_id, image_id, rating [, age, gender, nationality])")
+    parser.add_argument("--refit-known", action="store_true",
+                        help="let --context replace the stored state of users the scorer already knows")
     parser.add_argument("--user", help="with --top: the participant whose gallery ranking is wanted")
     parser.add_argument("--top", type=int, help="rank the whole embeddings file for --user and keep the best K")
     parser.add_argument("--out", type=Path, required=True, help="output table (.csv, .parquet or .json)")
@@ -45,9 +51,11 @@ def load_scorer(path: Path) -> EdgeScorer:
         raise InputError(path, f"cannot load the scorer: {str(err).splitlines()[0]}") from None
 
 
-def fold_in_context(scorer: EdgeScorer, path: Path, embeddings: Embeddings) -> None:
+def fold_in_context(scorer: EdgeScorer, path: Path, embeddings: Embeddings, refit_known: bool = False) -> None:
     """Fold each context user in with numpy (as a device would) and remember their state."""
     frame, _ = validate_ratings(read_ratings(path), path, Scale(*scorer.scale))
+    refuse_known_context(frame["participant_id"], scorer.user_ids, path, refit_known)
+    warn_unknown_demographics(frame, scorer.demographic_values, path)
     rows = embeddings.rows(frame["image_id"], path)
     frame = frame.with_columns(_row=pl.Series(rows))
     for (user,), part in frame.group_by("participant_id", maintain_order=True):
@@ -80,13 +88,14 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError(args.embeddings, f"embeddings have dimension {embeddings.dim}; the scorer takes "
                                           f"{scorer.embedding_dim} (use the same encoder)")
     if args.context is not None:
-        fold_in_context(scorer, args.context, embeddings)
+        fold_in_context(scorer, args.context, embeddings, args.refit_known)
         watch.step(f"folded in context users from {args.context}")
     if args.top is not None:
         state = user_states(scorer, pl.Series([args.user]), args.context or args.scorer)[0]
         best, scores = scorer.top_k(state, embeddings.matrix, args.top)
+        utility = scorer.score_user(state, embeddings.matrix[best], clip=False)  # the ranking value
         out = pl.DataFrame({"rank": np.arange(1, len(best) + 1), "image_id": embeddings.ids.gather(best),
-                            "score": scores.astype(np.float64)})
+                            "score": scores.astype(np.float64), "utility": utility.astype(np.float64)})
     else:
         pairs = read_pairs(args.pairs)
         image_rows = embeddings.rows(pairs["image_id"], args.pairs)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import polars as pl
 import pytest
 
@@ -41,3 +44,19 @@ def ratings_table(dataset):
 def write_embeddings(path, ids, matrix):
     pl.DataFrame({"image_id": ids, "embedding": pl.Series(matrix.tolist(), dtype=pl.List(pl.Float32))}).write_parquet(path)
     return path
+
+
+def cli(module, *args):
+    """Run python -m pamela_lite.<module> in a fresh interpreter, as a user would."""
+    return subprocess.run([sys.executable, "-m", f"pamela_lite.{module}", *map(str, args)],
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def model_dir(world, tmp_path_factory):
+    """A model folder written by the fit command on the small world."""
+    out = tmp_path_factory.mktemp("fit") / "model"
+    done = cli("fit", "--data", world, "--out", out, "--kshot", "0,5", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "pamela_lite (full)" in done.stdout and "noise ceiling" in done.stdout
+    return out

@@ -12,22 +12,11 @@ import pytest
 
 from pamela_lite import evaluate, fit, predict
 from pamela_lite.cli import run
+from pamela_lite.model import PersonalScorer
 
-from .conftest import write_embeddings
-
-
-def cli(module, *args):
-    return subprocess.run([sys.executable, "-m", f"pamela_lite.{module}", *map(str, args)],
-                          capture_output=True, text=True, timeout=600)
+from .conftest import cli, write_embeddings
 
 
-@pytest.fixture(scope="session")
-def model_dir(world, tmp_path_factory):
-    out = tmp_path_factory.mktemp("fit") / "model"
-    done = cli("fit", "--data", world, "--out", out, "--kshot", "0,5", "--quiet")
-    assert done.returncode == 0, done.stderr
-    assert "pamela_lite (full)" in done.stdout and "noise ceiling" in done.stdout
-    return out
 
 
 def test_fit_writes_model_and_metrics(model_dir):
@@ -72,21 +61,37 @@ def test_usage_error_exits_2():
     assert done.returncode == 2 and "Traceback" not in done.stderr
 
 
-def test_predict_scores_known_and_context_users(model_dir, world, tmp_path):
-    test = pl.read_json(world / "annotations" / "pamela_test_unseen.json")
-    seen = pl.read_json(world / "annotations" / "pamela_test_seen.json")
-    pairs = pl.concat([seen.select("participant_id", "image_id").head(5),
-                       test.select("participant_id", "image_id").tail(5)])
+def test_predict_scores_known_and_context_users(model_dir, world, dataset, tmp_path):
+    # Two new people with different context ratings, and known users: each must be scored from
+    # their own state (a CLI that gave every context user the same state, or the prior, fails).
+    unseen = dataset.ratings.filter(pl.col("split").str.ends_with("unseen"))
+    newcomers = unseen["participant_id"].unique(maintain_order=True).to_list()
+    assert len(newcomers) >= 2
+    context = unseen.group_by("participant_id", maintain_order=True).head(12)
+    query = unseen.join(context, on=["participant_id", "image_id"], how="anti").group_by("participant_id").head(5)
+    shared = query["image_id"][0]  # one image scored for every newcomer: their scores must differ
+    pairs = pl.concat([dataset.split("test_seen").select("participant_id", "image_id").head(5),
+                       query.select("participant_id", "image_id"),
+                       pl.DataFrame({"participant_id": newcomers, "image_id": [shared] * len(newcomers)})])
     pairs.write_csv(tmp_path / "pairs.csv")
-    context = test.head(8).select("participant_id", "image_id", rating=pl.col("original_score"))
-    context.write_parquet(tmp_path / "context.parquet")
+    context.select("participant_id", "image_id", "rating", "age", "gender", "nationality").write_parquet(
+        tmp_path / "context.parquet")
     out = tmp_path / "scores.parquet"
     done = cli("predict", "--model", model_dir, "--pairs", tmp_path / "pairs.csv",
                "--embeddings", world / "embeddings.parquet", "--context", tmp_path / "context.parquet", "--out", out)
     assert done.returncode == 0, done.stderr
     scores = pl.read_parquet(out)
-    assert scores.columns == ["participant_id", "image_id", "score"] and scores.height == 10
-    assert scores["score"].is_finite().all()
+    assert scores.columns == ["participant_id", "image_id", "score"] and scores.height == pairs.height
+    model = PersonalScorer.load(model_dir)
+    expected = np.empty(pairs.height)
+    for user in pairs["participant_id"].unique():
+        rows = (pairs["participant_id"] == user).to_numpy()
+        alone = context.filter(pl.col("participant_id") == user)
+        states = model.fold_in(alone, dataset.embeddings) if alone.height else None
+        expected[rows] = model.predict(pairs.filter(pl.Series(rows)), dataset.embeddings, states)
+    np.testing.assert_allclose(scores["score"], expected, rtol=0, atol=1e-9)
+    on_shared = scores.tail(len(newcomers))["score"]
+    assert on_shared.n_unique() == len(newcomers)
 
 
 def test_predict_unknown_user_without_context_exits_2(model_dir, world, tmp_path, capsys):

@@ -91,7 +91,7 @@ def test_non_integer_rating_is_rejected(rating):
 def test_rating_outside_given_scale_is_rejected():
     frame = pl.DataFrame({"participant_id": ["a", "b"], "image_id": [1, 2], "rating": [1, 7]})
     message = _error(validate_ratings, frame, "r.csv", Scale(1, 5))
-    assert "outside the scale 1-5" in message and "rows 1" in message
+    assert "outside the scale 1-5" in message and "row 2" in message  # 1-based, as a person counts
 
 
 def test_unknown_split_name_is_rejected():

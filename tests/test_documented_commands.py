@@ -1,0 +1,73 @@
+"""Every command the READMEs document runs, as written, on a small generated world.
+
+The full-size forms (the default demo world, PAMELA itself) differ only in their data paths.
+Benchmarks run with --quick (and latency's hidden --tiny for a small world): they must write to
+benchmarks/results/quick/ and leave the committed results untouched.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from .conftest import cli
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _ok(done) -> str:
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    return done.stdout
+
+
+def test_the_readme_commands_run_on_a_small_world(world, model_dir, tmp_path):
+    emb = world / "embeddings.parquet"
+    test = pl.read_json(world / "annotations" / "pamela_test_unseen.json")
+    pl.concat([pl.read_json(world / "annotations" / "pamela_test_seen.json").select("participant_id", "image_id")
+               .head(5), test.select("participant_id", "image_id").tail(5)]).write_csv(tmp_path / "pairs.csv")
+    test.head(10).select("participant_id", "image_id", rating="original_score").write_csv(tmp_path / "new.csv")
+    _ok(cli("demo", "--out", tmp_path / "demo_world", "--users", 30, "--images", 100, "--ratings", 1000, "--dim", 16))
+    assert "model (model)" in _ok(cli("evaluate", "--model", model_dir, "--data", world, "--kshot", "0,10"))
+    _ok(cli("predict", "--model", model_dir, "--pairs", tmp_path / "pairs.csv", "--embeddings", emb,
+            "--context", tmp_path / "new.csv", "--out", tmp_path / "scores.csv"))
+    _ok(cli("export", "--model", model_dir, "--out", tmp_path / "scorer.onnx"))
+    _ok(cli("score", "--scorer", tmp_path / "scorer.onnx", "--pairs", tmp_path / "pairs.csv", "--embeddings", emb,
+            "--context", tmp_path / "new.csv", "--out", tmp_path / "scores_edge.csv"))
+    user = pl.read_csv(tmp_path / "pairs.csv")["participant_id"][0]
+    _ok(cli("score", "--scorer", tmp_path / "scorer.onnx", "--top", 10, "--user", user, "--embeddings", emb,
+            "--out", tmp_path / "top10.csv"))
+    a, b = pl.read_csv(tmp_path / "scores.csv"), pl.read_csv(tmp_path / "scores_edge.csv")
+    np.testing.assert_allclose(a["score"], b["score"], atol=1e-4)
+    assert pl.read_csv(tmp_path / "top10.csv").height == 10
+
+
+def test_the_console_command_is_the_same_tool(model_dir, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "pamela_lite", "export", "--model", str(model_dir),
+                           "--out", str(tmp_path / "s.onnx"), "--quiet"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "s.users.npz").exists()
+
+
+def _committed_results():
+    return {p.name: p.stat().st_mtime_ns for p in (BENCHMARKS / "results").glob("*.*")}
+
+
+@pytest.mark.parametrize("script, extra", [
+    ("accuracy.py", ["--data", "{world}", "--embeddings", "{world}/embeddings.parquet", "--kshot", "0,10"]),
+    ("latency.py", ["--tiny"]),
+])
+def test_benchmarks_quick_runs_write_to_the_scratch_folder(script, extra, world):
+    before = _committed_results()
+    args = [a.format(world=world) for a in extra]
+    done = subprocess.run([sys.executable, str(BENCHMARKS / script), "--quick", *args],
+                          capture_output=True, text=True, timeout=600)
+    _ok(done)
+    stem = script.removesuffix(".py")
+    assert (BENCHMARKS / "results" / "quick" / f"{stem}.json").exists()
+    assert _committed_results() == before  # git status stays clean
