@@ -154,6 +154,9 @@ class UserSolver:
             masses = _segment_sums(feats.assign[sort] * resid[sort, None], bounds, counts) / self.residual_scale
             states[:, 1 + d:] = als_fold_in(self.item_factors, masses, self.alpha, self.regularization,
                                             priors[:, 1 + d:1 + d + f])
+        # A user without ratings is their prior, exactly (ALS alone would pull the factors toward
+        # zero), so a state never depends on who else is folded in with it.
+        states[counts == 0] = priors[counts == 0]
         return states, masses
 
 

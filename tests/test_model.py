@@ -179,3 +179,30 @@ def test_model_json_missing_a_field_is_rejected(fitted, tmp_path):
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(InputError, match="corrupted"):
         PersonalScorer.load(tmp_path / "m")
+
+
+@pytest.mark.parametrize("k", [0, 1, 10])
+def test_a_users_state_does_not_depend_on_who_else_is_folded_in(fitted, dataset, k):
+    frame = dataset.ratings.filter(pl.col("split").is_in(["val_unseen", "test_unseen"]))
+    users = frame.unique("participant_id", keep="first", maintain_order=True)
+    me, other = users["participant_id"][0], users["participant_id"][1]
+    context, _ = kshot_split(frame, 10, seed=0)
+    mine = kshot_split(context.filter(pl.col("participant_id") == me), k, seed=1)[0]
+    others = context.filter(pl.col("participant_id") == other)
+    alone = fitted.fold_in(mine, dataset.embeddings, users=users.filter(pl.col("participant_id") == me))
+    mixed = fitted.fold_in(pl.concat([mine, others]), dataset.embeddings, users=users)
+    np.testing.assert_allclose(mixed[1][mixed[0].index(me)], alone[1][alone[0].index(me)], rtol=0, atol=1e-6)
+
+
+def test_k_ratings_move_a_new_user_toward_their_own_taste(fitted, dataset):
+    # Folding in a user's own ratings must rank their held-out images better than the prior
+    # does; a fold-in that ignored the ratings would tie.
+    from pamela_lite.metrics import evaluate_scores
+    frame = dataset.ratings.filter(pl.col("split").is_in(["val_unseen", "test_unseen"]))
+    users = frame.unique("participant_id", keep="first")
+    context, query = kshot_split(frame, 40, seed=0)
+    prior = fitted.fold_in(context.head(0), dataset.embeddings, users=users)
+    folded = fitted.fold_in(context, dataset.embeddings, users=users)
+    srocc = {name: evaluate_scores(query.with_columns(score=pl.Series(fitted.predict(query, dataset.embeddings, s))))["srocc"]
+             for name, s in (("prior", prior), ("folded", folded))}
+    assert srocc["folded"] > srocc["prior"] + 0.05
