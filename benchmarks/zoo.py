@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -33,16 +34,43 @@ from pamela_lite.world_eval import CEILING, RIDGE, evaluate_world  # noqa: E402
 
 MODEL = "pamela_lite"
 HEAD = "population head"
+BEFORE = "PCA-32 taste"
+ORACLE = "oracle subspace"
 QUICK = dict(n_users=100, n_images=1500)
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def factories() -> dict:
-    return {
+class OracleSubspace(PersonalScorer):
+    """pamela_lite handed the world's true taste basis instead of learning directions.
+
+    The realistic target for direction discovery: the same model, prior, head and fold-in, with
+    the taste coordinates [top principal components, true basis] — what learning the basis
+    perfectly would give.
+    """
+
+    true_basis = None  # (D, b) in embedding space, set on the instance
+
+    def _taste_map(self, x_images, resid, user_index, image_index, n_users, learned=None):
+        white = self.whitening_
+        k = min(self.n_components, white.matrix.shape[1])
+        basis = self.true_basis / np.std((x_images - white.mean) @ self.true_basis, axis=0)
+        return white.mean, np.column_stack([white.matrix[:, :k], basis]), basis.shape[1]
+
+
+def factories(truth=None) -> dict:
+    made = {
         HEAD: lambda seed: PersonalScorer(random_state=seed, use_bias=False, use_taste=False, use_mf=False,
                                           use_head=False),
+        BEFORE: lambda seed: PersonalScorer(random_state=seed, taste_basis="pca"),
         MODEL: lambda seed: PersonalScorer(random_state=seed),
     }
+    if truth is not None and truth.taste_basis is not None and truth.taste_basis.shape[1]:
+        def oracle(seed):
+            model = OracleSubspace(random_state=seed)
+            model.true_basis = np.asarray(truth.taste_basis, dtype=np.float64)
+            return model
+        made[ORACLE] = oracle
+    return made
 
 
 def world_summary(world: worlds.World, seconds: float) -> dict:
@@ -70,7 +98,7 @@ def _find(rows, world, protocol, k, model):
 
 
 def markdown(summaries, rows, info, args, seconds) -> str:
-    order = (HEAD, MODEL, RIDGE, CEILING)
+    order = (HEAD, MODEL, RIDGE, CEILING, BEFORE, ORACLE)
     out = [f"# World zoo{' (quick)' if args.quick else ''}", "",
            f"`python benchmarks/zoo.py{' --quick' if args.quick else ''}` — seed {args.seed}, k-shot = mean over "
            f"{args.draws} seeded context draws, {seconds / 60:.1f} min in all (1-min load average "
@@ -96,7 +124,28 @@ def markdown(summaries, rows, info, args, seconds) -> str:
     out += ["", "*taste R²*: share of each person's image-level taste (true weights · true features) "
                 "that is linear in the top 32 principal components / in the whole embedding "
                 "(mean over 64 users).", "",
-            "## Summary (SROCC)", "",
+            "## Learned taste directions against the PCA-32 taste space and the oracle subspace (SROCC)", "",
+            f"**{BEFORE}** is the model with taste only in the top 32 principal components (this "
+            f"project's model before the learned directions); **{ORACLE}** is the same model handed "
+            "the world's true taste basis (the realistic target). *closed* = (model − PCA-32) / "
+            "(oracle − PCA-32), shown when the oracle is at least 0.01 above PCA-32.", "",
+            "| world | test_seen PCA-32 / model / oracle | closed | pseudo-unseen k=10 head / PCA-32 / model / oracle "
+            "| model − head at k=10 |",
+            "|---|---|---:|---|---:|"]
+    for s in summaries:
+        w = s["world"]
+        ts = [_find(rows, w, "test_seen", None, m) for m in (BEFORE, MODEL, ORACLE)]
+        p10 = [_find(rows, w, "pseudo_unseen", 10, m) for m in (HEAD, BEFORE, MODEL, ORACLE)]
+
+        def fmt(rs):
+            return " / ".join("–" if r is None else f"{r['srocc']:.3f}" for r in rs)
+
+        closed = "–"
+        if None not in ts and ts[2]["srocc"] - ts[0]["srocc"] >= 0.01:
+            closed = f"{(ts[1]['srocc'] - ts[0]['srocc']) / (ts[2]['srocc'] - ts[0]['srocc']):.2f}"
+        lift = "–" if p10[0] is None or p10[2] is None else f"{p10[2]['srocc'] - p10[0]['srocc']:+.3f}"
+        out.append(f"| {w} | {fmt(ts)} | {closed} | {fmt(p10)} | {lift} |")
+    out += ["", "## Summary (SROCC)", "",
             "| world | test_seen head / model / ridge / ceiling | gap | pseudo-unseen k=10 model / ridge | "
             "pseudo-unseen k=100 model / ridge | test_unseen k=10 model / ridge (users) |",
             "|---|---|---:|---|---|---|"]
@@ -113,9 +162,9 @@ def markdown(summaries, rows, info, args, seconds) -> str:
         out.append(f"| {w} | {fmt(ts)} | {_gap(ts)} | {fmt(p10)} | {fmt(p100)} | {fmt(u10)}"
                    f"{'' if u10[0] is None else ' (' + str(u10[0]['n_users']) + ')'} |")
     out += ["", "## All rows", "",
-            "| world | protocol | k | SROCC head | model | ridge | ceiling | gap | pair acc head | model | "
-            "ridge | ceiling | users | ctx/user |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "| world | protocol | k | SROCC head | model | ridge | ceiling | PCA-32 | oracle | gap | pair acc head "
+            "| model | ridge | ceiling | PCA-32 | oracle | users | ctx/user |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     keys = []
     for r in rows:
         key = (r["world"], r["protocol"], r["k"])
@@ -169,7 +218,8 @@ def main(argv=None) -> int:
         world = worlds.make(name, seed=args.seed, **overrides)
         gen = time.perf_counter() - t
         summaries.append(world_summary(world, gen))
-        world_rows = evaluate_world(factories(), worlds.dataset(world), worlds.WorldTruth.from_world(world),
+        truth = worlds.WorldTruth.from_world(world)
+        world_rows = evaluate_world(factories(truth), worlds.dataset(world), truth,
                                     kshots=kshots, draws=args.draws, seed=args.seed, world=name)
         rows += world_rows
         ts = {r["model"]: r["srocc"] for r in world_rows if r["protocol"] == "test_seen"}

@@ -6,17 +6,22 @@ layers before it leave:
 1. ``mean_``: the global mean rating.
 2. Population head ``p(x)``: a ridge map from the L2-normalised embedding to the rating (the
    LAION aesthetic predictor is, in effect, such a linear map).
-3. User bias ``b_u``: how high the person rates in general (shrunk toward a demographic prior).
+3. User bias ``b_u``: how high the person rates in general (a new person's is shrunk toward a
+   demographic prior; a known user's toward zero).
 4. Taste models on the user-centred residual ``r = y - mean - p(x) - b_u``:
 
    * **factor model (implicit ALS)**: images are soft-assigned to ``n_prototypes`` prototypes
-     (k-means centres in the embedding's PCA space); each user's signed residual mass per
+     (k-means centres in the taste coordinates); each user's signed residual mass per
      prototype is the feedback matrix ALS factorises. Prototype factors give every image — seen
      or not — a factor vector ``q(x) = assign(x) @ V``; user factors ``u`` capture the shared
      taste dimensions. A new user folds in from k ratings with one least-squares solve.
-   * **linear taste**: a per-user regression ``w_u`` on a whitened PCA ``z(x)`` of the
-     embedding, shrunk with the covariance of the training users' tastes (empirical Bayes), so
+   * **linear taste**: a per-user regression ``w_u`` on the image's taste coordinates
+     ``z(x)``, shrunk with the covariance of the training users' tastes (empirical Bayes), so
      a new user's few ratings move it along the directions in which people really differ.
+     ``z(x)`` is a map of the embedding learned from everyone's ratings — user factors times
+     image factors, a factorization whose image side covers unseen images: the top whitened
+     principal components plus the directions of their complement in which the training
+     users' tastes differ above noise (:mod:`pamela_lite.taste`).
 
    They enter the base score through a blend ``gamma`` fitted on out-of-fold predictions.
 5. LightGBM residual head on ``y - base``, trained on out-of-fold base features (images held
@@ -95,6 +100,9 @@ class PersonalScorer(BaseEstimator):
         Most learned taste directions beyond the principal ones.
     whiten_dim : int
         Most whitened embedding directions searched for taste.
+    rank_threshold : float
+        A learned direction is kept when its taste variance exceeds this many times the largest
+        that noise alone gives.
     n_prototypes : int
         Embedding prototypes (k-means centres) that form the item side of the factor model.
     temperature : float
@@ -105,7 +113,8 @@ class PersonalScorer(BaseEstimator):
     alpha, als_regularization, als_iterations : float, float, int
         implicit ALS confidence scale, L2 penalty and sweeps.
     bias_shrinkage, taste_shrinkage : float
-        Pseudo-counts pulling a user's bias and linear taste toward the demographic prior.
+        Pseudo-counts pulling a user's bias and linear taste toward the prior: the demographic
+        prior for a new user, zero (the population) for a user known at fit time.
     taste_prior : {"empirical", "isotropic"}
         "empirical": a new user's linear taste is shrunk with the covariance of the training
         users' tastes (empirical Bayes), so a few ratings move it along the directions in which
@@ -145,8 +154,7 @@ class PersonalScorer(BaseEstimator):
     """
 
     def __init__(self, n_components: int = 32, taste_basis: str = "learned", taste_rank: int = 32,
-                 whiten_dim: int = 512, prior_floor: float = 0.5, rank_threshold: float = 2.0,
-                 taste_population: bool = True, n_prototypes: int = 64, temperature: float = 0.2,
+                 whiten_dim: int = 512, rank_threshold: float = 2.0, n_prototypes: int = 64, temperature: float = 0.2,
                  factors: int = 16, alpha: float = 2.0, als_regularization: float = 1.0,
                  als_iterations: int = 15, bias_shrinkage: float = 5.0, taste_shrinkage: float = 30.0,
                  taste_prior: str = "empirical",
@@ -159,9 +167,7 @@ class PersonalScorer(BaseEstimator):
         self.taste_basis = taste_basis
         self.taste_rank = taste_rank
         self.whiten_dim = whiten_dim
-        self.prior_floor = prior_floor
         self.rank_threshold = rank_threshold
-        self.taste_population = taste_population
         self.n_prototypes = n_prototypes
         self.temperature = temperature
         self.factors = factors
@@ -340,38 +346,24 @@ class PersonalScorer(BaseEstimator):
         """Whitening of the embedding: the space in which taste directions are looked for."""
         self.whitening_ = fit_whitening(x_images, self.whiten_dim, self.random_state)
 
-    def _taste_map(self, x_images, resid, user_index, image_index, n_users, pop_coef, learned=None):
-        """(mean, components, prior precision or None, learned) of the taste coordinates.
+    def _taste_map(self, x_images, resid, user_index, image_index, n_users, learned=None):
+        """(mean, components, learned) of the image's taste coordinates ``z = (x - mean) @ components``.
 
-        An image's taste coordinates are ``z = (x - mean) @ components``. The top
-        `n_components` principal directions (where images differ most) come first; with
+        The top `n_components` principal directions (where images differ most) come first; with
         ``taste_basis="learned"`` they are followed by up to `taste_rank` directions of their
-        orthogonal complement in which users' tastes are found to differ (``pamela_lite.taste``;
-        `learned` fixes their number, as the folds must). With `taste_population`, the last
-        coordinate is the population appeal itself: how much a person goes with the crowd.
+        orthogonal complement in which users' tastes are found to differ (``pamela_lite.taste``);
+        `learned` fixes how many, as the out-of-fold bases must.
         """
         white = self.whitening_
         k = min(self.n_components, white.matrix.shape[1])
-        basis = np.eye(white.matrix.shape[1], k)
-        precision, moment = None, None
-        if self.taste_basis == "learned":
-            moment = taste_moment((x_images - white.mean) @ white.matrix, resid, user_index, image_index,
-                                  n_users, self.random_state)
-            rest = slice(k, white.matrix.shape[1])
-            directions, strengths = moment.directions(rest)
-            if learned is None:
-                learned = min(moment.rank(strengths, self.rank_threshold), self.taste_rank)
-            basis = np.zeros((white.matrix.shape[1], k + learned))
-            basis[:k, :k] = np.eye(k)
-            basis[k:, k:] = directions[:, :learned]
-            if self.taste_prior == "moment":
-                precision = moment.prior_precision(basis, self.prior_floor)
-        components = white.matrix @ basis
-        if self.taste_population and np.any(pop_coef):
-            spread = float(np.std((x_images - white.mean) @ pop_coef)) or 1.0
-            components = np.column_stack([components, pop_coef / spread])
-            precision = None
-        return white.mean, components, precision, learned or 0
+        if self.taste_basis == "pca" or k == white.matrix.shape[1] or learned == 0:
+            return white.mean, white.matrix[:, :k], 0
+        moment = taste_moment((x_images - white.mean) @ white.matrix, resid, user_index, image_index,
+                              n_users, self.random_state)
+        directions, strengths = moment.directions(slice(k, white.matrix.shape[1]))
+        if learned is None:
+            learned = min(moment.rank(strengths, self.rank_threshold), self.taste_rank)
+        return white.mean, np.column_stack([white.matrix[:, :k], white.matrix[:, k:] @ directions[:, :learned]]), learned
 
     def _prototypes(self, coords: np.ndarray) -> tuple[np.ndarray, float]:
         k = min(self.n_prototypes, coords.shape[0])
@@ -407,8 +399,8 @@ class PersonalScorer(BaseEstimator):
         resid = y - mean - bias[user_index]
         if self.use_population:
             resid = resid - (x_images @ pop_coef + pop_intercept)[image_index]
-        taste_mean, components, precision, learned = self._taste_map(
-            x_images, resid, user_index, image_index, n_users, pop_coef, learned)
+        taste_mean, components, learned = self._taste_map(x_images, resid, user_index, image_index, n_users,
+                                                          learned)
         coords = (x_images[np.unique(image_index)] - taste_mean) @ components
         prototypes, width = self._prototypes(coords)
         side = ImageSide(pop_coef, pop_intercept, taste_mean, components, np.ones(components.shape[1]),
@@ -418,10 +410,7 @@ class PersonalScorer(BaseEstimator):
         solver = self._solver(mean, side.item_factors, 1.0, self.taste_shrinkage * np.eye(components.shape[1]))
         feats = image_feats.take(image_index)
         states, masses = solver.states(user_index, n_users, y, feats, zero_priors)
-        if precision is not None:
-            solver.taste_precision = precision
-            states, masses = solver.states(user_index, n_users, y, feats, zero_priors)
-        elif self.use_taste and self.taste_prior == "empirical":
+        if self.use_taste and self.taste_prior == "empirical":
             solver.taste_precision = _empirical_taste_precision(states, y, user_index, feats, solver)
             states, masses = solver.states(user_index, n_users, y, feats, zero_priors)
         # Mass is measured in units of its spread, so alpha means the same on any data set.

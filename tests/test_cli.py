@@ -143,3 +143,18 @@ def test_unknown_output_type_is_refused_before_any_work(model_dir, world, tmp_pa
         "--model", str(model_dir), "--pairs", str(tmp_path / "p.csv"),
         "--embeddings", str(world / "embeddings.parquet"), "--out", str(tmp_path / "scores.txt")]))
     assert "unknown output type '.txt'" in line
+
+
+def test_fit_params_reach_the_model_and_are_recorded(world, tmp_path):
+    out = tmp_path / "model"
+    done = cli("fit", "--data", world, "--out", out, "--no-baselines", "--kshot", "0", "--quiet",
+               "--params", '{"n_components": 6, "taste_basis": "pca"}')
+    assert done.returncode == 0, done.stderr
+    params = json.loads((out / "model.json").read_text())["params"]
+    assert params["n_components"] == 6 and params["taste_basis"] == "pca"
+
+
+def test_fit_refuses_unknown_params(world, tmp_path):
+    done = cli("fit", "--data", world, "--out", tmp_path / "m", "--params", '{"n_componnets": 6}')
+    assert done.returncode == 2 and "n_componnets" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "m").exists()

@@ -1,0 +1,79 @@
+"""Taste directions learned from ratings (pamela_lite.taste) and their use in the scorer."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from pamela_lite import worlds
+from pamela_lite.metrics import evaluate_scores
+from pamela_lite.model import PersonalScorer
+from pamela_lite.taste import fit_whitening, taste_moment
+
+
+def _planted(n_users=150, n_images=2000, p=60, per_user=120, strength=1.0, seed=0):
+    """Ratings whose taste lives on two planted directions of a whitened space."""
+    rng = np.random.default_rng(seed)
+    images = rng.standard_normal((n_images, p))
+    planted = np.linalg.qr(rng.standard_normal((p, 2)))[0]
+    tastes = strength * rng.standard_normal((n_users, 2)) @ planted.T
+    user_index = np.repeat(np.arange(n_users), per_user)
+    image_index = np.concatenate([rng.choice(n_images, per_user, replace=False) for _ in range(n_users)])
+    resid = np.einsum("ij,ij->i", tastes[user_index], images[image_index]) + rng.standard_normal(len(user_index))
+    return images, resid, user_index, image_index, n_users, planted
+
+
+def test_the_moment_finds_planted_taste_directions_and_only_them():
+    images, resid, users, rated, n_users, planted = _planted()
+    moment = taste_moment(images, resid, users, rated, n_users)
+    directions, strengths = moment.directions(slice(None))
+    assert moment.rank(strengths) == 2
+    # the two strongest directions span the planted plane
+    cosines = np.linalg.svd(planted.T @ directions[:, :2], compute_uv=False)
+    assert cosines.min() > 0.9
+
+
+def test_ratings_without_taste_give_no_direction():
+    images, resid, users, rated, n_users, _ = _planted(strength=0.0)
+    moment = taste_moment(images, resid, users, rated, n_users)
+    assert moment.rank(moment.directions(slice(None))[1]) == 0
+
+
+def test_whitening_gives_unit_variance_and_drops_empty_directions():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((500, 6)) * [5.0, 2.0, 1.0, 0.5, 0.1, 0.0]
+    white = fit_whitening(x, max_dim=10)
+    assert white.matrix.shape[1] == 5  # the constant column carries nothing
+    np.testing.assert_allclose(np.var((x - white.mean) @ white.matrix, axis=0, ddof=1), 1.0, rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def lowvar():
+    # taste lives outside the top principal components of the embedding
+    return worlds.dataset(worlds.make("lowvar", n_users=120, n_images=1200, dim=128, seed=1))
+
+
+def _test_seen_srocc(model, ds) -> float:
+    query = ds.split("test_seen")
+    scored = query.with_columns(score=pl.Series(model.predict(query, ds.embeddings)))
+    return evaluate_scores(scored)["srocc"]
+
+
+def test_learned_directions_find_taste_that_principal_components_miss(lowvar):
+    settings = dict(n_components=8, n_prototypes=12, factors=4, head_trees=30, n_folds=3, random_state=0)
+    fits = {basis: PersonalScorer(taste_basis=basis, **settings).fit(lowvar.split("train"), lowvar.embeddings,
+                                                                     lowvar.scale)
+            for basis in ("pca", "learned")}
+    assert fits["learned"].pca_components_.shape[1] > 8  # directions were added
+    assert _test_seen_srocc(fits["learned"], lowvar) > _test_seen_srocc(fits["pca"], lowvar) + 0.1
+
+
+def test_validation_ratings_change_nothing_but_the_tree_count(lowvar):
+    settings = dict(n_components=8, n_prototypes=12, factors=4, head_trees=30, n_folds=3, random_state=0)
+    train, val = lowvar.split("train"), lowvar.split("val_seen")
+    shuffled = val.with_columns(rating=pl.Series(np.random.default_rng(0).permutation(val["rating"].to_numpy())))
+    a = PersonalScorer(**settings).fit(train, lowvar.embeddings, lowvar.scale, validation=val)
+    b = PersonalScorer(**settings).fit(train, lowvar.embeddings, lowvar.scale, validation=shuffled)
+    for name in ("pca_components_", "user_states_", "taste_precision_", "pop_coef_", "item_factors_", "blend_"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
