@@ -21,6 +21,7 @@ spinning, so an idle scorer does not burn a core between calls.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -88,6 +89,10 @@ class EdgeScorer:
         if scalars.get("format_version") != EDGE_FORMAT_VERSION:
             raise ValueError(f"{sidecar}: users file format {scalars.get('format_version')}, "
                              f"this pamela_lite reads {EDGE_FORMAT_VERSION}; export again")
+        recorded = scalars.get("scorer_sha256")
+        if recorded != hashlib.sha256(scorer_path.read_bytes()).hexdigest():
+            raise ValueError(f"{sidecar}: this users file was written for another scorer than {scorer_path.name} "
+                             "(a refit or re-export changes every state); export the model again")
         self.user_ids = a["user_ids"].tolist()
         self._row = {u: k for k, u in enumerate(self.user_ids)}
         self.states = a["user_states"].astype(np.float32)

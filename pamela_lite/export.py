@@ -20,6 +20,7 @@ at fit time and the small arrays needed to fold in a new user on the device
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -255,12 +256,18 @@ def export(model: PersonalScorer, path: str | Path, precision: str = "exact",
     path = Path(path)
     onnx_model = build_graph(model, precision)
     merged = merge_with_encoder(onnx_model, encoder) if encoder is not None else None
+    scorer_bytes = onnx_model.SerializeToString()
+    arrays = user_arrays(model)
+    # The users file records which scorer its states belong to; EdgeScorer refuses any other.
+    scalars = json.loads(str(arrays["scalars"]))
+    scalars["scorer_sha256"] = hashlib.sha256(scorer_bytes).hexdigest()
+    arrays["scalars"] = np.array(json.dumps(scalars))
     with atomic_file(path, ".onnx") as tmp:
-        onnx.save(onnx_model, tmp)
+        Path(tmp).write_bytes(scorer_bytes)
     sidecar = users_path(path)
     with atomic_file(sidecar, ".npz") as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, **user_arrays(model))
+            np.savez(fh, **arrays)
     if merged is not None:
         with atomic_file(pixels_path(path), ".onnx") as tmp:
             onnx.save(merged, tmp)

@@ -213,3 +213,21 @@ def test_encoder_of_another_dimension_is_refused(fitted, tmp_path, capsys):
 def _saved(model, tmp_path):
     model.save(tmp_path / "model")
     return tmp_path / "model"
+
+
+def test_a_users_file_from_another_export_is_refused(fitted, dataset, exported, world, tmp_path, capsys):
+    # A refit (here: another seed) changes what every state means; its users file must not be
+    # paired with this scorer, on the device or from the command line.
+    import shutil
+    other = PersonalScorer(random_state=1, **SMALL_MODEL).fit(dataset.split("train"), dataset.embeddings)
+    _, other_users = export.export(other, tmp_path / "other.onnx")
+    mixed = tmp_path / "mixed.onnx"
+    shutil.copy(exported, mixed)
+    shutil.copy(other_users, tmp_path / "mixed.users.npz")
+    with pytest.raises(ValueError, match="another scorer"):
+        EdgeScorer(mixed)
+    code = run(score.main, ["--scorer", str(mixed), "--top", "3", "--user", str(fitted.users_[0]),
+                            "--embeddings", str(world / "embeddings.parquet"), "--out", str(tmp_path / "o.csv")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "another scorer" in err[0]
+    assert not (tmp_path / "o.csv").exists()
