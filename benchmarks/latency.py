@@ -50,7 +50,7 @@ def engine_main(name: str, workdir: Path, budget: float) -> dict:
     n = len(emb)
     if name.startswith("onnx-") and name != "onnx-trees":
         from pamela_lite.edge import EdgeScorer
-        scorer = EdgeScorer(workdir / f"{name[5:]}.onnx", users=workdir / "exact.users.npz")
+        scorer = EdgeScorer(workdir / f"{name[5:]}.onnx")  # its own users file, beside it
         call = lambda b: scorer.score(emb[:b], states[:b])  # noqa: E731
     elif name == "onnx-trees":
         import onnxruntime as ort

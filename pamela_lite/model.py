@@ -57,12 +57,14 @@ from . import __version__
 from ._atomic import atomic_dir
 from .data import Embeddings, Scale
 from .errors import InputError, preview
+from .catalogue import CANDIDATES as CATALOGUE_CANDIDATES
+from .catalogue import MIN_VALIDATION_ROWS, Catalogue, fit_catalogue
 from .taste import fit_whitening, taste_moment
 from .features import (ImageFeatures, ImageSide, UserSolver, als_row_values, demographic_vectors,
                        l2_normalise)
 
 FORMAT = "pamela_lite.PersonalScorer"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def _limit_threads(fit):
@@ -127,6 +129,9 @@ class PersonalScorer(BaseEstimator):
         Image folds for the out-of-fold base features the head trains on.
     use_bias, use_population, use_taste, use_mf, use_head : bool
         Switch components off for baselines and ablations.
+    use_catalogue : bool
+        Allow per-image corrections for images rated at fit time (:mod:`pamela_lite.catalogue`);
+        they are used only when validation ratings on such images show that they help.
     random_state : int
         Seed for everything random (k-means, ALS, folds, LightGBM).
     progress : bool
@@ -161,7 +166,7 @@ class PersonalScorer(BaseEstimator):
                  head_trees: int = 80, head_leaves: int = 15, head_learning_rate: float = 0.15,
                  head_min_child_samples: int = 100, head_max_rows: int = 1_000_000, n_folds: int = 4,
                  use_bias: bool = True, use_population: bool = True, use_taste: bool = True,
-                 use_mf: bool = True, use_head: bool = True, random_state: int = 0,
+                 use_mf: bool = True, use_head: bool = True, use_catalogue: bool = True, random_state: int = 0,
                  progress: bool = False, n_threads: int | None = None):
         self.n_components = n_components
         self.taste_basis = taste_basis
@@ -188,6 +193,7 @@ class PersonalScorer(BaseEstimator):
         self.use_taste = use_taste
         self.use_mf = use_mf
         self.use_head = use_head
+        self.use_catalogue = use_catalogue
         self.random_state = random_state
         self.progress = progress
         self.n_threads = n_threads
@@ -338,6 +344,9 @@ class PersonalScorer(BaseEstimator):
         self.head_ = None
         if self.use_head:
             self.head_ = self._fit_head(oof, y, validation, embeddings)
+        self.catalogue_ = None
+        if self.use_catalogue and oof is not None and validation is not None:
+            self.catalogue_ = self._fit_catalogue(oof, y, user_index, image_index, image_ids, validation, embeddings)
         steps.update(1)
         steps.close()
         return self
@@ -480,6 +489,27 @@ class PersonalScorer(BaseEstimator):
         best = booster.best_iteration if valid_sets else None
         return float32_safe(booster.model_to_string(num_iteration=best))
 
+    def _fit_catalogue(self, oof, y, user_index, image_index, image_ids, validation, embeddings) -> Catalogue | None:
+        """Per-image corrections for training images, if validation on such images says they help."""
+        val = validation.filter(pl.col("participant_id").is_in(pl.Series(self.users_, dtype=validation["participant_id"].dtype,
+                                                                          strict=False).implode())
+                                & pl.col("image_id").cast(pl.String).is_in(image_ids.cast(pl.String).implode()))
+        if val.height < MIN_VALIDATION_ROWS:
+            return None
+        resid = y - self._utility(oof)  # out-of-fold: what the embedding model leaves on an unseen image
+        cols = self.components(val, embeddings)
+        val_resid = val["rating"].to_numpy().astype(np.float64) - self._utility(cols)
+        val_images = _positions(val["image_id"].cast(pl.String), image_ids.cast(pl.String))
+        best_error, best = float(np.mean(val_resid**2)), None
+        for factors, penalty in CATALOGUE_CANDIDATES:
+            bias, V, A = fit_catalogue(resid, user_index, image_index, len(self.users_), len(image_ids), factors,
+                                       penalty, seed=self.random_state)
+            candidate = Catalogue(image_ids.to_numpy(), bias, V, A, penalty)
+            error = float(np.mean((val_resid - candidate.correction(val_images, cols["user_row"])) ** 2))
+            if error < best_error:
+                best_error, best = error, candidate
+        return best
+
     def _fit_prior(self, prior_demo: np.ndarray, states: np.ndarray) -> None:
         """Demographics → user state: the k=0 guess for a new person, and the shrinkage target."""
         ridge = Ridge(alpha=10.0).fit(prior_demo, states)
@@ -541,19 +571,31 @@ class PersonalScorer(BaseEstimator):
             raise InputError(None, f"{len(unknown)} participant(s) unknown to the model and without context "
                                    f"ratings: {preview(unknown.to_list())}; pass their ratings as --context")
         feats = self.image_features(embeddings.take(pairs["image_id"]))
-        return self._columns(self.mean_, feats, table[found["_row"].to_numpy()])
+        rows = found["_row"].to_numpy()
+        return {**self._columns(self.mean_, feats, table[rows]), "user_row": rows}
 
     def predict(self, pairs: pl.DataFrame, embeddings: Embeddings,
-                states: tuple[list, np.ndarray] | None = None) -> np.ndarray:
-        """Predicted rating of each (participant_id, image_id) pair, clipped to the scale."""
-        cols = self.components(pairs, embeddings, states)
-        return self._final(cols)
+                states: tuple[list, np.ndarray] | None = None, catalogue: bool = True) -> np.ndarray:
+        """Predicted rating of each (participant_id, image_id) pair, clipped to the scale.
 
-    def _final(self, cols: dict) -> np.ndarray:
+        With `catalogue` (default), images rated at fit time get their per-image correction
+        when the fit kept one (:mod:`pamela_lite.catalogue`); ``catalogue=False`` scores every
+        image by its embedding alone, exactly as the exported ONNX scorer does.
+        """
+        cols = self.components(pairs, embeddings, states)
+        utility = self._utility(cols)
+        if catalogue and getattr(self, "catalogue_", None) is not None:
+            rows = _positions(pairs["image_id"].cast(pl.String), pl.Series(self.catalogue_.image_ids).cast(pl.String))
+            utility = utility + self.catalogue_.correction(np.nan_to_num(rows, nan=-1).astype(np.int64),
+                                                           cols["user_row"])
+        return np.clip(utility, self.scale_.low, self.scale_.high)
+
+    def _utility(self, cols: dict) -> np.ndarray:
+        """The embedding model's unclipped prediction: base score plus the residual head."""
         score = self._base_score(cols, self.blend_)
         if self.head_ is not None:
             score = score + self.head_.predict(cols["head_x"], num_threads=1)
-        return np.clip(score, self.scale_.low, self.scale_.high)
+        return score
 
     def _check_fitted(self) -> None:
         check_is_fitted(self, "user_states_", msg="this PersonalScorer is not fitted yet; call fit() or load()")
@@ -572,6 +614,11 @@ class PersonalScorer(BaseEstimator):
         with atomic_dir(path) as tmp:
             arrays = {name: getattr(self, name + "_") for name in _ARRAYS}
             arrays["user_ids"] = np.array([str(u) for u in self.users_])
+            catalogue = self.catalogue_
+            if catalogue is not None:
+                arrays.update(catalogue_image_ids=np.array([str(i) for i in catalogue.image_ids]),
+                              catalogue_bias=catalogue.bias, catalogue_factors=catalogue.factors,
+                              catalogue_user_factors=catalogue.user_factors)
             np.savez(tmp / "arrays.npz", **arrays)
             (tmp / "head.txt").write_text(self.head_.model_to_string() if self.head_ is not None else "")
             meta = {
@@ -582,6 +629,9 @@ class PersonalScorer(BaseEstimator):
                 "blend": self.blend_.tolist(), "age_mean": self.age_mean_, "age_std": self.age_std_,
                 "genders": self.genders_, "nationalities": self.nationalities_,
                 "user_id_type": "int" if self.users_ and isinstance(self.users_[0], int) else "str",
+                "catalogue": None if catalogue is None else {
+                    "penalty": catalogue.penalty, "images": len(catalogue.image_ids),
+                    "image_id_type": "int" if np.issubdtype(catalogue.image_ids.dtype, np.integer) else "str"},
                 "state_layout": {k: [s.start, s.stop] for k, s in self.state_slices.items()},
                 "checksums": {name: _sha256(tmp / name) for name in ("arrays.npz", "head.txt")},
             }
@@ -624,6 +674,12 @@ class PersonalScorer(BaseEstimator):
             for name in _ARRAYS:
                 setattr(model, name + "_", arrays[name])
             ids = arrays["user_ids"].tolist()
+            model.catalogue_ = None
+            if meta["catalogue"] is not None:
+                kept = arrays["catalogue_image_ids"]
+                model.catalogue_ = Catalogue(kept.astype(np.int64) if meta["catalogue"]["image_id_type"] == "int" else kept,
+                                             arrays["catalogue_bias"], arrays["catalogue_factors"],
+                                             arrays["catalogue_user_factors"], meta["catalogue"]["penalty"])
         model.users_ = [int(u) for u in ids] if meta["user_id_type"] == "int" else ids
         model.scale_ = Scale(*meta["scale"])
         model.mean_, model.pop_intercept_ = meta["mean"], meta["pop_intercept"]

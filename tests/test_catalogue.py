@@ -1,0 +1,56 @@
+"""Per-image corrections for images rated at fit time (pamela_lite.catalogue)."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from pamela_lite import export, worlds
+from pamela_lite.edge import EdgeScorer
+from pamela_lite.metrics import evaluate_scores
+from pamela_lite.model import PersonalScorer
+
+SETTINGS = dict(n_components=8, n_prototypes=12, factors=4, head_trees=30, n_folds=3, random_state=0)
+
+
+@pytest.fixture(scope="module")
+def shared():
+    # seen users' val/test images are also rated by others in train
+    return worlds.dataset(worlds.make("shared", n_users=150, n_images=600, dim=64, seed=2))
+
+
+@pytest.fixture(scope="module")
+def fitted_shared(shared):
+    return PersonalScorer(**SETTINGS).fit(shared.split("train"), shared.embeddings, shared.scale,
+                                          validation=shared.split("val_seen"))
+
+
+def _srocc(model, ds, **kw) -> float:
+    query = ds.split("test_seen")
+    return evaluate_scores(query.with_columns(score=pl.Series(model.predict(query, ds.embeddings, **kw))))["srocc"]
+
+
+def test_images_rated_in_training_get_a_correction_that_helps(fitted_shared, shared):
+    assert fitted_shared.catalogue_ is not None
+    assert _srocc(fitted_shared, shared) > _srocc(fitted_shared, shared, catalogue=False) + 0.02
+
+
+def test_no_correction_without_validation_on_catalogue_images(fitted, dataset):
+    # the small demo world splits by image: nothing in validation was rated in training
+    assert fitted.catalogue_ is None
+
+
+def test_the_correction_survives_save_and_load(fitted_shared, shared, tmp_path):
+    loaded = PersonalScorer.load(fitted_shared.save(tmp_path / "m"))
+    query = shared.split("test_seen")
+    np.testing.assert_array_equal(loaded.predict(query, shared.embeddings), fitted_shared.predict(query, shared.embeddings))
+
+
+def test_the_exported_scorer_equals_predict_without_the_catalogue(fitted_shared, shared, tmp_path):
+    path, _ = export.export(fitted_shared, tmp_path / "s.onnx")
+    query = shared.split("test_seen").head(500)
+    edge = EdgeScorer(path)
+    states = edge.states_of(query["participant_id"].cast(pl.String).to_list())
+    scores = edge.score(shared.embeddings.take(query["image_id"]), states)
+    np.testing.assert_allclose(scores, fitted_shared.predict(query, shared.embeddings, catalogue=False), atol=1e-4, rtol=0)
