@@ -7,9 +7,9 @@ whom (image factors ``v_i`` against user factors ``a_u``). This module fits
 
     e_ui ≈ c_i + a_u · v_i
 
-on the residuals ``e`` the embedding-based model leaves on out-of-fold training rows (images
-held out, as a new image would be), by ridge-regularised alternating least squares — every
-term shrunk toward zero, i.e. toward what the embedding predicts. Images never rated in
+on the residuals ``e`` the fitted embedding-based model leaves on its training rows (the
+correction is added to that same model's predictions), by ridge-regularised alternating least
+squares — every term shrunk toward zero, i.e. toward what the embedding predicts. Images never rated in
 training get no correction; users without catalogue factors (new people) get only ``c_i``.
 
 Whether the correction is used at all, and its size, is chosen on validation ratings of known
@@ -55,8 +55,9 @@ def fit_catalogue(resid: np.ndarray, user_index: np.ndarray, image_index: np.nda
                   seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(bias (n_images,), image factors (n_images, f), user factors (n_users, f)) by ridge ALS."""
     rng = np.random.default_rng(seed)
+    # Both sides start small and random: from zeros, ALS would stay at zero.
     V = rng.normal(0, 0.1, (n_images, factors))
-    A = np.zeros((n_users, factors))
+    A = rng.normal(0, 0.1, (n_users, factors))
     bias = np.zeros(n_images)
     by_image = _indicator(image_index, n_images)
     by_user = _indicator(user_index, n_users)

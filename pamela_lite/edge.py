@@ -31,7 +31,7 @@ import onnxruntime as ort
 from .features import ImageSide, UserSolver, demographic_vectors, l2_normalise
 from .rules import check_ratings
 
-EDGE_FORMAT_VERSION = 1
+EDGE_FORMAT_VERSION = 2  # 2: the users file records its scorer's sha256
 
 
 class UnknownUsers(KeyError):

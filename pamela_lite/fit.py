@@ -59,6 +59,10 @@ def parse_params(text: str) -> dict:
     unknown = sorted(set(params) - known)
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown hyperparameter(s) {unknown}; known: {sorted(known)}")
+    try:
+        PersonalScorer(**params)._check_params()
+    except InputError as err:
+        raise argparse.ArgumentTypeError(err.problem) from None
     return params
 
 

@@ -83,7 +83,7 @@ class _Base:
     image_side: ImageSide
     solver: UserSolver
     states: np.ndarray  # (n_users, 1 + d + f): bias, w, u
-    learned: int  # taste directions learned from the ratings (beyond the principal ones)
+    directions: np.ndarray  # learned taste directions in the whitened complement of the principal ones
 
 
 class PersonalScorer(BaseEstimator):
@@ -93,7 +93,7 @@ class PersonalScorer(BaseEstimator):
     ----------
     n_components : int
         Most taste dimensions: the image's taste coordinates the linear taste model and the head
-        use. With ``taste_basis="learned"`` the data choose how many (at least `min_components`).
+        use. With ``taste_basis="learned"`` up to `taste_rank` learned directions follow them.
     taste_basis : {"learned", "pca"}
         "learned": directions in which users' tastes differ, discovered from everyone's ratings
         in the whitened embedding (:mod:`pamela_lite.taste`); "pca": the top principal
@@ -291,6 +291,7 @@ class PersonalScorer(BaseEstimator):
         -------
         self
         """
+        self._check_params()
         rng = np.random.default_rng(self.random_state)
         self.scale_ = scale or Scale(int(ratings["rating"].min()), int(ratings["rating"].max()))
         steps = tqdm(total=3 + self.n_folds, desc="fit", disable=not self.progress, file=sys.stderr, leave=False)
@@ -310,10 +311,10 @@ class PersonalScorer(BaseEstimator):
         head_demo, prior_demo = self.demographic_features(users)
         y = ratings["rating"].to_numpy().astype(np.float64)
 
-        # The final base first: it chooses the taste rank, which every fold then keeps, so
-        # out-of-fold features have the same columns as the final model's.
+        # The final base first: it chooses the learned taste directions, onto which every fold
+        # aligns its own, so out-of-fold features have the same columns as the final model's.
         base = self._fit_base(y, user_index, image_index, x_images, len(user_ids))
-        learned = base.learned
+        reference = base.directions
         folds = rng.permutation(len(image_ids))[image_index] % self.n_folds  # held out by image
         oof = None
         if self.use_head or self.use_taste or self.use_mf:
@@ -321,7 +322,7 @@ class PersonalScorer(BaseEstimator):
             for fold in range(self.n_folds):
                 inner, outer = np.flatnonzero(folds != fold), np.flatnonzero(folds == fold)
                 fold_base = self._fit_base(y[inner], user_index[inner], image_index[inner], x_images,
-                                           len(user_ids), learned)
+                                           len(user_ids), reference)
                 parts.append((outer, self._pair_columns(fold_base, user_index[outer], image_index[outer],
                                                         x_images, head_demo)))
                 steps.update(1)
@@ -346,33 +347,56 @@ class PersonalScorer(BaseEstimator):
             self.head_ = self._fit_head(oof, y, validation, embeddings)
         self.catalogue_ = None
         if self.use_catalogue and oof is not None and validation is not None:
-            self.catalogue_ = self._fit_catalogue(oof, y, user_index, image_index, image_ids, validation, embeddings)
+            self.catalogue_ = self._fit_catalogue(ratings, y, user_index, image_index, image_ids, validation,
+                                                  embeddings)
         steps.update(1)
         steps.close()
         return self
+
+    def _check_params(self) -> None:
+        """Refuse hyperparameters of the wrong kind before any work (one line, naming the parameter)."""
+        choices = {"taste_basis": ("learned", "pca"), "taste_prior": ("empirical", "isotropic")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise InputError(None, f"{name} must be one of {allowed}, not {getattr(self, name)!r}")
+        for name, default in PersonalScorer().get_params().items():
+            value = getattr(self, name)
+            if isinstance(default, bool) and not isinstance(value, bool):
+                raise InputError(None, f"{name} must be true or false, not {value!r}")
+            if isinstance(default, (int, float)) and not isinstance(default, bool) and (
+                    isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise InputError(None, f"{name} must be a number, not {value!r}")
+            if isinstance(default, int) and not isinstance(default, bool) and not float(value).is_integer():
+                raise InputError(None, f"{name} must be a whole number, not {value!r}")
 
     def _fit_embedding_maps(self, x_images: np.ndarray) -> None:
         """Whitening of the embedding: the space in which taste directions are looked for."""
         self.whitening_ = fit_whitening(x_images, self.whiten_dim, self.random_state)
 
-    def _taste_map(self, x_images, resid, user_index, image_index, n_users, learned=None):
-        """(mean, components, learned) of the image's taste coordinates ``z = (x - mean) @ components``.
+    def _taste_map(self, x_images, resid, user_index, image_index, n_users, reference=None):
+        """(mean, components, learned directions) of the taste coordinates ``z = (x - mean) @ components``.
 
         The top `n_components` principal directions (where images differ most) come first; with
         ``taste_basis="learned"`` they are followed by up to `taste_rank` directions of their
-        orthogonal complement in which users' tastes are found to differ (``pamela_lite.taste``);
-        `learned` fixes how many, as the out-of-fold bases must.
+        orthogonal complement in which users' tastes are found to differ (``pamela_lite.taste``).
+        Out-of-fold bases pass the final model's directions as `reference`: they keep that many
+        and rotate their own onto them, so every fold hands the head the same columns.
         """
         white = self.whitening_
         k = min(self.n_components, white.matrix.shape[1])
-        if self.taste_basis == "pca" or k == white.matrix.shape[1] or learned == 0:
-            return white.mean, white.matrix[:, :k], 0
+        none = np.zeros((white.matrix.shape[1] - k, 0))
+        if self.taste_basis == "pca" or k == white.matrix.shape[1] or (reference is not None and not reference.shape[1]):
+            return white.mean, white.matrix[:, :k], none
         moment = taste_moment((x_images - white.mean) @ white.matrix, resid, user_index, image_index,
                               n_users, self.random_state)
         directions, strengths = moment.directions(slice(k, white.matrix.shape[1]))
-        if learned is None:
-            learned = min(moment.rank(strengths, self.rank_threshold), self.taste_rank)
-        return white.mean, np.column_stack([white.matrix[:, :k], white.matrix[:, k:] @ directions[:, :learned]]), learned
+        if reference is None:
+            directions = directions[:, :min(moment.rank(strengths, self.rank_threshold), self.taste_rank)]
+        else:  # orthogonal Procrustes: the rotation of this subspace closest to the reference
+            directions = directions[:, :reference.shape[1]]
+            u, _, vt = np.linalg.svd(directions.T @ reference)
+            directions = directions @ (u @ vt)
+        return white.mean, np.column_stack([white.matrix[:, :k], white.matrix[:, k:] @ directions]), directions
 
     def _prototypes(self, coords: np.ndarray) -> tuple[np.ndarray, float]:
         k = min(self.n_prototypes, coords.shape[0])
@@ -388,7 +412,7 @@ class PersonalScorer(BaseEstimator):
         self.nationalities_ = _vocabulary(users, "nationality")
 
     def _fit_base(self, y: np.ndarray, user_index: np.ndarray, image_index: np.ndarray,
-                  x_images: np.ndarray, n_users: int, learned: int | None = None) -> _Base:
+                  x_images: np.ndarray, n_users: int, reference: np.ndarray | None = None) -> _Base:
         """Population head, bias, linear taste and factor model on one set of ratings.
 
         `y`, `user_index` and `image_index` describe the ratings; `x_images` holds the
@@ -408,8 +432,8 @@ class PersonalScorer(BaseEstimator):
         resid = y - mean - bias[user_index]
         if self.use_population:
             resid = resid - (x_images @ pop_coef + pop_intercept)[image_index]
-        taste_mean, components, learned = self._taste_map(x_images, resid, user_index, image_index, n_users,
-                                                          learned)
+        taste_mean, components, directions = self._taste_map(x_images, resid, user_index, image_index, n_users,
+                                                             reference)
         coords = (x_images[np.unique(image_index)] - taste_mean) @ components
         prototypes, width = self._prototypes(coords)
         side = ImageSide(pop_coef, pop_intercept, taste_mean, components, np.ones(components.shape[1]),
@@ -428,7 +452,7 @@ class PersonalScorer(BaseEstimator):
             side.item_factors = solver.item_factors = self._fit_als(masses / solver.residual_scale)
             image_feats.factors = image_feats.assign @ side.item_factors
             states, _ = solver.states(user_index, n_users, y, image_feats.take(image_index), zero_priors)
-        return _Base(side, solver, states, learned)
+        return _Base(side, solver, states, directions)
 
     def _pair_columns(self, base: _Base, user_index: np.ndarray, image_index: np.ndarray,
                       x_images: np.ndarray, head_demo: np.ndarray) -> dict:
@@ -489,14 +513,15 @@ class PersonalScorer(BaseEstimator):
         best = booster.best_iteration if valid_sets else None
         return float32_safe(booster.model_to_string(num_iteration=best))
 
-    def _fit_catalogue(self, oof, y, user_index, image_index, image_ids, validation, embeddings) -> Catalogue | None:
+    def _fit_catalogue(self, ratings, y, user_index, image_index, image_ids, validation, embeddings) -> Catalogue | None:
         """Per-image corrections for training images, if validation on such images says they help."""
         val = validation.filter(pl.col("participant_id").is_in(pl.Series(self.users_, dtype=validation["participant_id"].dtype,
                                                                           strict=False).implode())
                                 & pl.col("image_id").cast(pl.String).is_in(image_ids.cast(pl.String).implode()))
         if val.height < MIN_VALIDATION_ROWS:
             return None
-        resid = y - self._utility(oof)  # out-of-fold: what the embedding model leaves on an unseen image
+        # What the fitted model itself leaves on its training rows: the correction adds to it.
+        resid = y - self._utility(self.components(ratings.select("participant_id", "image_id"), embeddings))
         cols = self.components(val, embeddings)
         val_resid = val["rating"].to_numpy().astype(np.float64) - self._utility(cols)
         val_images = _positions(val["image_id"].cast(pl.String), image_ids.cast(pl.String))

@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ratings of new users (participant_id, image_id, rating [, age, gender, nationality])")
     parser.add_argument("--refit-known", action="store_true",
                         help="let --context replace the stored state of users the model already knows")
+    parser.add_argument("--no-catalogue", action="store_true",
+                        help="score every image by its embedding alone, as the exported ONNX scorer does (by "
+                             "default images rated at fit time get the model's per-image correction, if it kept one)")
     parser.add_argument("--out", type=Path, required=True, help="output table (.csv, .parquet or .json)")
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
     return parser
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         others.append(context["participant_id"])
         watch.step(f"folded in {len(states[0])} user(s) from {context.height} context ratings")
     try:
-        scores = model.predict(lookup_ids(pairs, *others), embeddings, states)
+        scores = model.predict(lookup_ids(pairs, *others), embeddings, states, catalogue=not args.no_catalogue)
     except InputError as err:
         note = id_type_note(pairs["participant_id"], others[0], "the model") if "unknown" in err.problem else ""
         raise InputError(args.pairs, err.problem + note) from None

@@ -7,6 +7,7 @@ import polars as pl
 import pytest
 
 from pamela_lite import export, worlds
+from pamela_lite.catalogue import fit_catalogue
 from pamela_lite.edge import EdgeScorer
 from pamela_lite.metrics import evaluate_scores
 from pamela_lite.model import PersonalScorer
@@ -14,10 +15,24 @@ from pamela_lite.model import PersonalScorer
 SETTINGS = dict(n_components=8, n_prototypes=12, factors=4, head_trees=30, n_folds=3, random_state=0)
 
 
-@pytest.fixture(scope="module")
-def shared():
+@pytest.fixture(scope="module", params=[True, False], ids=["string ids", "int ids"])
+def shared(request):
     # seen users' val/test images are also rated by others in train
-    return worlds.dataset(worlds.make("shared", n_users=150, n_images=600, dim=64, seed=2))
+    return worlds.dataset(worlds.make("shared", n_users=150, n_images=600, dim=64, seed=2,
+                                      string_ids=request.param))
+
+
+def test_als_recovers_planted_image_factors():
+    rng = np.random.default_rng(0)
+    n_users, n_images, rank = 200, 300, 3
+    users, images = rng.standard_normal((n_users, rank)), rng.standard_normal((n_images, rank))
+    user_index = rng.integers(0, n_users, 20_000)
+    image_index = rng.integers(0, n_images, 20_000)
+    resid = np.einsum("ij,ij->i", users[user_index], images[image_index]) + 0.3 * rng.standard_normal(20_000)
+    bias, V, A = fit_catalogue(resid, user_index, image_index, n_users, n_images, rank, penalty=1.0)
+    fitted = np.einsum("ij,ij->i", A[user_index], V[image_index]) + bias[image_index]
+    assert np.corrcoef(fitted, np.einsum("ij,ij->i", users[user_index], images[image_index]))[0, 1] > 0.9
+    assert np.abs(V).max() > 0.1 and np.abs(A).max() > 0.1
 
 
 @pytest.fixture(scope="module")

@@ -69,7 +69,9 @@ def test_learned_directions_find_taste_that_principal_components_miss(lowvar):
     assert _test_seen_srocc(fits["learned"], lowvar) > _test_seen_srocc(fits["pca"], lowvar) + 0.1
 
 
-def test_validation_ratings_change_nothing_but_the_tree_count(lowvar):
+def test_validation_ratings_change_nothing_but_what_is_chosen_on_them(lowvar):
+    # Chosen on validation: the head's tree count and whether catalogue corrections are kept
+    # (none here: this world's validation images are not rated in training).
     settings = dict(n_components=8, n_prototypes=12, factors=4, head_trees=30, n_folds=3, random_state=0)
     train, val = lowvar.split("train"), lowvar.split("val_seen")
     shuffled = val.with_columns(rating=pl.Series(np.random.default_rng(0).permutation(val["rating"].to_numpy())))
@@ -77,3 +79,4 @@ def test_validation_ratings_change_nothing_but_the_tree_count(lowvar):
     b = PersonalScorer(**settings).fit(train, lowvar.embeddings, lowvar.scale, validation=shuffled)
     for name in ("pca_components_", "user_states_", "taste_precision_", "pop_coef_", "item_factors_", "blend_"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    assert a.catalogue_ is None and b.catalogue_ is None
