@@ -197,7 +197,8 @@ def _flatten_pamela(frame: pl.DataFrame) -> pl.DataFrame:
 def _require_columns(frame: pl.DataFrame, columns, source) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise InputError(source, f"missing column(s) {', '.join(missing)}; found: {', '.join(frame.columns) or 'none'}")
+        found = [c for c in frame.columns if not c.startswith("_")]  # not our own bookkeeping columns
+        raise InputError(source, f"missing column(s) {', '.join(missing)}; found: {', '.join(found) or 'none'}")
 
 
 def read_pamela_root(root: str | Path) -> pl.DataFrame:

@@ -92,7 +92,7 @@ class EdgeScorer:
         recorded = scalars.get("scorer_sha256")
         if recorded != hashlib.sha256(scorer_path.read_bytes()).hexdigest():
             raise ValueError(f"{sidecar}: this users file was written for another scorer than {scorer_path.name} "
-                             "(a refit or re-export changes every state); export the model again")
+                             "(a refit changes what every state means); export the model again")
         self.user_ids = a["user_ids"].tolist()
         self._row = {u: k for k, u in enumerate(self.user_ids)}
         self.states = a["user_states"].astype(np.float32)

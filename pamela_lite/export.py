@@ -312,6 +312,10 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError(args.encoder, err.problem) from None
     watch.step(f"wrote {onnx_path} ({onnx_path.stat().st_size / 1e6:.2f} MB) and {sidecar} "
                f"({len(model.users_)} known users)")
+    if model.catalogue_ is not None:
+        watch.step(f"note: the model's per-image catalogue corrections ({len(model.catalogue_.image_ids)} training "
+                   "images) are not in the ONNX scorer, which scores every image by its embedding; "
+                   "compare it with predict --no-catalogue")
     if encoder is not None:
         preprocess = args.encoder.with_name(args.encoder.stem + ".preprocess.json")
         merged = pixels_path(onnx_path)

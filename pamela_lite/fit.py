@@ -48,21 +48,21 @@ FULL = "pamela_lite (full)"
 
 
 def parse_params(text: str) -> dict:
-    """``--params`` JSON: an object whose keys are PersonalScorer hyperparameters."""
+    """``--params`` JSON: an object whose keys are PersonalScorer hyperparameters (checked here)."""
     try:
         params = json.loads(text)
     except json.JSONDecodeError as err:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({err.msg})") from None
+        raise InputError(None, f"--params is not valid JSON ({err.msg})") from None
     if not isinstance(params, dict):
-        raise argparse.ArgumentTypeError("must be a JSON object of name: value")
+        raise InputError(None, "--params must be a JSON object of name: value")
     known = set(PersonalScorer().get_params()) - {"random_state", "progress", "n_threads"}
     unknown = sorted(set(params) - known)
     if unknown:
-        raise argparse.ArgumentTypeError(f"unknown hyperparameter(s) {unknown}; known: {sorted(known)}")
+        raise InputError(None, f"--params: unknown hyperparameter(s) {unknown}; known: {sorted(known)}")
     try:
         PersonalScorer(**params)._check_params()
     except InputError as err:
-        raise argparse.ArgumentTypeError(err.problem) from None
+        raise InputError(None, f"--params: {err.problem}") from None
     return params
 
 
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ablation", action="store_true",
                         help="also fit the cumulative ablation and report it on validation")
     parser.add_argument("--no-baselines", action="store_true", help="skip the baseline models")
-    parser.add_argument("--params", type=parse_params, default={},
+    parser.add_argument("--params", default="{}",
                         help='model hyperparameters as JSON, e.g. \'{"n_components": 48, "taste_rank": 16}\' '
                              "(names as in PersonalScorer; recorded in model.json)")
     parser.add_argument("--threads", type=int, default=1,
@@ -125,6 +125,7 @@ def fit_variants(variants: dict, dataset, seed: int, watch: Stopwatch, progress:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.params = parse_params(args.params)
     watch = Stopwatch(args.quiet)
     if args.data is None:
         data = ensure_demo(args.demo_dir, args.seed)
@@ -159,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\nablation on validation (each row adds one component):")
         print(format_table(val_rows))
 
+    if full.catalogue_ is not None:
+        watch.step(f"kept per-image catalogue corrections for {len(full.catalogue_.image_ids)} training images "
+                   f"(validation on them improved; predict applies them, the exported ONNX scorer does not)")
     full.save(args.out, extra_files={"metrics.json": json.dumps(report, indent=1)})
     watch.step(f"wrote the model and metrics.json to {args.out}")
     return 0

@@ -368,6 +368,14 @@ class PersonalScorer(BaseEstimator):
                 raise InputError(None, f"{name} must be a number, not {value!r}")
             if isinstance(default, int) and not isinstance(default, bool) and not float(value).is_integer():
                 raise InputError(None, f"{name} must be a whole number, not {value!r}")
+        for name in _POSITIVE:
+            if not np.isfinite(getattr(self, name)) or getattr(self, name) <= 0:
+                raise InputError(None, f"{name} must be a finite number above 0, not {getattr(self, name)!r}")
+        for name in _NON_NEGATIVE:
+            if not np.isfinite(getattr(self, name)) or getattr(self, name) < 0:
+                raise InputError(None, f"{name} must be a finite number >= 0, not {getattr(self, name)!r}")
+        if self.n_folds < 2 or self.head_leaves < 2:
+            raise InputError(None, "n_folds and head_leaves must be at least 2")
 
     def _fit_embedding_maps(self, x_images: np.ndarray) -> None:
         """Whitening of the embedding: the space in which taste directions are looked for."""
@@ -742,6 +750,11 @@ def float32_safe(model_text: str) -> lgb.Booster:
 
 _ARRAYS = ("pca_mean", "pca_components", "pca_scale", "pop_coef", "prototypes", "item_factors", "taste_precision",
            "prior_coef", "prior_intercept", "user_states")
+
+
+_POSITIVE = ("n_components", "whiten_dim", "rank_threshold", "n_prototypes", "temperature", "factors", "alpha",
+             "als_iterations", "head_trees", "head_learning_rate", "head_min_child_samples", "head_max_rows")
+_NON_NEGATIVE = ("taste_rank", "als_regularization", "bias_shrinkage", "taste_shrinkage")
 
 
 def _sha256(path: Path) -> str:

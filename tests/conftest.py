@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import os
 
-import polars as pl
-import pytest
+# One thread per engine: the suite's models are tiny, and on a shared 2-core machine two-thread
+# BLAS/OpenMP pools spin against other work and run many times slower.
+for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_name, "1")
 
-from pamela_lite import demo
-from pamela_lite.data import load_dataset
-from pamela_lite.model import PersonalScorer
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import polars as pl  # noqa: E402
+import pytest  # noqa: E402
+
+from pamela_lite import demo  # noqa: E402
+from pamela_lite.data import load_dataset  # noqa: E402
+from pamela_lite.model import PersonalScorer  # noqa: E402
 
 SMALL = demo.DemoConfig(n_users=48, n_images=400, n_ratings=6000, dim=32, seed=3)
 # A model small enough to fit in about a second, with every component switched on.
-SMALL_MODEL = dict(n_components=8, n_prototypes=12, factors=4, head_trees=60, n_folds=3)
+SMALL_MODEL = dict(n_components=8, n_prototypes=12, factors=4, head_trees=60, n_folds=3, n_threads=1)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from pamela_lite.edge import EdgeScorer
 from pamela_lite.metrics import evaluate_scores
 from pamela_lite.model import PersonalScorer
 
-SETTINGS = dict(n_components=8, n_prototypes=12, factors=4, head_trees=30, n_folds=3, random_state=0)
+SETTINGS = dict(n_components=8, n_prototypes=12, factors=4, head_trees=30, n_folds=3, random_state=0, n_threads=1)
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["string ids", "int ids"])

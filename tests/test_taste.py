@@ -61,7 +61,7 @@ def _test_seen_srocc(model, ds) -> float:
 
 
 def test_learned_directions_find_taste_that_principal_components_miss(lowvar):
-    settings = dict(n_components=8, n_prototypes=12, factors=4, head_trees=30, n_folds=3, random_state=0)
+    settings = dict(n_components=8, n_prototypes=12, factors=4, head_trees=30, n_folds=3, random_state=0, n_threads=1)
     fits = {basis: PersonalScorer(taste_basis=basis, **settings).fit(lowvar.split("train"), lowvar.embeddings,
                                                                      lowvar.scale)
             for basis in ("pca", "learned")}
@@ -72,7 +72,7 @@ def test_learned_directions_find_taste_that_principal_components_miss(lowvar):
 def test_validation_ratings_change_nothing_but_what_is_chosen_on_them(lowvar):
     # Chosen on validation: the head's tree count and whether catalogue corrections are kept
     # (none here: this world's validation images are not rated in training).
-    settings = dict(n_components=8, n_prototypes=12, factors=4, head_trees=30, n_folds=3, random_state=0)
+    settings = dict(n_components=8, n_prototypes=12, factors=4, head_trees=30, n_folds=3, random_state=0, n_threads=1)
     train, val = lowvar.split("train"), lowvar.split("val_seen")
     shuffled = val.with_columns(rating=pl.Series(np.random.default_rng(0).permutation(val["rating"].to_numpy())))
     a = PersonalScorer(**settings).fit(train, lowvar.embeddings, lowvar.scale, validation=val)
