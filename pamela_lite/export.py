@@ -285,8 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", type=Path, required=True, help="model folder written by pamela_lite.fit")
     parser.add_argument("--out", type=Path, required=True, help="ONNX file to write, e.g. scorer.onnx")
     parser.add_argument("--precision", choices=("exact", "fast"), default="exact",
-                        help="exact: float64 image side, scores match predict to 1e-6; fast: float32 "
-                             "throughout, about 2x throughput, rare pairs differ by a tree leaf")
+                        help="exact: float64 image side, scores match predict (without catalogue corrections) to "
+                             "float rounding (the README gives the measured figures); fast: float32 throughout, "
+                             "faster, rare pairs differ by a tree leaf")
     parser.add_argument("--encoder", type=Path,
                         help="also write <out stem>.pixels.onnx: this ONNX image encoder and the scorer in one "
                              "graph (pixels + user_state in, score out)")
