@@ -399,6 +399,12 @@ def validate_ratings(frame: pl.DataFrame, source, scale: Scale | None = None) ->
         scale = Scale(int(frame["rating"].min()), int(frame["rating"].max()))
         if scale.low == scale.high:
             raise InputError(source, f"every rating is {scale.low}: nothing to learn; give --scale if it is wider")
+        used = set(frame["rating"].unique().to_list())
+        unused = [v for v in range(scale.low, scale.high + 1) if v not in used]
+        if unused and scale.high - scale.low <= 20:
+            # A scale read off the data with a hole in it is usually one typo at an end (a 7 in 1-5 data).
+            log.warning(f"warning: {source}: the scale was read off the data as {scale}, but no rating is "
+                        f"{preview(unused)}; if an extreme value is a typo, fix it or pass --scale LOW-HIGH")
     outside = ~pl.col("rating").is_between(scale.low, scale.high)
     if frame.select(outside.any()).item():
         values = frame.filter(outside)["rating"]

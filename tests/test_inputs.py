@@ -280,3 +280,12 @@ def test_a_demo_world_of_an_older_generator_is_written_again(tmp_path, monkeypat
     (folder / "demo_seed.txt").write_text("0")  # the stamp an older generator wrote: the seed alone
     fit.ensure_demo(folder, 0)
     assert calls == [0, 0]
+
+
+def test_a_scale_read_off_the_data_with_a_hole_is_flagged(caplog):
+    from pamela_lite.data import validate_ratings
+    frame = pl.DataFrame({"participant_id": ["a"] * 6, "image_id": [1, 2, 3, 4, 5, 6], "rating": [1, 2, 3, 4, 5, 7]})
+    with caplog.at_level("WARNING"):
+        _, scale = validate_ratings(frame, "r.csv")
+    assert (scale.low, scale.high) == (1, 7)
+    assert "r.csv" in caplog.text and "no rating is 6" in caplog.text and "--scale" in caplog.text
