@@ -73,7 +73,7 @@ class ImageFeatures:
     """What the scorer computes from an embedding, once per image."""
 
     population: np.ndarray  # (n,) p(x), without the global mean
-    pca: np.ndarray  # (n, d) whitened PCA coordinates z(x)
+    pca: np.ndarray  # (n, d) taste coordinates z(x) (the name is historical: PCA + learned directions)
     assign: np.ndarray  # (n, K) soft assignment to prototypes
     factors: np.ndarray  # (n, f) image factors q(x) = assign @ item_factors
 
@@ -88,10 +88,10 @@ class ImageSide:
 
     pop_coef: np.ndarray  # (D,) population head
     pop_intercept: float
-    pca_mean: np.ndarray  # (D,)
-    pca_components: np.ndarray  # (D, d) orthonormal columns
-    pca_scale: np.ndarray  # (d,) 1/sqrt(explained variance): whitening
-    prototypes: np.ndarray  # (K, d) k-means centres in PCA coordinates
+    pca_mean: np.ndarray  # (D,) centre of the taste map
+    pca_components: np.ndarray  # (D, d) taste map: whitened principal components + learned directions
+    pca_scale: np.ndarray  # (d,) per-coordinate scale applied after the map (ones for fitted models)
+    prototypes: np.ndarray  # (K, d) k-means centres in taste coordinates
     assign_width: float  # softness of the assignment, in squared PCA distance
     item_factors: np.ndarray  # (K, f) prototype factors from implicit ALS
 
