@@ -10,7 +10,8 @@ whom (image factors ``v_i`` against user factors ``a_u``). This module fits
 on the residuals ``e`` the fitted embedding-based model leaves on its training rows (the
 correction is added to that same model's predictions), by ridge-regularised alternating least
 squares — every term shrunk toward zero, i.e. toward what the embedding predicts. Images never rated in
-training get no correction; users without catalogue factors (new people) get only ``c_i``.
+training get no correction; a new person's factors ``a_u`` are solved from their context
+ratings on catalogue images (only ``c_i`` without such ratings).
 
 Whether the correction is used at all, and its size, is chosen on validation ratings of known
 users on catalogue images; without such ratings it stays off (PAMELA does not document
@@ -39,14 +40,17 @@ class Catalogue:
     user_factors: np.ndarray  # (n_users, f)
     penalty: float
 
-    def correction(self, image_rows: np.ndarray, user_rows: np.ndarray) -> np.ndarray:
-        """c_i + a_u·v_i per pair; -1 in `image_rows` (not in the catalogue) or `user_rows` (no factors) drops terms."""
+    def correction(self, image_rows: np.ndarray, user_rows: np.ndarray,
+                   user_factors: np.ndarray | None = None) -> np.ndarray:
+        """c_i + a_u·v_i per pair; -1 in `image_rows` (not in the catalogue) drops the pair, a user
+        row past `user_factors` (default: the fitted users') drops the factor term."""
+        user_factors = self.user_factors if user_factors is None else user_factors
         out = np.zeros(len(image_rows))
         known = image_rows >= 0
         out[known] = self.bias[image_rows[known]]
-        both = known & (user_rows >= 0) & (user_rows < len(self.user_factors))
+        both = known & (user_rows >= 0) & (user_rows < len(user_factors))
         if self.factors.shape[1] and both.any():
-            out[both] += np.einsum("ij,ij->i", self.user_factors[user_rows[both]], self.factors[image_rows[both]])
+            out[both] += np.einsum("ij,ij->i", user_factors[user_rows[both]], self.factors[image_rows[both]])
         return out
 
 
@@ -68,8 +72,8 @@ def fit_catalogue(resid: np.ndarray, user_index: np.ndarray, image_index: np.nda
         if not factors:
             break
         target = resid - bias[image_index]
-        V = _ridge_rows(by_image, A[user_index], target, penalty)
-        A = _ridge_rows(by_user, V[image_index], target, penalty)
+        V = ridge_rows(by_image, A[user_index], target, penalty)
+        A = ridge_rows(by_user, V[image_index], target, penalty)
     return bias, V, A
 
 
@@ -78,7 +82,7 @@ def _indicator(index: np.ndarray, n: int) -> sp.csr_matrix:
     return sp.csr_matrix((np.ones(len(index)), (index, np.arange(len(index)))), shape=(n, len(index)))
 
 
-def _ridge_rows(groups: sp.csr_matrix, X: np.ndarray, y: np.ndarray, penalty: float) -> np.ndarray:
+def ridge_rows(groups: sp.csr_matrix, X: np.ndarray, y: np.ndarray, penalty: float) -> np.ndarray:
     """Per group g: argmin ||y_g - X_g b||² + penalty ||b||², all groups in one batched solve."""
     f = X.shape[1]
     gram = (groups @ (X[:, :, None] * X[:, None, :]).reshape(len(X), f * f)).reshape(-1, f, f)

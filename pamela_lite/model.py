@@ -58,7 +58,7 @@ from ._atomic import atomic_dir
 from .data import Embeddings, Scale
 from .errors import InputError, preview
 from .catalogue import CANDIDATES as CATALOGUE_CANDIDATES
-from .catalogue import MIN_VALIDATION_ROWS, Catalogue, fit_catalogue
+from .catalogue import MIN_VALIDATION_ROWS, Catalogue, fit_catalogue, ridge_rows
 from .taste import fit_whitening, taste_moment
 from .features import (ImageFeatures, ImageSide, UserSolver, als_row_values, demographic_vectors,
                        l2_normalise)
@@ -74,6 +74,16 @@ def _limit_threads(fit):
         with threadpool_limits(self._threads()):
             return fit(self, *args, **kwargs)
     return limited
+
+
+class FoldedUsers(tuple):
+    """``(participant ids, states)`` of folded-in users, as :meth:`PersonalScorer.fold_in` returns.
+
+    A plain 2-tuple to unpack; when the model keeps catalogue corrections, it also carries the
+    users' catalogue factors (``catalogue_factors``), which only Python ``predict`` uses.
+    """
+
+    catalogue_factors: np.ndarray | None = None
 
 
 @dataclass
@@ -587,7 +597,30 @@ class PersonalScorer(BaseEstimator):
             user_index = np.array([order[u] for u in context["participant_id"].to_list()], dtype=np.int64)
             y = context["rating"].to_numpy().astype(np.float64)
             states, _ = self.solver_.states(user_index, len(ids), y, feats, priors)
-        return ids, np.column_stack([states, head_demo]).astype(np.float32)
+        folded = FoldedUsers((ids, np.column_stack([states, head_demo]).astype(np.float32)))
+        if context.height and self.catalogue_ is not None and self.catalogue_.factors.shape[1]:
+            folded.catalogue_factors = self._catalogue_fold_in(context, embeddings, folded, user_index)
+        return folded
+
+    def _catalogue_fold_in(self, context, embeddings, folded, user_index) -> np.ndarray:
+        """New users' catalogue factors from their context ratings on images rated at fit time."""
+        catalogue = self.catalogue_
+        rows = self._catalogue_rows(context["image_id"])
+        on = rows >= 0
+        factors = np.zeros((len(folded[0]), catalogue.factors.shape[1]))
+        if not on.any():
+            return factors
+        cols = self.components(context.filter(pl.Series(on)), embeddings, (folded[0], folded[1]))
+        resid = (context.filter(pl.Series(on))["rating"].to_numpy().astype(np.float64) - self._utility(cols)
+                 - catalogue.bias[rows[on]])
+        groups = sp.csr_matrix((np.ones(int(on.sum())), (user_index[on], np.arange(int(on.sum())))),
+                               shape=(len(folded[0]), int(on.sum())))
+        return ridge_rows(groups, catalogue.factors[rows[on]], resid, catalogue.penalty)
+
+    def _catalogue_rows(self, image_ids: pl.Series) -> np.ndarray:
+        """Row of each image in the catalogue, -1 for images not rated at fit time."""
+        rows = _positions(image_ids.cast(pl.String), pl.Series(self.catalogue_.image_ids).cast(pl.String))
+        return np.nan_to_num(rows, nan=-1).astype(np.int64)
 
     def components(self, pairs: pl.DataFrame, embeddings: Embeddings,
                    states: tuple[list, np.ndarray] | None = None) -> dict:
@@ -618,9 +651,12 @@ class PersonalScorer(BaseEstimator):
         cols = self.components(pairs, embeddings, states)
         utility = self._utility(cols)
         if catalogue and getattr(self, "catalogue_", None) is not None:
-            rows = _positions(pairs["image_id"].cast(pl.String), pl.Series(self.catalogue_.image_ids).cast(pl.String))
-            utility = utility + self.catalogue_.correction(np.nan_to_num(rows, nan=-1).astype(np.int64),
-                                                           cols["user_row"])
+            user_factors = self.catalogue_.user_factors
+            extra = getattr(states, "catalogue_factors", None)
+            if extra is not None:  # folded-in users sit after the known ones (see components)
+                user_factors = np.vstack([user_factors, extra])
+            utility = utility + self.catalogue_.correction(self._catalogue_rows(pairs["image_id"]),
+                                                           cols["user_row"], user_factors)
         return np.clip(utility, self.scale_.low, self.scale_.high)
 
     def _utility(self, cols: dict) -> np.ndarray:

@@ -69,3 +69,16 @@ def test_the_exported_scorer_equals_predict_without_the_catalogue(fitted_shared,
     states = edge.states_of(query["participant_id"].cast(pl.String).to_list())
     scores = edge.score(shared.embeddings.take(query["image_id"]), states)
     np.testing.assert_allclose(scores, fitted_shared.predict(query, shared.embeddings, catalogue=False), atol=1e-4, rtol=0)
+
+
+def test_a_new_person_gets_catalogue_factors_from_ratings_on_catalogue_images(fitted_shared, shared):
+    from pamela_lite.evaluation import kshot_split
+    frame = shared.ratings.filter(pl.col("split").is_in(["val_unseen", "test_unseen"]))
+    context, query = kshot_split(frame, 30, seed=0)
+    folded = fitted_shared.fold_in(context, shared.embeddings)
+    ids, states = folded  # still a plain (ids, states) pair to unpack
+    assert folded.catalogue_factors.shape == (len(ids), fitted_shared.catalogue_.factors.shape[1])
+    assert np.abs(folded.catalogue_factors).max() > 0
+    with_factors = fitted_shared.predict(query, shared.embeddings, folded)
+    bias_only = fitted_shared.predict(query, shared.embeddings, (ids, states))
+    assert not np.allclose(with_factors, bias_only)
