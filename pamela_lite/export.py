@@ -103,7 +103,8 @@ def build_graph(model: PersonalScorer, precision: str = "exact") -> onnx.ModelPr
     init += [numpy_helper.from_array(np.array(float(v), np.float32), k)
              for k, v in {"low32": model.scale_.low, "high32": model.scale_.high}.items()]
     init += [numpy_helper.from_array(np.array(v, np.int64), k) for k, v in
-             {"split_image": [1, d], "split_state": [1, d, f, g], "axis1": [1]}.items()]
+             {"split_image": [1, d], "split_state": [s.stop - s.start for s in sl.values()],
+              "axis1": [1]}.items()]
     n = helper.make_node
     nodes = [
         n("Cast", ["embedding"], ["embedding64"], to=wide),

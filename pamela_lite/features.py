@@ -68,6 +68,17 @@ def als_row_values(signed_row: np.ndarray, alpha: float) -> np.ndarray:
     return np.sign(signed_row) * (1.0 / alpha + np.abs(signed_row))
 
 
+def state_layout(taste_dim: int, factors: int, demographics: int = 0) -> dict[str, slice]:
+    """Where bias, linear taste w, factors u and demographics sit in a user state vector.
+
+    The one definition of the layout ``[bias, w (taste_dim), u (factors), demographics]``: the
+    solver, the scorer, the ONNX graph and its metadata all read it from here.
+    """
+    d, f, g = taste_dim, factors, demographics
+    return {"bias": slice(0, 1), "taste": slice(1, 1 + d), "factors": slice(1 + d, 1 + d + f),
+            "demographics": slice(1 + d + f, 1 + d + f + g)}
+
+
 @dataclass
 class ImageFeatures:
     """What the scorer computes from an embedding, once per image."""
@@ -129,7 +140,7 @@ class UserSolver:
         Returns the states and each user's signed residual mass per prototype (the row of the
         feedback matrix the factor model sees).
         """
-        d, f = feats.pca.shape[1], self.item_factors.shape[1]
+        at = state_layout(feats.pca.shape[1], self.item_factors.shape[1])
         resid = ratings - self.mean - (feats.population if self.use_population else 0.0)
         counts = np.bincount(user_index, minlength=n_users).astype(np.float64)
         states = np.zeros_like(priors, dtype=np.float64)
@@ -147,13 +158,13 @@ class UserSolver:
             for k in np.flatnonzero(counts):
                 block = Z[bounds[k]:bounds[k + 1]]
                 A[k] += block.T @ block
-            b = _segment_sums(Z * r[:, None], bounds, counts) + priors[:, 1:1 + d] @ self.taste_precision.T
-            states[:, 1:1 + d] = np.linalg.solve(A, b[..., None])[..., 0]
+            b = _segment_sums(Z * r[:, None], bounds, counts) + priors[:, at["taste"]] @ self.taste_precision.T
+            states[:, at["taste"]] = np.linalg.solve(A, b[..., None])[..., 0]
         masses = np.zeros((n_users, self.item_factors.shape[0]))
         if self.use_mf:
             masses = _segment_sums(feats.assign[sort] * resid[sort, None], bounds, counts) / self.residual_scale
-            states[:, 1 + d:] = als_fold_in(self.item_factors, masses, self.alpha, self.regularization,
-                                            priors[:, 1 + d:1 + d + f])
+            states[:, at["factors"]] = als_fold_in(self.item_factors, masses, self.alpha, self.regularization,
+                                                   priors[:, at["factors"]])
         # A user without ratings is their prior, exactly (ALS alone would pull the factors toward
         # zero), so a state never depends on who else is folded in with it.
         states[counts == 0] = priors[counts == 0]

@@ -61,7 +61,7 @@ from .catalogue import CANDIDATES as CATALOGUE_CANDIDATES
 from .catalogue import MIN_VALIDATION_ROWS, Catalogue, fit_catalogue, ridge_rows
 from .taste import fit_whitening, taste_moment
 from .features import (ImageFeatures, ImageSide, UserSolver, als_row_values, demographic_vectors,
-                       l2_normalise)
+                       l2_normalise, state_layout)
 
 FORMAT = "pamela_lite.PersonalScorer"
 FORMAT_VERSION = 2
@@ -219,10 +219,7 @@ class PersonalScorer(BaseEstimator):
     @property
     def state_slices(self) -> dict[str, slice]:
         """Where bias, linear taste w, factors u and demographics sit in a user state vector."""
-        d, f = self.pca_components_.shape[1], self.item_factors_.shape[1]
-        g = 1 + len(self.genders_)
-        return {"bias": slice(0, 1), "taste": slice(1, 1 + d), "factors": slice(1 + d, 1 + d + f),
-                "demographics": slice(1 + d + f, 1 + d + f + g)}
+        return state_layout(self.pca_components_.shape[1], self.item_factors_.shape[1], 1 + len(self.genders_))
 
     @property
     def state_dim(self) -> int:
@@ -481,12 +478,13 @@ class PersonalScorer(BaseEstimator):
 
     def _columns(self, mean: float, feats: ImageFeatures, states: np.ndarray) -> dict:
         d, f = feats.pca.shape[1], feats.factors.shape[1]
+        at = state_layout(d, f, states.shape[1] - 1 - d - f)
         bias = states[:, 0]
-        taste = np.einsum("ij,ij->i", states[:, 1:1 + d], feats.pca)
-        mf = np.einsum("ij,ij->i", states[:, 1 + d:1 + d + f], feats.factors)
+        taste = np.einsum("ij,ij->i", states[:, at["taste"]], feats.pca)
+        mf = np.einsum("ij,ij->i", states[:, at["factors"]], feats.factors)
         population = feats.population if self.use_population else np.zeros_like(bias)
         head_x = np.column_stack([population, bias, taste, mf, feats.pca, feats.factors,
-                                  states[:, 1 + d:1 + d + f], states[:, 1 + d + f:]]).astype(np.float32)
+                                  states[:, at["factors"]], states[:, at["demographics"]]]).astype(np.float32)
         return {"mean": np.full_like(bias, mean), "population": population, "bias": bias, "taste": taste,
                 "mf": mf, "head_x": head_x}
 
@@ -819,7 +817,7 @@ def _empirical_taste_precision(states, y, user_index, feats, solver) -> np.ndarr
     (lightly regularised), s2 the residual variance left after bias and taste.
     """
     d = feats.pca.shape[1]
-    taste = states[:, 1:1 + d]
+    taste = states[:, state_layout(d, 0)["taste"]]
     resid = y - solver.mean - (feats.population if solver.use_population else 0.0) - states[user_index, 0]
     noise = float(np.mean((resid - np.einsum("ij,ij->i", taste[user_index], feats.pca)) ** 2))
     second = taste.T @ taste / len(taste)
