@@ -189,11 +189,11 @@ def _drop_identity_casts(graph: onnx.GraphProto) -> None:
     graph.node.extend(keep)
 
 
-def user_arrays(model: PersonalScorer) -> dict[str, np.ndarray]:
+def user_arrays(model: PersonalScorer, scorer_sha256: str) -> dict[str, np.ndarray]:
     """Known users' states and what fold-in on a device needs, as plain arrays."""
     side, solver = model.image_side_, model.solver_
     scalars = {
-        "format_version": EDGE_FORMAT_VERSION, "mean": solver.mean, "residual_scale": solver.residual_scale,
+        "format_version": EDGE_FORMAT_VERSION, "scorer_sha256": scorer_sha256, "mean": solver.mean, "residual_scale": solver.residual_scale,
         "alpha": solver.alpha, "regularization": solver.regularization,
         "bias_shrinkage": solver.bias_shrinkage,
         "use_bias": solver.use_bias, "use_population": solver.use_population, "use_taste": solver.use_taste,
@@ -258,11 +258,8 @@ def export(model: PersonalScorer, path: str | Path, precision: str = "exact",
     onnx_model = build_graph(model, precision)
     merged = merge_with_encoder(onnx_model, encoder) if encoder is not None else None
     scorer_bytes = onnx_model.SerializeToString()
-    arrays = user_arrays(model)
     # The users file records which scorer its states belong to; EdgeScorer refuses any other.
-    scalars = json.loads(str(arrays["scalars"]))
-    scalars["scorer_sha256"] = hashlib.sha256(scorer_bytes).hexdigest()
-    arrays["scalars"] = np.array(json.dumps(scalars))
+    arrays = user_arrays(model, hashlib.sha256(scorer_bytes).hexdigest())
     with atomic_file(path, ".onnx") as tmp:
         Path(tmp).write_bytes(scorer_bytes)
     sidecar = users_path(path)

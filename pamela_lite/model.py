@@ -399,9 +399,12 @@ class PersonalScorer(BaseEstimator):
         """
         white = self.whitening_
         k = min(self.n_components, white.matrix.shape[1])
-        none = np.zeros((white.matrix.shape[1] - k, 0))
-        if self.taste_basis == "pca" or k == white.matrix.shape[1] or (reference is not None and not reference.shape[1]):
-            return white.mean, white.matrix[:, :k], none
+        no_directions = np.zeros((white.matrix.shape[1] - k, 0))
+        # Nothing to learn when no taste model reads the coordinates (the population baselines),
+        # when the principal components fill the space, or when the final fit found nothing.
+        if (self.taste_basis == "pca" or not (self.use_taste or self.use_mf) or k == white.matrix.shape[1]
+                or (reference is not None and not reference.shape[1])):
+            return white.mean, white.matrix[:, :k], no_directions
         moment = taste_moment((x_images - white.mean) @ white.matrix, resid, user_index, image_index,
                               n_users, self.random_state)
         directions, strengths = moment.directions(slice(k, white.matrix.shape[1]))
@@ -540,7 +543,7 @@ class PersonalScorer(BaseEstimator):
         resid = y - self._utility(self.components(ratings.select("participant_id", "image_id"), embeddings))
         cols = self.components(val, embeddings)
         val_resid = val["rating"].to_numpy().astype(np.float64) - self._utility(cols)
-        val_images = _positions(val["image_id"].cast(pl.String), image_ids.cast(pl.String))
+        val_images = _rows_in(val["image_id"], image_ids)
         best_error, best = float(np.mean(val_resid**2)), None
         for factors, penalty in CATALOGUE_CANDIDATES:
             bias, V, A = fit_catalogue(resid, user_index, image_index, len(self.users_), len(image_ids), factors,
@@ -617,8 +620,7 @@ class PersonalScorer(BaseEstimator):
 
     def _catalogue_rows(self, image_ids: pl.Series) -> np.ndarray:
         """Row of each image in the catalogue, -1 for images not rated at fit time."""
-        rows = _positions(image_ids.cast(pl.String), pl.Series(self.catalogue_.image_ids).cast(pl.String))
-        return np.nan_to_num(rows, nan=-1).astype(np.int64)
+        return _rows_in(image_ids, pl.Series(self.catalogue_.image_ids))
 
     def components(self, pairs: pl.DataFrame, embeddings: Embeddings,
                    states: tuple[list, np.ndarray] | None = None) -> dict:
@@ -648,7 +650,7 @@ class PersonalScorer(BaseEstimator):
         """
         cols = self.components(pairs, embeddings, states)
         utility = self._utility(cols)
-        if catalogue and getattr(self, "catalogue_", None) is not None:
+        if catalogue and self.catalogue_ is not None:
             user_factors = self.catalogue_.user_factors
             extra = getattr(states, "catalogue_factors", None)
             if extra is not None:  # folded-in users sit after the known ones (see components)
@@ -830,6 +832,12 @@ def _positions(values: pl.Series, vocabulary: pl.Series) -> np.ndarray:
     table = pl.DataFrame({"key": vocabulary, "_pos": np.arange(len(vocabulary), dtype=np.int64)})
     joined = pl.DataFrame({"key": values}).join(table, on="key", how="left", maintain_order="left")
     return joined["_pos"].to_numpy()
+
+
+def _rows_in(values: pl.Series, vocabulary: pl.Series) -> np.ndarray:
+    """Index of each value in `vocabulary`, -1 where absent; int and text ids compare as text."""
+    rows = _positions(values.cast(pl.String), vocabulary.cast(pl.String))
+    return np.nan_to_num(rows, nan=-1).astype(np.int64)
 
 
 def _stack_parts(parts: list, n: int) -> dict:
