@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from .features import ImageSide, UserSolver, demographic_vectors, l2_normalise
+from .features import ImageSide, l2_normalise
+from .user_solver import UserSolver, demographic_vectors
 from .rules import check_ratings
 
 EDGE_FORMAT_VERSION = 2  # 2: the users file records its scorer's sha256

@@ -1,7 +1,8 @@
-"""Encodings shared by the scorer, its ONNX export and the edge runtime (numpy only).
+"""The image side of the scorer: embedding -> image features (numpy only).
 
-Keeping them in one numpy-only module is what lets ``pamela_lite.edge`` fold in a new user and
-score an image with exactly the arithmetic the fitted model used.
+Population score, taste coordinates, soft prototype assignment and image factors, computed
+with the same arithmetic by the fitted model, its ONNX export and the edge runtime. The user
+side (user states and how they are solved from ratings) is :mod:`pamela_lite.user_solver`.
 """
 
 from __future__ import annotations
@@ -32,51 +33,6 @@ def soft_assign(coords: np.ndarray, prototypes: np.ndarray, width: float) -> np.
     logits -= logits.max(axis=1, keepdims=True)
     weights = np.exp(logits)
     return weights / weights.sum(axis=1, keepdims=True)
-
-
-def als_fold_in(item_factors: np.ndarray, signed_rows: np.ndarray, alpha: float, regularization: float,
-                priors: np.ndarray | None = None) -> np.ndarray:
-    """Users' factors against fixed item factors, by implicit's least-squares rule.
-
-    `signed_rows` holds, per user (rows) and item (here: prototype), the signed evidence ``m``:
-    positive means liked with confidence ``1 + alpha*m``, negative means disliked with
-    confidence ``1 + alpha*|m|``, zero means unobserved (preference 0, confidence 1). This is
-    the exact solve ``implicit`` runs in ``recalculate_user`` for rows encoded by
-    :func:`als_row_values`, batched over users; `priors` shrink toward given vectors instead of
-    toward zero. A single row (1-d) gives a single vector.
-    """
-    single = np.ndim(signed_rows) == 1
-    m = np.atleast_2d(np.asarray(signed_rows, dtype=np.float64))
-    V = item_factors.astype(np.float64)
-    conf = alpha * np.abs(m)  # the extra confidence over an unobserved entry
-    f = V.shape[1]
-    outer = (V[:, :, None] * V[:, None, :]).reshape(len(V), f * f)  # one BLAS product for all users
-    A = (V.T @ V + regularization * np.eye(f))[None] + (conf @ outer).reshape(-1, f, f)
-    b = ((m > 0) * (1.0 + conf)) @ V
-    if priors is not None:
-        b = b + regularization * np.atleast_2d(priors)
-    out = np.linalg.solve(A, b[..., None])[..., 0]
-    return out[0] if single else out
-
-
-def als_row_values(signed_row: np.ndarray, alpha: float) -> np.ndarray:
-    """What to store in implicit's CSR matrix so its confidence is ``1 + alpha*|m|`` (sign kept).
-
-    implicit multiplies stored values by alpha and treats the result as the confidence, so a
-    raw small value would get a confidence below an unobserved entry's 1.
-    """
-    return np.sign(signed_row) * (1.0 / alpha + np.abs(signed_row))
-
-
-def state_layout(taste_dim: int, factors: int, demographics: int = 0) -> dict[str, slice]:
-    """Where bias, linear taste w, factors u and demographics sit in a user state vector.
-
-    The one definition of the layout ``[bias, w (taste_dim), u (factors), demographics]``: the
-    solver, the scorer, the ONNX graph and its metadata all read it from here.
-    """
-    d, f, g = taste_dim, factors, demographics
-    return {"bias": slice(0, 1), "taste": slice(1, 1 + d), "factors": slice(1 + d, 1 + d + f),
-            "demographics": slice(1 + d + f, 1 + d + f + g)}
 
 
 @dataclass
@@ -111,96 +67,3 @@ class ImageSide:
         assign = soft_assign(coords, self.prototypes, self.assign_width)
         population = x_unit @ self.pop_coef + self.pop_intercept
         return ImageFeatures(population, coords * self.pca_scale, assign, assign @ self.item_factors)
-
-
-@dataclass
-class UserSolver:
-    """Solves user states ``[bias, w (d), u (f)]`` from ratings, shrunk toward prior states.
-
-    The same arithmetic serves fitting (known users), ``fold_in`` (new users) and the edge
-    runtime, so a state means the same thing wherever it was computed.
-    """
-
-    mean: float
-    item_factors: np.ndarray
-    residual_scale: float
-    alpha: float
-    regularization: float
-    bias_shrinkage: float
-    taste_precision: np.ndarray  # (d, d) prior precision of the linear taste, in rating units
-    use_bias: bool = True
-    use_population: bool = True
-    use_taste: bool = True
-    use_mf: bool = True
-
-    def states(self, user_index: np.ndarray, n_users: int, ratings: np.ndarray, feats: ImageFeatures,
-               priors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """States of `n_users` users (rows of `priors`) from rating rows tagged by `user_index`.
-
-        Returns the states and each user's signed residual mass per prototype (the row of the
-        feedback matrix the factor model sees).
-        """
-        at = state_layout(feats.pca.shape[1], self.item_factors.shape[1])
-        resid = ratings - self.mean - (feats.population if self.use_population else 0.0)
-        counts = np.bincount(user_index, minlength=n_users).astype(np.float64)
-        states = np.zeros_like(priors, dtype=np.float64)
-        if self.use_bias:
-            sums = np.bincount(user_index, weights=resid, minlength=n_users)
-            states[:, 0] = (sums + self.bias_shrinkage * priors[:, 0]) / (counts + self.bias_shrinkage)
-        resid = resid - states[user_index, 0]
-
-        sort = np.argsort(user_index, kind="stable")
-        bounds = np.searchsorted(user_index[sort], np.arange(n_users + 1))
-        if self.use_taste:
-            # Per-user Gram matrices by one BLAS call each, then one batched solve for everyone.
-            Z, r = feats.pca[sort], resid[sort]
-            A = np.repeat(self.taste_precision[None], n_users, axis=0)
-            for k in np.flatnonzero(counts):
-                block = Z[bounds[k]:bounds[k + 1]]
-                A[k] += block.T @ block
-            b = _segment_sums(Z * r[:, None], bounds, counts) + priors[:, at["taste"]] @ self.taste_precision.T
-            states[:, at["taste"]] = np.linalg.solve(A, b[..., None])[..., 0]
-        masses = np.zeros((n_users, self.item_factors.shape[0]))
-        if self.use_mf:
-            masses = _segment_sums(feats.assign[sort] * resid[sort, None], bounds, counts) / self.residual_scale
-            states[:, at["factors"]] = als_fold_in(self.item_factors, masses, self.alpha, self.regularization,
-                                                   priors[:, at["factors"]])
-        # A user without ratings is their prior, exactly (ALS alone would pull the factors toward
-        # zero), so a state never depends on who else is folded in with it.
-        states[counts == 0] = priors[counts == 0]
-        return states, masses
-
-
-def _segment_sums(values: np.ndarray, bounds: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Sums of consecutive row segments ``values[bounds[k]:bounds[k+1]]`` (zero for empty ones)."""
-    if len(counts) == 1:  # one user: the device's fold-in, which must not need scipy
-        return values.sum(axis=0, keepdims=True)
-    # Fitting many users: a sparse segment-indicator product is ~15x faster than np.add.reduceat.
-    from scipy.sparse import csr_matrix
-
-    indicator = csr_matrix((np.ones(len(values)), np.arange(len(values)), bounds), shape=(len(counts), len(values)))
-    return np.asarray(indicator @ values)
-
-
-def demographic_vectors(ages, genders, nationalities, age_mean: float, age_std: float,
-                        gender_vocabulary, nationality_vocabulary) -> tuple[np.ndarray, np.ndarray]:
-    """(head features, prior features) of users from their demographics (None where unknown).
-
-    Head features are ``[age z-score, gender one-hot]`` (the tail of a user state); prior
-    features add a nationality one-hot and feed the demographic prior of a new user's state.
-    """
-    age = np.array([np.nan if a is None else float(a) for a in ages], dtype=np.float64)
-    age_z = np.nan_to_num((age - age_mean) / age_std, nan=0.0)
-    gender = _one_hot(genders, gender_vocabulary)
-    nationality = _one_hot(nationalities, nationality_vocabulary)
-    head = np.column_stack([age_z, gender])
-    return head, np.column_stack([head, nationality])
-
-
-def _one_hot(values, vocabulary) -> np.ndarray:
-    index = {v: k for k, v in enumerate(vocabulary)}
-    out = np.zeros((len(values), len(vocabulary)))
-    for row, value in enumerate(values):
-        if value is not None and str(value) in index:
-            out[row, index[str(value)]] = 1.0
-    return out

@@ -60,8 +60,8 @@ from .errors import InputError, preview
 from .catalogue import CANDIDATES as CATALOGUE_CANDIDATES
 from .catalogue import MIN_VALIDATION_ROWS, Catalogue, fit_catalogue, ridge_rows
 from .taste import fit_whitening, taste_moment
-from .features import (ImageFeatures, ImageSide, UserSolver, als_row_values, demographic_vectors,
-                       l2_normalise, state_layout)
+from .features import ImageFeatures, ImageSide, l2_normalise
+from .user_solver import UserSolver, als_row_values, demographic_vectors, state_layout
 
 FORMAT = "pamela_lite.PersonalScorer"
 FORMAT_VERSION = 2

@@ -11,7 +11,7 @@ import scipy.sparse as sp
 
 from pamela_lite.errors import InputError
 from pamela_lite.evaluation import evaluate_models, kshot_split
-from pamela_lite.features import als_fold_in, als_row_values
+from pamela_lite.user_solver import als_fold_in, als_row_values
 from pamela_lite.model import PersonalScorer
 
 from .conftest import SMALL_MODEL
