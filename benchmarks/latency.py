@@ -115,7 +115,7 @@ def prepare(workdir: Path, seed: int, quick: bool) -> dict:
     from onnxmltools.convert.common.data_types import FloatTensorType
 
     from pamela_lite.demo import DemoConfig, world_dataset
-    from pamela_lite.export import export
+    from pamela_lite.onnx_scorer import export
     from pamela_lite.model import PersonalScorer
 
     dataset = world_dataset(DemoConfig(seed=seed, **(TINY["world"] if _tiny else {})))
@@ -134,8 +134,8 @@ def prepare(workdir: Path, seed: int, quick: bool) -> dict:
     emb = dataset.embeddings.matrix[images]
     states = model.user_states_[user_rows]
     feats = model.image_features(emb)
-    head_x = model._columns(model.mean_, feats, states.astype(np.float64))["head_x"]
-    trees = convert_lightgbm(model.head_, initial_types=[("x", FloatTensorType([None, head_x.shape[1]]))],
+    head_x = model._columns(model.fitted_.solver.mean, feats, states.astype(np.float64))["head_x"]
+    trees = convert_lightgbm(model._booster(), initial_types=[("x", FloatTensorType([None, head_x.shape[1]]))],
                              target_opset=15, zipmap=False)
     (workdir / "trees.onnx").write_bytes(trees.SerializeToString())
     payload = {"embeddings": emb, "states": states, "head_x": head_x, "user_rows": user_rows}
@@ -143,7 +143,7 @@ def prepare(workdir: Path, seed: int, quick: bool) -> dict:
         "onnx exact (file)": (workdir / "exact.onnx").stat().st_size,
         "onnx fast (file)": (workdir / "fast.onnx").stat().st_size,
         "users file (189 users)": (workdir / "exact.users.npz").stat().st_size,
-        "model folder": dir_size(workdir / "model")}, "trees": model.head_.num_trees()}
+        "model folder": dir_size(workdir / "model")}, "trees": model._booster().num_trees()}
     if has_torch():
         import torch
         from deep_baseline import DeepBaseline
@@ -176,7 +176,7 @@ def scaling(seed: int, quick: bool) -> list[dict]:
 
     from pamela_lite.demo import DemoConfig, world_dataset
     from pamela_lite.edge import EdgeScorer
-    from pamela_lite.export import export
+    from pamela_lite.onnx_scorer import export
     from pamela_lite.model import PersonalScorer
 
     users_grid = (200, 1_000) if quick else (200, 2_000, 20_000)

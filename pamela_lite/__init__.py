@@ -26,7 +26,7 @@ _PUBLIC = {
     "InputError": "errors",
     "evaluate_scores": "metrics",
     "evaluate_models": "evaluation", "kshot_split": "evaluation",
-    "export_scorer": "export",
+    "export_scorer": "onnx_scorer", "FittedScorer": "fitted",
 }
 _RENAMED = {"export_scorer": "export"}
 

@@ -2,8 +2,10 @@
 
 This module imports nothing heavier than numpy and onnxruntime (a test checks it), so it runs on
 a phone, a laptop or a T2I server that has neither LightGBM, implicit, scikit-learn nor polars.
-It needs the two files ``python -m pamela_lite.export`` writes: ``scorer.onnx`` and
-``scorer.users.npz`` (known users' states and the arrays that fold in a new user).
+It needs what ``python -m pamela_lite.export`` writes: ``scorer.onnx``, the fitted scorer's
+parameters beside it (``scorer.fitted/``, read by :mod:`pamela_lite.fitted`, from which a new
+user is folded in) and ``scorer.users.npz`` (known users' ids and states). All three carry the
+digest of the fit they come from, and a set that does not agree is refused.
 
 Example::
 
@@ -21,18 +23,14 @@ spinning, so an idle scorer does not burn a core between calls.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from .features import ImageSide, l2_normalise
-from .user_solver import UserSolver, demographic_vectors
+from .errors import InputError
+from .fitted import FittedScorer, read_users
 from .rules import check_ratings
-
-EDGE_FORMAT_VERSION = 2  # 2: the users file records its scorer's sha256
 
 
 class UnknownUsers(KeyError):
@@ -57,9 +55,15 @@ def session_options(threads: int = 1) -> ort.SessionOptions:
 
 
 def users_path(scorer_path: str | Path) -> Path:
-    """Where the known users' states and fold-in arrays live beside a scorer file."""
+    """Where the known users' ids and states live beside a scorer file."""
     scorer_path = Path(scorer_path)
     return scorer_path.with_name(scorer_path.stem + ".users.npz")
+
+
+def fitted_path(scorer_path: str | Path) -> Path:
+    """Where the fitted scorer's parameter files (the folder fold-in reads) live beside a scorer file."""
+    scorer_path = Path(scorer_path)
+    return scorer_path.with_name(scorer_path.stem + ".fitted")
 
 
 class EdgeScorer:
@@ -84,33 +88,27 @@ class EdgeScorer:
         sidecar = Path(users) if users else users_path(scorer_path)
         if not sidecar.exists():
             raise FileNotFoundError(f"{sidecar}: no users file beside the scorer (written by pamela_lite.export)")
-        with np.load(sidecar, allow_pickle=False) as arrays:
-            a = {k: arrays[k] for k in arrays.files}
-        scalars = json.loads(str(a["scalars"]))
-        if scalars.get("format_version") != EDGE_FORMAT_VERSION:
-            raise ValueError(f"{sidecar}: users file format {scalars.get('format_version')}, "
-                             f"this pamela_lite reads {EDGE_FORMAT_VERSION}; export again")
-        recorded = scalars.get("scorer_sha256")
-        if recorded != hashlib.sha256(scorer_path.read_bytes()).hexdigest():
-            raise ValueError(f"{sidecar}: this users file was written for another scorer than {scorer_path.name} "
-                             "(a refit changes what every state means); export the model again")
-        self.user_ids = a["user_ids"].tolist()
+        if not fitted_path(scorer_path).exists():
+            raise FileNotFoundError(f"{fitted_path(scorer_path)}: no parameters folder beside the scorer "
+                                    "(written by pamela_lite.export)")
+        try:
+            self.fitted = FittedScorer.read(fitted_path(scorer_path))
+            digest = self.fitted.digest()
+            recorded = self.session.get_modelmeta().custom_metadata_map.get("pamela_lite.fit_sha256")
+            if recorded != digest:
+                raise InputError(fitted_path(scorer_path), f"these parameters belong to another scorer than "
+                                                           f"{scorer_path.name}: export the model again")
+            ids, states = read_users(sidecar, digest, scorer_path.name, "export the model again")
+        except InputError as err:  # the device has no command line: a plain ValueError, one line
+            raise ValueError(str(err)) from None
+        self.user_ids = [str(u) for u in ids]
         self._row = {u: k for k, u in enumerate(self.user_ids)}
-        self.states = a["user_states"].astype(np.float32)
-        self.scale = (scalars["scale_low"], scalars["scale_high"])
-        self._demographics = (scalars["age_mean"], scalars["age_std"], a["genders"].tolist(),
-                              a["nationalities"].tolist())
-        self._prior = (a["prior_coef"], a["prior_intercept"])
-        self.image_side = ImageSide(a["pop_coef"], scalars["pop_intercept"], a["pca_mean"], a["pca_components"],
-                                    a["pca_scale"], a["prototypes"], scalars["assign_width"], a["item_factors"])
-        self.solver = UserSolver(scalars["mean"], a["item_factors"], scalars["residual_scale"], scalars["alpha"],
-                                 scalars["regularization"], scalars["bias_shrinkage"], a["taste_precision"],
-                                 scalars["use_bias"], scalars["use_population"], scalars["use_taste"],
-                                 scalars["use_mf"])
+        self.states = states
+        self.scale = self.fitted.scale
 
     @property
     def embedding_dim(self) -> int:
-        return self.image_side.pca_mean.shape[0]
+        return self.fitted.embedding_dim
 
     @property
     def state_dim(self) -> int:
@@ -119,7 +117,7 @@ class EdgeScorer:
     @property
     def demographic_values(self) -> dict[str, list[str]]:
         """The gender and nationality values the model was fitted with; others count as unknown."""
-        return {"gender": list(self._demographics[2]), "nationality": list(self._demographics[3])}
+        return {"gender": list(self.fitted.prior.genders), "nationality": list(self.fitted.prior.nationalities)}
 
     # ------------------------------------------------------------------ users
 
@@ -150,13 +148,8 @@ class EdgeScorer:
         ratings = check_ratings(ratings, *self.scale)  # the rule the command-line tools apply too
         if len(ratings) != len(embeddings):
             raise ValueError(f"{len(embeddings)} embeddings but {len(ratings)} ratings")
-        head, prior_x = demographic_vectors([age], [gender], [nationality], *self._demographics)
-        prior = prior_x @ self._prior[0] + self._prior[1]
-        state = prior
-        if len(ratings):
-            feats = self.image_side.features(l2_normalise(embeddings))
-            state, _ = self.solver.states(np.zeros(len(ratings), dtype=np.int64), 1, ratings, feats, prior)
-        return np.concatenate([state[0], head[0]]).astype(np.float32)
+        return self.fitted.fold_in(np.zeros(len(ratings), dtype=np.int64), 1, ratings, embeddings,
+                                   [age], [gender], [nationality])[0]
 
     def add_user(self, user_id: str, state: np.ndarray) -> None:
         """Remember a folded-in user under an id (in memory)."""

@@ -1,4 +1,4 @@
-"""Evaluate a fitted model on a dataset: ``python -m pamela_lite.evaluate``.
+"""Command-line front end: evaluate a model folder on a dataset, ``python -m pamela_lite.evaluate``.
 
 Seen splits are scored directly; for unseen splits each user's ratings are split by a seeded
 draw into k context ratings (folded in) and the rest (scored), for each k of ``--kshot``.
@@ -15,12 +15,11 @@ from pathlib import Path
 
 from ._atomic import write_text
 from .cli import Stopwatch, parse_kshot, parser_for, run
-from .data import load_dataset
+from .data import Scale, load_dataset
 from .evaluation import SEEN_SPLITS, UNSEEN_SPLITS, evaluate_models, format_table
 from .errors import InputError
 from .fit import BASELINES, fit_variants
 from .model import PersonalScorer
-from .predict import check_dimension
 
 
 def parse_splits(text: str) -> tuple[str, ...]:
@@ -51,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     watch = Stopwatch(args.quiet)
     model = PersonalScorer.load(args.model)
-    dataset = load_dataset(args.data, args.embeddings, model.scale_, seed=args.seed)
-    check_dimension(model, dataset.embeddings)
+    dataset = load_dataset(args.data, args.embeddings, Scale(*model.fitted_.scale), seed=args.seed)
+    model.fitted_.check_dimension(dataset.embeddings.dim, dataset.embeddings.source)
     models = {} if args.no_baselines else fit_variants(BASELINES, dataset, args.seed, watch, progress=False)
     models[f"model ({args.model.name})"] = model
     rows = evaluate_models(models, dataset, args.kshot, splits=args.splits, seed=args.seed)

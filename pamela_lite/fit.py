@@ -160,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\nablation on validation (each row adds one component):")
         print(format_table(val_rows))
 
-    if full.catalogue_ is not None:
-        watch.step(f"kept per-image catalogue corrections for {len(full.catalogue_.image_ids)} training images "
+    if full.fitted_.catalogue is not None:
+        watch.step(f"kept per-image catalogue corrections for {len(full.fitted_.catalogue.image_ids)} training images "
                    f"(validation on them improved; predict applies them, the exported ONNX scorer does not)")
     full.save(args.out, extra_files={"metrics.json": json.dumps(report, indent=1)})
     watch.step(f"wrote the model and metrics.json to {args.out}")

@@ -3,7 +3,7 @@
 A score for (participant u, image with embedding x) is built in layers, each fitted on what the
 layers before it leave:
 
-1. ``mean_``: the global mean rating.
+1. The global mean rating.
 2. Population head ``p(x)``: a ridge map from the L2-normalised embedding to the rating (the
    LAION aesthetic predictor is, in effect, such a linear map).
 3. User bias ``b_u``: how high the person rates in general (a new person's is shrunk toward a
@@ -29,13 +29,17 @@ layers before it leave:
 
 Per user, everything the model needs is one **state vector** (bias, w, u, demographics), so a
 device can score a user known at fit time or fold in a new one without refitting.
+
+What a fit produces is one numpy-only :class:`pamela_lite.fitted.FittedScorer` (``fitted_``),
+which the model folder, the ONNX export and the device runtime all read; this module is the
+fitting pipeline plus a thin ``predict`` / ``fold_in`` front on it. The known users' states
+(``users_``, ``user_states_``) and the ratings they were solved from (``ratings_``) are kept
+beside it, so a refit can fold them in again (:meth:`PersonalScorer.add_users`).
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -53,7 +57,6 @@ from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from . import __version__
 from ._atomic import atomic_dir
 from .data import Embeddings, Scale
 from .errors import InputError, preview
@@ -61,10 +64,10 @@ from .catalogue import CANDIDATES as CATALOGUE_CANDIDATES
 from .catalogue import MIN_VALIDATION_ROWS, Catalogue, fit_catalogue, ridge_rows
 from .taste import fit_whitening, taste_moment
 from .features import ImageFeatures, ImageSide, l2_normalise
-from .user_solver import UserSolver, als_row_values, demographic_vectors, state_layout
+from .fitted import USERS_FILE, FittedScorer, read_users, write_users
+from .user_solver import DemographicPrior, UserSolver, als_row_values, state_layout
 
-FORMAT = "pamela_lite.PersonalScorer"
-FORMAT_VERSION = 2
+RATINGS_FILE = "ratings.parquet"  # in a model folder: the ratings every known user's state was solved from
 
 
 def _limit_threads(fit):
@@ -214,32 +217,21 @@ class PersonalScorer(BaseEstimator):
         """Threads for BLAS, OpenMP, implicit and LightGBM: `n_threads`, or all cores capped at 2."""
         return max(1, int(self.n_threads)) if self.n_threads else max(1, min(2, os.cpu_count() or 1))
 
-    # ------------------------------------------------------------------ state layout
+    # ------------------------------------------------------------------ the fitted scorer
 
     @property
     def state_slices(self) -> dict[str, slice]:
         """Where bias, linear taste w, factors u and demographics sit in a user state vector."""
-        return state_layout(self.pca_components_.shape[1], self.item_factors_.shape[1], 1 + len(self.genders_))
+        self._check_fitted()
+        return self.fitted_.layout
 
     @property
     def state_dim(self) -> int:
-        return self.state_slices["demographics"].stop
-
-    # ------------------------------------------------------------------ image side
-
-    @property
-    def image_side_(self) -> ImageSide:
-        return ImageSide(self.pop_coef_, self.pop_intercept_, self.pca_mean_, self.pca_components_,
-                         self.pca_scale_, self.prototypes_, self.assign_width_, self.item_factors_)
-
-    @property
-    def solver_(self) -> UserSolver:
-        return self._solver(self.mean_, self.item_factors_, self.residual_scale_, self.taste_precision_)
+        self._check_fitted()
+        return self.fitted_.state_dim
 
     def _solver(self, mean: float, item_factors: np.ndarray, residual_scale: float,
-                taste_precision: np.ndarray | None = None) -> UserSolver:
-        if taste_precision is None:
-            taste_precision = self.taste_shrinkage * np.eye(self.pca_components_.shape[1])
+                taste_precision: np.ndarray) -> UserSolver:
         return UserSolver(mean, item_factors, residual_scale, self.alpha, self.als_regularization,
                           self.bias_shrinkage, taste_precision, self.use_bias, self.use_population,
                           self.use_taste, self.use_mf)
@@ -247,20 +239,14 @@ class PersonalScorer(BaseEstimator):
     def image_features(self, embeddings: np.ndarray) -> ImageFeatures:
         """Population score, PCA coordinates, prototype assignment and factors of each embedding row."""
         self._check_fitted()
-        if embeddings.shape[1] != self.pca_mean_.shape[0]:
-            raise InputError(None, f"embeddings have dimension {embeddings.shape[1]}, the model was fitted on "
-                                   f"{self.pca_mean_.shape[0]}")
-        return self.image_side_.features(l2_normalise(embeddings))
+        return self.fitted_.image_features(embeddings)
 
     # ------------------------------------------------------------------ user side
 
     def demographic_features(self, users: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """(head features: age z-score + gender one-hot, prior features: those + nationality one-hot)."""
-        def column(name):
-            return users[name].to_list() if name in users.columns else [None] * users.height
-
-        return demographic_vectors(column("age"), column("gender"), column("nationality"), self.age_mean_,
-                                   self.age_std_, self.genders_, self.nationalities_)
+        self._check_fitted()
+        return self.fitted_.prior.vectors(*_demographic_columns(users))
 
     def _fit_als(self, masses: np.ndarray) -> np.ndarray:
         """implicit ALS on the users x prototypes matrix of signed residual mass → prototype factors."""
@@ -300,7 +286,7 @@ class PersonalScorer(BaseEstimator):
         """
         self._check_params()
         rng = np.random.default_rng(self.random_state)
-        self.scale_ = scale or Scale(int(ratings["rating"].min()), int(ratings["rating"].max()))
+        scale = scale or Scale(int(ratings["rating"].min()), int(ratings["rating"].max()))
         steps = tqdm(total=3 + self.n_folds, desc="fit", disable=not self.progress, file=sys.stderr, leave=False)
 
         # Everything image-side is computed once per image and gathered per rating: memory and
@@ -309,13 +295,13 @@ class PersonalScorer(BaseEstimator):
         x_images = l2_normalise(embeddings.take(image_ids))
         image_index = _positions(ratings["image_id"], image_ids)
         self._fit_embedding_maps(x_images)
-        self._fit_demographics(ratings)
+        prior = self._fit_demographics(ratings)
         steps.update(1)
 
         user_ids = ratings["participant_id"].unique(maintain_order=True).to_list()
         user_index = _positions(ratings["participant_id"], ratings["participant_id"].unique(maintain_order=True))
         users = _users_table(ratings, user_ids)
-        head_demo, prior_demo = self.demographic_features(users)
+        head_demo, prior_demo = prior.vectors(*_demographic_columns(users))
         y = ratings["rating"].to_numpy().astype(np.float64)
 
         # The final base first: it chooses the learned taste directions, onto which every fold
@@ -335,27 +321,22 @@ class PersonalScorer(BaseEstimator):
                 steps.update(1)
             oof = _stack_parts(parts, ratings.height)
 
-        side = base.image_side
-        self.pca_mean_, self.pca_components_, self.pca_scale_ = side.pca_mean, side.pca_components, side.pca_scale
-        self.prototypes_, self.assign_width_ = side.prototypes, side.assign_width
-        self.mean_, self.residual_scale_ = base.solver.mean, base.solver.residual_scale
-        self.taste_precision_ = base.solver.taste_precision
-        self.pop_coef_, self.pop_intercept_ = side.pop_coef, side.pop_intercept
-        self.item_factors_ = side.item_factors
-        self._fit_prior(prior_demo, base.states)
+        prior.coef, prior.intercept = self._fit_prior(prior_demo, base.states)
+        blend = self._fit_blend(oof, y) if oof is not None else np.zeros(2)
+        # The fitted scorer, completed below by the head and the catalogue (both fitted on its predictions).
+        self.fitted_ = FittedScorer((scale.low, scale.high), base.image_side, base.solver, prior, blend,
+                                    params=self.get_params())
         self.users_ = user_ids
         # States are float32, the type the exported scorer takes them in, so both score alike.
         self.user_states_ = np.column_stack([base.states, head_demo]).astype(np.float32)
+        self.ratings_ = _kept_ratings(ratings, "train")
         steps.update(1)
 
-        self.blend_ = self._fit_blend(oof, y) if oof is not None else np.zeros(2)
-        self.head_ = None
         if self.use_head:
-            self.head_ = self._fit_head(oof, y, validation, embeddings)
-        self.catalogue_ = None
+            self.fitted_.head = self._fit_head(oof, y, validation, embeddings)
         if self.use_catalogue and oof is not None and validation is not None:
-            self.catalogue_ = self._fit_catalogue(ratings, y, user_index, image_index, image_ids, validation,
-                                                  embeddings)
+            self.fitted_.catalogue = self._fit_catalogue(ratings, y, user_index, image_index, image_ids,
+                                                         validation, embeddings)
         steps.update(1)
         steps.close()
         return self
@@ -421,13 +402,13 @@ class PersonalScorer(BaseEstimator):
         km = KMeans(n_clusters=k, n_init=2, random_state=self.random_state).fit(coords)
         return km.cluster_centers_.astype(np.float64), self.temperature * float(km.inertia_ / len(coords))
 
-    def _fit_demographics(self, ratings: pl.DataFrame) -> None:
+    def _fit_demographics(self, ratings: pl.DataFrame) -> DemographicPrior:
+        """The demographic encoding (age scaling, vocabularies); its coefficients come later (_fit_prior)."""
         users = ratings.unique("participant_id", keep="first")
         age = users["age"].cast(pl.Float64) if "age" in users.columns else pl.Series([], dtype=pl.Float64)
-        self.age_mean_ = float(age.mean()) if age.drop_nulls().len() else 0.0
-        self.age_std_ = float(age.std()) if age.drop_nulls().len() > 1 and age.std() > 0 else 1.0
-        self.genders_ = _vocabulary(users, "gender")
-        self.nationalities_ = _vocabulary(users, "nationality")
+        age_mean = float(age.mean()) if age.drop_nulls().len() else 0.0
+        age_std = float(age.std()) if age.drop_nulls().len() > 1 and age.std() > 0 else 1.0
+        return DemographicPrior(age_mean, age_std, _vocabulary(users, "gender"), _vocabulary(users, "nationality"))
 
     def _fit_base(self, y: np.ndarray, user_index: np.ndarray, image_index: np.ndarray,
                   x_images: np.ndarray, n_users: int, reference: np.ndarray | None = None) -> _Base:
@@ -505,9 +486,10 @@ class PersonalScorer(BaseEstimator):
     def _base_score(self, cols: dict, blend: np.ndarray) -> np.ndarray:
         return cols["mean"] + cols["population"] + cols["bias"] + blend[0] * cols["taste"] + blend[1] * cols["mf"]
 
-    def _fit_head(self, oof: dict, y: np.ndarray, validation, embeddings) -> lgb.Booster:
+    def _fit_head(self, oof: dict, y: np.ndarray, validation, embeddings) -> str:
+        """The residual head, as LightGBM model text."""
         # Features are float32 on both sides so LightGBM and its ONNX export see the same values.
-        base = self._base_score(oof, self.blend_)
+        base = self._base_score(oof, self.fitted_.blend)
         rows = slice(None)
         if len(y) > self.head_max_rows:  # a few dozen shallow trees learn nothing more from millions of rows
             rows = np.sort(np.random.default_rng(self.random_state).choice(len(y), self.head_max_rows, replace=False))
@@ -525,12 +507,12 @@ class PersonalScorer(BaseEstimator):
             if known.height:
                 cols = self.components(known, embeddings)
                 valid_sets = [lgb.Dataset(cols["head_x"], known["rating"].to_numpy().astype(np.float64),
-                                          init_score=self._base_score(cols, self.blend_), reference=train)]
+                                          init_score=self._base_score(cols, self.fitted_.blend), reference=train)]
                 callbacks = [lgb.early_stopping(50, verbose=False)]
         booster = lgb.train(params, train, num_boost_round=self.head_trees, valid_sets=valid_sets,
                             callbacks=callbacks)
         best = booster.best_iteration if valid_sets else None
-        return float32_safe(booster.model_to_string(num_iteration=best))
+        return float32_safe(booster.model_to_string(num_iteration=best)).model_to_string()
 
     def _fit_catalogue(self, ratings, y, user_index, image_index, image_ids, validation, embeddings) -> Catalogue | None:
         """Per-image corrections for training images, if validation on such images says they help."""
@@ -554,11 +536,10 @@ class PersonalScorer(BaseEstimator):
                 best_error, best = error, candidate
         return best
 
-    def _fit_prior(self, prior_demo: np.ndarray, states: np.ndarray) -> None:
+    def _fit_prior(self, prior_demo: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Demographics → user state: the k=0 guess for a new person, and the shrinkage target."""
         ridge = Ridge(alpha=10.0).fit(prior_demo, states)
-        self.prior_coef_ = ridge.coef_.T.astype(np.float64)
-        self.prior_intercept_ = ridge.intercept_.astype(np.float64)
+        return ridge.coef_.T.astype(np.float64), ridge.intercept_.astype(np.float64)
 
     # ------------------------------------------------------------------ new users and scoring
 
@@ -580,32 +561,82 @@ class PersonalScorer(BaseEstimator):
         (participant ids, states) with states of shape (n, state_dim).
         """
         self._check_fitted()
+        fitted = self.fitted_
         ids = context["participant_id"].unique(maintain_order=True).to_list()
         if users is not None:
             known = set(ids)
             ids += [u for u in users["participant_id"].unique(maintain_order=True).to_list() if u not in known]
         table = _users_table(pl.concat([f for f in (users, context) if f is not None], how="diagonal_relaxed"), ids)
-        head_demo, prior_demo = self.demographic_features(table)
-        priors = prior_demo @ self.prior_coef_ + self.prior_intercept_
-        states = priors
+        user_index = np.zeros(0, dtype=np.int64)
+        rows = np.zeros((0, fitted.embedding_dim), dtype=np.float32)
         if context.height:
-            outside = context.filter(~pl.col("rating").is_between(self.scale_.low, self.scale_.high))
+            low, high = fitted.scale
+            outside = context.filter(~pl.col("rating").is_between(low, high))
             if outside.height:
-                raise InputError(None, f"context ratings outside the model's scale {self.scale_}: "
+                raise InputError(None, f"context ratings outside the model's scale {low}-{high}: "
                                        f"{preview(outside['rating'].to_list())}")
-            feats = self.image_features(embeddings.take(context["image_id"]))
+            rows = embeddings.take(context["image_id"])
             order = {u: k for k, u in enumerate(ids)}
             user_index = np.array([order[u] for u in context["participant_id"].to_list()], dtype=np.int64)
-            y = context["rating"].to_numpy().astype(np.float64)
-            states, _ = self.solver_.states(user_index, len(ids), y, feats, priors)
-        folded = FoldedUsers((ids, np.column_stack([states, head_demo]).astype(np.float32)))
-        if context.height and self.catalogue_ is not None and self.catalogue_.factors.shape[1]:
+        y = context["rating"].to_numpy().astype(np.float64)
+        folded = FoldedUsers((ids, fitted.fold_in(user_index, len(ids), y, rows, *_demographic_columns(table))))
+        if context.height and fitted.catalogue is not None and fitted.catalogue.factors.shape[1]:
             folded.catalogue_factors = self._catalogue_fold_in(context, embeddings, folded, user_index)
         return folded
 
+    def add_users(self, context: pl.DataFrame, embeddings: Embeddings,
+                  users: pl.DataFrame | None = None) -> tuple[list, np.ndarray]:
+        """Fold new users in (as :meth:`fold_in`) and keep them as known users of this model.
+
+        Their states join ``user_states_`` (replacing those of users with the same id, compared
+        as text) and their ratings join ``ratings_``, so :meth:`save` stores both and a refit
+        folds them in again (``python -m pamela_lite.fit --refold-from``).
+        """
+        folded = self.fold_in(context, embeddings, users)
+        known, new = _merged_ids(self.users_, list(folded[0]))
+        position = {str(u): k for k, u in enumerate(known)}
+        states = self.user_states_
+        for user, state in zip(new, folded[1]):
+            if str(user) in position:
+                states[position[str(user)]] = state
+            else:
+                position[str(user)] = len(known)
+                known.append(user)
+                states = np.vstack([states, state[None, :]])
+        self.users_, self.user_states_ = known, states
+        replaced = pl.Series([str(u) for u in new], dtype=pl.String)
+        added = _kept_ratings(context, "context")
+        if users is not None:  # users without ratings: their demographics alone (a row without an image)
+            rated = set(context["participant_id"].cast(pl.String).to_list())
+            bare = users.filter(~pl.col("participant_id").cast(pl.String).is_in(list(rated)))
+            bare = bare.unique("participant_id", keep="first", maintain_order=True)
+            added = pl.concat([added, _kept_ratings(bare.with_columns(image_id=pl.lit(None, pl.String),
+                                                                      rating=pl.lit(None, pl.Float64)),
+                                                    "context")], how="diagonal_relaxed")
+        self.ratings_ = pl.concat([self.ratings_.filter(~pl.col("participant_id").is_in(replaced.implode())),
+                                   added], how="diagonal_relaxed")
+        return folded
+
+    def refold(self, ratings: pl.DataFrame, embeddings: Embeddings) -> list:
+        """Fold in, from kept ratings (another model's ``ratings_``), the users this model does not
+        know from its own training; returns their ids. States are meaningful only for the fit that
+        made them, so this is how users survive a refit."""
+        trained = set(self._trained_ids())
+        others = ratings.filter(~pl.col("participant_id").cast(pl.String).is_in(list(trained)))
+        if not others.height:
+            return []
+        rated = others.filter(pl.col("image_id").is_not_null())
+        users = others.unique("participant_id", keep="first", maintain_order=True)
+        return list(self.add_users(rated, embeddings, users=users)[0])
+
+    def _trained_ids(self) -> list[str]:
+        """Ids (as text) of the users this model was fitted on."""
+        return (self.ratings_.filter(pl.col("origin") == "train")["participant_id"]
+                .unique(maintain_order=True).to_list())
+
     def _catalogue_fold_in(self, context, embeddings, folded, user_index) -> np.ndarray:
         """New users' catalogue factors from their context ratings on images rated at fit time."""
-        catalogue = self.catalogue_
+        catalogue = self.fitted_.catalogue
         rows = self._catalogue_rows(context["image_id"])
         on = rows >= 0
         factors = np.zeros((len(folded[0]), catalogue.factors.shape[1]))
@@ -620,7 +651,7 @@ class PersonalScorer(BaseEstimator):
 
     def _catalogue_rows(self, image_ids: pl.Series) -> np.ndarray:
         """Row of each image in the catalogue, -1 for images not rated at fit time."""
-        return _rows_in(image_ids, pl.Series(self.catalogue_.image_ids))
+        return _rows_in(image_ids, pl.Series(self.fitted_.catalogue.image_ids))
 
     def components(self, pairs: pl.DataFrame, embeddings: Embeddings,
                    states: tuple[list, np.ndarray] | None = None) -> dict:
@@ -638,7 +669,7 @@ class PersonalScorer(BaseEstimator):
                                    f"ratings: {preview(unknown.to_list())}; pass their ratings as --context")
         feats = self.image_features(embeddings.take(pairs["image_id"]))
         rows = found["_row"].to_numpy()
-        return {**self._columns(self.mean_, feats, table[rows]), "user_row": rows}
+        return {**self._columns(self.fitted_.solver.mean, feats, table[rows]), "user_row": rows}
 
     def predict(self, pairs: pl.DataFrame, embeddings: Embeddings,
                 states: tuple[list, np.ndarray] | None = None, catalogue: bool = True) -> np.ndarray:
@@ -650,114 +681,76 @@ class PersonalScorer(BaseEstimator):
         """
         cols = self.components(pairs, embeddings, states)
         utility = self._utility(cols)
-        if catalogue and self.catalogue_ is not None:
-            user_factors = self.catalogue_.user_factors
+        kept = self.fitted_.catalogue
+        if catalogue and kept is not None:
+            # Rows of user factors follow the users: the fit's, then users added since (no
+            # factors of their own), then folded-in ones (see components).
             extra = getattr(states, "catalogue_factors", None)
-            if extra is not None:  # folded-in users sit after the known ones (see components)
-                user_factors = np.vstack([user_factors, extra])
-            utility = utility + self.catalogue_.correction(self._catalogue_rows(pairs["image_id"]),
-                                                           cols["user_row"], user_factors)
-        return np.clip(utility, self.scale_.low, self.scale_.high)
+            user_factors = np.zeros((len(self.users_) + (0 if extra is None else len(extra)), kept.factors.shape[1]))
+            user_factors[:len(kept.user_factors)] = kept.user_factors
+            if extra is not None:
+                user_factors[len(self.users_):] = extra
+            utility = utility + kept.correction(self._catalogue_rows(pairs["image_id"]), cols["user_row"],
+                                                user_factors)
+        return np.clip(utility, *self.fitted_.scale)
 
     def _utility(self, cols: dict) -> np.ndarray:
         """The embedding model's unclipped prediction: base score plus the residual head."""
-        score = self._base_score(cols, self.blend_)
-        if self.head_ is not None:
-            score = score + self.head_.predict(cols["head_x"], num_threads=1)
+        score = self._base_score(cols, self.fitted_.blend)
+        head = self._booster()
+        if head is not None:
+            score = score + head.predict(cols["head_x"], num_threads=1)
         return score
 
+    def _booster(self) -> lgb.Booster | None:
+        """The head as a LightGBM booster, parsed once from the fitted scorer's model text."""
+        text = self.fitted_.head
+        if not text:
+            return None
+        cached = getattr(self, "_head_cache", None)
+        if cached is None or cached[0] is not text:
+            cached = self._head_cache = (text, lgb.Booster(model_str=text))
+        return cached[1]
+
     def _check_fitted(self) -> None:
-        check_is_fitted(self, "user_states_", msg="this PersonalScorer is not fitted yet; call fit() or load()")
+        check_is_fitted(self, "fitted_", msg="this PersonalScorer is not fitted yet; call fit() or load()")
 
     # ------------------------------------------------------------------ persistence
 
     def save(self, path: str | Path, extra_files: dict[str, str] | None = None) -> Path:
         """Write the model to folder `path` (atomically; an existing model is replaced only on success).
 
-        Files: ``model.json`` (parameters, vocabularies, checksums), ``arrays.npz`` (numbers) and
-        ``head.txt`` (LightGBM's text format), plus `extra_files` (name → text, e.g. metrics).
-        Nothing is pickled.
+        Files: the fitted scorer's ``model.json``, ``arrays.npz`` and ``head.txt``
+        (:mod:`pamela_lite.fitted`), the known users' states (``users.npz``, tied to the fit by
+        its digest), the ratings they were solved from (``ratings.parquet``, ids as text), plus
+        `extra_files` (name → text, e.g. metrics). Nothing is pickled.
         """
         self._check_fitted()
         path = Path(path)
         with atomic_dir(path) as tmp:
-            arrays = {name: getattr(self, name + "_") for name in _ARRAYS}
-            arrays["user_ids"] = np.array([str(u) for u in self.users_])
-            catalogue = self.catalogue_
-            if catalogue is not None:
-                arrays.update(catalogue_image_ids=np.array([str(i) for i in catalogue.image_ids]),
-                              catalogue_bias=catalogue.bias, catalogue_factors=catalogue.factors,
-                              catalogue_user_factors=catalogue.user_factors)
-            np.savez(tmp / "arrays.npz", **arrays)
-            (tmp / "head.txt").write_text(self.head_.model_to_string() if self.head_ is not None else "")
-            meta = {
-                "format": FORMAT, "format_version": FORMAT_VERSION, "pamela_lite_version": __version__,
-                "params": self.get_params(), "scale": [self.scale_.low, self.scale_.high],
-                "mean": self.mean_, "pop_intercept": self.pop_intercept_, "residual_scale": self.residual_scale_,
-                "assign_width": self.assign_width_,
-                "blend": self.blend_.tolist(), "age_mean": self.age_mean_, "age_std": self.age_std_,
-                "genders": self.genders_, "nationalities": self.nationalities_,
-                "user_id_type": "int" if self.users_ and isinstance(self.users_[0], int) else "str",
-                "catalogue": None if catalogue is None else {
-                    "penalty": catalogue.penalty, "images": len(catalogue.image_ids),
-                    "image_id_type": "int" if np.issubdtype(catalogue.image_ids.dtype, np.integer) else "str"},
-                "state_layout": {k: [s.start, s.stop] for k, s in self.state_slices.items()},
-                "checksums": {name: _sha256(tmp / name) for name in ("arrays.npz", "head.txt")},
-            }
-            (tmp / "model.json").write_text(json.dumps(meta, indent=1))
+            self.fitted_.write(tmp)
+            write_users(tmp / USERS_FILE, self.users_, self.user_states_, self.fitted_.digest())
+            self.ratings_.write_parquet(tmp / RATINGS_FILE)
             for name, text in (extra_files or {}).items():
                 (tmp / name).write_text(text)
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> "PersonalScorer":
-        """Read a model folder written by :meth:`save`; any damage raises InputError."""
+        """Read a model folder written by :meth:`save`; any damage raises InputError (one line)."""
         path = Path(path)
-        meta_path = path / "model.json"
-        if not meta_path.exists():
-            raise InputError(path, "not a pamela_lite model folder (no model.json)")
+        fitted = FittedScorer.read(path)
+        ids, states = read_users(path / USERS_FILE, fitted.digest(), f"the model in {path}",
+                                 "the model folder was assembled from two fits; fit it again")
+        ratings_path = path / RATINGS_FILE
+        if not ratings_path.exists():
+            raise InputError(ratings_path, "missing from the model folder")
         try:
-            meta = json.loads(meta_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise InputError(meta_path, "corrupted (not valid JSON)") from None
-        if meta.get("format") != FORMAT:
-            raise InputError(meta_path, f"not a pamela_lite model (format {meta.get('format')!r})")
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise InputError(meta_path, f"model format version {meta.get('format_version')} was written by "
-                                        f"pamela_lite {meta.get('pamela_lite_version')}; this version "
-                                        f"({__version__}) reads version {FORMAT_VERSION}: refit the model")
-        try:
-            return cls._from_files(path, meta)
-        except (KeyError, TypeError, ValueError) as err:  # a hand-edited or truncated model.json
-            raise InputError(meta_path, f"corrupted ({type(err).__name__}: {err})") from None
-
-    @classmethod
-    def _from_files(cls, path: Path, meta: dict) -> "PersonalScorer":
-        for name, digest in meta["checksums"].items():
-            if not (path / name).exists():
-                raise InputError(path / name, "missing from the model folder")
-            if _sha256(path / name) != digest:
-                raise InputError(path / name, "corrupted (checksum does not match model.json)")
-        model = cls(**meta["params"])
-        with np.load(path / "arrays.npz", allow_pickle=False) as arrays:
-            for name in _ARRAYS:
-                setattr(model, name + "_", arrays[name])
-            ids = arrays["user_ids"].tolist()
-            model.catalogue_ = None
-            if meta["catalogue"] is not None:
-                kept = arrays["catalogue_image_ids"]
-                model.catalogue_ = Catalogue(kept.astype(np.int64) if meta["catalogue"]["image_id_type"] == "int" else kept,
-                                             arrays["catalogue_bias"], arrays["catalogue_factors"],
-                                             arrays["catalogue_user_factors"], meta["catalogue"]["penalty"])
-        model.users_ = [int(u) for u in ids] if meta["user_id_type"] == "int" else ids
-        model.scale_ = Scale(*meta["scale"])
-        model.mean_, model.pop_intercept_ = meta["mean"], meta["pop_intercept"]
-        model.residual_scale_, model.assign_width_ = meta["residual_scale"], meta["assign_width"]
-        model.blend_ = np.array(meta["blend"])
-        model.age_mean_, model.age_std_ = meta["age_mean"], meta["age_std"]
-        model.genders_, model.nationalities_ = meta["genders"], meta["nationalities"]
-        head = (path / "head.txt").read_text()
-        model.head_ = lgb.Booster(model_str=head) if head else None
+            ratings = pl.read_parquet(ratings_path)
+        except Exception as err:  # polars/arrow raise their own types for a damaged file
+            raise InputError(ratings_path, f"cannot read ({type(err).__name__})") from None
+        model = cls(**fitted.params)
+        model.fitted_, model.users_, model.user_states_, model.ratings_ = fitted, ids, states, ratings
         return model
 
 
@@ -784,17 +777,9 @@ def float32_safe(model_text: str) -> lgb.Booster:
     return lgb.Booster(model_str="\n".join(lines))
 
 
-_ARRAYS = ("pca_mean", "pca_components", "pca_scale", "pop_coef", "prototypes", "item_factors", "taste_precision",
-           "prior_coef", "prior_intercept", "user_states")
-
-
 _POSITIVE = ("n_components", "whiten_dim", "rank_threshold", "n_prototypes", "temperature", "factors", "alpha",
              "als_iterations", "head_trees", "head_learning_rate", "head_min_child_samples", "head_max_rows")
 _NON_NEGATIVE = ("taste_rank", "als_regularization", "bias_shrinkage", "taste_shrinkage")
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _vocabulary(users: pl.DataFrame, column: str) -> list[str]:
@@ -809,6 +794,39 @@ def _users_table(ratings: pl.DataFrame, user_ids: list) -> pl.DataFrame:
     first = ratings.select("participant_id", *cols).unique("participant_id", keep="first", maintain_order=True)
     order = pl.DataFrame({"participant_id": pl.Series(user_ids, dtype=ratings["participant_id"].dtype)})
     return order.join(first, on="participant_id", how="left", maintain_order="left")
+
+
+def _demographic_columns(users: pl.DataFrame) -> tuple[list, list, list]:
+    """Ages, genders and nationalities of a users table (None where a column or value is missing)."""
+    def column(name):
+        return users[name].to_list() if name in users.columns else [None] * users.height
+
+    return column("age"), column("gender"), column("nationality")
+
+
+KEPT_COLUMNS = {"participant_id": pl.String, "image_id": pl.String, "rating": pl.Float64, "age": pl.Float64,
+                "gender": pl.String, "nationality": pl.String}
+
+
+def _kept_ratings(ratings: pl.DataFrame, origin: str) -> pl.DataFrame:
+    """Ratings as a model folder keeps them: ids as text, demographics, and where they came from
+    (``origin``: "train" for the fit's own users, "context" for users folded in later)."""
+    return ratings.select([(pl.col(name) if name in ratings.columns else pl.lit(None)).cast(dtype).alias(name)
+                           for name, dtype in KEPT_COLUMNS.items()]).with_columns(origin=pl.lit(origin))
+
+
+def _merged_ids(known: list, new: list) -> tuple[list, list]:
+    """Known and new user ids in one type: integers if both sides are (or the new ones are text
+    spelling integers exactly, as a model folder keeps them), otherwise text for everyone."""
+    def is_int(u):
+        return isinstance(u, (int, np.integer)) and not isinstance(u, bool)
+
+    if all(map(is_int, known)):
+        if all(map(is_int, new)):
+            return list(known), list(new)
+        if all(isinstance(u, str) and u.lstrip("-").isdigit() and str(int(u)) == u for u in new):
+            return list(known), [int(u) for u in new]
+    return [str(u) for u in known], [str(u) for u in new]
 
 
 def _empirical_taste_precision(states, y, user_index, feats, solver) -> np.ndarray:

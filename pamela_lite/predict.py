@@ -1,4 +1,4 @@
-"""Score (participant, image) pairs with a fitted model: ``python -m pamela_lite.predict``.
+"""Command-line front end: score (participant, image) pairs with a model folder, ``python -m pamela_lite.predict``.
 
 Users known at fit time are scored from their stored state. Users in ``--context`` (ratings of
 people not seen in training, same columns as a ratings table) are folded in first, without
@@ -16,7 +16,7 @@ import polars as pl
 
 from .cli import (Stopwatch, check_table_path, parser_for, refuse_known_context, run, warn_unknown_demographics,
                   write_table)
-from .data import Embeddings, id_type_note, read_embeddings, read_pairs, read_ratings, validate_ratings
+from .data import Scale, id_type_note, read_embeddings, read_pairs, read_ratings, validate_ratings
 from .errors import InputError
 from .model import PersonalScorer
 
@@ -41,22 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_dimension(model: PersonalScorer, embeddings: Embeddings) -> None:
-    expected = model.pca_mean_.shape[0]
-    if embeddings.dim != expected:
-        raise InputError(embeddings.source, f"embeddings have dimension {embeddings.dim}; the model was "
-                                            f"fitted on dimension {expected} (use the same encoder)")
-
-
 def load_context(path: Path, model: PersonalScorer, refit_known: bool = False) -> pl.DataFrame:
     """Context ratings, validated against the model's scale (not the file's own range).
 
     Users the model already knows are refused unless `refit_known`; gender and nationality
     values the model never saw are reported once (they count as unknown).
     """
-    frame, _ = validate_ratings(read_ratings(path), path, model.scale_)
+    frame, _ = validate_ratings(read_ratings(path), path, Scale(*model.fitted_.scale))
     refuse_known_context(frame["participant_id"], model.users_, path, refit_known)
-    warn_unknown_demographics(frame, {"gender": model.genders_, "nationality": model.nationalities_}, path)
+    prior = model.fitted_.prior
+    warn_unknown_demographics(frame, {"gender": prior.genders, "nationality": prior.nationalities}, path)
     return frame
 
 
@@ -76,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     watch = Stopwatch(args.quiet)
     model = PersonalScorer.load(args.model)
     embeddings = read_embeddings(args.embeddings)
-    check_dimension(model, embeddings)
+    model.fitted_.check_dimension(embeddings.dim, embeddings.source)
     pairs = read_pairs(args.pairs)
     embeddings.rows(pairs["image_id"].unique(), args.pairs)
     states, others = None, [pl.Series(model.users_)]

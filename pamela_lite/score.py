@@ -1,4 +1,4 @@
-"""Score pairs with an exported ONNX scorer: ``python -m pamela_lite.score``.
+"""Command-line front end: score pairs with an exported ONNX scorer, ``python -m pamela_lite.score``.
 
 Takes the same inputs as ``pamela_lite.predict`` and writes the same columns (participant_id,
 image_id, score), so the two can be compared row by row — but scores with onnxruntime through
@@ -19,7 +19,7 @@ import polars as pl
 from .cli import (Stopwatch, check_table_path, parser_for, refuse_known_context, run,
                   warn_unknown_demographics, write_table)
 from .data import Embeddings, Scale, read_embeddings, read_pairs, read_ratings, validate_ratings
-from .edge import EdgeScorer, UnknownUsers, users_path
+from .edge import EdgeScorer, UnknownUsers, fitted_path, users_path
 from .errors import InputError, preview
 
 
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_scorer(path: Path) -> EdgeScorer:
-    for needed in (path, users_path(path)):
+    for needed in (path, fitted_path(path), users_path(path)):
         if not needed.exists():
             raise InputError(needed, "no such file (write it with python -m pamela_lite.export)")
     try:
@@ -84,9 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     watch = Stopwatch(args.quiet)
     scorer = load_scorer(args.scorer)
     embeddings = read_embeddings(args.embeddings)
-    if embeddings.dim != scorer.embedding_dim:
-        raise InputError(args.embeddings, f"embeddings have dimension {embeddings.dim}; the scorer takes "
-                                          f"{scorer.embedding_dim} (use the same encoder)")
+    scorer.fitted.check_dimension(embeddings.dim, args.embeddings)
     if args.context is not None:
         fold_in_context(scorer, args.context, embeddings, args.refit_known)
         watch.step(f"folded in context users from {args.context}")

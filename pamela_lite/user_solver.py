@@ -153,3 +153,26 @@ def _one_hot(values, vocabulary) -> np.ndarray:
         if value is not None and str(value) in index:
             out[row, index[str(value)]] = 1.0
     return out
+
+
+@dataclass
+class DemographicPrior:
+    """Demographics → a prior user state ``[bias, w, u]``: a new person's k = 0 state, and the
+    state their ratings are shrunk toward. Unknown values (None, or not in a vocabulary) count as
+    unknown, never as an error."""
+
+    age_mean: float
+    age_std: float
+    genders: list[str]
+    nationalities: list[str]
+    coef: np.ndarray | None = None  # (1 + genders + nationalities, 1 + d + f), fitted after the states
+    intercept: np.ndarray | None = None  # (1 + d + f,)
+
+    def vectors(self, ages, genders, nationalities) -> tuple[np.ndarray, np.ndarray]:
+        """(head features: the state's demographic tail, prior features) of users (see demographic_vectors)."""
+        return demographic_vectors(ages, genders, nationalities, self.age_mean, self.age_std, self.genders,
+                                   self.nationalities)
+
+    def states(self, prior_features: np.ndarray) -> np.ndarray:
+        """Prior states ``[bias, w, u]`` of users from their prior features."""
+        return prior_features @ self.coef + self.intercept

@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pamela_lite import export, worlds
+from pamela_lite import onnx_scorer, worlds
 from pamela_lite.catalogue import fit_catalogue
 from pamela_lite.edge import EdgeScorer
 from pamela_lite.metrics import evaluate_scores
@@ -47,13 +47,13 @@ def _srocc(model, ds, **kw) -> float:
 
 
 def test_images_rated_in_training_get_a_correction_that_helps(fitted_shared, shared):
-    assert fitted_shared.catalogue_ is not None
+    assert fitted_shared.fitted_.catalogue is not None
     assert _srocc(fitted_shared, shared) > _srocc(fitted_shared, shared, catalogue=False) + 0.02
 
 
 def test_no_correction_without_validation_on_catalogue_images(fitted, dataset):
     # the small demo world splits by image: nothing in validation was rated in training
-    assert fitted.catalogue_ is None
+    assert fitted.fitted_.catalogue is None
 
 
 def test_the_correction_survives_save_and_load(fitted_shared, shared, tmp_path):
@@ -63,7 +63,7 @@ def test_the_correction_survives_save_and_load(fitted_shared, shared, tmp_path):
 
 
 def test_the_exported_scorer_equals_predict_without_the_catalogue(fitted_shared, shared, tmp_path):
-    path, _ = export.export(fitted_shared, tmp_path / "s.onnx")
+    path, _ = onnx_scorer.export(fitted_shared, tmp_path / "s.onnx")
     query = shared.split("test_seen").head(500)
     edge = EdgeScorer(path)
     states = edge.states_of(query["participant_id"].cast(pl.String).to_list())
@@ -77,7 +77,7 @@ def test_a_new_person_gets_catalogue_factors_from_ratings_on_catalogue_images(fi
     context, query = kshot_split(frame, 30, seed=0)
     folded = fitted_shared.fold_in(context, shared.embeddings)
     ids, states = folded  # still a plain (ids, states) pair to unpack
-    assert folded.catalogue_factors.shape == (len(ids), fitted_shared.catalogue_.factors.shape[1])
+    assert folded.catalogue_factors.shape == (len(ids), fitted_shared.fitted_.catalogue.factors.shape[1])
     assert np.abs(folded.catalogue_factors).max() > 0
     with_factors = fitted_shared.predict(query, shared.embeddings, folded)
     bias_only = fitted_shared.predict(query, shared.embeddings, (ids, states))

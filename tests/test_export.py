@@ -6,12 +6,13 @@ import json
 import subprocess
 import sys
 
+import lightgbm as lgb
 import numpy as np
 import onnx
 import polars as pl
 import pytest
 
-from pamela_lite import export, score
+from pamela_lite import export, onnx_scorer, score
 from pamela_lite.cli import run
 from pamela_lite.edge import EdgeScorer
 from pamela_lite.evaluation import kshot_split
@@ -23,7 +24,7 @@ from .conftest import SMALL_MODEL
 @pytest.fixture(scope="module")
 def exported(fitted, tmp_path_factory):
     path = tmp_path_factory.mktemp("onnx") / "scorer.onnx"
-    export.export(fitted, path)
+    onnx_scorer.export(fitted, path)
     return path
 
 
@@ -45,7 +46,7 @@ def test_onnx_scores_match_predict_on_10k_random_pairs(fitted, dataset, exported
 
 def test_model_without_head_exports_too(dataset, tmp_path):
     model = PersonalScorer(use_head=False, **SMALL_MODEL).fit(dataset.split("train"), dataset.embeddings)
-    path, _ = export.export(model, tmp_path / "nohead.onnx")
+    path, _ = onnx_scorer.export(model, tmp_path / "nohead.onnx")
     assert "TreeEnsembleRegressor" not in {node.op_type for node in onnx.load(path).graph.node}
     pairs, users, images = _random_pairs(model, dataset, 500)
     scores = EdgeScorer(path).score(dataset.embeddings.matrix[images], model.user_states_[users])
@@ -111,14 +112,14 @@ def test_edge_imports_only_numpy_and_onnxruntime():
 
 def test_fast_precision_trades_exactness_for_speed_but_stays_close(fitted, dataset, tmp_path):
     path = tmp_path / "fast.onnx"
-    export.export(fitted, path, precision="fast")
+    onnx_scorer.export(fitted, path, precision="fast")
     pairs, users, images = _random_pairs(fitted, dataset, 10_000, seed=2)
     fast = EdgeScorer(path).score(dataset.embeddings.matrix[images], fitted.user_states_[users])
     diff = np.abs(fast - fitted.predict(pairs, dataset.embeddings))
     assert np.mean(diff < 1e-4) > 0.995  # rare pairs differ ...
     # ... and by at most one branch of one tree: the widest spread of leaf values in any tree.
     assert diff.max() <= max(np.ptp(_leaf_values(tree["tree_structure"]))
-                             for tree in fitted.head_.dump_model()["tree_info"]) + 1e-4
+                             for tree in lgb.Booster(model_str=fitted.fitted_.head).dump_model()["tree_info"]) + 1e-4
 
 
 def _leaf_values(node) -> list[float]:
@@ -220,9 +221,10 @@ def test_a_users_file_from_another_export_is_refused(fitted, dataset, exported, 
     # paired with this scorer, on the device or from the command line.
     import shutil
     other = PersonalScorer(random_state=1, **SMALL_MODEL).fit(dataset.split("train"), dataset.embeddings)
-    _, other_users = export.export(other, tmp_path / "other.onnx")
+    _, other_users = onnx_scorer.export(other, tmp_path / "other.onnx")
     mixed = tmp_path / "mixed.onnx"
     shutil.copy(exported, mixed)
+    shutil.copytree(exported.with_name("scorer.fitted"), tmp_path / "mixed.fitted")
     shutil.copy(other_users, tmp_path / "mixed.users.npz")
     with pytest.raises(ValueError, match="another scorer"):
         EdgeScorer(mixed)

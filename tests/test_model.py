@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+from dataclasses import replace
 
 import numpy as np
 import polars as pl
@@ -53,7 +55,7 @@ def test_zero_shot_user_gets_the_demographic_prior(fitted, dataset):
     ids, states = fitted.fold_in(users.head(0), dataset.embeddings, users=users)
     assert len(ids) == users.height
     head, prior = fitted.demographic_features(users)
-    expected = prior @ fitted.prior_coef_ + fitted.prior_intercept_
+    expected = fitted.fitted_.prior.states(prior)
     order = [ids.index(u) for u in users["participant_id"]]
     np.testing.assert_allclose(states[order, : expected.shape[1]], expected)
 
@@ -63,10 +65,9 @@ def test_refolding_a_known_user_reproduces_the_stored_state(fitted, dataset):
     # (shrunk toward zero, not toward the prior), so the same solve must give them back.
     user = fitted.users_[0]
     own = dataset.split("train").filter(pl.col("participant_id") == user)
-    zero_prior = fitted.prior_coef_ * 0
-    model = PersonalScorer.__new__(PersonalScorer)
-    model.__dict__.update({**fitted.__dict__, "prior_coef_": zero_prior,
-                           "prior_intercept_": fitted.prior_intercept_ * 0})
+    prior = fitted.fitted_.prior
+    model = copy.copy(fitted)
+    model.fitted_ = replace(fitted.fitted_, prior=replace(prior, coef=prior.coef * 0, intercept=prior.intercept * 0))
     _, states = model.fold_in(own, dataset.embeddings)
     stored = fitted.user_states_[0]
     np.testing.assert_allclose(states[0], stored, rtol=1e-6, atol=1e-8)

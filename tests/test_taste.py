@@ -65,7 +65,7 @@ def test_learned_directions_find_taste_that_principal_components_miss(lowvar):
     fits = {basis: PersonalScorer(taste_basis=basis, **settings).fit(lowvar.split("train"), lowvar.embeddings,
                                                                      lowvar.scale)
             for basis in ("pca", "learned")}
-    assert fits["learned"].pca_components_.shape[1] > 8  # directions were added
+    assert fits["learned"].fitted_.image_side.pca_components.shape[1] > 8  # directions were added
     assert _test_seen_srocc(fits["learned"], lowvar) > _test_seen_srocc(fits["pca"], lowvar) + 0.1
 
 
@@ -77,6 +77,10 @@ def test_validation_ratings_change_nothing_but_what_is_chosen_on_them(lowvar):
     shuffled = val.with_columns(rating=pl.Series(np.random.default_rng(0).permutation(val["rating"].to_numpy())))
     a = PersonalScorer(**settings).fit(train, lowvar.embeddings, lowvar.scale, validation=val)
     b = PersonalScorer(**settings).fit(train, lowvar.embeddings, lowvar.scale, validation=shuffled)
-    for name in ("pca_components_", "user_states_", "taste_precision_", "pop_coef_", "item_factors_", "blend_"):
-        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
-    assert a.catalogue_ is None and b.catalogue_ is None
+    np.testing.assert_array_equal(a.user_states_, b.user_states_)
+    for name in ("image_side.pca_components", "solver.taste_precision", "image_side.pop_coef",
+                 "image_side.item_factors", "blend"):
+        part, _, field = name.rpartition(".")
+        np.testing.assert_array_equal(*(getattr(getattr(m.fitted_, part) if part else m.fitted_, field)
+                                        for m in (a, b)), err_msg=name)
+    assert a.fitted_.catalogue is None and b.fitted_.catalogue is None
