@@ -1,10 +1,15 @@
-"""Fit a personal scorer and evaluate it: ``python -m pamela_lite.fit``.
+"""Command-line front end: fit a personal scorer and evaluate it, ``python -m pamela_lite.fit``.
 
 Without ``--data`` it writes (or reuses) the built-in demo world and fits on it, so the whole
 pipeline runs on a fresh machine with no download. With ``--data`` it reads a PAMELA root
 (``annotations/pamela_<split>.json``) or a ratings table, fits on ``train``, early-stops on
 ``val_seen``, evaluates on ``test_seen`` and k-shot ``test_unseen``, prints a table and writes
 the model folder (with ``metrics.json``) to ``--out``.
+
+A user state means something only for the fit that made it. ``--refold-from OLD_MODEL`` carries
+an earlier model folder's users over to the new fit: everyone OLD_MODEL keeps ratings of
+(``ratings.parquet``) whom the new fit is not trained on is folded in again from those ratings
+and kept by the new model; re-export it to give devices the new states.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from .cli import Stopwatch, parse_kshot, parser_for, run, show_progress
 from .data import Scale, load_dataset
 from .errors import InputError
 from .evaluation import evaluate_models, format_table
-from .model import PersonalScorer
+from .model import RATINGS_FILE, PersonalScorer, read_kept_ratings
 
 # The baselines every table shows beside the full model, as switches of the same estimator.
 BASELINES = {
@@ -89,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1,
                         help="threads for BLAS, OpenMP, implicit and LightGBM (1 measured fastest on a 2-core "
                              "machine shared with other work: 2 threads took 3x longer)")
+    parser.add_argument("--refold-from", type=Path, metavar="OLD_MODEL",
+                        help="model folder of an earlier fit: every user it keeps whom this fit does not train on "
+                             "(e.g. people added with predict --add-to-model) is folded in again from their kept "
+                             "ratings and kept by the new model (states of one fit mean nothing to another)")
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
     return parser
 
@@ -123,9 +132,21 @@ def fit_variants(variants: dict, dataset, seed: int, watch: Stopwatch, progress:
     return models
 
 
+def refold(model: PersonalScorer, kept, old: Path, embeddings, watch: Stopwatch) -> None:
+    """Fold in again, against `model`, the users whose ratings the model folder `old` keeps
+    (`kept`) and `model` was not fitted on."""
+    try:
+        ids = model.refold(kept, embeddings)
+    except InputError as err:
+        raise InputError(err.source or old / RATINGS_FILE, err.problem) from None
+    watch.step(f"folded in again {len(ids)} user(s) kept by {old} that this fit was not trained on "
+               f"(the {len(model.users_) - len(ids)} it was trained on have states from this fit)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.params = parse_params(args.params)
+    kept = read_kept_ratings(args.refold_from) if args.refold_from is not None else None
     watch = Stopwatch(args.quiet)
     if args.data is None:
         data = ensure_demo(args.demo_dir, args.seed)
@@ -160,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\nablation on validation (each row adds one component):")
         print(format_table(val_rows))
 
+    if kept is not None:
+        refold(full, kept, args.refold_from, dataset.embeddings, watch)
     if full.fitted_.catalogue is not None:
         watch.step(f"kept per-image catalogue corrections for {len(full.fitted_.catalogue.image_ids)} training images "
                    f"(validation on them improved; predict applies them, the exported ONNX scorer does not)")

@@ -42,6 +42,7 @@ FORMAT = "pamela_lite.PersonalScorer"
 FORMAT_VERSION = 3
 USERS_FORMAT = "pamela_lite.users"
 USERS_FORMAT_VERSION = 3  # 3: ids, states and the fit's digest only (2 also carried the parameters)
+PARAMETER_FILES = ("model.json", "arrays.npz", "head.txt")
 USERS_FILE = "users.npz"
 
 _SOLVER_SCALARS = ("mean", "residual_scale", "alpha", "regularization", "bias_shrinkage", "use_bias",

@@ -64,10 +64,11 @@ from .catalogue import CANDIDATES as CATALOGUE_CANDIDATES
 from .catalogue import MIN_VALIDATION_ROWS, Catalogue, fit_catalogue, ridge_rows
 from .taste import fit_whitening, taste_moment
 from .features import ImageFeatures, ImageSide, l2_normalise
-from .fitted import USERS_FILE, FittedScorer, read_users, write_users
+from .fitted import PARAMETER_FILES, USERS_FILE, FittedScorer, read_users, write_users
 from .user_solver import DemographicPrior, UserSolver, als_row_values, state_layout
 
 RATINGS_FILE = "ratings.parquet"  # in a model folder: the ratings every known user's state was solved from
+MODEL_FILES = (*PARAMETER_FILES, USERS_FILE, RATINGS_FILE)  # what save writes, besides extra files
 
 
 def _limit_threads(fit):
@@ -717,13 +718,13 @@ class PersonalScorer(BaseEstimator):
 
     # ------------------------------------------------------------------ persistence
 
-    def save(self, path: str | Path, extra_files: dict[str, str] | None = None) -> Path:
+    def save(self, path: str | Path, extra_files: dict[str, str | bytes] | None = None) -> Path:
         """Write the model to folder `path` (atomically; an existing model is replaced only on success).
 
         Files: the fitted scorer's ``model.json``, ``arrays.npz`` and ``head.txt``
         (:mod:`pamela_lite.fitted`), the known users' states (``users.npz``, tied to the fit by
         its digest), the ratings they were solved from (``ratings.parquet``, ids as text), plus
-        `extra_files` (name → text, e.g. metrics). Nothing is pickled.
+        `extra_files` (name → text or bytes, e.g. metrics). Nothing is pickled.
         """
         self._check_fitted()
         path = Path(path)
@@ -731,8 +732,8 @@ class PersonalScorer(BaseEstimator):
             self.fitted_.write(tmp)
             write_users(tmp / USERS_FILE, self.users_, self.user_states_, self.fitted_.digest())
             self.ratings_.write_parquet(tmp / RATINGS_FILE)
-            for name, text in (extra_files or {}).items():
-                (tmp / name).write_text(text)
+            for name, content in (extra_files or {}).items():
+                (tmp / name).write_bytes(content if isinstance(content, bytes) else content.encode())
         return path
 
     @classmethod
@@ -742,13 +743,7 @@ class PersonalScorer(BaseEstimator):
         fitted = FittedScorer.read(path)
         ids, states = read_users(path / USERS_FILE, fitted.digest(), f"the model in {path}",
                                  "the model folder was assembled from two fits; fit it again")
-        ratings_path = path / RATINGS_FILE
-        if not ratings_path.exists():
-            raise InputError(ratings_path, "missing from the model folder")
-        try:
-            ratings = pl.read_parquet(ratings_path)
-        except Exception as err:  # polars/arrow raise their own types for a damaged file
-            raise InputError(ratings_path, f"cannot read ({type(err).__name__})") from None
+        ratings = read_kept_ratings(path)
         model = cls(**fitted.params)
         model.fitted_, model.users_, model.user_states_, model.ratings_ = fitted, ids, states, ratings
         return model
@@ -794,6 +789,23 @@ def _users_table(ratings: pl.DataFrame, user_ids: list) -> pl.DataFrame:
     first = ratings.select("participant_id", *cols).unique("participant_id", keep="first", maintain_order=True)
     order = pl.DataFrame({"participant_id": pl.Series(user_ids, dtype=ratings["participant_id"].dtype)})
     return order.join(first, on="participant_id", how="left", maintain_order="left")
+
+
+def read_kept_ratings(folder: str | Path) -> pl.DataFrame:
+    """The ratings a model folder keeps (``ratings.parquet``: each known user's training or context
+    ratings, ids as text), from which a refit folds its users in again."""
+    path = Path(folder) / RATINGS_FILE
+    if not path.exists():
+        raise InputError(path, "missing from the model folder (a model folder written before format 3 keeps "
+                               "no ratings, so its users cannot be folded in again)")
+    try:
+        ratings = pl.read_parquet(path)
+    except Exception as err:  # polars/arrow raise their own types for a damaged file
+        raise InputError(path, f"cannot read ({type(err).__name__})") from None
+    missing = [c for c in (*KEPT_COLUMNS, "origin") if c not in ratings.columns]
+    if missing:
+        raise InputError(path, f"not ratings kept by a model folder (no column {missing[0]!r})")
+    return ratings
 
 
 def _demographic_columns(users: pl.DataFrame) -> tuple[list, list, list]:

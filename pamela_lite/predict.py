@@ -18,7 +18,7 @@ from .cli import (Stopwatch, check_table_path, parser_for, refuse_known_context,
                   write_table)
 from .data import Scale, id_type_note, read_embeddings, read_pairs, read_ratings, validate_ratings
 from .errors import InputError
-from .model import PersonalScorer
+from .model import MODEL_FILES, PersonalScorer
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-catalogue", action="store_true",
                         help="score every image by its embedding alone, as the exported ONNX scorer does (by "
                              "default images rated at fit time get the model's per-image correction, if it kept one)")
+    parser.add_argument("--add-to-model", action="store_true",
+                        help="also keep the --context users in the model folder (their states and ratings), so "
+                             "later predict and export know them and a refit folds them in again")
     parser.add_argument("--out", type=Path, required=True, help="output table (.csv, .parquet or .json)")
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
     return parser
@@ -54,6 +57,13 @@ def load_context(path: Path, model: PersonalScorer, refit_known: bool = False) -
     return frame
 
 
+def add_to_model(model: PersonalScorer, context: pl.DataFrame, embeddings, folder: Path) -> None:
+    """Keep context users in the model folder (atomically; the folder's other files are kept as they are)."""
+    model.add_users(context, embeddings)
+    others = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and p.name not in MODEL_FILES}
+    model.save(folder, extra_files=others)
+
+
 def lookup_ids(pairs: pl.DataFrame, *others: pl.Series) -> pl.DataFrame:
     """Pairs whose participant ids compare with the model's and the context's: as text if any side is.
 
@@ -67,6 +77,8 @@ def lookup_ids(pairs: pl.DataFrame, *others: pl.Series) -> pl.DataFrame:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_table_path(args.out)
+    if args.add_to_model and args.context is None:
+        raise InputError(None, "--add-to-model needs --context (the users to add)")
     watch = Stopwatch(args.quiet)
     model = PersonalScorer.load(args.model)
     embeddings = read_embeddings(args.embeddings)
@@ -87,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError(args.pairs, err.problem + note) from None
     write_table(pairs.with_columns(score=pl.Series(scores)), args.out)
     watch.step(f"scored {pairs.height} pairs → {args.out}")
+    if args.add_to_model:
+        add_to_model(model, context, embeddings, args.model)
+        watch.step(f"kept {len(states[0])} context user(s) and their ratings in {args.model}")
     return 0
 
 
