@@ -29,7 +29,7 @@ from _common import dir_size, results_dir, has_torch, log, machine, machine_line
 
 from pamela_lite.data import Scale, load_dataset  # noqa: E402
 from pamela_lite.demo import DemoConfig, world_dataset  # noqa: E402
-from pamela_lite.evaluation import ceiling_rows, evaluation_cases, score_rows  # noqa: E402
+from pamela_lite.protocol import ceiling_rows, evaluation_cases, score_rows  # noqa: E402
 from pamela_lite.fit import BASELINES  # noqa: E402
 from pamela_lite.metrics import evaluate_scores, per_user  # noqa: E402
 from pamela_lite.model import PersonalScorer  # noqa: E402

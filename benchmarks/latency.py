@@ -233,7 +233,7 @@ def encoder_throughput(quick: bool) -> dict:
     from PIL import Image
 
     from pamela_lite import tiny_encoder
-    from pamela_lite.embed import Encoder, embed_images, list_images
+    from pamela_lite.encoder import Encoder, embed_images, list_images
 
     n = TINY["images_to_embed"] if _tiny else 256 if quick else 1024
     with tempfile.TemporaryDirectory() as tmp:

@@ -25,7 +25,7 @@ _PUBLIC = {
     "validate_ratings": "data", "Dataset": "data", "Embeddings": "data", "Scale": "data",
     "InputError": "errors",
     "evaluate_scores": "metrics",
-    "evaluate_models": "evaluation", "kshot_split": "evaluation",
+    "evaluate_models": "protocol", "kshot_split": "protocol",
     "export_scorer": "onnx_scorer", "FittedScorer": "fitted",
 }
 _RENAMED = {"export_scorer": "export"}

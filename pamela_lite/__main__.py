@@ -17,7 +17,7 @@ COMMANDS = {
                 "pamela-lite predict --model runs/model --pairs pairs.csv --embeddings e.parquet --out scores.csv"),
     "evaluate": ("evaluate a fitted model on a dataset, beside baselines",
                  "pamela-lite evaluate --model runs/model --data runs/demo_world"),
-    "export": ("export a model folder to one ONNX scorer and its users file",
+    "export": ("export a model folder to one ONNX scorer, its parameters and its users file",
                "pamela-lite export --model runs/model --out runs/scorer.onnx"),
     "score": ("score pairs or rank a gallery with an exported ONNX scorer",
               "pamela-lite score --scorer runs/scorer.onnx --top 10 --user p0007 --embeddings e.parquet --out top.csv"),

@@ -16,7 +16,7 @@ from pathlib import Path
 from ._atomic import write_text
 from .cli import Stopwatch, parse_kshot, parser_for, run
 from .data import Scale, load_dataset
-from .evaluation import SEEN_SPLITS, UNSEEN_SPLITS, evaluate_models, format_table
+from .protocol import SEEN_SPLITS, UNSEEN_SPLITS, evaluate_models, format_table
 from .errors import InputError
 from .fit import BASELINES, fit_variants
 from .model import PersonalScorer

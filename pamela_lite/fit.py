@@ -26,7 +26,7 @@ from ._atomic import write_text
 from .cli import Stopwatch, parse_kshot, parser_for, run, show_progress
 from .data import Scale, load_dataset
 from .errors import InputError
-from .evaluation import evaluate_models, format_table
+from .protocol import evaluate_models, format_table
 from .model import RATINGS_FILE, PersonalScorer, read_kept_ratings
 
 # The baselines every table shows beside the full model, as switches of the same estimator.

@@ -6,7 +6,7 @@ Three protocols, all with per-user SROCC / PLCC / pairwise accuracy (``metrics.e
     Fit on train (early-stopping on val_seen), score test_seen of the users seen in training.
 ``test_unseen``
     The test_unseen users (about 7 in PAMELA: a noisy number), k-shot: k of each user's ratings
-    are context (``evaluation.kshot_split``, folded in without refitting), the rest are scored;
+    are context (``protocol.kshot_split``, folded in without refitting), the rest are scored;
     the mean over `draws` seeded draws of the context (one draw for k = 0).
 ``pseudo_unseen``
     A seeded `holdout` share (20%) of the seen users is removed from training entirely (their
@@ -40,7 +40,7 @@ import numpy as np
 import polars as pl
 
 from .data import Dataset
-from .evaluation import ceiling_rows, kshot_split
+from .protocol import ceiling_rows, kshot_split
 from .metrics import evaluate_scores
 from .worlds import TasteRidge, WorldTruth
 

@@ -72,7 +72,7 @@ def test_the_exported_scorer_equals_predict_without_the_catalogue(fitted_shared,
 
 
 def test_a_new_person_gets_catalogue_factors_from_ratings_on_catalogue_images(fitted_shared, shared):
-    from pamela_lite.evaluation import kshot_split
+    from pamela_lite.protocol import kshot_split
     frame = shared.ratings.filter(pl.col("split").is_in(["val_unseen", "test_unseen"]))
     context, query = kshot_split(frame, 30, seed=0)
     folded = fitted_shared.fold_in(context, shared.embeddings)

@@ -12,7 +12,7 @@ from PIL import Image
 from pamela_lite import embed, tiny_encoder
 from pamela_lite.cli import run
 from pamela_lite.data import read_embeddings
-from pamela_lite.embed import Encoder, Preprocess, embed_images, list_images, load_pixels, to_tensor
+from pamela_lite.encoder import Encoder, Preprocess, embed_images, list_images, load_pixels, to_tensor
 
 
 def _images(folder, n, start=0, size=(40, 30)):

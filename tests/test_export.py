@@ -15,7 +15,7 @@ import pytest
 from pamela_lite import export, onnx_scorer, score
 from pamela_lite.cli import run
 from pamela_lite.edge import EdgeScorer
-from pamela_lite.evaluation import kshot_split
+from pamela_lite.protocol import kshot_split
 from pamela_lite.model import PersonalScorer
 
 from .conftest import SMALL_MODEL

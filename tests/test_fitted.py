@@ -13,7 +13,7 @@ import pytest
 from pamela_lite import onnx_scorer
 from pamela_lite.edge import EdgeScorer
 from pamela_lite.errors import InputError
-from pamela_lite.evaluation import kshot_split
+from pamela_lite.protocol import kshot_split
 from pamela_lite.fitted import FittedScorer
 from pamela_lite.model import PersonalScorer, read_kept_ratings
 

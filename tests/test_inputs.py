@@ -16,7 +16,7 @@ from pamela_lite.cli import run
 from pamela_lite.data import Scale, load_dataset, read_ratings, validate_ratings
 from pamela_lite.edge import EdgeScorer
 from pamela_lite.errors import InputError
-from pamela_lite.evaluation import evaluate_models
+from pamela_lite.protocol import evaluate_models
 from pamela_lite.onnx_scorer import export
 from pamela_lite.model import PersonalScorer
 

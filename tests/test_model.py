@@ -12,7 +12,7 @@ import pytest
 import scipy.sparse as sp
 
 from pamela_lite.errors import InputError
-from pamela_lite.evaluation import evaluate_models, kshot_split
+from pamela_lite.protocol import evaluate_models, kshot_split
 from pamela_lite.user_solver import als_fold_in, als_row_values
 from pamela_lite.model import PersonalScorer
 

@@ -1,0 +1,279 @@
+"""Images → embeddings with an ONNX image encoder; its command-line front end is pamela_lite.embed.
+
+The encoder runs with onnxruntime on the CPU, in batches. Preprocessing is declared, not
+guessed: a JSON sidecar next to the encoder (``<encoder>.preprocess.json``) states the input
+size, resize mode, centre crop, mean/std, channel order and whether to L2-normalise; without
+one, CLIP's values apply and the input size is read from the encoder's input shape.
+
+Runs are resumable: images already in ``--out`` are skipped and new embeddings are appended
+atomically every ``--checkpoint`` images, so an interrupted run loses at most one checkpoint.
+Unreadable or non-image files are listed in a report (``<out>.skipped.csv``) and skipped.
+
+Image ids: with ``--pamela ROOT`` each file's path relative to ROOT is looked up in PAMELA's
+annotations (``image_path`` → ``image_id``); otherwise the id is the path relative to
+``--images`` (a folder) or the path as listed (a list file).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import polars as pl
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+from ._atomic import atomic_file
+from .data import SPLITS, read_table
+from .errors import InputError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an encoder wants its pixels. Defaults are OpenAI CLIP's."""
+
+    input_size: int = 224
+    resize: str = "shortest"  # "shortest": shorter side to input_size, then crop; "squash": both sides
+    center_crop: bool = True
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
+    channel_order: str = "RGB"  # or "BGR"
+    layout: str = "NCHW"  # or "NHWC"
+    l2_normalize: bool = True
+    interpolation: str = "bicubic"  # or "bilinear"
+
+    @classmethod
+    def load(cls, path: Path) -> "Preprocess":
+        try:
+            values = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise InputError(path, "preprocessing sidecar is not valid JSON") from None
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise InputError(path, f"unknown preprocessing key(s) {', '.join(sorted(unknown))}; "
+                                   f"known: {', '.join(cls.__dataclass_fields__)}")
+        for key in ("mean", "std"):
+            if key in values:
+                values[key] = tuple(values[key])
+        config = cls(**values)
+        config.check(path)
+        return config
+
+    def check(self, source) -> None:
+        if self.resize not in ("shortest", "squash") or self.channel_order not in ("RGB", "BGR") \
+                or self.layout not in ("NCHW", "NHWC") or self.interpolation not in ("bicubic", "bilinear") \
+                or len(self.mean) != 3 or len(self.std) != 3 or self.input_size < 1:
+            raise InputError(source, f"invalid preprocessing {asdict(self)}")
+
+
+def sidecar_path(encoder: Path) -> Path:
+    return encoder.with_name(encoder.stem + ".preprocess.json")
+
+
+def load_pixels(path: Path, config: Preprocess) -> np.ndarray:
+    """One image as float32 HxWx3 in [0, 1], resized and cropped as `config` says."""
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+        size = config.input_size
+        resample = Image.Resampling.BICUBIC if config.interpolation == "bicubic" else Image.Resampling.BILINEAR
+        if config.resize == "squash":
+            img = img.resize((size, size), resample)
+        else:
+            w, h = img.size
+            scale = size / min(w, h)
+            img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), resample)
+        if config.center_crop or config.resize == "shortest":
+            w, h = img.size
+            left, top = (w - size) // 2, (h - size) // 2
+            img = img.crop((left, top, left + size, top + size))
+        return np.asarray(img, dtype=np.float32) / 255.0
+
+
+def to_tensor(batch: np.ndarray, config: Preprocess) -> np.ndarray:
+    """(N, H, W, 3) in [0, 1] → the encoder's input, normalised, vectorised over the batch."""
+    if config.channel_order == "BGR":
+        batch = batch[..., ::-1]
+        mean, std = np.array(config.mean[::-1]), np.array(config.std[::-1])
+    else:
+        mean, std = np.array(config.mean), np.array(config.std)
+    batch = (batch - mean.astype(np.float32)) / std.astype(np.float32)
+    if config.layout == "NCHW":
+        batch = batch.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(batch, dtype=np.float32)
+
+
+class Encoder:
+    """An ONNX image encoder with its preprocessing."""
+
+    def __init__(self, path: Path, threads: int = 0):
+        if not path.exists():
+            raise InputError(path, "no such encoder file")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads  # 0: all cores; encoders are compute-bound
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as err:
+            raise InputError(path, f"cannot load the encoder: {str(err).splitlines()[0]}") from None
+        self.input = self.session.get_inputs()[0]
+        sidecar = sidecar_path(path)
+        if sidecar.exists():
+            self.config = Preprocess.load(sidecar)
+        else:
+            self.config = Preprocess(input_size=self._size_from_shape(path))
+
+    def _size_from_shape(self, path: Path) -> int:
+        shape = self.input.shape
+        side = shape[2] if len(shape) == 4 and shape[1] == 3 else (shape[1] if len(shape) == 4 else None)
+        if not isinstance(side, int):
+            raise InputError(path, f"input shape {shape} does not fix the image size; write "
+                                   f"{sidecar_path(path).name} with input_size")
+        return side
+
+    @property
+    def dim(self) -> int:
+        """Length of the embeddings this encoder gives (from its output shape, or one blank image)."""
+        if not hasattr(self, "_dim"):
+            last = self.session.get_outputs()[0].shape[-1]
+            if isinstance(last, int) and len(self.session.get_outputs()[0].shape) == 2:
+                self._dim = last
+            else:
+                size = self.config.input_size
+                self._dim = int(self(np.zeros((1, size, size, 3), dtype=np.float32)).shape[1])
+        return self._dim
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        out = self.session.run(None, {self.input.name: to_tensor(pixels, self.config)})[0]
+        out = out.reshape(out.shape[0], -1).astype(np.float32)
+        if self.config.l2_normalize:
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out
+
+
+@dataclass
+class EmbedReport:
+    """What a run did: counts, throughput and the files it skipped (with reasons)."""
+
+    embedded: int = 0
+    already_present: int = 0
+    seconds: float = 0.0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.embedded / self.seconds if self.seconds > 0 else 0.0
+
+
+def list_images(images: Path) -> list[tuple[Path, str]]:
+    """(file, id) pairs: a folder is searched recursively; a list file names one path per line."""
+    if images.is_dir():
+        files = sorted(p for p in images.rglob("*") if p.is_file() and not p.name.startswith("."))
+        return [(p, p.relative_to(images).as_posix()) for p in files]
+    if not images.exists():
+        raise InputError(images, "no such folder or list file")
+    lines = [line.strip() for line in images.read_text().splitlines() if line.strip()]
+    if not lines:
+        raise InputError(images, "the list file is empty")
+    base = images.parent
+    return [((base / line) if not Path(line).is_absolute() else Path(line), line) for line in lines]
+
+
+def pamela_ids(root: Path) -> dict[str, object]:
+    """PAMELA's image_path → image_id over all annotation files."""
+    mapping: dict[str, object] = {}
+    for split in SPLITS:
+        path = root / "annotations" / f"pamela_{split}.json"
+        if path.exists():
+            frame = read_table(path)
+            if {"image_path", "image_id"} <= set(frame.columns):
+                mapping.update(dict(frame.select("image_path", "image_id").unique().iter_rows()))
+    if not mapping:
+        raise InputError(root, "no annotations with image_path and image_id under annotations/")
+    return mapping
+
+
+def _existing(out: Path) -> pl.DataFrame | None:
+    if not out.exists():
+        return None
+    frame = read_table(out)
+    if not {"image_id", "embedding"} <= set(frame.columns):
+        raise InputError(out, "exists but is not an embeddings file (image_id, embedding); choose another --out")
+    return frame.select("image_id", "embedding")
+
+
+def _dimension(column: pl.Series) -> int | None:
+    if isinstance(column.dtype, pl.Array):
+        return column.dtype.size
+    if isinstance(column.dtype, pl.List):
+        lengths = column.list.len().unique()
+        return int(lengths[0]) if len(lengths) == 1 else None
+    return None
+
+
+def _write(out: Path, existing: pl.DataFrame | None, ids: list, vectors: list[np.ndarray]) -> pl.DataFrame:
+    matrix = np.vstack(vectors)
+    new = pl.DataFrame({"image_id": ids, "embedding": pl.Series(matrix, dtype=pl.Array(pl.Float32, matrix.shape[1]))})
+    if existing is not None:
+        if existing["embedding"].dtype != new["embedding"].dtype:
+            raise InputError(out, f"holds embeddings of type {existing['embedding'].dtype}; this encoder gives "
+                                  f"{new['embedding'].dtype}: use another --out")
+        new = pl.concat([existing, new.with_columns(pl.col("image_id").cast(existing["image_id"].dtype))])
+    with atomic_file(out, ".parquet") as tmp:
+        new.write_parquet(tmp)
+    return new
+
+
+def embed_images(encoder: Encoder, files: list[tuple[Path, object]], out: Path, batch_size: int = 32,
+                 checkpoint: int = 1024, progress: bool = False, log_lines: bool = False) -> EmbedReport:
+    """Embed `files` (path, id) into `out`, skipping ids already there; returns what happened.
+
+    `progress` shows a bar (for a terminal); `log_lines` prints one plain line per checkpoint
+    instead (for a log file).
+    """
+    report = EmbedReport()
+    existing = _existing(out)
+    if existing is not None and existing.height:
+        have = _dimension(existing["embedding"])
+        if have is not None and have != encoder.dim:
+            raise InputError(out, f"holds {have}-d embeddings; this encoder gives {encoder.dim}-d: "
+                                  f"use another --out (or the encoder that made the file)")
+    done = set(existing["image_id"].cast(pl.String).to_list()) if existing is not None else set()
+    todo = [(p, i) for p, i in files if str(i) not in done]
+    report.already_present = len(files) - len(todo)
+    ids, vectors, pending = [], [], 0
+    start = time.perf_counter()
+    bar = tqdm(total=len(todo), desc="embed", unit="img", disable=not progress, file=sys.stderr)
+    done = 0
+    for at in range(0, len(todo), batch_size):
+        pixels, batch_ids = [], []
+        for path, image_id in todo[at:at + batch_size]:
+            try:
+                pixels.append(load_pixels(path, encoder.config))
+                batch_ids.append(image_id)
+            except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
+                report.skipped.append((str(path), f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"))
+        if pixels:
+            vectors.append(encoder(np.stack(pixels)))
+            ids += batch_ids
+            pending += len(batch_ids)
+        bar.update(len(todo[at:at + batch_size]))
+        done += len(todo[at:at + batch_size])
+        if pending >= checkpoint:
+            existing, ids, vectors, pending = _write(out, existing, ids, vectors), [], [], 0
+            if log_lines:
+                print(f"embedded {done}/{len(todo)} image(s); saved to {out}", file=sys.stderr, flush=True)
+    if ids:
+        _write(out, existing, ids, vectors)
+    bar.close()
+    report.seconds = time.perf_counter() - start
+    report.embedded = len(todo) - len(report.skipped)
+    return report
