@@ -21,8 +21,12 @@ whether its seen-user test images also occur in training).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # scipy is imported where it is used: the device reads Catalogue without it
+    import scipy.sparse as sp
 
 # (factors, ridge penalty) tried on validation; the penalty is in pseudo-ratings.
 CANDIDATES = ((0, 5.0), (0, 20.0), (4, 10.0), (8, 10.0), (8, 30.0))
@@ -76,14 +80,14 @@ def fit_catalogue(resid: np.ndarray, user_index: np.ndarray, image_index: np.nda
     return bias, V, A
 
 
-def _indicator(index: np.ndarray, n: int) -> "sp.csr_matrix":
+def _indicator(index: np.ndarray, n: int) -> sp.csr_matrix:
     """Rows: groups; columns: ratings; 1 where the rating belongs to the group."""
-    import scipy.sparse as sp  # imported here: the fitted scorer (and the device) read Catalogue without scipy
+    import scipy.sparse as sp
 
     return sp.csr_matrix((np.ones(len(index)), (index, np.arange(len(index)))), shape=(n, len(index)))
 
 
-def ridge_rows(groups: "sp.csr_matrix", X: np.ndarray, y: np.ndarray, penalty: float) -> np.ndarray:
+def ridge_rows(groups: sp.csr_matrix, X: np.ndarray, y: np.ndarray, penalty: float) -> np.ndarray:
     """Per group g: argmin ||y_g - X_g b||² + penalty ||b||², all groups in one batched solve."""
     f = X.shape[1]
     gram = (groups @ (X[:, :, None] * X[:, None, :]).reshape(len(X), f * f)).reshape(-1, f, f)

@@ -154,6 +154,18 @@ class PersonalScorer(BaseEstimator):
         Threads for fitting (BLAS and OpenMP through threadpoolctl, implicit, LightGBM);
         default None: all cores, capped at 2.
 
+    Attributes
+    ----------
+    fitted_ : FittedScorer
+        Every fitted parameter (:mod:`pamela_lite.fitted`); what save, export and devices read.
+    users_ : list
+        Ids of the known users: those fitted on, then any added with :meth:`add_users`.
+    user_states_ : numpy.ndarray
+        Their states (n_users, state_dim), float32, in the same order.
+    ratings_ : polars.DataFrame
+        The ratings those states were solved from (ids as text, ``origin`` "train" or
+        "context"), so that a refit can fold the users in again (:meth:`refold`).
+
     Examples
     --------
     Fit on a tiny generated world, score known users, then fold in a new person from their
