@@ -666,6 +666,18 @@ class PersonalScorer(BaseEstimator):
             score = score + self.head_.predict(cols["head_x"], num_threads=1)
         return score
 
+    # ---- steering accessor (issue 10; read by pamela_lite.steer) ---------------------------
+    def utility(self, pairs: pl.DataFrame, embeddings: Embeddings,
+                states: tuple[list, np.ndarray] | None = None) -> np.ndarray:
+        """Predicted utility of each pair *before* clipping to the scale, by embedding alone.
+
+        The same number as ``predict(..., catalogue=False)`` without the clip (the ONNX graph's
+        ``utility`` output): what a search over generated images ranks by, so that images
+        predicted above the top of the scale do not tie.
+        """
+        return self._utility(self.components(pairs, embeddings, states))
+    # ---- end of steering accessor ------------------------------------------------------------
+
     def _check_fitted(self) -> None:
         check_is_fitted(self, "user_states_", msg="this PersonalScorer is not fitted yet; call fit() or load()")
 
