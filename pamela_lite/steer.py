@@ -620,6 +620,17 @@ def search(method: str, generate: Generator, objective: Objective, vocab: Vocabu
     return runner.finish(method, choice)
 
 
+def fresh_seeds(n: int, used) -> list[int]:
+    """`n` seeds that are not among `used` (the choosing seeds): judge a chosen prompt on these.
+
+    A prompt chosen for its score on some seeds looks better on them than it is (the winner's
+    curse); its real worth shows on seeds the search never saw.
+    """
+    used = set(int(s) for s in used)
+    start = max(used, default=-1) + 1
+    return list(range(start, start + int(n)))
+
+
 # ----------------------------------------------------------------------------- generators
 
 

@@ -15,9 +15,9 @@ Each phrase moves the image's embedding ``x_base``::
 * ``d_phrase = step * r_phrase + c_phrase * g_pop``: ``r_phrase`` is a random unit direction
   drawn from a hash of the phrase alone, **independently of the world's taste basis, of its
   principal components and of any model**, with its component along ``g_pop`` removed;
-  ``g_pop`` is the direction in which the *average* person's true utility rises (the
-  population appeal), and ``c_phrase ~ N(0, tau^2)`` is the phrase's effect on population
-  appeal. ``tau`` is set so that a share ``shared_share`` (default 0.25, the zoo's
+  ``g_pop`` is the population-appeal direction: the one in which the *average* person's
+  true utility rises with the least disagreement between people, and ``c_phrase ~ N(0,
+  tau^2)`` is the phrase's effect on population appeal. ``tau`` is set so that a share ``shared_share`` (default 0.25, the zoo's
   population share of utility variance, PAMELA-like) of the variance that edits cause in
   people's true utilities is shared by everyone and the rest is personal.
 * ``e_seed``: seed noise, an isotropic Gaussian direction, part shared by every prompt drawn
@@ -175,24 +175,31 @@ class SimulatedGenerator:
         sd = self.truth._sd[:, None]
         gn = g / sd                                 # gradients in per-person SD units
         g_mean = gn.mean(0)
-        self.g_pop = _unit(g_mean)
         dev = gn - g_mean
-        dev_perp = dev - np.outer(dev @ self.g_pop, self.g_pop)
+        # The population-appeal direction: where the average person's utility rises with the
+        # least disagreement between people, (C + lam I)^-1 g_mean with C the spread of the
+        # people's gradients (by Woodbury: C is low rank, D may be large).
+        U = len(dev)
         D = self.dim
-        # one random unit direction (orthogonal to g_pop) moves person u by N(0, |dev_perp_u|^2 / (D-1))
-        personal_per_step2 = float(np.mean((dev_perp ** 2).sum(1))) / (D - 1)
+        lam = 0.1 * float((dev ** 2).sum()) / U / D
+        small = dev @ dev.T / U + lam * np.eye(U)
+        self.g_pop = _unit(g_mean - dev.T @ np.linalg.solve(small, dev @ g_mean) / U)
+        # Variance one edit causes, per unit step^2 (random part, orthogonal to g_pop: a random
+        # unit direction in D-1 dimensions) and per unit tau^2 (population part):
+        #   shared   = tau^2 a + step^2 b,   personal = tau^2 q + step^2 p.
+        # Solve for the shared share `shared_share` of a total `edit_sd^2`.
+        def perp(v):
+            return v - np.multiply.outer(v @ self.g_pop, self.g_pop)
+
+        a = float(g_mean @ self.g_pop) ** 2
+        b = float(perp(g_mean) @ perp(g_mean)) / (D - 1)
         q = float(np.mean((dev @ self.g_pop) ** 2))
-        shared_per_c2 = float(g_mean @ g_mean)
-        # shares: c^2 (shared_per_c2) / [c^2 (shared_per_c2 + q) + step^2 personal_per_step2] = rho
-        rho = shared_share
-        # pick step and tau so that total per-edit variance = edit_sd^2 and the shared share = rho
-        #   tau^2 shared_per_c2 = rho * edit_sd^2;  step^2 personal + tau^2 q = (1 - rho) edit_sd^2
-        tau2 = rho * edit_sd ** 2 / max(shared_per_c2, 1e-12)
-        rest = (1 - rho) * edit_sd ** 2 - tau2 * q
-        if rest <= 0:
-            raise ValueError("this world's population direction alone carries more personal variance than "
-                             "the requested personal share; raise shared_share")
-        self.step = float(np.sqrt(rest / personal_per_step2))
+        p = float(np.mean((perp(dev) ** 2).sum(1))) / (D - 1)
+        rho, e2 = shared_share, edit_sd ** 2
+        tau2, step2 = np.linalg.solve(np.array([[a, b], [q, p]]), np.array([rho * e2, (1 - rho) * e2]))
+        if tau2 < 0 or step2 <= 0:   # random directions alone are already this shared: no appeal part
+            tau2, step2 = 0.0, e2 / (b + p)
+        self.step = float(np.sqrt(step2))
         self.tau = float(np.sqrt(tau2))
         # seed noise: an isotropic direction of norm sigma moves person u by about sigma |g_u| / sqrt(D)
         per_noise2 = float(np.mean((gn ** 2).sum(1))) / D
@@ -259,8 +266,11 @@ class SimulatedGenerator:
 
     def true_utility(self, user, prompts: list[str], seeds: list[int]) -> np.ndarray:
         """Person `user`'s TRUE utility of the image each (prompt, seed) generates."""
-        x = self(prompts, seeds)
-        return np.array([self.truth(user, self.base_row(p), x[k:k + 1])[0] for k, p in enumerate(prompts)])
+        x = self(prompts, seeds).astype(np.float64)
+        rows = np.array([self.base_row(p) for p in prompts])
+        u = self.truth.row(user)
+        delta = x - self.truth.embeddings[rows]
+        return self.truth.base_utility[u, rows] + np.einsum("ij,j->i", delta, self.truth.gradients[u])
 
     # ------------------------------------------------------------------ checks
 
