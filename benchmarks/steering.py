@@ -49,11 +49,16 @@ CONDITIONS = ("self", "other", "population", "unsteered")
 HEADLINE = "greedy"
 FRESH = steer.fresh_seeds(32, range(10_000))     # 10000..10031; searches choose on seeds 0..
 QUICK = dict(n_users=80, n_images=1200)
+TINY = dict(n_users=50, n_images=400)      # --tiny (with --quick): the test suite's smoke run
 TWO_BUDGET = 128
 Z = {0.5: 0.674, 0.8: 1.2816, 0.9: 1.6449}
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def size(args) -> dict:
+    return TINY if args.tiny else QUICK if args.quick else {}
 
 
 def train_rows(world, user) -> pl.DataFrame:
@@ -137,7 +142,7 @@ def bootstrap_ci(values: np.ndarray, rng, n: int = 2000) -> tuple[float, float]:
 
 def run_world(name: str, args, rng) -> dict:
     t0 = time.perf_counter()
-    cfg = worlds.default_config(name, **(QUICK if args.quick else {}))
+    cfg = worlds.default_config(name, **(size(args)))
     world = worlds.make(name, cfg)
     ds = worlds.dataset(world)
     model = PersonalScorer(n_threads=1, random_state=0).fit(ds.split("train"), ds.embeddings, ds.scale,
@@ -167,7 +172,7 @@ def run_world(name: str, args, rng) -> dict:
         post = posterior_of(model, world, emb, user, index[user])
         me = steer.PersonalObjective(model, post.mean, post, args.samples, seed=n)
         them = steer.PersonalObjective(model, model.user_states_[index[other]], None, 0)
-        sd_pred = float(np.std(me(catalogue)[:, 0]))
+        sd_pred = float(np.std(steer.PersonalObjective(model, post.mean, None, 0)(catalogue)[:, 0]))
         base_true = float(gen.true_utility(user, [base] * len(FRESH), FRESH).mean())
         runs = {("self", m): me for m in steer.METHODS}
         runs[("other", HEADLINE)] = them
@@ -243,7 +248,7 @@ def summarise(frame: pl.DataFrame, budgets, rng) -> dict:
 
 def two_people(args, folder: Path) -> dict:
     """The README's example: two people with different tastes steered from one prompt (demo world)."""
-    cfg = worlds.default_config("demo", **(QUICK if args.quick else {}))
+    cfg = worlds.default_config("demo", **(size(args)))
     world = worlds.make("demo", cfg)
     ds = worlds.dataset(world)
     model = PersonalScorer(n_threads=1, random_state=0).fit(ds.split("train"), ds.embeddings, ds.scale,
@@ -382,9 +387,12 @@ def main(argv=None) -> int:
     parser.add_argument("--shared-share", type=float, default=0.25)
     parser.add_argument("--seed-ratio", type=float, default=1.0)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     args.budgets = [int(b) for b in args.budgets.split(",")]
+    if args.tiny:
+        args.quick, args.users, args.budgets = True, min(args.users, 4), [8, 16]
     if args.quick:
         args.users = min(args.users, 30)
     folder = results_dir(args.quick)
