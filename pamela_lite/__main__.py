@@ -1,4 +1,4 @@
-"""The console entry point: pamela-lite fit|predict|evaluate|export|score|embed|demo.
+"""The console entry point: pamela-lite fit|predict|evaluate|export|score|embed|steer|demo.
 
 Each command is the same tool as python -m pamela_lite.<command>, with the same arguments; the
 tool's module is imported only once its command is chosen, so pamela-lite --help is instant.
@@ -23,6 +23,8 @@ COMMANDS = {
               "pamela-lite score --scorer runs/scorer.onnx --top 10 --user p0007 --embeddings e.parquet --out top.csv"),
     "embed": ("turn images into embeddings with an ONNX image encoder",
               "pamela-lite embed --encoder clip_b32.onnx --images photos/ --out embeddings.parquet"),
+    "steer": ("steer a text-to-image prompt toward one person (or the population) within a budget",
+              "pamela-lite steer --model runs/model --user p0007 --prompt 'a portrait photo' --out runs/steer"),
     "demo": ("write the deterministic PAMELA-shaped demo world",
              "pamela-lite demo --out runs/demo_world --seed 0"),
 }

@@ -725,6 +725,16 @@ class PersonalScorer(BaseEstimator):
             cached = self._head_cache = (text, lgb.Booster(model_str=text))
         return cached[1]
 
+    def utility(self, pairs: pl.DataFrame, embeddings: Embeddings,
+                states: tuple[list, np.ndarray] | None = None) -> np.ndarray:
+        """Predicted utility of each pair *before* clipping to the scale, by embedding alone.
+
+        The same number as ``predict(..., catalogue=False)`` without the clip (the ONNX graph's
+        ``utility`` output): what a search over generated images ranks by, so that images
+        predicted above the top of the scale do not tie.
+        """
+        return self._utility(self.components(pairs, embeddings, states))
+
     def _check_fitted(self) -> None:
         check_is_fitted(self, "fitted_", msg="this PersonalScorer is not fitted yet; call fit() or load()")
 

@@ -1,0 +1,914 @@
+"""Steer a text-to-image generator toward one person: ``python -m pamela_lite.steer``.
+
+Prompt edits from a vocabulary grouped by attribute (lighting, camera angle, viewpoint,
+palette, medium, composition, ...; at most one phrase per attribute) are added to a base
+prompt; each candidate prompt is rendered on several seeds by a generator, the images'
+embeddings are scored for the person by a fitted scorer, and the prompt with the best mean
+score wins. Several seeds per prompt make the search optimise the prompt, not a lucky seed.
+The budget counts generator calls (images). Methods: ``best_of_n`` (random prompts, keep
+the best), ``greedy`` (coordinate search: one attribute at a time, move when a phrase beats
+the current prompt) and ``thompson`` (a bandit: an additive model of each phrase's effect,
+Thompson sampling over the effects' posterior and over the scorer's posterior of the
+person's taste). ``--objective population`` drives the same search by the population head
+("global steering") for comparison.
+
+Library use::
+
+    from pamela_lite import steer
+    vocab = steer.Vocabulary.load()                       # the default, or a JSON file
+    objective = steer.PersonalObjective(model, state)     # model: a fitted PersonalScorer
+    result = steer.search("greedy", generate, objective, vocab, "a portrait of a fisherman", budget=64)
+    result.prompt, result.predicted, result.spread_taste, result.trajectory
+
+A generator is any callable ``generate(prompts: list[str], seeds: list[int]) -> (n, D)``
+embeddings (one image per pair). :class:`DiffusersAdapter` wraps a text-to-image pipeline and
+an ONNX image encoder; :func:`stub_adapter` is a runnable stand-in that needs no download;
+:class:`pamela_lite.steer_sim.SimulatedGenerator` simulates one on a world of the zoo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+import polars as pl
+
+from ._atomic import atomic_dir
+from .cli import Stopwatch, parser_for, run
+from .data import Embeddings
+from .errors import InputError
+
+METHODS = ("best_of_n", "greedy", "thompson")
+VOCABULARY_FORMAT = "pamela_lite.steer_vocabulary"
+NONE = -1  # no phrase for this attribute
+
+
+class Generator(Protocol):
+    """The adapter shape: one image embedding per (prompt, seed) pair."""
+
+    def __call__(self, prompts: list[str], seeds: list[int]) -> np.ndarray: ...
+
+
+# ----------------------------------------------------------------------------- vocabulary
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Prompt edits grouped by attribute; a prompt takes at most one phrase per attribute.
+
+    Parameters
+    ----------
+    attributes : tuple of (name, phrases)
+        Attribute names and their phrases, in the order they are appended to a prompt.
+    source : str
+        Where the vocabulary came from (for messages).
+    """
+
+    attributes: tuple[tuple[str, tuple[str, ...]], ...]
+    source: str = "<memory>"
+
+    @classmethod
+    def default_path(cls) -> Path:
+        """The vocabulary that ships with the package (copy it to edit it)."""
+        return Path(str(resources.files("pamela_lite") / "steer_vocabulary.json"))
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> "Vocabulary":
+        """Read and check a vocabulary JSON file (default: the packaged one).
+
+        The file is ``{"attributes": {"lighting": ["golden hour light", ...], ...}}``
+        (other top-level keys are ignored). Problems raise one :class:`InputError` naming the file.
+
+        Parameters
+        ----------
+        path : path, optional
+            A vocabulary JSON file.
+
+        Returns
+        -------
+        Vocabulary
+        """
+        path = cls.default_path() if path is None else Path(path)
+        if not path.is_file():
+            raise InputError(path, "no such vocabulary file")
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise InputError(path, f"vocabulary is not valid JSON ({str(err).splitlines()[0]})") from None
+        return cls.from_dict(raw, str(path))
+
+    @classmethod
+    def from_dict(cls, raw, source: str = "<memory>") -> "Vocabulary":
+        """A checked vocabulary from ``{"attributes": {name: [phrases]}}``."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("attributes"), dict) or not raw["attributes"]:
+            raise InputError(source, 'vocabulary must be a JSON object with a non-empty "attributes" object '
+                                     '{"attribute": ["phrase", ...]}')
+        attributes, seen = [], {}
+        for name, phrases in raw["attributes"].items():
+            if not isinstance(phrases, list) or not phrases or not all(isinstance(p, str) for p in phrases):
+                raise InputError(source, f"attribute {name!r} must list at least one phrase (strings)")
+            clean = tuple(p.strip() for p in phrases)
+            for phrase in clean:
+                if not phrase or "," in phrase:
+                    raise InputError(source, f"attribute {name!r}: phrase {phrase!r} is empty or contains a comma")
+                if phrase in seen:
+                    raise InputError(source, f"phrase {phrase!r} appears twice ({seen[phrase]!r} and {name!r})")
+                seen[phrase] = name
+            attributes.append((str(name), clean))
+        return cls(tuple(attributes), source)
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name, _ in self.attributes]
+
+    @property
+    def sizes(self) -> list[int]:
+        return [len(phrases) for _, phrases in self.attributes]
+
+    def render(self, base: str, choice: tuple[int, ...]) -> str:
+        """The prompt text: `base`, then the chosen phrase of each attribute, comma-separated."""
+        parts = [base.strip()] + [phrases[c] for (_, phrases), c in zip(self.attributes, choice) if c != NONE]
+        return ", ".join(parts)
+
+    def edits(self, choice: tuple[int, ...]) -> dict[str, str]:
+        """{attribute: phrase} of a choice (attributes left as in the base are omitted)."""
+        return {name: phrases[c] for (name, phrases), c in zip(self.attributes, choice) if c != NONE}
+
+    def base_choice(self) -> tuple[int, ...]:
+        return (NONE,) * len(self.attributes)
+
+    def random_choice(self, rng: np.random.Generator) -> tuple[int, ...]:
+        """Each attribute: no phrase or one of its phrases, uniformly."""
+        return tuple(int(rng.integers(-1, n)) for n in self.sizes)
+
+    def one_hot(self, choice: tuple[int, ...]) -> np.ndarray:
+        """Indicator of each (attribute, phrase) in `choice` (length: all phrases)."""
+        out = np.zeros(sum(self.sizes))
+        offset = 0
+        for n, c in zip(self.sizes, choice):
+            if c != NONE:
+                out[offset + c] = 1.0
+            offset += n
+        return out
+
+
+# ----------------------------------------------------------------------------- objectives
+
+
+class Objective(Protocol):
+    """What a search maximises: scores of image embeddings, (n, 1 + K).
+
+    Column 0 is the point estimate; columns 1..K are draws from the scorer's posterior of the
+    person (none for objectives without uncertainty).
+    """
+
+    name: str
+
+    def __call__(self, embeddings: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class StatePosterior:
+    """A Gaussian posterior of one person's state vector (bias and linear taste).
+
+    Attributes
+    ----------
+    mean : numpy.ndarray
+        (S,) the state the scorer uses.
+    cov : numpy.ndarray
+        (S, S) posterior covariance; zero outside the bias and taste block.
+    noise_var : float
+        Rating noise variance it was computed with.
+    n_ratings : int
+        Ratings it rests on.
+    """
+
+    mean: np.ndarray
+    cov: np.ndarray
+    noise_var: float
+    n_ratings: int
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """`n` draws (n, S) of the state."""
+        idx = np.flatnonzero(np.diag(self.cov) > 0)
+        out = np.repeat(self.mean[None, :].astype(np.float64), n, axis=0)
+        if len(idx):
+            block = self.cov[np.ix_(idx, idx)]
+            chol = np.linalg.cholesky(block + 1e-12 * np.eye(len(idx)))
+            out[:, idx] += rng.standard_normal((n, len(idx))) @ chol.T
+        return out
+
+
+def state_posterior(model, state: np.ndarray, rated_embeddings: np.ndarray | None,
+                    ratings: np.ndarray | None = None, noise_var: float | None = None) -> StatePosterior:
+    """The empirical-Bayes posterior of a person's bias and linear taste given their ratings.
+
+    The scorer solves a person's taste ``w`` as the posterior mean of Bayesian linear
+    regression: ``(Z'Z + P) w = Z'r + P w0`` with ``P`` its prior precision in rating units
+    (``model.fitted_.solver.taste_precision``, ``s2`` times the inverse prior covariance). The posterior
+    covariance is then ``s2 (Z'Z + P)^-1``; the bias's is ``s2 / (n + bias_shrinkage)``.
+    ``s2`` is the rating noise: given, or the mean squared residual of `ratings` under the
+    scorer, corrected for the parameters fitted on them. No ratings (k = 0): the prior alone.
+
+    Parameters
+    ----------
+    model : PersonalScorer
+        A fitted scorer.
+    state : numpy.ndarray
+        (S,) the person's state (stored, or from ``fold_in``).
+    rated_embeddings : numpy.ndarray or None
+        (n, D) embeddings of the images the person rated.
+    ratings : numpy.ndarray, optional
+        (n,) their ratings, to estimate ``s2`` when `noise_var` is not given.
+    noise_var : float, optional
+        The rating noise variance ``s2``.
+
+    Returns
+    -------
+    StatePosterior
+    """
+    at = model.state_slices
+    P = np.asarray(model.fitted_.solver.taste_precision, dtype=np.float64)
+    d = P.shape[0]
+    n = 0 if rated_embeddings is None else len(rated_embeddings)
+    gram = np.zeros((d, d))
+    if n:
+        Z = model.image_features(np.asarray(rated_embeddings)).pca
+        gram = Z.T @ Z
+    inv = np.linalg.inv(gram + P)
+    if noise_var is None:
+        if not n or ratings is None:
+            raise InputError(None, "the posterior needs the rating noise: give noise_var or the person's ratings")
+        ids = ["__posterior"] * n
+        frame = pl.DataFrame({"participant_id": ids, "image_id": np.arange(n)})
+        pred = model.utility(frame, Embeddings(pl.Series(np.arange(n)), np.asarray(rated_embeddings, np.float32)),
+                             (["__posterior"], np.asarray(state, np.float32)[None, :]))
+        resid = np.asarray(ratings, dtype=np.float64) - np.clip(pred, *model.fitted_.scale)
+        fitted = 1.0 + float(np.trace(gram @ inv))      # effective parameters: bias + taste
+        noise_var = float(resid @ resid) / max(n - fitted, 1.0)
+    cov = np.zeros((len(state), len(state)))
+    cov[at["taste"], at["taste"]] = noise_var * inv
+    cov[0, 0] = noise_var / (n + model.bias_shrinkage)
+    return StatePosterior(np.asarray(state, dtype=np.float64), cov, float(noise_var), n)
+
+
+class PersonalObjective:
+    """A person's predicted utility (unclipped) under a fitted :class:`PersonalScorer`.
+
+    Parameters
+    ----------
+    model : PersonalScorer
+        The fitted scorer (Python); see :class:`EdgeObjective` for the ONNX one.
+    state : numpy.ndarray
+        (S,) the person's state.
+    posterior : StatePosterior, optional
+        Draws from it fill columns 1..K (the bandit samples them; the spread reports them).
+    n_samples : int
+        K, the number of posterior draws (fixed once, so every image is scored under the same K).
+    seed : int
+        Seed of the draws.
+    """
+
+    name = "personal"
+
+    def __init__(self, model, state: np.ndarray, posterior: StatePosterior | None = None, n_samples: int = 16,
+                 seed: int = 0):
+        self.model = model
+        states = [np.asarray(state, dtype=np.float64)]
+        if posterior is not None and n_samples > 0:
+            states += list(posterior.sample(n_samples, np.random.default_rng(seed)))
+        self.states = np.stack(states).astype(np.float32)
+        self.ids = [f"__steer_{k}" for k in range(len(self.states))]
+
+    def __call__(self, embeddings: np.ndarray) -> np.ndarray:
+        n, k = len(embeddings), len(self.states)
+        emb = Embeddings(pl.Series(np.arange(n)), np.asarray(embeddings, dtype=np.float32))
+        pairs = pl.DataFrame({"participant_id": np.repeat(self.ids, n), "image_id": np.tile(np.arange(n), k)})
+        return self.model.utility(pairs, emb, (self.ids, self.states)).reshape(k, n).T
+
+
+class PopulationObjective:
+    """The population head ``mean + p(x)``: what everyone likes on average ("global steering")."""
+
+    name = "population"
+
+    def __init__(self, model):
+        self.model = model
+        self.state = np.zeros((1, model.state_dim), dtype=np.float32)
+
+    def __call__(self, embeddings: np.ndarray) -> np.ndarray:
+        n = len(embeddings)
+        emb = Embeddings(pl.Series(np.arange(n)), np.asarray(embeddings, dtype=np.float32))
+        pairs = pl.DataFrame({"participant_id": ["__population"] * n, "image_id": np.arange(n)})
+        cols = self.model.components(pairs, emb, (["__population"], self.state))
+        return (cols["mean"] + cols["population"])[:, None]
+
+
+class EdgeObjective:
+    """A person's predicted utility under an exported ONNX scorer (:class:`pamela_lite.edge.EdgeScorer`).
+
+    ``states`` rows: the point state first, then any posterior draws. A zero state is the
+    average person (bias, taste and factors zero): the ONNX file's stand-in for the population head.
+    """
+
+    def __init__(self, scorer, states: np.ndarray, name: str = "personal"):
+        self.scorer = scorer
+        self.states = np.atleast_2d(np.asarray(states, dtype=np.float32))
+        self.name = name
+
+    def __call__(self, embeddings: np.ndarray) -> np.ndarray:
+        n, k = len(embeddings), len(self.states)
+        emb = np.repeat(np.asarray(embeddings, dtype=np.float32)[None], k, axis=0).reshape(k * n, -1)
+        st = np.repeat(self.states, n, axis=0)
+        return self.scorer.score(emb, st, clip=False).reshape(k, n).T
+
+
+# ----------------------------------------------------------------------------- search
+
+
+@dataclass
+class Evaluation:
+    """One prompt rendered on some seeds and scored (a row of the trajectory)."""
+
+    step: int
+    choice: tuple[int, ...]
+    prompt: str
+    seeds: list[int]
+    scores: np.ndarray          # (m, 1 + K)
+    calls_after: int
+
+    def as_dict(self, vocab: Vocabulary) -> dict:
+        return {"step": self.step, "prompt": self.prompt, "edits": vocab.edits(self.choice),
+                "seeds": [int(s) for s in self.seeds], "scores": [round(float(v), 5) for v in self.scores[:, 0]],
+                "mean": round(float(self.scores[:, 0].mean()), 5), "calls": self.calls_after}
+
+
+@dataclass
+class SteerResult:
+    """What a search returns.
+
+    Attributes
+    ----------
+    method, objective : str
+    base, prompt : str
+        The base prompt and the chosen prompt.
+    edits : dict
+        {attribute: phrase} of the chosen prompt.
+    predicted, base_predicted : float
+        Mean score (objective's point estimate) of the chosen and the base prompt over their seeds.
+    spread_taste : float
+        SD over the scorer's posterior draws of the chosen prompt's mean score (NaN without draws).
+    spread_seed : float
+        SD of the chosen prompt's score from seed to seed.
+    calls : int
+        Generator calls spent.
+    trajectory : list of dict
+        Every evaluation, in order, with the best prompt so far.
+    picks : dict
+        {budget: (prompt choice, predicted)} at the checkpoints asked for.
+    """
+
+    method: str
+    objective: str
+    base: str
+    prompt: str
+    choice: tuple[int, ...]
+    edits: dict
+    predicted: float
+    base_predicted: float
+    spread_taste: float
+    spread_seed: float
+    calls: int
+    trajectory: list = field(default_factory=list)
+    picks: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        out = {k: v for k, v in self.__dict__.items() if k not in ("picks", "choice")}
+        out["gain"] = self.predicted - self.base_predicted
+        return _finite(json.loads(json.dumps(out, default=float)))
+
+
+def _finite(value):
+    """NaN and infinities become None, so the JSON written is strict JSON."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+class _Runner:
+    """Budget, seeds and scores shared by the methods.
+
+    Every prompt's first visit uses the same `m` choosing seeds (common random numbers: two
+    prompts are compared on the same seeds); a repeated visit (the bandit) takes the next `m`.
+    """
+
+    def __init__(self, generate: Generator, objective: Objective, vocab: Vocabulary, base: str, budget: int,
+                 seeds_per_prompt: int, seeds: list[int] | None, checkpoints, pick: Callable):
+        if budget < 1:
+            raise InputError(None, f"budget must be at least 1 generator call, not {budget}")
+        if seeds_per_prompt < 1:
+            raise InputError(None, f"seeds per prompt must be at least 1, not {seeds_per_prompt}")
+        self.generate, self.objective, self.vocab, self.base = generate, objective, vocab, base
+        self.budget = int(budget)
+        self.m = min(int(seeds_per_prompt), self.budget)
+        self.seeds = list(seeds) if seeds is not None else list(range(self.budget))
+        self.calls = 0
+        self.log: list[Evaluation] = []
+        self.visits: dict[tuple, list[int]] = {}      # choice -> rows of self.log
+        self.checkpoints = sorted(set(int(c) for c in (checkpoints or ()) if c >= 1))
+        self.picks: dict[int, tuple] = {}
+        self.pick = pick
+
+    def can(self) -> bool:
+        return self.calls + self.m <= self.budget
+
+    def evaluate(self, choice: tuple[int, ...]) -> np.ndarray:
+        visit = len(self.visits.get(choice, []))
+        seeds = [self.seeds[(visit * self.m + j) % len(self.seeds)] for j in range(self.m)]
+        prompt = self.vocab.render(self.base, choice)
+        x = np.asarray(self.generate([prompt] * self.m, seeds))
+        if x.ndim != 2 or len(x) != self.m or not np.isfinite(x).all():
+            raise InputError(None, f"the generator returned {getattr(x, 'shape', '?')} for {self.m} images "
+                                   f"(needs a finite (n, D) array, one row per (prompt, seed))")
+        scores = np.asarray(self.objective(x), dtype=np.float64)
+        self.calls += self.m
+        self.visits.setdefault(choice, []).append(len(self.log))
+        self.log.append(Evaluation(len(self.log), choice, prompt, seeds, scores, self.calls))
+        for c in self.checkpoints:   # the pick at budget c: once no further evaluation fits within c
+            if c not in self.picks and self.calls + self.m > c:
+                self.picks[c] = self.pick(self)
+        return scores
+
+    def scores_of(self, choice: tuple[int, ...]) -> np.ndarray:
+        return np.vstack([self.log[r].scores for r in self.visits[choice]])
+
+    def mean(self, choice: tuple[int, ...]) -> float:
+        return float(self.scores_of(choice)[:, 0].mean())
+
+    def best_by_mean(self) -> tuple[tuple[int, ...], float]:
+        """The evaluated prompt with the best mean point score (first evaluated wins ties)."""
+        best = max(self.visits, key=lambda c: (self.mean(c), -self.visits[c][0]))
+        return best, self.mean(best)
+
+    def finish(self, method: str, choice: tuple[int, ...]) -> SteerResult:
+        for c in self.checkpoints:   # budgets beyond what was spent keep the final pick
+            self.picks.setdefault(c, self.pick(self))
+        s = self.scores_of(choice)
+        draws = s[:, 1:].mean(0) if s.shape[1] > 1 else np.array([])
+        base = self.vocab.base_choice()
+        trajectory, best, best_mean = [], None, -np.inf
+        for ev in self.log:
+            row = ev.as_dict(self.vocab)
+            if row["mean"] > best_mean:
+                best, best_mean = ev.prompt, row["mean"]
+            row.update(best_prompt=best, best_mean=round(best_mean, 5))
+            trajectory.append(row)
+        return SteerResult(method, getattr(self.objective, "name", "objective"), self.base,
+                           self.vocab.render(self.base, choice), choice, self.vocab.edits(choice),
+                           float(s[:, 0].mean()), self.mean(base) if base in self.visits else float("nan"),
+                           float(draws.std(ddof=1)) if len(draws) > 1 else float("nan"),
+                           float(s[:, 0].std(ddof=1)) if len(s) > 1 else float("nan"),
+                           self.calls, trajectory, dict(self.picks))
+
+
+def _best_of_n(r: _Runner, rng: np.random.Generator) -> tuple[int, ...]:
+    """Random prompts (the base first), each on the same seeds; keep the best mean."""
+    r.evaluate(r.vocab.base_choice())
+    space = int(np.prod([n + 1 for n in r.vocab.sizes]))
+    tries = 0
+    while r.can() and len(r.visits) < space and tries < 100 * r.budget:
+        tries += 1
+        choice = r.vocab.random_choice(rng)
+        if choice not in r.visits:
+            r.evaluate(choice)
+    return r.best_by_mean()[0]
+
+
+def _greedy(r: _Runner, rng: np.random.Generator) -> tuple[int, ...]:
+    """Coordinate search: for one attribute at a time (order shuffled once), try each of its
+    phrases on the current prompt and move to the best when it beats the current one on the
+    same seeds; sweep until a sweep changes nothing or the budget is spent."""
+    current = r.vocab.base_choice()
+    r.evaluate(current)
+    order = rng.permutation(len(r.vocab.sizes))
+    while r.can():
+        moved = False
+        for a in order:
+            options = [o for o in range(-1, r.vocab.sizes[a]) if o != current[a]]
+            for o in options:
+                cand = tuple(o if k == a else c for k, c in enumerate(current))
+                if cand not in r.visits:
+                    if not r.can():
+                        break
+                    r.evaluate(cand)
+            tried = [tuple(o if k == a else c for k, c in enumerate(current)) for o in range(-1, r.vocab.sizes[a])]
+            tried = [c for c in tried if c in r.visits]
+            best = max(tried, key=lambda c: (r.mean(c), c == current))
+            if r.mean(best) > r.mean(current):
+                current, moved = best, True
+            if not r.can():
+                break
+        if not moved:
+            break
+    return current if r.mean(current) >= r.best_by_mean()[1] else r.best_by_mean()[0]
+
+
+class _Additive:
+    """Bayesian additive model of a prompt's score: ``b0 + sum of its phrases' effects`` + seed noise.
+
+    Effects have a N(0, tau^2) prior; tau^2 and the seed variance are estimated from the
+    scores so far (empirical Bayes). Fitted for every objective column at once.
+    """
+
+    def __init__(self, r: _Runner):
+        rows = [(ev.choice, ev.scores) for ev in r.log]
+        X = np.vstack([np.tile(np.r_[1.0, r.vocab.one_hot(c)], (len(s), 1)) for c, s in rows])
+        Y = np.vstack([s for _, s in rows])
+        within = [r.scores_of(c)[:, 0] for c in r.visits]
+        within = [w for w in within if len(w) > 1]
+        seed_var = float(np.mean([w.var(ddof=1) for w in within])) if within else 1.0
+        seed_var = max(seed_var, 1e-6)
+        means = np.array([r.mean(c) for c in r.visits])
+        m = max(r.m, 1)
+        tau2 = max(float(means.var(ddof=1)) - seed_var / m, seed_var / m) if len(means) >= 3 else seed_var
+        prior = np.r_[1e-6, np.full(X.shape[1] - 1, 1.0 / tau2)]
+        A = X.T @ X / seed_var + np.diag(prior)
+        self.cov = np.linalg.inv(A)
+        self.mean = self.cov @ X.T @ Y / seed_var       # (1 + phrases, 1 + K)
+        self.vocab = r.vocab
+
+    def value(self, choice: tuple[int, ...], column: int = 0) -> float:
+        return float(np.r_[1.0, self.vocab.one_hot(choice)] @ self.mean[:, column])
+
+    def thompson(self, rng: np.random.Generator) -> tuple[int, ...]:
+        k = int(rng.integers(1, self.mean.shape[1])) if self.mean.shape[1] > 1 else 0
+        theta = rng.multivariate_normal(self.mean[:, k], self.cov, method="cholesky")[1:]
+        choice, offset = [], 0
+        for n in self.vocab.sizes:
+            effects = theta[offset:offset + n]
+            best = int(np.argmax(effects))
+            choice.append(best if effects[best] > 0 else NONE)
+            offset += n
+        return tuple(choice)
+
+
+def _thompson_pick(r: _Runner) -> tuple[tuple[int, ...], float]:
+    model = _Additive(r)
+    best = max(r.visits, key=lambda c: (model.value(c), -r.visits[c][0]))
+    return best, r.mean(best)
+
+
+def _thompson(r: _Runner, rng: np.random.Generator) -> tuple[int, ...]:
+    """Thompson sampling: draw a taste from the scorer's posterior and phrase effects from the
+    additive model's posterior, render the prompt that is best under the draw (repeat visits
+    take fresh seeds); the answer is the evaluated prompt with the best posterior mean."""
+    r.evaluate(r.vocab.base_choice())
+    while r.can():
+        r.evaluate(_Additive(r).thompson(rng))
+    return _thompson_pick(r)[0]
+
+
+def search(method: str, generate: Generator, objective: Objective, vocab: Vocabulary, base: str, budget: int,
+           seeds_per_prompt: int = 4, seeds: list[int] | None = None, rng_seed: int = 0,
+           checkpoints=()) -> SteerResult:
+    """Steer `base` toward what `objective` likes, spending at most `budget` generator calls.
+
+    Parameters
+    ----------
+    method : {"best_of_n", "greedy", "thompson"}
+    generate : callable
+        ``generate(prompts, seeds) -> (n, D)`` embeddings.
+    objective : callable
+        Scores of embeddings, (n, 1 + K) (:class:`PersonalObjective`, :class:`PopulationObjective`, ...).
+    vocab : Vocabulary
+    base : str
+        The base prompt.
+    budget : int
+        Generator calls (images) to spend, at least 1.
+    seeds_per_prompt : int
+        Images per prompt evaluation (capped at `budget`).
+    seeds : list of int, optional
+        The choosing seeds (default 0, 1, 2, ...). Judge the result on other, fresh seeds.
+    rng_seed : int
+        Seed of the method's own randomness.
+    checkpoints : iterable of int
+        Budgets at which to record the pick so far (one run serves several budgets).
+
+    Returns
+    -------
+    SteerResult
+    """
+    if method not in METHODS:
+        raise InputError(None, f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if not isinstance(base, str) or not base.strip():
+        raise InputError(None, "the base prompt is empty")
+    pick = _thompson_pick if method == "thompson" else (lambda r: r.best_by_mean())
+    runner = _Runner(generate, objective, vocab, base, budget, seeds_per_prompt, seeds, checkpoints, pick)
+    rng = np.random.default_rng(rng_seed)
+    choice = {"best_of_n": _best_of_n, "greedy": _greedy, "thompson": _thompson}[method](runner, rng)
+    return runner.finish(method, choice)
+
+
+def fresh_seeds(n: int, used) -> list[int]:
+    """`n` seeds that are not among `used` (the choosing seeds): judge a chosen prompt on these.
+
+    A prompt chosen for its score on some seeds looks better on them than it is (the winner's
+    curse); its real worth shows on seeds the search never saw.
+    """
+    used = set(int(s) for s in used)
+    start = max(used, default=-1) + 1
+    return list(range(start, start + int(n)))
+
+
+# ----------------------------------------------------------------------------- generators
+
+
+class DiffusersAdapter:
+    """A real generator: a text-to-image pipeline plus an ONNX image encoder.
+
+    Parameters
+    ----------
+    pipeline : callable
+        ``pipeline(prompt, seed) -> PIL.Image``. For diffusers (not a dependency of this
+        package; install it and torch yourself)::
+
+            import torch
+            from diffusers import AutoPipelineForText2Image
+            pipe = AutoPipelineForText2Image.from_pretrained("stabilityai/sdxl-turbo")
+            def pipeline(prompt, seed):
+                g = torch.Generator().manual_seed(seed)
+                return pipe(prompt, generator=g, num_inference_steps=1, guidance_scale=0.0).images[0]
+
+    encoder : pamela_lite.embed.Encoder or path
+        The same ONNX image encoder the scorer's training embeddings came from
+        (``embeddings/README.md``).
+    batch : int
+        Images encoded per encoder call.
+    """
+
+    def __init__(self, pipeline: Callable, encoder, batch: int = 8):
+        from .embed import Encoder
+
+        self.pipeline = pipeline
+        self.encoder = encoder if isinstance(encoder, Encoder) else Encoder(Path(encoder), threads=1)
+        self.batch = batch
+
+    def _pixels(self, image) -> np.ndarray:
+        from PIL import Image
+
+        cfg = self.encoder.config
+        img = image.convert("RGB").resize((cfg.input_size, cfg.input_size), Image.Resampling.BICUBIC)
+        return np.asarray(img, dtype=np.float32) / 255.0
+
+    def __call__(self, prompts: list[str], seeds: list[int]) -> np.ndarray:
+        pixels = np.stack([self._pixels(self.pipeline(p, int(s))) for p, s in zip(prompts, seeds)])
+        return np.vstack([self.encoder(pixels[k:k + self.batch]) for k in range(0, len(pixels), self.batch)])
+
+
+def stub_pipeline(size: int = 32) -> Callable:
+    """A stand-in for a text-to-image pipeline: a deterministic image from (prompt, seed).
+
+    Every phrase of the prompt tints and patterns the picture its own way and the seed adds
+    noise, so edits move the embedding and seeds scatter it, as with a real model; it draws
+    nothing meaningful and downloads nothing.
+    """
+    from PIL import Image
+
+    from .steer_sim import _rng
+
+    def pipeline(prompt: str, seed: int):
+        canvas = _rng("stub", "seed", int(seed)).random((size, size, 3)) * 0.3
+        yy, xx = np.mgrid[0:size, 0:size] / size
+        for part in (p.strip() for p in prompt.split(",")):
+            g = _rng("stub", "phrase", part)
+            colour = g.random(3)
+            freq, phase = g.uniform(1, 6, 2), g.uniform(0, 2 * np.pi)
+            wave = 0.5 + 0.5 * np.sin(2 * np.pi * (freq[0] * xx + freq[1] * yy) + phase)
+            canvas += 0.4 * wave[..., None] * colour
+        canvas = np.clip(canvas / canvas.max(), 0, 1)
+        return Image.fromarray((canvas * 255).astype(np.uint8))
+
+    return pipeline
+
+
+def stub_adapter(dim: int, folder: str | Path, size: int = 32) -> DiffusersAdapter:
+    """A runnable :class:`DiffusersAdapter`: :func:`stub_pipeline` + the tiny ONNX encoder.
+
+    Writes the tiny encoder (``pamela_lite.tiny_encoder``, seeded random weights) of dimension
+    `dim` into `folder`. For trying the loop end to end; its images mean nothing to a scorer.
+    """
+    from . import tiny_encoder
+
+    path = tiny_encoder.write(Path(folder) / f"tiny_encoder_{dim}.onnx", size=size, dim=dim)
+    return DiffusersAdapter(stub_pipeline(size), path)
+
+
+# ----------------------------------------------------------------------------- plot
+
+
+def plot(results: list[SteerResult], path: str | Path, title: str = "") -> Path:
+    """Best mean score so far against generator calls, one line per result (needs matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise InputError(None, "the plot needs matplotlib: pip install 'pamela_lite[bench]' (or pass --no-plot)") \
+            from None
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for res in results:
+        calls = [row["calls"] for row in res.trajectory]
+        best = [row["best_mean"] for row in res.trajectory]
+        ax.step(calls, best, where="post", label=f"{res.objective} / {res.method}")
+        ax.scatter(calls, [row["mean"] for row in res.trajectory], s=8, alpha=0.4)
+    ax.set_xlabel("generator calls (images)")
+    ax.set_ylabel("predicted score (mean over seeds)")
+    ax.set_title(title or "steering trajectory", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    from ._atomic import atomic_file
+
+    with atomic_file(path, ".png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = parser_for("steer", __doc__.split("\n\n")[1],
+                        "{prog} --model runs/model --user p0007 --prompt 'a photorealism food image, variation 3' "
+                        "--generator sim:demo --budget 64 --out runs/steer", defaults=True)
+    parser.add_argument("--model", type=Path, required=True, help="model folder written by pamela_lite.fit")
+    parser.add_argument("--scorer", type=Path, help="score with this exported ONNX scorer instead of the model "
+                                                     "(its users file beside it)")
+    parser.add_argument("--user", help="participant id: known to the model, or one in --context")
+    parser.add_argument("--context", type=Path, help="ratings of a new person (participant_id, image_id, rating "
+                                                      "[, age, gender, nationality]), folded in")
+    parser.add_argument("--embeddings", type=Path, help="embeddings of the context's images (default: the "
+                                                        "simulated world's, with --generator sim:WORLD)")
+    parser.add_argument("--prompt", required=True, help="the base prompt")
+    parser.add_argument("--vocabulary", type=Path, help="prompt edits JSON (default: the packaged one, "
+                                                        "pamela_lite/steer_vocabulary.json)")
+    parser.add_argument("--generator", default="sim:demo",
+                        help="sim:WORLD (simulated generator on a zoo world), stub (a runnable stand-in for a "
+                             "diffusers pipeline + ONNX encoder) or module:factory (a callable returning a "
+                             "generate(prompts, seeds) adapter)")
+    parser.add_argument("--budget", type=int, default=64, help="generator calls (images) to spend")
+    parser.add_argument("--seeds-per-prompt", type=int, default=4, help="images per prompt evaluation")
+    parser.add_argument("--method", choices=METHODS, default="greedy")
+    parser.add_argument("--objective", choices=("personal", "population", "both"), default="both",
+                        help="steer for the person, by the population head, or both (for comparison)")
+    parser.add_argument("--samples", type=int, default=16, help="posterior draws of the person's taste")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the search's randomness")
+    parser.add_argument("--out", type=Path, required=True, help="output folder: steer.json (+ steer.png)")
+    parser.add_argument("--no-plot", action="store_true", help="write no plot")
+    parser.add_argument("--quiet", action="store_true", help="no progress messages")
+    return parser
+
+
+def _generator(spec: str, dim: int, workdir: Path):
+    """(generate, world or None) from the --generator text."""
+    if spec.startswith("sim:"):
+        from . import worlds
+        from .steer_sim import SimulatedGenerator
+
+        name = spec[4:]
+        if name not in worlds.FAMILIES:
+            raise InputError(None, f"--generator {spec}: unknown world {name!r}; known: {', '.join(worlds.FAMILIES)}")
+        world = worlds.make(name)
+        if world.embeddings.shape[1] != dim:
+            raise InputError(None, f"--generator {spec}: the world's embeddings have dimension "
+                                   f"{world.embeddings.shape[1]}, the model {dim}: fit the model on that world")
+        return SimulatedGenerator(world), world
+    if spec == "stub":
+        return stub_adapter(dim, workdir), None
+    if ":" in spec:
+        module, _, attr = spec.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as err:
+            raise InputError(None, f"--generator {spec}: cannot import it ({err})") from None
+        return factory(), None
+    raise InputError(None, f"--generator {spec!r}: use sim:WORLD, stub or module:factory")
+
+
+def _resolve_user(args, model, world):
+    """(label, state, rated embeddings, ratings) of the person to steer for."""
+    from .data import read_embeddings
+    from .predict import load_context
+
+    if args.context is not None:
+        context = load_context(args.context, model)
+        people = context["participant_id"].unique(maintain_order=True).to_list()
+        if args.user is None and len(people) > 1:
+            raise InputError(args.context, f"holds {len(people)} people; choose one with --user")
+        user = people[0] if args.user is None else args.user
+        if str(user) not in [str(p) for p in people]:
+            raise InputError(args.context, f"participant {user!r} has no ratings in it")
+        context = context.filter(pl.col("participant_id").cast(pl.String) == str(user))
+        if args.embeddings is not None:
+            emb = read_embeddings(args.embeddings)
+        elif world is not None:
+            emb = Embeddings(world.images["image_id"], world.embeddings, f"world {world.name}")
+        else:
+            raise InputError(args.context, "needs --embeddings for its images")
+        rated = emb.take(context["image_id"], args.context)
+        ids, states = model.fold_in(context, emb)
+        return str(user), states[0], rated, context["rating"].to_numpy()
+    if args.user is None:
+        raise InputError(None, "name the person: --user ID (known to the model) or --context FILE")
+    known = {str(u): k for k, u in enumerate(model.users_)}
+    if str(args.user) not in known:
+        raise InputError(args.model, f"participant {args.user!r} is not known to the model; pass their ratings "
+                                     f"as --context")
+    row = known[str(args.user)]
+    rated, ratings = None, None
+    if world is not None:  # the simulated world holds the person's training ratings
+        rows = world.ratings.filter((pl.col("participant_id").cast(pl.String) == str(args.user))
+                                    & (pl.col("split") == "train"))
+        if rows.height:
+            emb = Embeddings(world.images["image_id"], world.embeddings)
+            rated, ratings = emb.take(rows["image_id"]), rows["original_score"].to_numpy()
+    return str(args.user), model.user_states_[row], rated, ratings
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.budget < 1:
+        raise InputError(None, f"--budget must be at least 1 generator call, not {args.budget}")
+    if args.seeds_per_prompt < 1:
+        raise InputError(None, f"--seeds-per-prompt must be at least 1, not {args.seeds_per_prompt}")
+    if not args.prompt.strip():
+        raise InputError(None, "--prompt is empty")
+    watch = Stopwatch(args.quiet)
+    vocab = Vocabulary.load(args.vocabulary)
+    if not (args.model / "model.json").is_file():
+        raise InputError(args.model, "no model here (model.json missing); fit one with pamela_lite.fit")
+    from .model import PersonalScorer
+
+    model = PersonalScorer.load(args.model)
+    out = args.out
+    with atomic_dir(out) as tmp:
+        generate, world = _generator(args.generator, model.fitted_.embedding_dim, tmp)
+        label, state, rated, ratings = _resolve_user(args, model, world)
+        posterior = None
+        if rated is not None and len(rated):
+            posterior = state_posterior(model, state, rated, ratings)
+        elif args.method == "thompson":
+            print(f"warning: no ratings of {label!r} at hand: the bandit samples only seed noise, "
+                  f"not the person's taste", file=sys.stderr)
+        if args.scorer is not None:
+            from .edge import EdgeScorer
+
+            edge = EdgeScorer(args.scorer)
+            draws = posterior.sample(args.samples, np.random.default_rng(args.seed)) if posterior else np.empty((0, len(state)))
+            personal = EdgeObjective(edge, np.vstack([state, draws]))
+            population = EdgeObjective(edge, np.zeros((1, len(state))), "population")
+        else:
+            personal = PersonalObjective(model, state, posterior, args.samples, args.seed)
+            population = PopulationObjective(model)
+        objectives = {"personal": [personal], "population": [population],
+                      "both": [personal, population]}[args.objective]
+        results = []
+        for objective in objectives:
+            res = search(args.method, generate, objective, vocab, args.prompt, args.budget, args.seeds_per_prompt,
+                         rng_seed=args.seed)
+            results.append(res)
+            watch.step(f"{objective.name}: {res.prompt!r} predicted {res.predicted:.3f} "
+                       f"(base {res.base_predicted:.3f}, taste sd {res.spread_taste:.3f}, seed sd "
+                       f"{res.spread_seed:.3f}) after {res.calls} calls")
+        payload = {"user": label, "base_prompt": args.prompt, "method": args.method, "budget": args.budget,
+                   "seeds_per_prompt": args.seeds_per_prompt, "generator": args.generator,
+                   "vocabulary": vocab.source, "posterior_ratings": 0 if posterior is None else posterior.n_ratings,
+                   "results": [r.as_dict() for r in results],
+                   "note": "predicted = mean score over the choosing seeds: judge on fresh seeds (winner's curse)"}
+        for f in tmp.glob("tiny_encoder_*"):
+            f.unlink()
+        (tmp / "steer.json").write_text(json.dumps(_finite(payload), indent=1, default=float))
+        if not args.no_plot:
+            plot(results, tmp / "steer.png", f"{label}: {args.prompt}")
+    for res in results:
+        print(json.dumps(_finite({"objective": res.objective, "prompt": res.prompt, "predicted": round(res.predicted, 4),
+                                  "spread_taste": round(res.spread_taste, 4), "spread_seed": round(res.spread_seed, 4)})))
+    watch.step(f"wrote {out}/steer.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))

@@ -1,0 +1,216 @@
+"""Steering (issue 10): the searches, the simulated generator and the command line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+
+from pamela_lite import steer, worlds
+from pamela_lite.steer_sim import SimulatedGenerator
+
+from .conftest import cli
+
+VOCAB = steer.Vocabulary.from_dict({"attributes": {"light": ["warm light", "cold light"],
+                                                   "angle": ["low angle", "high angle", "top view"]}})
+
+
+@pytest.fixture(scope="module")
+def small_world():
+    return worlds.make("lowvar", n_users=40, n_images=300, dim=64)
+
+
+@pytest.fixture(scope="module")
+def sim(small_world):
+    return SimulatedGenerator(small_world)
+
+
+class ToyGenerator:
+    """Embeddings (dim 2): phrase → fixed vector; seed → noise; records the seeds it was called with."""
+
+    def __init__(self, noise=0.0):
+        self.noise = noise
+        self.calls = []
+
+    def __call__(self, prompts, seeds):
+        out = []
+        for p, s in zip(prompts, seeds):
+            self.calls.append(s)
+            v = np.zeros(2)
+            for part in p.split(", ")[1:]:
+                v += {"warm light": [1, 0], "cold light": [-1, 0], "low angle": [0, 2], "high angle": [0, -1],
+                      "top view": [0, 0.5]}[part]
+            out.append(v + self.noise * np.random.default_rng(s).standard_normal(2))
+        return np.array(out)
+
+
+def first_coordinate(x):
+    """Objective: the first coordinate plus the second (no posterior draws)."""
+    return (x[:, 0] + x[:, 1])[:, None]
+
+
+def test_best_of_n_returns_the_argmax_of_the_scorer():
+    res = steer.search("best_of_n", ToyGenerator(noise=0.3), first_coordinate, VOCAB, "a cat", budget=40,
+                       seeds_per_prompt=2)
+    means = {row["prompt"]: row["mean"] for row in res.trajectory}
+    assert res.prompt == max(means, key=means.get)
+
+
+def test_greedy_never_returns_a_prompt_below_the_base_on_the_choosing_seeds():
+    for seed in range(5):
+        res = steer.search("greedy", ToyGenerator(noise=1.0), lambda x: -first_coordinate(x), VOCAB, "a cat",
+                           budget=24, seeds_per_prompt=3, rng_seed=seed)
+        assert res.predicted >= res.base_predicted
+
+
+def test_greedy_finds_the_best_prompt_of_a_noiseless_additive_world():
+    res = steer.search("greedy", ToyGenerator(), first_coordinate, VOCAB, "a cat", budget=60, seeds_per_prompt=1)
+    assert res.edits == {"light": "warm light", "angle": "low angle"}
+
+
+def test_thompson_spends_the_budget_and_beats_the_base():
+    res = steer.search("thompson", ToyGenerator(noise=0.2), first_coordinate, VOCAB, "a cat", budget=60,
+                       seeds_per_prompt=2)
+    assert res.calls <= 60 and res.calls >= 58
+    assert res.predicted > res.base_predicted + 1.0
+
+
+def test_budget_is_never_exceeded_and_budget_below_one_is_refused():
+    gen = ToyGenerator()
+    res = steer.search("greedy", gen, first_coordinate, VOCAB, "a cat", budget=7, seeds_per_prompt=3)
+    assert res.calls <= 7 and len(gen.calls) == res.calls
+    with pytest.raises(steer.InputError, match="budget"):
+        steer.search("greedy", gen, first_coordinate, VOCAB, "a cat", budget=0)
+
+
+def test_every_prompt_is_compared_on_the_same_choosing_seeds_and_fresh_seeds_are_different():
+    res = steer.search("greedy", ToyGenerator(), first_coordinate, VOCAB, "a cat", budget=20, seeds_per_prompt=4,
+                       seeds=[5, 6, 7, 8])
+    assert all(row["seeds"] == [5, 6, 7, 8] for row in res.trajectory)
+    used = {s for row in res.trajectory for s in row["seeds"]}
+    fresh = steer.fresh_seeds(16, used)
+    assert len(set(fresh)) == 16 and not set(fresh) & used
+
+
+def test_checkpoint_picks_are_prefixes_of_the_run():
+    res = steer.search("best_of_n", ToyGenerator(noise=0.5), first_coordinate, VOCAB, "a cat", budget=40,
+                       seeds_per_prompt=2, checkpoints=[4, 40])
+    early = [row for row in res.trajectory if row["calls"] <= 4]
+    choice, predicted = res.picks[4]
+    assert predicted == pytest.approx(max(row["mean"] for row in early), abs=1e-4)
+    assert res.picks[40][1] == res.predicted
+
+
+def test_vocabulary_default_loads_and_malformed_files_name_the_problem(tmp_path):
+    vocab = steer.Vocabulary.load()
+    assert {"lighting", "camera angle", "viewpoint", "palette", "medium", "composition"} <= set(vocab.names)
+    bad = tmp_path / "v.json"
+    bad.write_text('{"attributes": {"light": ["warm, bright"]}}')
+    with pytest.raises(steer.InputError, match="comma"):
+        steer.Vocabulary.load(bad)
+    bad.write_text("{not json")
+    with pytest.raises(steer.InputError, match="not valid JSON"):
+        steer.Vocabulary.load(bad)
+
+
+def test_simulated_directions_are_independent_of_the_taste_and_principal_bases(small_world, sim):
+    D = small_world.embeddings.shape[1]
+    basis = np.linalg.qr(small_world.taste_basis)[0]
+    x = small_world.embeddings - small_world.embeddings.mean(0)
+    pcs = np.linalg.svd(x, full_matrices=False)[2][:8].T
+    phrases = [p for _, ps in steer.Vocabulary.load().attributes for p in ps]
+    for space in (basis, pcs):
+        share = np.mean([np.sum((space.T @ sim.raw_direction(p)) ** 2) for p in phrases])
+        # a direction independent of a k-dim subspace has k/D of its energy there on average
+        assert share < 3 * space.shape[1] / D
+
+
+def test_simulated_variance_split_is_calibrated(sim):
+    shares = sim.shares(n_phrases=600)
+    assert abs(shares.shared_share - 0.25) < 0.08
+    assert abs(shares.seed_to_edit - 1.0) < 0.3
+
+
+def test_simulated_truth_reproduces_the_worlds_utilities(small_world, sim):
+    # a base prompt with no edit and no seed noise is its catalogue image: the world's own utility
+    truth = small_world.truth.head(50)
+    rows = sim.truth
+    u = [rows.base_utility[rows.row(p), k] for p, k in
+         zip(truth["participant_id"].to_list(),
+             pl.DataFrame({"image_id": truth["image_id"]}).join(
+                 small_world.images.with_row_index("k").select("image_id", "k"), on="image_id",
+                 maintain_order="left")["k"].to_list())]
+    assert np.corrcoef(u, truth["utility"].to_numpy())[0, 1] > 0.999
+
+
+def test_simulated_generator_is_deterministic_and_seeds_scatter(small_world, sim):
+    p = small_world.images["prompt"][0] + ", golden hour light"
+    a, b = sim([p, p], [1, 2]), sim([p], [1])
+    assert np.array_equal(a[0], b[0]) and not np.allclose(a[0], a[1])
+
+
+def test_steering_for_self_beats_the_base_under_true_utility(small_world, sim, tmp_path):
+    from pamela_lite.model import PersonalScorer
+
+    ds = worlds.dataset(small_world)
+    model = PersonalScorer(n_components=8, n_prototypes=8, factors=4, head_trees=20, n_folds=2, n_threads=1)
+    model.fit(ds.split("train"), ds.embeddings, ds.scale)
+    fresh = list(range(5000, 5016))
+    gains = []
+    for k, user in enumerate(model.users_[:6]):
+        obj = steer.PersonalObjective(model, model.user_states_[k])
+        base = small_world.images["prompt"][k]
+        res = steer.search("greedy", sim, obj, steer.Vocabulary.load(), base, 64, 4)
+        gains.append(sim.true_utility(user, [res.prompt] * 16, fresh).mean()
+                     - sim.true_utility(user, [base] * 16, fresh).mean())
+    assert np.mean(gains) > 0
+
+
+def test_posterior_draws_spread_around_the_state(fitted, dataset):
+    train = dataset.split("train")
+    user = fitted.users_[0]
+    rows = train.filter(pl.col("participant_id") == user)
+    post = steer.state_posterior(fitted, fitted.user_states_[0], dataset.embeddings.take(rows["image_id"]),
+                                 rows["rating"].to_numpy())
+    draws = post.sample(400, np.random.default_rng(0))
+    taste = fitted.state_slices["taste"]
+    assert np.allclose(draws.mean(0)[taste], fitted.user_states_[0][taste], atol=4 * np.sqrt(np.diag(post.cov)[taste].max() / 400) + 1e-6)
+    assert np.all(draws[:, fitted.state_slices["factors"]] == fitted.user_states_[0][fitted.state_slices["factors"]])
+    fewer = steer.state_posterior(fitted, fitted.user_states_[0], dataset.embeddings.take(rows["image_id"][:5]),
+                                  noise_var=post.noise_var)
+    assert np.trace(fewer.cov) > np.trace(post.cov)
+
+
+@pytest.mark.parametrize("args, problem", [
+    (["--user", "nobody"], "not known to the model"),
+    (["--user", "p0001", "--budget", "0"], "--budget must be at least 1"),
+    (["--user", "p0001", "--vocabulary", "BAD"], "attributes"),
+])
+def test_cli_bad_input_exits_2_with_one_line(fitted, tmp_path, args, problem):
+    model = fitted.save(tmp_path / "model")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"attributes": []}')
+    args = [str(bad) if a == "BAD" else a for a in args]
+    out = cli("steer", "--model", model, "--prompt", "a cat", "--generator", "stub", "--out", tmp_path / "o", *args)
+    assert out.returncode == 2, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and problem in out.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_missing_model_exits_2(tmp_path):
+    out = cli("steer", "--model", tmp_path / "none", "--user", "x", "--prompt", "a cat", "--out", tmp_path / "o")
+    assert out.returncode == 2 and "no model here" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_cli_stub_generator_writes_the_trajectory(fitted, tmp_path):
+    model = fitted.save(tmp_path / "model")
+    user = fitted.users_[0]
+    out = cli("steer", "--model", model, "--user", user, "--prompt", "a cat", "--generator", "stub",
+              "--budget", "12", "--seeds-per-prompt", "2", "--no-plot", "--quiet", "--out", tmp_path / "o")
+    assert out.returncode == 0, out.stderr
+    payload = json.loads((tmp_path / "o" / "steer.json").read_text())
+    assert [r["objective"] for r in payload["results"]] == ["personal", "population"]
+    assert all(r["calls"] <= 12 and r["trajectory"] for r in payload["results"])
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["steer.json"]
