@@ -1,18 +1,8 @@
 """Command-line front end: turn images into embeddings with an ONNX encoder, ``python -m pamela_lite.embed``.
 
-The encoder runs with onnxruntime on the CPU, in batches. Preprocessing is declared, not
-guessed: a JSON sidecar next to the encoder (``<encoder>.preprocess.json``) states the input
-size, resize mode, centre crop, mean/std, channel order and whether to L2-normalise; without
-one, CLIP's values apply and the input size is read from the encoder's input shape.
-
-Runs are resumable: images already in ``--out`` are skipped and new embeddings are appended
-atomically every ``--checkpoint`` images, so an interrupted run loses at most one checkpoint.
-Unreadable or non-image files are listed in a report (``<out>.skipped.csv``) and skipped.
-
-Image ids: with ``--pamela ROOT`` each file's path relative to ROOT is looked up in PAMELA's
-annotations (``image_path`` → ``image_id``); otherwise the id is the path relative to
-``--images`` (a folder) or the path as listed (a list file). The library behind it is
-:mod:`pamela_lite.encoder`.
+Runs the encoder in batches on the CPU, with the preprocessing its <encoder>.preprocess.json
+declares (CLIP's otherwise); resumable (images already in --out are skipped); unreadable files
+are listed in <out>.skipped.csv. Details: the library behind it, pamela_lite.encoder.
 """
 
 from __future__ import annotations
