@@ -14,6 +14,7 @@ Example::
     scores = scorer.score_user("p0007", gallery)             # (n,) predicted ratings
     best, best_scores = scorer.top_k("p0007", gallery, k=10)  # indices into gallery
     me = scorer.fold_in(my_embeddings, my_ratings, age=34, gender="female")
+    me = scorer.fold_in([], [], event_embeddings=shown, events=["view", "download", "view", "view"])
     scorer.score_user(me, gallery)                            # a new person, no re-export
 
 Session settings are chosen for latency on small calls: one intra-op thread (scoring is a few
@@ -29,6 +30,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .errors import InputError
+from .event_channel import EventRows, aggregate
 from .fitted import FittedScorer, read_users
 from .rules import check_ratings
 
@@ -138,18 +140,46 @@ class EdgeScorer:
         return self.states[[self._row[u] for u in ids]]
 
     def fold_in(self, embeddings: np.ndarray, ratings: np.ndarray, age: float | None = None,
-                gender: str | None = None, nationality: str | None = None) -> np.ndarray:
-        """A new person's state from k (embedding, rating) pairs and optional demographics.
+                gender: str | None = None, nationality: str | None = None, event_embeddings: np.ndarray | None = None,
+                events=None, sessions=None) -> np.ndarray:
+        """A new person's state from k (embedding, rating) pairs, events and optional demographics.
 
-        k = 0 (empty arrays) gives the demographic prior. Same arithmetic as
-        ``PersonalScorer.fold_in``; no refit, no re-export.
+        k = 0 (empty arrays) and no events gives the demographic prior. `events` are event names
+        (or signed numeric weights), one per row of `event_embeddings` (the image acted on or
+        shown; a shown-and-ignored image is a "view"); `sessions` (optional, one per row) say
+        which images were shown together. Same arithmetic as ``PersonalScorer.fold_in`` with
+        ``events=``; no refit, no re-export.
         """
         embeddings = np.asarray(embeddings, dtype=np.float32).reshape(-1, self.embedding_dim)
         ratings = check_ratings(ratings, *self.scale)  # the rule the command-line tools apply too
         if len(ratings) != len(embeddings):
             raise ValueError(f"{len(embeddings)} embeddings but {len(ratings)} ratings")
+        rows = None
+        if events is not None and len(events):
+            rows = self._event_rows(event_embeddings, events, sessions)
         return self.fitted.fold_in(np.zeros(len(ratings), dtype=np.int64), 1, ratings, embeddings,
-                                   [age], [gender], [nationality])[0]
+                                   [age], [gender], [nationality], events=rows)[0]
+
+    def _event_rows(self, event_embeddings, events, sessions) -> EventRows:
+        """One person's raw event rows, aggregated as the Python fold-in aggregates a table."""
+        if self.fitted.events is None:
+            raise ValueError("this scorer was fitted without events: it has no event weights")
+        emb = np.asarray(event_embeddings, dtype=np.float32).reshape(-1, self.embedding_dim)
+        names = np.asarray(events)
+        if len(names) != len(emb) or (sessions is not None and len(sessions) != len(emb)):
+            raise ValueError(f"{len(emb)} event embeddings but {len(names)} events"
+                             + ("" if sessions is None else f" and {len(sessions)} sessions"))
+        weights = self.fitted.events.evidence_of(names)
+        vocabulary = list(self.fitted.events.weights)
+        codes = (np.full(len(names), -1.0) if names.dtype.kind in "iuf"
+                 else np.array([vocabulary.index(str(e)) for e in names.tolist()], dtype=np.float64))
+        if sessions is None:
+            group = np.zeros(len(names))
+        else:
+            _, group = np.unique(np.asarray([str(s) for s in sessions]), return_inverse=True)
+        groups, evidence, rows = aggregate(group.astype(np.float64), codes, weights, emb)
+        return EventRows(np.zeros(len(evidence), dtype=np.int64), groups.astype(np.int64), evidence,
+                         rows.astype(np.float32))
 
     def add_user(self, user_id: str, state: np.ndarray) -> None:
         """Remember a folded-in user under an id (in memory)."""

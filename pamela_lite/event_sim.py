@@ -46,9 +46,22 @@ POSITION_BONUS = np.array([0.5, 0.25, 0.1, 0.0])  # session model: the first ima
 
 
 def event_catalogue(world) -> pl.Series:
-    """Images that may be shown: every image nobody rated outside the train split."""
-    scored = world.ratings.filter(pl.col("split") != "train")["image_id"].unique()
+    """Images that may be shown: every image not rated in val_seen or test_seen (where seen and
+    pseudo-unseen people are scored). A person's own unseen-split images are kept from them too
+    (:func:`blocked`)."""
+    scored = world.ratings.filter(pl.col("split").is_in(["val_seen", "test_seen"]))["image_id"].unique()
     return world.images.filter(~pl.col("image_id").is_in(scored.implode()))["image_id"]
+
+
+def blocked(world, users: pl.Series, catalogue: pl.Series) -> np.ndarray:
+    """(users x catalogue) True where the person rated the image in val_unseen or test_unseen:
+    images on which that person is scored, never shown to them."""
+    own = world.ratings.filter(pl.col("split").is_in(["val_unseen", "test_unseen"]))
+    out = np.zeros((len(users), len(catalogue)), dtype=bool)
+    u, i = _rows(users, own["participant_id"]), _rows(catalogue, own["image_id"])
+    hit = ~(np.isnan(u.astype(float)) | np.isnan(i.astype(float)))
+    out[u[hit].astype(np.int64), i[hit].astype(np.int64)] = True
+    return out
 
 
 def true_utility(world, user_rows: np.ndarray, image_rows: np.ndarray) -> np.ndarray:
@@ -101,10 +114,11 @@ def simulate(world, model: str = "session", users: pl.Series | None = None, impr
     exposure = 0.8 * (appeal - appeal.mean()) / max(float(appeal.std()), 1e-12) + 0.8 * rng.normal(0, 1, len(image_rows))
     groups = world.images["group"].to_numpy()[image_rows]
     n = len(user_rows)
+    hidden = blocked(world, users, catalogue)
     if model == "feed":
-        parts = _feed(rng, utility, exposure, n, max(1, -(-impressions // PAGE)))
+        parts = _feed(rng, utility, exposure, hidden, n, max(1, -(-impressions // PAGE)))
     else:
-        parts = _sessions(rng, utility, exposure, groups, n, max(1, -(-impressions // BATCH)))
+        parts = _sessions(rng, utility, exposure, hidden, groups, n, max(1, -(-impressions // BATCH)))
     user_k, session_k, position, item, event, prompt = parts
     order = np.lexsort((event != "view", position, session_k, user_k))
     user_k, session_k, position, item, event, prompt = (a[order] for a in parts)
@@ -127,17 +141,19 @@ def _top(keys: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(top, np.argsort(-np.take_along_axis(keys, top, axis=1), axis=1), axis=1)
 
 
-def _sessions(rng, utility, exposure, groups, n_users, n_sessions):
+def _sessions(rng, utility, exposure, hidden, groups, n_users, n_sessions):
     """The session model's rows (see the module docstring)."""
-    names = np.unique(groups)
+    names, counts = np.unique(groups, return_counts=True)
+    names = names[counts >= 5 * BATCH]  # prompts whose batches can vary
+    if not len(names):  # a tiny catalogue: one prompt over everything
+        groups, names = np.full(len(groups), "any", dtype=object), np.array(["any"], dtype=object)
     prompt = rng.integers(0, len(names), (n_users, n_sessions))
     batch = np.zeros((n_users, n_sessions, BATCH), dtype=np.int64)
     for g, name in enumerate(names):  # one Gumbel top-k per prompt group, all its sessions at once
         members = np.flatnonzero(groups == name)
         u, s = np.nonzero(prompt == g)
-        if not len(u) or len(members) < BATCH:
-            continue
         keys = exposure[members][None, :] + rng.gumbel(0, 1, (len(u), len(members)))
+        keys[hidden[u][:, members]] = -np.inf
         batch[u, s] = members[_top(keys, BATCH)]
     user_k = np.repeat(np.arange(n_users), n_sessions * BATCH).reshape(n_users, n_sessions, BATCH)
     session_k = np.broadcast_to(np.arange(n_sessions)[None, :, None], batch.shape)
@@ -161,12 +177,13 @@ def _sessions(rng, utility, exposure, groups, n_users, n_sessions):
                      "save": save, "share": share})
 
 
-def _feed(rng, utility, exposure, n_users, n_pages):
+def _feed(rng, utility, exposure, hidden, n_users, n_pages):
     """The feed model's rows (see the module docstring)."""
     shape = (n_users, n_pages, PAGE)
     items = np.zeros(shape, dtype=np.int64)
     for u in range(n_users):  # one page draw per person (a loop over people, not rows)
         keys = exposure[None, :] + rng.gumbel(0, 1, (n_pages, len(exposure)))
+        keys[:, hidden[u]] = -np.inf
         items[u] = _top(keys, PAGE)
     user_k = np.broadcast_to(np.arange(n_users)[:, None, None], shape)
     session_k = np.broadcast_to(np.arange(n_pages)[None, :, None], shape)

@@ -41,6 +41,7 @@ import polars as pl
 from .data import LINE, FILE, Embeddings, _check_plain_values, _ids, _reject_nulls, _require_columns, _where, \
     _with_positions, read_table
 from .errors import InputError, preview
+from .event_channel import EventRows
 
 log = logging.getLogger("pamela_lite")
 
@@ -170,20 +171,45 @@ def load_events(path: str | Path, embeddings: Embeddings | None = None,
     return validate_events(read_events(path), path, vocabulary, embeddings)
 
 
-def evidence(events: pl.DataFrame, multipliers: dict[str, float] | None = None) -> pl.DataFrame:
+def evidence(events: pl.DataFrame, weights: dict[str, float] | None = None) -> pl.DataFrame:
     """One row per (participant, image, session): the summed signed evidence ``m`` of its events.
 
-    `multipliers` (event name -> factor, e.g. chosen on validation) rescale the weights of
-    named events; numeric weights are used as given. Rows keep the order of first appearance.
+    `weights` (event name -> signed weight, e.g. a fitted model's, chosen on validation) replace
+    the weights of the named events; numeric weights are used as given. Rows keep the order of
+    first appearance.
     """
     weight = pl.col(WEIGHT)
-    if multipliers:
-        table = pl.DataFrame({"event": list(multipliers), "_k": list(multipliers.values())},
+    if weights:
+        table = pl.DataFrame({"event": list(weights), "_k": list(weights.values())},
                              schema={"event": pl.String, "_k": pl.Float64})
         events = events.join(table, on="event", how="left", maintain_order="left")
-        weight = weight * pl.col("_k").fill_null(1.0)
+        weight = pl.coalesce(pl.col("_k"), weight)
     return (events.group_by("participant_id", "image_id", "session_id", maintain_order=True)
             .agg(weight.sum().alias("evidence")))
+
+
+def event_rows(events: pl.DataFrame, ids: list, embeddings: Embeddings,
+               weights: dict[str, float] | None = None) -> EventRows:
+    """Validated events of people `ids` as the numpy rows a fold-in reads (:class:`EventRows`).
+
+    Parameters
+    ----------
+    events : polars.DataFrame
+        From :func:`validate_events`; people not in `ids` are left out.
+    ids : list
+        The people being folded in, in the order of their states.
+    embeddings : Embeddings
+        Must cover the events' images.
+    weights : dict, optional
+        Event name -> signed weight (the model's); default the weights the table was read with.
+    """
+    m = evidence(events, weights)
+    order = pl.DataFrame({"participant_id": pl.Series(ids, dtype=m["participant_id"].dtype, strict=False),
+                          "_user": np.arange(len(ids), dtype=np.int64)})
+    m = m.join(order, on="participant_id", how="inner", maintain_order="left")
+    group = m.select(pl.struct("_user", "session_id").rank("dense") - 1)[:, 0].to_numpy().astype(np.int64)
+    return EventRows(m["_user"].to_numpy(), group, m["evidence"].to_numpy().astype(np.float64),
+                     embeddings.take(m["image_id"]))
 
 
 def first_events(events: pl.DataFrame, n: int) -> pl.DataFrame:

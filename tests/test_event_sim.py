@@ -37,10 +37,13 @@ def test_log_is_deterministic_per_seed(small_world):
 
 
 @pytest.mark.parametrize("model", event_sim.MODELS)
-def test_no_event_touches_an_image_scored_outside_train(small_world, model):
+def test_no_event_touches_an_image_its_person_is_scored_on(small_world, model):
     events = event_sim.simulate(small_world, model, impressions=60)
-    scored = small_world.ratings.filter(pl.col("split") != "train")["image_id"].unique()
-    assert not events["image_id"].is_in(scored.implode()).any()
+    ratings = small_world.ratings
+    seen = ratings.filter(pl.col("split").is_in(["val_seen", "test_seen"]))["image_id"].unique()
+    assert not events["image_id"].is_in(seen.implode()).any()
+    own = ratings.filter(pl.col("split").is_in(["val_unseen", "test_unseen"])).select("participant_id", "image_id")
+    assert own.height and not events.join(own, on=["participant_id", "image_id"], how="inner").height
 
 
 @pytest.mark.parametrize("model", ["session", "feed"])
