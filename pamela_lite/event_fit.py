@@ -8,7 +8,8 @@ Two ways a fit uses events (``python -m pamela_lite.fit --events FILE``):
   (``val_seen``) of training users folded in from their events plus k of their own training
   ratings (k = 0 and 10: the new-user regime events are for), against the same fold-in without
   events. The best candidate is kept only if its gain over "no events" exceeds two standard
-  errors (paired over users); otherwise strength is 0 and events change nothing. A stream with
+  errors (paired over users) at the context size where it helps least (candidates are compared by
+  that worst gain too); otherwise strength is 0 and events change nothing. A stream with
   no taste in it thus gets no weight, by validation.
 * **events alone** (:func:`fit_events_only`): no rating exists, so the scorer is fitted on the
   events themselves. Each shown image becomes a pseudo-observation, the confidence-weighted,
@@ -128,26 +129,31 @@ def calibrate(model: PersonalScorer, events: pl.DataFrame, train: pl.DataFrame, 
         contexts.append((index, context["rating"].to_numpy().astype(np.float64), embeddings.take(context["image_id"])))
 
     def score(candidate: EventChannel) -> np.ndarray:
+        """Per-user validation SROCC, one row per context size."""
         fitted.events = candidate
         event_rows = rows.rows(candidate.weights)
         out = []
         for index, y, emb in contexts:
             states = fitted.fold_in(index, len(ids), y, emb, *demographics, events=event_rows)
             out.append(_per_user_srocc(query, model.predict(query, embeddings, (list(ids), states))))
-        return np.concatenate(out)
+        return np.stack(out)
 
     spread = float(train["rating"].std())
     base = score(replace(channel, strength=0.0))
+
+    def worst(scores):  # the gain where events help least: a channel must help every context size
+        return float((scores - base).mean(axis=1).min())
+
     best, best_scores = None, None
     for strength in STRENGTHS:
         for gain in GAINS:
             candidate = replace(channel, strength=strength, gain=gain * spread)
             scores = score(candidate)
-            if best is None or scores.mean() > best_scores.mean():
+            if best is None or worst(scores) > worst(best_scores):
                 best, best_scores = candidate, scores
     for alpha in ALPHAS:
         scores = score(replace(best, alpha=alpha))
-        if scores.mean() > best_scores.mean():
+        if worst(scores) > worst(best_scores):
             best, best_scores = replace(best, alpha=alpha), scores
     for name in rows.names:
         if vocabulary.get(name, 0.0) == 0.0:
@@ -155,16 +161,18 @@ def calibrate(model: PersonalScorer, events: pl.DataFrame, train: pl.DataFrame, 
         for factor in MULTIPLIERS:
             weights = {**best.weights, name: vocabulary[name] * factor}
             scores = score(replace(best, weights=weights))
-            if scores.mean() > best_scores.mean():
+            if worst(scores) > worst(best_scores):
                 best, best_scores = replace(best, weights=weights), scores
-    gain = best_scores - base
+    by_size = (best_scores - base).mean(axis=1)
+    gain = (best_scores - base)[int(np.argmin(by_size))]  # the context size where events help least
     se = float(gain.std(ddof=1) / np.sqrt(len(gain))) if len(gain) > 1 else float("inf")
     accepted = gain.mean() > 2 * se
     chosen = best if accepted else replace(best, strength=0.0)
     chosen.report = {**channel.report, "users": len(ids), "contexts": list(CONTEXTS),
                      "srocc_without_events": round(float(base.mean()), 4),
                      "srocc_with_events": round(float(best_scores.mean()), 4),
-                     "gain": round(float(gain.mean()), 4), "gain_se": round(se, 4), "accepted": bool(accepted)}
+                     "gain": round(float(gain.mean()), 4), "gain_se": round(se, 4),
+                     "gain_by_context": [round(float(v), 4) for v in by_size], "accepted": bool(accepted)}
     fitted.events = chosen
     return chosen
 
