@@ -194,10 +194,11 @@ def run_world(name: str, args, rng) -> dict:
             log(f"{name}: {n + 1}/{len(users)} people, {time.perf_counter() - t0:.0f}s")
     frame = pl.DataFrame(records)
     summary = summarise(frame, budgets, rng)
+    # The per-person rows stay out of the results (a megabyte); the summary holds the paired statistics.
     return {"world": name, "config": {k: v for k, v in cfg.__dict__.items()}, "users": len(users),
             "simulator": {**shares, "edit_sd": gen.edit_sd, "step": gen.step, "tau": gen.tau, "seed_sd": gen.seed_sd,
                           "cosine_base_vs_steered_example": float(np.mean(cos)) if cos else None},
-            "calibration": cal, "summary": summary, "records": records,
+            "calibration": cal, "summary": summary,
             "seconds": round(time.perf_counter() - t0, 1)}
 
 

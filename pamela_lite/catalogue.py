@@ -28,8 +28,11 @@ import numpy as np
 if TYPE_CHECKING:  # scipy is imported where it is used: the device reads Catalogue without it
     import scipy.sparse as sp
 
-# (factors, ridge penalty) tried on validation; the penalty is in pseudo-ratings.
-CANDIDATES = ((0, 5.0), (0, 20.0), (4, 10.0), (8, 10.0), (8, 30.0))
+# (factors, ridge penalty) tried on validation; the penalty is in pseudo-ratings. How many
+# collaborative factors the ratings support depends on raters per image and on how much taste
+# the embedding misses, so the grid spans bias-only to 12 factors.
+CANDIDATES = ((0, 5.0), (0, 20.0), (2, 5.0), (4, 5.0), (4, 10.0), (6, 5.0), (6, 10.0), (8, 10.0), (8, 30.0),
+              (12, 10.0), (12, 30.0))
 MIN_VALIDATION_ROWS = 100
 
 
@@ -58,7 +61,7 @@ class Catalogue:
 
 
 def fit_catalogue(resid: np.ndarray, user_index: np.ndarray, image_index: np.ndarray, n_users: int,
-                  n_images: int, factors: int, penalty: float, iterations: int = 8,
+                  n_images: int, factors: int, penalty: float, iterations: int = 25,
                   seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(bias (n_images,), image factors (n_images, f), user factors (n_users, f)) by ridge ALS."""
     rng = np.random.default_rng(seed)
