@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from .cached import CachedScoring, FeatureCache
 from .features import ImageSide, UserSolver, demographic_vectors, l2_normalise
 from .rules import check_ratings
 
@@ -61,8 +62,11 @@ def users_path(scorer_path: str | Path) -> Path:
     return scorer_path.with_name(scorer_path.stem + ".users.npz")
 
 
-class EdgeScorer:
+class EdgeScorer(CachedScoring):
     """An exported scorer plus its users, ready to score.
+
+    Given a :class:`pamela_lite.cached.FeatureCache` instead of embeddings, ``score_user`` and
+    ``top_k`` score the cached catalogue with the two-stage graphs beside the scorer.
 
     Parameters
     ----------
@@ -78,7 +82,8 @@ class EdgeScorer:
         scorer_path = Path(scorer_path)
         if not scorer_path.exists():
             raise FileNotFoundError(f"{scorer_path}: no such scorer file")
-        self.session = ort.InferenceSession(str(scorer_path), session_options(threads),
+        self.scorer_path, self.session_options = scorer_path, session_options(threads)
+        self.session = ort.InferenceSession(str(scorer_path), self.session_options,
                                             providers=["CPUExecutionProvider"])
         sidecar = Path(users) if users else users_path(scorer_path)
         if not sidecar.exists():
@@ -89,8 +94,8 @@ class EdgeScorer:
         if scalars.get("format_version") != EDGE_FORMAT_VERSION:
             raise ValueError(f"{sidecar}: users file format {scalars.get('format_version')}, "
                              f"this pamela_lite reads {EDGE_FORMAT_VERSION}; export again")
-        recorded = scalars.get("scorer_sha256")
-        if recorded != hashlib.sha256(scorer_path.read_bytes()).hexdigest():
+        self.scorer_sha256 = hashlib.sha256(scorer_path.read_bytes()).hexdigest()
+        if scalars.get("scorer_sha256") != self.scorer_sha256:
             raise ValueError(f"{sidecar}: this users file was written for another scorer than {scorer_path.name} "
                              "(a refit changes what every state means); export the model again")
         self.user_ids = a["user_ids"].tolist()
@@ -180,17 +185,24 @@ class EdgeScorer:
         return self.session.run(["score" if clip else "utility"], {"embedding": embeddings, "user_state": states})[0]
 
     def score_user(self, user: str | np.ndarray, embeddings: np.ndarray, clip: bool = True) -> np.ndarray:
-        """Scores of one user (id or state) for each embedding row."""
+        """Scores of one user (id or state) for each embedding row (or each image of a feature cache)."""
+        if isinstance(embeddings, FeatureCache):
+            return self.score_cached(embeddings, self.state(user), clip)
         embeddings = np.atleast_2d(np.asarray(embeddings, dtype=np.float32))
         states = np.broadcast_to(self.state(user), (embeddings.shape[0], self.state_dim))
         return self.score(embeddings, states, clip)
 
-    def top_k(self, user: str | np.ndarray, embeddings: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    def top_k(self, user: str | np.ndarray, embeddings: np.ndarray | FeatureCache, k: int = 10,
+              candidates: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Indices of the user's k best images in a gallery, best first, and their scores.
 
         Ranked by the unclipped utility: images the model rates above the top of the scale
-        still come out in order instead of as a tie.
+        still come out in order instead of as a tie. A feature cache is ranked with the
+        two-stage graphs; with it, `candidates` M turns on the retrieval mode (linear part over
+        the whole catalogue, trees on its best M only).
         """
+        if isinstance(embeddings, FeatureCache):
+            return self.top_k_cached(user, embeddings, k, candidates)
         utility = self.score_user(user, embeddings, clip=False)
         k = min(k, len(utility))
         best = np.argpartition(-utility, k - 1)[:k]

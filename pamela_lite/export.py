@@ -35,6 +35,7 @@ from .cli import Stopwatch, parser_for, run
 from .edge import EDGE_FORMAT_VERSION, users_path
 from .errors import InputError
 from .model import PersonalScorer
+from .stages import write_stages
 
 OPSET = 15  # onnxmltools' LightGBM converter supports opsets up to 15 here
 ML_OPSET = 3
@@ -252,7 +253,8 @@ def export(model: PersonalScorer, path: str | Path, precision: str = "exact",
     """Write ``path`` (the ONNX scorer) and its ``.users.npz`` beside it, each atomically.
 
     With `encoder`, also ``<stem>.pixels.onnx``: encoder and scorer merged. Every graph is built
-    and checked in memory first, so a failure writes nothing.
+    and checked in memory first, so a failure writes nothing. The two-stage graphs for cached
+    catalogues (``<stem>.image_features.onnx``, ``<stem>.user_score.onnx``) are written too.
     """
     path = Path(path)
     onnx_model = build_graph(model, precision)
@@ -269,6 +271,7 @@ def export(model: PersonalScorer, path: str | Path, precision: str = "exact",
     if merged is not None:
         with atomic_file(pixels_path(path), ".onnx") as tmp:
             onnx.save(merged, tmp)
+    write_stages(onnx_model, path)  # two-stage graphs for cached catalogues (pamela_lite.stages)
     return path, sidecar
 
 
