@@ -191,7 +191,9 @@ def run_job(client, job: Job, out: str | Path, progress=None) -> Report:
     for stale in out.glob(".part-*.tmp*"):  # a crashed run's unfinished partition
         stale.unlink(missing_ok=True)
     todo = [i for i in range(job.partitions) if not part_path(out, i).exists()]
-    spec = client.scatter(asdict(job), broadcast=True)  # sent to each worker once, not with every task
+    # sent to each worker once, not with every task; a fresh key (hash=False): an identical job run just
+    # before may still be releasing the same data
+    spec = client.scatter([asdict(job)], broadcast=True, hash=False)[0]  # in a list: one object, not per key
     futures = client.map(run_partition, todo, job=spec, out=str(out), pure=False)
     rows = written = 0
     for future in as_completed(futures):

@@ -61,7 +61,7 @@ def _committed_results():
 @pytest.mark.parametrize("script, extra", [
     ("accuracy.py", ["--data", "{world}", "--embeddings", "{world}/embeddings.parquet", "--kshot", "0,10"]),
     ("latency.py", ["--tiny"]),
-    ("distributed.py", ["--tiny"]),
+    ("dask_scaling.py", ["--tiny"]),
 ])
 def test_benchmarks_quick_runs_write_to_the_scratch_folder(script, extra, world):
     before = _committed_results()
