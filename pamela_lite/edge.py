@@ -16,6 +16,8 @@ Example::
     me = scorer.fold_in(my_embeddings, my_ratings, age=34, gender="female")
     me = scorer.fold_in([], [], event_embeddings=shown, events=["view", "download", "view", "view"])
     scorer.score_user(me, gallery)                            # a new person, no re-export
+    cache = scorer.load_cache("catalogue.features.npz")      # pamela_lite.cache: features computed once
+    best, best_scores = scorer.top_k(me, cache, k=10, candidates=1000)  # two-stage, retrieval mode
 
 Session settings are chosen for latency on small calls: one intra-op thread (scoring is a few
 small matrix products and a tree walk; threads cost more to wake than they save) and no busy
@@ -29,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from .cached import CachedScoring, FeatureCache
 from .errors import InputError
 from .event_channel import EventRows, aggregate
 from .fitted import FittedScorer, read_users
@@ -68,8 +71,11 @@ def fitted_path(scorer_path: str | Path) -> Path:
     return scorer_path.with_name(scorer_path.stem + ".fitted")
 
 
-class EdgeScorer:
+class EdgeScorer(CachedScoring):
     """An exported scorer plus its users, ready to score.
+
+    Given a :class:`pamela_lite.cached.FeatureCache` instead of embeddings, ``score_user`` and
+    ``top_k`` score the cached catalogue with the two-stage graphs beside the scorer.
 
     Parameters
     ----------
@@ -85,7 +91,8 @@ class EdgeScorer:
         scorer_path = Path(scorer_path)
         if not scorer_path.exists():
             raise FileNotFoundError(f"{scorer_path}: no such scorer file")
-        self.session = ort.InferenceSession(str(scorer_path), session_options(threads),
+        self.scorer_path, self.session_options = scorer_path, session_options(threads)
+        self.session = ort.InferenceSession(str(scorer_path), self.session_options,
                                             providers=["CPUExecutionProvider"])
         sidecar = Path(users) if users else users_path(scorer_path)
         if not sidecar.exists():
@@ -96,7 +103,8 @@ class EdgeScorer:
         try:
             self.fitted = FittedScorer.read(fitted_path(scorer_path))
             digest = self.fitted.digest()
-            recorded = self.session.get_modelmeta().custom_metadata_map.get("pamela_lite.fit_sha256")
+            meta = self.session.get_modelmeta().custom_metadata_map
+            recorded = meta.get("pamela_lite.fit_sha256")
             if recorded != digest:
                 raise InputError(fitted_path(scorer_path), f"these parameters belong to another scorer than "
                                                            f"{scorer_path.name}: export the model again")
@@ -104,6 +112,8 @@ class EdgeScorer:
         except InputError as err:  # the device has no command line: a plain ValueError, one line
             raise ValueError(str(err)) from None
         self.user_ids = [str(u) for u in ids]
+        # What the users file, the two-stage graphs and every feature cache are tied to (cached.py).
+        self.fit_sha256, self.precision = digest, meta.get("pamela_lite.precision", "exact")
         self._row = {u: k for k, u in enumerate(self.user_ids)}
         self.states = states
         self.scale = self.fitted.scale
@@ -204,17 +214,24 @@ class EdgeScorer:
         return self.session.run(["score" if clip else "utility"], {"embedding": embeddings, "user_state": states})[0]
 
     def score_user(self, user: str | np.ndarray, embeddings: np.ndarray, clip: bool = True) -> np.ndarray:
-        """Scores of one user (id or state) for each embedding row."""
+        """Scores of one user (id or state) for each embedding row (or each image of a feature cache)."""
+        if isinstance(embeddings, FeatureCache):
+            return self.score_cached(embeddings, self.state(user), clip)
         embeddings = np.atleast_2d(np.asarray(embeddings, dtype=np.float32))
         states = np.broadcast_to(self.state(user), (embeddings.shape[0], self.state_dim))
         return self.score(embeddings, states, clip)
 
-    def top_k(self, user: str | np.ndarray, embeddings: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    def top_k(self, user: str | np.ndarray, embeddings: np.ndarray | FeatureCache, k: int = 10,
+              candidates: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Indices of the user's k best images in a gallery, best first, and their scores.
 
         Ranked by the unclipped utility: images the model rates above the top of the scale
-        still come out in order instead of as a tie.
+        still come out in order instead of as a tie. A feature cache is ranked with the
+        two-stage graphs; with it, `candidates` M turns on the retrieval mode (linear part over
+        the whole catalogue, trees on its best M only).
         """
+        if isinstance(embeddings, FeatureCache):
+            return self.top_k_cached(user, embeddings, k, candidates)
         utility = self.score_user(user, embeddings, clip=False)
         k = min(k, len(utility))
         best = np.argpartition(-utility, k - 1)[:k]
