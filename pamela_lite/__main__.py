@@ -1,4 +1,4 @@
-"""The console entry point: pamela-lite fit|predict|evaluate|export|score|embed|steer|demo.
+"""The console entry point: pamela-lite fit|predict|evaluate|export|score|cache|embed|steer|demo.
 
 Each command is the same tool as python -m pamela_lite.<command>, with the same arguments; the
 tool's module is imported only once its command is chosen, so pamela-lite --help is instant.
@@ -21,6 +21,8 @@ COMMANDS = {
                "pamela-lite export --model runs/model --out runs/scorer.onnx"),
     "score": ("score pairs or rank a gallery with an exported ONNX scorer",
               "pamela-lite score --scorer runs/scorer.onnx --top 10 --user p0007 --embeddings e.parquet --out top.csv"),
+    "cache": ("cache a catalogue's image features for an exported scorer (two-stage scoring)",
+              "pamela-lite cache --scorer runs/scorer.onnx --embeddings e.parquet --out runs/catalogue.features.npz"),
     "embed": ("turn images into embeddings with an ONNX image encoder",
               "pamela-lite embed --encoder clip_b32.onnx --images photos/ --out embeddings.parquet"),
     "steer": ("steer a text-to-image prompt toward one person (or the population) within a budget",

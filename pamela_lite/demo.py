@@ -23,6 +23,7 @@ Usage::
     python -m pamela_lite.demo --out DIR [--seed N] [--scale 5]
     python -m pamela_lite.demo --world NAME [--dim D] [--scale LOW-HIGH] [--users N] [--string-ids] --out DIR
     python -m pamela_lite.demo --world list     # the world families (pamela_lite.worlds)
+    python -m pamela_lite.demo --world NAME --events session|feed|nosignal --out DIR   # + events.parquet
 """
 
 from __future__ import annotations
@@ -383,6 +384,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dim", type=int, help="embedding dimension (demo default 512, as CLIP ViT-B)")
     parser.add_argument("--string-ids", action="store_true", help="string participant and image ids")
     parser.add_argument("--int-ids", action="store_true", help="integer participant and image ids")
+    parser.add_argument("--events", choices=("session", "feed", "nosignal"),
+                        help="also write events.parquet: a simulated behaviour log of everyone under this event "
+                             "model (pamela_lite.event_sim)")
+    parser.add_argument("--impressions", type=int, default=400, help="images shown to each person in the log")
+    parser.add_argument("--events-only-users", type=int, default=0, metavar="N",
+                        help="drop every rating of N seeded people (they keep their events): users with events "
+                             "and no ratings")
     args = parser.parse_args(argv)
     if args.world == "list":
         print(families)
@@ -410,10 +418,32 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--users/--images/--ratings must be >= 20 and --dim >= 8")
     if (cfg.n_ratings or 0) > cfg.n_users * cfg.n_images:
         parser.error("--ratings cannot exceed --users x --images")
+    if args.impressions < 1 or not 0 <= args.events_only_users < cfg.n_users:
+        parser.error("--impressions must be >= 1 and --events-only-users between 0 and the number of users - 1")
     world = worlds.make(args.world, cfg)
+    events = None
+    if args.events:
+        from dataclasses import replace
+
+        from . import event_sim
+
+        events = event_sim.simulate(world, args.events, impressions=args.impressions, seed=args.seed)
+        if args.events_only_users:
+            ids = world.users["participant_id"]
+            dropped = ids.gather(np.random.default_rng([args.seed, 31]).choice(len(ids), args.events_only_users,
+                                                                                 replace=False))
+            keep = ~pl.col("participant_id").is_in(dropped.implode())
+            world = replace(world, ratings=world.ratings.filter(keep), truth=world.truth.filter(keep))
     worlds.write(world, args.out)
+    if events is not None:
+        from ._atomic import atomic_file
+
+        with atomic_file(Path(args.out) / event_sim.EVENTS_FILE, ".parquet") as tmp:
+            events.write_parquet(tmp)
     print(f"wrote a {args.world} world ({cfg.n_users} users, {cfg.n_images} images, {world.ratings.height} "
-          f"ratings, scale {cfg.low}-{cfg.high}, dim {cfg.dim}) to {args.out}", file=sys.stderr)
+          f"ratings, scale {cfg.low}-{cfg.high}, dim {cfg.dim}) to {args.out}"
+          + (f", and {events.height} {args.events} events in {event_sim.EVENTS_FILE}" if events is not None else ""),
+          file=sys.stderr)
     return 0
 
 

@@ -14,7 +14,10 @@ Example::
     scores = scorer.score_user("p0007", gallery)             # (n,) predicted ratings
     best, best_scores = scorer.top_k("p0007", gallery, k=10)  # indices into gallery
     me = scorer.fold_in(my_embeddings, my_ratings, age=34, gender="female")
+    me = scorer.fold_in([], [], event_embeddings=shown, events=["view", "download", "view", "view"])
     scorer.score_user(me, gallery)                            # a new person, no re-export
+    cache = scorer.load_cache("catalogue.features.npz")      # pamela_lite.cache: features computed once
+    best, best_scores = scorer.top_k(me, cache, k=10, candidates=1000)  # two-stage, retrieval mode
 
 Session settings are chosen for latency on small calls: one intra-op thread (scoring is a few
 small matrix products and a tree walk; threads cost more to wake than they save) and no busy
@@ -28,7 +31,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from .cached import CachedScoring, FeatureCache
 from .errors import InputError
+from .event_channel import EventRows, aggregate
 from .fitted import FittedScorer, read_users
 from .rules import check_ratings
 
@@ -66,8 +71,11 @@ def fitted_path(scorer_path: str | Path) -> Path:
     return scorer_path.with_name(scorer_path.stem + ".fitted")
 
 
-class EdgeScorer:
+class EdgeScorer(CachedScoring):
     """An exported scorer plus its users, ready to score.
+
+    Given a :class:`pamela_lite.cached.FeatureCache` instead of embeddings, ``score_user`` and
+    ``top_k`` score the cached catalogue with the two-stage graphs beside the scorer.
 
     Parameters
     ----------
@@ -83,7 +91,8 @@ class EdgeScorer:
         scorer_path = Path(scorer_path)
         if not scorer_path.exists():
             raise FileNotFoundError(f"{scorer_path}: no such scorer file")
-        self.session = ort.InferenceSession(str(scorer_path), session_options(threads),
+        self.scorer_path, self.session_options = scorer_path, session_options(threads)
+        self.session = ort.InferenceSession(str(scorer_path), self.session_options,
                                             providers=["CPUExecutionProvider"])
         sidecar = Path(users) if users else users_path(scorer_path)
         if not sidecar.exists():
@@ -94,7 +103,8 @@ class EdgeScorer:
         try:
             self.fitted = FittedScorer.read(fitted_path(scorer_path))
             digest = self.fitted.digest()
-            recorded = self.session.get_modelmeta().custom_metadata_map.get("pamela_lite.fit_sha256")
+            meta = self.session.get_modelmeta().custom_metadata_map
+            recorded = meta.get("pamela_lite.fit_sha256")
             if recorded != digest:
                 raise InputError(fitted_path(scorer_path), f"these parameters belong to another scorer than "
                                                            f"{scorer_path.name}: export the model again")
@@ -102,6 +112,8 @@ class EdgeScorer:
         except InputError as err:  # the device has no command line: a plain ValueError, one line
             raise ValueError(str(err)) from None
         self.user_ids = [str(u) for u in ids]
+        # What the users file, the two-stage graphs and every feature cache are tied to (cached.py).
+        self.fit_sha256, self.precision = digest, meta.get("pamela_lite.precision", "exact")
         self._row = {u: k for k, u in enumerate(self.user_ids)}
         self.states = states
         self.scale = self.fitted.scale
@@ -138,18 +150,46 @@ class EdgeScorer:
         return self.states[[self._row[u] for u in ids]]
 
     def fold_in(self, embeddings: np.ndarray, ratings: np.ndarray, age: float | None = None,
-                gender: str | None = None, nationality: str | None = None) -> np.ndarray:
-        """A new person's state from k (embedding, rating) pairs and optional demographics.
+                gender: str | None = None, nationality: str | None = None, event_embeddings: np.ndarray | None = None,
+                events=None, sessions=None) -> np.ndarray:
+        """A new person's state from k (embedding, rating) pairs, events and optional demographics.
 
-        k = 0 (empty arrays) gives the demographic prior. Same arithmetic as
-        ``PersonalScorer.fold_in``; no refit, no re-export.
+        k = 0 (empty arrays) and no events gives the demographic prior. `events` are event names
+        (or signed numeric weights), one per row of `event_embeddings` (the image acted on or
+        shown; a shown-and-ignored image is a "view"); `sessions` (optional, one per row) say
+        which images were shown together. Same arithmetic as ``PersonalScorer.fold_in`` with
+        ``events=``; no refit, no re-export.
         """
         embeddings = np.asarray(embeddings, dtype=np.float32).reshape(-1, self.embedding_dim)
         ratings = check_ratings(ratings, *self.scale)  # the rule the command-line tools apply too
         if len(ratings) != len(embeddings):
             raise ValueError(f"{len(embeddings)} embeddings but {len(ratings)} ratings")
+        rows = None
+        if events is not None and len(events):
+            rows = self._event_rows(event_embeddings, events, sessions)
         return self.fitted.fold_in(np.zeros(len(ratings), dtype=np.int64), 1, ratings, embeddings,
-                                   [age], [gender], [nationality])[0]
+                                   [age], [gender], [nationality], events=rows)[0]
+
+    def _event_rows(self, event_embeddings, events, sessions) -> EventRows:
+        """One person's raw event rows, aggregated as the Python fold-in aggregates a table."""
+        if self.fitted.events is None:
+            raise ValueError("this scorer was fitted without events: it has no event weights")
+        emb = np.asarray(event_embeddings, dtype=np.float32).reshape(-1, self.embedding_dim)
+        names = np.asarray(events)
+        if len(names) != len(emb) or (sessions is not None and len(sessions) != len(emb)):
+            raise ValueError(f"{len(emb)} event embeddings but {len(names)} events"
+                             + ("" if sessions is None else f" and {len(sessions)} sessions"))
+        weights = self.fitted.events.evidence_of(names)
+        vocabulary = list(self.fitted.events.weights)
+        codes = (np.full(len(names), -1.0) if names.dtype.kind in "iuf"
+                 else np.array([vocabulary.index(str(e)) for e in names.tolist()], dtype=np.float64))
+        if sessions is None:
+            group = np.zeros(len(names))
+        else:
+            _, group = np.unique(np.asarray([str(s) for s in sessions]), return_inverse=True)
+        groups, evidence, rows = aggregate(group.astype(np.float64), codes, weights, emb)
+        return EventRows(np.zeros(len(evidence), dtype=np.int64), groups.astype(np.int64), evidence,
+                         rows.astype(np.float32))
 
     def add_user(self, user_id: str, state: np.ndarray) -> None:
         """Remember a folded-in user under an id (in memory)."""
@@ -174,17 +214,24 @@ class EdgeScorer:
         return self.session.run(["score" if clip else "utility"], {"embedding": embeddings, "user_state": states})[0]
 
     def score_user(self, user: str | np.ndarray, embeddings: np.ndarray, clip: bool = True) -> np.ndarray:
-        """Scores of one user (id or state) for each embedding row."""
+        """Scores of one user (id or state) for each embedding row (or each image of a feature cache)."""
+        if isinstance(embeddings, FeatureCache):
+            return self.score_cached(embeddings, self.state(user), clip)
         embeddings = np.atleast_2d(np.asarray(embeddings, dtype=np.float32))
         states = np.broadcast_to(self.state(user), (embeddings.shape[0], self.state_dim))
         return self.score(embeddings, states, clip)
 
-    def top_k(self, user: str | np.ndarray, embeddings: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    def top_k(self, user: str | np.ndarray, embeddings: np.ndarray | FeatureCache, k: int = 10,
+              candidates: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Indices of the user's k best images in a gallery, best first, and their scores.
 
         Ranked by the unclipped utility: images the model rates above the top of the scale
-        still come out in order instead of as a tie.
+        still come out in order instead of as a tie. A feature cache is ranked with the
+        two-stage graphs; with it, `candidates` M turns on the retrieval mode (linear part over
+        the whole catalogue, trees on its best M only).
         """
+        if isinstance(embeddings, FeatureCache):
+            return self.top_k_cached(user, embeddings, k, candidates)
         utility = self.score_user(user, embeddings, clip=False)
         k = min(k, len(utility))
         best = np.argpartition(-utility, k - 1)[:k]

@@ -3,6 +3,8 @@
 Writes the graph (:mod:`pamela_lite.onnx_scorer`), the fitted scorer's parameter files beside it
 (``<name>.fitted/``, from which a device folds in new people) and the known users' states
 (``<name>.users.npz``), each atomically. Devices read the three with :mod:`pamela_lite.edge`.
+The two-stage graphs for cached catalogues (``<name>.image_features.onnx``,
+``<name>.user_score.onnx``; :mod:`pamela_lite.stages`) are written beside them too.
 """
 
 from __future__ import annotations
@@ -53,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         onnx_path, sidecar = export(model, args.out, args.precision, encoder)
     except InputError as err:
         raise InputError(args.encoder, err.problem) from None
-    watch.step(f"wrote {onnx_path} ({onnx_path.stat().st_size / 1e6:.2f} MB), its parameters and {sidecar} "
-               f"({len(model.users_)} known users)")
+    watch.step(f"wrote {onnx_path} ({onnx_path.stat().st_size / 1e6:.2f} MB), its parameters, its two-stage "
+               f"graphs (for pamela_lite.cache) and {sidecar} ({len(model.users_)} known users)")
     if model.fitted_.catalogue is not None:
         watch.step(f"note: the model's per-image catalogue corrections ({len(model.fitted_.catalogue.image_ids)} training "
                    "images) are not in the ONNX scorer, which scores every image by its embedding; "

@@ -6,6 +6,11 @@ pipeline runs on a fresh machine with no download. With ``--data`` it reads a PA
 ``val_seen``, evaluates on ``test_seen`` and k-shot ``test_unseen``, prints a table and writes
 the model folder (with ``metrics.json``) to ``--out``.
 
+With ``--events FILE`` (an events table, :mod:`pamela_lite.events`) the fit also learns from what
+people did: with ratings, the event channel's weights are chosen on val_seen (they may come out
+as zero); without ``--data``, the scorer is fitted on the events alone (scores on a preference
+scale; see :mod:`pamela_lite.event_fit`).
+
 A user state means something only for the fit that made it. ``--refold-from OLD_MODEL`` carries
 an earlier model folder's users over to the new fit: everyone OLD_MODEL keeps ratings of
 (``ratings.parquet``) whom the new fit is not trained on is folded in again from those ratings
@@ -24,8 +29,10 @@ from pathlib import Path
 from . import __version__, demo
 from ._atomic import write_text
 from .cli import Stopwatch, parse_kshot, parser_for, run, show_progress
-from .data import Scale, load_dataset
+from .data import EMBEDDINGS_FILE, Scale, load_dataset, read_embeddings
 from .errors import InputError
+from .event_fit import calibrate, fit_events_only
+from .events import load_events, parse_event_weights
 from .protocol import evaluate_models, format_table
 from .model import RATINGS_FILE, PersonalScorer, read_kept_ratings
 
@@ -98,8 +105,34 @@ def build_parser() -> argparse.ArgumentParser:
                         help="model folder of an earlier fit: every user it keeps whom this fit does not train on "
                              "(e.g. people added with predict --add-to-model) is folded in again from their kept "
                              "ratings and kept by the new model (states of one fit mean nothing to another)")
+    parser.add_argument("--events", type=Path,
+                        help="events table (participant_id, image_id, event or weight [, timestamp, session_id, "
+                             "prompt_id, position]); with --data its weights are chosen on val_seen, without "
+                             "--data the scorer is fitted on the events alone")
+    parser.add_argument("--event-weights", metavar="JSON",
+                        help='signed weight of event names, added to or replacing the defaults '
+                             '(view 0, save 1, download 2, share 3, skip -0.5, regenerate -0.5, dislike -2), '
+                             'e.g. \'{"like": 1.5}\'')
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
     return parser
+
+
+def fit_on_events_only(args, watch: Stopwatch) -> int:
+    """``fit --events FILE`` without ``--data``: a scorer from events alone (pamela_lite.event_fit)."""
+    vocabulary = parse_event_weights(args.event_weights)
+    embeddings = read_embeddings(args.embeddings or args.events.parent / EMBEDDINGS_FILE)
+    events = load_events(args.events, embeddings, vocabulary)
+    watch.step(f"read {events.height} events of {events['participant_id'].n_unique()} people (no ratings: "
+               f"fitting on the events alone)")
+    start = time.perf_counter()
+    model = fit_events_only(events, embeddings, args.params, args.seed, vocabulary, args.threads)
+    report = {"events": str(args.events), "seed": args.seed, "fit_seconds": round(time.perf_counter() - start, 2),
+              "people": len(model.users_), "event_channel": model.fitted_.events.to_json()}
+    model.save(args.out, extra_files={"metrics.json": json.dumps(report, indent=1)})
+    print(f"fitted on the events of {len(model.users_)} people in {report['fit_seconds']}s; scores are on a "
+          f"preference scale (-1..1): rank by them")
+    watch.step(f"wrote the model and metrics.json to {args.out}")
+    return 0
 
 
 def demo_stamp(seed: int) -> str:
@@ -148,6 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     args.params = parse_params(args.params)
     kept = read_kept_ratings(args.refold_from) if args.refold_from is not None else None
     watch = Stopwatch(args.quiet)
+    if args.threads is not None and args.threads < 1:
+        raise InputError(None, "--threads takes a number >= 1")
+    if args.events is not None and args.data is None:
+        return fit_on_events_only(args, watch)
+    vocabulary = parse_event_weights(args.event_weights)
     if args.data is None:
         data = ensure_demo(args.demo_dir, args.seed)
         watch.step(f"demo world ready in {data}")
@@ -181,6 +219,15 @@ def main(argv: list[str] | None = None) -> int:
         print("\nablation on validation (each row adds one component):")
         print(format_table(val_rows))
 
+    if args.events is not None:
+        events = load_events(args.events, dataset.embeddings, vocabulary)
+        channel = calibrate(full, events, dataset.split("train"), dataset.split("val_seen"), dataset.embeddings,
+                            vocabulary, args.seed)
+        report["event_channel"] = channel.to_json()
+        found = channel.report
+        watch.step(f"event channel chosen on val_seen over {found.get('users', 0)} people: strength "
+                   f"{channel.strength:g} (SROCC {found.get('srocc_without_events')} without events, "
+                   f"{found.get('srocc_with_events')} with; {'kept' if channel.strength else 'not kept'})")
     if kept is not None:
         refold(full, kept, args.refold_from, dataset.embeddings, watch)
     if full.fitted_.catalogue is not None:

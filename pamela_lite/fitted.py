@@ -34,6 +34,7 @@ from . import __version__
 from ._atomic import atomic_dir, atomic_file
 from .catalogue import Catalogue
 from .errors import InputError
+from .event_channel import EventChannel, EventRows
 from .features import ImageFeatures, ImageSide, l2_normalise
 from .user_solver import DemographicPrior, UserSolver, state_layout
 
@@ -61,6 +62,7 @@ class FittedScorer:
     head: str = ""  # LightGBM model text of the residual head ("" without a head)
     catalogue: Catalogue | None = None  # per-image corrections; rows of its user factors follow the fit's users
     params: dict = field(default_factory=dict)  # the hyperparameters it was fitted with (PersonalScorer's)
+    events: EventChannel | None = None  # the implicit-feedback channel, when fitted with events
 
     # ------------------------------------------------------------------ shape
 
@@ -92,18 +94,27 @@ class FittedScorer:
         return self.image_side.features(l2_normalise(embeddings))
 
     def fold_in(self, user_index: np.ndarray, n_users: int, ratings: np.ndarray, embeddings: np.ndarray,
-                ages, genders, nationalities) -> np.ndarray:
-        """States (n_users, state_dim), float32, of new users from rating rows and demographics.
+                ages, genders, nationalities, events: EventRows | None = None) -> np.ndarray:
+        """States (n_users, state_dim), float32, of new users from rating rows, events and demographics.
 
-        Rating row k is user ``user_index[k]``'s rating of the image with embedding row k; users
-        without ratings get their demographic prior. Ratings are checked by the caller.
+        Rating row k is user ``user_index[k]``'s rating of the image with embedding row k;
+        `events` (aggregated, :mod:`pamela_lite.event_channel`) join the ratings in the linear
+        taste's equations. Users with neither get their demographic prior. Ratings are checked
+        by the caller.
         """
         head, prior_x = self.prior.vectors(ages, genders, nationalities)
         states = self.prior.states(prior_x)
-        if len(ratings):
-            feats = self.image_features(embeddings)
+        extra = None
+        if events is not None and len(events.evidence):
+            if self.events is None:
+                raise InputError(None, "this model was fitted without events, so it has no event weights: "
+                                       "refit it with --events to fold people in from their events")
+            feats = events.features if events.features is not None else self.image_features(events.embeddings)
+            extra = self.events.normal_equations(feats, events, n_users, self.solver.use_population)
+        if len(ratings) or extra is not None:
+            feats = self.image_features(np.asarray(embeddings).reshape(len(ratings), self.embedding_dim))
             states, _ = self.solver.states(np.asarray(user_index, dtype=np.int64), n_users,
-                                           np.asarray(ratings, dtype=np.float64), feats, states)
+                                           np.asarray(ratings, dtype=np.float64), feats, states, extra)
         # float32: the type the exported scorer takes states in, so both runtimes score alike
         return np.column_stack([states, head]).astype(np.float32)
 
@@ -134,6 +145,8 @@ class FittedScorer:
                 "image_id_type": "int" if np.issubdtype(np.asarray(catalogue.image_ids).dtype, np.integer) else "str"},
             "state_layout": {k: [s.start, s.stop] for k, s in self.layout.items()},
         }
+        if self.events is not None:  # only then: the digest of a fit without events is what it always was
+            meta["events"] = self.events.to_json()
         return meta, arrays, self.head
 
     @classmethod
@@ -152,8 +165,9 @@ class FittedScorer:
             catalogue = Catalogue(ids.astype(np.int64) if meta["catalogue"]["image_id_type"] == "int" else ids,
                                   arrays["catalogue_bias"], arrays["catalogue_factors"],
                                   arrays["catalogue_user_factors"], meta["catalogue"]["penalty"])
+        events = EventChannel.from_json(meta["events"]) if meta.get("events") is not None else None
         return cls((int(meta["scale"][0]), int(meta["scale"][1])), side, solver, prior,
-                   np.array(meta["blend"], dtype=np.float64), head, catalogue, dict(meta["params"]))
+                   np.array(meta["blend"], dtype=np.float64), head, catalogue, dict(meta["params"]), events)
 
     def digest(self) -> str:
         """sha256 of the fit's content (not of its files' bytes): what a users file is tied to."""

@@ -63,6 +63,7 @@ from .errors import InputError, preview
 from .catalogue import CANDIDATES as CATALOGUE_CANDIDATES
 from .catalogue import MIN_VALIDATION_ROWS, Catalogue, fit_catalogue, ridge_rows
 from .taste import fit_whitening, taste_moment
+from .events import event_rows
 from .features import ImageFeatures, ImageSide, l2_normalise
 from .fitted import PARAMETER_FILES, USERS_FILE, FittedScorer, read_users, write_users
 from .user_solver import DemographicPrior, UserSolver, als_row_values, state_layout
@@ -557,8 +558,8 @@ class PersonalScorer(BaseEstimator):
     # ------------------------------------------------------------------ new users and scoring
 
     def fold_in(self, context: pl.DataFrame, embeddings: Embeddings,
-                users: pl.DataFrame | None = None) -> tuple[list, np.ndarray]:
-        """States of new users from their ratings (k-shot) and/or demographics (k = 0).
+                users: pl.DataFrame | None = None, events: pl.DataFrame | None = None) -> tuple[list, np.ndarray]:
+        """States of new users from their ratings (k-shot), events and/or demographics (k = 0).
 
         Parameters
         ----------
@@ -568,6 +569,9 @@ class PersonalScorer(BaseEstimator):
         users : polars.DataFrame, optional
             ``participant_id`` and demographics of users to fold in, including those with no
             ratings in `context` (they get the demographic prior).
+        events : polars.DataFrame, optional
+            Their events (:func:`pamela_lite.events.validate_events`), folded in with the
+            model's event channel (:mod:`pamela_lite.event_channel`) jointly with the ratings.
 
         Returns
         -------
@@ -579,7 +583,13 @@ class PersonalScorer(BaseEstimator):
         if users is not None:
             known = set(ids)
             ids += [u for u in users["participant_id"].unique(maintain_order=True).to_list() if u not in known]
-        table = _users_table(pl.concat([f for f in (users, context) if f is not None], how="diagonal_relaxed"), ids)
+        rows_of_events = None
+        if events is not None and events.height:
+            known = set(ids)
+            ids += [u for u in events["participant_id"].unique(maintain_order=True).to_list() if u not in known]
+            rows_of_events = event_rows(events, ids, embeddings, fitted.events.weights if fitted.events else None)
+        who = events.select("participant_id") if rows_of_events is not None else None
+        table = _users_table(pl.concat([f for f in (users, context, who) if f is not None], how="diagonal_relaxed"), ids)
         user_index = np.zeros(0, dtype=np.int64)
         rows = np.zeros((0, fitted.embedding_dim), dtype=np.float32)
         if context.height:
@@ -592,7 +602,8 @@ class PersonalScorer(BaseEstimator):
             order = {u: k for k, u in enumerate(ids)}
             user_index = np.array([order[u] for u in context["participant_id"].to_list()], dtype=np.int64)
         y = context["rating"].to_numpy().astype(np.float64)
-        folded = FoldedUsers((ids, fitted.fold_in(user_index, len(ids), y, rows, *_demographic_columns(table))))
+        folded = FoldedUsers((ids, fitted.fold_in(user_index, len(ids), y, rows, *_demographic_columns(table),
+                                                  events=rows_of_events)))
         if context.height and fitted.catalogue is not None and fitted.catalogue.factors.shape[1]:
             folded.catalogue_factors = self._catalogue_fold_in(context, embeddings, folded, user_index)
         return folded

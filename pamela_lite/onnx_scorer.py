@@ -17,7 +17,9 @@ files (:mod:`pamela_lite.fitted`, the same format as a model folder's), from whi
 folds in a new person (:mod:`pamela_lite.edge`), so a new person never requires a re-export;
 and ``<name>.users.npz``, the known users' ids and states. The graph's metadata, the parameter
 files and the users file all carry the digest of the fit they come from; the device refuses a
-set that does not agree. The command-line front end is ``python -m pamela_lite.export``.
+set that does not agree. :func:`export` also writes the two-stage graphs cut from the scorer
+(:mod:`pamela_lite.stages`) for cached catalogues (:mod:`pamela_lite.cached`). The command-line
+front end is ``python -m pamela_lite.export``.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from .edge import fitted_path, users_path
 from .errors import InputError
 from .fitted import FittedScorer, write_users
 from .model import PersonalScorer
+from .stages import build_stages, write_stages
 
 OPSET = 15  # onnxmltools' LightGBM converter supports opsets up to 15 here
 ML_OPSET = 3
@@ -228,14 +231,17 @@ def export(model: PersonalScorer, path: str | Path, precision: str = "exact",
            encoder: onnx.ModelProto | None = None) -> tuple[Path, Path]:
     """Write ``path`` (the ONNX scorer), ``<stem>.fitted/`` and ``<stem>.users.npz`` beside it, each atomically.
 
-    With `encoder`, also ``<stem>.pixels.onnx``: encoder and scorer merged. Every graph is built
-    and checked in memory first, so a failure writes nothing. Returns (scorer, users file).
+    Also the two-stage graphs for cached catalogues (``<stem>.image_features.onnx``,
+    ``<stem>.user_score.onnx``; :mod:`pamela_lite.stages`), and with `encoder`,
+    ``<stem>.pixels.onnx``: encoder and scorer merged. Every graph is built and checked in memory
+    first, so a failure writes nothing. Returns (scorer, users file).
     """
     path = Path(path)
     model._check_fitted()
     fitted = model.fitted_
     onnx_model = build_graph(fitted, precision)
     merged = merge_with_encoder(onnx_model, encoder) if encoder is not None else None
+    stages = build_stages(onnx_model)
     fitted.save(fitted_path(path))
     sidecar = write_users(users_path(path), model.users_, model.user_states_, fitted.digest())
     with atomic_file(path, ".onnx") as tmp:
@@ -243,6 +249,7 @@ def export(model: PersonalScorer, path: str | Path, precision: str = "exact",
     if merged is not None:
         with atomic_file(pixels_path(path), ".onnx") as tmp:
             onnx.save(merged, tmp)
+    write_stages(stages, path)  # tied to the scorer by the fit digest they carry (pamela_lite.cached)
     return path, sidecar
 
 

@@ -2,7 +2,9 @@
 
 Users known at fit time are scored from their stored state. Users in ``--context`` (ratings of
 people not seen in training, same columns as a ratings table) are folded in first, without
-refitting; a user who is neither known nor in the context is an error, not a silent mean.
+refitting; so are people in ``--context-events`` (what they did: an events table, see
+:mod:`pamela_lite.events`), from their events alone or with their ratings. A user who is neither
+known nor in a context is an error, not a silent mean.
 Output columns: participant_id, image_id, score.
 """
 
@@ -18,6 +20,7 @@ from .cli import (Stopwatch, check_table_path, parser_for, refuse_known_context,
                   write_table)
 from .data import Scale, id_type_note, read_embeddings, read_pairs, read_ratings, validate_ratings
 from .errors import InputError
+from .events import load_events
 from .model import MODEL_FILES, PersonalScorer
 
 
@@ -31,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--embeddings", type=Path, required=True, help="embeddings Parquet (image_id, embedding)")
     parser.add_argument("--context", type=Path,
                         help="ratings of new users (participant_id, image_id, rating [, age, gender, nationality])")
+    parser.add_argument("--context-events", type=Path,
+                        help="events of new users (participant_id, image_id, event or weight [, session_id, ...]), "
+                             "folded in with the model's event channel, alone or with --context")
     parser.add_argument("--refit-known", action="store_true",
                         help="let --context replace the stored state of users the model already knows")
     parser.add_argument("--no-catalogue", action="store_true",
@@ -86,12 +92,27 @@ def main(argv: list[str] | None = None) -> int:
     pairs = read_pairs(args.pairs)
     embeddings.rows(pairs["image_id"].unique(), args.pairs)
     states, others = None, [pl.Series(model.users_)]
-    if args.context is not None:
-        context = load_context(args.context, model, args.refit_known)
-        embeddings.rows(context["image_id"].unique(), args.context)
-        states = model.fold_in(context, embeddings)
-        others.append(context["participant_id"])
-        watch.step(f"folded in {len(states[0])} user(s) from {context.height} context ratings")
+    if args.context_events is not None and args.add_to_model:
+        raise InputError(None, "--add-to-model keeps ratings only; a model folder does not keep events yet")
+    events = None
+    if args.context_events is not None:
+        if model.fitted_.events is None:
+            raise InputError(args.model, "this model was fitted without --events, so it has no event weights: "
+                                         "refit it with --events to fold people in from their events")
+        events = load_events(args.context_events, embeddings, model.fitted_.events.weights)
+        refuse_known_context(events["participant_id"], model.users_, args.context_events, args.refit_known)
+        others.append(events["participant_id"])
+    if args.context is not None or events is not None:
+        if args.context is not None:
+            context = load_context(args.context, model, args.refit_known)
+            embeddings.rows(context["image_id"].unique(), args.context)
+            others.append(context["participant_id"])
+        else:
+            context = pl.DataFrame(schema={"participant_id": events["participant_id"].dtype,
+                                           "image_id": events["image_id"].dtype, "rating": pl.Int64})
+        states = model.fold_in(context, embeddings, events=events)
+        watch.step(f"folded in {len(states[0])} user(s) from {context.height} context ratings"
+                   + (f" and {events.height} events" if events is not None else ""))
     try:
         scores = model.predict(lookup_ids(pairs, *others), embeddings, states, catalogue=not args.no_catalogue)
     except InputError as err:

@@ -4,7 +4,10 @@ Takes the same inputs as ``pamela_lite.predict`` and writes the same columns (pa
 image_id, score), so the two can be compared row by row — but scores with onnxruntime through
 :mod:`pamela_lite.edge`, exactly as a device would. With ``--top K --user ID`` it ranks every
 image of the embeddings file for one user instead (columns rank, image_id, score, utility: the
-unclipped value it ranks by).
+unclipped value it ranks by); with ``--cache FILE`` (from ``pamela_lite.cache``) it ranks the
+cached catalogue instead, and ``--candidates M`` runs the trees on the linear part's best M only.
+``--dask [ADDRESS]`` runs pairs or users x catalogue as a batch job on Dask
+(:mod:`pamela_lite.distributed`; ``python -m pamela_lite.distributed --help``).
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "{prog} --scorer runs/scorer.onnx --top 10 --user p0007 "
                         "--embeddings runs/demo_world/embeddings.parquet --out top10.csv")
     parser.add_argument("--scorer", type=Path, required=True, help="ONNX file written by pamela_lite.export")
-    parser.add_argument("--embeddings", type=Path, required=True, help="embeddings Parquet (image_id, embedding)")
+    parser.add_argument("--embeddings", type=Path, help="embeddings Parquet (image_id, embedding); "
+                                                         "not needed with --top and --cache")
     parser.add_argument("--pairs", type=Path, help="table or PAMELA JSON with participant_id, image_id")
     parser.add_argument("--context", type=Path,
                         help="ratings of new users (participant_id, image_id, rating [, age, gender, nationality])")
@@ -36,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="let --context replace the stored state of users the scorer already knows")
     parser.add_argument("--user", help="with --top: the participant whose gallery ranking is wanted")
     parser.add_argument("--top", type=int, help="rank the whole embeddings file for --user and keep the best K")
+    parser.add_argument("--cache", type=Path, help="with --top: rank this feature cache (pamela_lite.cache)")
+    parser.add_argument("--candidates", type=int, help="with --cache: retrieval mode, trees on the linear part's "
+                                                       "best M images only (approximate; see README)")
+    parser.add_argument("--dask", nargs="?", const="local", metavar="ADDRESS",
+                        help="batch job on Dask (a LocalCluster without ADDRESS): see python -m "
+                             "pamela_lite.distributed --help for its arguments")
     parser.add_argument("--out", type=Path, required=True, help="output table (.csv, .parquet or .json)")
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
     return parser
@@ -74,8 +84,18 @@ def user_states(scorer: EdgeScorer, ids: pl.Series, source: Path) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
+    given = sys.argv[1:] if argv is None else argv
+    if any(a == "--dask" or a.startswith("--dask=") for a in given):
+        from .distributed import main as dask_main  # the batch job has its own arguments
+        return dask_main(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.embeddings is None and (args.cache is None or args.context is not None or args.pairs is not None):
+        parser.error("--embeddings is needed (except with --top and --cache)")
+    if (args.cache is not None or args.candidates is not None) and args.top is None:
+        parser.error("--cache and --candidates go with --top K")
+    if args.candidates is not None and (args.cache is None or args.candidates < 1):
+        parser.error("--candidates M needs M >= 1 and --cache FILE")
     if (args.top is None) == (args.pairs is None):
         parser.error("give either --pairs FILE, or --top K with --user ID")
     if args.top is not None and (args.user is None or args.top < 1):
@@ -83,17 +103,22 @@ def main(argv: list[str] | None = None) -> int:
     check_table_path(args.out)
     watch = Stopwatch(args.quiet)
     scorer = load_scorer(args.scorer)
-    embeddings = read_embeddings(args.embeddings)
-    scorer.fitted.check_dimension(embeddings.dim, args.embeddings)
+    embeddings = read_embeddings(args.embeddings) if args.embeddings is not None else None
+    if embeddings is not None:
+        scorer.fitted.check_dimension(embeddings.dim, args.embeddings)
     if args.context is not None:
         fold_in_context(scorer, args.context, embeddings, args.refit_known)
         watch.step(f"folded in context users from {args.context}")
     if args.top is not None:
         state = user_states(scorer, pl.Series([args.user]), args.context or args.scorer)[0]
-        best, scores = scorer.top_k(state, embeddings.matrix, args.top)
-        utility = scorer.score_user(state, embeddings.matrix[best], clip=False)  # the ranking value
-        out = pl.DataFrame({"rank": np.arange(1, len(best) + 1), "image_id": embeddings.ids.gather(best),
-                            "score": scores.astype(np.float64), "utility": utility.astype(np.float64)})
+        if args.cache is not None:  # two-stage: the catalogue's features were computed once
+            from .cache import cached_top
+            out = cached_top(scorer, args.cache, state, args.top, args.candidates)
+        else:
+            best, scores = scorer.top_k(state, embeddings.matrix, args.top)
+            utility = scorer.score_user(state, embeddings.matrix[best], clip=False)  # the ranking value
+            out = pl.DataFrame({"rank": np.arange(1, len(best) + 1), "image_id": embeddings.ids.gather(best),
+                                "score": scores.astype(np.float64), "utility": utility.astype(np.float64)})
     else:
         pairs = read_pairs(args.pairs)
         image_rows = embeddings.rows(pairs["image_id"], args.pairs)

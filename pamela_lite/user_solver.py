@@ -83,8 +83,13 @@ class UserSolver:
     use_mf: bool = True
 
     def states(self, user_index: np.ndarray, n_users: int, ratings: np.ndarray, feats: ImageFeatures,
-               priors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+               priors: np.ndarray, taste_extra: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
         """States of `n_users` users (rows of `priors`) from rating rows tagged by `user_index`.
+
+        `taste_extra` ``(A, b, informed)`` adds further terms to each user's linear-taste equations
+        (the events' least squares, :mod:`pamela_lite.event_channel`); the taste of an `informed`
+        user without ratings comes from them, everything else of theirs is the prior.
 
         Returns the states and each user's signed residual mass per prototype (the row of the
         feedback matrix the factor model sees).
@@ -108,6 +113,8 @@ class UserSolver:
                 block = Z[bounds[k]:bounds[k + 1]]
                 A[k] += block.T @ block
             b = _segment_sums(Z * r[:, None], bounds, counts) + priors[:, at["taste"]] @ self.taste_precision.T
+            if taste_extra is not None:
+                A, b = A + taste_extra[0], b + taste_extra[1]
             states[:, at["taste"]] = np.linalg.solve(A, b[..., None])[..., 0]
         masses = np.zeros((n_users, self.item_factors.shape[0]))
         if self.use_mf:
@@ -116,7 +123,11 @@ class UserSolver:
                                                    priors[:, at["factors"]])
         # A user without ratings is their prior, exactly (ALS alone would pull the factors toward
         # zero), so a state never depends on who else is folded in with it.
+        taste = states[:, at["taste"]].copy()
         states[counts == 0] = priors[counts == 0]
+        if taste_extra is not None and self.use_taste:
+            informed = taste_extra[2] & (counts == 0)
+            states[informed, at["taste"]] = taste[informed]
         return states, masses
 
 

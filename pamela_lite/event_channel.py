@@ -1,0 +1,162 @@
+"""The implicit-feedback channel: events as confidence-weighted least squares on the taste coordinates (numpy only).
+
+implicit's feedback model (Hu, Koren & Volinsky; the ``implicit`` library's ALS): each observed
+(person, item) pair has a **preference** ``p`` (1 if the person acted for it, 0 otherwise) and a
+**confidence** ``c = 1 + alpha*|m|`` grown from the evidence ``m``; the person's vector solves
+``min sum c (p - x.y_i)^2 + prior``. Three departures, each for a reason:
+
+* **Only shown images are observations.** implicit treats every item the person did not act on
+  as preference 0 at confidence 1; here an image never shown is no evidence at all (it could not
+  have been chosen). ``view`` rows (m = 0) are the shown-and-not-acted zeros.
+* **The item side is the taste coordinates z(x)**, the embedding-tied map the scorer already has,
+  so events on any image — including images nobody rated — inform the same user state, and an
+  unseen image is scored as before. The events' normal equations are added to the ratings' for
+  the linear taste ``w`` ("solved jointly"), so the state layout, the ONNX graph and the device
+  scoring do not change.
+* **A per-session intercept is profiled out.** Preferences and coordinates are centred within
+  each session (confidence-weighted), so what a person chose is compared with what they were
+  shown beside it: exposure, the session's mood and the person's propensity to act at all cancel.
+  For a session this equals the least-squares *pairwise* (BPR-like) loss over all pairs in it:
+  ``sum_{i<j} c_i c_j ((p_i - p_j) - w.(z_i - z_j))^2 = C * sum_i c_i (p~_i - w.z~_i)^2`` with
+  ``C = sum c`` — a within-batch choice model in closed form, with an exact fold-in.
+
+Units: a preference step (0 -> 1) is worth ``gain`` rating units of utility, and the population
+head's share of the difference is removed (it is scored separately), so the target of an event
+is ``t = gain * p~ - pop~``; its squared error weighs ``strength * c`` ratings'. Both numbers, the
+confidence scale ``alpha`` and each event's weight are chosen on validation ratings when the fit
+has them (:mod:`pamela_lite.event_fit`); a stream that does not help gets ``strength`` 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .features import ImageFeatures
+
+
+@dataclass
+class EventRows:
+    """Aggregated events of users being folded in: one row per (person, shown image, session)."""
+
+    user_index: np.ndarray  # (n,) row of the person among those folded in
+    group_index: np.ndarray  # (n,) session code, distinct across people
+    evidence: np.ndarray  # (n,) signed evidence m: summed weights of the image's events in the session
+    embeddings: np.ndarray  # (n, D) the images' embeddings
+    features: ImageFeatures | None = None  # their features, when already computed (calibration reuses them)
+
+
+@dataclass
+class EventChannel:
+    """The fitted event parameters a fold-in needs (stored in model.json's ``events``)."""
+
+    weights: dict[str, float] = field(default_factory=dict)  # event name -> signed evidence
+    alpha: float = 1.0  # confidence 1 + alpha*|m|
+    strength: float = 0.0  # weight of one event's squared error relative to one rating's (0: events ignored)
+    gain: float = 1.0  # rating units of utility per unit of preference
+    report: dict = field(default_factory=dict)  # how the numbers were chosen (validation figures)
+
+    def evidence_of(self, events) -> np.ndarray:
+        """Signed weights of event names (unknown names: ValueError) or of numbers, as given."""
+        values = np.asarray(events)
+        if values.dtype.kind in "iuf":
+            return values.astype(np.float64)
+        unknown = sorted({str(e) for e in values.tolist()} - set(self.weights))
+        if unknown:
+            raise ValueError(f"unknown event name(s) {unknown[:5]}; this scorer knows {sorted(self.weights)}")
+        return np.array([self.weights[str(e)] for e in values.tolist()], dtype=np.float64)
+
+    def normal_equations(self, feats: ImageFeatures, rows: EventRows, n_users: int,
+                         use_population: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The events' terms of each user's taste equations ``A w = b``.
+
+        Parameters
+        ----------
+        feats : ImageFeatures
+            Features of ``rows.embeddings``, row by row.
+        rows : EventRows
+            The aggregated events.
+        n_users : int
+            How many users are being folded in.
+        use_population : bool
+            Remove the population head's share from the targets (as the ratings' residuals do).
+
+        Returns
+        -------
+        (A (n_users, d, d), b (n_users, d), informed (n_users,) bool): the terms to add, and
+        which users have any (a user whose sessions each show one image learns nothing).
+        """
+        d = feats.pca.shape[1]
+        A, b = np.zeros((n_users, d, d)), np.zeros((n_users, d))
+        if not len(rows.evidence) or self.strength <= 0:
+            return A, b, np.zeros(n_users, dtype=bool)
+        m = np.asarray(rows.evidence, dtype=np.float64)
+        pref = (m > 0).astype(np.float64)
+        conf = 1.0 + self.alpha * np.abs(m)
+        pop = feats.population if use_population else np.zeros(len(m))
+        _, group = np.unique(rows.group_index, return_inverse=True)
+        total = np.bincount(group, conf)
+
+        by_group = np.argsort(group, kind="stable")
+        starts = np.searchsorted(group[by_group], np.arange(len(total)))
+
+        def centred(values):  # minus the confidence-weighted mean of the value's session
+            sums = np.add.reduceat((conf[:, None] * values.reshape(len(m), -1))[by_group], starts, axis=0)
+            return values - (sums / total[:, None])[group].reshape(values.shape)
+
+        z = centred(feats.pca)
+        target = self.gain * centred(pref) - centred(pop)
+        weighted = self.strength * conf
+        users = np.asarray(rows.user_index, dtype=np.int64)
+        order = np.argsort(users, kind="stable")
+        bounds = np.searchsorted(users[order], np.arange(n_users + 1))
+        for k in np.flatnonzero(np.diff(bounds)):
+            block = order[bounds[k]:bounds[k + 1]]
+            A[k] = (z[block] * weighted[block, None]).T @ z[block]
+            b[k] = (weighted[block] * target[block]) @ z[block]
+        informed = np.abs(A).reshape(n_users, -1).max(axis=1) > 1e-12
+        return A, b, informed
+
+    # ------------------------------------------------------------------ model.json
+
+    def to_json(self) -> dict:
+        return {"weights": {k: float(v) for k, v in self.weights.items()}, "alpha": float(self.alpha),
+                "strength": float(self.strength), "gain": float(self.gain), "report": self.report}
+
+    @classmethod
+    def from_json(cls, meta: dict) -> "EventChannel":
+        return cls({str(k): float(v) for k, v in meta["weights"].items()}, float(meta["alpha"]),
+                   float(meta["strength"]), float(meta["gain"]), dict(meta.get("report", {})))
+
+
+def aggregate(groups: np.ndarray, codes: np.ndarray, weights: np.ndarray,
+              embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Device-side aggregation of raw event rows, as :func:`pamela_lite.events.evidence` does in polars.
+
+    Identical rows (same session, event and image) count once; the weights of one image's
+    events in one session add up. Images are told apart by their embeddings.
+
+    Parameters
+    ----------
+    groups, codes, weights : numpy.ndarray
+        Per row: session code, event code (-1 for a numeric weight), signed weight.
+    embeddings : numpy.ndarray
+        (n, D) the rows' image embeddings.
+
+    Returns
+    -------
+    (groups, evidence, embeddings) of the aggregated rows, in order of first appearance.
+    """
+    emb = np.asarray(embeddings, dtype=np.float64).reshape(len(weights), -1)
+    key = np.column_stack([groups, codes, weights, emb])
+    _, first = np.unique(key, axis=0, return_index=True)
+    first = np.sort(first)
+    per_image = np.column_stack([groups[first], emb[first]])
+    _, start, inverse = np.unique(per_image, axis=0, return_index=True, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    order = np.argsort(start)  # unique rows in order of first appearance
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    evidence = np.bincount(rank[inverse], weights[first], minlength=len(order))
+    return per_image[start[order], 0], evidence, per_image[start[order], 1:]

@@ -1,0 +1,238 @@
+"""Fitting the implicit-feedback channel: event weights chosen on validation, or a scorer from events alone.
+
+Two ways a fit uses events (``python -m pamela_lite.fit --events FILE``):
+
+* **with ratings** (:func:`calibrate`): the rating model is fitted as always; then the event
+  channel's numbers (:class:`pamela_lite.event_channel.EventChannel`: strength, gain, confidence
+  scale alpha, each event's weight) are chosen by the per-user SROCC on validation ratings
+  (``val_seen``) of training users folded in from their events plus k of their own training
+  ratings (k = 0 and 10: the new-user regime events are for), against the same fold-in without
+  events. The best candidate is kept only if its gain over "no events" exceeds two standard
+  errors (paired over users) at the context size where it helps least (candidates are compared by
+  that worst gain too); otherwise strength is 0 and events change nothing. A stream with
+  no taste in it thus gets no weight, by validation.
+* **events alone** (:func:`fit_events_only`): no rating exists, so the scorer is fitted on the
+  events themselves. Each shown image becomes a pseudo-observation, the confidence-weighted,
+  session-centred preference ``p~`` (what the person chose against what was shown beside it; the
+  same target the channel uses), and the whole pipeline (population head, taste map, prototypes,
+  implicit ALS, LightGBM head) is fitted on those. Scores are then on a preference scale
+  (-1..1), not a rating scale: rank by them. New people fold in from events with strength 1 and
+  gain 1 (the units the scorer was fitted in).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+import numpy as np
+import polars as pl
+
+from .data import Embeddings, Scale
+from .event_channel import EventChannel, EventRows
+from .events import DEFAULT_EVENTS, WEIGHT
+from .model import KEPT_COLUMNS, PersonalScorer, _demographic_columns, _users_table
+from .protocol import kshot_split
+
+log = logging.getLogger("pamela_lite")
+
+STRENGTHS = (0.03, 0.1, 0.3, 1.0)
+GAINS = (0.5, 1.0, 2.0)  # times the spread of the training ratings
+ALPHAS = (0.3, 3.0)  # tried after the default 1.0
+MULTIPLIERS = (0.0, 0.5, 2.0)  # each event's weight times these, tried one event at a time
+CONTEXTS = (0, 10)
+MAX_USERS = 400
+# Events alone: principal taste coordinates (learned directions and the empirical prior need
+# ratings' noise to be told from taste), a plain ridge prior, no head (nothing to early-stop on).
+EVENTS_ONLY = dict(taste_basis="pca", taste_prior="isotropic", taste_shrinkage=10.0, use_mf=False, use_head=False)
+
+
+class _Rows:
+    """Events of a set of people, aggregated once, whose evidence any event weights give quickly."""
+
+    def __init__(self, events: pl.DataFrame, ids: list, embeddings: Embeddings, fitted):
+        order = pl.DataFrame({"participant_id": pl.Series(ids, dtype=events["participant_id"].dtype, strict=False),
+                              "_user": np.arange(len(ids), dtype=np.int64)})
+        named = sorted(set(events["event"].drop_nulls().unique().to_list()))
+        grouped = (events.join(order, on="participant_id", how="inner")
+                   .group_by("_user", "image_id", "session_id", maintain_order=True)
+                   .agg(*(pl.col("event").eq(name).any().alias(f"_has_{name}") for name in named),
+                        pl.when(pl.col("event").is_null()).then(pl.col(WEIGHT)).otherwise(0.0).sum().alias("_num")))
+        self.names = named
+        self.presence = grouped.select(f"_has_{n}" for n in named).to_numpy().astype(np.float64).reshape(-1, len(named))
+        self.numeric = grouped["_num"].to_numpy().astype(np.float64)
+        group = grouped.select(pl.struct("_user", "session_id").rank("dense") - 1)[:, 0].to_numpy().astype(np.int64)
+        rows = embeddings.take(grouped["image_id"])
+        self.base = EventRows(grouped["_user"].to_numpy(), group, self.numeric, rows, fitted.image_features(rows))
+
+    def rows(self, weights: dict[str, float]) -> EventRows:
+        vector = np.array([weights.get(n, 0.0) for n in self.names])
+        return replace(self.base, evidence=self.presence @ vector + self.numeric)
+
+
+def _per_user_srocc(query: pl.DataFrame, scores: np.ndarray) -> np.ndarray:
+    frame = query.select("participant_id", "rating").with_columns(score=pl.Series(scores, dtype=pl.Float64))
+    stats = (frame.group_by("participant_id", maintain_order=True)
+             .agg(pl.len().alias("n"), pl.col("rating").std().alias("spread"), pl.col("score").std().alias("sspread"),
+                  pl.corr("rating", "score", method="spearman").alias("srocc"))
+             .filter((pl.col("n") >= 5) & (pl.col("spread") > 0)))
+    return stats.select(pl.when(pl.col("sspread") > 0).then(pl.col("srocc")).otherwise(0.0).fill_nan(0.0))[:, 0].to_numpy()
+
+
+def calibrate(model: PersonalScorer, events: pl.DataFrame, train: pl.DataFrame, validation: pl.DataFrame,
+              embeddings: Embeddings, vocabulary: dict[str, float] | None = None, seed: int = 0) -> EventChannel:
+    """Choose the event channel of a model fitted on ratings, on validation ratings (module docstring).
+
+    Parameters
+    ----------
+    model : PersonalScorer
+        Fitted on `train`; its ``fitted_.events`` is set to the result.
+    events : polars.DataFrame
+        Validated events (:func:`pamela_lite.events.validate_events`); those of training users
+        who also have validation ratings are used.
+    train, validation : polars.DataFrame
+        The model's training ratings and ``val_seen``.
+    embeddings : Embeddings
+        Cover the events' and the ratings' images.
+    vocabulary : dict, optional
+        Event name -> signed weight to start from (default :data:`pamela_lite.events.DEFAULT_EVENTS`).
+    seed : int
+        Seed of the k-rating context draws.
+
+    Returns
+    -------
+    EventChannel
+        With ``report`` holding the validation SROCC without and with events and the choice.
+    """
+    vocabulary = dict(DEFAULT_EVENTS if vocabulary is None else vocabulary)
+    fitted = model.fitted_
+    fitted.events = channel = EventChannel(vocabulary, 1.0, 0.0, 1.0,
+                                           {"mode": "ratings + events", "chosen_on": "val_seen"})
+    with_events = set(events["participant_id"].cast(pl.String).unique().to_list())
+    with_val = set(validation["participant_id"].cast(pl.String).unique().to_list())
+    ids = [u for u in model.users_ if str(u) in with_events and str(u) in with_val][:MAX_USERS]
+    if len(ids) < 5:
+        channel.report["note"] = f"only {len(ids)} training user(s) with events and validation ratings: events get no weight"
+        log.warning(f"warning: {channel.report['note']}")
+        return channel
+    keep = pl.Series([str(u) for u in ids], dtype=pl.String).implode()
+    query = validation.filter(pl.col("participant_id").cast(pl.String).is_in(keep))
+    mine = train.filter(pl.col("participant_id").cast(pl.String).is_in(keep))
+    users_table = _users_table(mine, ids)
+    demographics = _demographic_columns(users_table)
+    rows = _Rows(events.filter(pl.col("participant_id").cast(pl.String).is_in(keep)), ids, embeddings, fitted)
+    position = {str(u): k for k, u in enumerate(ids)}
+    contexts = []
+    for k in CONTEXTS:
+        context, _ = kshot_split(mine, k, seed)
+        index = np.array([position[str(u)] for u in context["participant_id"].to_list()], dtype=np.int64)
+        contexts.append((index, context["rating"].to_numpy().astype(np.float64), embeddings.take(context["image_id"])))
+
+    def score(candidate: EventChannel) -> np.ndarray:
+        """Per-user validation SROCC, one row per context size."""
+        fitted.events = candidate
+        event_rows = rows.rows(candidate.weights)
+        out = []
+        for index, y, emb in contexts:
+            states = fitted.fold_in(index, len(ids), y, emb, *demographics, events=event_rows)
+            out.append(_per_user_srocc(query, model.predict(query, embeddings, (list(ids), states))))
+        return np.stack(out)
+
+    spread = float(train["rating"].std())
+    base = score(replace(channel, strength=0.0))
+
+    def worst(scores):  # the gain where events help least: a channel must help every context size
+        return float((scores - base).mean(axis=1).min())
+
+    best, best_scores = None, None
+    for strength in STRENGTHS:
+        for gain in GAINS:
+            candidate = replace(channel, strength=strength, gain=gain * spread)
+            scores = score(candidate)
+            if best is None or worst(scores) > worst(best_scores):
+                best, best_scores = candidate, scores
+    for alpha in ALPHAS:
+        scores = score(replace(best, alpha=alpha))
+        if worst(scores) > worst(best_scores):
+            best, best_scores = replace(best, alpha=alpha), scores
+    for name in rows.names:
+        if vocabulary.get(name, 0.0) == 0.0:
+            continue
+        for factor in MULTIPLIERS:
+            weights = {**best.weights, name: vocabulary[name] * factor}
+            scores = score(replace(best, weights=weights))
+            if worst(scores) > worst(best_scores):
+                best, best_scores = replace(best, weights=weights), scores
+    by_size = (best_scores - base).mean(axis=1)
+    gain = (best_scores - base)[int(np.argmin(by_size))]  # the context size where events help least
+    se = float(gain.std(ddof=1) / np.sqrt(len(gain))) if len(gain) > 1 else float("inf")
+    accepted = gain.mean() > 2 * se
+    chosen = best if accepted else replace(best, strength=0.0)
+    chosen.report = {**channel.report, "users": len(ids), "contexts": list(CONTEXTS),
+                     "srocc_without_events": round(float(base.mean()), 4),
+                     "srocc_with_events": round(float(best_scores.mean()), 4),
+                     "gain": round(float(gain.mean()), 4), "gain_se": round(se, 4),
+                     "gain_by_context": [round(float(v), 4) for v in by_size], "accepted": bool(accepted)}
+    fitted.events = chosen
+    return chosen
+
+
+def preference_rows(events: pl.DataFrame, alpha: float = 1.0) -> pl.DataFrame:
+    """Per (participant, image, session): the confidence-weighted, session-centred preference ``p~``.
+
+    Sessions with one shown image compare nothing and are left out. Columns participant_id,
+    image_id, session_id, rating (= p~).
+    """
+    from .events import evidence
+
+    m = evidence(events)
+    pref = (pl.col("evidence") > 0).cast(pl.Float64)
+    conf = 1.0 + alpha * pl.col("evidence").abs()
+    keys = ["participant_id", "session_id"]
+    return (m.with_columns(_p=pref, _c=conf)
+            .with_columns(rating=pl.col("_p") - (pl.col("_c") * pl.col("_p")).sum().over(keys) / pl.col("_c").sum().over(keys),
+                          _n=pl.len().over(keys))
+            .filter(pl.col("_n") > 1)
+            .select("participant_id", "image_id", "session_id", "rating"))
+
+
+def fit_events_only(events: pl.DataFrame, embeddings: Embeddings, params: dict | None = None, seed: int = 0,
+                    vocabulary: dict[str, float] | None = None, threads: int | None = None) -> PersonalScorer:
+    """A personal scorer from events alone (no rating anywhere; module docstring).
+
+    Parameters
+    ----------
+    events : polars.DataFrame
+        Validated events.
+    embeddings : Embeddings
+        Cover the events' images.
+    params : dict, optional
+        PersonalScorer hyperparameters.
+    seed, threads : int
+        As for PersonalScorer (random_state, n_threads).
+    vocabulary : dict, optional
+        The event weights the events were read with (stored in the channel).
+
+    Returns
+    -------
+    PersonalScorer
+        Scores on the preference scale -1..1; ``fitted_.events`` folds new people in from events.
+    """
+    pseudo = preference_rows(events)
+    # Sessions where nothing was chosen compare nothing (every p~ is 0): the image side is fitted
+    # on the sessions that chose.
+    chosen = pseudo.filter((pl.col("rating") != 0).any().over("participant_id", "session_id"))
+    model = PersonalScorer(random_state=seed, n_threads=threads, **{**EVENTS_ONLY, **(params or {})})
+    model.fit(chosen.drop("session_id"), embeddings, Scale(-1, 1))
+    fitted = model.fitted_
+    fitted.blend = np.array([1.0, 1.0])  # no rating to fit a blend on: taste and factors count as they are
+    fitted.events = EventChannel(dict(DEFAULT_EVENTS if vocabulary is None else vocabulary), 1.0, 1.0, 1.0,
+                                 {"mode": "events only", "pseudo_observations": chosen.height})
+    # The known people's states: their events through the same channel a new person's go through.
+    empty = pl.DataFrame(schema={"participant_id": events["participant_id"].dtype,
+                                 "image_id": events["image_id"].dtype, "rating": pl.Int64})
+    ids, states = model.fold_in(empty, embeddings, events=events)
+    model.users_, model.user_states_ = list(ids), states
+    # No ratings to keep: the states of events-only users cannot be refolded from ratings.
+    model.ratings_ = pl.DataFrame(schema={**KEPT_COLUMNS, "origin": pl.String})
+    return model

@@ -1,0 +1,226 @@
+"""Reading and validating an events table: what people *do* with images, not what they rate (polars).
+
+An events table (CSV, Parquet or JSON) has one row per logged action:
+
+========== =========================================================================================
+column     meaning
+========== =========================================================================================
+participant_id  who acted (kept as given: integers or text, never "077" -> 77)
+image_id   the image acted on; it must have an embedding
+event      a name from the vocabulary (default :data:`DEFAULT_EVENTS`; ``--event-weights`` adds or
+           changes names) — or, instead of ``event``, a numeric ``weight`` (signed evidence)
+timestamp  optional; kept (first of duplicates), used to order a person's events
+session_id optional; images shown together (one prompt's batch, one feed page). Choices are
+           compared within a session; without it, within everything the person was shown
+prompt_id, position   optional; kept for analysis (the solver does not read them)
+========== =========================================================================================
+
+Every image a person was **shown** should have a row: ``view`` for shown and not acted on.
+An image never shown is not evidence of anything and must not appear.
+
+Each event name carries a signed **evidence** weight ``m`` (:data:`DEFAULT_EVENTS`): positive
+for an action that says "I like this" (save, download, share), zero for a plain view, negative
+for a rejection (skip, regenerate, dislike). Per (person, image, session) the weights of its
+events add up; the image's preference is 1 if the sum is positive and 0 otherwise, with
+confidence ``1 + alpha*|m|`` — implicit's feedback model (see :mod:`pamela_lite.event_channel`).
+
+Duplicated rows (the same person, image, session and event logged twice) are the same fact:
+they count once, and a warning says how many rows were merged. Bad input raises one
+:class:`~pamela_lite.errors.InputError` naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from .data import LINE, FILE, Embeddings, _check_plain_values, _ids, _reject_nulls, _require_columns, _where, \
+    _with_positions, read_table
+from .errors import InputError, preview
+from .event_channel import EventRows
+
+log = logging.getLogger("pamela_lite")
+
+# Signed evidence per event (documented defaults; a fit with ratings re-weighs them on validation).
+#   view 0: shown, not acted on -> preference 0 at the base confidence 1
+#   save 1, download 2, share 3: kept the image -> preference 1, confidence 1 + alpha*m
+#   skip -0.5, regenerate -0.5: passed over / asked for another batch -> preference 0, a little more sure
+#   dislike -2: an explicit rejection -> preference 0, confidence 1 + 2*alpha
+DEFAULT_EVENTS: dict[str, float] = {"view": 0.0, "save": 1.0, "download": 2.0, "share": 3.0,
+                                    "skip": -0.5, "regenerate": -0.5, "dislike": -2.0}
+OPTIONAL = ("timestamp", "session_id", "prompt_id", "position")
+WEIGHT = "weight"
+NO_SESSION = ""  # the session of rows without one: everything a person was shown
+
+
+def parse_event_weights(text: str | None) -> dict[str, float]:
+    """The vocabulary: :data:`DEFAULT_EVENTS` updated by a JSON object of name -> signed weight."""
+    vocabulary = dict(DEFAULT_EVENTS)
+    if not text:
+        return vocabulary
+    try:
+        extra = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(None, f"--event-weights is not valid JSON ({err.msg})") from None
+    if not isinstance(extra, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                              and np.isfinite(v) for v in extra.values()):
+        raise InputError(None, "--event-weights must be a JSON object of event name: finite number")
+    vocabulary.update({str(k).strip().lower(): float(v) for k, v in extra.items()})
+    return vocabulary
+
+
+def read_events(path: str | Path) -> pl.DataFrame:
+    """An events table, unvalidated, with each row's place in the file (for messages)."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(path, "is a folder; --events takes a table file (.csv, .parquet or .json)")
+    frame = read_table(path)
+    if frame.height == 0:
+        raise InputError(path, "no events in the file")
+    return _with_positions(frame, path)
+
+
+def validate_events(frame: pl.DataFrame, source, vocabulary: dict[str, float] | None = None,
+                    embeddings: Embeddings | None = None) -> pl.DataFrame:
+    """Check an events table and return it deduplicated, one row per distinct event.
+
+    Parameters
+    ----------
+    frame : polars.DataFrame
+        ``participant_id``, ``image_id`` and ``event`` or ``weight``, optionally the
+        :data:`OPTIONAL` columns.
+    source : str or Path
+        The file, named in every message.
+    vocabulary : dict, optional
+        Event name -> signed weight; default :data:`DEFAULT_EVENTS`.
+    embeddings : Embeddings, optional
+        When given, every image must have an embedding.
+
+    Returns
+    -------
+    polars.DataFrame
+        ``participant_id``, ``image_id``, ``session_id`` (text; "" when not given), ``event``
+        (lower-case name, or null with a numeric weight), ``weight`` (the signed evidence of
+        the row), ``count`` (how many identical rows were merged) and the optional columns given.
+    """
+    vocabulary = DEFAULT_EVENTS if vocabulary is None else vocabulary
+    if "event" not in frame.columns and WEIGHT not in frame.columns:
+        _require_columns(frame, ("participant_id", "image_id", "event"), source)
+    _require_columns(frame, ("participant_id", "image_id"), source)
+    _check_plain_values(frame, ("participant_id", "image_id", "event", WEIGHT, *OPTIONAL), source)
+    _reject_nulls(frame, ("participant_id", "image_id"), source)
+    frame = _ids(frame, source)
+    if "event" in frame.columns:
+        frame = frame.with_columns(pl.col("event").cast(pl.String).str.strip_chars().str.to_lowercase())
+        named = pl.col("event").is_not_null()
+        if WEIGHT not in frame.columns:
+            _reject_nulls(frame, ("event",), source)
+        unknown = frame.filter(named & ~pl.col("event").is_in(list(vocabulary)))["event"].unique(maintain_order=True)
+        if len(unknown):
+            bad = named & pl.col("event").is_in(unknown.implode())
+            raise InputError(source, f"{len(unknown)} unknown event name(s) {preview(unknown.to_list())} "
+                                     f"({_where(frame, bad)}); known: {', '.join(vocabulary)} "
+                                     f"(add names with --event-weights)")
+    else:
+        frame = frame.with_columns(event=pl.lit(None, dtype=pl.String))
+    table = pl.DataFrame({"event": list(vocabulary), "_w": list(vocabulary.values())},
+                         schema={"event": pl.String, "_w": pl.Float64})
+    frame = frame.join(table, on="event", how="left", maintain_order="left")
+    if WEIGHT in frame.columns:
+        given = pl.col(WEIGHT).cast(pl.Float64, strict=False)
+        bad = (pl.col(WEIGHT).is_not_null() & (given.is_null() | ~given.is_finite())) | (
+            pl.col(WEIGHT).is_null() & pl.col("event").is_null())
+        if frame.select(bad.any()).item():
+            raise InputError(source, f"weight must be a finite number where no event is named "
+                                     f"({_where(frame, bad)})")
+        frame = frame.with_columns(pl.coalesce(given, pl.col("_w")).alias(WEIGHT))
+    else:
+        frame = frame.with_columns(pl.col("_w").alias(WEIGHT))
+    if "position" in frame.columns:
+        position = pl.col("position").cast(pl.Int64, strict=False)
+        bad = pl.col("position").is_not_null() & (position.is_null() | (position < 0))
+        if frame.select(bad.any()).item():
+            raise InputError(source, f"position must be a whole number >= 0 ({_where(frame, bad)})")
+        frame = frame.with_columns(position.alias("position"))
+    session = (pl.col("session_id").cast(pl.String).fill_null(NO_SESSION) if "session_id" in frame.columns
+               else pl.lit(NO_SESSION))
+    frame = frame.with_columns(session.alias("session_id"))
+    if "prompt_id" in frame.columns:
+        frame = frame.with_columns(pl.col("prompt_id").cast(pl.String))
+    if embeddings is not None:
+        embeddings.rows(frame["image_id"].unique(maintain_order=True), source)
+
+    keys = ["participant_id", "image_id", "session_id", "event", WEIGHT]
+    kept = [c for c in OPTIONAL if c in frame.columns and c != "session_id"]
+    merged = (frame.group_by(keys, maintain_order=True)
+              .agg(pl.len().alias("count"), *(pl.col(c).first() for c in kept)))
+    extra = frame.height - merged.height
+    if extra:
+        log.warning(f"warning: {source}: {extra} duplicated event row(s) (same participant, image, session and "
+                    f"event) merged into {merged.filter(pl.col('count') > 1).height}; each counts once")
+    return merged.select("participant_id", "image_id", "session_id", "event", WEIGHT, "count", *kept)
+
+
+def load_events(path: str | Path, embeddings: Embeddings | None = None,
+                vocabulary: dict[str, float] | None = None) -> pl.DataFrame:
+    """Read and validate an events file (see :func:`validate_events`)."""
+    return validate_events(read_events(path), path, vocabulary, embeddings)
+
+
+def evidence(events: pl.DataFrame, weights: dict[str, float] | None = None) -> pl.DataFrame:
+    """One row per (participant, image, session): the summed signed evidence ``m`` of its events.
+
+    `weights` (event name -> signed weight, e.g. a fitted model's, chosen on validation) replace
+    the weights of the named events; numeric weights are used as given. Rows keep the order of
+    first appearance.
+    """
+    weight = pl.col(WEIGHT)
+    if weights:
+        table = pl.DataFrame({"event": list(weights), "_k": list(weights.values())},
+                             schema={"event": pl.String, "_k": pl.Float64})
+        events = events.join(table, on="event", how="left", maintain_order="left")
+        weight = pl.coalesce(pl.col("_k"), weight)
+    return (events.group_by("participant_id", "image_id", "session_id", maintain_order=True)
+            .agg(weight.sum().alias("evidence")))
+
+
+def event_rows(events: pl.DataFrame, ids: list, embeddings: Embeddings,
+               weights: dict[str, float] | None = None) -> EventRows:
+    """Validated events of people `ids` as the numpy rows a fold-in reads (:class:`EventRows`).
+
+    Parameters
+    ----------
+    events : polars.DataFrame
+        From :func:`validate_events`; people not in `ids` are left out.
+    ids : list
+        The people being folded in, in the order of their states.
+    embeddings : Embeddings
+        Must cover the events' images.
+    weights : dict, optional
+        Event name -> signed weight (the model's); default the weights the table was read with.
+    """
+    m = evidence(events, weights)
+    order = pl.DataFrame({"participant_id": pl.Series(ids, dtype=m["participant_id"].dtype, strict=False),
+                          "_user": np.arange(len(ids), dtype=np.int64)})
+    m = m.join(order, on="participant_id", how="inner", maintain_order="left")
+    group = m.select(pl.struct("_user", "session_id").rank("dense") - 1)[:, 0].to_numpy().astype(np.int64)
+    return EventRows(m["_user"].to_numpy(), group, m["evidence"].to_numpy().astype(np.float64),
+                     embeddings.take(m["image_id"]))
+
+
+def first_events(events: pl.DataFrame, n: int) -> pl.DataFrame:
+    """Each person's first `n` event rows (by timestamp when given, else in file order)."""
+    order = ["timestamp"] if "timestamp" in events.columns else []
+    ranked = events.with_row_index("_i")
+    if order:
+        ranked = ranked.sort([*order, "_i"])
+    ranked = ranked.with_columns(_rank=pl.int_range(pl.len()).over("participant_id"))
+    return ranked.filter(pl.col("_rank") < n).sort("_i").drop("_i", "_rank")
+
+
+__all__ = ["DEFAULT_EVENTS", "evidence", "first_events", "load_events", "parse_event_weights", "read_events",
+           "validate_events", "LINE", "FILE"]

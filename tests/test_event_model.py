@@ -1,0 +1,189 @@
+"""The implicit-feedback channel: events fold into the same user state, in Python and on the device alike."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import polars as pl
+import pytest
+
+from pamela_lite import event_sim, worlds
+from pamela_lite.edge import EdgeScorer
+from pamela_lite.event_channel import EventChannel, EventRows
+from pamela_lite.event_fit import calibrate, fit_events_only
+from pamela_lite.events import DEFAULT_EVENTS, validate_events
+from pamela_lite.features import ImageFeatures
+from pamela_lite.fitted import FittedScorer
+from pamela_lite.model import PersonalScorer
+from pamela_lite.onnx_scorer import export
+
+from .conftest import SMALL_MODEL, cli
+
+CHANNEL = EventChannel(dict(DEFAULT_EVENTS), alpha=1.0, strength=0.5, gain=1.5)
+
+
+@pytest.fixture(scope="module")
+def small():
+    """A small zoo world, a model fitted on its ratings, and a session log of everyone."""
+    world = worlds.make("demo", n_users=48, n_images=500, n_ratings=7000, dim=24, seed=5)
+    data = worlds.dataset(world)
+    model = PersonalScorer(random_state=0, **SMALL_MODEL).fit(data.split("train"), data.embeddings, data.scale,
+                                                             validation=data.split("val_seen"))
+    model.fitted_.events = replace(CHANNEL)
+    events = validate_events(event_sim.simulate(world, "session", impressions=120), "sim")
+    return world, data, model, events
+
+
+def _newcomer(events: pl.DataFrame, n: int = 80) -> pl.DataFrame:
+    first = events["participant_id"][0]
+    return events.filter(pl.col("participant_id") == first).head(n).with_columns(participant_id=pl.lit("newcomer"))
+
+
+def test_events_move_only_the_taste_of_a_person_without_ratings(small):
+    _, data, model, events = small
+    empty = pl.DataFrame(schema={"participant_id": pl.String, "image_id": pl.Int64, "rating": pl.Int64})
+    me = _newcomer(events)
+    _, prior = model.fold_in(empty, data.embeddings, users=me.select("participant_id").unique())
+    _, state = model.fold_in(empty, data.embeddings, events=me)
+    at = model.state_slices
+    assert not np.allclose(state[0, at["taste"]], prior[0, at["taste"]])
+    for part in ("bias", "factors", "demographics"):
+        np.testing.assert_array_equal(state[0, at[part]], prior[0, at[part]])
+
+
+def test_a_channel_of_strength_zero_changes_nothing(small):
+    _, data, model, events = small
+    context = data.split("train").filter(pl.col("participant_id") == data.split("train")["participant_id"][0]).head(10)
+    me = events.filter(pl.col("participant_id") == context["participant_id"][0])
+    model.fitted_.events = replace(CHANNEL, strength=0.0)
+    try:
+        with_events = model.fold_in(context, data.embeddings, events=me)[1]
+    finally:
+        model.fitted_.events = replace(CHANNEL)
+    np.testing.assert_array_equal(with_events, model.fold_in(context, data.embeddings)[1])
+
+
+def test_session_centring_is_the_pairwise_least_squares_within_the_session():
+    rng = np.random.default_rng(0)
+    n, d = 6, 3
+    z, m, w = rng.normal(size=(n, d)), np.array([0, 2, 0, -0.5, 1, 0]), rng.normal(size=d)
+    feats = ImageFeatures(np.zeros(n), z, np.ones((n, 1)), np.zeros((n, 1)))
+    channel = EventChannel(dict(DEFAULT_EVENTS), alpha=0.7, strength=1.0, gain=1.0)
+    A, b, _ = channel.normal_equations(feats, EventRows(np.zeros(n, int), np.zeros(n, int), m, z), 1)
+    c, p = 1 + 0.7 * np.abs(m), (m > 0).astype(float)
+    i, j = np.triu_indices(n, 1)
+    pairwise = lambda v: np.sum(c[i] * c[j] * ((p[i] - p[j]) - (z[i] - z[j]) @ v) ** 2)
+    centred = lambda v: c.sum() * (v @ A[0] @ v - 2 * b[0] @ v + np.sum(c * (p - (c @ p) / c.sum()) ** 2))
+    assert pairwise(w) == pytest.approx(centred(w))
+    assert pairwise(2 * w) == pytest.approx(centred(2 * w))
+
+
+def test_sessions_of_one_image_teach_nothing(small):
+    _, data, model, events = small
+    me = _newcomer(events).with_columns(session_id=pl.col("image_id").cast(pl.String))  # each image alone
+    empty = pl.DataFrame(schema={"participant_id": pl.String, "image_id": pl.Int64, "rating": pl.Int64})
+    _, alone = model.fold_in(empty, data.embeddings, events=me)
+    _, prior = model.fold_in(empty, data.embeddings, users=me.select("participant_id").unique())
+    np.testing.assert_allclose(alone, prior, atol=1e-6)
+
+
+def test_device_fold_in_from_events_and_ratings_equals_pythons(small, tmp_path):
+    _, data, model, events = small
+    me = _newcomer(events, 60)
+    context = data.split("train").head(8).select("image_id", "rating").with_columns(participant_id=pl.lit("newcomer"))
+    _, python = model.fold_in(context, data.embeddings, events=me)
+    export(model, tmp_path / "scorer.onnx")
+    edge = EdgeScorer(tmp_path / "scorer.onnx")
+    device = edge.fold_in(data.embeddings.take(context["image_id"]), context["rating"].to_numpy(),
+                          event_embeddings=data.embeddings.take(me["image_id"]), events=me["event"].to_list(),
+                          sessions=me["session_id"].to_list())
+    np.testing.assert_allclose(device, python[0], rtol=1e-5, atol=1e-6)
+
+
+def test_device_counts_a_repeated_event_row_once(small, tmp_path):
+    _, data, model, events = small
+    me = _newcomer(events, 40)
+    export(model, tmp_path / "scorer.onnx")
+    edge = EdgeScorer(tmp_path / "scorer.onnx")
+    emb = data.embeddings.take(me["image_id"])
+    once = edge.fold_in([], [], event_embeddings=emb, events=me["event"].to_list(), sessions=me["session_id"].to_list())
+    twice = edge.fold_in([], [], event_embeddings=np.vstack([emb, emb]), events=me["event"].to_list() * 2,
+                         sessions=me["session_id"].to_list() * 2)
+    np.testing.assert_allclose(once, twice, rtol=1e-6)
+
+
+def test_channel_survives_the_model_folder(small, tmp_path):
+    _, _, model, _ = small
+    model.save(tmp_path / "m")
+    read = FittedScorer.read(tmp_path / "m")
+    assert read.events.to_json() == model.fitted_.events.to_json()
+    assert "events" in json.loads((tmp_path / "m" / "model.json").read_text())
+
+
+def test_a_model_without_events_has_no_events_entry(fitted, tmp_path):
+    fitted.save(tmp_path / "m")
+    assert "events" not in json.loads((tmp_path / "m" / "model.json").read_text())
+
+
+def test_events_without_taste_get_no_weight_on_validation(small):
+    world, data, model, _ = small
+    noise = validate_events(event_sim.simulate(world, "nosignal", impressions=120), "sim")
+    channel = calibrate(model, noise, data.split("train"), data.split("val_seen"), data.embeddings)
+    model.fitted_.events = replace(CHANNEL)
+    assert channel.strength == 0.0 and channel.report["accepted"] is False
+
+
+def test_events_alone_give_a_scorer_that_ranks_new_people_better_than_the_population(small):
+    world, data, _, events = small
+    people = data.ratings["participant_id"].unique().sort()
+    train_ids, new = people.head(34), people.tail(14)
+    model = fit_events_only(events.filter(pl.col("participant_id").is_in(train_ids.implode())), data.embeddings,
+                            dict(n_components=8, n_prototypes=12, factors=4, head_trees=30, n_folds=3), threads=1)
+    empty = pl.DataFrame(schema={"participant_id": pl.String, "image_id": pl.Int64, "rating": pl.Int64})
+    query = data.ratings.filter(pl.col("participant_id").is_in(new.implode()))
+    mine = events.filter(pl.col("participant_id").is_in(new.implode()))
+    population = model.predict(query, data.embeddings, model.fold_in(empty, data.embeddings,
+                                                                     users=query.select("participant_id").unique()))
+    personal = model.predict(query, data.embeddings, model.fold_in(empty, data.embeddings, events=mine))
+    truth = data.truth.join(query.select("participant_id", "image_id"), on=["participant_id", "image_id"])
+    frame = query.select("participant_id", "image_id").with_columns(pop=pl.Series(population),
+                                                                     me=pl.Series(personal)).join(
+        truth, on=["participant_id", "image_id"])
+    corr = frame.group_by("participant_id").agg(pl.corr("pop", "utility", method="spearman").alias("a"),
+                                                pl.corr("me", "utility", method="spearman").alias("b"))
+    assert corr["b"].mean() > corr["a"].mean()
+
+
+def test_fit_and_predict_from_events_on_the_command_line(tmp_path):
+    out = tmp_path / "w"
+    assert cli("demo", "--world", "demo", "--users", "40", "--images", "300", "--ratings", "4000", "--dim", "16",
+               "--events", "session", "--impressions", "80", "--out", out).returncode == 0
+    params = json.dumps(dict(n_components=6, n_prototypes=8, factors=3, head_trees=20, n_folds=2))
+    done = cli("fit", "--events", out / "events.parquet", "--out", tmp_path / "m", "--params", params, "--quiet")
+    assert done.returncode == 0, done.stderr
+    events = pl.read_parquet(out / "events.parquet")
+    new = events.filter(pl.col("participant_id") == events["participant_id"][0]).with_columns(
+        participant_id=pl.lit("someone new"))
+    new.write_csv(tmp_path / "new.csv")
+    new.select("participant_id", "image_id").unique().write_csv(tmp_path / "pairs.csv")
+    done = cli("predict", "--model", tmp_path / "m", "--pairs", tmp_path / "pairs.csv", "--embeddings",
+               out / "embeddings.parquet", "--context-events", tmp_path / "new.csv", "--out", tmp_path / "s.csv")
+    assert done.returncode == 0, done.stderr
+    assert pl.read_csv(tmp_path / "s.csv")["score"].n_unique() > 1
+
+
+def test_unknown_event_in_context_events_exits_2_with_one_line(small, tmp_path):
+    _, data, model, events = small
+    model.save(tmp_path / "m")
+    bad = _newcomer(events, 5).with_columns(event=pl.lit("adored"))
+    bad.write_csv(tmp_path / "new.csv")
+    bad.select("participant_id", "image_id").write_csv(tmp_path / "pairs.csv")
+    data_emb = tmp_path / "e.parquet"
+    pl.DataFrame({"image_id": data.embeddings.ids,
+                  "embedding": pl.Series(data.embeddings.matrix, dtype=pl.Array(pl.Float32, 24))}).write_parquet(data_emb)
+    done = cli("predict", "--model", tmp_path / "m", "--pairs", tmp_path / "pairs.csv", "--embeddings", data_emb,
+               "--context-events", tmp_path / "new.csv", "--out", tmp_path / "s.csv")
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "adored" in lines[0] and "Traceback" not in done.stderr

@@ -1,0 +1,98 @@
+"""The events table: read in each format, kept as given, and refused in one line when wrong."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import polars as pl
+import pytest
+
+from pamela_lite.data import Embeddings
+from pamela_lite.errors import InputError
+from pamela_lite.events import DEFAULT_EVENTS, evidence, first_events, load_events, parse_event_weights, \
+    validate_events
+
+
+def _events(**columns) -> pl.DataFrame:
+    base = {"participant_id": ["077", "077", "8"], "image_id": ["a", "b", "a"], "event": ["save", "view", "skip"]}
+    return pl.DataFrame({**base, **columns})
+
+
+def _embeddings(ids=("a", "b", "c")) -> Embeddings:
+    return Embeddings(pl.Series(list(ids)), np.eye(len(ids), 4, dtype=np.float32), "emb.parquet")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".json"])
+def test_events_load_in_each_format_with_ids_as_text(tmp_path, suffix):
+    path = tmp_path / f"events{suffix}"
+    getattr(_events(), {".csv": "write_csv", ".parquet": "write_parquet", ".json": "write_json"}[suffix])(path)
+    frame = load_events(path, _embeddings())
+    assert frame["participant_id"].to_list() == ["077", "077", "8"]  # "077" never becomes 77
+    assert frame["weight"].to_list() == [DEFAULT_EVENTS["save"], 0.0, DEFAULT_EVENTS["skip"]]
+
+
+def test_unknown_event_name_is_one_line_naming_the_file_and_line(tmp_path):
+    path = tmp_path / "events.csv"
+    _events(event=["save", "kept", "view"]).write_csv(path)
+    with pytest.raises(InputError) as err:
+        load_events(path)
+    text = str(err.value)
+    assert text.startswith(str(path)) and "'kept'" in text and "line 3" in text and "\n" not in text
+
+
+def test_event_weights_add_names_to_the_vocabulary(tmp_path):
+    path = tmp_path / "events.csv"
+    _events(event=["save", "kept", "view"]).write_csv(path)
+    frame = load_events(path, vocabulary=parse_event_weights('{"kept": 1.5}'))
+    assert frame["weight"].to_list()[1] == 1.5
+
+
+def test_images_without_embeddings_are_refused(tmp_path):
+    path = tmp_path / "events.csv"
+    _events(image_id=["a", "zzz", "a"]).write_csv(path)
+    with pytest.raises(InputError, match="zzz"):
+        load_events(path, _embeddings())
+
+
+def test_duplicated_rows_count_once_with_a_warning(caplog):
+    frame = pl.DataFrame({"participant_id": ["u"] * 4, "image_id": ["a", "a", "a", "b"],
+                          "event": ["save", "save", "view", "view"]})
+    with caplog.at_level(logging.WARNING, logger="pamela_lite"):
+        out = validate_events(frame, "log.csv")
+    assert "1 duplicated event row(s)" in caplog.text and "log.csv" in caplog.text
+    assert out.filter(pl.col("event") == "save")["count"].to_list() == [2]
+    m = evidence(out)
+    assert m.filter(pl.col("image_id") == "a")["evidence"].item() == DEFAULT_EVENTS["save"]  # counted once
+
+
+def test_numeric_weight_column_replaces_event_names():
+    frame = pl.DataFrame({"participant_id": [1, 1], "image_id": [10, 11], "weight": [2.5, -1.0]})
+    out = validate_events(frame, "w.csv")
+    assert out["weight"].to_list() == [2.5, -1.0] and out["participant_id"].dtype == pl.Int64
+
+
+def test_non_numeric_weight_is_refused():
+    frame = pl.DataFrame({"participant_id": [1], "image_id": [10], "weight": ["lots"]})
+    with pytest.raises(InputError, match="weight must be a finite number"):
+        validate_events(frame, "w.csv")
+
+
+def test_missing_event_and_weight_columns_is_refused():
+    with pytest.raises(InputError, match="missing column"):
+        validate_events(pl.DataFrame({"participant_id": [1], "image_id": [2]}), "x.csv")
+
+
+def test_evidence_sums_events_per_image_and_session():
+    frame = pl.DataFrame({"participant_id": ["u"] * 4, "image_id": ["a", "a", "a", "b"],
+                          "session_id": ["s1", "s1", "s2", "s1"], "event": ["view", "download", "dislike", "view"]})
+    m = evidence(validate_events(frame, "x"))
+    assert m["evidence"].to_list() == [DEFAULT_EVENTS["download"], DEFAULT_EVENTS["dislike"], 0.0]
+
+
+def test_first_events_keeps_each_persons_earliest():
+    frame = pl.DataFrame({"participant_id": ["u", "u", "v", "u"], "image_id": ["a", "b", "c", "d"],
+                          "event": ["view"] * 4, "timestamp": [3, 1, 5, 2]})
+    out = first_events(validate_events(frame, "x"), 2)
+    assert sorted(out.filter(pl.col("participant_id") == "u")["image_id"].to_list()) == ["b", "d"]
+    assert out.filter(pl.col("participant_id") == "v").height == 1
