@@ -210,7 +210,10 @@ def main(argv=None) -> int:
     result["seconds"] = time.perf_counter() - t0
     folder = results_dir(args.quick)
     save("implicit_feedback", result, markdown(result), folder)
-    plot(result, folder / "implicit_feedback.png")
+    try:
+        plot(result, folder / "implicit_feedback.png")
+    except ImportError:
+        log("matplotlib is not installed: no plot (pip install matplotlib)")
     print(markdown(result))
     return 0
 

@@ -284,8 +284,19 @@ def two_people(args, folder: Path) -> dict:
     pop = steer.search(HEADLINE, gen, steer.PopulationObjective(model), vocab, base, TWO_BUDGET, args.seeds_per_prompt)
     out["population_prompt"] = pop.prompt
     out["taste_cosine"] = float(G[i] @ G[j])
-    steer.plot(results, folder / "steering_two_people.png", f"demo world, greedy, one base prompt: '{base}'")
+    if _can_plot():
+        steer.plot(results, folder / "steering_two_people.png", f"demo world, greedy, one base prompt: '{base}'")
     return out
+
+
+def _can_plot() -> bool:
+    """Plots need matplotlib (the bench extra); without it the tables are still written."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        log("matplotlib is not installed: no plots (pip install matplotlib)")
+        return False
+    return True
 
 
 # ----------------------------------------------------------------------------- report
@@ -405,7 +416,8 @@ def main(argv=None) -> int:
                "seeds_per_prompt": args.seeds_per_prompt, "fresh_seeds": len(FRESH),
                "settings": {k: v for k, v in vars(args).items()}, "worlds": results,
                "two_people": two_people(args, folder)}
-    plot_worlds(results, folder / "steering.png")
+    if _can_plot():
+        plot_worlds(results, folder / "steering.png")
     write_text(folder / "steering.json", json.dumps(payload, indent=1, default=float))
     write_text(folder / "steering.md", markdown(payload))
     log(markdown(payload))

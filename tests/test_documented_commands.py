@@ -62,6 +62,7 @@ def _committed_results():
     ("accuracy.py", ["--data", "{world}", "--embeddings", "{world}/embeddings.parquet", "--kshot", "0,10"]),
     ("latency.py", ["--tiny"]),
     ("steering.py", ["--tiny", "--worlds", "lowvar"]),
+    ("implicit_feedback.py", ["--worlds", "lowvar"]),
     ("dask_scaling.py", ["--tiny"]),
 ])
 def test_benchmarks_quick_runs_write_to_the_scratch_folder(script, extra, world):
