@@ -105,8 +105,13 @@ def build_models(dataset, seed: int, quick: bool) -> dict:
         "pamela_lite (full)": Scorer(dataset.scale, seed),
     }
     if has_torch():
-        from deep_baseline import DeepBaseline
-        models["deep baseline (torch)"] = DeepBaseline(epochs=12 if quick else 40, seed=seed)
+        from deep_baseline import DeepBaseline, FewShotDeep
+        if quick:  # one short configuration each: a smoke run, not a search
+            models["deep few-shot (torch)"] = FewShotDeep(n_configs=1, max_steps=150, eval_every=75, seed=seed)
+            models["deep MLP + user emb. (torch)"] = DeepBaseline(n_configs=1, epochs=4, seed=seed)
+        else:  # each searched on val_seen (a seeded sample of 2 configurations, raw and whitened input)
+            models["deep few-shot (torch)"] = FewShotDeep(n_configs=2, max_steps=1200, seed=seed)
+            models["deep MLP + user emb. (torch)"] = DeepBaseline(n_configs=2, seed=seed)
     return models
 
 
