@@ -41,6 +41,7 @@ from pamela_lite.world_eval import CEILING, RIDGE, evaluate_world, pseudo_unseen
 HEAD, MODEL, DEEP = "population head", "pamela_lite", "deep few-shot (torch)"
 ORDER = (HEAD, MODEL, DEEP, RIDGE, CEILING)
 QUICK = dict(n_users=100, n_images=1500)
+TINY = dict(n_users=50, n_images=400)  # --tiny (with --quick): the test suite's smoke run
 CASES = (("test_seen", None), ("test_unseen", 0), ("test_unseen", 10), ("test_unseen", 100),
          ("pseudo_unseen", 0), ("pseudo_unseen", 10), ("pseudo_unseen", 100))
 
@@ -176,6 +177,7 @@ def main(argv=None) -> int:
     parser.add_argument("--draws", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="deep_baseline")
+    parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--configs", type=int, default=2, help="deep configurations tried per world (seeded sample)")
     parser.add_argument("--merge", nargs="+", type=Path, default=None,
                         help="combine per-world JSON results of earlier runs (e.g. run worlds in parallel) into --name")
@@ -200,7 +202,7 @@ def main(argv=None) -> int:
     rows, summaries, searches = [], [], {}
     for name in names:
         t = time.perf_counter()
-        overrides = dict(QUICK) if args.quick else {}
+        overrides = dict(TINY if args.tiny else QUICK) if args.quick else {}
         if args.quick and name == "demo":
             overrides["n_ratings"] = None
         world = worlds.make(name, seed=args.seed, **overrides)
