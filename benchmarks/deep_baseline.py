@@ -338,7 +338,7 @@ class DeepBaseline(_SearchMixin):
         self.dropout, self.seed, self.threads = dropout, seed, threads
 
     def _x(self, embeddings, image_ids) -> torch.Tensor:
-        return self.x_[torch.from_numpy(embeddings.rows(image_ids))]
+        return self.x_[torch.from_numpy(np.array(embeddings.rows(image_ids)))]
 
     def _fit_one(self, train, embeddings, validation, config) -> "DeepBaseline":
         trial = copy.copy(self)
