@@ -127,6 +127,13 @@ def markdown(rows, summaries, searches, verdict, info, args, seconds, deep_on: b
             say = ("meaningful: the deep baseline personalises here" if v["beats_head_everywhere"] else
                    "**not meaningful where the lift is ≤ 0**: the deep baseline does not beat the head there")
             out.append(f"| {w} | {lifts} | {say} |")
+        zero = ", ".join(f"{w} {p.replace('_', '-')} {r['srocc'] - h['srocc']:+.3f}"
+                         for w in verdict for p in ("test_unseen", "pseudo_unseen")
+                         if (r := _find(rows, w, p, 0, DEEP)) and (h := _find(rows, w, p, 0, HEAD)))
+        out += ["", f"k = 0 (no context: demographics are not an input of the deep model) is left out of the "
+                    f"verdict; deep − head there: {zero}.",
+                "", "Steps: the search and the fits stop at 1200 steps; a trial that is still improving there is "
+                    "under-trained (see *steps* below), so more budget may lift the deep rows."]
         out += ["", "## Validation search (on the pseudo-unseen split's train / val_seen; never a test row)", "",
                 "Criterion: mean per-user SROCC on validation rows, averaged over the full-training context and a "
                 "seeded 10-rating context. *steps*: early-stopped step count.", "",
