@@ -173,8 +173,8 @@ class FewShotDeep(_SearchMixin):
 
     grid = FEWSHOT_GRID
 
-    def __init__(self, config: dict | None = None, n_configs: int = 4, budget_s: float = 300.0,
-                 max_steps: int = 1500, eval_every: int = 150, patience: int = 3, users_per_step: int = 16,
+    def __init__(self, config: dict | None = None, n_configs: int = 2, budget_s: float = 900.0,
+                 max_steps: int = 1200, eval_every: int = 150, patience: int = 3, users_per_step: int = 16,
                  query: int = 32, lr: float = 3e-3, dropout: float = 0.1, seed: int = 0, threads: int = 1):
         self.config, self.n_configs, self.budget_s = config, n_configs, budget_s
         self.max_steps, self.eval_every, self.patience = max_steps, eval_every, patience
@@ -330,7 +330,7 @@ class DeepBaseline(_SearchMixin):
 
     grid = EMBEDDING_GRID
 
-    def __init__(self, config: dict | None = None, n_configs: int = 4, budget_s: float = 300.0, epochs: int = 40,
+    def __init__(self, config: dict | None = None, n_configs: int = 2, budget_s: float = 300.0, epochs: int = 40,
                  batch_size: int = 512, lr: float = 1e-3, patience: int = 3, dropout: float = 0.1, seed: int = 0,
                  threads: int = 1):
         self.config, self.n_configs, self.budget_s = config, n_configs, budget_s
@@ -359,6 +359,7 @@ class DeepBaseline(_SearchMixin):
         gen = torch.Generator().manual_seed(self.seed)
         trial.history_ = []
         for epoch in range(self.epochs):
+            trial.epochs_run_ = epoch + 1
             net.train()
             order = torch.randperm(len(y), generator=gen)
             for at in range(0, len(y), self.batch_size):
