@@ -1,13 +1,14 @@
 """Accuracy benchmark: pamela_lite against baselines and a deep personalized model.
 
-    python benchmarks/accuracy.py              # the PAMELA-shaped demo world (about 2-4 min)
+    python benchmarks/accuracy.py              # the PAMELA-shaped demo world (about 7 min with the deep searches)
     python benchmarks/accuracy.py --quick      # a smaller world, fewer epochs (under 2 min), to results/quick/
     python benchmarks/accuracy.py --data /path/to/PAMELA --embeddings /path/to/embeddings.parquet
 
 Rows: global mean, user mean, population head (LAION-style linear head), k-NN on embeddings
-per user, MF only, pamela_lite (full: MF + linear taste + LightGBM residual head) and a deep
-baseline (PyTorch MLP + learned user embedding, benchmarks/deep_baseline.py; skipped with a
-clear note when torch is absent). test_seen and test_unseen at k = 0, 10, 50; per-user SROCC
+per user, MF only, pamela_lite (full: MF + linear taste + LightGBM residual head) and two deep
+baselines (benchmarks/deep_baseline.py: a few-shot set model and an MLP + learned user
+embedding, each chosen by a seeded search on val_seen; skipped with a clear note when torch is
+absent). test_seen and test_unseen at k = 0, 10, 50; per-user SROCC
 with a 95% bootstrap interval over users, PLCC, pairwise accuracy, MAE, RMSE, fit time and
 model size; the demo's noise ceiling. Results go to benchmarks/results/accuracy.{md,json} with
 two plots (--quick: to benchmarks/results/quick/, which git ignores).
@@ -105,8 +106,13 @@ def build_models(dataset, seed: int, quick: bool) -> dict:
         "pamela_lite (full)": Scorer(dataset.scale, seed),
     }
     if has_torch():
-        from deep_baseline import DeepBaseline
-        models["deep baseline (torch)"] = DeepBaseline(epochs=12 if quick else 40, seed=seed)
+        from deep_baseline import DeepBaseline, FewShotDeep
+        if quick:  # one short configuration each: a smoke run, not a search
+            models["deep few-shot (torch)"] = FewShotDeep(n_configs=1, max_steps=150, eval_every=75, seed=seed)
+            models["deep MLP + user emb. (torch)"] = DeepBaseline(n_configs=1, epochs=4, seed=seed)
+        else:  # each searched on val_seen (a seeded sample of 2 configurations, raw and whitened input)
+            models["deep few-shot (torch)"] = FewShotDeep(n_configs=2, budget_s=3600, seed=seed)
+            models["deep MLP + user emb. (torch)"] = DeepBaseline(n_configs=2, budget_s=3600, seed=seed)
     return models
 
 
@@ -122,11 +128,13 @@ def bootstrap_ci(values: np.ndarray, seed: int, n: int = 1000) -> tuple[float, f
 def run_benchmark(dataset, kshots, seed: int, quick: bool) -> tuple[list[dict], dict]:
     train, val = dataset.split("train"), dataset.split("val_seen")
     models = build_models(dataset, seed, quick)
-    rows, per_user_srocc = [], {}
+    rows, per_user_srocc, searches = [], {}, {}
     for name, model in models.items():
         start = time.perf_counter()
         model.fit(train, dataset.embeddings, validation=val)
         fit_s = time.perf_counter() - start
+        if hasattr(model, "search_"):  # the deep baselines: every configuration tried on val_seen
+            searches[name] = {"chosen": model.chosen_, "trials": model.search_}
         size = model.size_bytes() if hasattr(model, "size_bytes") else 0
         log(f"fitted {name} in {fit_s:.1f}s")
         for split, k in evaluation_cases(dataset, kshots):
@@ -146,10 +154,10 @@ def run_benchmark(dataset, kshots, seed: int, quick: bool) -> tuple[list[dict], 
                     per_user_srocc[("noise ceiling", split, k)] = cu["srocc"].to_numpy()
     if not has_torch():
         log("torch is not installed: the deep baseline row is skipped (pip install torch, CPU build)")
-    return rows, per_user_srocc
+    return rows, per_user_srocc, searches
 
 
-def markdown(rows: list[dict], info: dict, args, torch_note: str) -> str:
+def markdown(rows: list[dict], info: dict, args, torch_note: str, searches: dict | None = None) -> str:
     lines = [f"# Accuracy benchmark ({'quick' if args.quick else 'full'}, data: {args.data or 'demo world'})", "",
              machine_lines(info), "", torch_note, "",
              "| split | k | model | SROCC [95% CI] | PLCC | pair acc | MAE | RMSE | users | fit s | size |",
@@ -164,6 +172,17 @@ def markdown(rows: list[dict], info: dict, args, torch_note: str) -> str:
         lines.append(f"| {r['split']} | {k} | {r['model']} | {r['srocc']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] | "
                      f"{r['plcc']:.3f} | {r['pairwise_acc']:.3f} | {r['mae']:.3f} | {r['rmse']:.3f} | "
                      f"{r['n_users']} | {fit} | {size} |")
+    if searches:
+        lines += ["", "Deep baselines' validation search (val_seen: mean per-user SROCC; the few-shot model's is the "
+                      "mean over the full-training and a seeded 10-rating context; *epochs*: early-stopped epochs, "
+                      "or steps for the few-shot model):", "",
+                  "| model | configuration | val | epochs / steps | seconds | chosen |", "|---|---|---:|---:|---:|---|"]
+        for name, search in searches.items():
+            for t in search["trials"]:
+                config = {k: v for k, v in t.items() if k not in ("val", "epochs", "seconds")}
+                chosen = "**yes**" if config == search["chosen"] else ""
+                lines.append(f"| {name} | {', '.join(f'{k} {v}' for k, v in config.items())} | {t['val']:.3f} | "
+                             f"{t['epochs']} | {t['seconds']:.0f} | {chosen} |")
     return "\n".join(lines) + "\n"
 
 
@@ -225,18 +244,18 @@ def main(argv=None) -> int:
         cfg = DemoConfig(n_users=100, n_images=2500, n_ratings=35000, seed=args.seed) if args.quick \
             else DemoConfig(seed=args.seed)
         dataset = world_dataset(cfg)
-    rows, per_user_srocc = run_benchmark(dataset, kshots, args.seed, args.quick)
+    rows, per_user_srocc, searches = run_benchmark(dataset, kshots, args.seed, args.quick)
     torch_note = ("Deep baseline: benchmarks/deep_baseline.py (torch, CPU)." if has_torch() else
                   "**torch is not installed: the deep baseline was skipped.** Install the CPU build to include it.")
     name = args.name or "accuracy"
     out = results_dir(args.quick)
     out.mkdir(parents=True, exist_ok=True)
-    md = markdown(rows, info, args, torch_note)
+    md = markdown(rows, info, args, torch_note, searches)
     figures = plots(rows, per_user_srocc, out, name)
     if figures:
         md += "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in figures) + "\n"
     arguments = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    save(name, {"machine": info, "args": arguments, "rows": rows}, md, out)
+    save(name, {"machine": info, "args": arguments, "rows": rows, "deep_search": searches}, md, out)
     print(md)
     log(f"done in {time.perf_counter() - start:.0f}s → {out / (name + '.md')}")
     return 0
