@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from .errors import InputError
+
 
 def _umask() -> int:
     mask = os.umask(0o022)
@@ -38,14 +40,32 @@ def atomic_file(path: str | Path, suffix: str = "") -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def check_replaceable(path: str | Path, marker: str, kind: str) -> None:
+    """Refuse an output folder that would destroy something else (one InputError).
+
+    `path` may be absent, an empty folder, or a folder this kind of output wrote before (it
+    holds `marker`); a file, or a folder of other things, is never replaced.
+    """
+    path = Path(path)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise InputError(path, f"exists and is not a folder; choose another output for the {kind}")
+    if any(path.iterdir()) and not (path / marker).exists():
+        raise InputError(path, f"holds other files and is not a {kind} folder (no {marker}); "
+                               "choose another output folder, or empty this one")
+
+
 @contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
+def atomic_dir(path: str | Path, marker: str, kind: str) -> Iterator[Path]:
     """Yield a fresh temporary directory; on success it takes the place of `path`.
 
     An existing `path` is kept until the new directory is complete, then swapped out with two
-    renames, so readers see either the old model or the new one, never a mixture.
+    renames, so readers see either the old model or the new one, never a mixture. Only an output
+    of the same kind (a folder holding `marker`) is replaced: see :func:`check_replaceable`.
     """
     path = Path(path)
+    check_replaceable(path, marker, kind)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     _respect_umask(tmp, directory=True)

@@ -341,7 +341,7 @@ def write_world(out: str | Path, cfg: DemoConfig = DemoConfig()) -> Path:
     """
     world = make_world(cfg)
     out = Path(out)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "annotations", "PAMELA-format world") as tmp:
         write_pamela(tmp, *world)
     return out
 

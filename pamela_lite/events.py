@@ -124,7 +124,7 @@ def validate_events(frame: pl.DataFrame, source, vocabulary: dict[str, float] | 
             bad = named & pl.col("event").is_in(unknown.implode())
             raise InputError(source, f"{len(unknown)} unknown event name(s) {preview(unknown.to_list())} "
                                      f"({_where(frame, bad)}); known: {', '.join(vocabulary)} "
-                                     f"(add names with --event-weights)")
+                                     f"(new names are added when fitting: fit --event-weights)")
     else:
         frame = frame.with_columns(event=pl.lit(None, dtype=pl.String))
     table = pl.DataFrame({"event": list(vocabulary), "_w": list(vocabulary.values())},

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from . import __version__, demo
-from ._atomic import write_text
+from ._atomic import check_replaceable, write_text
 from .cli import Stopwatch, parse_kshot, parser_for, run, show_progress
 from .data import EMBEDDINGS_FILE, Scale, load_dataset, read_embeddings
 from .errors import InputError
@@ -174,11 +174,16 @@ def refold(model: PersonalScorer, kept, old: Path, embeddings, watch: Stopwatch)
         raise InputError(err.source or old / RATINGS_FILE, err.problem) from None
     watch.step(f"folded in again {len(ids)} user(s) kept by {old} that this fit was not trained on "
                f"(the {len(model.users_) - len(ids)} it was trained on have states from this fit)")
+    lost = {str(u) for u in PersonalScorer.load(old).users_} - {str(u) for u in model.users_}
+    if lost:
+        print(f"warning: {len(lost)} user(s) of {old} have no kept ratings to fold in again from (people known "
+              f"only from events, say) and are not in the new model", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.params = parse_params(args.params)
+    check_replaceable(args.out, "model.json", "model")  # before the work, not after it
     kept = read_kept_ratings(args.refold_from) if args.refold_from is not None else None
     watch = Stopwatch(args.quiet)
     if args.threads is not None and args.threads < 1:

@@ -185,7 +185,7 @@ class FittedScorer:
     def save(self, path: str | Path) -> Path:
         """Write the parameter files to folder `path` atomically (an existing one is replaced only on success)."""
         path = Path(path)
-        with atomic_dir(path) as tmp:
+        with atomic_dir(path, "model.json", "model") as tmp:
             self.write(tmp)
         return path
 

@@ -761,7 +761,7 @@ class PersonalScorer(BaseEstimator):
         """
         self._check_fitted()
         path = Path(path)
-        with atomic_dir(path) as tmp:
+        with atomic_dir(path, "model.json", "model") as tmp:
             self.fitted_.write(tmp)
             write_users(tmp / USERS_FILE, self.users_, self.user_states_, self.fitted_.digest())
             self.ratings_.write_parquet(tmp / RATINGS_FILE)

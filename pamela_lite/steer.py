@@ -314,8 +314,9 @@ class PopulationObjective:
 class EdgeObjective:
     """A person's predicted utility under an exported ONNX scorer (:class:`pamela_lite.edge.EdgeScorer`).
 
-    ``states`` rows: the point state first, then any posterior draws. A zero state is the
-    average person (bias, taste and factors zero): the ONNX file's stand-in for the population head.
+    ``states`` rows: the point state first, then any posterior draws. (The population head is
+    scored by :class:`PopulationObjective` on the model itself: a zero state in the graph would
+    still pass through the residual trees, so it only approximates the head.)
     """
 
     def __init__(self, scorer, states: np.ndarray, name: str = "personal"):
@@ -864,7 +865,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model = PersonalScorer.load(args.model)
     out = args.out
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "steer.json", "steering") as tmp:
         generate, world = _generator(args.generator, model.fitted_.embedding_dim, tmp)
         label, state, rated, ratings = _resolve_user(args, model, world)
         posterior = None
@@ -876,10 +877,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.scorer is not None:
             from .edge import EdgeScorer
 
-            edge = EdgeScorer(args.scorer)
+            try:
+                edge = EdgeScorer(args.scorer)
+            except (FileNotFoundError, ValueError) as err:
+                raise InputError(None, str(err)) from None
+            if edge.fit_sha256 != model.fitted_.digest():
+                raise InputError(args.scorer, f"is the export of another fit than {args.model}: export that model "
+                                              "(pamela_lite.export) and pass its scorer")
             draws = posterior.sample(args.samples, np.random.default_rng(args.seed)) if posterior else np.empty((0, len(state)))
             personal = EdgeObjective(edge, np.vstack([state, draws]))
-            population = EdgeObjective(edge, np.zeros((1, len(state))), "population")
+            # The graph scores people; the population head is the model's own (exact) term.
+            population = PopulationObjective(model)
         else:
             personal = PersonalObjective(model, state, posterior, args.samples, args.seed)
             population = PopulationObjective(model)
@@ -902,7 +910,10 @@ def main(argv: list[str] | None = None) -> int:
             f.unlink()
         (tmp / "steer.json").write_text(json.dumps(_finite(payload), indent=1, default=float))
         if not args.no_plot:
-            plot(results, tmp / "steer.png", f"{label}: {args.prompt}")
+            try:
+                plot(results, tmp / "steer.png", f"{label}: {args.prompt}")
+            except InputError as err:  # no matplotlib (the bench extra): the results still count
+                print(f"warning: no steer.png: {err}", file=sys.stderr)
     for res in results:
         print(json.dumps(_finite({"objective": res.objective, "prompt": res.prompt, "predicted": round(res.predicted, 4),
                                   "spread_taste": round(res.spread_taste, 4), "spread_seed": round(res.spread_seed, 4)})))

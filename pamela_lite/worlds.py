@@ -767,7 +767,7 @@ class WorldTruth:
 def write(world: World, out: str | Path) -> Path:
     """Write `world` to `out` atomically: PAMELA's layout plus ``world_truth.npz/.json``."""
     out = Path(out)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "annotations", "PAMELA-format world") as tmp:
         demo.write_pamela(tmp, world.images, world.users, world.ratings, world.truth, world.embeddings)
         WorldTruth.from_world(world).save(tmp)
     return out

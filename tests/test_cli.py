@@ -51,6 +51,31 @@ def test_bad_input_leaves_existing_model_untouched(tmp_path, capsys, model_dir, 
     assert (out / "model.json").read_text() == "previous model"
 
 
+@pytest.mark.parametrize("kind", ["file", "folder of other things"])
+def test_fit_never_replaces_what_is_not_a_model(tmp_path, capsys, world, kind):
+    out = tmp_path / "out"
+    if kind == "file":
+        out.write_text("notes")
+    else:
+        out.mkdir()
+        (out / "notes.txt").write_text("notes")
+    line = _one_line_error(capsys, run(fit.main, ["--data", str(world), "--out", str(out), "--quiet"]))
+    assert str(out) in line
+    assert (out.read_text() if kind == "file" else (out / "notes.txt").read_text()) == "notes"
+
+
+def test_demo_and_steer_never_replace_what_is_not_theirs(tmp_path, model_dir, capsys):
+    from pamela_lite import demo, steer
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("notes")
+    _one_line_error(capsys, run(demo.main, ["--out", str(out), "--users", "20", "--images", "40", "--ratings", "200"]))
+    _one_line_error(capsys, run(steer.main, ["--model", str(model_dir), "--user", "x", "--prompt", "p",
+                                             "--generator", "stub", "--out", str(out)]))
+    assert (out / "notes.txt").read_text() == "notes" and len(list(out.iterdir())) == 1
+
+
 def test_fit_help_explains_the_defaults():
     done = cli("fit", "--help")
     assert done.returncode == 0 and "--data" in done.stdout and "demo" in done.stdout

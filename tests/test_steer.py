@@ -204,6 +204,15 @@ def test_cli_missing_model_exits_2(tmp_path):
     assert out.returncode == 2 and "no model here" in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 
+def test_cli_missing_scorer_exits_2_with_one_line(fitted, tmp_path):
+    model = fitted.save(tmp_path / "model")
+    out = cli("steer", "--model", model, "--user", fitted.users_[0], "--prompt", "a cat", "--generator", "stub",
+              "--budget", "4", "--scorer", tmp_path / "none.onnx", "--out", tmp_path / "o")
+    assert out.returncode == 2, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "none.onnx" in out.stderr
+    assert not (tmp_path / "o").exists()
+
+
 def test_cli_stub_generator_writes_the_trajectory(fitted, tmp_path):
     model = fitted.save(tmp_path / "model")
     user = fitted.users_[0]
