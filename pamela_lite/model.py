@@ -828,6 +828,8 @@ def read_kept_ratings(folder: str | Path) -> pl.DataFrame:
     """The ratings a model folder keeps (``ratings.parquet``: each known user's training or context
     ratings, ids as text), from which a refit folds its users in again."""
     path = Path(folder) / RATINGS_FILE
+    if not Path(folder).is_dir():
+        raise InputError(folder, "no such model folder")
     if not path.exists():
         raise InputError(path, "missing from the model folder (a model folder written before format 3 keeps "
                                "no ratings, so its users cannot be folded in again)")

@@ -91,11 +91,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.embeddings is None and (args.cache is None or args.context is not None or args.pairs is not None):
-        parser.error("--embeddings is needed (except with --top and --cache)")
+        parser.error("--embeddings is needed (with --top and --cache it may be left out, unless --context "
+                     "names images that need embeddings)")
     if (args.cache is not None or args.candidates is not None) and args.top is None:
         parser.error("--cache and --candidates go with --top K")
     if args.candidates is not None and (args.cache is None or args.candidates < 1):
         parser.error("--candidates M needs M >= 1 and --cache FILE")
+    if args.candidates is not None and args.top is not None and args.candidates < args.top:
+        parser.error(f"--candidates {args.candidates} is below --top {args.top}: the trees must see at least K images")
     if (args.top is None) == (args.pairs is None):
         parser.error("give either --pairs FILE, or --top K with --user ID")
     if args.top is not None and (args.user is None or args.top < 1):

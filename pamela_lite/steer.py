@@ -855,6 +855,9 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError(None, f"--budget must be at least 1 generator call, not {args.budget}")
     if args.seeds_per_prompt < 1:
         raise InputError(None, f"--seeds-per-prompt must be at least 1, not {args.seeds_per_prompt}")
+    if args.budget < 2 * args.seeds_per_prompt:
+        raise InputError(None, f"--budget {args.budget} renders at most one prompt on {args.seeds_per_prompt} seeds: "
+                               f"give at least {2 * args.seeds_per_prompt} calls (or fewer --seeds-per-prompt)")
     if not args.prompt.strip():
         raise InputError(None, "--prompt is empty")
     watch = Stopwatch(args.quiet)

@@ -76,6 +76,12 @@ def test_demo_and_steer_never_replace_what_is_not_theirs(tmp_path, model_dir, ca
     assert (out / "notes.txt").read_text() == "notes" and len(list(out.iterdir())) == 1
 
 
+def test_refold_from_a_missing_folder_says_so(tmp_path, capsys, world):
+    line = _one_line_error(capsys, run(fit.main, ["--data", str(world), "--out", str(tmp_path / "m"),
+                                                  "--refold-from", str(tmp_path / "nowhere")]))
+    assert "no such model folder" in line
+
+
 def test_fit_help_explains_the_defaults():
     done = cli("fit", "--help")
     assert done.returncode == 0 and "--data" in done.stdout and "demo" in done.stdout

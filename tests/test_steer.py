@@ -186,6 +186,7 @@ def test_posterior_draws_spread_around_the_state(fitted, dataset):
 @pytest.mark.parametrize("args, problem", [
     (["--user", "nobody"], "not known to the model"),
     (["--user", "p0001", "--budget", "0"], "--budget must be at least 1"),
+    (["--user", "p0001", "--budget", "6", "--seeds-per-prompt", "4"], "at most one prompt"),
     (["--user", "p0001", "--vocabulary", "BAD"], "attributes"),
 ])
 def test_cli_bad_input_exits_2_with_one_line(fitted, tmp_path, args, problem):
@@ -207,7 +208,7 @@ def test_cli_missing_model_exits_2(tmp_path):
 def test_cli_missing_scorer_exits_2_with_one_line(fitted, tmp_path):
     model = fitted.save(tmp_path / "model")
     out = cli("steer", "--model", model, "--user", fitted.users_[0], "--prompt", "a cat", "--generator", "stub",
-              "--budget", "4", "--scorer", tmp_path / "none.onnx", "--out", tmp_path / "o")
+              "--budget", "8", "--scorer", tmp_path / "none.onnx", "--out", tmp_path / "o")
     assert out.returncode == 2, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and "none.onnx" in out.stderr
     assert not (tmp_path / "o").exists()
