@@ -168,6 +168,27 @@ class _FewShotNet(nn.Module):
         return base + gate.unsqueeze(1) * torch.einsum("bqk,bk->bq", attn, resid)
 
 
+class _EarlyStop:
+    """Keeps the network state of the best validation score; says when `patience` checks brought nothing."""
+
+    def __init__(self, patience: int):
+        self.patience, self.best, self.state, self.stale, self.at = patience, -np.inf, None, 0, 0
+
+    def update(self, score: float, net: nn.Module, at: int) -> bool:
+        """Record one validation check; True when training should stop."""
+        if score > self.best + 1e-4:
+            self.best, self.state, self.stale, self.at = score, copy.deepcopy(net.state_dict()), 0, at
+            return False
+        self.stale += 1
+        return self.stale >= self.patience
+
+    def restore(self, trial, net: nn.Module):
+        """Put the best state back into `net` and onto `trial` (net_, val_best_, epochs_best_)."""
+        net.load_state_dict(self.state)
+        trial.net_, trial.val_best_, trial.epochs_best_ = net.eval(), float(self.best), self.at
+        return trial
+
+
 class FewShotDeep(_SearchMixin):
     """Set / in-context deep model: scores a person from their rated examples, no per-user steps."""
 
@@ -235,10 +256,10 @@ class FewShotDeep(_SearchMixin):
         net = _FewShotNet(trial.x_.shape[1], config["width"], config["depth"], config["ctx_dim"], self.dropout)
         opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=config["weight_decay"])
         val = validation.filter(pl.col("participant_id").is_in(trial.users_))
-        ctx10 = {u: (r[np.random.default_rng([self.seed, 10, i]).permutation(len(r))[:10]],
-                     y[np.random.default_rng([self.seed, 10, i]).permutation(len(r))[:10]])
-                 for i, (u, (r, y)) in enumerate(trial.context_.items())}
-        best, best_state, stale, step = -np.inf, None, 0, 0
+        picks = {u: np.random.default_rng([self.seed, 10, i]).permutation(len(r))[:10]
+                 for i, (u, (r, _)) in enumerate(trial.context_.items())}
+        ctx10 = {u: (r[picks[u]], y[picks[u]]) for u, (r, y) in trial.context_.items()}
+        stop, step = _EarlyStop(self.patience), 0
         trial.history_ = []
         while step < self.max_steps:
             net.train()
@@ -256,16 +277,9 @@ class FewShotDeep(_SearchMixin):
             few = _val_srocc(val, trial.predict(val, embeddings, ctx10))
             score = (full + few) / 2
             trial.history_.append({"step": step, "val_full": full, "val_k10": few})
-            if score > best + 1e-4:
-                best, best_state, stale, trial.epochs_best_ = score, copy.deepcopy(net.state_dict()), 0, step
-            else:
-                stale += 1
-                if stale >= self.patience:
-                    break
-        net.load_state_dict(best_state)
-        trial.net_ = net.eval()
-        trial.val_best_ = float(best)
-        return trial
+            if stop.update(score, net, step):
+                break
+        return stop.restore(trial, net)
 
     # -- the protocol -----------------------------------------------------------------------
     def fold_in(self, context: pl.DataFrame, embeddings, users: pl.DataFrame | None = None) -> dict:
@@ -355,7 +369,7 @@ class DeepBaseline(_SearchMixin):
                             self.dropout)
         opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=config["weight_decay"])
         val = validation.filter(pl.col("participant_id").is_in(trial.users_))
-        best, best_state, stale = -np.inf, None, 0
+        stop = _EarlyStop(self.patience)
         gen = torch.Generator().manual_seed(self.seed)
         trial.history_ = []
         for epoch in range(self.epochs):
@@ -371,16 +385,9 @@ class DeepBaseline(_SearchMixin):
             trial.net_ = net.eval()
             score = _val_srocc(val, trial.predict(val, embeddings))
             trial.history_.append(score)
-            if score > best + 1e-4:
-                best, best_state, stale, trial.epochs_best_ = score, copy.deepcopy(net.state_dict()), 0, epoch + 1
-            else:
-                stale += 1
-                if stale >= self.patience:
-                    break
-        net.load_state_dict(best_state)
-        trial.net_ = net.eval()
-        trial.val_best_ = float(best)
-        return trial
+            if stop.update(score, net, epoch + 1):
+                break
+        return stop.restore(trial, net)
 
     def fold_in(self, context: pl.DataFrame, embeddings, users: pl.DataFrame | None = None,
                 steps: int = 100, l2: float = 1.0) -> dict:
