@@ -42,6 +42,16 @@ def fitted(dataset):
                      validation=dataset.split("val_seen"))
 
 
+@pytest.fixture(scope="session")
+def exported(fitted, tmp_path_factory):
+    """The fitted model exported once (scorer.onnx with its parameters, users file and stage graphs)."""
+    from pamela_lite.onnx_scorer import export
+
+    path = tmp_path_factory.mktemp("onnx") / "scorer.onnx"
+    export(fitted, path)
+    return path
+
+
 @pytest.fixture
 def ratings_table(dataset):
     """A plain ratings table (participant_id, image_id, rating, split) as a polars frame."""

@@ -21,13 +21,6 @@ from .conftest import SMALL_MODEL
 
 
 @pytest.fixture(scope="module")
-def exported(fitted, tmp_path_factory):
-    path = tmp_path_factory.mktemp("onnx2") / "scorer.onnx"
-    export(fitted, path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def edge(exported):
     return EdgeScorer(exported)
 

@@ -13,7 +13,6 @@ from pamela_lite.cached import write_cache
 from pamela_lite.cli import run
 from pamela_lite.edge import EdgeScorer
 from pamela_lite.errors import InputError
-from pamela_lite.onnx_scorer import export
 
 
 @pytest.fixture(scope="module")
@@ -25,53 +24,46 @@ def client():
 
 
 @pytest.fixture(scope="module")
-def scorer_path(fitted, tmp_path_factory):
-    path = tmp_path_factory.mktemp("dask") / "scorer.onnx"
-    export(fitted, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def cache_path(scorer_path, dataset):
-    edge = EdgeScorer(scorer_path)
-    path = scorer_path.with_name("catalogue.features.npz")
+def cache_path(exported, dataset):
+    edge = EdgeScorer(exported)
+    path = exported.with_name("catalogue.features.npz")
     write_cache(path, edge.cache_features(dataset.embeddings.matrix, dataset.embeddings.ids.to_numpy()))
     return path
 
 
 @pytest.fixture(scope="module")
-def pairs_path(fitted, dataset, scorer_path):
+def pairs_path(fitted, dataset, exported):
     rng = np.random.default_rng(0)
     n = 2_500
     frame = pl.DataFrame({"participant_id": [fitted.users_[k] for k in rng.integers(0, len(fitted.users_), n)],
                           "image_id": dataset.embeddings.ids.gather(rng.integers(0, len(dataset.embeddings.ids), n))})
-    path = scorer_path.with_name("pairs.parquet")
+    path = exported.with_name("pairs.parquet")
     frame.write_parquet(path)
     return path
 
 
-def _run(client, scorer_path, cache_path, out, **kwargs):
-    edge = EdgeScorer(scorer_path)
-    job = dd.plan(edge, scorer_path, cache_path, **kwargs)
+def _run(client, exported, cache_path, out, **kwargs):
+    edge = EdgeScorer(exported)
+    job = dd.plan(edge, exported, cache_path, **kwargs)
     dd.prepare(out, job)
     return dd.run_job(client, job, out)
 
 
-def test_pairs_on_dask_equal_the_single_machine_scores(client, scorer_path, cache_path, pairs_path, dataset, tmp_path):
-    report = _run(client, scorer_path, cache_path, tmp_path / "out", pairs=pairs_path, partition_size=600)
+def test_pairs_on_dask_equal_the_single_machine_scores(client, exported, cache_path, pairs_path, dataset, tmp_path):
+    report = _run(client, exported, cache_path, tmp_path / "out", pairs=pairs_path, partition_size=600)
     assert report.partitions == 5 and report.rows == 2_500
     single = tmp_path / "single.parquet"
-    assert run(score.main, ["--scorer", str(scorer_path), "--pairs", str(pairs_path), "--embeddings",
+    assert run(score.main, ["--scorer", str(exported), "--pairs", str(pairs_path), "--embeddings",
                             str(dataset.embeddings.source), "--out", str(single), "--quiet"]) == 0
     got, want = dd.read_results(tmp_path / "out"), pl.read_parquet(single)
     assert got.select("participant_id", "image_id").equals(want.select("participant_id", "image_id"))
     np.testing.assert_allclose(got["score"].to_numpy(), want["score"].to_numpy(), atol=1e-6, rtol=0)
 
 
-def test_users_by_catalogue_on_dask_equals_each_users_top_k(client, scorer_path, cache_path, dataset, tmp_path):
-    _run(client, scorer_path, cache_path, tmp_path / "out", k=5, partition_size=7)
+def test_users_by_catalogue_on_dask_equals_each_users_top_k(client, exported, cache_path, dataset, tmp_path):
+    _run(client, exported, cache_path, tmp_path / "out", k=5, partition_size=7)
     got = dd.read_results(tmp_path / "out")
-    edge = EdgeScorer(scorer_path)
+    edge = EdgeScorer(exported)
     assert got["participant_id"].unique(maintain_order=True).to_list() == edge.user_ids
     for user in edge.user_ids[:4]:
         best, scores = edge.top_k(user, dataset.embeddings.matrix, k=5)
@@ -80,33 +72,33 @@ def test_users_by_catalogue_on_dask_equals_each_users_top_k(client, scorer_path,
         np.testing.assert_allclose(mine["score"].to_numpy(), scores, atol=1e-4)
 
 
-def test_finished_partitions_are_not_redone_after_a_crash(client, scorer_path, cache_path, pairs_path, tmp_path):
+def test_finished_partitions_are_not_redone_after_a_crash(client, exported, cache_path, pairs_path, tmp_path):
     out = tmp_path / "out"
-    _run(client, scorer_path, cache_path, out, pairs=pairs_path, partition_size=500)
+    _run(client, exported, cache_path, out, pairs=pairs_path, partition_size=500)
     first = dd.read_results(out)
     # A crash: partitions 1 and 3 never finished, and one left its temporary file behind.
     for index in (1, 3):
         dd.part_path(out, index).unlink()
     (out / ".part-00001.parquet.abc.tmp.parquet").write_bytes(b"half a partition")
     kept = {i: dd.part_path(out, i).stat().st_mtime_ns for i in (0, 2, 4)}
-    report = _run(client, scorer_path, cache_path, out, pairs=pairs_path, partition_size=500)
+    report = _run(client, exported, cache_path, out, pairs=pairs_path, partition_size=500)
     assert (report.written, report.already_done) == (2, 3)
     assert {i: dd.part_path(out, i).stat().st_mtime_ns for i in (0, 2, 4)} == kept
     assert not list(out.glob(".part-*")) and dd.read_results(out).equals(first)
 
 
-def test_unknown_participant_in_a_partition_is_one_clear_error(client, scorer_path, cache_path, dataset, tmp_path):
+def test_unknown_participant_in_a_partition_is_one_clear_error(client, exported, cache_path, dataset, tmp_path):
     path = tmp_path / "pairs.parquet"
     pl.DataFrame({"participant_id": ["nobody"], "image_id": dataset.embeddings.ids.head(1)}).write_parquet(path)
     with pytest.raises(InputError, match="'nobody'") as err:
-        _run(client, scorer_path, cache_path, tmp_path / "out", pairs=path)
+        _run(client, exported, cache_path, tmp_path / "out", pairs=path)
     assert str(path) in str(err.value) and "\n" not in str(err.value)
 
 
-def test_a_folder_holding_another_job_is_refused_before_any_work(scorer_path, cache_path, pairs_path, tmp_path, capsys):
+def test_a_folder_holding_another_job_is_refused_before_any_work(exported, cache_path, pairs_path, tmp_path, capsys):
     out = tmp_path / "out"
-    args = ["--dask", "--scorer", str(scorer_path), "--cache", str(cache_path), "--out", str(out)]
-    dd.prepare(out, dd.plan(EdgeScorer(scorer_path), scorer_path, cache_path, k=3,
+    args = ["--dask", "--scorer", str(exported), "--cache", str(cache_path), "--out", str(out)]
+    dd.prepare(out, dd.plan(EdgeScorer(exported), exported, cache_path, k=3,
                             request={"mode": "top", "k": 3}))
     code = run(score.main, [*args, "--pairs", str(pairs_path)])
     err = capsys.readouterr().err.strip().splitlines()
@@ -114,24 +106,24 @@ def test_a_folder_holding_another_job_is_refused_before_any_work(scorer_path, ca
     assert not list(out.glob("part-*"))
 
 
-def test_pairs_in_a_csv_are_refused_in_one_line(scorer_path, cache_path, tmp_path, capsys):
+def test_pairs_in_a_csv_are_refused_in_one_line(exported, cache_path, tmp_path, capsys):
     (tmp_path / "p.csv").write_text("participant_id,image_id\np0000,1\n")
-    code = run(score.main, ["--dask", "--scorer", str(scorer_path), "--cache", str(cache_path),
+    code = run(score.main, ["--dask", "--scorer", str(exported), "--cache", str(cache_path),
                             "--pairs", str(tmp_path / "p.csv"), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "Parquet" in err[0]
 
 
-def test_score_dask_command_runs_on_a_local_cluster(scorer_path, dataset, pairs_path, tmp_path):
+def test_score_dask_command_runs_on_a_local_cluster(exported, dataset, pairs_path, tmp_path):
     out = tmp_path / "out"
-    code = run(score.main, ["--dask", "--workers", "1", "--scorer", str(scorer_path), "--pairs", str(pairs_path),
+    code = run(score.main, ["--dask", "--workers", "1", "--scorer", str(exported), "--pairs", str(pairs_path),
                             "--embeddings", str(dataset.embeddings.source), "--partition-size", "1000",
                             "--out", str(out), "--quiet"])
     assert code == 0 and (out / dd.DONE_FILE).exists()
     assert sorted(p.name for p in out.glob("part-*")) == [f"part-0000{i}.parquet" for i in range(3)]
 
 
-def test_context_users_on_dask_rank_as_score_top_does(scorer_path, dataset, tmp_path):
+def test_context_users_on_dask_rank_as_score_top_does(exported, dataset, tmp_path):
     """--context: new users are folded in on the client and sent to the workers as a users file of the same fit."""
     from pamela_lite.fitted import read_users
     from pamela_lite.protocol import kshot_split
@@ -141,14 +133,14 @@ def test_context_users_on_dask_rank_as_score_top_does(scorer_path, dataset, tmp_
     new = context["participant_id"].unique(maintain_order=True).cast(pl.String).to_list()
     pl.DataFrame({"participant_id": new}).write_parquet(tmp_path / "users.parquet")
     out, emb = tmp_path / "out", str(dataset.embeddings.source)
-    assert run(score.main, ["--dask", "--workers", "1", "--scorer", str(scorer_path), "--top", "5",
+    assert run(score.main, ["--dask", "--workers", "1", "--scorer", str(exported), "--top", "5",
                             "--users", str(tmp_path / "users.parquet"), "--embeddings", emb,
                             "--context", str(tmp_path / "context.parquet"), "--out", str(out), "--quiet"]) == 0
-    ids, _ = read_users(out / dd.CONTEXT_FILE, EdgeScorer(scorer_path).fit_sha256, "scorer.onnx", "")
+    ids, _ = read_users(out / dd.CONTEXT_FILE, EdgeScorer(exported).fit_sha256, "scorer.onnx", "")
     assert [str(u) for u in ids] == new
     got = dd.read_results(out)
     user = new[0]
-    assert run(score.main, ["--scorer", str(scorer_path), "--top", "5", "--user", user, "--embeddings", emb,
+    assert run(score.main, ["--scorer", str(exported), "--top", "5", "--user", user, "--embeddings", emb,
                             "--context", str(tmp_path / "context.parquet"), "--out", str(tmp_path / "one.csv"),
                             "--quiet"]) == 0
     want = pl.read_csv(tmp_path / "one.csv")

@@ -21,13 +21,6 @@ from pamela_lite.model import PersonalScorer
 from .conftest import SMALL_MODEL
 
 
-@pytest.fixture(scope="module")
-def exported(fitted, tmp_path_factory):
-    path = tmp_path_factory.mktemp("onnx") / "scorer.onnx"
-    onnx_scorer.export(fitted, path)
-    return path
-
-
 def _random_pairs(model, dataset, n, seed=0):
     rng = np.random.default_rng(seed)
     users = rng.integers(0, len(model.users_), n)
