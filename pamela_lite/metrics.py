@@ -16,6 +16,9 @@ Beyond those, for a protocol reviewers would accept:
 * **best-of-N regret** — per user, the best rating among their rated images less the rating of
   the image the model puts on top (tied top scores: their mean rating), in rating units and in
   units of the user's rating SD. Lower is better.
+* **paired bootstrap** — the mean per-user difference of two models on the same users, a 95%
+  interval from resampling users and the share of resamples at or below 0 (one-sided p).
+* **per-group errors** — MAE and per-user SROCC by a demographic group (see :func:`age_band`).
 """
 
 from __future__ import annotations
@@ -276,3 +279,69 @@ def ranking_metrics(frame: pl.DataFrame, population: str | None = None, referenc
         out.update(personalization=_mean(share["personalization"]), personalization_users=share.height)
     return out
 
+
+def paired_differences(a: pl.DataFrame, b: pl.DataFrame, value: str = "srocc") -> np.ndarray:
+    """Per-user ``a - b`` of a per-user metric, on the users both tables have."""
+    joined = a.select("participant_id", value).join(b.select("participant_id", value), on="participant_id",
+                                                     suffix="_b")
+    return (joined[value] - joined[f"{value}_b"]).to_numpy().astype(float)
+
+
+def paired_bootstrap(differences: np.ndarray, seed: int = 0, n_resamples: int = 2000) -> dict[str, object]:
+    """Bootstrap over users of the mean of paired per-user differences.
+
+    Parameters
+    ----------
+    differences : numpy.ndarray
+        One difference per user (model A less model B, same user).
+    seed : int
+        Seed of the resampling.
+    n_resamples : int
+        Bootstrap resamples of the users.
+
+    Returns
+    -------
+    dict
+        diff (observed mean), ci95 ([2.5, 97.5] percentiles of the resampled means), p (share of
+        resampled means <= 0: a one-sided p for "A beats B"), n_users.
+    """
+    d = np.asarray(differences, float)
+    if d.size == 0:
+        return {"diff": float("nan"), "ci95": [float("nan"), float("nan")], "p": float("nan"), "n_users": 0}
+    means = d[np.random.default_rng(seed).integers(0, d.size, (n_resamples, d.size))].mean(axis=1)
+    return {"diff": float(d.mean()), "ci95": [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))],
+            "p": float((means <= 0).mean()), "n_users": int(d.size)}
+
+
+def age_band(column: str = "age") -> pl.Expr:
+    """Age in bands: ``<30``, ``30-49``, ``50+``; ``missing`` where unknown."""
+    age = pl.col(column)
+    return (pl.when(age.is_null()).then(pl.lit("missing")).when(age < 30).then(pl.lit("<30"))
+            .when(age < 50).then(pl.lit("30-49")).otherwise(pl.lit("50+")))
+
+
+def group_errors(frame: pl.DataFrame, group: pl.Expr, min_ratings: int = MIN_RATINGS) -> pl.DataFrame:
+    """MAE and mean per-user SROCC per group of users.
+
+    Parameters
+    ----------
+    frame : polars.DataFrame
+        ``participant_id``, ``rating``, ``score`` and whatever `group` reads.
+    group : polars.Expr
+        The group of each row (e.g. ``pl.col("gender")`` or :func:`age_band`); null is
+        ``missing``. A user is put in the group of their first row.
+
+    Returns
+    -------
+    polars.DataFrame
+        ``group``, ``users`` (distinct users), ``ratings``, ``mae`` (over the group's ratings),
+        ``srocc`` (mean over the group's users :func:`per_user` counts; null if none),
+        ``srocc_users``; sorted by group.
+    """
+    labelled = frame.with_columns(group.cast(pl.String).fill_null("missing").alias("group"))
+    errors = labelled.group_by("group").agg(users=pl.col("participant_id").n_unique(), ratings=pl.len(),
+                                            mae=(pl.col("score") - pl.col("rating")).abs().mean())
+    membership = labelled.unique("participant_id", keep="first").select("participant_id", "group")
+    srocc = (per_user(labelled, min_ratings).join(membership, on="participant_id")
+             .group_by("group").agg(srocc=pl.col("srocc").mean(), srocc_users=pl.len()))
+    return errors.join(srocc, on="group", how="left").sort("group")

@@ -7,7 +7,8 @@ import polars as pl
 import pytest
 from scipy.stats import kendalltau
 
-from pamela_lite.metrics import (evaluate_scores, kendall_tau_b, leave_one_out_image_mean, pairwise_counts, per_user,
+from pamela_lite.metrics import (age_band, evaluate_scores, group_errors, kendall_tau_b, leave_one_out_image_mean,
+                                 paired_bootstrap, paired_differences, pairwise_counts, per_user,
                                  per_user_kendall, per_user_personalization, per_user_regret, ranking_metrics)
 
 
@@ -123,3 +124,36 @@ def test_ranking_metrics_without_population_scores_leave_personalization_out():
     assert m["kendall"] == pytest.approx(1.0) and m["regret"] == 0.0
     assert np.isnan(m["personalization"]) and m["personalization_users"] == 0
 
+
+def test_paired_differences_pair_the_same_users():
+    a = pl.DataFrame({"participant_id": ["x", "y", "z"], "srocc": [0.5, 0.7, 0.9]})
+    b = pl.DataFrame({"participant_id": ["z", "x"], "srocc": [0.4, 0.1]})
+    assert sorted(paired_differences(a, b)) == pytest.approx([0.4, 0.5])
+
+
+def test_paired_bootstrap_interval_holds_the_observed_difference():
+    d = np.random.default_rng(1).normal(0.05, 0.3, 60)
+    out = paired_bootstrap(d, seed=0)
+    assert out["diff"] == pytest.approx(d.mean()) and out["ci95"][0] < out["diff"] < out["ci95"][1]
+    assert out["n_users"] == 60 and paired_bootstrap(d, seed=0) == out  # seeded
+
+
+def test_paired_bootstrap_p_is_small_for_a_clearly_better_model_and_large_for_a_worse_one():
+    d = np.random.default_rng(2).normal(0.2, 0.1, 40)
+    assert paired_bootstrap(d)["p"] < 0.01
+    assert paired_bootstrap(-d)["p"] > 0.99
+
+
+def test_age_bands_and_missing_demographics():
+    ages = pl.DataFrame({"age": [19.0, 30.0, 49.0, 50.0, None]})
+    assert ages.select(age_band()).to_series().to_list() == ["<30", "30-49", "30-49", "50+", "missing"]
+
+
+def test_group_errors_per_gender_with_a_missing_group():
+    r = [1, 2, 3, 4, 5]
+    frame = _frame(["a"] * 5 + ["b"] * 5 + ["c"] * 5, r * 3, [float(x) for x in r + [5 - x for x in r] + [3] * 5]).with_columns(
+        gender=pl.Series(["f"] * 5 + ["m"] * 5 + [None] * 5))
+    out = group_errors(frame, pl.col("gender"))
+    assert out["group"].to_list() == ["f", "m", "missing"]
+    assert out["srocc"].to_list() == pytest.approx([1.0, -1.0, 0.0])
+    assert out["mae"].to_list() == pytest.approx([0.0, 2.6, 1.2]) and out["users"].to_list() == [1, 1, 1]
