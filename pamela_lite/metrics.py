@@ -303,11 +303,13 @@ def paired_bootstrap(differences: np.ndarray, seed: int = 0, n_resamples: int = 
     -------
     dict
         diff (observed mean), ci95 ([2.5, 97.5] percentiles of the resampled means), p (share of
-        resampled means <= 0: a one-sided p for "A beats B"), n_users.
+        resampled means <= 0: a one-sided p for "A beats B"), n_users. With fewer than 2 users
+        there is nothing to resample: the interval and p are NaN.
     """
     d = np.asarray(differences, float)
-    if d.size == 0:
-        return {"diff": float("nan"), "ci95": [float("nan"), float("nan")], "p": float("nan"), "n_users": 0}
+    if d.size < 2:
+        return {"diff": float(d.mean()) if d.size else float("nan"), "ci95": [float("nan"), float("nan")],
+                "p": float("nan"), "n_users": int(d.size)}
     means = d[np.random.default_rng(seed).integers(0, d.size, (n_resamples, d.size))].mean(axis=1)
     return {"diff": float(d.mean()), "ci95": [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))],
             "p": float((means <= 0).mean()), "n_users": int(d.size)}

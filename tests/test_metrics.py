@@ -144,6 +144,11 @@ def test_paired_bootstrap_p_is_small_for_a_clearly_better_model_and_large_for_a_
     assert paired_bootstrap(-d)["p"] > 0.99
 
 
+def test_paired_bootstrap_of_one_user_gives_no_interval():
+    out = paired_bootstrap(np.array([0.3]))
+    assert out["diff"] == pytest.approx(0.3) and np.isnan(out["p"]) and np.isnan(out["ci95"]).all()
+
+
 def test_age_bands_and_missing_demographics():
     ages = pl.DataFrame({"age": [19.0, 30.0, 49.0, 50.0, None]})
     assert ages.select(age_band()).to_series().to_list() == ["<30", "30-49", "30-49", "50+", "missing"]
