@@ -10,8 +10,22 @@ baselines (benchmarks/deep_baseline.py: a few-shot set model and an MLP + learne
 embedding, each chosen by a seeded search on val_seen; skipped with a clear note when torch is
 absent). test_seen and test_unseen at k = 0, 10, 50; per-user SROCC
 with a 95% bootstrap interval over users, PLCC, pairwise accuracy, MAE, RMSE, fit time and
-model size; the demo's noise ceiling. Results go to benchmarks/results/accuracy.{md,json} with
-two plots (--quick: to benchmarks/results/quick/, which git ignores).
+model size; the demo's noise ceiling.
+
+Beside the main table (pamela_lite.metrics has the definitions):
+
+* ranking and regret, per model, split and k: per-user Kendall tau-b; the personalization share
+  (per-user SROCC of the rating less the image's leave-one-out mean over the split's other
+  raters against the score less the population head's score on the same row; the population
+  head is 0 by construction); best-of-N regret, in rating units and in units of each user's
+  rating SD;
+* a paired bootstrap over users of pamela_lite (full) against every other model on the same
+  split and k: mean per-user SROCC difference, seeded 95% interval (2000 resamples), one-sided p;
+* on test_unseen at k = 0, MAE and per-user SROCC of pamela_lite (full) and the population head
+  per gender, nationality and age band (a note instead when the data has no demographics).
+
+Results go to benchmarks/results/accuracy.{md,json} with two plots (--quick: to
+benchmarks/results/quick/, which git ignores).
 """
 
 from __future__ import annotations
@@ -32,8 +46,14 @@ from pamela_lite.data import Scale, load_dataset  # noqa: E402
 from pamela_lite.demo import DemoConfig, world_dataset  # noqa: E402
 from pamela_lite.protocol import ceiling_rows, evaluation_cases, score_rows  # noqa: E402
 from pamela_lite.fit import BASELINES  # noqa: E402
-from pamela_lite.metrics import evaluate_scores, per_user  # noqa: E402
+from pamela_lite.metrics import (age_band, evaluate_scores, group_errors, paired_bootstrap,  # noqa: E402
+                                 paired_differences, per_user, ranking_metrics)
 from pamela_lite.model import PersonalScorer  # noqa: E402
+
+FULL, POPULATION, CEILING = "pamela_lite (full)", "population head", "noise ceiling"
+# k = 0 groups on test_unseen: (label, column it needs, group expression)
+DEMOGRAPHIC_GROUPS = (("gender", "gender", pl.col("gender")), ("nationality", "nationality", pl.col("nationality")),
+                      ("age band", "age", age_band()))
 
 
 class KNNBaseline:
@@ -125,10 +145,11 @@ def bootstrap_ci(values: np.ndarray, seed: int, n: int = 1000) -> tuple[float, f
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def run_benchmark(dataset, kshots, seed: int, quick: bool) -> tuple[list[dict], dict]:
+def run_benchmark(dataset, kshots, seed: int, quick: bool) -> tuple[list[dict], dict, dict, dict]:
+    """Rows of the main table, per-user SROCC arrays, the deep searches and every scored frame."""
     train, val = dataset.split("train"), dataset.split("val_seen")
     models = build_models(dataset, seed, quick)
-    rows, per_user_srocc, searches = [], {}, {}
+    rows, per_user_srocc, searches, scored_frames = [], {}, {}, {}
     for name, model in models.items():
         start = time.perf_counter()
         model.fit(train, dataset.embeddings, validation=val)
@@ -144,6 +165,7 @@ def run_benchmark(dataset, kshots, seed: int, quick: bool) -> tuple[list[dict], 
             rows.append({"model": name, "split": split, "k": k, **evaluate_scores(scored),
                          "srocc_ci95": [lo, hi], "fit_s": fit_s, "size_bytes": size})
             per_user_srocc[(name, split, k)] = users["srocc"].to_numpy()
+            scored_frames[(name, split, k)] = scored
             if name == "global mean":
                 ceiling = ceiling_rows(dataset, scored)
                 if ceiling is not None:
@@ -152,19 +174,136 @@ def run_benchmark(dataset, kshots, seed: int, quick: bool) -> tuple[list[dict], 
                     rows.append({"model": "noise ceiling", "split": split, "k": k, **evaluate_scores(ceiling),
                                  "srocc_ci95": [lo, hi], "fit_s": 0.0, "size_bytes": 0})
                     per_user_srocc[("noise ceiling", split, k)] = cu["srocc"].to_numpy()
+                    scored_frames[("noise ceiling", split, k)] = ceiling
     if not has_torch():
         log("torch is not installed: the deep baseline row is skipped (pip install torch, CPU build)")
-    return rows, per_user_srocc, searches
+    return rows, per_user_srocc, searches, scored_frames
 
 
-def markdown(rows: list[dict], info: dict, args, torch_note: str, searches: dict | None = None) -> str:
+def with_population(frame: pl.DataFrame, population: pl.DataFrame) -> pl.DataFrame:
+    """`frame` with ``population_score``: the population head's score for the same row."""
+    return frame.join(population.select("participant_id", "image_id", population_score=pl.col("score")),
+                      on=["participant_id", "image_id"], how="left")
+
+
+def add_ranking_metrics(rows: list[dict], scored_frames: dict, dataset) -> list[dict]:
+    """Each row with Kendall tau-b, personalization share and best-of-N regret of its scored frame.
+
+    The personalization share needs the population head's scores on the same (split, k); its
+    leave-one-out image means come from the whole split (other users' context ratings included).
+    """
+    out = []
+    for row in rows:
+        frame = scored_frames[(row["model"], row["split"], row["k"])]
+        population = scored_frames.get((POPULATION, row["split"], row["k"]))
+        if population is not None:
+            frame = with_population(frame, population)
+        out.append({**row, **ranking_metrics(frame, "population_score" if population is not None else None,
+                                             reference=dataset.split(row["split"]))})
+    return out
+
+
+def paired_comparisons(scored_frames: dict, seed: int) -> list[dict]:
+    """pamela_lite (full) against every other model on the same split and k: paired per-user SROCC."""
+    out = []
+    for (name, split, k), frame in scored_frames.items():
+        full = scored_frames.get((FULL, split, k))
+        if name in (FULL, CEILING) or full is None:
+            continue
+        diff = paired_differences(per_user(full), per_user(frame))
+        out.append({"model": name, "split": split, "k": k, **paired_bootstrap(diff, seed)})
+    return out
+
+
+def demographic_groups(scored_frames: dict) -> tuple[list[dict], str | None]:
+    """k = 0 on test_unseen per demographic group: pamela_lite (full) and the population head.
+
+    Returns the rows and, when there is nothing to show, a note saying why.
+    """
+    full, population = (scored_frames.get((name, "test_unseen", 0)) for name in (FULL, POPULATION))
+    if full is None or population is None:
+        return [], "No test_unseen case at k = 0: the per-group table is skipped."
+    present = [(label, expr) for label, column, expr in DEMOGRAPHIC_GROUPS
+               if column in full.columns and full[column].null_count() < full.height]
+    if not present:
+        return [], "The data has no demographics (age, gender, nationality): the per-group table is skipped."
+    rows = []
+    for label, expr in present:
+        mine = group_errors(full, expr)
+        theirs = group_errors(population, expr).select("group", mae_population="mae", srocc_population="srocc")
+        rows += [{"attribute": label, **r} for r in mine.join(theirs, on="group", how="left").iter_rows(named=True)]
+    return rows, None
+
+
+def in_table_order(rows: list[dict]) -> list[dict]:
+    """By split, then k, then model in the order fitted, the noise ceiling last."""
+    order = list(dict.fromkeys(r["model"] for r in rows if r["model"] != CEILING)) + [CEILING]
+    return sorted(rows, key=lambda r: (r["split"], -1 if r["k"] is None else r["k"], order.index(r["model"])))
+
+
+def _num(value, digits: int = 3, sign: str = "") -> str:
+    """A number for the tables; an en dash for a missing one (None or NaN)."""
+    return "–" if value is None or np.isnan(value) else f"{value:{sign}.{digits}f}"
+
+
+def ranking_table(rows: list[dict]) -> list[str]:
+    lines = ["", "Ranking and regret. Kendall tau-b: per user, averaged like SROCC. Personalization share: per "
+                 "user, the SROCC of (rating - the image's mean rating by the split's other raters) against (score - "
+                 "the population head's score on the same row), over users with >= 5 rows whose image someone else "
+                 "rated (users in brackets); the population head is 0 by construction. Best-of-N regret: per user, "
+                 "the best rating among their rated images less the rating of the image the model scores highest "
+                 "(tied top scores: their mean rating), in rating units and in units of the user's rating SD; lower "
+                 "is better; a top-1 statistic, noisy for a split with few users.", "",
+             "| split | k | model | SROCC | Kendall tau-b | personalization share (users) | best-of-N regret | "
+             "regret / SD |", "|---|---:|---|---:|---:|---:|---:|---:|"]
+    for r in in_table_order(rows):
+        k = "" if r["k"] is None else r["k"]
+        lines.append(f"| {r['split']} | {k} | {r['model']} | {r['srocc']:.3f} | {_num(r['kendall'])} | "
+                     f"{_num(r['personalization'])} ({r['personalization_users']}) | {_num(r['regret'])} | "
+                     f"{_num(r['regret_sd'])} |")
+    return lines
+
+
+def _p_value(p: float, resamples: int = 2000) -> str:
+    return f"< {1 / resamples:.4f}" if p == 0 else _num(p)
+
+
+def comparison_table(comparisons: list[dict]) -> list[str]:
+    lines = ["", f"Does {FULL} beat each model? Paired bootstrap over users (same users, same rows): mean per-user "
+                 "SROCC difference, 95% interval from 2000 seeded resamples of the users, p = share of resamples with "
+                 "difference <= 0 (one-sided). With few users (test_unseen here) the interval is coarse: n users "
+                 "allow few distinct resamples.", "",
+             f"| split | k | {FULL} vs | SROCC diff [95% CI] | p | users |", "|---|---:|---|---|---:|---:|"]
+    for c in in_table_order(comparisons):
+        k = "" if c["k"] is None else c["k"]
+        lo, hi = c["ci95"]
+        lines.append(f"| {c['split']} | {k} | {c['model']} | {_num(c['diff'], sign='+')} "
+                     f"[{_num(lo, sign='+')}, {_num(hi, sign='+')}] | "
+                     f"{_p_value(c['p'])} | {c['n_users']} |")
+    return lines
+
+
+def group_table(groups: list[dict], note: str | None) -> list[str]:
+    lines = ["", f"New people with no ratings (test_unseen, k = 0) per demographic group: {FULL} against the "
+                 "population head. MAE over the group's ratings; SROCC: mean per-user SROCC of the group's users. "
+                 "Groups of few users are descriptive, not tests.", ""]
+    if note:
+        return lines + [note]
+    lines += [f"| attribute | group | users | MAE {FULL} | MAE population head | SROCC {FULL} | "
+              "SROCC population head |", "|---|---|---:|---:|---:|---:|---:|"]
+    for g in groups:
+        lines.append(f"| {g['attribute']} | {g['group']} | {g['users']} | {_num(g['mae'])} | "
+                     f"{_num(g['mae_population'])} | {_num(g['srocc'])} | {_num(g['srocc_population'])} |")
+    return lines
+
+
+def markdown(rows: list[dict], info: dict, args, torch_note: str, searches: dict | None = None,
+             comparisons: list[dict] | None = None, groups: tuple[list[dict], str | None] | None = None) -> str:
     lines = [f"# Accuracy benchmark ({'quick' if args.quick else 'full'}, data: {args.data or 'demo world'})", "",
              machine_lines(info), "", torch_note, "",
              "| split | k | model | SROCC [95% CI] | PLCC | pair acc | MAE | RMSE | users | fit s | size |",
              "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    order = list(dict.fromkeys(r["model"] for r in rows if r["model"] != "noise ceiling")) + ["noise ceiling"]
-    rows = sorted(rows, key=lambda r: (r["split"], -1 if r["k"] is None else r["k"], order.index(r["model"])))
-    for r in rows:
+    for r in in_table_order(rows):
         k = "" if r["k"] is None else r["k"]
         ci = r["srocc_ci95"]
         size = f"{r['size_bytes'] / 1e6:.2f} MB" if r["size_bytes"] else ""
@@ -172,6 +311,12 @@ def markdown(rows: list[dict], info: dict, args, torch_note: str, searches: dict
         lines.append(f"| {r['split']} | {k} | {r['model']} | {r['srocc']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] | "
                      f"{r['plcc']:.3f} | {r['pairwise_acc']:.3f} | {r['mae']:.3f} | {r['rmse']:.3f} | "
                      f"{r['n_users']} | {fit} | {size} |")
+    if rows and "kendall" in rows[0]:
+        lines += ranking_table(rows)
+    if comparisons:
+        lines += comparison_table(comparisons)
+    if groups is not None:
+        lines += group_table(*groups)
     if searches:
         lines += ["", "Deep baselines' validation search (val_seen: mean per-user SROCC; the few-shot model's is the "
                       "mean over the full-training and a seeded 10-rating context; *epochs*: early-stopped epochs, "
@@ -244,18 +389,22 @@ def main(argv=None) -> int:
         cfg = DemoConfig(n_users=100, n_images=2500, n_ratings=35000, seed=args.seed) if args.quick \
             else DemoConfig(seed=args.seed)
         dataset = world_dataset(cfg)
-    rows, per_user_srocc, searches = run_benchmark(dataset, kshots, args.seed, args.quick)
+    rows, per_user_srocc, searches, scored_frames = run_benchmark(dataset, kshots, args.seed, args.quick)
+    rows = add_ranking_metrics(rows, scored_frames, dataset)
+    comparisons = paired_comparisons(scored_frames, args.seed)
+    groups = demographic_groups(scored_frames)
     torch_note = ("Deep baseline: benchmarks/deep_baseline.py (torch, CPU)." if has_torch() else
                   "**torch is not installed: the deep baseline was skipped.** Install the CPU build to include it.")
     name = args.name or "accuracy"
     out = results_dir(args.quick)
     out.mkdir(parents=True, exist_ok=True)
-    md = markdown(rows, info, args, torch_note, searches)
+    md = markdown(rows, info, args, torch_note, searches, comparisons, groups)
     figures = plots(rows, per_user_srocc, out, name)
     if figures:
         md += "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in figures) + "\n"
     arguments = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    save(name, {"machine": info, "args": arguments, "rows": rows, "deep_search": searches}, md, out)
+    save(name, {"machine": info, "args": arguments, "rows": rows, "paired_bootstrap": comparisons,
+                "k0_groups": {"rows": groups[0], "note": groups[1]}, "deep_search": searches}, md, out)
     print(md)
     log(f"done in {time.perf_counter() - start:.0f}s → {out / (name + '.md')}")
     return 0
