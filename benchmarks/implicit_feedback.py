@@ -162,7 +162,7 @@ def markdown(result: dict) -> str:
             out.append(f"| | | 10 ratings + events | {cells('with_10')} |")
             out.append(f"| | | naive pseudo-ratings alone | {cells('naive_alone')} |")
             out.append(f"| | | naive + 10 ratings | {cells('naive_with_10')} |")
-            out.append(f"| | | non-view event rows per person | " + " | ".join(str(row['actions_per_person'][n]) for n in EVENTS) + " |")
+            out.append("| | | non-view event rows per person | " + " | ".join(str(row['actions_per_person'][n]) for n in EVENTS) + " |")
         out.append("")
         out += ["Logs (action rates per shown image): " + "; ".join(
             f"{kind}: " + ", ".join(f"{k} {v}" for k, v in row["log"].items() if k.endswith("_rate"))

@@ -110,7 +110,6 @@ def _worker_key() -> str:
 
 def _load(job: dict):
     """The scorer (one onnxruntime session per worker), its users and the memory-mapped cache."""
-    from .cached import read_cache
     from .data import Embeddings
     from .edge import EdgeScorer
 

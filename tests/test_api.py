@@ -20,8 +20,11 @@ TOOLS = ("fit", "predict", "evaluate", "export", "score", "embed")
 
 
 def test_public_names_import_from_the_package():
-    from pamela_lite import (EdgeScorer, InputError, PersonalScorer, Scale, evaluate_scores,  # noqa: F401
-                             load_dataset, read_embeddings)
+    import pamela_lite
+    from pamela_lite import EdgeScorer, PersonalScorer
+
+    for name in ("InputError", "Scale", "evaluate_scores", "load_dataset", "read_embeddings"):
+        assert hasattr(pamela_lite, name), name
 
     assert PersonalScorer.__module__ == "pamela_lite.model" and EdgeScorer.__module__ == "pamela_lite.edge"
 

@@ -20,7 +20,6 @@ from pamela_lite.protocol import evaluate_models
 from pamela_lite.onnx_scorer import export
 from pamela_lite.model import PersonalScorer
 
-from .conftest import write_embeddings
 
 
 def _one_line_error(capsys, code) -> str:
