@@ -129,8 +129,9 @@ def fit_on_events_only(args, watch: Stopwatch) -> int:
     report = {"events": str(args.events), "seed": args.seed, "fit_seconds": round(time.perf_counter() - start, 2),
               "people": len(model.users_), "event_channel": model.fitted_.events.to_json()}
     model.save(args.out, extra_files={"metrics.json": json.dumps(report, indent=1)})
-    print(f"fitted on the events of {len(model.users_)} people in {report['fit_seconds']}s; scores are on a "
-          f"preference scale (-1..1): rank by them")
+    if not args.quiet:  # an info line, not a result: the ratings path's only --quiet output is its metrics table
+        print(f"fitted on the events of {len(model.users_)} people in {report['fit_seconds']}s; scores are on a "
+              f"preference scale (-1..1): rank by them")
     watch.step(f"wrote the model and metrics.json to {args.out}")
     return 0
 
