@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 
 import numpy as np
 import polars as pl
@@ -76,6 +77,23 @@ def test_non_numeric_weight_is_refused():
     frame = pl.DataFrame({"participant_id": [1], "image_id": [10], "weight": ["lots"]})
     with pytest.raises(InputError, match="weight must be a finite number"):
         validate_events(frame, "w.csv")
+
+
+def test_timestamp_text_that_is_not_a_time_is_refused_naming_file_and_column(tmp_path):
+    path = tmp_path / "events.csv"
+    _events(timestamp=["2024-05-01T12:30:00", "abc", "2024-05-01"]).write_csv(path)
+    with pytest.raises(InputError) as err:
+        load_events(path)
+    text = str(err.value)
+    assert text.startswith(str(path)) and "timestamp" in text and "'abc'" in text and "line 3" in text
+    assert "\n" not in text
+
+
+@pytest.mark.parametrize("stamps", [["2024-05-01T12:30:00Z", "2024-05-01 12:30:00+02:00", "2024-05-01"],
+                                    ["3", "1.5", None], [3.0, 1.5, 2.0], [datetime(2024, 5, 1), None, None]])
+def test_times_numbers_and_datetimes_are_accepted_as_timestamps(stamps):
+    out = validate_events(_events(timestamp=stamps), "x.csv")
+    assert out["timestamp"].to_list() == _events(timestamp=stamps)["timestamp"].to_list()  # kept as given
 
 
 def test_missing_event_and_weight_columns_is_refused():
