@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--events", type=Path,
                         help="events table (participant_id, image_id, event or weight [, timestamp, session_id, "
                              "prompt_id, position]); with --data its weights are chosen on val_seen, without "
-                             "--data the scorer is fitted on the events alone")
+                             "--data the scorer is fitted on the events alone; a numeric weight is used as given "
+                             "(your own signed confidence), not replaced by --event-weights or fitted event weights")
     parser.add_argument("--event-weights", metavar="JSON",
                         help='signed weight of event names, added to or replacing the defaults '
                              '(view 0, save 1, download 2, share 3, skip -0.5, regenerate -0.5, dislike -2), '

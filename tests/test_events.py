@@ -114,3 +114,23 @@ def test_first_events_keeps_each_persons_earliest():
     out = first_events(validate_events(frame, "x"), 2)
     assert sorted(out.filter(pl.col("participant_id") == "u")["image_id"].to_list()) == ["b", "d"]
     assert out.filter(pl.col("participant_id") == "v").height == 1
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+@pytest.mark.parametrize("tool", ["fit", "predict"])
+def test_help_says_a_numeric_weight_is_used_as_given(tool):
+    import importlib
+
+    text = _flat(importlib.import_module(f"pamela_lite.{tool}").build_parser().format_help())
+    assert "a numeric weight is used as given" in text and "fitted event weights" in text
+
+
+def test_readme_events_section_says_a_numeric_weight_is_used_as_given():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = _flat(readme.split("## Learning from what people do", 1)[1].split("\n## ", 1)[0])
+    assert "numeric `weight` is used as given" in section and "per-event weights" in section
