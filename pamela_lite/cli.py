@@ -41,7 +41,13 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 class _HelpFormatterDefaults(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+    """Each option's default, except "(default: None)": a required argument or an option without a
+    default has none to tell (its help says what happens when it is left out)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.required:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def parser_for(tool: str, description: str, example: str, defaults: bool = False) -> argparse.ArgumentParser:

@@ -87,6 +87,22 @@ def test_fit_help_explains_the_defaults():
     assert done.returncode == 0 and "--data" in done.stdout and "demo" in done.stdout
 
 
+TOOLS = ["fit", "predict", "evaluate", "export", "score", "cache", "embed", "steer", "distributed"]
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_help_prints_no_none_default(tool):
+    import importlib
+
+    text = importlib.import_module(f"pamela_lite.{tool}").build_parser().format_help()
+    assert "default: None" not in " ".join(text.split())
+
+
+def test_help_still_prints_real_defaults():
+    text = " ".join(fit.build_parser().format_help().split())
+    assert "(default: 0)" in text and "(default: runs/model)" in text
+
+
 def test_usage_error_exits_2():
     done = cli("fit", "--kshot", "ten")
     assert done.returncode == 2 and "Traceback" not in done.stderr
