@@ -38,7 +38,7 @@ import polars as pl
 from scipy.special import ndtr
 
 from ._atomic import atomic_dir
-from .cli import Parser, prog
+from .cli import Parser, prog, run
 
 GROUPS = (
     "abstract", "animal", "architecture", "automotive", "cinematic", "cityscape", "fashion",
@@ -449,4 +449,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))
