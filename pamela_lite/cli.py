@@ -10,7 +10,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NoReturn
 
 import polars as pl
 
@@ -41,13 +41,27 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 class _HelpFormatterDefaults(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+    """Each option's default, except "(default: None)": a required argument or an option without a
+    default has none to tell (its help says what happens when it is left out)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.required:
+            return action.help
+        return super()._get_help_string(action)
 
 
-def parser_for(tool: str, description: str, example: str, defaults: bool = False) -> argparse.ArgumentParser:
-    """An argparse parser with a plain-text description and one example (``{prog}`` is the command)."""
+class Parser(argparse.ArgumentParser):
+    """argparse with a usage error on one line, exit 2 (the rule for every bad input): the usage
+    block argparse prints first would bury the one line that says what is wrong; --help shows it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_INPUT, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")
+
+
+def parser_for(tool: str, description: str, example: str, defaults: bool = False) -> Parser:
+    """A parser with a plain-text description and one example (``{prog}`` is the command)."""
     name = prog(tool)
-    return argparse.ArgumentParser(
+    return Parser(
         prog=name, description=textwrap.fill(plain(description), 88),
         epilog="example:\n  " + example.format(prog=name),
         formatter_class=_HelpFormatterDefaults if defaults else _HelpFormatter)

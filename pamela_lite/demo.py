@@ -38,6 +38,7 @@ import polars as pl
 from scipy.special import ndtr
 
 from ._atomic import atomic_dir
+from .cli import Parser, prog, run
 
 GROUPS = (
     "abstract", "animal", "architecture", "automotive", "cinematic", "cityscape", "fashion",
@@ -364,8 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     from . import worlds
 
     families = "\n".join(f"  {name:<12} {fam.summary}" for name, fam in worlds.FAMILIES.items())
-    parser = argparse.ArgumentParser(
-        prog="python -m pamela_lite.demo",
+    parser = Parser(
+        prog=prog("demo"),
         description="Write a deterministic PAMELA-shaped world (annotations JSON, embeddings "
                     "Parquet, ground-truth utilities and world_truth.npz/.json) in PAMELA's "
                     "on-disk layout. Unset sizes take the world family's defaults.",
@@ -448,4 +449,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

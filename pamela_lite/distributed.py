@@ -346,7 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--partition-size", type=int,
                         help=f"pairs (default {DEFAULT_PAIRS_PER_PARTITION:,}) or users "
                              f"(default {DEFAULT_USERS_PER_PARTITION}) per partition")
-    parser.add_argument("--out", type=Path, required=True, help="output folder of Parquet partitions")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="output folder of Parquet partitions and the job's own _* files: read the results "
+                             'with pl.scan_parquet("OUT/part-*.parquet")')
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
     return parser
 

@@ -9,7 +9,8 @@ participant_id  who acted (kept as given: integers or text, never "077" -> 77)
 image_id   the image acted on; it must have an embedding
 event      a name from the vocabulary (default :data:`DEFAULT_EVENTS`; ``--event-weights`` adds or
            changes names) — or, instead of ``event``, a numeric ``weight`` (signed evidence)
-timestamp  optional; kept (first of duplicates), used to order a person's events
+timestamp  optional; a number, a date-time, or ISO 8601 text (``2024-05-01T12:30:00Z``); kept as
+           given (first of duplicates), used to order a person's events
 session_id optional; images shown together (one prompt's batch, one feed page). Choices are
            compared within a session; without it, within everything the person was shown
 prompt_id, position   optional; kept for analysis (the solver does not read them)
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +73,35 @@ def parse_event_weights(text: str | None) -> dict[str, float]:
         raise InputError(None, "--event-weights must be a JSON object of event name: finite number")
     vocabulary.update({str(k).strip().lower(): float(v) for k, v in extra.items()})
     return vocabulary
+
+
+def _is_iso_time(text: str) -> bool:
+    """ISO 8601 date or date-time text; a trailing Z means UTC (Python 3.10's parser lacks it)."""
+    text = text.strip()
+    try:
+        datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_timestamps(frame: pl.DataFrame, source) -> None:
+    """Text timestamps must be times or numbers: "abc" would silently sort a person's events anyhow.
+
+    Numeric and date-time columns are times already; text is parsed value by value (distinct
+    values only), because a log may mix dates with date-times and a single inferred format would not.
+    """
+    dtype = frame.schema.get("timestamp")
+    if dtype is None or not (dtype == pl.String or isinstance(dtype, (pl.Categorical, pl.Enum))):
+        return
+    text = pl.col("timestamp").cast(pl.String)
+    number = text.str.strip_chars().cast(pl.Float64, strict=False)
+    values = frame.filter(text.is_not_null() & ~number.is_finite().fill_null(False))["timestamp"].cast(pl.String)
+    odd = [v for v in values.unique(maintain_order=True).to_list() if not _is_iso_time(v)]
+    if odd:
+        bad = text.is_in(pl.Series(odd, dtype=pl.String).implode())
+        raise InputError(source, f"timestamp must be a number, a date-time or ISO 8601 text such as "
+                                 f"2024-05-01T12:30:00, not {preview(odd, 3)} ({_where(frame, bad)})")
 
 
 def read_events(path: str | Path) -> pl.DataFrame:
@@ -113,6 +144,7 @@ def validate_events(frame: pl.DataFrame, source, vocabulary: dict[str, float] | 
     _require_columns(frame, ("participant_id", "image_id"), source)
     _check_plain_values(frame, ("participant_id", "image_id", "event", WEIGHT, *OPTIONAL), source)
     _reject_nulls(frame, ("participant_id", "image_id"), source)
+    _check_timestamps(frame, source)
     frame = _ids(frame, source)
     if "event" in frame.columns:
         frame = frame.with_columns(pl.col("event").cast(pl.String).str.strip_chars().str.to_lowercase())

@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--events", type=Path,
                         help="events table (participant_id, image_id, event or weight [, timestamp, session_id, "
                              "prompt_id, position]); with --data its weights are chosen on val_seen, without "
-                             "--data the scorer is fitted on the events alone")
+                             "--data the scorer is fitted on the events alone; a numeric weight is used as given "
+                             "(your own signed confidence), not replaced by --event-weights or fitted event weights")
     parser.add_argument("--event-weights", metavar="JSON",
                         help='signed weight of event names, added to or replacing the defaults '
                              '(view 0, save 1, download 2, share 3, skip -0.5, regenerate -0.5, dislike -2), '
@@ -129,8 +130,9 @@ def fit_on_events_only(args, watch: Stopwatch) -> int:
     report = {"events": str(args.events), "seed": args.seed, "fit_seconds": round(time.perf_counter() - start, 2),
               "people": len(model.users_), "event_channel": model.fitted_.events.to_json()}
     model.save(args.out, extra_files={"metrics.json": json.dumps(report, indent=1)})
-    print(f"fitted on the events of {len(model.users_)} people in {report['fit_seconds']}s; scores are on a "
-          f"preference scale (-1..1): rank by them")
+    if not args.quiet:  # an info line, not a result: the ratings path's only --quiet output is its metrics table
+        print(f"fitted on the events of {len(model.users_)} people in {report['fit_seconds']}s; scores are on a "
+              f"preference scale (-1..1): rank by them")
     watch.step(f"wrote the model and metrics.json to {args.out}")
     return 0
 

@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ratings of new users (participant_id, image_id, rating [, age, gender, nationality])")
     parser.add_argument("--context-events", type=Path,
                         help="events of new users (participant_id, image_id, event or weight [, session_id, ...]), "
-                             "folded in with the model's event channel, alone or with --context")
+                             "folded in with the model's event channel, alone or with --context; a numeric weight is "
+                             "used as given (your own signed confidence), not replaced by the fitted event weights")
     parser.add_argument("--refit-known", action="store_true",
                         help="let --context replace the stored state of users the model already knows")
     parser.add_argument("--no-catalogue", action="store_true",

@@ -45,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "best M images only (approximate; see README)")
     parser.add_argument("--dask", nargs="?", const="local", metavar="ADDRESS",
                         help="batch job on Dask (a LocalCluster without ADDRESS): see python -m "
-                             "pamela_lite.distributed --help for its arguments")
+                             "pamela_lite.distributed --help for its arguments; --out is then a folder of Parquet "
+                             "partitions and the job's own _* files: read the results with "
+                             'pl.scan_parquet("OUT/part-*.parquet")')
     parser.add_argument("--out", type=Path, required=True, help="output table (.csv, .parquet or .json)")
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
     return parser

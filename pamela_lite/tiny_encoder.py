@@ -8,7 +8,6 @@ download. A real encoder comes from ``embeddings/export_encoder.py``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -16,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from .cli import Parser
 
 
 def build(size: int = 32, dim: int = 16, channels: int = 8, patch: int = 4, seed: int = 0) -> onnx.ModelProto:
@@ -53,7 +54,7 @@ def write(path: str | Path, size: int = 32, dim: int = 16, sidecar: dict | None 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pamela_lite.tiny_encoder", description=__doc__.split("\n\n")[1])
+    parser = Parser(prog="python -m pamela_lite.tiny_encoder", description=__doc__.split("\n\n")[1])
     parser.add_argument("--out", type=Path, required=True, help="ONNX file to write")
     parser.add_argument("--size", type=int, default=32, help="input image side in pixels")
     parser.add_argument("--dim", type=int, default=16, help="embedding dimension")

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from pamela_lite import evaluate, fit, predict
-from pamela_lite.cli import run
+from pamela_lite.cli import CONSOLE_ENV, run
 from pamela_lite.model import PersonalScorer
 
 from .conftest import cli, write_embeddings
@@ -83,6 +83,74 @@ def test_refold_from_a_missing_folder_says_so(tmp_path, capsys, world):
 def test_fit_help_explains_the_defaults():
     done = cli("fit", "--help")
     assert done.returncode == 0 and "--data" in done.stdout and "demo" in done.stdout
+
+
+TOOLS = ["fit", "predict", "evaluate", "export", "score", "cache", "embed", "steer", "distributed"]
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_help_prints_no_none_default(tool):
+    import importlib
+
+    text = importlib.import_module(f"pamela_lite.{tool}").build_parser().format_help()
+    assert "default: None" not in " ".join(text.split())
+
+
+def test_help_still_prints_real_defaults():
+    text = " ".join(fit.build_parser().format_help().split())
+    assert "(default: 0)" in text and "(default: runs/model)" in text
+
+
+FRONT_ENDS = [*TOOLS, "demo", "tiny_encoder"]
+
+
+def _usage_line(capsys, call) -> str:
+    """The one stderr line of an argparse usage error (exit 2, no usage block)."""
+    with pytest.raises(SystemExit) as done:
+        call()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert done.value.code == 2 and len(err) == 1, err
+    assert err[0].endswith(" (see --help)") and "usage:" not in err[0]
+    return err[0]
+
+
+@pytest.mark.parametrize("tool", FRONT_ENDS)
+def test_unknown_option_is_one_line(tool, capsys, monkeypatch):
+    import importlib
+
+    monkeypatch.delenv(CONSOLE_ENV, raising=False)
+    main = importlib.import_module(f"pamela_lite.{tool}").main
+    line = _usage_line(capsys, lambda: main(["--no-such-option"]))
+    assert line.startswith("python -m pamela_lite.") and ": error: " in line
+
+
+def test_missing_required_arguments_are_one_line(capsys, monkeypatch):
+    monkeypatch.delenv(CONSOLE_ENV, raising=False)
+    line = _usage_line(capsys, lambda: predict.main([]))
+    assert line == ("python -m pamela_lite.predict: error: the following arguments are required: "
+                    "--model, --pairs, --embeddings, --out (see --help)")
+
+
+def test_bad_type_is_one_line(capsys, monkeypatch):
+    monkeypatch.delenv(CONSOLE_ENV, raising=False)
+    line = _usage_line(capsys, lambda: fit.main(["--seed", "x"]))
+    assert line == "python -m pamela_lite.fit: error: argument --seed: invalid int value: 'x' (see --help)"
+
+
+@pytest.mark.parametrize("tool", ["fit", "demo"])
+def test_console_usage_error_names_the_console_command(tool, capsys, monkeypatch):
+    from pamela_lite import __main__ as console
+
+    monkeypatch.setenv(CONSOLE_ENV, "1")  # restored after the test (the console sets it for good)
+    line = _usage_line(capsys, lambda: console.main([tool, "--no-such-option"]))
+    assert line == f"pamela-lite {tool}: error: unrecognized arguments: --no-such-option (see --help)"
+
+
+@pytest.mark.parametrize("command", [["-m", "pamela_lite", "export"], ["-m", "pamela_lite.export"]])
+def test_usage_error_is_one_line_from_either_front_door(command):
+    done = subprocess.run([sys.executable, *command, "--model"], capture_output=True, text=True, timeout=600)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "argument --model: expected one argument" in lines[0]
 
 
 def test_usage_error_exits_2():

@@ -10,7 +10,7 @@ import polars as pl
 from pamela_lite import demo
 from pamela_lite.data import SPLITS, read_ratings
 
-from .conftest import SMALL
+from .conftest import SMALL, cli
 
 
 def _digest(folder):
@@ -64,3 +64,10 @@ def test_truth_explains_ratings(world):
     joined = frame.join(truth, on=["participant_id", "image_id"])
     assert joined.height == frame.height
     assert np.corrcoef(joined["rating"], joined["expected_rating"])[0, 1] > 0.7
+
+
+def test_bad_output_from_python_m_is_one_line_not_a_traceback(tmp_path):
+    (tmp_path / "notes.txt").write_text("notes")
+    done = cli("demo", "--out", tmp_path / "notes.txt", "--users", "20", "--images", "40", "--ratings", "200")
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "notes.txt" in lines[0]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 import pytest
@@ -147,3 +150,27 @@ def test_context_users_on_dask_rank_as_score_top_does(exported, dataset, tmp_pat
     mine = got.filter(pl.col("participant_id") == user)
     assert mine["image_id"].cast(pl.String).to_list() == want["image_id"].cast(pl.String).to_list()
     np.testing.assert_allclose(mine["utility"].to_numpy(), want["utility"].to_numpy(), atol=1e-4)
+
+
+def _documented_glob(text: str) -> str:
+    """The file pattern of the pl.scan_parquet("...") line a text gives for a --dask output folder."""
+    found = re.search(r'pl\.scan_parquet\("([^"]+)"\)', "".join(text.split()))  # help text may wrap it
+    assert found, "no pl.scan_parquet(\"...\") line"
+    return found.group(1)
+
+
+def test_the_readmes_line_reads_a_dask_output_folder(client, exported, dataset, tmp_path):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    pattern = _documented_glob(readme.split("## At scale", 1)[1].split("\n## ", 1)[0])
+    out = tmp_path / "out"
+    assert run(dd.main, ["--dask", client.scheduler.address, "--scorer", str(exported), "--top", "3",
+                         "--embeddings", str(dataset.embeddings.source), "--partition-size", "16",
+                         "--out", str(out), "--quiet"]) == 0
+    assert (out / dd.CATALOGUE_FILE).exists()  # beside the partitions: the folder itself is no Parquet dataset
+    got = pl.scan_parquet(str(out / Path(pattern).name)).collect()
+    assert got.equals(dd.read_results(out)) and got.height == 3 * len(EdgeScorer(exported).user_ids)
+
+
+@pytest.mark.parametrize("tool", [score, dd])
+def test_help_says_how_to_read_the_dask_output_folder(tool):
+    assert Path(_documented_glob(tool.build_parser().format_help())).name == "part-*.parquet"

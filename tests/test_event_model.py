@@ -174,6 +174,19 @@ def test_fit_and_predict_from_events_on_the_command_line(tmp_path):
     assert pl.read_csv(tmp_path / "s.csv")["score"].n_unique() > 1
 
 
+def test_fit_on_events_alone_is_silent_under_quiet(tmp_path, capsys):
+    from pamela_lite import demo, fit
+    from pamela_lite.cli import run
+
+    assert run(demo.main, ["--users", "30", "--images", "200", "--ratings", "2000", "--dim", "16", "--events",
+                           "session", "--impressions", "40", "--out", str(tmp_path / "w")]) == 0
+    capsys.readouterr()
+    params = json.dumps(dict(n_components=6, n_prototypes=8, factors=3, head_trees=20, n_folds=2))
+    assert run(fit.main, ["--events", str(tmp_path / "w" / "events.parquet"), "--out", str(tmp_path / "m"),
+                          "--params", params, "--quiet"]) == 0
+    assert capsys.readouterr() == ("", "")  # like fit --data --quiet minus its table: events alone have none
+
+
 def test_unknown_event_in_context_events_exits_2_with_one_line(small, tmp_path):
     _, data, model, events = small
     model.save(tmp_path / "m")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 
 import numpy as np
 import polars as pl
@@ -78,6 +79,23 @@ def test_non_numeric_weight_is_refused():
         validate_events(frame, "w.csv")
 
 
+def test_timestamp_text_that_is_not_a_time_is_refused_naming_file_and_column(tmp_path):
+    path = tmp_path / "events.csv"
+    _events(timestamp=["2024-05-01T12:30:00", "abc", "2024-05-01"]).write_csv(path)
+    with pytest.raises(InputError) as err:
+        load_events(path)
+    text = str(err.value)
+    assert text.startswith(str(path)) and "timestamp" in text and "'abc'" in text and "line 3" in text
+    assert "\n" not in text
+
+
+@pytest.mark.parametrize("stamps", [["2024-05-01T12:30:00Z", "2024-05-01 12:30:00+02:00", "2024-05-01"],
+                                    ["3", "1.5", None], [3.0, 1.5, 2.0], [datetime(2024, 5, 1), None, None]])
+def test_times_numbers_and_datetimes_are_accepted_as_timestamps(stamps):
+    out = validate_events(_events(timestamp=stamps), "x.csv")
+    assert out["timestamp"].to_list() == _events(timestamp=stamps)["timestamp"].to_list()  # kept as given
+
+
 def test_missing_event_and_weight_columns_is_refused():
     with pytest.raises(InputError, match="missing column"):
         validate_events(pl.DataFrame({"participant_id": [1], "image_id": [2]}), "x.csv")
@@ -96,3 +114,23 @@ def test_first_events_keeps_each_persons_earliest():
     out = first_events(validate_events(frame, "x"), 2)
     assert sorted(out.filter(pl.col("participant_id") == "u")["image_id"].to_list()) == ["b", "d"]
     assert out.filter(pl.col("participant_id") == "v").height == 1
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+@pytest.mark.parametrize("tool", ["fit", "predict"])
+def test_help_says_a_numeric_weight_is_used_as_given(tool):
+    import importlib
+
+    text = _flat(importlib.import_module(f"pamela_lite.{tool}").build_parser().format_help())
+    assert "a numeric weight is used as given" in text and "fitted event weights" in text
+
+
+def test_readme_events_section_says_a_numeric_weight_is_used_as_given():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = _flat(readme.split("## Learning from what people do", 1)[1].split("\n## ", 1)[0])
+    assert "numeric `weight` is used as given" in section and "per-event weights" in section
