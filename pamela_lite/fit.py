@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--params", default="{}",
                         help='model hyperparameters as JSON, e.g. \'{"n_components": 48, "taste_rank": 16}\' '
                              "(names as in PersonalScorer; recorded in model.json)")
+    parser.add_argument("--no-tune", action="store_true",
+                        help="do not let val_seen choose the residual head's size (by default a larger head is "
+                             "also fitted and kept only if it ranks the known users' validation images better by "
+                             "a margin; the choice and both scores are recorded in model.json under 'tuning')")
     parser.add_argument("--threads", type=int, default=1,
                         help="threads for BLAS, OpenMP, implicit and LightGBM (1 measured fastest on a 2-core "
                              "machine shared with other work: 2 threads took 3x longer)")
@@ -205,11 +209,15 @@ def main(argv: list[str] | None = None) -> int:
                + ", ".join(f"{s}={n}" for s, n in counts.iter_rows()))
 
     fit_start = time.perf_counter()
-    if args.threads is not None and args.threads < 1:
-        raise InputError(None, "--threads takes a number >= 1")
+    if args.no_tune:
+        args.params["tune"] = False
     full = fit_variants({FULL: {}}, dataset, args.seed, watch, show_progress(args.quiet), args.threads,
                         args.params)[FULL]
     fit_seconds = time.perf_counter() - fit_start
+    if full.fitted_.tuning is not None:
+        chosen = full.fitted_.tuning
+        watch.step(f"tuned on val_seen: kept the {chosen['head']} residual head (per-user SROCC "
+                   + ", ".join(f"{k} {v:.3f}" for k, v in chosen["validation_srocc"].items()) + ")")
     models = {} if args.no_baselines else fit_variants(BASELINES, dataset, args.seed, watch, False, args.threads)
     models[FULL] = full
 

@@ -63,6 +63,7 @@ class FittedScorer:
     catalogue: Catalogue | None = None  # per-image corrections; rows of its user factors follow the fit's users
     params: dict = field(default_factory=dict)  # the hyperparameters it was fitted with (PersonalScorer's)
     events: EventChannel | None = None  # the implicit-feedback channel, when fitted with events
+    tuning: dict | None = None  # what the fit chose on validation, and the scores it chose by
 
     # ------------------------------------------------------------------ shape
 
@@ -147,6 +148,8 @@ class FittedScorer:
         }
         if self.events is not None:  # only then: the digest of a fit without events is what it always was
             meta["events"] = self.events.to_json()
+        if self.tuning is not None:
+            meta["tuning"] = self.tuning
         return meta, arrays, self.head
 
     @classmethod
@@ -167,7 +170,8 @@ class FittedScorer:
                                   arrays["catalogue_user_factors"], meta["catalogue"]["penalty"])
         events = EventChannel.from_json(meta["events"]) if meta.get("events") is not None else None
         return cls((int(meta["scale"][0]), int(meta["scale"][1])), side, solver, prior,
-                   np.array(meta["blend"], dtype=np.float64), head, catalogue, dict(meta["params"]), events)
+                   np.array(meta["blend"], dtype=np.float64), head, catalogue, dict(meta["params"]), events,
+                   meta.get("tuning"))
 
     def digest(self) -> str:
         """sha256 of the fit's content (not of its files' bytes): what a users file is tied to."""

@@ -13,6 +13,7 @@ import polars as pl
 import pytest
 
 from pamela_lite import export, onnx_scorer, score
+from pamela_lite import model as model_module
 from pamela_lite.cli import run
 from pamela_lite.edge import EdgeScorer
 from pamela_lite.protocol import kshot_split
@@ -35,6 +36,17 @@ def test_onnx_scores_match_predict_on_10k_random_pairs(fitted, dataset, exported
     edge = EdgeScorer(exported)
     onnx_scores = edge.score(dataset.embeddings.matrix[images], fitted.user_states_[users])
     np.testing.assert_allclose(onnx_scores, fitted.predict(pairs, dataset.embeddings), atol=1e-4, rtol=0)
+
+
+def test_the_larger_head_the_tuner_may_keep_exports_with_parity(dataset, tmp_path, monkeypatch):
+    monkeypatch.setattr(model_module, "TUNE_MIN_GAIN", -1.0)  # force the large head
+    model = PersonalScorer(**SMALL_MODEL).fit(dataset.split("train"), dataset.embeddings, dataset.scale,
+                                              validation=dataset.split("val_seen"))
+    assert model.fitted_.tuning["head"] == "large"
+    path, _ = onnx_scorer.export(model, tmp_path / "large.onnx")
+    pairs, users, images = _random_pairs(model, dataset, 5000)
+    scores = EdgeScorer(path).score(dataset.embeddings.matrix[images], model.user_states_[users])
+    np.testing.assert_allclose(scores, model.predict(pairs, dataset.embeddings), atol=1e-4, rtol=0)
 
 
 def test_model_without_head_exports_too(dataset, tmp_path):
