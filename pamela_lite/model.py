@@ -132,10 +132,12 @@ class PersonalScorer(BaseEstimator):
     bias_shrinkage, taste_shrinkage : float
         Pseudo-counts pulling a user's bias and linear taste toward the prior: the demographic
         prior for a new user, zero (the population) for a user known at fit time.
-    taste_prior : {"empirical", "isotropic"}
-        "empirical": a new user's linear taste is shrunk with the covariance of the training
-        users' tastes (empirical Bayes), so a few ratings move it along the directions in which
-        people really differ; "isotropic": plain ridge with `taste_shrinkage`.
+    taste_prior : {"empirical", "moment", "isotropic"}
+        "empirical": a user's linear taste is shrunk with the covariance of the training users'
+        tastes, estimated by empirical Bayes (EM), so a few ratings move it along the directions
+        in which people really differ; "moment": that covariance as the second moment of the
+        users' point estimates (the estimator before EM, kept for comparison: it keeps their
+        estimation noise); "isotropic": plain ridge with `taste_shrinkage`.
     head_trees, head_leaves, head_learning_rate, head_min_child_samples : int, int, float, int
         LightGBM residual head; the number of trees is early-stopped on validation when given.
     tune : bool
@@ -365,7 +367,7 @@ class PersonalScorer(BaseEstimator):
 
     def _check_params(self) -> None:
         """Refuse hyperparameters of the wrong kind before any work (one line, naming the parameter)."""
-        choices = {"taste_basis": ("learned", "pca"), "taste_prior": ("empirical", "isotropic")}
+        choices = {"taste_basis": ("learned", "pca"), "taste_prior": ("empirical", "moment", "isotropic")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise InputError(None, f"{name} must be one of {allowed}, not {getattr(self, name)!r}")
@@ -464,8 +466,10 @@ class PersonalScorer(BaseEstimator):
         solver = self._solver(mean, side.item_factors, 1.0, self.taste_shrinkage * np.eye(components.shape[1]))
         feats = image_feats.take(image_index)
         states, masses = solver.states(user_index, n_users, y, feats, zero_priors)
-        if self.use_taste and self.taste_prior == "empirical":
-            solver.taste_precision = _empirical_taste_precision(states, y, user_index, n_users, feats, solver)
+        if self.use_taste and self.taste_prior != "isotropic":
+            iterations = EM_ITERATIONS if self.taste_prior == "empirical" else 0
+            solver.taste_precision = _empirical_taste_precision(states, y, user_index, n_users, feats, solver,
+                                                                iterations)
             states, masses = solver.states(user_index, n_users, y, feats, zero_priors)
         # Mass is measured in units of its spread, so alpha means the same on any data set.
         solver.residual_scale = float(np.std(masses)) or 1.0
@@ -926,7 +930,10 @@ def _merged_ids(known: list, new: list) -> tuple[list, list]:
     return [str(u) for u in known], [str(u) for u in new]
 
 
-def _empirical_taste_precision(states, y, user_index, n_users, feats, solver, iterations: int = 30) -> np.ndarray:
+EM_ITERATIONS = 30
+
+
+def _empirical_taste_precision(states, y, user_index, n_users, feats, solver, iterations: int) -> np.ndarray:
     """Prior precision of the linear taste, by empirical Bayes (EM on the hierarchical model).
 
     Each user's residual ratings (after bias) are r_u = Z_u w_u + e with w_u ~ N(0, S) and
@@ -944,6 +951,8 @@ def _empirical_taste_precision(states, y, user_index, n_users, feats, solver, it
     noise = float(np.mean((resid - np.einsum("ij,ij->i", taste[user_index], feats.pca)) ** 2))
     second = taste.T @ taste / len(taste)
     second += 0.05 * np.trace(second) / d * np.eye(d)
+    if not iterations:  # taste_prior="moment": the moment of the point estimates, EM's starting point
+        return noise * np.linalg.inv(second)
     grams, moments = _user_normal_equations(feats.pca, resid, user_index, n_users)
     total_square, n_ratings = float(resid @ resid), len(resid)
     floor = 1e-6 * np.trace(second) / d * np.eye(d)  # keeps S invertible as unsupported directions vanish
