@@ -54,6 +54,7 @@ ABLATION = {
     "+ LightGBM head": dict(),
     "full - MF": dict(use_mf=False),
     "full - learned dirs": dict(taste_basis="pca"),
+    "full - EM prior": dict(taste_prior="moment"),
     "full - linear taste": dict(use_taste=False),
 }
 FULL = "pamela_lite (full)"
