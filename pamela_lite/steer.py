@@ -737,6 +737,7 @@ class _Runner:
         self.picks: dict[int, tuple] = {}
         self.pick = pick
         self.proposal: Proposal | None = None
+        self.blend: Callable | None = None            # prompt_prior's value of a prompt
 
     def can(self) -> bool:
         return self.calls + self.m <= self.budget
@@ -816,10 +817,12 @@ def _greedy(r: _Runner, rng: np.random.Generator) -> tuple[int, ...]:
     return _coordinate(r, current, order, lambda a: list(range(-1, r.vocab.sizes[a])))
 
 
-def _coordinate(r: _Runner, current: tuple[int, ...], order: list[int], options_of: Callable) -> tuple[int, ...]:
+def _coordinate(r: _Runner, current: tuple[int, ...], order: list[int], options_of: Callable,
+                value: Callable | None = None) -> tuple[int, ...]:
     """The sweeps of coordinate search from `current` (evaluated): attributes in `order`, each
     attribute's options in the order ``options_of(a)`` gives (the first are tried when the
-    budget runs short)."""
+    budget runs short); prompts are compared by ``value(choice)`` (default: their mean score)."""
+    value = value or r.mean
     while r.can():
         moved = False
         for a in order:
@@ -832,27 +835,83 @@ def _coordinate(r: _Runner, current: tuple[int, ...], order: list[int], options_
                     r.evaluate(cand)
             tried = [tuple(o if k == a else c for k, c in enumerate(current)) for o in range(-1, r.vocab.sizes[a])]
             tried = [c for c in tried if c in r.visits]
-            best = max(tried, key=lambda c: (r.mean(c), c == current))
-            if r.mean(best) > r.mean(current):
+            best = max(tried, key=lambda c: (value(c), c == current))
+            if value(best) > value(current):
                 current, moved = best, True
             if not r.can():
                 break
         if not moved:
             break
-    return current if r.mean(current) >= r.best_by_mean()[1] else r.best_by_mean()[0]
+    top = max(r.visits, key=lambda c: (value(c), -r.visits[c][0]))
+    return current if value(current) >= value(top) else top
+
+
+class _PriorBlend:
+    """What a prompt is worth given the prompt-side model's prediction and its rendered images.
+
+    Differences to the proposal (evaluated first, on the same seeds as every other prompt) are
+    blended empirical-Bayes style: ``d = d_pred + k (d_obs - d_pred)`` with ``k = t2 / (t2 +
+    s2)``, where ``s2`` is the seed noise of an observed difference (from the per-seed
+    differences) and ``t2`` how far observations stray from predictions beyond that noise (the
+    prompt-side model's error, estimated from every prompt rendered so far). A log that
+    predicts well is trusted, so a lucky seed cannot pull the search off a good proposal; one
+    that predicts badly (another generator, base-specific effects) gives way to the images.
+    """
+
+    def __init__(self, r: _Runner, effects: PhraseEffects):
+        self.r, self.effects = r, effects
+        self.anchors = effects.anchors(r.base)[0]
+        self.ref = r.proposal.choice
+        self._pred: dict[tuple, float] = {}
+        self._k: tuple[int, float] = (-1, 0.0)
+
+    def predicted(self, choice: tuple[int, ...]) -> float:
+        if choice not in self._pred:
+            self._pred[choice] = float(self.effects._score(self.r.objective, self.r.vocab, self.anchors,
+                                                           [choice])[0, 0])
+        return self._pred[choice]
+
+    def _diff(self, choice: tuple[int, ...]) -> np.ndarray:
+        """Per-seed observed score differences to the proposal (first visits share their seeds)."""
+        log = self.r.log
+        return log[self.r.visits[choice][0]].scores[:, 0] - log[self.r.visits[self.ref][0]].scores[:, 0]
+
+    def weight(self) -> float:
+        """k: the weight of the images against the prediction (re-estimated as evaluations come)."""
+        if self._k[0] == len(self.r.log):
+            return self._k[1]
+        others = [c for c in self.r.visits if c != self.ref]
+        if not others:
+            return 0.0
+        diffs = [self._diff(c) for c in others]
+        m = len(diffs[0])
+        s2 = float(np.mean([d.var(ddof=1) for d in diffs])) / m if m > 1 else 0.0
+        miss = np.array([d.mean() - (self.predicted(c) - self.predicted(self.ref)) for c, d in zip(others, diffs)])
+        t2 = max(float(np.mean(miss ** 2)) - s2, 0.0)
+        k = 1.0 if s2 <= 1e-12 else t2 / (t2 + s2)
+        self._k = (len(self.r.log), k)
+        return k
+
+    def __call__(self, choice: tuple[int, ...]) -> float:
+        pred = self.predicted(choice) - self.predicted(self.ref)
+        if choice == self.ref:
+            return self.predicted(self.ref)
+        return self.predicted(self.ref) + pred + self.weight() * (float(self._diff(choice).mean()) - pred)
 
 
 def _prompt_prior(r: _Runner, rng: np.random.Generator) -> tuple[int, ...]:
     """Start from the prompt-side model's proposal, check it against the base on the same
     seeds, then coordinate search from the better of the two with the attributes and their
-    phrases in the order of predicted gain (the budget goes first where the model expects most).
-    A budget of one evaluation renders the proposal alone."""
+    phrases in the order of predicted gain (the budget goes first where the model expects
+    most); prompts are compared by :class:`_PriorBlend`. A budget of one evaluation renders
+    the proposal alone."""
     proposal = r.proposal
     r.evaluate(proposal.choice)
     base = r.vocab.base_choice()
     if base not in r.visits and r.can():
         r.evaluate(base)
-    current = r.best_by_mean()[0]
+    value = r.blend
+    current = max(r.visits, key=lambda c: (value(c), -r.visits[c][0]))
     gain: dict[tuple[int, int], float] = {}
     for row in proposal.ranking:
         a = r.vocab.names.index(row["attribute"])
@@ -862,7 +921,13 @@ def _prompt_prior(r: _Runner, rng: np.random.Generator) -> tuple[int, ...]:
     gain.update({(a, NONE): 0.0 for a in range(len(r.vocab.sizes))})
     order = sorted(range(len(r.vocab.sizes)), key=lambda a: -max(gain[a, o] for o in range(-1, r.vocab.sizes[a])))
     return _coordinate(r, current, order,
-                       lambda a: sorted(range(-1, r.vocab.sizes[a]), key=lambda o: -gain[a, o]))
+                       lambda a: sorted(range(-1, r.vocab.sizes[a]), key=lambda o: -gain[a, o]), value)
+
+
+def _prompt_prior_pick(r: _Runner) -> tuple[tuple[int, ...], float]:
+    """The evaluated prompt of best blended value (its mean score is what is reported)."""
+    best = max(r.visits, key=lambda c: (r.blend(c), -r.visits[c][0]))
+    return best, r.mean(best)
 
 
 class _Additive:
@@ -960,10 +1025,11 @@ def search(method: str, generate: Generator, objective: Objective, vocab: Vocabu
         raise InputError(None, "the base prompt is empty")
     if method == "prompt_prior" and effects is None:
         raise InputError(None, "method prompt_prior needs phrase effects (a log of past generations)")
-    pick = _thompson_pick if method == "thompson" else (lambda r: r.best_by_mean())
+    pick = {"thompson": _thompson_pick, "prompt_prior": _prompt_prior_pick}.get(method, lambda r: r.best_by_mean())
     runner = _Runner(generate, objective, vocab, base, budget, seeds_per_prompt, seeds, checkpoints, pick)
     if effects is not None:     # before the first generator call: the proposal costs none
         runner.proposal = effects.propose(objective, vocab, base)
+        runner.blend = _PriorBlend(runner, effects)
     rng = np.random.default_rng(rng_seed)
     choice = {"best_of_n": _best_of_n, "greedy": _greedy, "thompson": _thompson,
               "prompt_prior": _prompt_prior}[method](runner, rng)
