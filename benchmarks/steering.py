@@ -206,7 +206,8 @@ def run_world(name: str, args, rng) -> dict:
         for cond, prop in proposals.items():
             records.append({"user": str(user), "condition": cond, "method": "prompt_prior", "budget": 0,
                             "edits": len(vocab.edits(prop.choice)),
-                            "predicted_gain": (prop.predicted - prop.base_predicted) / sd_pred if cond == "self" else None,
+                            "predicted_gain": ((prop.predicted - prop.base_predicted) / sd_pred
+                                               if cond == "self" else None),
                             "realised_gain": pick_gain(gen, vocab, base, prop.choice, user, base_true, sd_true)})
         if n < 10:
             x0 = gen([base], [FRESH[0]])[0]
@@ -284,7 +285,8 @@ def summarise_proposals(frame: pl.DataFrame, rng) -> dict:
             "ci95": {k: bootstrap_ci(v, rng) for k, v in g.items()},
             "predicted_gain_self": float(frame.filter(pl.col("condition") == "self")["predicted_gain"].mean()),
             "edits": {k: float(frame.filter(pl.col("condition") == k)["edits"].mean()) for k in g},
-            "win_rate": {"self > population": win(g["self"], g["population"]), "self > other": win(g["self"], g["other"]),
+            "win_rate": {"self > population": win(g["self"], g["population"]),
+                         "self > other": win(g["self"], g["other"]),
                          "self > unsteered": win(g["self"], np.zeros(len(g["self"]))),
                          "population > unsteered": win(g["population"], np.zeros(len(g["population"])))}}
 

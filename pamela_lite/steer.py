@@ -9,8 +9,10 @@ The budget counts generator calls (images). Methods: ``best_of_n`` (random promp
 the best), ``greedy`` (coordinate search: one attribute at a time, move when a phrase beats
 the current prompt), ``thompson`` (a bandit: an additive model of each phrase's effect,
 Thompson sampling over the effects' posterior and over the scorer's posterior of the
-person's taste) and ``prompt_prior`` (start from the prompt-side model's proposal, below). ``--objective population`` drives the same search by the population head
-("global steering") for comparison.
+person's taste) and ``prompt_prior`` (start from the prompt-side model's proposal, made from
+a log of past generations before any image is generated).
+``--objective population`` drives the same search by the population head ("global
+steering") for comparison.
 
 The prompt-side model (:class:`PhraseEffects`) learns from a log of earlier generations what
 each phrase does to the image embedding (per base prompt, so the bases cancel); a person's
@@ -531,7 +533,8 @@ class PhraseEffects:
             ok = self.known(phrase)
             ranking.append({"attribute": name, "phrase": phrase, "predicted_gain": float(g[0]) if ok else None,
                             "gain_sd": float(g[1:].std(ddof=1)) if ok and len(g) > 2 else None,
-                            "log_images": int(self.counts[self.phrases.index(phrase)]) if phrase in self.phrases else 0})
+                            "log_images": int(self.counts[self.phrases.index(phrase)])
+                            if phrase in self.phrases else 0})
         ranking.sort(key=lambda row: -np.inf if row["predicted_gain"] is None else row["predicted_gain"], reverse=True)
         choice, predicted = self._ascend(objective, vocab, anchors, sweeps)
         return Proposal(choice, vocab.render(base, choice), predicted, float(scores[0, 0]), ranking, known_base)
