@@ -438,16 +438,12 @@ class PhraseEffects:
     # ------------------------------------------------------------------ file
 
     def save(self, path: str | Path) -> Path:
-        """Write a ``.npz`` (plain arrays, no pickle)."""
-        from ._atomic import atomic_file
+        """Write a ``.npz`` (plain arrays, no pickle; through the package's one writer of parameter files)."""
+        from .fitted import write_arrays
 
-        path = Path(path)
-        with atomic_file(path, ".npz") as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, format=np.array(PHRASE_EFFECTS_FORMAT), phrases=np.array(self.phrases, dtype=str),
-                         shifts=self.shifts, counts=self.counts, bases=np.array(self.bases, dtype=str),
-                         base_means=self.base_means, ridge=np.array(self.ridge))
-        return path
+        return write_arrays(path, format=np.array(PHRASE_EFFECTS_FORMAT), phrases=np.array(self.phrases, dtype=str),
+                            shifts=self.shifts, counts=self.counts, bases=np.array(self.bases, dtype=str),
+                            base_means=self.base_means, ridge=np.array(self.ridge))
 
     @classmethod
     def load(cls, path: str | Path) -> "PhraseEffects":
