@@ -166,6 +166,8 @@ def test_cli_fits_phrase_effects_from_a_log_and_reuses_them(fitted, dataset, tmp
     ("no_effects", "needs the prompt-side model"),
     ("not_npz", "cannot read phrase effects"),
     ("no_log_embeddings", "needs --history-embeddings"),
+    ("no_vocabulary_phrase", "no prompt of the log holds a phrase"),
+    ("wrong_dimension", "phrase effects of dimension 2"),
 ])
 def test_cli_bad_log_input_exits_2_with_one_line(fitted, dataset, tmp_path, case, problem):
     model = fitted.save(tmp_path / "model")
@@ -175,12 +177,17 @@ def test_cli_bad_log_input_exits_2_with_one_line(fitted, dataset, tmp_path, case
              "unknown_image": ["--history", tmp_path / "x.csv", "--history-embeddings", emb],
              "no_effects": [],
              "not_npz": ["--phrase-effects", tmp_path / "x.npz"],
-             "no_log_embeddings": ["--history", log]}[case]
+             "no_log_embeddings": ["--history", log],
+             "no_vocabulary_phrase": ["--history", tmp_path / "x.csv", "--history-embeddings", emb],
+             "wrong_dimension": ["--phrase-effects", tmp_path / "small.npz"]}[case]
     if case == "no_prompt_column":
         frame.rename({"prompt": "text"}).write_csv(tmp_path / "x.csv")
     if case == "unknown_image":
         frame.with_columns(pl.lit("nope").alias("image_id")).write_csv(tmp_path / "x.csv")
     (tmp_path / "x.npz").write_text("not an npz")
+    if case == "no_vocabulary_phrase":
+        frame.with_columns(pl.lit("a cat, purple").alias("prompt")).write_csv(tmp_path / "x.csv")
+    steer.PhraseEffects.fit(*toy_log(), VOCAB).save(tmp_path / "small.npz")
     out = cli("steer", "--model", model, "--user", fitted.users_[0], "--prompt", "a cat", "--generator", "stub",
               "--budget", "8", "--method", "prompt_prior", "--out", tmp_path / "o", *extra)
     assert out.returncode == 2, out.stderr
