@@ -15,8 +15,13 @@ N seen people steer one base prompt (a random catalogue prompt) four ways:
 * **population**: the same search driven by the population head (global steering);
 * **unsteered**: the base prompt.
 
-The headline search is greedy coordinate search (stated before running); best-of-N and the
-Thompson bandit are reported for "self" beside it. Prompts are chosen on seeds 0.. and judged
+The headline search is greedy coordinate search (stated before running); best-of-N, the
+Thompson bandit and the prompt-side model (``prompt_prior``) are reported for "self" beside it.
+The prompt-side model learns what each phrase does to the embedding from a log of earlier
+generations (``SimulatedGenerator.past_generations``: other base prompts than the ones steered
+here, seeds 1000000.., disjoint from the choosing and the judging seeds), proposes a prompt for
+the person before any image is generated (budget 0: reported for self, the other person and the
+population head), then spends the budget checking and improving it. Prompts are chosen on seeds 0.. and judged
 on 32 fresh seeds (10000..) by the person's TRUE utility from the world's truth, never by the
 scorer; gains are in units of the person's SD of true utility over the catalogue. Paired win
 rates compare conditions person by person; Elo (Bradley-Terry over all paired outcomes) is a
@@ -50,6 +55,7 @@ FRESH = steer.fresh_seeds(32, range(10_000))     # 10000..10031; searches choose
 QUICK = dict(n_users=80, n_images=1200)
 TINY = dict(n_users=50, n_images=400)      # --tiny (with --quick): the test suite's smoke run
 TWO_BUDGET = 128
+LOG = dict(n_bases=200, prompts_per_base=8)   # the past-generation log: 1600 images
 Z = {0.5: 0.674, 0.8: 1.2816, 0.9: 1.6449}
 
 
@@ -163,6 +169,11 @@ def run_world(name: str, args, rng) -> dict:
     catalogue = world.embeddings
     prompts = world.images["prompt"].to_list()
     base_rows = rng.choice(len(prompts), len(users), replace=False)
+    # The prompt-side model's log never holds a base prompt steered here (nor shares a seed).
+    log_prompts, log_emb = gen.past_generations(vocab, exclude={prompts[k] for k in base_rows}, **LOG)
+    effects = steer.PhraseEffects.fit(log_prompts, log_emb, vocab)
+    recovery = [float(np.dot(effects.shifts[k], gen.direction(p)) / np.linalg.norm(effects.shifts[k])
+                      / np.linalg.norm(gen.direction(p))) for k, p in enumerate(effects.phrases)]
     records, cos = [], []
     for n, user in enumerate(users):
         other = users[(n + 1 + int(rng.integers(len(users) - 1))) % len(users)]
@@ -173,18 +184,31 @@ def run_world(name: str, args, rng) -> dict:
         them = steer.PersonalObjective(model, model.user_states_[index[other]], None, 0)
         sd_pred = float(np.std(steer.PersonalObjective(model, post.mean, None, 0)(catalogue)[:, 0]))
         base_true = float(gen.true_utility(user, [base] * len(FRESH), FRESH).mean())
-        runs = {("self", m): me for m in steer.METHODS}
+        runs = {("self", m): me for m in ("best_of_n", "greedy", "thompson")}
         runs[("other", HEADLINE)] = them
         runs[("population", HEADLINE)] = pop
+        runs[("self", "prompt_prior")] = me       # last: the other runs keep their seeds
         for (cond, method), objective in runs.items():
             res = steer.search(method, gen, objective, vocab, base, max(budgets), args.seeds_per_prompt,
-                               rng_seed=1000 * n + len(records), checkpoints=budgets)
+                               rng_seed=1000 * n + len(records), checkpoints=budgets,
+                               effects=effects if method == "prompt_prior" else None)
             for b in budgets:
                 choice, pred = res.picks[b]
                 records.append({"user": str(user), "condition": cond, "method": method, "budget": b,
                                 "edits": len(vocab.edits(choice)),
                                 "predicted_gain": (pred - res.base_predicted) / sd_pred if cond == "self" else None,
                                 "realised_gain": pick_gain(gen, vocab, base, choice, user, base_true, sd_true)})
+        # Budget 0: the prompt-side model's proposal alone (no image generated), for this person
+        # (res is the prompt_prior run), for the other person and for the population head.
+        assert res.method == "prompt_prior"
+        proposals = {"self": res.proposal, "other": effects.propose(them, vocab, base),
+                     "population": effects.propose(pop, vocab, base)}
+        for cond, prop in proposals.items():
+            records.append({"user": str(user), "condition": cond, "method": "prompt_prior", "budget": 0,
+                            "edits": len(vocab.edits(prop.choice)),
+                            "predicted_gain": ((prop.predicted - prop.base_predicted) / sd_pred
+                                               if cond == "self" else None),
+                            "realised_gain": pick_gain(gen, vocab, base, prop.choice, user, base_true, sd_true)})
         if n < 10:
             x0 = gen([base], [FRESH[0]])[0]
             x1 = gen([vocab.render(base, res.choice)], [FRESH[0]])[0]
@@ -193,11 +217,15 @@ def run_world(name: str, args, rng) -> dict:
             log(f"{name}: {n + 1}/{len(users)} people, {time.perf_counter() - t0:.0f}s")
     frame = pl.DataFrame(records)
     summary = summarise(frame, budgets, rng)
+    proposal = summarise_proposals(frame.filter(pl.col("budget") == 0), rng)
     # The per-person rows stay out of the results (a megabyte); the summary holds the paired statistics.
     return {"world": name, "config": {k: v for k, v in cfg.__dict__.items()}, "users": len(users),
             "simulator": {**shares, "edit_sd": gen.edit_sd, "step": gen.step, "tau": gen.tau, "seed_sd": gen.seed_sd,
                           "cosine_base_vs_steered_example": float(np.mean(cos)) if cos else None},
-            "calibration": cal, "summary": summary,
+            "calibration": cal, "summary": summary, "proposal_only": proposal,
+            "phrase_effects": {"log_images": len(log_prompts), "log_bases": len(effects.bases),
+                               "cosine_to_simulator_direction": {"mean": float(np.mean(recovery)),
+                                                                 "min": float(np.min(recovery))}},
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -215,6 +243,7 @@ def summarise(frame: pl.DataFrame, budgets, rng) -> dict:
         g = {c: gains(c) for c in CONDITIONS}
         g["self (best_of_n)"] = gains("self", "best_of_n")
         g["self (thompson)"] = gains("self", "thompson")
+        g["self (prompt prior)"] = gains("self", "prompt_prior")
         row = {"mean_gain": {k: float(v.mean()) for k, v in g.items()},
                "ci95": {k: bootstrap_ci(v, rng) for k, v in g.items() if k != "unsteered"}}
 
@@ -227,7 +256,9 @@ def summarise(frame: pl.DataFrame, budgets, rng) -> dict:
                            "population > unsteered": win(g["population"], g["unsteered"]),
                            "other > unsteered": win(g["other"], g["unsteered"]),
                            "self (thompson) > population": win(g["self (thompson)"], g["population"]),
-                           "self (best_of_n) > population": win(g["self (best_of_n)"], g["population"])}
+                           "self (best_of_n) > population": win(g["self (best_of_n)"], g["population"]),
+                           "self (prompt prior) > population": win(g["self (prompt prior)"], g["population"]),
+                           "self (prompt prior) > self": win(g["self (prompt prior)"], g["self"])}
         wins = np.zeros((4, 4))
         for i, a in enumerate(CONDITIONS):
             for j, c in enumerate(CONDITIONS):
@@ -241,6 +272,23 @@ def summarise(frame: pl.DataFrame, budgets, rng) -> dict:
         row["edits_in_pick"] = {m: float(sel.filter(pl.col("method") == m)["edits"].mean()) for m in steer.METHODS}
         out[str(b)] = row
     return out
+
+
+def summarise_proposals(frame: pl.DataFrame, rng) -> dict:
+    """Budget 0: the prompt-side model's proposals judged for each person (paired over people)."""
+    g = {c: frame.filter(pl.col("condition") == c)["realised_gain"].to_numpy() for c in ("self", "other", "population")}
+
+    def win(a, c):
+        return float(np.mean((a > c) + 0.5 * (a == c)))
+
+    return {"mean_gain": {k: float(v.mean()) for k, v in g.items()},
+            "ci95": {k: bootstrap_ci(v, rng) for k, v in g.items()},
+            "predicted_gain_self": float(frame.filter(pl.col("condition") == "self")["predicted_gain"].mean()),
+            "edits": {k: float(frame.filter(pl.col("condition") == k)["edits"].mean()) for k in g},
+            "win_rate": {"self > population": win(g["self"], g["population"]),
+                         "self > other": win(g["self"], g["other"]),
+                         "self > unsteered": win(g["self"], np.zeros(len(g["self"]))),
+                         "population > unsteered": win(g["population"], np.zeros(len(g["population"])))}}
 
 
 # ----------------------------------------------------------------------------- two people, one prompt
@@ -312,7 +360,7 @@ def plot_worlds(results: list, path: Path) -> None:
         s = res["summary"]
         budgets = [int(b) for b in s]
         ax = axes[0, col]
-        for cond in ("self", "self (thompson)", "self (best_of_n)", "other", "population"):
+        for cond in ("self", "self (thompson)", "self (best_of_n)", "self (prompt prior)", "other", "population"):
             ax.plot(budgets, [s[str(b)]["mean_gain"][cond] for b in budgets], marker="o", label=cond)
         ax.axhline(0, color="grey", lw=0.8, label="unsteered")
         ax.set_xscale("log", base=2)
@@ -355,14 +403,17 @@ def markdown(payload: dict) -> str:
                   f"expected rating {fmt(cal['coverage']['level'])}, differences {fmt(cal['coverage']['difference'])}, "
                   f"observed ratings (with noise) {fmt(cal['coverage']['rating'])}; intervals of differences would "
                   f"need to be {cal['inflation_for_80pct_differences']:.1f}x wider for nominal 80% coverage.", "",
-                  "| budget | self | self (thompson) | self (best-of-N) | other | population | self > pop | "
-                  "self > other | self > unsteered | pop > unsteered | Elo self / other / pop / none |",
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+                  "| budget | self | self (thompson) | self (best-of-N) | self (prompt prior) | other | population | "
+                  "self > pop | self > other | self > unsteered | pop > unsteered | prompt prior > pop | "
+                  "Elo self / other / pop / none |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for b, row in res["summary"].items():
             g, w, e = row["mean_gain"], row["win_rate"], row["elo"]
             lines.append(f"| {b} | {g['self']:+.3f} | {g['self (thompson)']:+.3f} | {g['self (best_of_n)']:+.3f} | "
+                         f"{g['self (prompt prior)']:+.3f} | "
                          f"{g['other']:+.3f} | {g['population']:+.3f} | {w['self > population']:.2f} | "
                          f"{w['self > other']:.2f} | {w['self > unsteered']:.2f} | {w['population > unsteered']:.2f} | "
+                         f"{w['self (prompt prior) > population']:.2f} | "
                          f"{e['self']:.0f} / {e['other']:.0f} / {e['population']:.0f} / {e['unsteered']:.0f} |")
         lines += ["", "Predicted (choosing seeds, scorer) vs realised (fresh seeds, truth) gain of self-steering, SD units:", "",
                   "| budget | " + " | ".join(steer.METHODS) + " |", "|---:|" + "---|" * len(steer.METHODS)]
@@ -370,7 +421,27 @@ def markdown(payload: dict) -> str:
             pv = row["predicted_vs_realised"]
             lines.append(f"| {b} | " + " | ".join(f"{pv[m]['predicted']:+.2f} → {pv[m]['realised']:+.2f}"
                                                    for m in steer.METHODS) + " |")
-        lines.append("")
+        po, pe = res["proposal_only"], res["phrase_effects"]
+        gm, wr = po["mean_gain"], po["win_rate"]
+        lines += ["", f"Prompt-side model alone, budget 0 (no image generated): phrase effects fitted on a log of "
+                      f"{pe['log_images']} earlier generations ({pe['log_bases']} other base prompts, disjoint seeds); "
+                      f"fitted shift vs the simulator's direction, cosine {pe['cosine_to_simulator_direction']['mean']:.3f} "
+                      f"(min {pe['cosine_to_simulator_direction']['min']:.3f}). Proposals judged for the person:", "",
+                  "| proposed for | true gain (95% CI) | edits |", "|---|---:|---:|"]
+        for k in ("self", "other", "population"):
+            lo, hi = po["ci95"][k]
+            lines.append(f"| {k} | {gm[k]:+.3f} ({lo:+.2f}..{hi:+.2f}) | {po['edits'][k]:.1f} |")
+        lines += ["", f"Self's proposal: predicted {po['predicted_gain_self']:+.2f} SD, realised {gm['self']:+.2f}; "
+                      f"wins over the population's proposal for {wr['self > population']:.0%} of people, over the "
+                      f"other person's for {wr['self > other']:.0%}, over the unsteered base for "
+                      f"{wr['self > unsteered']:.0%}."]
+        small = res["summary"][min(res["summary"], key=int)]
+        lines += [f"At budget {min(res['summary'], key=int)}, prompt_prior realises "
+                  f"{small['mean_gain']['self (prompt prior)']:+.3f} vs greedy {small['mean_gain']['self']:+.3f} "
+                  f"(better for {small['win_rate']['self (prompt prior) > self']:.0%} of people). Caveat: the "
+                  "simulator's phrase effects are additive and the same on every base, which is what the "
+                  "prompt-side model assumes, so these budget-0 figures are the best a log can give; a real "
+                  "generator's effects depend on the base and interact, which the budget then checks.", ""]
     if payload.get("two_people"):
         tp = payload["two_people"]
         lines += [f"## Two people, one prompt (demo world, greedy, budget {TWO_BUDGET})", "", f"Base: `{tp['base']}`", ""]

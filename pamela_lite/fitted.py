@@ -239,6 +239,22 @@ def write_users(path: str | Path, ids: list, states: np.ndarray, fit_sha256: str
     return path
 
 
+def write_arrays(path: str | Path, **arrays: np.ndarray) -> Path:
+    """Write plain arrays to a ``.npz`` atomically (other parameter files: steering's phrase effects).
+
+    Object arrays are refused, so every file written here loads with ``allow_pickle=False``.
+    """
+    path = Path(path)
+    plain = {k: np.asarray(v) for k, v in arrays.items()}
+    odd = [k for k, v in plain.items() if v.dtype == object]
+    if odd:
+        raise ValueError(f"object arrays would need pickle: {', '.join(odd)}")
+    with atomic_file(path, ".npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **plain)
+    return path
+
+
 def read_users(path: str | Path, fit_sha256: str, scorer: str, remedy: str) -> tuple[list, np.ndarray]:
     """(ids, states) of a users file that belongs to the fit with digest `fit_sha256`.
 

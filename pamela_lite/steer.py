@@ -7,10 +7,19 @@ embeddings are scored for the person by a fitted scorer, and the prompt with the
 score wins. Several seeds per prompt make the search optimise the prompt, not a lucky seed.
 The budget counts generator calls (images). Methods: ``best_of_n`` (random prompts, keep
 the best), ``greedy`` (coordinate search: one attribute at a time, move when a phrase beats
-the current prompt) and ``thompson`` (a bandit: an additive model of each phrase's effect,
+the current prompt), ``thompson`` (a bandit: an additive model of each phrase's effect,
 Thompson sampling over the effects' posterior and over the scorer's posterior of the
-person's taste). ``--objective population`` drives the same search by the population head
-("global steering") for comparison.
+person's taste) and ``prompt_prior`` (start from the prompt-side model's proposal, made from
+a log of past generations before any image is generated).
+``--objective population`` drives the same search by the population head ("global
+steering") for comparison.
+
+The prompt-side model (:class:`PhraseEffects`) learns from a log of earlier generations what
+each phrase does to the image embedding (per base prompt, so the bases cancel); a person's
+predicted gain of a phrase is then their objective's score of the base plus that shift minus
+the base's: it needs no generator call and is shrunk toward the population exactly as the
+scorer shrinks their taste. ``prompt_prior`` starts the search from its proposal and spends
+the budget checking and improving it, best-predicted attributes first.
 
 Library use::
 
@@ -19,6 +28,9 @@ Library use::
     objective = steer.PersonalObjective(model, state)     # model: a fitted PersonalScorer
     result = steer.search("greedy", generate, objective, vocab, "a portrait of a fisherman", budget=64)
     result.prompt, result.predicted, result.spread_taste, result.trajectory
+    effects = steer.PhraseEffects.fit(log_prompts, log_embeddings, vocab)   # once; .save / .load (.npz)
+    effects.propose(objective, vocab, "a portrait of a fisherman").ranking  # no generator call
+    result = steer.search("prompt_prior", generate, objective, vocab, base, budget=16, effects=effects)
 
 A generator is any callable ``generate(prompts: list[str], seeds: list[int]) -> (n, D)``
 embeddings (one image per pair). :class:`DiffusersAdapter` wraps a text-to-image pipeline and
@@ -45,8 +57,9 @@ from .cli import Stopwatch, parser_for, run
 from .data import Embeddings
 from .errors import InputError
 
-METHODS = ("best_of_n", "greedy", "thompson")
+METHODS = ("best_of_n", "greedy", "thompson", "prompt_prior")
 VOCABULARY_FORMAT = "pamela_lite.steer_vocabulary"
+PHRASE_EFFECTS_FORMAT = "pamela_lite.phrase_effects"
 NONE = -1  # no phrase for this attribute
 
 
@@ -331,6 +344,293 @@ class EdgeObjective:
         return self.scorer.score(emb, st, clip=False).reshape(k, n).T
 
 
+# ----------------------------------------------------------------------------- prompt-side model
+
+
+def split_prompt(prompt: str, phrases) -> tuple[str, list[str]]:
+    """(base, edit phrases) of a prompt: its comma-separated parts that are vocabulary phrases
+    are the edits, the others (in order) the base. `phrases` is a set of known phrases."""
+    parts = [p.strip() for p in str(prompt).split(",")]
+    edits = [p for p in parts if p in phrases]
+    return ", ".join(p for p in parts if p and p not in phrases), edits
+
+
+@dataclass
+class PhraseEffects:
+    """What each prompt phrase does to the image embedding, learnt from past generations.
+
+    For every phrase, the mean shift of the embedding of images whose prompt holds it against
+    images of the same base prompt without it: a ridge regression of the embeddings on phrase
+    indicators with one intercept per base prompt (so the base's own content cancels). Phrase
+    effects are properties of the generator, not of anyone's taste: fitted once on a log of
+    prompts and images, they serve every person (see :meth:`propose`).
+
+    Attributes
+    ----------
+    phrases : tuple of str
+        The phrases of the vocabulary it was fitted with.
+    shifts : numpy.ndarray
+        (P, D) the embedding shift of each phrase.
+    counts : numpy.ndarray
+        (P,) log images whose prompt holds the phrase (0: its shift is unknown, kept at 0).
+    bases : tuple of str
+        Base prompts of the log.
+    base_means : numpy.ndarray
+        (B, D) each base's embedding without edits (its intercept).
+    ridge : float
+        Ridge penalty the shifts were fitted with.
+    source : str
+        Where it came from (for messages).
+    """
+
+    phrases: tuple[str, ...]
+    shifts: np.ndarray
+    counts: np.ndarray
+    bases: tuple[str, ...]
+    base_means: np.ndarray
+    ridge: float = 1.0
+    source: str = "<memory>"
+
+    @classmethod
+    def fit(cls, prompts: list[str], embeddings: np.ndarray, vocab: Vocabulary, ridge: float = 1.0,
+            source: str = "<memory>") -> "PhraseEffects":
+        """Fit the shifts on a log of generations (one prompt per embedding row).
+
+        Parameters
+        ----------
+        prompts : list of str
+            The prompt of each logged image (``"<base>, <phrase>, ..."``).
+        embeddings : numpy.ndarray
+            (n, D) the logged images' embeddings, as the scorer's encoder makes them.
+        vocab : Vocabulary
+            The phrases to learn.
+        ridge : float
+            Ridge penalty (in images): phrases seen rarely shrink toward no effect.
+        source : str
+            Named in error messages.
+
+        Returns
+        -------
+        PhraseEffects
+        """
+        y = np.asarray(embeddings, dtype=np.float64)
+        if y.ndim != 2 or len(y) != len(prompts) or not len(y):
+            raise InputError(source, f"{len(prompts)} prompts but embeddings of shape {y.shape}: need one row each")
+        if not np.isfinite(y).all():
+            raise InputError(source, "the logged embeddings contain NaN or inf")
+        phrases = [p for _, ps in vocab.attributes for p in ps]
+        column = {p: k for k, p in enumerate(phrases)}
+        split = [split_prompt(p, column) for p in prompts]
+        x = np.zeros((len(y), len(phrases)))
+        for row, (_, edits) in enumerate(split):
+            x[row, [column[e] for e in edits]] = 1.0
+        if not x.any():
+            raise InputError(source, f"no prompt of the log holds a phrase of the vocabulary {vocab.source}")
+        bases, group = np.unique([b for b, _ in split], return_inverse=True)
+        # Within-base centring = one intercept per base prompt: what is left is what the phrases do.
+        size = np.bincount(group).astype(np.float64)[:, None]
+        x_mean, y_mean = _group_sums(x, group) / size, _group_sums(y, group) / size
+        xc, yc = x - x_mean[group], y - y_mean[group]
+        shifts = np.linalg.solve(xc.T @ xc + ridge * np.eye(len(phrases)), xc.T @ yc)
+        base_means = y_mean - x_mean @ shifts
+        return cls(tuple(phrases), shifts, x.sum(0), tuple(str(b) for b in bases), base_means, float(ridge), source)
+
+    # ------------------------------------------------------------------ file
+
+    def save(self, path: str | Path) -> Path:
+        """Write a ``.npz`` (plain arrays, no pickle; through the package's one writer of parameter files)."""
+        from .fitted import write_arrays
+
+        return write_arrays(path, format=np.array(PHRASE_EFFECTS_FORMAT), phrases=np.array(self.phrases, dtype=str),
+                            shifts=self.shifts, counts=self.counts, bases=np.array(self.bases, dtype=str),
+                            base_means=self.base_means, ridge=np.array(self.ridge))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "PhraseEffects":
+        """Read a file written by :meth:`save`; problems raise one :class:`InputError` naming it."""
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(path, "no such phrase-effects file")
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                if "format" not in f or str(f["format"]) != PHRASE_EFFECTS_FORMAT:
+                    raise InputError(path, f"not a phrase-effects file (no format {PHRASE_EFFECTS_FORMAT!r})")
+                out = cls(tuple(str(p) for p in f["phrases"]), f["shifts"].astype(np.float64),
+                          f["counts"].astype(np.float64), tuple(str(b) for b in f["bases"]),
+                          f["base_means"].astype(np.float64), float(f["ridge"]), str(path))
+        except InputError:
+            raise
+        except Exception as err:   # not a zip, a missing array, a pickled object, ...
+            raise InputError(path, f"cannot read phrase effects ({str(err).splitlines()[0]})") from None
+        if out.shifts.shape != (len(out.phrases), out.base_means.shape[1]) or not len(out.bases):
+            raise InputError(path, "phrase effects are inconsistent (shifts, phrases and bases do not match)")
+        return out
+
+    @property
+    def dim(self) -> int:
+        return self.shifts.shape[1]
+
+    # ------------------------------------------------------------------ use
+
+    def anchors(self, base: str, limit: int = 32) -> tuple[np.ndarray, bool]:
+        """(embeddings to add shifts to, whether `base` itself is in the log).
+
+        A logged base prompt is its own anchor; an unknown one is stood in for by up to
+        `limit` logged bases (gains averaged over them: what a phrase does to a typical image).
+        """
+        if base.strip() in self.bases:
+            return self.base_means[[self.bases.index(base.strip())]], True
+        step = max(1, len(self.bases) // limit)
+        return self.base_means[::step][:limit], False
+
+    def shift_of(self, vocab: Vocabulary, choice: tuple[int, ...]) -> np.ndarray:
+        """Summed shift of a choice's phrases (phrases unknown to the log add nothing)."""
+        index = {p: k for k, p in enumerate(self.phrases)}
+        rows = [index[p] for p in vocab.edits(choice).values() if p in index]
+        return self.shifts[rows].sum(0) if rows else np.zeros(self.dim)
+
+    def known(self, phrase: str) -> bool:
+        """Whether the log saw the phrase (its shift is estimated, not assumed zero)."""
+        return phrase in self.phrases and self.counts[self.phrases.index(phrase)] > 0
+
+    def propose(self, objective: Objective, vocab: Vocabulary, base: str, sweeps: int = 3) -> "Proposal":
+        """Rank the vocabulary's phrases for `objective` and propose a prompt: no generator call.
+
+        A phrase's predicted gain is the objective's score of (base + its shift) minus that of
+        the base, on the same anchors. With a person's :class:`PersonalObjective` this is their
+        taste applied to the phrase's effect, shrunk toward the population exactly as the
+        scorer shrinks their taste. The proposed prompt is a coordinate ascent on the predicted
+        score of ``base + sum of shifts`` (scored jointly, so the scorer's nonlinearity counts).
+
+        Parameters
+        ----------
+        objective : Objective
+        vocab : Vocabulary
+        base : str
+            The base prompt.
+        sweeps : int
+            Passes of the coordinate ascent over the attributes.
+
+        Returns
+        -------
+        Proposal
+        """
+        anchors, known_base = self.anchors(base)
+        if anchors.shape[1] != self.dim or self.dim == 0:
+            raise InputError(self.source, "phrase effects have no dimension")
+        singles = [(a, o) for a, n in enumerate(vocab.sizes) for o in range(n)]
+        base_choice = vocab.base_choice()
+        choices = [base_choice] + [tuple(o if k == a else NONE for k in range(len(vocab.sizes))) for a, o in singles]
+        scores = self._score(objective, vocab, anchors, choices)
+        gains = scores[1:] - scores[0]
+        ranking = []
+        for (a, o), g in zip(singles, gains):
+            name, phrase = vocab.attributes[a][0], vocab.attributes[a][1][o]
+            ok = self.known(phrase)
+            ranking.append({"attribute": name, "phrase": phrase, "predicted_gain": float(g[0]) if ok else None,
+                            "gain_sd": float(g[1:].std(ddof=1)) if ok and len(g) > 2 else None,
+                            "log_images": int(self.counts[self.phrases.index(phrase)])
+                            if phrase in self.phrases else 0})
+        ranking.sort(key=lambda row: -np.inf if row["predicted_gain"] is None else row["predicted_gain"], reverse=True)
+        choice, predicted = self._ascend(objective, vocab, anchors, sweeps)
+        return Proposal(choice, vocab.render(base, choice), predicted, float(scores[0, 0]), ranking, known_base)
+
+    def _score(self, objective: Objective, vocab: Vocabulary, anchors: np.ndarray, choices) -> np.ndarray:
+        """Scores (len(choices), 1 + K) of each choice's predicted embedding, averaged over anchors."""
+        moves = np.stack([self.shift_of(vocab, c) for c in choices])             # (c, D)
+        x = (anchors[:, None, :] + moves[None, :, :]).reshape(-1, self.dim)
+        s = np.asarray(objective(x), dtype=np.float64)
+        return s.reshape(len(anchors), len(choices), -1).mean(0)
+
+    def _ascend(self, objective: Objective, vocab: Vocabulary, anchors: np.ndarray,
+                sweeps: int) -> tuple[tuple[int, ...], float]:
+        """Coordinate ascent on the predicted score, one attribute at a time (phrases the log never saw are skipped)."""
+        current = vocab.base_choice()
+        value = float(self._score(objective, vocab, anchors, [current])[0, 0])
+        for _ in range(sweeps):
+            moved = False
+            for a, (_, phrases) in enumerate(vocab.attributes):
+                options = [NONE] + [o for o, p in enumerate(phrases) if self.known(p)]
+                cands = [tuple(o if k == a else c for k, c in enumerate(current)) for o in options]
+                s = self._score(objective, vocab, anchors, cands)[:, 0]
+                best = int(np.argmax(s))
+                if s[best] > value + 1e-12 and cands[best] != current:
+                    current, value, moved = cands[best], float(s[best]), True
+            if not moved:
+                break
+        return current, value
+
+
+def _group_sums(values: np.ndarray, group: np.ndarray) -> np.ndarray:
+    out = np.zeros((int(group.max()) + 1, values.shape[1]))
+    np.add.at(out, group, values)
+    return out
+
+
+@dataclass
+class Proposal:
+    """The prompt-side model's answer, before any image is generated.
+
+    Attributes
+    ----------
+    choice : tuple of int
+        The proposed phrase of each attribute (``NONE``: keep the base).
+    prompt : str
+        Its text.
+    predicted, base_predicted : float
+        The objective's point score of the proposed and the base prompt's predicted embedding.
+    ranking : list of dict
+        Every phrase with its predicted gain over the base (and its SD over the scorer's
+        posterior draws), best first; phrases the log never saw come last with no gain.
+    known_base : bool
+        Whether the base prompt was in the log (else gains are averaged over logged bases).
+    """
+
+    choice: tuple[int, ...]
+    prompt: str
+    predicted: float
+    base_predicted: float
+    ranking: list
+    known_base: bool
+
+    def as_dict(self, vocab: Vocabulary) -> dict:
+        return {"prompt": self.prompt, "edits": vocab.edits(self.choice), "predicted": self.predicted,
+                "base_predicted": self.base_predicted, "known_base": self.known_base, "ranking": self.ranking}
+
+
+def read_log(path: str | Path, embeddings: Embeddings) -> tuple[list[str], np.ndarray]:
+    """(prompts, embeddings) of a past-generation log table (``prompt``, ``image_id``).
+
+    Parameters
+    ----------
+    path : path
+        A CSV/Parquet/JSON table with one row per generated image.
+    embeddings : Embeddings
+        Embeddings of its images (every ``image_id`` must have one).
+
+    Returns
+    -------
+    (list of str, numpy.ndarray)
+    """
+    from .data import read_table
+
+    frame = read_table(path)
+    missing = [c for c in ("prompt", "image_id") if c not in frame.columns]
+    if missing:
+        raise InputError(path, f"missing column(s) {', '.join(missing)} (a log needs prompt, image_id; found "
+                               f"{', '.join(frame.columns)})")
+    if frame.height == 0:
+        raise InputError(path, "the log has no rows")
+    if frame["image_id"].null_count():
+        raise InputError(path, f"{frame['image_id'].null_count()} row(s) have no image_id")
+    if frame.schema["prompt"] != pl.String:
+        raise InputError(path, f"column prompt must be text, not {frame.schema['prompt']}")
+    empty = frame.filter(pl.col("prompt").is_null() | (pl.col("prompt").str.strip_chars() == ""))
+    if empty.height:
+        raise InputError(path, f"{empty.height} row(s) have an empty prompt")
+    return frame["prompt"].to_list(), embeddings.take(frame["image_id"], path)
+
+
 # ----------------------------------------------------------------------------- search
 
 
@@ -374,6 +674,9 @@ class SteerResult:
         Every evaluation, in order, with the best prompt so far.
     picks : dict
         {budget: (prompt choice, predicted)} at the checkpoints asked for.
+    proposal : Proposal or None
+        The prompt-side model's proposal and phrase ranking, made before any generator call
+        (when phrase effects were given).
     """
 
     method: str
@@ -389,9 +692,11 @@ class SteerResult:
     calls: int
     trajectory: list = field(default_factory=list)
     picks: dict = field(default_factory=dict)
+    proposal: Proposal | None = None
+    proposed: dict | None = None     # the proposal as JSON (filled by search)
 
     def as_dict(self) -> dict:
-        out = {k: v for k, v in self.__dict__.items() if k not in ("picks", "choice")}
+        out = {k: v for k, v in self.__dict__.items() if k not in ("picks", "choice", "proposal")}
         out["gain"] = self.predicted - self.base_predicted
         return _finite(json.loads(json.dumps(out, default=float)))
 
@@ -430,6 +735,8 @@ class _Runner:
         self.checkpoints = sorted(set(int(c) for c in (checkpoints or ()) if c >= 1))
         self.picks: dict[int, tuple] = {}
         self.pick = pick
+        self.proposal: Proposal | None = None
+        self.blend: Callable | None = None            # prompt_prior's value of a prompt
 
     def can(self) -> bool:
         return self.calls + self.m <= self.budget
@@ -471,6 +778,8 @@ class _Runner:
         trajectory, best, best_mean = [], None, -np.inf
         for ev in self.log:
             row = ev.as_dict(self.vocab)
+            if self.proposal is not None and ev.choice == self.proposal.choice:
+                row["proposed"] = True      # the prompt-side model's proposal
             if row["mean"] > best_mean:
                 best, best_mean = ev.prompt, row["mean"]
             row.update(best_prompt=best, best_mean=round(best_mean, 5))
@@ -480,7 +789,8 @@ class _Runner:
                            float(s[:, 0].mean()), self.mean(base) if base in self.visits else float("nan"),
                            float(draws.std(ddof=1)) if len(draws) > 1 else float("nan"),
                            float(s[:, 0].std(ddof=1)) if len(s) > 1 else float("nan"),
-                           self.calls, trajectory, dict(self.picks))
+                           self.calls, trajectory, dict(self.picks), self.proposal,
+                           None if self.proposal is None else self.proposal.as_dict(self.vocab))
 
 
 def _best_of_n(r: _Runner, rng: np.random.Generator) -> tuple[int, ...]:
@@ -502,11 +812,20 @@ def _greedy(r: _Runner, rng: np.random.Generator) -> tuple[int, ...]:
     same seeds; sweep until a sweep changes nothing or the budget is spent."""
     current = r.vocab.base_choice()
     r.evaluate(current)
-    order = rng.permutation(len(r.vocab.sizes))
+    order = [int(a) for a in rng.permutation(len(r.vocab.sizes))]
+    return _coordinate(r, current, order, lambda a: list(range(-1, r.vocab.sizes[a])))
+
+
+def _coordinate(r: _Runner, current: tuple[int, ...], order: list[int], options_of: Callable,
+                value: Callable | None = None) -> tuple[int, ...]:
+    """The sweeps of coordinate search from `current` (evaluated): attributes in `order`, each
+    attribute's options in the order ``options_of(a)`` gives (the first are tried when the
+    budget runs short); prompts are compared by ``value(choice)`` (default: their mean score)."""
+    value = value or r.mean
     while r.can():
         moved = False
         for a in order:
-            options = [o for o in range(-1, r.vocab.sizes[a]) if o != current[a]]
+            options = [o for o in options_of(a) if o != current[a]]
             for o in options:
                 cand = tuple(o if k == a else c for k, c in enumerate(current))
                 if cand not in r.visits:
@@ -515,14 +834,99 @@ def _greedy(r: _Runner, rng: np.random.Generator) -> tuple[int, ...]:
                     r.evaluate(cand)
             tried = [tuple(o if k == a else c for k, c in enumerate(current)) for o in range(-1, r.vocab.sizes[a])]
             tried = [c for c in tried if c in r.visits]
-            best = max(tried, key=lambda c: (r.mean(c), c == current))
-            if r.mean(best) > r.mean(current):
+            best = max(tried, key=lambda c: (value(c), c == current))
+            if value(best) > value(current):
                 current, moved = best, True
             if not r.can():
                 break
         if not moved:
             break
-    return current if r.mean(current) >= r.best_by_mean()[1] else r.best_by_mean()[0]
+    top = max(r.visits, key=lambda c: (value(c), -r.visits[c][0]))
+    return current if value(current) >= value(top) else top
+
+
+class _PriorBlend:
+    """What a prompt is worth given the prompt-side model's prediction and its rendered images.
+
+    Differences to the proposal (evaluated first, on the same seeds as every other prompt) are
+    blended empirical-Bayes style: ``d = d_pred + k (d_obs - d_pred)`` with ``k = t2 / (t2 +
+    s2)``, where ``s2`` is the seed noise of an observed difference (from the per-seed
+    differences) and ``t2`` how far observations stray from predictions beyond that noise (the
+    prompt-side model's error, estimated from every prompt rendered so far). A log that
+    predicts well is trusted, so a lucky seed cannot pull the search off a good proposal; one
+    that predicts badly (another generator, base-specific effects) gives way to the images.
+    """
+
+    def __init__(self, r: _Runner, effects: PhraseEffects):
+        self.r, self.effects = r, effects
+        self.anchors = effects.anchors(r.base)[0]
+        self.ref = r.proposal.choice
+        self._pred: dict[tuple, float] = {}
+        self._k: tuple[int, float] = (-1, 0.0)
+
+    def predicted(self, choice: tuple[int, ...]) -> float:
+        if choice not in self._pred:
+            self._pred[choice] = float(self.effects._score(self.r.objective, self.r.vocab, self.anchors,
+                                                           [choice])[0, 0])
+        return self._pred[choice]
+
+    def _diff(self, choice: tuple[int, ...]) -> np.ndarray:
+        """Per-seed observed score differences to the proposal (first visits share their seeds)."""
+        log = self.r.log
+        return log[self.r.visits[choice][0]].scores[:, 0] - log[self.r.visits[self.ref][0]].scores[:, 0]
+
+    def weight(self) -> float:
+        """k: the weight of the images against the prediction (re-estimated as evaluations come)."""
+        if self._k[0] == len(self.r.log):
+            return self._k[1]
+        others = [c for c in self.r.visits if c != self.ref]
+        if not others:
+            return 0.0
+        diffs = [self._diff(c) for c in others]
+        m = len(diffs[0])
+        s2 = float(np.mean([d.var(ddof=1) for d in diffs])) / m if m > 1 else 0.0
+        miss = np.array([d.mean() - (self.predicted(c) - self.predicted(self.ref)) for c, d in zip(others, diffs)])
+        t2 = max(float(np.mean(miss ** 2)) - s2, 0.0)
+        k = 1.0 if s2 <= 1e-12 else t2 / (t2 + s2)
+        self._k = (len(self.r.log), k)
+        return k
+
+    def __call__(self, choice: tuple[int, ...]) -> float:
+        pred = self.predicted(choice) - self.predicted(self.ref)
+        if choice == self.ref:
+            return self.predicted(self.ref)
+        return self.predicted(self.ref) + pred + self.weight() * (float(self._diff(choice).mean()) - pred)
+
+
+def _prompt_prior(r: _Runner, rng: np.random.Generator) -> tuple[int, ...]:
+    """Start from the prompt-side model's proposal, check it against the base on the same
+    seeds, then coordinate search from the better of the two with the attributes and their
+    phrases in the order of predicted gain (the budget goes first where the model expects
+    most); prompts are compared by :class:`_PriorBlend`. A budget of one evaluation renders
+    the proposal alone."""
+    proposal = r.proposal
+    r.evaluate(proposal.choice)
+    base = r.vocab.base_choice()
+    if base not in r.visits and r.can():
+        r.evaluate(base)
+    value = r.blend
+    current = max(r.visits, key=lambda c: (value(c), -r.visits[c][0]))
+    gain: dict[tuple[int, int], float] = {}
+    for row in proposal.ranking:
+        a = r.vocab.names.index(row["attribute"])
+        o = r.vocab.attributes[a][1].index(row["phrase"])
+        # unseen phrases: no prediction, tried after the ones predicted to gain
+        gain[a, o] = -np.inf if row["predicted_gain"] is None else row["predicted_gain"]
+    gain.update({(a, NONE): 0.0 for a in range(len(r.vocab.sizes))})
+    order = sorted(range(len(r.vocab.sizes)), key=lambda a: -max(gain[a, o] for o in range(-1, r.vocab.sizes[a])))
+    return _coordinate(r, current, order,
+                       lambda a: sorted(range(-1, r.vocab.sizes[a]), key=lambda o: -gain[a, o]), value)
+
+
+def _prompt_prior_pick(r: _Runner) -> tuple[tuple[int, ...], float]:
+    """The evaluated prompt of best blended value (its mean score is what is reported)."""
+    best = max(r.visits, key=lambda c: (r.blend(c), -r.visits[c][0]))
+    return best, r.mean(best)
 
 
 class _Additive:
@@ -582,12 +986,12 @@ def _thompson(r: _Runner, rng: np.random.Generator) -> tuple[int, ...]:
 
 def search(method: str, generate: Generator, objective: Objective, vocab: Vocabulary, base: str, budget: int,
            seeds_per_prompt: int = 4, seeds: list[int] | None = None, rng_seed: int = 0,
-           checkpoints=()) -> SteerResult:
+           checkpoints=(), effects: PhraseEffects | None = None) -> SteerResult:
     """Steer `base` toward what `objective` likes, spending at most `budget` generator calls.
 
     Parameters
     ----------
-    method : {"best_of_n", "greedy", "thompson"}
+    method : {"best_of_n", "greedy", "thompson", "prompt_prior"}
     generate : callable
         ``generate(prompts, seeds) -> (n, D)`` embeddings.
     objective : callable
@@ -605,6 +1009,10 @@ def search(method: str, generate: Generator, objective: Objective, vocab: Vocabu
         Seed of the method's own randomness.
     checkpoints : iterable of int
         Budgets at which to record the pick so far (one run serves several budgets).
+    effects : PhraseEffects, optional
+        The prompt-side model: with it, every method first ranks the phrases for `objective`
+        and proposes a prompt without generating anything (``result.proposal``);
+        ``"prompt_prior"`` needs it and starts its search there.
 
     Returns
     -------
@@ -614,10 +1022,16 @@ def search(method: str, generate: Generator, objective: Objective, vocab: Vocabu
         raise InputError(None, f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     if not isinstance(base, str) or not base.strip():
         raise InputError(None, "the base prompt is empty")
-    pick = _thompson_pick if method == "thompson" else (lambda r: r.best_by_mean())
+    if method == "prompt_prior" and effects is None:
+        raise InputError(None, "method prompt_prior needs phrase effects (a log of past generations)")
+    pick = {"thompson": _thompson_pick, "prompt_prior": _prompt_prior_pick}.get(method, lambda r: r.best_by_mean())
     runner = _Runner(generate, objective, vocab, base, budget, seeds_per_prompt, seeds, checkpoints, pick)
+    if effects is not None:     # before the first generator call: the proposal costs none
+        runner.proposal = effects.propose(objective, vocab, base)
+        runner.blend = _PriorBlend(runner, effects)
     rng = np.random.default_rng(rng_seed)
-    choice = {"best_of_n": _best_of_n, "greedy": _greedy, "thompson": _thompson}[method](runner, rng)
+    choice = {"best_of_n": _best_of_n, "greedy": _greedy, "thompson": _thompson,
+              "prompt_prior": _prompt_prior}[method](runner, rng)
     return runner.finish(method, choice)
 
 
@@ -772,7 +1186,16 @@ def build_parser() -> argparse.ArgumentParser:
                              "generate(prompts, seeds) adapter)")
     parser.add_argument("--budget", type=int, default=64, help="generator calls (images) to spend")
     parser.add_argument("--seeds-per-prompt", type=int, default=4, help="images per prompt evaluation")
-    parser.add_argument("--method", choices=METHODS, default="greedy")
+    parser.add_argument("--method", choices=METHODS, default="greedy",
+                        help="prompt_prior: start from the prompt-side model's proposal (needs --phrase-effects "
+                             "or --history)")
+    parser.add_argument("--phrase-effects", type=Path,
+                        help="the prompt-side model: phrase effects (.npz) written by an earlier run with --history; "
+                             "the proposal and phrase ranking go into steer.json for any --method")
+    parser.add_argument("--history", help="fit phrase effects on a log of earlier generations: a table (prompt, "
+                                          "image_id) with --history-embeddings, or 'sim' (the simulated "
+                                          "generator's own log); writes phrase_effects.npz to --out")
+    parser.add_argument("--history-embeddings", type=Path, help="embeddings of the --history table's images")
     parser.add_argument("--objective", choices=("personal", "population", "both"), default="both",
                         help="steer for the person, by the population head, or both (for comparison)")
     parser.add_argument("--samples", type=int, default=16, help="posterior draws of the person's taste")
@@ -807,6 +1230,41 @@ def _generator(spec: str, dim: int, workdir: Path):
             raise InputError(None, f"--generator {spec}: cannot import it ({err})") from None
         return factory(), None
     raise InputError(None, f"--generator {spec!r}: use sim:WORLD, stub or module:factory")
+
+
+def _phrase_effects(args, vocab: Vocabulary, generate, dim: int) -> PhraseEffects | None:
+    """The prompt-side model from --phrase-effects or --history (None without either)."""
+    if args.phrase_effects is not None and args.history is not None:
+        raise InputError(None, "give --phrase-effects or --history, not both")
+    if args.history_embeddings is not None and args.history in (None, "sim"):
+        raise InputError(args.history_embeddings, "--history-embeddings goes with --history LOG (a table)")
+    if args.phrase_effects is not None:
+        effects = PhraseEffects.load(args.phrase_effects)
+    elif args.history == "sim":
+        from .steer_sim import SimulatedGenerator
+
+        if not isinstance(generate, SimulatedGenerator):
+            raise InputError(None, "--history sim needs --generator sim:WORLD")
+        # The log never holds the base prompt steered here, and its seeds are its own.
+        prompts, emb = generate.past_generations(vocab, exclude={args.prompt.strip()})
+        effects = PhraseEffects.fit(prompts, emb, vocab, source="the simulated log")
+    elif args.history is not None:
+        from .data import read_embeddings
+
+        if args.history_embeddings is None:
+            raise InputError(args.history, "needs --history-embeddings (the embeddings of its images)")
+        prompts, emb = read_log(Path(args.history), read_embeddings(args.history_embeddings))
+        effects = PhraseEffects.fit(prompts, emb, vocab, source=args.history)
+    else:
+        if args.method == "prompt_prior":
+            raise InputError(None, "--method prompt_prior needs the prompt-side model: --phrase-effects FILE, or "
+                                   "--history LOG with --history-embeddings (or --history sim)")
+        return None
+    if effects.dim != dim:
+        raise InputError(effects.source, f"phrase effects of dimension {effects.dim}, the model's embeddings {dim}")
+    if not any(effects.known(p) for _, ps in vocab.attributes for p in ps):
+        raise InputError(effects.source, f"shares no phrase with the vocabulary {vocab.source}")
+    return effects
 
 
 def _resolve_user(args, model, world):
@@ -871,6 +1329,9 @@ def main(argv: list[str] | None = None) -> int:
     with atomic_dir(out, "steer.json", "steering") as tmp:
         generate, world = _generator(args.generator, model.fitted_.embedding_dim, tmp)
         label, state, rated, ratings = _resolve_user(args, model, world)
+        effects = _phrase_effects(args, vocab, generate, model.fitted_.embedding_dim)
+        if effects is not None and args.history is not None:
+            effects.save(tmp / "phrase_effects.npz")
         posterior = None
         if rated is not None and len(rated):
             posterior = state_posterior(model, state, rated, ratings)
@@ -899,14 +1360,19 @@ def main(argv: list[str] | None = None) -> int:
         results = []
         for objective in objectives:
             res = search(args.method, generate, objective, vocab, args.prompt, args.budget, args.seeds_per_prompt,
-                         rng_seed=args.seed)
+                         rng_seed=args.seed, effects=effects)
             results.append(res)
+            if res.proposal is not None:
+                top = ", ".join(f"{row['phrase']} {row['predicted_gain']:+.3f}" for row in res.proposal.ranking[:3]
+                                if row["predicted_gain"] is not None)
+                watch.step(f"{objective.name}: proposed before generating {res.proposal.prompt!r} (top edits: {top})")
             watch.step(f"{objective.name}: {res.prompt!r} predicted {res.predicted:.3f} "
                        f"(base {res.base_predicted:.3f}, taste sd {res.spread_taste:.3f}, seed sd "
                        f"{res.spread_seed:.3f}) after {res.calls} calls")
         payload = {"user": label, "base_prompt": args.prompt, "method": args.method, "budget": args.budget,
                    "seeds_per_prompt": args.seeds_per_prompt, "generator": args.generator,
-                   "vocabulary": vocab.source, "posterior_ratings": 0 if posterior is None else posterior.n_ratings,
+                   "vocabulary": vocab.source,
+                   "phrase_effects": None if effects is None else effects.source, "posterior_ratings": 0 if posterior is None else posterior.n_ratings,
                    "results": [r.as_dict() for r in results],
                    "note": "predicted = mean score over the choosing seeds: judge on fresh seeds (winner's curse)"}
         for f in tmp.glob("tiny_encoder_*"):

@@ -49,6 +49,9 @@ import numpy as np
 from .worlds import World
 
 
+LOG_SEEDS = 1_000_000   # seeds of the simulated past-generation log: disjoint from choosing and judging seeds
+
+
 def _rng(*keys) -> np.random.Generator:
     """A generator seeded by a stable hash of `keys` (strings and ints), the same on every run."""
     digest = hashlib.blake2b("\x1f".join(map(str, keys)).encode("utf-8"), digest_size=16).digest()
@@ -271,6 +274,52 @@ class SimulatedGenerator:
         u = self.truth.row(user)
         delta = x - self.truth.embeddings[rows]
         return self.truth.base_utility[u, rows] + np.einsum("ij,j->i", delta, self.truth.gradients[u])
+
+    # ------------------------------------------------------------------ a past-generation log
+
+    def past_generations(self, vocab, n_bases: int = 200, prompts_per_base: int = 8, edit_rate: float = 0.35,
+                         exclude=(), first_seed: int = LOG_SEEDS, rng_seed: int = 0) -> tuple[list[str], np.ndarray]:
+        """A log of earlier generations, as a T2I product (or PAMELA's prompt records) keeps one.
+
+        Base prompts are catalogue prompts drawn at random (never one in `exclude`: the bases a
+        benchmark steers and judges); each gets `prompts_per_base` prompts in which every
+        attribute takes a random phrase with probability `edit_rate`; every image has its own
+        seed from `first_seed` on, far from the choosing seeds (0..) and the judging seeds
+        (10000..), so no seed noise is shared with a search or its judge. The phrase directions
+        are the simulator's own, drawn independently of any taste: learning them from the log
+        is what a real product can do, not a look at the truth.
+
+        Parameters
+        ----------
+        vocab : pamela_lite.steer.Vocabulary
+            The phrases to use.
+        n_bases, prompts_per_base : int
+            Size of the log (one image per prompt).
+        edit_rate : float
+            Chance that a logged prompt sets a given attribute.
+        exclude : iterable of str
+            Base prompts the log must not hold.
+        first_seed : int
+            The log's seeds are first_seed, first_seed + 1, ...
+        rng_seed : int
+            Seed of the draws of bases and phrases.
+
+        Returns
+        -------
+        (list of str, numpy.ndarray)
+            The prompts and the (n, D) embeddings of their images.
+        """
+        rng = np.random.default_rng([rng_seed, 7041])
+        skip = set(exclude)
+        pool = [p for p in self.base_rows if p not in skip]
+        bases = [pool[k] for k in rng.choice(len(pool), min(n_bases, len(pool)), replace=False)]
+        prompts = []
+        for base in bases:
+            for _ in range(prompts_per_base):
+                choice = tuple(int(rng.integers(n)) if rng.random() < edit_rate else -1 for n in vocab.sizes)
+                prompts.append(vocab.render(base, choice))
+        seeds = list(range(first_seed, first_seed + len(prompts)))
+        return prompts, self(prompts, seeds)
 
     # ------------------------------------------------------------------ checks
 
