@@ -15,9 +15,10 @@ import sys  # noqa: E402
 import polars as pl  # noqa: E402
 import pytest  # noqa: E402
 
-from pamela_lite import demo  # noqa: E402
+from pamela_lite import demo, worlds  # noqa: E402
 from pamela_lite.data import load_dataset  # noqa: E402
 from pamela_lite.model import PersonalScorer  # noqa: E402
+from pamela_lite.steer_sim import SimulatedGenerator  # noqa: E402
 
 SMALL = demo.DemoConfig(n_users=48, n_images=400, n_ratings=6000, dim=32, seed=3)
 # A model small enough to fit in about a second, with every component switched on.
@@ -50,6 +51,18 @@ def exported(fitted, tmp_path_factory):
     path = tmp_path_factory.mktemp("onnx") / "scorer.onnx"
     export(fitted, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def steer_world():
+    """A small lowvar world for the steering tests (taste off the principal components)."""
+    return worlds.make("lowvar", n_users=40, n_images=300, dim=64)
+
+
+@pytest.fixture(scope="session")
+def sim(steer_world):
+    """The simulated generator on `steer_world`."""
+    return SimulatedGenerator(steer_world)
 
 
 @pytest.fixture

@@ -9,22 +9,11 @@ import polars as pl
 import pytest
 
 from pamela_lite import steer, worlds
-from pamela_lite.steer_sim import SimulatedGenerator
 
 from .conftest import cli
 
 VOCAB = steer.Vocabulary.from_dict({"attributes": {"light": ["warm light", "cold light"],
                                                    "angle": ["low angle", "high angle", "top view"]}})
-
-
-@pytest.fixture(scope="module")
-def small_world():
-    return worlds.make("lowvar", n_users=40, n_images=300, dim=64)
-
-
-@pytest.fixture(scope="module")
-def sim(small_world):
-    return SimulatedGenerator(small_world)
 
 
 class ToyGenerator:
@@ -115,10 +104,10 @@ def test_vocabulary_default_loads_and_malformed_files_name_the_problem(tmp_path)
         steer.Vocabulary.load(bad)
 
 
-def test_simulated_directions_are_independent_of_the_taste_and_principal_bases(small_world, sim):
-    D = small_world.embeddings.shape[1]
-    basis = np.linalg.qr(small_world.taste_basis)[0]
-    x = small_world.embeddings - small_world.embeddings.mean(0)
+def test_simulated_directions_are_independent_of_the_taste_and_principal_bases(steer_world, sim):
+    D = steer_world.embeddings.shape[1]
+    basis = np.linalg.qr(steer_world.taste_basis)[0]
+    x = steer_world.embeddings - steer_world.embeddings.mean(0)
     pcs = np.linalg.svd(x, full_matrices=False)[2][:8].T
     phrases = [p for _, ps in steer.Vocabulary.load().attributes for p in ps]
     for space in (basis, pcs):
@@ -133,35 +122,35 @@ def test_simulated_variance_split_is_calibrated(sim):
     assert abs(shares.seed_to_edit - 1.0) < 0.3
 
 
-def test_simulated_truth_reproduces_the_worlds_utilities(small_world, sim):
+def test_simulated_truth_reproduces_the_worlds_utilities(steer_world, sim):
     # a base prompt with no edit and no seed noise is its catalogue image: the world's own utility
-    truth = small_world.truth.head(50)
+    truth = steer_world.truth.head(50)
     rows = sim.truth
     u = [rows.base_utility[rows.row(p), k] for p, k in
          zip(truth["participant_id"].to_list(),
              pl.DataFrame({"image_id": truth["image_id"]}).join(
-                 small_world.images.with_row_index("k").select("image_id", "k"), on="image_id",
+                 steer_world.images.with_row_index("k").select("image_id", "k"), on="image_id",
                  maintain_order="left")["k"].to_list())]
     assert np.corrcoef(u, truth["utility"].to_numpy())[0, 1] > 0.999
 
 
-def test_simulated_generator_is_deterministic_and_seeds_scatter(small_world, sim):
-    p = small_world.images["prompt"][0] + ", golden hour light"
+def test_simulated_generator_is_deterministic_and_seeds_scatter(steer_world, sim):
+    p = steer_world.images["prompt"][0] + ", golden hour light"
     a, b = sim([p, p], [1, 2]), sim([p], [1])
     assert np.array_equal(a[0], b[0]) and not np.allclose(a[0], a[1])
 
 
-def test_steering_for_self_beats_the_base_under_true_utility(small_world, sim, tmp_path):
+def test_steering_for_self_beats_the_base_under_true_utility(steer_world, sim, tmp_path):
     from pamela_lite.model import PersonalScorer
 
-    ds = worlds.dataset(small_world)
+    ds = worlds.dataset(steer_world)
     model = PersonalScorer(n_components=8, n_prototypes=8, factors=4, head_trees=20, n_folds=2, n_threads=1)
     model.fit(ds.split("train"), ds.embeddings, ds.scale)
     fresh = list(range(5000, 5016))
     gains = []
     for k, user in enumerate(model.users_[:6]):
         obj = steer.PersonalObjective(model, model.user_states_[k])
-        base = small_world.images["prompt"][k]
+        base = steer_world.images["prompt"][k]
         res = steer.search("greedy", sim, obj, steer.Vocabulary.load(), base, 64, 4)
         gains.append(sim.true_utility(user, [res.prompt] * 16, fresh).mean()
                      - sim.true_utility(user, [base] * 16, fresh).mean())

@@ -11,20 +11,9 @@ import polars as pl
 import pytest
 
 from pamela_lite import steer, worlds
-from pamela_lite.steer_sim import SimulatedGenerator
 
 from .conftest import cli, write_embeddings
 from .test_steer import VOCAB, ToyGenerator, first_coordinate
-
-
-@pytest.fixture(scope="module")
-def small_world():
-    return worlds.make("lowvar", n_users=40, n_images=300, dim=64)
-
-
-@pytest.fixture(scope="module")
-def sim(small_world):
-    return SimulatedGenerator(small_world)
 
 
 @pytest.fixture(scope="module")
@@ -59,13 +48,13 @@ def test_shifts_compare_within_a_base_prompt_so_bases_cancel():
     np.testing.assert_allclose(effects.base_means, [[0, 0], [10, 0]], atol=1e-5)
 
 
-def test_predicted_phrase_gains_follow_the_true_gains_of_each_person(small_world, sim, sim_effects):
+def test_predicted_phrase_gains_follow_the_true_gains_of_each_person(steer_world, sim, sim_effects):
     from pamela_lite.model import PersonalScorer
 
-    ds = worlds.dataset(small_world)
+    ds = worlds.dataset(steer_world)
     model = PersonalScorer(n_components=8, n_prototypes=8, factors=4, head_trees=20, n_folds=2, n_threads=1)
     model.fit(ds.split("train"), ds.embeddings, ds.scale)
-    vocab, base, fresh = steer.Vocabulary.load(), small_world.images["prompt"][0], list(range(5000, 5016))
+    vocab, base, fresh = steer.Vocabulary.load(), steer_world.images["prompt"][0], list(range(5000, 5016))
     corr = []
     for k, user in enumerate(model.users_[:6]):
         ranking = sim_effects.propose(steer.PersonalObjective(model, model.user_states_[k]), vocab, base).ranking
