@@ -218,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     if full.fitted_.tuning is not None:
         chosen = full.fitted_.tuning
         watch.step(f"tuned on val_seen: kept the {chosen['head']} residual head (per-user SROCC "
-                   + ", ".join(f"{k} {v:.3f}" for k, v in chosen["validation_srocc"].items()) + ")")
+                   + ", ".join(f"{k} {v:.3f}" for k, v in chosen["validation_srocc"].items())
+                   + f"; the larger head needed a gain of {chosen['gain_needed']:.3f} over "
+                   f"{chosen['validation_users']} people, it gained {chosen['gain']:+.3f})")
     models = {} if args.no_baselines else fit_variants(BASELINES, dataset, args.seed, watch, False, args.threads)
     models[FULL] = full
 

@@ -143,8 +143,9 @@ class PersonalScorer(BaseEstimator):
     tune : bool
         Let validation choose the head's capacity: with validation ratings of known users, a
         larger head (:data:`LARGE_HEAD`) is also fitted, and kept only if it ranks those users'
-        validation images better by at least :data:`TUNE_MIN_GAIN` per-user SROCC (it costs
-        several times the scoring time). The choice and both scores are kept in ``fitted_.tuning``
+        validation images better by at least :data:`TUNE_MIN_GAIN` per-user SROCC and by two
+        standard errors of the paired per-user difference (it costs several times the scoring
+        time). The choice, both scores and the trees each kept are in ``fitted_.tuning``
         (``model.json``). The constructor's head settings are the compact candidate.
     head_max_rows : int
         The head trains on at most this many (seeded, uniformly drawn) out-of-fold rows.
@@ -302,7 +303,8 @@ class PersonalScorer(BaseEstimator):
         scale : Scale, optional
             Rating scale; default the range of `ratings`.
         validation : polars.DataFrame, optional
-            Ratings of the same users on other images, for early stopping of the head.
+            Ratings of the same users on other images: early stopping of the head, the head's
+        size (``tune``) and whether per-image catalogue corrections are kept.
 
         Returns
         -------
@@ -514,23 +516,33 @@ class PersonalScorer(BaseEstimator):
 
     def _tuned_head(self, oof: dict, y: np.ndarray, validation, embeddings) -> tuple[str, dict | None]:
         """The residual head (LightGBM text) and, when tuned, what validation chose and why."""
-        compact = {name: getattr(self, name) for name in LARGE_HEAD}
+        compact = {name: getattr(self, name) for name in HEAD_SETTINGS}
         head = self._fit_head(oof, y, validation, embeddings, compact)
         known = _known_rows(validation, self.users_)
         if not self.tune or known is None:
             return head, None
-        large = self._fit_head(oof, y, validation, embeddings, LARGE_HEAD)
         cols = self.components(known, embeddings)
         base = self._base_score(cols, self.fitted_.blend)
-        scores = {name: _validation_srocc(known, base + _head_output(text, cols["head_x"]))
-                  for name, text in (("compact", head), ("large", large))}
-        choice = "large" if scores["large"] >= scores["compact"] + TUNE_MIN_GAIN else "compact"
+        compact_users = _validation_users(known, base + _head_output(head, cols["head_x"]))
+        if not compact_users.height:  # no user with enough spread in their validation ratings to rank
+            return head, None
+        large = self._fit_head(oof, y, validation, embeddings, LARGE_HEAD)
+        large_users = _validation_users(known, base + _head_output(large, cols["head_x"]))
+        gain = large_users["srocc"] - compact_users["srocc"]  # the same users, in the same order
+        # Kept only if the larger head's gain is clear of the noise between users (2 standard
+        # errors of the paired mean) and worth its scoring time (TUNE_MIN_GAIN).
+        noise = TUNE_STANDARD_ERRORS * float(gain.std()) / np.sqrt(len(gain)) if len(gain) > 1 else np.inf
+        choice = "large" if float(gain.mean()) >= max(TUNE_MIN_GAIN, noise) else "compact"
         return (large if choice == "large" else head), {
-            "head": choice, "head_params": LARGE_HEAD if choice == "large" else compact,
-            "validation_srocc": scores, "min_gain": TUNE_MIN_GAIN, "validation_rows": known.height}
+            "head": choice, "head_params": dict(LARGE_HEAD if choice == "large" else compact),
+            "trees_kept": {"compact": _tree_count(head), "large": _tree_count(large)},
+            "validation_srocc": {"compact": float(compact_users["srocc"].mean()),
+                                 "large": float(large_users["srocc"].mean())},
+            "gain": float(gain.mean()), "gain_needed": max(TUNE_MIN_GAIN, noise),
+            "validation_users": len(gain), "validation_rows": known.height}
 
     def _fit_head(self, oof: dict, y: np.ndarray, validation, embeddings, settings: dict) -> str:
-        """The residual head with the given `settings` (LARGE_HEAD's keys), as LightGBM model text."""
+        """The residual head with the given `settings` (HEAD_SETTINGS), as LightGBM model text."""
         # Features are float32 on both sides so LightGBM and its ONNX export see the same values.
         base = self._base_score(oof, self.fitted_.blend)
         rows = slice(None)
@@ -824,10 +836,13 @@ def _head_output(model_text: str, head_x: np.ndarray) -> np.ndarray:
     return lgb.Booster(model_str=model_text).predict(head_x) if model_text else np.zeros(len(head_x))
 
 
-def _validation_srocc(rows: pl.DataFrame, score: np.ndarray) -> float:
-    """Mean per-user SROCC of `score` against the rows' ratings (the benchmarks' headline metric)."""
-    users = per_user(rows.select("participant_id", "rating").with_columns(score=pl.Series(score)))
-    return float(users["srocc"].mean()) if users.height else float("nan")
+def _validation_users(rows: pl.DataFrame, score: np.ndarray) -> pl.DataFrame:
+    """Per-user SROCC of `score` against the rows' ratings (the benchmarks' headline metric)."""
+    return per_user(rows.select("participant_id", "rating").with_columns(score=pl.Series(score)))
+
+
+def _tree_count(model_text: str) -> int:
+    return lgb.Booster(model_str=model_text).num_trees() if model_text else 0
 
 
 def float32_safe(model_text: str) -> lgb.Booster:
@@ -856,8 +871,10 @@ def float32_safe(model_text: str) -> lgb.Booster:
 # The larger head the fit may choose (tune=True): more, smaller steps on finer leaves. On the
 # zoo's worlds it gained +0.004..+0.012 SROCC where taste is nonlinear and nothing elsewhere,
 # at 2-4x the trees; hence a margin it must clear on validation.
+HEAD_SETTINGS = ("head_trees", "head_leaves", "head_learning_rate", "head_min_child_samples")
 LARGE_HEAD = {"head_trees": 400, "head_leaves": 31, "head_learning_rate": 0.05, "head_min_child_samples": 50}
 TUNE_MIN_GAIN = 0.002
+TUNE_STANDARD_ERRORS = 2.0
 
 _POSITIVE = ("n_components", "whiten_dim", "rank_threshold", "n_prototypes", "temperature", "factors", "alpha",
              "als_iterations", "head_trees", "head_learning_rate", "head_min_child_samples", "head_max_rows")
@@ -930,7 +947,10 @@ def _merged_ids(known: list, new: list) -> tuple[list, list]:
     return [str(u) for u in known], [str(u) for u in new]
 
 
+# EM moves slowly toward zero along directions without real spread (30 steps leave about 3% of
+# a unit variance there, 300 about 2%); the fixed count is part of the estimator, measured on the zoo.
 EM_ITERATIONS = 30
+EM_CHUNK = 2048  # users per batched inverse inside an EM step
 
 
 def _empirical_taste_precision(states, y, user_index, n_users, feats, solver, iterations: int) -> np.ndarray:
@@ -943,7 +963,8 @@ def _empirical_taste_precision(states, y, user_index, n_users, feats, solver, it
     squared residual. The posterior covariance credits how uncertain each user's estimate is,
     so directions in which the users show no real spread shrink toward zero rather than
     keeping the noise of the estimates (on the zoo's worlds: +0.005..+0.02 SROCC for seen and
-    new users over the moment of point estimates, which keeps that noise).
+    new users over the moment of point estimates, which keeps that noise). Until 2026-11-26
+    ``taste_prior="empirical"`` meant that moment estimator (now ``"moment"``).
     """
     d = feats.pca.shape[1]
     resid = y - solver.mean - (feats.population if solver.use_population else 0.0) - states[user_index, 0]
@@ -957,12 +978,17 @@ def _empirical_taste_precision(states, y, user_index, n_users, feats, solver, it
     total_square, n_ratings = float(resid @ resid), len(resid)
     floor = 1e-6 * np.trace(second) / d * np.eye(d)  # keeps S invertible as unsupported directions vanish
     for _ in range(iterations):
-        cov = np.linalg.inv(grams / noise + np.linalg.inv(second)[None])
-        m = np.einsum("uij,uj->ui", cov, moments) / noise
-        second = (m.T @ m + cov.sum(axis=0)) / len(m)
-        second = (second + second.T) / 2 + floor
-        fitted_square = (total_square - 2 * np.einsum("ui,ui->", m, moments)
-                         + np.einsum("ui,uij,uj->", m, grams, m) + np.einsum("uij,uji->", grams, cov))
+        precision, spread, fitted_square = np.linalg.inv(second), np.zeros((d, d)), total_square
+        # Users in chunks: the posteriors' temporaries stay one chunk's size, not n_users x d x d.
+        for rows in np.array_split(np.arange(len(grams)), max(1, len(grams) // EM_CHUNK)):
+            cov = np.linalg.inv(grams[rows] / noise + precision[None])
+            m = np.einsum("uij,uj->ui", cov, moments[rows]) / noise
+            spread += m.T @ m + cov.sum(axis=0)
+            # expected squared residual: |r - Z m|^2 + tr(Z'Z C), summed over users
+            fitted_square += (-2 * np.einsum("ui,ui->", m, moments[rows])
+                              + np.einsum("ui,uij,uj->", m, grams[rows], m)
+                              + np.einsum("uij,uji->", grams[rows], cov))
+        second = (spread + spread.T) / (2 * len(grams)) + floor
         noise = float(fitted_square / n_ratings)
     return noise * np.linalg.inv(second)
 
@@ -973,8 +999,10 @@ def _user_normal_equations(Z: np.ndarray, r: np.ndarray, user_index: np.ndarray,
     bounds = np.searchsorted(user_index[order], np.arange(n_users + 1))
     Z, r = Z[order], r[order]
     rated = np.flatnonzero(np.diff(bounds))
-    grams = np.stack([Z[bounds[k]:bounds[k + 1]].T @ Z[bounds[k]:bounds[k + 1]] for k in rated])
-    moments = np.stack([Z[bounds[k]:bounds[k + 1]].T @ r[bounds[k]:bounds[k + 1]] for k in rated])
+    grams, moments = np.empty((len(rated), Z.shape[1], Z.shape[1])), np.empty((len(rated), Z.shape[1]))
+    for row, k in enumerate(rated):
+        block = Z[bounds[k]:bounds[k + 1]]
+        grams[row], moments[row] = block.T @ block, block.T @ r[bounds[k]:bounds[k + 1]]
     return grams, moments
 
 

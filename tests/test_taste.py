@@ -125,3 +125,11 @@ def test_em_prior_finds_that_tastes_spread_along_few_directions():
     # the moment of shrunk point estimates keeps their noise there and shrinks the real spread.
     assert off_taste["em"] < 0.25 * off_taste["moment"]
     np.testing.assert_allclose(np.sort(np.linalg.eigvalsh(basis.T @ em @ basis))[::-1], [1.0, 0.25], rtol=0.3)
+
+
+def test_em_prior_recovers_the_taste_spread_from_few_ratings_per_person():
+    # 10 ratings each: the point estimates are mostly noise, so only a correct EM (posterior
+    # covariance in the spread, expected residual in the noise) lands on the true spread
+    y, user_index, z, basis = _hierarchical_ratings(n_users=400, per_user=10)
+    em = _prior_covariance(30, y, user_index, z)
+    np.testing.assert_allclose(np.sort(np.linalg.eigvalsh(basis.T @ em @ basis))[::-1], [1.0, 0.25], rtol=0.15)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import polars as pl
 import pytest
 
 from pamela_lite import model as model_module
@@ -17,22 +18,63 @@ def _fit(dataset, **params):
         dataset.split("train"), dataset.embeddings, dataset.scale, validation=dataset.split("val_seen"))
 
 
+def _no_margin(monkeypatch, margin: float = -1.0):
+    monkeypatch.setattr(model_module, "TUNE_MIN_GAIN", margin)
+    monkeypatch.setattr(model_module, "TUNE_STANDARD_ERRORS", 0.0)
+
+
 @pytest.mark.parametrize("margin, expected", [(-1.0, "large"), (1.0, "compact")])
 def test_the_larger_head_is_kept_only_when_it_clears_the_margin(dataset, monkeypatch, margin, expected):
-    monkeypatch.setattr(model_module, "TUNE_MIN_GAIN", margin)
+    _no_margin(monkeypatch, margin)
     tuning = _fit(dataset).fitted_.tuning
     assert tuning["head"] == expected
     assert set(tuning["validation_srocc"]) == {"compact", "large"}
 
 
+def test_a_gain_within_the_noise_between_people_keeps_the_compact_head(dataset, monkeypatch):
+    monkeypatch.setattr(model_module, "TUNE_MIN_GAIN", -1.0)  # only the paired standard error decides
+    monkeypatch.setattr(model_module, "TUNE_STANDARD_ERRORS", 1e6)
+    tuning = _fit(dataset).fitted_.tuning
+    assert tuning["head"] == "compact" and tuning["gain_needed"] > abs(tuning["gain"])
+
+
+def test_the_recorded_compact_score_is_the_untuned_models_validation_srocc(dataset):
+    from pamela_lite.metrics import per_user
+
+    tuning = _fit(dataset, use_catalogue=False).fitted_.tuning
+    untuned = _fit(dataset, tune=False, use_catalogue=False)
+    known = dataset.split("val_seen").filter(pl.col("participant_id").is_in(untuned.users_))
+    scores = per_user(known.with_columns(score=pl.Series(untuned.utility(known, dataset.embeddings))))
+    assert tuning["validation_srocc"]["compact"] == pytest.approx(float(scores["srocc"].mean()), abs=1e-9)
+
+
+def test_validation_without_rankable_people_tunes_nothing(dataset):
+    # 4 ratings per person: too few for a per-person rank correlation
+    thin = dataset.split("val_seen").group_by("participant_id", maintain_order=True).head(4)
+    model = PersonalScorer(random_state=0, **SMALL_MODEL).fit(dataset.split("train"), dataset.embeddings,
+                                                                dataset.scale, validation=thin)
+    assert model.fitted_.tuning is None
+
+
+def test_no_tune_on_the_command_line_records_no_choice(world, tmp_path):
+    from pamela_lite import fit
+
+    out = tmp_path / "model"
+    params = json.dumps({k: v for k, v in SMALL_MODEL.items() if k != "n_threads"})
+    assert fit.main(["--data", str(world), "--out", str(out), "--no-tune", "--no-baselines", "--quiet",
+                     "--params", params]) == 0
+    meta = json.loads((out / "model.json").read_text())
+    assert "tuning" not in meta and meta["params"]["tune"] is False
+
+
 def test_the_kept_head_has_the_chosen_settings(dataset, monkeypatch):
-    monkeypatch.setattr(model_module, "TUNE_MIN_GAIN", -1.0)
+    _no_margin(monkeypatch)
     fitted = _fit(dataset).fitted_
     leaves = json.loads(json.dumps(fitted.tuning))["head_params"]["head_leaves"]
     assert leaves == LARGE_HEAD["head_leaves"] and f"[num_leaves: {LARGE_HEAD['head_leaves']}]" in fitted.head
 
 
-def test_no_tune_fits_the_constructors_head_and_records_no_choice(dataset, fitted):
+def test_no_tune_fits_the_constructors_head_and_records_no_choice(dataset):
     untuned = _fit(dataset, tune=False)
     assert untuned.fitted_.tuning is None
     assert f"[num_leaves: {PersonalScorer().head_leaves}]" in untuned.fitted_.head
