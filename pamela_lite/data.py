@@ -130,7 +130,7 @@ def id_type_note(given: pl.Series, known: pl.Series, where: str) -> str:
     """A hint for a failed id lookup when the two sides type their ids differently."""
     if given.dtype == known.dtype:
         return ""
-    return (f" (these ids are {_id_kind(given)}, {where}'s are {_id_kind(known)}: they are compared as "
+    return (f" (these ids are {_id_kind(given)}, those of {where} are {_id_kind(known)}: they are compared as "
             f"text, e.g. {known[0]!r} matches {str(known[0])!r} only)")
 
 
@@ -284,6 +284,7 @@ def _ids(frame: pl.DataFrame, source) -> pl.DataFrame:
 
 AGE_RANGE = r"^\s*(\d+(?:\.\d+)?)\s*(?:-|–|to)\s*(\d+(?:\.\d+)?)\s*$"
 AGE_OPEN = r"^\s*(\d+(?:\.\d+)?)\s*\+\s*$"
+MAX_AGE = 120  # an age beyond it is a typo or a unit mix-up, and would extrapolate the demographic prior
 
 
 def _age_years(frame: pl.DataFrame, col: str) -> pl.Expr:
@@ -315,6 +316,11 @@ def _ages(frame: pl.DataFrame, source) -> pl.DataFrame:
             if len(values):
                 log.warning(f"warning: {source}: {len(values)} {col} value(s) are neither a number nor a range "
                             f"such as 25-34 and are ignored: {preview([v[:40] for v in values.to_list()])}")
+    impossible = pl.col("age").is_not_null() & ((pl.col("age") < 0) | (pl.col("age") > MAX_AGE))
+    if frame.select(impossible.any()).item():
+        raise InputError(source, f"age must be between 0 and {MAX_AGE} years, not "
+                                 f"{preview(frame.filter(impossible)['age'].unique(maintain_order=True).to_list(), 3)}"
+                                 f" ({_where(frame, impossible)})")
     return frame
 
 

@@ -460,8 +460,9 @@ class PhraseEffects:
                           f["base_means"].astype(np.float64), float(f["ridge"]), str(path))
         except InputError:
             raise
-        except Exception as err:   # not a zip, a missing array, a pickled object, ...
-            raise InputError(path, f"cannot read phrase effects ({str(err).splitlines()[0]})") from None
+        except Exception:   # not a zip, a missing array, a pickled object, ...
+            raise InputError(path, "not a phrase-effects .npz file (write one with steer --history ... "
+                                   "--out DIR: DIR/phrase_effects.npz)") from None
         if out.shifts.shape != (len(out.phrases), out.base_means.shape[1]) or not len(out.bases):
             raise InputError(path, "phrase effects are inconsistent (shifts, phrases and bases do not match)")
         return out
@@ -1367,7 +1368,10 @@ def main(argv: list[str] | None = None) -> int:
                                 if row["predicted_gain"] is not None)
                 watch.step(f"{objective.name}: proposed before generating {res.proposal.prompt!r} (top edits: {top})")
             watch.step(f"{objective.name}: {res.prompt!r} predicted {res.predicted:.3f} "
-                       f"(base {res.base_predicted:.3f}, taste sd {res.spread_taste:.3f}, seed sd "
+                       f"(base {res.base_predicted:.3f}, "
+                       + (f"taste sd {res.spread_taste:.3f}, " if np.isfinite(res.spread_taste) else
+                          "taste sd unknown: no ratings of this person at hand, ")
+                       + "seed sd "
                        f"{res.spread_seed:.3f}) after {res.calls} calls")
         payload = {"user": label, "base_prompt": args.prompt, "method": args.method, "budget": args.budget,
                    "seeds_per_prompt": args.seeds_per_prompt, "generator": args.generator,

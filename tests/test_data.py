@@ -155,3 +155,14 @@ def test_duplicated_embedding_ids_are_rejected(tmp_path):
 
 def test_missing_file_is_named(tmp_path):
     assert "no such file" in _error(read_embeddings, tmp_path / "nope.parquet")
+
+
+@pytest.mark.parametrize("age", [-5, 500])
+def test_an_impossible_age_is_one_line_naming_the_file_and_line(tmp_path, ratings_table, age):
+    path = tmp_path / "ratings.csv"
+    ratings_table.head(20).with_columns(age=pl.when(pl.int_range(pl.len()) == 2).then(age).otherwise(30)).write_csv(path)
+    with pytest.raises(InputError) as err:
+        read_ratings(path)
+    text = str(err.value)
+    assert text.startswith(str(path)) and "age must be between 0 and 120" in text and "line 4" in text
+    assert "\n" not in text

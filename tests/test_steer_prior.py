@@ -153,7 +153,7 @@ def test_cli_fits_phrase_effects_from_a_log_and_reuses_them(fitted, dataset, tmp
     ("no_prompt_column", "missing column(s) prompt"),
     ("unknown_image", "have no embedding"),
     ("no_effects", "needs the prompt-side model"),
-    ("not_npz", "cannot read phrase effects"),
+    ("not_npz", "not a phrase-effects .npz"),
     ("no_log_embeddings", "needs --history-embeddings"),
     ("no_vocabulary_phrase", "no prompt of the log holds a phrase"),
     ("wrong_dimension", "phrase effects of dimension 2"),

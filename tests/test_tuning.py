@@ -90,3 +90,14 @@ def test_without_validation_nothing_is_tuned(dataset):
     model = PersonalScorer(random_state=0, **SMALL_MODEL).fit(dataset.split("train"), dataset.embeddings,
                                                                 dataset.scale)
     assert model.fitted_.tuning is None
+
+
+def test_head_settings_given_on_the_command_line_are_used_as_given(world, tmp_path, capsys):
+    from pamela_lite import fit
+
+    out = tmp_path / "model"
+    params = json.dumps({**{k: v for k, v in SMALL_MODEL.items() if k != "n_threads"}, "head_leaves": 7})
+    assert fit.main(["--data", str(world), "--out", str(out), "--no-baselines", "--params", params]) == 0
+    meta = json.loads((out / "model.json").read_text())
+    assert "tuning" not in meta and "[num_leaves: 7]" in (out / "head.txt").read_text()
+    assert "residual head not tuned" in capsys.readouterr().err
