@@ -1176,8 +1176,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--user", help="participant id: known to the model, or one in --context")
     parser.add_argument("--context", type=Path, help="ratings of a new person (participant_id, image_id, rating "
                                                       "[, age, gender, nationality]), folded in")
-    parser.add_argument("--embeddings", type=Path, help="embeddings of the context's images (default: the "
-                                                        "simulated world's, with --generator sim:WORLD)")
+    parser.add_argument("--embeddings", type=Path, help="embeddings of the context's images, or for a known "
+                                                        "person of the images the model was fitted on (their "
+                                                        "kept ratings give the spread over their taste; "
+                                                        "default: the simulated world's, with --generator sim:WORLD)")
     parser.add_argument("--prompt", required=True, help="the base prompt")
     parser.add_argument("--vocabulary", type=Path, help="prompt edits JSON (default: the packaged one, "
                                                         "pamela_lite/steer_vocabulary.json)")
@@ -1305,6 +1307,12 @@ def _resolve_user(args, model, world):
         if rows.height:
             emb = Embeddings(world.images["image_id"], world.embeddings)
             rated, ratings = emb.take(rows["image_id"]), rows["original_score"].to_numpy()
+    elif args.embeddings is not None:  # the model folder keeps the ratings each known state came from
+        rows = model.ratings_.filter(pl.col("participant_id") == str(args.user))
+        if rows.height:
+            emb = read_embeddings(args.embeddings)
+            rated = emb.take(rows["image_id"], args.embeddings)  # ids kept as text compare as text
+            ratings = rows["rating"].to_numpy()
     return str(args.user), model.user_states_[row], rated, ratings
 
 
@@ -1336,9 +1344,11 @@ def main(argv: list[str] | None = None) -> int:
         posterior = None
         if rated is not None and len(rated):
             posterior = state_posterior(model, state, rated, ratings)
-        elif args.method == "thompson":
-            print(f"warning: no ratings of {label!r} at hand: the bandit samples only seed noise, "
-                  f"not the person's taste", file=sys.stderr)
+        elif args.method == "thompson" or args.context is None:
+            print(f"warning: no ratings of {label!r} at hand, so no spread over their taste"
+                  + (": the bandit samples only seed noise" if args.method == "thompson" else "")
+                  + " (give --embeddings with the embeddings of the images the model was fitted on "
+                    "to use the ratings the model folder keeps)", file=sys.stderr)
         if args.scorer is not None:
             from .edge import EdgeScorer
 

@@ -213,3 +213,16 @@ def test_cli_stub_generator_writes_the_trajectory(fitted, tmp_path):
     assert [r["objective"] for r in payload["results"]] == ["personal", "population"]
     assert all(r["calls"] <= 12 and r["trajectory"] for r in payload["results"])
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["steer.json"]
+
+
+def test_cli_known_person_gets_a_taste_spread_from_the_ratings_the_model_keeps(fitted, dataset, tmp_path):
+    model = fitted.save(tmp_path / "model")
+    user = fitted.users_[0]
+    kept = fitted.ratings_.filter(pl.col("participant_id") == str(user)).height
+    out = cli("steer", "--model", model, "--user", user, "--prompt", "a cat", "--generator", "stub",
+              "--budget", "8", "--no-plot", "--quiet", "--embeddings", dataset.embeddings.source,
+              "--out", tmp_path / "o")
+    assert out.returncode == 0, out.stderr
+    payload = json.loads((tmp_path / "o" / "steer.json").read_text())
+    assert payload["posterior_ratings"] == kept > 0
+    assert payload["results"][0]["spread_taste"] > 0
