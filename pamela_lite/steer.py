@@ -1344,11 +1344,6 @@ def main(argv: list[str] | None = None) -> int:
         posterior = None
         if rated is not None and len(rated):
             posterior = state_posterior(model, state, rated, ratings)
-        elif args.method == "thompson" or args.context is None:
-            print(f"warning: no ratings of {label!r} at hand, so no spread over their taste"
-                  + (": the bandit samples only seed noise" if args.method == "thompson" else "")
-                  + " (give --embeddings with the embeddings of the images the model was fitted on "
-                    "to use the ratings the model folder keeps)", file=sys.stderr)
         if args.scorer is not None:
             from .edge import EdgeScorer
 
@@ -1368,6 +1363,11 @@ def main(argv: list[str] | None = None) -> int:
             population = PopulationObjective(model)
         objectives = {"personal": [personal], "population": [population],
                       "both": [personal, population]}[args.objective]
+        if posterior is None and args.objective != "population":  # after every input check: errors stay one line
+            print(f"warning: no ratings of {label!r} at hand, so no spread over their taste"
+                  + (": the bandit samples only seed noise" if args.method == "thompson" else "")
+                  + " (give --embeddings with the embeddings of the images the model was fitted on "
+                    "to use the ratings the model folder keeps)", file=sys.stderr)
         results = []
         for objective in objectives:
             res = search(args.method, generate, objective, vocab, args.prompt, args.budget, args.seeds_per_prompt,
