@@ -108,3 +108,14 @@ def dir_size(path: Path) -> int:
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def world_names(parser, text: str) -> list[str]:
+    """The zoo families named in a comma-separated `text`; an unknown one is a usage error."""
+    from pamela_lite import worlds
+
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in worlds.FAMILIES]
+    if unknown:
+        parser.error(f"unknown world(s) {unknown}; known: {', '.join(worlds.FAMILIES)}")
+    return names

@@ -31,7 +31,7 @@ from pathlib import Path
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import has_torch, log, machine, machine_lines, results_dir, save  # noqa: E402
+from _common import has_torch, log, machine, machine_lines, results_dir, save, world_names  # noqa: E402
 
 from pamela_lite import worlds  # noqa: E402
 from pamela_lite.model import PersonalScorer  # noqa: E402
@@ -190,10 +190,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.merge:
         return merge(args)
-    names = [n.strip() for n in args.worlds.split(",") if n.strip()]
-    unknown = [n for n in names if n not in worlds.FAMILIES]
-    if unknown:
-        parser.error(f"unknown world(s) {unknown}; known: {', '.join(worlds.FAMILIES)}")
+    names = world_names(parser, args.worlds)
     kshots = tuple(int(k) for k in args.kshots.split(","))
     deep_on = has_torch()
     if deep_on:

@@ -26,7 +26,7 @@ import numpy as np
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import log, machine, machine_lines, save  # noqa: E402
+from _common import log, machine, machine_lines, save, world_names  # noqa: E402
 
 from pamela_lite import worlds  # noqa: E402
 from pamela_lite.model import PersonalScorer  # noqa: E402
@@ -203,10 +203,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="results folder (default benchmarks/results for a full run, runs/zoo_quick for --quick)")
     args = parser.parse_args(argv)
-    names = [n.strip() for n in args.worlds.split(",") if n.strip()]
-    unknown = [n for n in names if n not in worlds.FAMILIES]
-    if unknown:
-        parser.error(f"unknown world(s) {unknown}; known: {', '.join(worlds.FAMILIES)}")
+    names = world_names(parser, args.worlds)
     kshots = tuple(int(k) for k in args.kshots.split(","))
     info = machine()
     load_start = os.getloadavg()[0]
