@@ -517,16 +517,16 @@ class PersonalScorer(BaseEstimator):
     def _tuned_head(self, oof: dict, y: np.ndarray, validation, embeddings) -> tuple[str, dict | None]:
         """The residual head (LightGBM text) and, when tuned, what validation chose and why."""
         compact = {name: getattr(self, name) for name in HEAD_SETTINGS}
-        head = self._fit_head(oof, y, validation, embeddings, compact)
-        known = _known_rows(validation, self.users_)
-        if not self.tune or known is None:
+        known = self._known_validation(validation, embeddings)  # the rows and their components, once
+        head = self._fit_head(oof, y, known, compact)
+        if not self.tune or known is None or known[0].height < MIN_VALIDATION_ROWS:
             return head, None
-        cols = self.components(known, embeddings)
+        known, cols = known
         base = self._base_score(cols, self.fitted_.blend)
         compact_users = _validation_users(known, base + _head_output(head, cols["head_x"]))
         if not compact_users.height:  # no user with enough spread in their validation ratings to rank
             return head, None
-        large = self._fit_head(oof, y, validation, embeddings, LARGE_HEAD)
+        large = self._fit_head(oof, y, (known, cols), LARGE_HEAD)
         large_users = _validation_users(known, base + _head_output(large, cols["head_x"]))
         gain = large_users["srocc"] - compact_users["srocc"]  # the same users, in the same order
         # Kept only if the larger head's gain is clear of the noise between users (2 standard
@@ -541,8 +541,18 @@ class PersonalScorer(BaseEstimator):
             "gain": float(gain.mean()), "gain_needed": max(TUNE_MIN_GAIN, noise),
             "validation_users": len(gain), "validation_rows": known.height}
 
-    def _fit_head(self, oof: dict, y: np.ndarray, validation, embeddings, settings: dict) -> str:
-        """The residual head with the given `settings` (HEAD_SETTINGS), as LightGBM model text."""
+    def _known_validation(self, validation: pl.DataFrame | None, embeddings) -> tuple[pl.DataFrame, dict] | None:
+        """Known users' validation rows (at most `head_max_rows`) and their components, or None."""
+        if validation is None or not validation.height:
+            return None
+        known = validation.filter(pl.col("participant_id").is_in(self.users_))
+        if known.height > self.head_max_rows:
+            known = known.sample(self.head_max_rows, seed=self.random_state)
+        return (known, self.components(known, embeddings)) if known.height else None
+
+    def _fit_head(self, oof: dict, y: np.ndarray, known: tuple[pl.DataFrame, dict] | None, settings: dict) -> str:
+        """The residual head with the given `settings` (HEAD_SETTINGS), early-stopped on `known`
+        validation rows and their components when given, as LightGBM model text."""
         # Features are float32 on both sides so LightGBM and its ONNX export see the same values.
         base = self._base_score(oof, self.fitted_.blend)
         rows = slice(None)
@@ -556,15 +566,11 @@ class PersonalScorer(BaseEstimator):
                   "lambda_l2": 10.0, "seed": self.random_state, "deterministic": True,
                   "num_threads": self._threads(), "verbose": -1}
         callbacks, valid_sets = [], []
-        if validation is not None and validation.height:
-            known = validation.filter(pl.col("participant_id").is_in(self.users_))
-            if known.height > self.head_max_rows:
-                known = known.sample(self.head_max_rows, seed=self.random_state)
-            if known.height:
-                cols = self.components(known, embeddings)
-                valid_sets = [lgb.Dataset(cols["head_x"], known["rating"].to_numpy().astype(np.float64),
-                                          init_score=self._base_score(cols, self.fitted_.blend), reference=train)]
-                callbacks = [lgb.early_stopping(50, verbose=False)]
+        if known is not None:
+            rows_known, cols = known
+            valid_sets = [lgb.Dataset(cols["head_x"], rows_known["rating"].to_numpy().astype(np.float64),
+                                      init_score=self._base_score(cols, self.fitted_.blend), reference=train)]
+            callbacks = [lgb.early_stopping(50, verbose=False)]
         booster = lgb.train(params, train, num_boost_round=settings["head_trees"], valid_sets=valid_sets,
                             callbacks=callbacks)
         best = booster.best_iteration if valid_sets else None
@@ -822,14 +828,6 @@ class PersonalScorer(BaseEstimator):
         model = cls(**fitted.params)
         model.fitted_, model.users_, model.user_states_, model.ratings_ = fitted, ids, states, ratings
         return model
-
-
-def _known_rows(validation: pl.DataFrame | None, user_ids: list) -> pl.DataFrame | None:
-    """Validation rows of known users (None if there are none to tune on)."""
-    if validation is None or not validation.height:
-        return None
-    known = validation.filter(pl.col("participant_id").is_in(user_ids))
-    return known if known.height >= MIN_VALIDATION_ROWS else None
 
 
 def _head_output(model_text: str, head_x: np.ndarray) -> np.ndarray:
