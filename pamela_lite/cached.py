@@ -2,8 +2,8 @@
 
 An image's features — population score, taste coordinates, image factors — do not depend on
 the user. ``python -m pamela_lite.export`` writes, beside the one-file scorer, the image-feature
-graph (embedding → features) and the user-scoring graph (features + user state → score), cut
-from the scorer node for node (:mod:`pamela_lite.stages`). A catalogue's features are computed
+graph (embedding → features) and the user-scoring graph (features + user state → score), made
+from the scorer (:mod:`pamela_lite.stages`). A catalogue's features are computed
 once and stored in a **feature cache**; ranking it for a user then costs a few dot products and
 the trees per image, or — in the retrieval mode — one dot product per image and the trees on the
 best ``candidates`` only.

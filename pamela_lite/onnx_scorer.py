@@ -17,7 +17,7 @@ files (:mod:`pamela_lite.fitted`, the same format as a model folder's), from whi
 folds in a new person (:mod:`pamela_lite.edge`), so a new person never requires a re-export;
 and ``<name>.users.npz``, the known users' ids and states. The graph's metadata, the parameter
 files and the users file all carry the digest of the fit they come from; the device refuses a
-set that does not agree. :func:`export` also writes the two-stage graphs cut from the scorer
+set that does not agree. :func:`export` also writes the two-stage graphs made from the scorer
 (:mod:`pamela_lite.stages`) for cached catalogues (:mod:`pamela_lite.cached`). The command-line
 front end is ``python -m pamela_lite.export``.
 """

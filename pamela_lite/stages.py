@@ -1,21 +1,23 @@
-"""Two-stage scoring graphs, cut out of the one-file scorer (written by ``pamela_lite.onnx_scorer.export``).
+"""Two-stage scoring graphs, made from the one-file scorer (written by ``pamela_lite.onnx_scorer.export``).
 
 Everything the one-file scorer computes from an embedding alone — normalisation, population
 head, taste coordinates, prototype assignment, image factors — does not depend on the user, so a
 catalogue's image features can be computed once and cached (:mod:`pamela_lite.cached`). This
-module splits the exported graph in two, node for node:
+module builds two graphs from the exported one-file scorer:
 
 * the **image-feature graph** ``<stem>.image_features.onnx``: ``embedding`` float32 [N, D] →
   ``features`` [N, 1 + d + f] = ``[population p(x), taste coordinates z(x), image factors q(x)]``
-  (float64 for an exact scorer, float32 for a fast one);
+  (float64 for an exact scorer, float32 for a fast one) — the scorer's own image-side nodes,
+  cut out node for node;
 * the **user-scoring graph** ``<stem>.user_score.onnx``: ``features`` [N, F] and ``user_state``
   float32 [M, S], M = N (pairs) or 1 (one user against N images) → ``score`` [N] and
-  ``utility`` [N], exactly as the one-file graph.
+  ``utility`` [N], as the one-file graph — rebuilt around the scorer's own trees and weights so
+  that the per-pair work besides the trees is a few passes over the features (see
+  :func:`_user_graph`; scores agree with the one-file graph to float rounding, checked to 1e-4).
 
-Both are built from the one-file ONNX model, not from the fitted Python object, so they carry
-the same operations (and hence the same rounding) as the scorer they were cut from; they carry
-its metadata too, and with it the digest of the fit (``pamela_lite.fit_sha256``) and the
-precision, which tie them (and every cache made with them) to that scorer.
+Both are built from the one-file ONNX model, not from the fitted Python object; they carry its
+metadata, and with it the digest of the fit (``pamela_lite.fit_sha256``) and the precision,
+which tie them (and every cache made with them) to that scorer.
 """
 
 from __future__ import annotations
@@ -69,10 +71,6 @@ def _initializers(graph: onnx.GraphProto, nodes) -> list[onnx.TensorProto]:
     return [t for t in graph.initializer if t.name in used]
 
 
-def _dims(value: onnx.ValueInfoProto) -> list:
-    return [d.dim_value or d.dim_param for d in value.type.tensor_type.shape.dim]
-
-
 def _feature_widths(scorer: onnx.ModelProto) -> tuple[int, int, int]:
     """(1, d, f): widths of population, taste coordinates and image factors in the scorer."""
     inits = {t.name: numpy_helper.to_array(t) for t in scorer.graph.initializer}
@@ -103,8 +101,7 @@ def build_stages(scorer: onnx.ModelProto) -> tuple[onnx.ModelProto, onnx.ModelPr
     if not any(prop.key == "pamela_lite.fit_sha256" for prop in scorer.metadata_props):
         raise ValueError("the scorer graph records no fit digest (pamela_lite.fit_sha256): export it again")
     graph = scorer.graph
-    embedding, user_state = graph.input[0], graph.input[1]
-    producer = _producers(graph)
+    embedding = graph.input[0]
     wide = next(t.data_type for t in graph.initializer if t.name == "W_image")
     widths = _feature_widths(scorer)
     n_features = sum(widths)
@@ -123,46 +120,113 @@ def build_stages(scorer: onnx.ModelProto) -> tuple[onnx.ModelProto, onnx.ModelPr
         initializer=_initializers(graph, image_nodes))
     image_model = _finish(image_graph, scorer, IMAGE_STAGE, meta)
 
-    # Stage 2: features + user state → score, utility. The scorer's nodes downstream of the image
-    # tensors, fed by a Split of the cached features; user-only tensors that the head's Concat
-    # reads are broadcast to N rows, so one state [1, S] can score a whole catalogue.
-    user_nodes = _needed_nodes(graph, OUTPUTS, {user_state.name, *IMAGE_TENSORS})
-    image_side = set(IMAGE_TENSORS)
-    for node in user_nodes:  # tensors that depend on the image (the rest depend on the user only)
-        if image_side.intersection(node.input):
-            image_side.update(node.output)
-    split = helper.make_node("Split", ["features", "stage/feature_split"], list(IMAGE_TENSORS), axis=1,
-                             name="stage/split")
-    extra = [split, helper.make_node("Shape", [IMAGE_TENSORS[0]], ["stage/rows"], name="stage/rows")]  # [N, 1]
-    for node in user_nodes:
-        if node.op_type != "Concat":
-            continue
-        for k, name in enumerate(node.input):
-            if name not in image_side and name in producer:
-                extra.append(helper.make_node("Expand", [name, "stage/rows"], [f"{name}/rows"], name=f"stage/{name}"))
-                node.input[k] = f"{name}/rows"
-    user_nodes = extra[:2] + _after_producers(user_nodes, extra[2:])
-    inits = _initializers(graph, user_nodes)
-    inits.append(numpy_helper.from_array(np.array(widths, dtype=np.int64), "stage/feature_split"))
-    user_graph = helper.make_graph(
-        user_nodes, "pamela_lite_user_score",
+    # Stage 2: features + user state → score, utility.
+    user_model = _finish(_user_graph(scorer, widths, wide), scorer, USER_STAGE, meta)
+    return image_model, user_model
+
+
+def _head_order(d: int, f: int, g: int) -> np.ndarray:
+    """New column of each head column: the scorer's head reads
+    ``[population, bias, taste, mf, pca (d), q (f), u (f), demographics (g)]``, the user-scoring
+    graph ``[features (1 + d + f), population, taste, mf, bias, u, demographics]`` so that the
+    cached features enter the trees as one block (the second population column, which comes
+    with the taste and factor terms, is never read)."""
+    n_features = 1 + d + f
+    return np.concatenate([[0, n_features + 3, n_features + 1, n_features + 2],
+                           1 + np.arange(d + f), n_features + 4 + np.arange(f + g)])
+
+
+def _user_graph(scorer: onnx.ModelProto, widths, wide: int) -> onnx.GraphProto:
+    """Stage 2: cached features [N, F] + user state [M, S] → score, utility, as the scorer computes them.
+
+    Built from the scorer's initializers and its tree nodes, not cut node for node: the one-file
+    graph assembles the head's input in float64 and casts it, which on cached features costs a
+    third of the trees' own time. Here the per-pair work is one product of the features with
+    ``[1, w, u]``, one small matrix product for the taste and factor terms, and one float32
+    concatenation that the trees read with their feature ids renumbered (`_head_order`); user-only
+    columns come straight from the float32 state (the scorer's float32 → float64 → float32 round
+    trip is exact). Sums run in another order than the scorer's, so scores agree to float64
+    rounding before the float32 cast.
+    """
+    graph = scorer.graph
+    inits = {t.name: t for t in graph.initializer}
+    layout = json.loads(next(p.value for p in scorer.metadata_props if p.key == "pamela_lite.state_layout"))
+    _, d, f = widths
+    n_features = sum(widths)
+    g = layout["demographics"][1] - layout["demographics"][0]
+    base_weights = numpy_helper.to_array(inits["base_weights"]).ravel()
+    dtype = np.float64 if wide == TensorProto.DOUBLE else np.float32
+    selector = np.zeros((n_features, 3))  # [population, taste, mf] = ([1, w, u] * features) @ selector
+    selector[0, 0] = 1.0
+    selector[1:1 + d, 1] = 1.0
+    selector[1 + d:, 2] = 1.0
+    arrays = {"stage/one": np.ones((1, 1)), "stage/selector": selector, "stage/blend": base_weights[[0, 2, 3], None],
+              "mean": numpy_helper.to_array(inits["mean"])}
+    new_inits = [numpy_helper.from_array(np.asarray(v, dtype=dtype), k) for k, v in arrays.items()]
+    new_inits += [inits[name] for name in ("split_state", "low32", "high32", "axis1")]
+    n = helper.make_node
+    state = "user_state" if wide == TensorProto.FLOAT else "state64"
+    nodes = [n("Cast", ["user_state"], ["state64"], to=wide)] if state == "state64" else []
+    nodes += [
+        n("Split", [state, "split_state"], ["bias", "taste_w", "user_factors", "demographics"], axis=1),
+        n("Shape", ["bias"], ["stage/user_rows"]),
+        n("Expand", ["stage/one", "stage/user_rows"], ["stage/ones"]),
+        n("Concat", ["stage/ones", "taste_w", "user_factors"], ["stage/coef"], axis=1),
+        n("Mul", ["features", "stage/coef"], ["stage/terms"]),
+        n("MatMul", ["stage/terms", "stage/selector"], ["stage/pop_taste_mf"]),
+        n("MatMul", ["stage/pop_taste_mf", "stage/blend"], ["stage/blended"]),
+        n("Add", ["bias", "mean"], ["stage/bias_mean"]),  # [M, 1]: per user, not per pair
+        n("Add", ["stage/blended", "stage/bias_mean"], ["base"]),
+    ]
+    total = "base"
+    ensemble = [node for node in graph.node if node.op_type.startswith("TreeEnsemble")]
+    # the trees' input: head_x, or head_x64 in a fast graph (whose identity casts were dropped)
+    trees = _needed_nodes(graph, ["head_out"], {ensemble[0].input[0]}) if ensemble else []
+    if trees:
+        bias32, factors32, demo32 = ("bias", "user_factors", "demographics") if state == "user_state" else \
+            ("stage/bias32", "stage/factors32", "stage/demographics32")
+        if state == "state64":
+            nodes += [n("Split", ["user_state", "split_state"], [bias32, "stage/taste_w32", factors32, demo32], axis=1),
+                      n("Cast", ["features"], ["stage/features32"], to=TensorProto.FLOAT),
+                      n("Cast", ["stage/pop_taste_mf"], ["stage/pop_taste_mf32"], to=TensorProto.FLOAT)]
+        features32 = "stage/features32" if state == "state64" else "features"
+        taste_mf32 = "stage/pop_taste_mf32" if state == "state64" else "stage/pop_taste_mf"
+        nodes += [n("Shape", ["stage/blended"], ["stage/rows"])]  # [N, 1]: user-only columns broadcast to N rows
+        nodes += [n("Expand", [name, "stage/rows"], [f"{name}/rows"]) for name in (bias32, factors32, demo32)]
+        nodes.append(n("Concat", [features32, taste_mf32, f"{bias32}/rows", f"{factors32}/rows", f"{demo32}/rows"],
+                       ["head_x"], axis=1))
+        order = _head_order(d, f, g)
+        for node in trees:
+            node = _copy_node(node)
+            node.input[:] = ["head_x" if name == ensemble[0].input[0] else name for name in node.input]
+            for attribute in node.attribute:
+                if attribute.name == "nodes_featureids":
+                    attribute.ints[:] = order[np.asarray(attribute.ints, dtype=np.int64)].tolist()
+            nodes.append(node)
+        new_inits += _initializers(graph, trees)
+        nodes += [n("Cast", ["head_out"], ["head_out64"], to=wide), n("Add", ["base", "head_out64"], ["with_head"])]
+        total = "with_head"
+    nodes += [n("Squeeze", [total, "axis1"], ["utility64"]),
+              n("Cast", ["utility64"], ["utility"], to=TensorProto.FLOAT),
+              n("Clip", ["utility", "low32", "high32"], ["score"])]
+    for k, node in enumerate(nodes):
+        node.name = node.name or f"stage/{k}_{node.op_type}"
+    state_dim = layout["demographics"][1]
+    graph = helper.make_graph(
+        nodes, "pamela_lite_user_score",
         inputs=[helper.make_tensor_value_info("features", wide, ["N", n_features]),
-                helper.make_tensor_value_info(user_state.name, TensorProto.FLOAT, ["M", _dims(user_state)[1]])],
-        outputs=list(graph.output), initializer=inits)
-    return image_model, _finish(user_graph, scorer, USER_STAGE, meta)
+                helper.make_tensor_value_info("user_state", TensorProto.FLOAT, ["M", state_dim])],
+        outputs=list(scorer.graph.output), initializer=new_inits)
+    if wide == TensorProto.FLOAT:
+        from .onnx_scorer import _drop_identity_casts  # (onnx_scorer imports this module)
+        _drop_identity_casts(graph)
+    return graph
 
 
-def _after_producers(nodes: list, inserted: list) -> list:
-    """`nodes` with each inserted node placed right after the node producing its first input."""
-    after: dict[str, list] = {}
-    for node in inserted:
-        after.setdefault(node.input[0], []).append(node)
-    out = []
-    for node in nodes:
-        out.append(node)
-        for name in node.output:
-            out.extend(after.get(name, []))
-    return out
+def _copy_node(node: onnx.NodeProto) -> onnx.NodeProto:
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    return copy
 
 
 def _linear_weights(scorer: onnx.ModelProto) -> dict:

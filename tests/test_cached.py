@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import shutil
 
+import lightgbm as lgb
 import numpy as np
 import onnx
 import polars as pl
@@ -45,6 +48,32 @@ def test_cached_pairs_match_the_one_file_scorer_on_10k_random_pairs(edge, datase
     one_file = edge.score(dataset.embeddings.matrix[images], states)
     features = edge.cache_features(dataset.embeddings.matrix).features
     np.testing.assert_allclose(edge.score_cached(features[images], states), one_file, atol=1e-4, rtol=0)
+
+
+def test_every_head_column_reaches_the_trees_of_the_user_scoring_graph(fitted, dataset, tmp_path):
+    """The user-scoring graph feeds the trees its columns in another order; a head that splits on
+    every kind of column (trained here on the model's own head inputs) must score the same."""
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, len(dataset.embeddings.ids), 4000)
+    states = fitted.user_states_[rng.integers(0, len(fitted.users_), 4000)].astype(np.float32)
+    feats = fitted.image_features(dataset.embeddings.matrix[images])
+    head_x = fitted._columns(fitted.fitted_.solver.mean, feats, states.astype(np.float64))["head_x"]
+    spread = head_x.std(axis=0) + 1e-12
+    target = ((head_x - head_x.mean(axis=0)) / spread) @ rng.normal(size=head_x.shape[1])
+    head = lgb.train({"num_leaves": 15, "min_data_in_leaf": 5, "verbose": -1, "num_threads": 1},
+                     lgb.Dataset(head_x, target), num_boost_round=60)
+    used = head.feature_importance("split") > 0
+    d, f = feats.pca.shape[1], feats.factors.shape[1]
+    groups = np.split(used, np.cumsum([1, 1, 1, 1, d, f, f]))  # population, bias, taste, mf, pca, q, u, demographics
+    assert all(group.any() for group in groups)
+    model = copy.copy(fitted)
+    model.fitted_ = dataclasses.replace(fitted.fitted_, head=head.model_to_string())
+    model._head_cache = None
+    export(model, tmp_path / "scorer.onnx")
+    edge = EdgeScorer(tmp_path / "scorer.onnx")
+    cached = edge.score_cached(edge.cache_features(dataset.embeddings.matrix[images]).features, states, clip=False)
+    np.testing.assert_allclose(cached, edge.score(dataset.embeddings.matrix[images], states, clip=False),
+                               atol=1e-4, rtol=0)
 
 
 def test_one_state_scores_a_whole_cached_catalogue(edge, dataset, cache_file):
