@@ -20,6 +20,13 @@ Each phrase moves the image's embedding ``x_base``::
   tau^2)`` is the phrase's effect on population appeal. ``tau`` is set so that a share ``shared_share`` (default 0.25, the zoo's
   population share of utility variance, PAMELA-like) of the variance that edits cause in
   people's true utilities is shared by everyone and the rest is personal.
+* ``base_dependence`` (``b``, default 0): how much of what a phrase does depends on the image it
+  is applied to ("golden hour light" does one thing to a portrait, another to a street). The
+  random part becomes ``step * (sqrt(1 - b) r_phrase + sqrt(b) r_phrase,base)``, where
+  ``r_phrase,base`` is drawn from a hash of the phrase and the base image; the population part
+  stays the phrase's own. With ``b = 0`` edits are additive and the same on every base — what a
+  prompt-side model that learns one shift per phrase (:class:`pamela_lite.steer.PhraseEffects`)
+  assumes, so ``b > 0`` is the test that it does not win by construction.
 * ``e_seed``: seed noise, an isotropic Gaussian direction, part shared by every prompt drawn
   with the same seed (``seed_common``: the same seed gives a similar layout) and part
   particular to the (prompt, seed) pair. Its size makes the seed-to-seed spread of a
@@ -148,6 +155,8 @@ class SimulatedGenerator:
         Share of the seed noise that is the same for every prompt drawn with that seed.
     seed : int
         Salt of every hash (directions, appeal effects, noise), so worlds can be re-drawn.
+    base_dependence : float
+        Share (0..1) of a phrase's random move that depends on the base image it is applied to.
 
     Examples
     --------
@@ -160,9 +169,12 @@ class SimulatedGenerator:
     """
 
     def __init__(self, world: World, edit_sd: float = 0.35, shared_share: float = 0.25,
-                 seed_ratio: float = 1.0, seed_common: float = 0.5, seed: int = 0):
-        if not 0 <= shared_share < 1 or edit_sd <= 0 or seed_ratio < 0 or not 0 <= seed_common <= 1:
-            raise ValueError("need 0 <= shared_share < 1, edit_sd > 0, seed_ratio >= 0, 0 <= seed_common <= 1")
+                 seed_ratio: float = 1.0, seed_common: float = 0.5, seed: int = 0, base_dependence: float = 0.0):
+        if (not 0 <= shared_share < 1 or edit_sd <= 0 or seed_ratio < 0 or not 0 <= seed_common <= 1
+                or not 0 <= base_dependence <= 1):
+            raise ValueError("need 0 <= shared_share < 1, edit_sd > 0, seed_ratio >= 0, 0 <= seed_common <= 1, "
+                             "0 <= base_dependence <= 1")
+        self.base_dependence = float(base_dependence)
         self.world = world
         self.truth = TrueUtility(world)
         self.salt = f"{world.name}:{world.config.seed}:{seed}"
@@ -172,7 +184,7 @@ class SimulatedGenerator:
         self.base_rows = {}
         for k, p in enumerate(prompts):
             self.base_rows.setdefault(p, k)
-        self._directions: dict[str, np.ndarray] = {}
+        self._directions: dict[tuple, np.ndarray] = {}
 
         g = self.truth.gradients
         sd = self.truth._sd[:, None]
@@ -227,14 +239,24 @@ class SimulatedGenerator:
         row = int(_rng(self.salt, "base", parts[0]).integers(self.world.images.height))
         return row, sorted(set(p for p in parts[1:] if p))
 
-    def direction(self, phrase: str) -> np.ndarray:
-        """The embedding move of one edit phrase (random direction + population-appeal effect)."""
-        if phrase not in self._directions:
+    def direction(self, phrase: str, base: int | None = None) -> np.ndarray:
+        """The embedding move of one edit phrase on catalogue image `base` (random direction +
+        population-appeal effect); ``base=None``: its average over bases (the part that does not
+        depend on the base)."""
+        key = (phrase, None if self.base_dependence == 0 else base)
+        if key not in self._directions:
             rng = _rng(self.salt, "phrase", phrase)
-            r = rng.standard_normal(self.dim)
-            r -= (r @ self.g_pop) * self.g_pop
-            self._directions[phrase] = self.step * _unit(r) + rng.normal(0.0, self.tau) * self.g_pop
-        return self._directions[phrase]
+            r = self._perp_unit(rng.standard_normal(self.dim))
+            appeal = rng.normal(0.0, self.tau) * self.g_pop
+            own = np.zeros(self.dim)
+            if key[1] is not None:
+                own = np.sqrt(self.base_dependence) * self._perp_unit(
+                    _rng(self.salt, "phrase-on-base", phrase, int(base)).standard_normal(self.dim))
+            self._directions[key] = self.step * (np.sqrt(1 - self.base_dependence) * r + own) + appeal
+        return self._directions[key]
+
+    def _perp_unit(self, r: np.ndarray) -> np.ndarray:
+        return _unit(r - (r @ self.g_pop) * self.g_pop)
 
     def raw_direction(self, phrase: str) -> np.ndarray:
         """The phrase's random unit direction before the population part (for the independence check)."""
@@ -258,7 +280,7 @@ class SimulatedGenerator:
             base, phrases = self.parse(prompt)
             y = self.truth.embeddings[base].copy()
             for phrase in phrases:
-                y += self.direction(phrase)
+                y += self.direction(phrase, base)
             y += self._noise(prompt, seed)
             out[k] = y / np.linalg.norm(y)
         return out
@@ -330,7 +352,7 @@ class SimulatedGenerator:
         embedding's renormalisation changes them by a few percent.
         """
         g = self.truth.gradients / self.truth._sd[:, None]
-        moves = np.stack([self.direction(f"__probe_{k}") for k in range(n_phrases)])   # (P, D)
+        moves = np.stack([self.direction(f"__probe_{k}", k) for k in range(n_phrases)])   # (P, D)
         effect = moves @ g.T                                                          # (P, U)
         shared = effect.mean(1)
         total = effect.var()

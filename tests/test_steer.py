@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 
 from pamela_lite import steer, worlds
+from pamela_lite.steer_sim import SimulatedGenerator
 
 from .conftest import cli
 
@@ -120,6 +121,16 @@ def test_simulated_variance_split_is_calibrated(sim):
     shares = sim.shares(n_phrases=600)
     assert abs(shares.shared_share - 0.25) < 0.08
     assert abs(shares.seed_to_edit - 1.0) < 0.3
+
+
+@pytest.mark.parametrize("dependence, low, high", [(0.0, 0.999, 1.001), (0.5, 0.35, 0.7), (1.0, -0.2, 0.25)])
+def test_base_dependent_edits_move_two_bases_alike_only_in_their_shared_part(steer_world, dependence, low, high):
+    sim = SimulatedGenerator(steer_world, base_dependence=dependence)
+    phrases = [p for _, ps in steer.Vocabulary.load().attributes for p in ps]
+    cos = np.mean([sim.direction(p, 0) @ sim.direction(p, 1)
+                   / np.linalg.norm(sim.direction(p, 0)) / np.linalg.norm(sim.direction(p, 1)) for p in phrases])
+    assert low < cos < high
+    assert abs(sim.shares(n_phrases=400).shared_share - 0.25) < 0.08  # the calibration does not move
 
 
 def test_simulated_truth_reproduces_the_worlds_utilities(steer_world, sim):
