@@ -1,14 +1,15 @@
 """Steering for one person vs for another person vs the population vs not at all (issue 10).
 
-    python benchmarks/steering.py                 # demo + lowvar, 100 people each (~5 min)
+    python benchmarks/steering.py                 # demo + lowvar, 100 people each, 2 simulators (~25 min)
     python benchmarks/steering.py --quick         # small worlds, results to benchmarks/results/quick/
     python benchmarks/steering.py --worlds demo,lowvar,hetero --users 60
 
 For each world of the zoo (``pamela_lite.worlds``): fit ``PersonalScorer`` on the world's
 train split (validation: val_seen), wrap the world in the simulated generator
 (``pamela_lite.steer_sim``: edit directions drawn independently of the taste and principal
-bases, 25% of edit-caused variance shared, seed noise as large as one edit), and for each of
-N seen people steer one base prompt (a random catalogue prompt) four ways:
+bases, 25% of edit-caused variance shared, seed noise as large as one edit; twice: with additive
+edits and with edits half of whose move depends on the base image, ``--base-dependence``), and
+for each of N seen people steer one base prompt (a random catalogue prompt) four ways:
 
 * **self**: the search driven by the person's own predicted utility;
 * **other**: the same search driven by another random person's predicted utility;
@@ -21,7 +22,9 @@ The prompt-side model learns what each phrase does to the embedding from a log o
 generations (``SimulatedGenerator.past_generations``: other base prompts than the ones steered
 here, seeds 1000000.., disjoint from the choosing and the judging seeds), proposes a prompt for
 the person before any image is generated (budget 0: reported for self, the other person and the
-population head), then spends the budget checking and improving it. Prompts are chosen on seeds 0.. and judged
+population head), then spends the budget checking and improving it; it is also run for the other
+person and the population head, so that self vs others compares like with like. Prompts are
+chosen on seeds 0.. and judged
 on 32 fresh seeds (10000..) by the person's TRUE utility from the world's truth, never by the
 scorer; gains are in units of the person's SD of true utility over the catalogue. Paired win
 rates compare conditions person by person; Elo (Bradley-Terry over all paired outcomes) is a
@@ -145,7 +148,9 @@ def bootstrap_ci(values: np.ndarray, rng, n: int = 2000) -> tuple[float, float]:
 # ----------------------------------------------------------------------------- one world
 
 
-def run_world(name: str, args, rng) -> dict:
+def run_world(name: str, args, rng) -> list[dict]:
+    """One fit of the world, then the steering comparison under each simulator (--base-dependence),
+    on the same people and the same base prompts."""
     t0 = time.perf_counter()
     cfg = worlds.default_config(name, **(size(args)))
     world = worlds.make(name, cfg)
@@ -153,22 +158,32 @@ def run_world(name: str, args, rng) -> dict:
     model = PersonalScorer(n_threads=1, random_state=0).fit(ds.split("train"), ds.embeddings, ds.scale,
                                                             validation=ds.split("val_seen"))
     log(f"{name}: fitted in {time.perf_counter() - t0:.1f}s")
+    emb = Embeddings(world.images["image_id"], world.embeddings)
+    truth_rows = set(world.users["participant_id"].to_list())
+    seen = [u for u in model.users_ if u in truth_rows]
+    users = [seen[k] for k in rng.choice(len(seen), min(args.users, len(seen)), replace=False)]
+    cal = calibration(model, world, emb, users, rng)
+    log(f"{name}: calibration {cal['coverage']}")
+    prompts = world.images["prompt"].to_list()
+    base_rows = rng.choice(len(prompts), len(users), replace=False)
+    fit_s = time.perf_counter() - t0
+    return [{**steer_world(name, world, model, users, base_rows, dependence, args, rng), "config": dict(cfg.__dict__),
+             "calibration": cal, "fit_seconds": round(fit_s, 1)} for dependence in args.base_dependence]
+
+
+def steer_world(name, world, model, users, base_rows, dependence: float, args, rng) -> dict:
+    """The four conditions for each person, under a simulator with the given base dependence."""
+    t0 = time.perf_counter()
     gen = SimulatedGenerator(world, edit_sd=args.edit_sd, shared_share=args.shared_share,
-                             seed_ratio=args.seed_ratio)
+                             seed_ratio=args.seed_ratio, base_dependence=dependence)
     shares = gen.shares().as_dict()
     vocab = steer.Vocabulary.load()
     emb = Embeddings(world.images["image_id"], world.embeddings)
     index = {u: k for k, u in enumerate(model.users_)}
-    seen = [u for u in model.users_ if u in gen.truth._row]
-    users = [seen[k] for k in rng.choice(len(seen), min(args.users, len(seen)), replace=False)]
-    cal = calibration(model, world, emb, users, rng)
-    log(f"{name}: calibration {cal['coverage']}")
-
     budgets = args.budgets
     pop = steer.PopulationObjective(model)
     catalogue = world.embeddings
     prompts = world.images["prompt"].to_list()
-    base_rows = rng.choice(len(prompts), len(users), replace=False)
     # The prompt-side model's log never holds a base prompt steered here (nor shares a seed).
     log_prompts, log_emb = gen.past_generations(vocab, exclude={prompts[k] for k in base_rows}, **LOG)
     effects = steer.PhraseEffects.fit(log_prompts, log_emb, vocab)
@@ -187,7 +202,9 @@ def run_world(name: str, args, rng) -> dict:
         runs = {("self", m): me for m in ("best_of_n", "greedy", "thompson")}
         runs[("other", HEADLINE)] = them
         runs[("population", HEADLINE)] = pop
-        runs[("self", "prompt_prior")] = me       # last: the other runs keep their seeds
+        runs[("other", "prompt_prior")] = them
+        runs[("population", "prompt_prior")] = pop
+        runs[("self", "prompt_prior")] = me       # last: its proposal is used below
         for (cond, method), objective in runs.items():
             res = steer.search(method, gen, objective, vocab, base, max(budgets), args.seeds_per_prompt,
                                rng_seed=1000 * n + len(records), checkpoints=budgets,
@@ -214,15 +231,15 @@ def run_world(name: str, args, rng) -> dict:
             x1 = gen([vocab.render(base, res.choice)], [FRESH[0]])[0]
             cos.append(float(x0 @ x1))
         if (n + 1) % 20 == 0:
-            log(f"{name}: {n + 1}/{len(users)} people, {time.perf_counter() - t0:.0f}s")
+            log(f"{name} (base dependence {dependence}): {n + 1}/{len(users)} people, {time.perf_counter() - t0:.0f}s")
     frame = pl.DataFrame(records)
     summary = summarise(frame, budgets, rng)
     proposal = summarise_proposals(frame.filter(pl.col("budget") == 0), rng)
     # The per-person rows stay out of the results (a megabyte); the summary holds the paired statistics.
-    return {"world": name, "config": {k: v for k, v in cfg.__dict__.items()}, "users": len(users),
-            "simulator": {**shares, "edit_sd": gen.edit_sd, "step": gen.step, "tau": gen.tau, "seed_sd": gen.seed_sd,
+    return {"world": name, "base_dependence": dependence, "users": len(users),
+            "simulator": {**shares, "base_dependence": dependence, "edit_sd": gen.edit_sd, "step": gen.step, "tau": gen.tau, "seed_sd": gen.seed_sd,
                           "cosine_base_vs_steered_example": float(np.mean(cos)) if cos else None},
-            "calibration": cal, "summary": summary, "proposal_only": proposal,
+            "summary": summary, "proposal_only": proposal,
             "phrase_effects": {"log_images": len(log_prompts), "log_bases": len(effects.bases),
                                "cosine_to_simulator_direction": {"mean": float(np.mean(recovery)),
                                                                  "min": float(np.min(recovery))}},
@@ -243,7 +260,8 @@ def summarise(frame: pl.DataFrame, budgets, rng) -> dict:
         g = {c: gains(c) for c in CONDITIONS}
         g["self (best_of_n)"] = gains("self", "best_of_n")
         g["self (thompson)"] = gains("self", "thompson")
-        g["self (prompt prior)"] = gains("self", "prompt_prior")
+        for cond in ("self", "other", "population"):
+            g[f"{cond} (prompt prior)"] = gains(cond, "prompt_prior")
         row = {"mean_gain": {k: float(v.mean()) for k, v in g.items()},
                "ci95": {k: bootstrap_ci(v, rng) for k, v in g.items() if k != "unsteered"}}
 
@@ -258,7 +276,11 @@ def summarise(frame: pl.DataFrame, budgets, rng) -> dict:
                            "self (thompson) > population": win(g["self (thompson)"], g["population"]),
                            "self (best_of_n) > population": win(g["self (best_of_n)"], g["population"]),
                            "self (prompt prior) > population": win(g["self (prompt prior)"], g["population"]),
-                           "self (prompt prior) > self": win(g["self (prompt prior)"], g["self"])}
+                           "self (prompt prior) > self": win(g["self (prompt prior)"], g["self"]),
+                           # the same method for every condition: what personalisation adds to it
+                           "prompt prior: self > population": win(g["self (prompt prior)"], g["population (prompt prior)"]),
+                           "prompt prior: self > other": win(g["self (prompt prior)"], g["other (prompt prior)"]),
+                           "prompt prior: self > unsteered": win(g["self (prompt prior)"], g["unsteered"])}
         wins = np.zeros((4, 4))
         for i, a in enumerate(CONDITIONS):
             for j, c in enumerate(CONDITIONS):
@@ -301,7 +323,8 @@ def two_people(args, folder: Path) -> dict:
     ds = worlds.dataset(world)
     model = PersonalScorer(n_threads=1, random_state=0).fit(ds.split("train"), ds.embeddings, ds.scale,
                                                             validation=ds.split("val_seen"))
-    gen = SimulatedGenerator(world, edit_sd=args.edit_sd, shared_share=args.shared_share, seed_ratio=args.seed_ratio)
+    gen = SimulatedGenerator(world, edit_sd=args.edit_sd, shared_share=args.shared_share, seed_ratio=args.seed_ratio,
+                             base_dependence=max(args.base_dependence))
     vocab = steer.Vocabulary.load()
     emb = Embeddings(world.images["image_id"], world.embeddings)
     index = {u: k for k, u in enumerate(model.users_)}
@@ -364,7 +387,8 @@ def plot_worlds(results: list, path: Path) -> None:
             ax.plot(budgets, [s[str(b)]["mean_gain"][cond] for b in budgets], marker="o", label=cond)
         ax.axhline(0, color="grey", lw=0.8, label="unsteered")
         ax.set_xscale("log", base=2)
-        ax.set_title(f"{res['world']}: true gain on fresh seeds ({res['users']} people)", fontsize=9)
+        ax.set_title(f"{res['world']}, base dependence {res['base_dependence']:g}: true gain, fresh seeds "
+                     f"({res['users']} people)", fontsize=9)
         ax.set_xlabel("budget (generator calls)")
         ax.set_ylabel("gain in per-person SD of true utility")
         ax.legend(fontsize=7)
@@ -392,10 +416,14 @@ def markdown(payload: dict) -> str:
              f"`{payload['command']}` — {machine_lines(payload['machine'])}", "",
              "Simulated generator (`pamela_lite.steer_sim`): edit directions random and independent of the taste "
              "and principal bases; gains judged by the people's TRUE utility on 32 fresh seeds, in per-person SD "
-             f"units. Headline search: **{HEADLINE}**; {payload['seeds_per_prompt']} seeds per prompt.", ""]
+             f"units. Headline search: **{HEADLINE}**; {payload['seeds_per_prompt']} seeds per prompt. Each world "
+             "runs under two simulators, on the same people and base prompts: additive edits (a phrase moves every "
+             "image the same way — what the prompt-side model assumes) and base-dependent edits (half of a "
+             "phrase's move depends on the image it is applied to).", ""]
     for res in payload["worlds"]:
         sim, cal = res["simulator"], res["calibration"]
-        lines += [f"## {res['world']} ({res['users']} people, {res['seconds']} s)", "",
+        lines += [f"## {res['world']}, {edits_kind(res['base_dependence'])} ({res['users']} people, "
+                  f"{res['seconds']} s after a {res['fit_seconds']} s fit)", "",
                   f"Simulator: shared share of edit variance {sim['shared_share']:.2f}, seed/edit variance "
                   f"{sim['seed_to_edit']:.2f}, one edit = {sim['edit_sd_units']:.2f} SD, linear truth map R^2 "
                   f"{sim['linear_r2']:.3f}, cosine base vs steered image {sim['cosine_base_vs_steered_example']:.2f}.", "",
@@ -438,10 +466,20 @@ def markdown(payload: dict) -> str:
         small = res["summary"][min(res["summary"], key=int)]
         lines += [f"At budget {min(res['summary'], key=int)}, prompt_prior realises "
                   f"{small['mean_gain']['self (prompt prior)']:+.3f} vs greedy {small['mean_gain']['self']:+.3f} "
-                  f"(better for {small['win_rate']['self (prompt prior) > self']:.0%} of people). Caveat: the "
-                  "simulator's phrase effects are additive and the same on every base, which is what the "
-                  "prompt-side model assumes, so these budget-0 figures are the best a log can give; a real "
-                  "generator's effects depend on the base and interact, which the budget then checks.", ""]
+                  f"(better for {small['win_rate']['self (prompt prior) > self']:.0%} of people)."
+                  + (" Caveat: with additive edits, the same on every base, the simulator is what the prompt-side "
+                     "model assumes, so these are the best a log can give; see the base-dependent rows."
+                     if res["base_dependence"] == 0 else ""), "",
+                  "The prompt-side model steering every condition (the same method for self, the other person and "
+                  "the population head: what personalisation adds to it):", "",
+                  "| budget | self | other | population | self > pop | self > other | self > unsteered |",
+                  "|---:|---:|---:|---:|---:|---:|---:|"]
+        for b, row in res["summary"].items():
+            g, w = row["mean_gain"], row["win_rate"]
+            lines.append(f"| {b} | {g['self (prompt prior)']:+.3f} | {g['other (prompt prior)']:+.3f} | "
+                         f"{g['population (prompt prior)']:+.3f} | {w['prompt prior: self > population']:.2f} | "
+                         f"{w['prompt prior: self > other']:.2f} | {w['prompt prior: self > unsteered']:.2f} |")
+        lines.append("")
     if payload.get("two_people"):
         tp = payload["two_people"]
         lines += [f"## Two people, one prompt (demo world, greedy, budget {TWO_BUDGET})", "", f"Base: `{tp['base']}`", ""]
@@ -452,6 +490,11 @@ def markdown(payload: dict) -> str:
         lines.append(f"- population head → `{tp['population_prompt']}`")
         lines.append("")
     return "\n".join(lines)
+
+
+def edits_kind(dependence: float) -> str:
+    return ("additive edits (base dependence 0)" if dependence == 0
+            else f"base-dependent edits (base dependence {dependence:g})")
 
 
 def fmt(values) -> str:
@@ -468,11 +511,15 @@ def main(argv=None) -> int:
     parser.add_argument("--edit-sd", type=float, default=0.35)
     parser.add_argument("--shared-share", type=float, default=0.25)
     parser.add_argument("--seed-ratio", type=float, default=1.0)
+    parser.add_argument("--base-dependence", default="0,0.5",
+                        help="simulators to run, by the share of a phrase's move that depends on the base image "
+                             "(0: additive edits, the same on every base; comma-separated)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     args.budgets = [int(b) for b in args.budgets.split(",")]
+    args.base_dependence = [float(b) for b in args.base_dependence.split(",")]
     if args.tiny:
         args.quick, args.users, args.budgets = True, min(args.users, 4), [8, 16]
     if args.quick:
@@ -481,7 +528,7 @@ def main(argv=None) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(args.seed)
     command = "python benchmarks/steering.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    results = [run_world(name, args, rng) for name in args.worlds.split(",")]
+    results = [res for name in args.worlds.split(",") for res in run_world(name, args, rng)]
     payload = {"command": command.strip(), "machine": machine(), "headline_method": HEADLINE,
                "seeds_per_prompt": args.seeds_per_prompt, "fresh_seeds": len(FRESH),
                "settings": {k: v for k, v in vars(args).items()}, "worlds": results,
