@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from ._atomic import write_text
-from .cli import Stopwatch, parse_kshot, parser_for, run
+from .cli import Stopwatch, log, parse_kshot, parser_for, run
 from .data import Scale, load_dataset
 from .protocol import SEEN_SPLITS, UNSEEN_SPLITS, evaluate_models, format_table
 from .errors import InputError
@@ -30,15 +30,30 @@ def parse_splits(text: str) -> tuple[str, ...]:
     return names
 
 
+def present_splits(dataset, wanted: tuple[str, ...]) -> tuple[str, ...]:
+    """The wanted splits the data has; a warning names the others, an error if none is left."""
+    present = tuple(name for name in wanted if dataset.has_split(name))
+    has = dataset.ratings["split"].unique(maintain_order=True).to_list()
+    if not present:
+        raise InputError(dataset.source, f"no ratings in split(s) {', '.join(wanted)} (the data has "
+                                         f"{', '.join(map(str, has))}); choose others with --splits")
+    missing = [name for name in wanted if name not in present]
+    if missing:
+        log.warning(f"warning: {dataset.source}: no ratings in split(s) {', '.join(missing)}; evaluating "
+                    f"{', '.join(present)}")
+    return present
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = parser_for("evaluate", __doc__.split("\n\n")[1],
                         "{prog} --model runs/model --data runs/demo_world --kshot 0,10,50", defaults=True)
     parser.add_argument("--model", type=Path, required=True, help="model folder written by pamela_lite.fit")
     parser.add_argument("--data", type=Path, required=True, help="PAMELA root or ratings table")
     parser.add_argument("--embeddings", type=Path, help="embeddings Parquet; default: beside --data")
-    parser.add_argument("--kshot", type=parse_kshot, default=(0, 10, 50), help="context sizes for unseen users")
-    parser.add_argument("--splits", type=parse_splits, default=("test_seen", "test_unseen"),
-                        help="splits to evaluate, comma-separated")
+    parser.add_argument("--kshot", type=parse_kshot, default="0,10,50", help="context sizes for unseen users")
+    parser.add_argument("--splits", type=parse_splits, default="test_seen,test_unseen",
+                        help="splits to evaluate, comma-separated; those the data does not have are skipped "
+                             "with a warning")
     parser.add_argument("--seed", type=int, default=0, help="seed of the k-shot draws and the baselines")
     parser.add_argument("--no-baselines", action="store_true", help="evaluate the model alone")
     parser.add_argument("--out", type=Path, help="also write the rows as JSON here")
@@ -52,9 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     model = PersonalScorer.load(args.model)
     dataset = load_dataset(args.data, args.embeddings, Scale(*model.fitted_.scale), seed=args.seed)
     model.fitted_.check_dimension(dataset.embeddings.dim, dataset.embeddings.source)
+    splits = present_splits(dataset, args.splits)
     models = {} if args.no_baselines else fit_variants(BASELINES, dataset, args.seed, watch, progress=False)
     models[f"model ({args.model.name})"] = model
-    rows = evaluate_models(models, dataset, args.kshot, splits=args.splits, seed=args.seed)
+    rows = evaluate_models(models, dataset, args.kshot, splits=splits, seed=args.seed)
     print(format_table(rows))
     if args.out:
         write_text(args.out, json.dumps(rows, indent=1))

@@ -236,6 +236,25 @@ def test_evaluate_reports_the_saved_models_test_figures(model_dir, world, tmp_pa
     assert again == pytest.approx(at_fit)
 
 
+def test_evaluate_skips_a_split_the_data_lacks_with_a_warning(model_dir, world, dataset, tmp_path, caplog):
+    table = tmp_path / "ratings.parquet"
+    dataset.ratings.filter(pl.col("split").is_in(["train", "test_seen"])).write_parquet(table)
+    out = tmp_path / "eval.json"
+    assert run(evaluate.main, ["--model", str(model_dir), "--data", str(table), "--embeddings",
+                               str(world / "embeddings.parquet"), "--no-baselines", "--out", str(out), "--quiet"]) == 0
+    assert {r["split"] for r in json.loads(out.read_text())} == {"test_seen"}
+    assert "no ratings in split(s) test_unseen" in caplog.text
+
+
+def test_evaluate_with_none_of_the_splits_exits_2_with_one_line(model_dir, world, dataset, tmp_path, capsys):
+    table = tmp_path / "ratings.parquet"
+    dataset.ratings.filter(pl.col("split").is_in(["train", "test_seen"])).write_parquet(table)
+    line = _one_line_error(capsys, run(evaluate.main, [
+        "--model", str(model_dir), "--data", str(table), "--embeddings", str(world / "embeddings.parquet"),
+        "--splits", "test_unseen,val_unseen", "--no-baselines", "--quiet"]))
+    assert "ratings.parquet" in line and "no ratings in split(s) test_unseen, val_unseen" in line
+
+
 def test_unknown_output_type_is_refused_before_any_work(model_dir, world, tmp_path, capsys):
     pl.DataFrame({"participant_id": ["nobody"], "image_id": [100000]}).write_csv(tmp_path / "p.csv")
     line = _one_line_error(capsys, run(predict.main, [
