@@ -187,6 +187,21 @@ def test_fit_on_events_alone_is_silent_under_quiet(tmp_path, capsys):
     assert capsys.readouterr() == ("", "")  # like fit --data --quiet minus its table: events alone have none
 
 
+def test_fit_with_ratings_and_events_reports_the_channel_and_its_time(tmp_path):
+    from pamela_lite import demo, fit
+    from pamela_lite.cli import run
+
+    assert run(demo.main, ["--users", "30", "--images", "200", "--ratings", "2000", "--dim", "16", "--events",
+                           "session", "--impressions", "40", "--out", str(tmp_path / "w")]) == 0
+    params = json.dumps(dict(n_components=6, n_prototypes=8, factors=3, head_trees=20, n_folds=2))
+    assert run(fit.main, ["--data", str(tmp_path / "w"), "--events", str(tmp_path / "w" / "events.parquet"),
+                          "--out", str(tmp_path / "m"), "--params", params, "--no-baselines", "--kshot", "0",
+                          "--quiet"]) == 0
+    report = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert report["event_channel"]["report"]["chosen_on"] == "val_seen"
+    assert report["event_channel_seconds"] > 0 and report["fit_seconds"] > 0
+
+
 def test_unknown_event_in_context_events_exits_2_with_one_line(small, tmp_path):
     _, data, model, events = small
     model.save(tmp_path / "m")
