@@ -142,7 +142,7 @@ def _user_graph(scorer: onnx.ModelProto, widths, wide: int) -> onnx.GraphProto:
     Built from the scorer's initializers and its tree nodes, not cut node for node: the one-file
     graph assembles the head's input in float64 and casts it, which on cached features costs a
     third of the trees' own time. Here the per-pair work is one product of the features with
-    ``[1, w, u]``, one small matrix product for the taste and factor terms, and one float32
+    ``[1, w, u]``, one small matrix product for the population, taste and factor terms, one float32
     concatenation that the trees read with their feature ids renumbered (`_head_order`); user-only
     columns come straight from the float32 state (the scorer's float32 → float64 → float32 round
     trip is exact). Sums run in another order than the scorer's, so scores agree to float64
@@ -155,6 +155,8 @@ def _user_graph(scorer: onnx.ModelProto, widths, wide: int) -> onnx.GraphProto:
     n_features = sum(widths)
     g = layout["demographics"][1] - layout["demographics"][0]
     base_weights = numpy_helper.to_array(inits["base_weights"]).ravel()
+    if base_weights[1] != 1.0:  # the bias enters the base as it is (onnx_scorer.build_graph)
+        raise ValueError("the scorer graph weighs the user bias in its base: export it again with this pamela_lite")
     dtype = np.float64 if wide == TensorProto.DOUBLE else np.float32
     selector = np.zeros((n_features, 3))  # [population, taste, mf] = ([1, w, u] * features) @ selector
     selector[0, 0] = 1.0
