@@ -144,18 +144,22 @@ def markdown(result: dict) -> str:
            machine_lines(result["machine"]), "",
            f"Command: `{result['command']}`; {result['seconds']:.0f}s. Per-user SROCC of the held-out people "
            "(pseudo-unseen, about 20% of the seen people) on their val_seen + test_seen ratings; events are "
-           "counted as shown images (the actions on them come with them). Ratings curve: mean of 3 draws.", ""]
+           "counted as shown images (the actions on them come with them). Ratings curve: mean of 3 draws. "
+           "The channel's numbers are chosen on val_seen (`event_fit.calibrate`); *rejections* says whether a "
+           "skip, dislike or regenerate is preference -1 (signed) or 0 like a plain view (zero: implicit's "
+           "model).", ""]
     for w in result["worlds"]:
         out += [f"## {w['world']} ({w['held_out_people']} held-out people)", "",
                 "| ratings k | " + " | ".join(str(k) for k in RATINGS) + " |",
                 "|---|" + "---|" * len(RATINGS),
                 "| SROCC | " + " | ".join(f"{w['ratings'][k]:.3f}" for k in RATINGS) + " |", "",
-                "| event model | channel (strength, gain, alpha; val gain +- se) | row | "
+                "| event model | channel (strength, gain, alpha, rejections; val gain +- se) | row | "
                 + " | ".join(str(n) for n in EVENTS) + " |", "|---|---|---|" + "---|" * len(EVENTS)]
         for kind, row in w["events"].items():
             ch = row["channel"]
             rep = ch["report"]
-            desc = (f"{ch['strength']:g}, {ch['gain']:.2f}, {ch['alpha']:g}; {rep.get('gain', 0):+.3f} +- "
+            desc = (f"{ch['strength']:g}, {ch['gain']:.2f}, {ch['alpha']:g}, "
+                    f"{'signed' if ch.get('signed') else 'zero'}; {rep.get('gain', 0):+.3f} +- "
                     f"{rep.get('gain_se', 0):.3f}")
             cells = lambda key: " | ".join(f"{row[key][n]:.3f}" if n in row[key] else "" for n in EVENTS)
             out.append(f"| {kind} | {desc} | events alone | {cells('alone')} |")

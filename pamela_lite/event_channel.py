@@ -19,6 +19,11 @@ implicit's feedback model (Hu, Koren & Volinsky; the ``implicit`` library's ALS)
   For a session this equals the least-squares *pairwise* (BPR-like) loss over all pairs in it:
   ``sum_{i<j} c_i c_j ((p_i - p_j) - w.(z_i - z_j))^2 = C * sum_i c_i (p~_i - w.z~_i)^2`` with
   ``C = sum c`` — a within-batch choice model in closed form, with an exact fold-in.
+* **Rejections can be negative preferences** (``signed``, chosen on validation). In implicit's
+  model a skip is a confident 0, the same preference as a plain view; then a session in which
+  nothing was kept compares nothing, and a feed whose commonest action is the skip (kept images
+  are rare) teaches almost nothing. With ``signed`` a rejection is preference -1, so a skipped
+  image is compared with the ones merely viewed beside it.
 
 Units: a preference step (0 -> 1) is worth ``gain`` rating units of utility, and the population
 head's share of the difference is removed (it is scored separately), so the target of an event
@@ -56,6 +61,7 @@ class EventChannel:
     strength: float = 0.0  # weight of one event's squared error relative to one rating's (0: events ignored)
     gain: float = 1.0  # rating units of utility per unit of preference
     report: dict = field(default_factory=dict)  # how the numbers were chosen (validation figures)
+    signed: bool = False  # a rejection is preference -1 (True) or 0 like a view (False, implicit's model)
 
     def evidence_of(self, events) -> np.ndarray:
         """Signed weights of event names (unknown names: ValueError) or of numbers, as given."""
@@ -92,7 +98,7 @@ class EventChannel:
         if not len(rows.evidence) or self.strength <= 0:
             return A, b, np.zeros(n_users, dtype=bool)
         m = np.asarray(rows.evidence, dtype=np.float64)
-        pref = (m > 0).astype(np.float64)
+        pref = np.sign(m) if self.signed else (m > 0).astype(np.float64)
         conf = 1.0 + self.alpha * np.abs(m)
         pop = feats.population if use_population else np.zeros(len(m))
         _, group = np.unique(rows.group_index, return_inverse=True)
@@ -122,12 +128,14 @@ class EventChannel:
 
     def to_json(self) -> dict:
         return {"weights": {k: float(v) for k, v in self.weights.items()}, "alpha": float(self.alpha),
-                "strength": float(self.strength), "gain": float(self.gain), "report": self.report}
+                "strength": float(self.strength), "gain": float(self.gain), "signed": bool(self.signed),
+                "report": self.report}
 
     @classmethod
     def from_json(cls, meta: dict) -> "EventChannel":
         return cls({str(k): float(v) for k, v in meta["weights"].items()}, float(meta["alpha"]),
-                   float(meta["strength"]), float(meta["gain"]), dict(meta.get("report", {})))
+                   float(meta["strength"]), float(meta["gain"]), dict(meta.get("report", {})),
+                   bool(meta.get("signed", False)))  # models written before `signed` existed: False
 
 
 def aggregate(groups: np.ndarray, codes: np.ndarray, weights: np.ndarray,

@@ -37,7 +37,7 @@ from .protocol import kshot_split
 log = logging.getLogger("pamela_lite")
 
 STRENGTHS = (0.03, 0.1, 0.3, 1.0)
-GAINS = (0.5, 1.0, 2.0)  # times the spread of the training ratings
+GAINS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)  # times the spread of the training ratings (rare actions need large ones)
 ALPHAS = (0.3, 3.0)  # tried after the default 1.0
 MULTIPLIERS = (0.0, 0.5, 2.0)  # each event's weight times these, tried one event at a time
 CONTEXTS = (0, 10)
@@ -155,6 +155,11 @@ def calibrate(model: PersonalScorer, events: pl.DataFrame, train: pl.DataFrame, 
         scores = score(replace(best, alpha=alpha))
         if worst(scores) > worst(best_scores):
             best, best_scores = replace(best, alpha=alpha), scores
+    for gain in GAINS:  # rejections as negative preferences: the targets change scale, so gain is tried again
+        candidate = replace(best, signed=True, gain=gain * spread)
+        scores = score(candidate)
+        if worst(scores) > worst(best_scores):
+            best, best_scores = candidate, scores
     for name in rows.names:
         if vocabulary.get(name, 0.0) == 0.0:
             continue

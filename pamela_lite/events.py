@@ -23,7 +23,8 @@ Each event name carries a signed **evidence** weight ``m`` (:data:`DEFAULT_EVENT
 for an action that says "I like this" (save, download, share), zero for a plain view, negative
 for a rejection (skip, regenerate, dislike). Per (person, image, session) the weights of its
 events add up; the image's preference is 1 if the sum is positive and 0 otherwise, with
-confidence ``1 + alpha*|m|`` — implicit's feedback model (see :mod:`pamela_lite.event_channel`).
+confidence ``1 + alpha*|m|`` — implicit's feedback model (see :mod:`pamela_lite.event_channel`);
+when validation prefers it, a negative sum is preference -1 (a skip then says more than a view).
 
 Duplicated rows (the same person, image, session and event logged twice) are the same fact:
 they count once, and a warning says how many rows were merged. Bad input raises one

@@ -65,6 +65,27 @@ def test_a_channel_of_strength_zero_changes_nothing(small):
     np.testing.assert_array_equal(with_events, model.fold_in(context, data.embeddings)[1])
 
 
+def test_a_skip_only_session_teaches_something_only_when_rejections_are_signed():
+    rng = np.random.default_rng(1)
+    n, d = 8, 3
+    z = rng.normal(size=(n, d))
+    m = np.array([0, DEFAULT_EVENTS["skip"], 0, 0, DEFAULT_EVENTS["skip"], 0, 0, 0])  # viewed or skipped, none kept
+    feats = ImageFeatures(np.zeros(n), z, np.ones((n, 1)), np.zeros((n, 1)))
+    rows = EventRows(np.zeros(n, int), np.zeros(n, int), m, z)
+    _, b_implicit, _ = replace(CHANNEL, signed=False).normal_equations(feats, rows, 1)
+    _, b_signed, _ = replace(CHANNEL, signed=True).normal_equations(feats, rows, 1)
+    assert np.allclose(b_implicit, 0) and not np.allclose(b_signed, 0)
+    # the taste it learns points away from the skipped images
+    assert b_signed[0] @ (z[[1, 4]].mean(0) - z.mean(0)) < 0
+
+
+def test_signed_survives_model_json_and_older_files_read_as_unsigned():
+    channel = replace(CHANNEL, signed=True)
+    assert EventChannel.from_json(json.loads(json.dumps(channel.to_json()))).signed
+    older = {k: v for k, v in CHANNEL.to_json().items() if k != "signed"}
+    assert EventChannel.from_json(older).signed is False
+
+
 def test_session_centring_is_the_pairwise_least_squares_within_the_session():
     rng = np.random.default_rng(0)
     n, d = 6, 3
