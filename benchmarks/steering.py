@@ -1,6 +1,6 @@
 """Steering for one person vs for another person vs the population vs not at all (issue 10).
 
-    python benchmarks/steering.py                 # demo + lowvar, 100 people each, 2 simulators (~25 min)
+    python benchmarks/steering.py                 # demo + lowvar, 100 people each, 2 simulators (~32 min)
     python benchmarks/steering.py --quick         # small worlds, results to benchmarks/results/quick/
     python benchmarks/steering.py --worlds demo,lowvar,hetero --users 60
 
