@@ -127,9 +127,11 @@ class EventChannel:
     # ------------------------------------------------------------------ model.json
 
     def to_json(self) -> dict:
+        # `signed` is written only when set: an unsigned channel keeps the JSON (and so the fit
+        # digest) of files written before the option existed, which therefore still load.
         return {"weights": {k: float(v) for k, v in self.weights.items()}, "alpha": float(self.alpha),
-                "strength": float(self.strength), "gain": float(self.gain), "signed": bool(self.signed),
-                "report": self.report}
+                "strength": float(self.strength), "gain": float(self.gain),
+                **({"signed": True} if self.signed else {}), "report": self.report}
 
     @classmethod
     def from_json(cls, meta: dict) -> "EventChannel":

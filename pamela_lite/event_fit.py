@@ -172,7 +172,7 @@ def calibrate(model: PersonalScorer, events: pl.DataFrame, train: pl.DataFrame, 
     gain = (best_scores - base)[int(np.argmin(by_size))]  # the context size where events help least
     se = float(gain.std(ddof=1) / np.sqrt(len(gain))) if len(gain) > 1 else float("inf")
     accepted = gain.mean() > 2 * se
-    chosen = best if accepted else replace(best, strength=0.0)
+    chosen = best if accepted else replace(best, strength=0.0, signed=False)
     chosen.report = {**channel.report, "users": len(ids), "contexts": list(CONTEXTS),
                      "srocc_without_events": round(float(base.mean()), 4),
                      "srocc_with_events": round(float(best_scores.mean()), 4),

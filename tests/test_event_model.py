@@ -79,11 +79,18 @@ def test_a_skip_only_session_teaches_something_only_when_rejections_are_signed()
     assert b_signed[0] @ (z[[1, 4]].mean(0) - z.mean(0)) < 0
 
 
-def test_signed_survives_model_json_and_older_files_read_as_unsigned():
-    channel = replace(CHANNEL, signed=True)
-    assert EventChannel.from_json(json.loads(json.dumps(channel.to_json()))).signed
-    older = {k: v for k, v in CHANNEL.to_json().items() if k != "signed"}
-    assert EventChannel.from_json(older).signed is False
+@pytest.mark.parametrize("signed", [False, True])
+def test_a_saved_model_keeps_signed_and_an_unsigned_one_is_written_as_before_the_option(small, tmp_path, signed):
+    _, _, model, _ = small
+    model.fitted_.events = replace(CHANNEL, signed=signed)
+    try:
+        model.save(tmp_path / "m")
+    finally:
+        model.fitted_.events = replace(CHANNEL)
+    written = json.loads((tmp_path / "m" / "model.json").read_text())["events"]
+    # unsigned: byte for byte the JSON of files written before `signed` existed, so their digest holds
+    assert ("signed" in written) == signed
+    assert PersonalScorer.load(tmp_path / "m").fitted_.events.signed is signed
 
 
 def test_session_centring_is_the_pairwise_least_squares_within_the_session():
@@ -220,6 +227,7 @@ def test_fit_with_ratings_and_events_reports_the_channel_and_its_time(tmp_path):
                           "--quiet"]) == 0
     report = json.loads((tmp_path / "m" / "metrics.json").read_text())
     assert report["event_channel"]["report"]["chosen_on"] == "val_seen"
+    assert "accepted" in report["event_channel"]["report"]  # calibration ran to its choice
     assert report["event_channel_seconds"] > 0 and report["fit_seconds"] > 0
 
 
