@@ -32,10 +32,11 @@ from onnx import TensorProto, helper, numpy_helper
 from ._atomic import atomic_file
 from .cached import IMAGE_STAGE, USER_STAGE, stage_paths
 
-# Tensor names of the one-file graph (pamela_lite.onnx_scorer.build_graph) that the cut relies on;
-# the initializers read are W_image, split_image, item_factors, base_weights and mean.
+# What the stages read of the one-file graph (pamela_lite.onnx_scorer.build_graph): the tensors
+# below (the image side is cut at them), the trees (TreeEnsemble nodes up to head_out), the
+# initializers W_image, split_image, item_factors, base_weights, mean, split_state, low32, high32
+# and axis1, and the state_layout metadata.
 IMAGE_TENSORS = ("population", "pca", "image_factors")  # [N, 1], [N, d], [N, f]
-OUTPUTS = ("score", "utility")
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -92,7 +93,7 @@ def _finish(graph: onnx.GraphProto, scorer: onnx.ModelProto, stage: str, extra_m
 
 
 def build_stages(scorer: onnx.ModelProto) -> tuple[onnx.ModelProto, onnx.ModelProto]:
-    """The image-feature graph and the user-scoring graph cut from a one-file scorer (left unchanged).
+    """The image-feature graph and the user-scoring graph made from a one-file scorer (left unchanged).
 
     Both keep the scorer's metadata (fit digest, precision, state layout, ...) and add their stage,
     the feature layout and dtype, and the linear part's weights.
@@ -145,8 +146,10 @@ def _user_graph(scorer: onnx.ModelProto, widths, wide: int) -> onnx.GraphProto:
     ``[1, w, u]``, one small matrix product for the population, taste and factor terms, one float32
     concatenation that the trees read with their feature ids renumbered (`_head_order`); user-only
     columns come straight from the float32 state (the scorer's float32 → float64 → float32 round
-    trip is exact). Sums run in another order than the scorer's, so scores agree to float64
-    rounding before the float32 cast.
+    trip is exact). The taste and factor sums run in another order than the scorer's: in an exact
+    graph they differ by float64 rounding before the cast to float32 the trees read; in a fast
+    (float32) graph by float32 rounding, so, as between the fast scorer and ``predict``, a pair
+    whose feature sits within rounding of a tree threshold can take the other branch.
     """
     graph = scorer.graph
     inits = {t.name: t for t in graph.initializer}
