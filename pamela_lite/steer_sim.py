@@ -241,8 +241,8 @@ class SimulatedGenerator:
 
     def direction(self, phrase: str, base: int | None = None) -> np.ndarray:
         """The embedding move of one edit phrase on catalogue image `base` (random direction +
-        population-appeal effect); ``base=None``: its average over bases (the part that does not
-        depend on the base)."""
+        population-appeal effect); ``base=None``: the part that does not depend on the base (the
+        expected move over bases, shorter than any one base's move when ``base_dependence > 0``)."""
         key = (phrase, None if self.base_dependence == 0 else base)
         if key not in self._directions:
             rng = _rng(self.salt, "phrase", phrase)

@@ -133,6 +133,17 @@ def test_base_dependent_edits_move_two_bases_alike_only_in_their_shared_part(ste
     assert abs(sim.shares(n_phrases=400).shared_share - 0.25) < 0.08  # the calibration does not move
 
 
+def test_additive_edits_are_the_simulators_original_directions(steer_world, sim):
+    from pamela_lite.steer_sim import _rng, _unit
+
+    for phrase in ("golden hour light", "watercolour"):  # as drawn before base_dependence existed
+        rng = _rng(sim.salt, "phrase", phrase)
+        r = rng.standard_normal(sim.dim)
+        r -= (r @ sim.g_pop) * sim.g_pop
+        expected = sim.step * _unit(r) + rng.normal(0.0, sim.tau) * sim.g_pop
+        np.testing.assert_array_equal(sim.direction(phrase, 3), expected)
+
+
 def test_simulated_truth_reproduces_the_worlds_utilities(steer_world, sim):
     # a base prompt with no edit and no seed noise is its catalogue image: the world's own utility
     truth = steer_world.truth.head(50)
