@@ -150,14 +150,15 @@ def bootstrap_ci(values: np.ndarray, rng, n: int = 2000) -> tuple[float, float]:
 
 def run_world(name: str, args, rng) -> list[dict]:
     """One fit of the world, then the steering comparison under each simulator (--base-dependence),
-    on the same people and the same base prompts."""
-    t0 = time.perf_counter()
+    on the same people, base prompts and "other" people."""
     cfg = worlds.default_config(name, **(size(args)))
     world = worlds.make(name, cfg)
     ds = worlds.dataset(world)
+    t0 = time.perf_counter()
     model = PersonalScorer(n_threads=1, random_state=0).fit(ds.split("train"), ds.embeddings, ds.scale,
                                                             validation=ds.split("val_seen"))
-    log(f"{name}: fitted in {time.perf_counter() - t0:.1f}s")
+    fit_s = time.perf_counter() - t0
+    log(f"{name}: fitted in {fit_s:.1f}s")
     emb = Embeddings(world.images["image_id"], world.embeddings)
     truth_rows = set(world.users["participant_id"].to_list())
     seen = [u for u in model.users_ if u in truth_rows]
@@ -166,13 +167,19 @@ def run_world(name: str, args, rng) -> list[dict]:
     log(f"{name}: calibration {cal['coverage']}")
     prompts = world.images["prompt"].to_list()
     base_rows = rng.choice(len(prompts), len(users), replace=False)
-    fit_s = time.perf_counter() - t0
-    return [{**steer_world(name, world, model, users, base_rows, dependence, args, rng), "config": dict(cfg.__dict__),
-             "calibration": cal, "fit_seconds": round(fit_s, 1)} for dependence in args.base_dependence]
+    others = [users[(n + 1 + int(rng.integers(len(users) - 1))) % len(users)] for n in range(len(users))]
+    out = []
+    for k, dependence in enumerate(args.base_dependence):
+        # each simulator's own stream (bootstraps, search seeds): the runs do not depend on each other's order
+        own = np.random.default_rng([args.seed, k])
+        out.append({**steer_world(name, world, model, users, base_rows, others, dependence, args, own),
+                    "config": dict(cfg.__dict__), "calibration": cal, "fit_seconds": round(fit_s, 1)})
+    return out
 
 
-def steer_world(name, world, model, users, base_rows, dependence: float, args, rng) -> dict:
-    """The four conditions for each person, under a simulator with the given base dependence."""
+def steer_world(name, world, model, users, base_rows, others, dependence: float, args, rng) -> dict:
+    """The four conditions for each person (paired with `others[n]`), under a simulator with the
+    given base dependence."""
     t0 = time.perf_counter()
     gen = SimulatedGenerator(world, edit_sd=args.edit_sd, shared_share=args.shared_share,
                              seed_ratio=args.seed_ratio, base_dependence=dependence)
@@ -191,7 +198,7 @@ def steer_world(name, world, model, users, base_rows, dependence: float, args, r
                       / np.linalg.norm(gen.direction(p))) for k, p in enumerate(effects.phrases)]
     records, cos = [], []
     for n, user in enumerate(users):
-        other = users[(n + 1 + int(rng.integers(len(users) - 1))) % len(users)]
+        other = others[n]
         base = prompts[base_rows[n]]
         sd_true = gen.truth.sd(user)
         post = posterior_of(model, world, emb, user, index[user])
@@ -334,7 +341,7 @@ def two_people(args, folder: Path) -> dict:
     G = G / np.linalg.norm(G, axis=1, keepdims=True)
     i, j = np.unravel_index(np.argmin(G @ G.T), (len(cand), len(cand)))
     base = world.images["prompt"][0]
-    out, results = {"base": base, "people": []}, []
+    out, results = {"base": base, "base_dependence": gen.base_dependence, "people": []}, []
     for user in (cand[i], cand[j]):
         post = posterior_of(model, world, emb, user, index[user])
         res = steer.search(HEADLINE, gen, steer.PersonalObjective(model, post.mean, post, args.samples), vocab, base,
@@ -416,10 +423,11 @@ def markdown(payload: dict) -> str:
              f"`{payload['command']}` — {machine_lines(payload['machine'])}", "",
              "Simulated generator (`pamela_lite.steer_sim`): edit directions random and independent of the taste "
              "and principal bases; gains judged by the people's TRUE utility on 32 fresh seeds, in per-person SD "
-             f"units. Headline search: **{HEADLINE}**; {payload['seeds_per_prompt']} seeds per prompt. Each world "
-             "runs under two simulators, on the same people and base prompts: additive edits (a phrase moves every "
-             "image the same way — what the prompt-side model assumes) and base-dependent edits (half of a "
-             "phrase's move depends on the image it is applied to).", ""]
+             f"units. Headline search: **{HEADLINE}**; {payload['seeds_per_prompt']} seeds per prompt. Simulators "
+             "(each world runs under every one, on the same people, base prompts and other people): "
+             + "; ".join(edits_kind(b) for b in payload["settings"]["base_dependence"])
+             + " (base dependence: the share of a phrase's move drawn afresh for each base image; 0 is what the "
+               "prompt-side model assumes).", ""]
     for res in payload["worlds"]:
         sim, cal = res["simulator"], res["calibration"]
         lines += [f"## {res['world']}, {edits_kind(res['base_dependence'])} ({res['users']} people, "
@@ -468,7 +476,8 @@ def markdown(payload: dict) -> str:
                   f"{small['mean_gain']['self (prompt prior)']:+.3f} vs greedy {small['mean_gain']['self']:+.3f} "
                   f"(better for {small['win_rate']['self (prompt prior) > self']:.0%} of people)."
                   + (" Caveat: with additive edits, the same on every base, the simulator is what the prompt-side "
-                     "model assumes, so these are the best a log can give; see the base-dependent rows."
+                     "model assumes, so these are the best a log can give"
+                     + ("; see the base-dependent rows." if max(payload["settings"]["base_dependence"]) > 0 else ".")
                      if res["base_dependence"] == 0 else ""), "",
                   "The prompt-side model steering every condition (the same method for self, the other person and "
                   "the population head: what personalisation adds to it):", "",
@@ -482,7 +491,8 @@ def markdown(payload: dict) -> str:
         lines.append("")
     if payload.get("two_people"):
         tp = payload["two_people"]
-        lines += [f"## Two people, one prompt (demo world, greedy, budget {TWO_BUDGET})", "", f"Base: `{tp['base']}`", ""]
+        lines += [f"## Two people, one prompt (demo world, {edits_kind(tp['base_dependence'])}, greedy, budget "
+                  f"{TWO_BUDGET})", "", f"Base: `{tp['base']}`", ""]
         for p in tp["people"]:
             lines.append(f"- **{p['user']}** → `{p['prompt']}` (predicted {p['predicted']:.2f} vs base "
                          f"{p['base_predicted']:.2f}); true gain in SD for each person: "
