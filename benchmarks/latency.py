@@ -382,6 +382,10 @@ def cached_section(engines: dict, scale_rows: list[dict]) -> list[str]:
             target = (f"{'**met**' if ratio >= CACHED_VS_TREES_TARGET else '**not met**'} (>= {CACHED_VS_TREES_TARGET}x)"
                       if b == max(cached) else "– (per-call overhead; ranking runs in large batches)")
             out.append(f"| {b:,} | {cached[b]:,.0f} | {trees[b]:,.0f} | {ratio:.2f}x | {target} | {random_pairs[b]:,.0f} |")
+        rounds_of = lambda name: next(r for r in engines[name]["rows"] if r["batch"] == max(cached))["rounds_pairs_per_s"]
+        per_round = [c / t for c, t in zip(rounds_of("onnx-cached"), rounds_of("onnx-trees-user"))]
+        out += ["", f"Ratio in each round at batch {max(cached):,} (the two engines back to back): "
+                    + ", ".join(f"{r:.2f}x" for r in per_round) + "."]
         out.append("")
     rows = [r for r in scale_rows if r["axis"] == "images" and "cached" in r]
     if not rows:

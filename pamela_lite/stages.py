@@ -169,6 +169,7 @@ def _user_graph(scorer: onnx.ModelProto, widths, wide: int) -> onnx.GraphProto:
               "mean": numpy_helper.to_array(inits["mean"])}
     new_inits = [numpy_helper.from_array(np.asarray(v, dtype=dtype), k) for k, v in arrays.items()]
     new_inits += [inits[name] for name in ("split_state", "low32", "high32", "axis1")]
+    new_inits.append(numpy_helper.from_array(np.array([1], np.int64), "stage/one_row"))
     n = helper.make_node
     state = "user_state" if wide == TensorProto.FLOAT else "state64"
     nodes = [n("Cast", ["user_state"], ["state64"], to=wide)] if state == "state64" else []
@@ -177,8 +178,19 @@ def _user_graph(scorer: onnx.ModelProto, widths, wide: int) -> onnx.GraphProto:
         n("Shape", ["bias"], ["stage/user_rows"]),
         n("Expand", ["stage/one", "stage/user_rows"], ["stage/ones"]),
         n("Concat", ["stage/ones", "taste_w", "user_factors"], ["stage/coef"], axis=1),
-        n("Mul", ["features", "stage/coef"], ["stage/terms"]),
-        n("MatMul", ["stage/terms", "stage/selector"], ["stage/pop_taste_mf"]),
+        n("Shape", ["user_state"], ["stage/state_shape"], end=1),
+        n("Equal", ["stage/state_shape", "stage/one_row"], ["stage/one_user_1"]),
+        n("Squeeze", ["stage/one_user_1"], ["stage/one_user"]),
+        # One user against N images: fold the state into the selector, one matrix product over the
+        # features. One state per pair: the products per pair, then the selector.
+        n("If", ["stage/one_user"], ["stage/pop_taste_mf"],
+          then_branch=_branch("one_user", [
+              n("Transpose", ["stage/coef"], ["stage/coef_t"], perm=[1, 0]),
+              n("Mul", ["stage/coef_t", "stage/selector"], ["stage/user_selector"]),
+              n("MatMul", ["features", "stage/user_selector"], ["stage/taste_mf_one"])], "stage/taste_mf_one", wide),
+          else_branch=_branch("per_pair", [
+              n("Mul", ["features", "stage/coef"], ["stage/terms"]),
+              n("MatMul", ["stage/terms", "stage/selector"], ["stage/taste_mf_pairs"])], "stage/taste_mf_pairs", wide)),
         n("MatMul", ["stage/pop_taste_mf", "stage/blend"], ["stage/blended"]),
         n("Add", ["bias", "mean"], ["stage/bias_mean"]),  # [M, 1]: per user, not per pair
         n("Add", ["stage/blended", "stage/bias_mean"], ["base"]),
@@ -226,6 +238,11 @@ def _user_graph(scorer: onnx.ModelProto, widths, wide: int) -> onnx.GraphProto:
         from .onnx_scorer import _drop_identity_casts  # (onnx_scorer imports this module)
         _drop_identity_casts(graph)
     return graph
+
+
+def _branch(name: str, nodes: list, output: str, dtype: int) -> onnx.GraphProto:
+    """A subgraph of an If node: `nodes` (reading the outer graph's tensors) producing `output` [N, 3]."""
+    return helper.make_graph(nodes, f"stage/{name}", [], [helper.make_tensor_value_info(output, dtype, ["N", 3])])
 
 
 def _copy_node(node: onnx.NodeProto) -> onnx.NodeProto:
