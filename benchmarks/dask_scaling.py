@@ -154,7 +154,7 @@ def markdown(info: dict, setup_info: dict, results: dict, quick: bool) -> str:
     rows = results["rows"]
     out = [f"# Dask batch scoring ({'quick' if quick else 'full'})", "", machine_lines(info), "",
            f"Load average (1 min) at the start and end of the run: {info['load_start']:.1f} / {info['load_end']:.1f} "
-           "(2 cores: above 2, other work on this shared machine competes with the workers).", "",
+           "(2 cores: a load above 2 means other work on this shared machine competed with the workers).", "",
            f"Demo model ({setup_info['trees']} trees) on a catalogue of {setup_info['images']:,} images and "
            f"{setup_info['users']} users; {setup_info['pairs']:,} random pairs in one Parquet file. One thread per "
            "worker process (onnxruntime intra_op_num_threads=1); the catalogue's features are cached once "

@@ -1,6 +1,6 @@
 """Speed benchmark: scoring latency and throughput, fit time, scaling, encoder throughput.
 
-    python benchmarks/latency.py           # about 6-7 min on 2 cores
+    python benchmarks/latency.py           # about 12 min on an idle 2-core machine
     python benchmarks/latency.py --quick   # under 2 min (smaller scaling grid, shorter timings), to results/quick/
 
 All figures come from one run on this machine and are compared as ratios:
