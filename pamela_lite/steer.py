@@ -1301,12 +1301,20 @@ def _resolve_user(args, model, world):
                                      f"as --context")
     row = known[str(args.user)]
     rated, ratings = None, None
-    if world is not None:  # the simulated world holds the person's training ratings
-        rows = world.ratings.filter((pl.col("participant_id").cast(pl.String) == str(args.user))
-                                    & (pl.col("split") == "train"))
+    if world is not None:  # the model folder keeps the person's ratings; the simulated world has the images
+        rows = model.ratings_.filter(pl.col("participant_id") == str(args.user))
+        theirs = world.ratings.filter((pl.col("participant_id").cast(pl.String) == str(args.user))
+                                      & (pl.col("split") == "train"))["image_id"].cast(pl.String)
+        if rows.height and set(rows["image_id"].cast(pl.String).to_list()) != set(theirs.to_list()):
+            # a person of the same id in another world: their ratings would describe someone else
+            raise InputError(args.model, f"was not fitted on the world of --generator {args.generator} (its "
+                                         f"ratings of {args.user!r} are not that world's); fit it on "
+                                         f"python -m pamela_lite.demo --world {world.name} (default sizes), "
+                                         f"or use another generator")
         if rows.height:
             emb = Embeddings(world.images["image_id"], world.embeddings)
-            rated, ratings = emb.take(rows["image_id"]), rows["original_score"].to_numpy()
+            rated = emb.take(rows["image_id"].cast(world.images["image_id"].dtype, strict=False))
+            ratings = rows["rating"].to_numpy()
     elif args.embeddings is not None:  # the model folder keeps the ratings each known state came from
         rows = model.ratings_.filter(pl.col("participant_id") == str(args.user))
         if rows.height:
@@ -1366,8 +1374,9 @@ def main(argv: list[str] | None = None) -> int:
         if posterior is None and args.objective != "population":  # after every input check: errors stay one line
             print(f"warning: no ratings of {label!r} at hand, so no spread over their taste"
                   + (": the bandit samples only seed noise" if args.method == "thompson" else "")
-                  + " (give --embeddings with the embeddings of the images the model was fitted on "
-                    "to use the ratings the model folder keeps)", file=sys.stderr)
+                  + ("" if world is not None or args.embeddings is not None else
+                     " (give --embeddings with the embeddings of the images the model was fitted on "
+                     "to use the ratings the model folder keeps)"), file=sys.stderr)
         results = []
         for objective in objectives:
             res = search(args.method, generate, objective, vocab, args.prompt, args.budget, args.seeds_per_prompt,

@@ -11,7 +11,7 @@ import pytest
 from pamela_lite import steer, worlds
 from pamela_lite.steer_sim import SimulatedGenerator
 
-from .conftest import cli
+from .conftest import SMALL_MODEL, cli
 
 VOCAB = steer.Vocabulary.from_dict({"attributes": {"light": ["warm light", "cold light"],
                                                    "angle": ["low angle", "high angle", "top view"]}})
@@ -209,6 +209,20 @@ def test_cli_bad_input_exits_2_with_one_line(fitted, tmp_path, args, problem):
     assert out.returncode == 2, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and problem in out.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_sim_generator_refuses_a_model_fitted_on_another_world(tmp_path):
+    from pamela_lite.model import PersonalScorer
+
+    default = worlds.make("sparse")  # the world --generator sim:sparse builds
+    other = worlds.make("sparse", n_users=30, n_images=300, n_ratings=3000, dim=default.embeddings.shape[1], seed=9)
+    data = worlds.dataset(other)
+    model = PersonalScorer(random_state=0, **SMALL_MODEL).fit(data.split("train"), data.embeddings, data.scale)
+    user = next(u for u in model.users_ if u in set(default.users["participant_id"].to_list()))
+    out = cli("steer", "--model", model.save(tmp_path / "model"), "--user", user, "--generator", "sim:sparse",
+              "--prompt", default.images["prompt"][0], "--budget", "8", "--out", tmp_path / "o")
+    assert out.returncode == 2, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "was not fitted on the world" in out.stderr
 
 
 def test_cli_missing_model_exits_2(tmp_path):
