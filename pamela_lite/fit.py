@@ -135,8 +135,12 @@ def fit_on_events_only(args, watch: Stopwatch) -> int:
     vocabulary = parse_event_weights(args.event_weights)
     embeddings = read_embeddings(args.embeddings or args.events.parent / EMBEDDINGS_FILE)
     events = load_events(args.events, embeddings, vocabulary)
-    watch.step(f"read {events.height} events of {events['participant_id'].n_unique()} people (no ratings: "
-               f"fitting on the events alone)")
+    people = events["participant_id"].n_unique()
+    if people < 2:  # one person's choices say nothing about what people share: the fit would be degenerate
+        raise InputError(args.events, f"events of {people} person; fitting on events alone needs at least two "
+                                      f"people (or fit on ratings with --data and fold this person in with "
+                                      f"predict --context-events)")
+    watch.step(f"read {events.height} events of {people} people (no ratings: fitting on the events alone)")
     start = time.perf_counter()
     model = fit_events_only(events, embeddings, args.params, args.seed, vocabulary, args.threads)
     report = {"events": str(args.events), "seed": args.seed, "fit_seconds": round(time.perf_counter() - start, 2),
@@ -211,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         data = args.data
     dataset = load_dataset(data, args.embeddings, args.scale, seed=args.seed)
+    # the events are checked before the fit, so a bad file costs seconds, not a whole fit
+    events = None if args.events is None else load_events(args.events, dataset.embeddings, vocabulary)
     counts = dataset.ratings.group_by("split").len().sort("split")
     watch.step(f"read {dataset.ratings.height} ratings (scale {dataset.scale}) and "
                f"{dataset.embeddings.matrix.shape[0]} embeddings of dimension {dataset.embeddings.dim}: "
@@ -251,8 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nablation on validation (each row adds one component):")
         print(format_table(val_rows))
 
-    if args.events is not None:
-        events = load_events(args.events, dataset.embeddings, vocabulary)
+    if events is not None:
         calibration_start = time.perf_counter()
         channel = calibrate(full, events, dataset.split("train"), dataset.split("val_seen"), dataset.embeddings,
                             vocabulary, args.seed)

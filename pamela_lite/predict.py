@@ -16,7 +16,7 @@ from pathlib import Path
 
 import polars as pl
 
-from .cli import (Stopwatch, check_table_path, parser_for, refuse_known_context, run, warn_unknown_demographics,
+from .cli import (Stopwatch, check_table_path, log, parser_for, refuse_known_context, run, warn_unknown_demographics,
                   write_table)
 from .data import Scale, id_type_note, read_embeddings, read_pairs, read_ratings, validate_ratings
 from .errors import InputError
@@ -102,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
                                          "refit it with --events to fold people in from their events")
         events = load_events(args.context_events, embeddings, model.fitted_.events.weights)
         refuse_known_context(events["participant_id"], model.users_, args.context_events, args.refit_known)
+        if model.fitted_.events.strength <= 0:
+            log.warning(f"warning: {args.model}: the fit gave events no weight (validation found they did not "
+                        f"help; metrics.json's event_channel says by how much), so {args.context_events.name} "
+                        f"changes no score")
         others.append(events["participant_id"])
     if args.context is not None or events is not None:
         if args.context is not None:

@@ -231,6 +231,59 @@ def test_fit_with_ratings_and_events_reports_the_channel_and_its_time(tmp_path):
     assert report["event_channel_seconds"] > 0 and report["fit_seconds"] > 0
 
 
+def test_events_alone_of_one_person_exit_2_with_one_line(tmp_path, capsys):
+    from pamela_lite import demo, fit
+    from pamela_lite.cli import run
+
+    assert run(demo.main, ["--users", "30", "--images", "200", "--ratings", "2000", "--dim", "16", "--events",
+                           "session", "--impressions", "40", "--out", str(tmp_path / "w")]) == 0
+    events = pl.read_parquet(tmp_path / "w" / "events.parquet")
+    events.filter(pl.col("participant_id") == events["participant_id"][0]).write_parquet(tmp_path / "one.parquet")
+    capsys.readouterr()
+    code = run(fit.main, ["--events", str(tmp_path / "one.parquet"), "--embeddings",
+                          str(tmp_path / "w" / "embeddings.parquet"), "--out", str(tmp_path / "m"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "at least two people" in err[0]
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_bad_events_file_is_refused_before_the_ratings_fit(tmp_path, capsys):
+    from pamela_lite import demo, fit
+    from pamela_lite.cli import run
+
+    assert run(demo.main, ["--users", "30", "--images", "200", "--ratings", "2000", "--dim", "16", "--events",
+                           "session", "--impressions", "40", "--out", str(tmp_path / "w")]) == 0
+    pl.read_parquet(tmp_path / "w" / "events.parquet").with_columns(event=pl.lit("downlaod")).write_parquet(
+        tmp_path / "bad.parquet")
+    capsys.readouterr()
+    code = run(fit.main, ["--data", str(tmp_path / "w"), "--events", str(tmp_path / "bad.parquet"),
+                          "--out", str(tmp_path / "m"), "--quiet"])
+    out, err = capsys.readouterr()
+    assert code == 2 and "downlaod" in err and out == ""  # no results table: nothing was fitted
+
+
+def test_context_events_on_a_model_that_gave_them_no_weight_warn(small, tmp_path, caplog):
+    from pamela_lite import predict
+    from pamela_lite.cli import run
+
+    _, data, model, events = small
+    model.fitted_.events = replace(CHANNEL, strength=0.0)
+    try:
+        model.save(tmp_path / "m")
+    finally:
+        model.fitted_.events = replace(CHANNEL)
+    me = _newcomer(events, 40)
+    me.write_csv(tmp_path / "new.csv")
+    me.select("participant_id", "image_id").unique().write_csv(tmp_path / "pairs.csv")
+    pl.DataFrame({"image_id": data.embeddings.ids,
+                  "embedding": pl.Series(data.embeddings.matrix, dtype=pl.Array(pl.Float32, 24))}).write_parquet(
+        tmp_path / "e.parquet")
+    assert run(predict.main, ["--model", str(tmp_path / "m"), "--pairs", str(tmp_path / "pairs.csv"),
+                              "--embeddings", str(tmp_path / "e.parquet"), "--context-events",
+                              str(tmp_path / "new.csv"), "--out", str(tmp_path / "s.csv"), "--quiet"]) == 0
+    assert "gave events no weight" in caplog.text
+
+
 def test_unknown_event_in_context_events_exits_2_with_one_line(small, tmp_path):
     _, data, model, events = small
     model.save(tmp_path / "m")
