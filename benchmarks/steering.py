@@ -362,7 +362,7 @@ def two_people(args, folder: Path) -> dict:
     out["population_prompt"] = pop.prompt
     out["taste_cosine"] = float(G[i] @ G[j])
     if _can_plot():
-        steer.plot(results, folder / "steering_two_people.png", f"demo world, greedy, one base prompt: '{base}'")
+        steer.plot(results, folder / f"{args.name}_two_people.png", f"demo world, greedy, one base prompt: '{base}'")
     return out
 
 
@@ -527,6 +527,9 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--name", default="steering",
+                        help="results file stem in benchmarks/results/ (another name keeps the main results, "
+                             "e.g. for a confirmation run)")
     args = parser.parse_args(argv)
     args.budgets = [int(b) for b in args.budgets.split(",")]
     args.base_dependence = [float(b) for b in args.base_dependence.split(",")]
@@ -544,9 +547,9 @@ def main(argv=None) -> int:
                "settings": {k: v for k, v in vars(args).items()}, "worlds": results,
                "two_people": two_people(args, folder)}
     if _can_plot():
-        plot_worlds(results, folder / "steering.png")
-    write_text(folder / "steering.json", json.dumps(payload, indent=1, default=float))
-    write_text(folder / "steering.md", markdown(payload))
+        plot_worlds(results, folder / f"{args.name}.png")
+    write_text(folder / f"{args.name}.json", json.dumps(payload, indent=1, default=float))
+    write_text(folder / f"{args.name}.md", markdown(payload))
     log(markdown(payload))
     return 0
 
