@@ -211,7 +211,8 @@ class TwoStage:
                                            "what every feature means); write it again with this scorer")
         if cache.features.shape[1:] != (self.n_features,) or cache.features.dtype != self.dtype:
             raise CacheError(cache.source, f"features of shape {cache.features.shape} ({cache.features.dtype}); "
-                                           f"this scorer's are (N, {self.n_features}) {self.dtype}")
+                                           f"this scorer's are (N, {self.n_features}) {self.dtype}: write "
+                                           f"the cache again with this scorer (python -m pamela_lite.cache)")
 
     def score(self, features: np.ndarray, states: np.ndarray, clip: bool = True) -> np.ndarray:
         """Scores of N cached images for states (N, S), or for one state (1, S) broadcast to all."""

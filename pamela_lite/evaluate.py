@@ -26,7 +26,8 @@ def parse_splits(text: str) -> tuple[str, ...]:
     names = tuple(s.strip() for s in text.split(",") if s.strip())
     unknown = [s for s in names if s not in SEEN_SPLITS + UNSEEN_SPLITS]
     if unknown or not names:
-        raise InputError(None, f"--splits takes names from {', '.join(SEEN_SPLITS + UNSEEN_SPLITS)}")
+        raise InputError(None, (f"--splits: unknown split(s) {', '.join(unknown)}; " if unknown else "--splits: ")
+                         + f"names from {', '.join(SEEN_SPLITS + UNSEEN_SPLITS)}")
     return names
 
 

@@ -140,9 +140,11 @@ def validate_events(frame: pl.DataFrame, source, vocabulary: dict[str, float] | 
         the row), ``count`` (how many identical rows were merged) and the optional columns given.
     """
     vocabulary = DEFAULT_EVENTS if vocabulary is None else vocabulary
-    if "event" not in frame.columns and WEIGHT not in frame.columns:
-        _require_columns(frame, ("participant_id", "image_id", "event"), source)
     _require_columns(frame, ("participant_id", "image_id"), source)
+    if "event" not in frame.columns and WEIGHT not in frame.columns:
+        found = ", ".join(c for c in frame.columns if not c.startswith("_")) or "none"
+        raise InputError(source, f"missing column event (an event name per row) or {WEIGHT} (a signed number "
+                                 f"per row); found: {found}")
     _check_plain_values(frame, ("participant_id", "image_id", "event", WEIGHT, *OPTIONAL), source)
     _reject_nulls(frame, ("participant_id", "image_id"), source)
     _check_timestamps(frame, source)

@@ -255,6 +255,11 @@ def test_evaluate_with_none_of_the_splits_exits_2_with_one_line(model_dir, world
     assert "ratings.parquet" in line and "no ratings in split(s) test_unseen, val_unseen" in line
 
 
+def test_evaluate_names_an_unknown_split(capsys):
+    line = _one_line_error(capsys, run(evaluate.main, ["--model", "m", "--data", "d", "--splits", "test_seen,tset_unseen"]))
+    assert "tset_unseen" in line
+
+
 def test_unknown_output_type_is_refused_before_any_work(model_dir, world, tmp_path, capsys):
     pl.DataFrame({"participant_id": ["nobody"], "image_id": [100000]}).write_csv(tmp_path / "p.csv")
     line = _one_line_error(capsys, run(predict.main, [
