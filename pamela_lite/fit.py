@@ -26,9 +26,11 @@ import sys
 import time
 from pathlib import Path
 
+import polars as pl
+
 from . import __version__, demo
 from ._atomic import check_replaceable, write_text
-from .cli import Stopwatch, parse_kshot, parser_for, run, show_progress
+from .cli import Stopwatch, log, parse_kshot, parser_for, run, show_progress
 from .data import EMBEDDINGS_FILE, Scale, load_dataset, read_embeddings
 from .errors import InputError
 from .event_fit import calibrate, fit_events_only
@@ -206,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     watch = Stopwatch(args.quiet)
     if args.threads is not None and args.threads < 1:
         raise InputError(None, "--threads takes a number >= 1")
+    if args.event_weights is not None and args.events is None:
+        raise InputError(None, "--event-weights needs --events (the events table they weigh)")
     if args.events is not None and args.data is None:
         return fit_on_events_only(args, watch)
     vocabulary = parse_event_weights(args.event_weights)
@@ -217,6 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     dataset = load_dataset(data, args.embeddings, args.scale, seed=args.seed)
     # the events are checked before the fit, so a bad file costs seconds, not a whole fit
     events = None if args.events is None else load_events(args.events, dataset.embeddings, vocabulary)
+    if events is not None:
+        rated = dataset.split("train")["participant_id"].cast(pl.String).unique().implode()
+        unrated = events.filter(~pl.col("participant_id").cast(pl.String).is_in(rated))["participant_id"].n_unique()
+        if unrated:  # their events choose nothing and fit nothing: the model is fitted on ratings
+            log.warning(f"warning: {args.events}: {unrated} person(s) with events but no training ratings are "
+                        f"left out (fold them in with predict --context-events, or fit on the events alone)")
     counts = dataset.ratings.group_by("split").len().sort("split")
     watch.step(f"read {dataset.ratings.height} ratings (scale {dataset.scale}) and "
                f"{dataset.embeddings.matrix.shape[0]} embeddings of dimension {dataset.embeddings.dim}: "

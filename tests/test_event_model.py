@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -245,6 +246,31 @@ def test_events_alone_of_one_person_exit_2_with_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "at least two people" in err[0]
     assert not (tmp_path / "m").exists()
+
+
+def test_people_with_events_but_no_ratings_are_named_when_left_out(tmp_path, caplog):
+    from pamela_lite import demo, fit
+    from pamela_lite.cli import run
+
+    assert run(demo.main, ["--users", "30", "--images", "200", "--ratings", "2000", "--dim", "16", "--events",
+                           "session", "--impressions", "40", "--events-only-users", "2", "--out",
+                           str(tmp_path / "w")]) == 0
+    params = json.dumps(dict(n_components=6, n_prototypes=8, factors=3, head_trees=20, n_folds=2))
+    assert run(fit.main, ["--data", str(tmp_path / "w"), "--events", str(tmp_path / "w" / "events.parquet"),
+                          "--out", str(tmp_path / "m"), "--params", params, "--no-baselines", "--kshot", "0",
+                          "--quiet"]) == 0
+    # the 2 events-only people, and any whose ratings all sit in the unseen splits
+    left_out = re.search(r"(\d+) person\(s\) with events but no training ratings are left out", caplog.text)
+    assert left_out and int(left_out.group(1)) >= 2
+
+
+def test_event_weights_without_events_exit_2(tmp_path, capsys):
+    from pamela_lite import fit
+    from pamela_lite.cli import run
+
+    code = run(fit.main, ["--event-weights", '{"like": 1}', "--out", str(tmp_path / "m"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--event-weights needs --events" in err[0]
 
 
 def test_a_bad_events_file_is_refused_before_the_ratings_fit(tmp_path, capsys):
