@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .features import ImageFeatures
+from .user_solver import user_normal_equations
 
 
 @dataclass
@@ -114,13 +115,7 @@ class EventChannel:
         z = centred(feats.pca)
         target = self.gain * centred(pref) - centred(pop)
         weighted = self.strength * conf
-        users = np.asarray(rows.user_index, dtype=np.int64)
-        order = np.argsort(users, kind="stable")
-        bounds = np.searchsorted(users[order], np.arange(n_users + 1))
-        for k in np.flatnonzero(np.diff(bounds)):
-            block = order[bounds[k]:bounds[k + 1]]
-            A[k] = (z[block] * weighted[block, None]).T @ z[block]
-            b[k] = (weighted[block] * target[block]) @ z[block]
+        A, b = user_normal_equations(z, np.asarray(rows.user_index, dtype=np.int64), n_users, target, weighted)
         informed = np.abs(A).reshape(n_users, -1).max(axis=1) > 1e-12
         return A, b, informed
 

@@ -66,7 +66,7 @@ from .events import event_rows
 from .features import ImageFeatures, ImageSide, l2_normalise
 from .metrics import per_user
 from .fitted import PARAMETER_FILES, USERS_FILE, FittedScorer, read_users, write_users
-from .user_solver import DemographicPrior, UserSolver, als_row_values, state_layout
+from .user_solver import DemographicPrior, UserSolver, als_row_values, state_layout, user_normal_equations
 
 RATINGS_FILE = "ratings.parquet"  # in a model folder: the ratings every known user's state was solved from
 MODEL_FILES = (*PARAMETER_FILES, USERS_FILE, RATINGS_FILE)  # what save writes, besides extra files
@@ -523,11 +523,13 @@ class PersonalScorer(BaseEstimator):
             return head, None
         known, cols = known
         base = self._base_score(cols, self.fitted_.blend)
-        compact_users = _validation_users(known, base + _head_output(head, cols["head_x"]))
+        compact_output, compact_trees = _head_output(head, cols["head_x"])
+        compact_users = _validation_users(known, base + compact_output)
         if not compact_users.height:  # no user with enough spread in their validation ratings to rank
             return head, None
         large = self._fit_head(oof, y, (known, cols), LARGE_HEAD)
-        large_users = _validation_users(known, base + _head_output(large, cols["head_x"]))
+        large_output, large_trees = _head_output(large, cols["head_x"])
+        large_users = _validation_users(known, base + large_output)
         gain = large_users["srocc"] - compact_users["srocc"]  # the same users, in the same order
         # Kept only if the larger head's gain is clear of the noise between users (2 standard
         # errors of the paired mean) and worth its scoring time (TUNE_MIN_GAIN).
@@ -535,7 +537,7 @@ class PersonalScorer(BaseEstimator):
         choice = "large" if float(gain.mean()) >= max(TUNE_MIN_GAIN, noise) else "compact"
         return (large if choice == "large" else head), {
             "head": choice, "head_params": dict(LARGE_HEAD if choice == "large" else compact),
-            "trees_kept": {"compact": _tree_count(head), "large": _tree_count(large)},
+            "trees_kept": {"compact": compact_trees, "large": large_trees},
             "validation_srocc": {"compact": float(compact_users["srocc"].mean()),
                                  "large": float(large_users["srocc"].mean())},
             "gain": float(gain.mean()), "gain_needed": max(TUNE_MIN_GAIN, noise),
@@ -830,17 +832,15 @@ class PersonalScorer(BaseEstimator):
         return model
 
 
-def _head_output(model_text: str, head_x: np.ndarray) -> np.ndarray:
-    return lgb.Booster(model_str=model_text).predict(head_x) if model_text else np.zeros(len(head_x))
+def _head_output(model_text: str, head_x: np.ndarray) -> tuple[np.ndarray, int]:
+    """The head's output on `head_x` and its number of trees (the model text parsed once)."""
+    booster = lgb.Booster(model_str=model_text)
+    return booster.predict(head_x), booster.num_trees()
 
 
 def _validation_users(rows: pl.DataFrame, score: np.ndarray) -> pl.DataFrame:
     """Per-user SROCC of `score` against the rows' ratings (the benchmarks' headline metric)."""
     return per_user(rows.select("participant_id", "rating").with_columns(score=pl.Series(score)))
-
-
-def _tree_count(model_text: str) -> int:
-    return lgb.Booster(model_str=model_text).num_trees() if model_text else 0
 
 
 def float32_safe(model_text: str) -> lgb.Booster:
@@ -972,7 +972,9 @@ def _empirical_taste_precision(states, y, user_index, n_users, feats, solver, it
     second += 0.05 * np.trace(second) / d * np.eye(d)
     if not iterations:  # taste_prior="moment": the moment of the point estimates, EM's starting point
         return noise * np.linalg.inv(second)
-    grams, moments = _user_normal_equations(feats.pca, resid, user_index, n_users)
+    grams, moments = user_normal_equations(feats.pca, user_index, n_users, resid)
+    rated = np.bincount(user_index, minlength=n_users) > 0  # a user without rows here has no posterior to add
+    grams, moments = grams[rated], moments[rated]
     total_square, n_ratings = float(resid @ resid), len(resid)
     floor = 1e-6 * np.trace(second) / d * np.eye(d)  # keeps S invertible as unsupported directions vanish
     for _ in range(iterations):
@@ -989,19 +991,6 @@ def _empirical_taste_precision(states, y, user_index, n_users, feats, solver, it
         second = (spread + spread.T) / (2 * len(grams)) + floor
         noise = float(fitted_square / n_ratings)
     return noise * np.linalg.inv(second)
-
-
-def _user_normal_equations(Z: np.ndarray, r: np.ndarray, user_index: np.ndarray, n_users: int):
-    """Per user with ratings: Z_u'Z_u and Z_u'r_u (one BLAS call per user)."""
-    order = np.argsort(user_index, kind="stable")
-    bounds = np.searchsorted(user_index[order], np.arange(n_users + 1))
-    Z, r = Z[order], r[order]
-    rated = np.flatnonzero(np.diff(bounds))
-    grams, moments = np.empty((len(rated), Z.shape[1], Z.shape[1])), np.empty((len(rated), Z.shape[1]))
-    for row, k in enumerate(rated):
-        block = Z[bounds[k]:bounds[k + 1]]
-        grams[row], moments[row] = block.T @ block, block.T @ r[bounds[k]:bounds[k + 1]]
-    return grams, moments
 
 
 def _positions(values: pl.Series, vocabulary: pl.Series) -> np.ndarray:

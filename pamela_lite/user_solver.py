@@ -106,13 +106,10 @@ class UserSolver:
         sort = np.argsort(user_index, kind="stable")
         bounds = np.searchsorted(user_index[sort], np.arange(n_users + 1))
         if self.use_taste:
-            # Per-user Gram matrices by one BLAS call each, then one batched solve for everyone.
-            Z, r = feats.pca[sort], resid[sort]
-            A = np.repeat(self.taste_precision[None], n_users, axis=0)
-            for k in np.flatnonzero(counts):
-                block = Z[bounds[k]:bounds[k + 1]]
-                A[k] += block.T @ block
-            b = _segment_sums(Z * r[:, None], bounds, counts) + priors[:, at["taste"]] @ self.taste_precision.T
+            # Per-user Gram matrices, then one batched solve for everyone.
+            A = self.taste_precision[None] + user_normal_equations(feats.pca, user_index, n_users)[0]
+            b = (_segment_sums(feats.pca[sort] * resid[sort, None], bounds, counts)
+                 + priors[:, at["taste"]] @ self.taste_precision.T)
             if taste_extra is not None:
                 A, b = A + taste_extra[0], b + taste_extra[1]
             states[:, at["taste"]] = np.linalg.solve(A, b[..., None])[..., 0]
@@ -129,6 +126,29 @@ class UserSolver:
             informed = taste_extra[2] & (counts == 0)
             states[informed, at["taste"]] = taste[informed]
         return states, masses
+
+
+def user_normal_equations(Z: np.ndarray, user_index: np.ndarray, n_users: int, r: np.ndarray | None = None,
+                          weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per user, ``sum w z z'`` and (given `r`) ``sum w r z`` over the user's rows of `Z`; zeros
+    for users without rows. One BLAS call per user. The rating solve, the events' equations
+    (:mod:`pamela_lite.event_channel`) and the EM taste prior all build their equations here."""
+    order = np.argsort(user_index, kind="stable")
+    bounds = np.searchsorted(user_index[order], np.arange(n_users + 1))
+    grams = np.zeros((n_users, Z.shape[1], Z.shape[1]))
+    moments = None if r is None else np.zeros((n_users, Z.shape[1]))
+    for k in np.flatnonzero(np.diff(bounds)):
+        rows = order[bounds[k]:bounds[k + 1]]
+        block = Z[rows]
+        if weights is None:
+            grams[k] = block.T @ block
+            if r is not None:
+                moments[k] = block.T @ r[rows]
+        else:
+            grams[k] = (block * weights[rows, None]).T @ block
+            if r is not None:
+                moments[k] = (weights[rows] * r[rows]) @ block
+    return grams, moments
 
 
 def _segment_sums(values: np.ndarray, bounds: np.ndarray, counts: np.ndarray) -> np.ndarray:
