@@ -21,7 +21,8 @@ layers before it leave:
      ``z(x)`` is a map of the embedding learned from everyone's ratings — user factors times
      image factors, a factorization whose image side covers unseen images: the top whitened
      principal components plus the directions of their complement in which the training
-     users' tastes differ above noise (:mod:`pamela_lite.taste`).
+     users' tastes differ above noise, searched band by band once the taste along the top
+     components is removed (:mod:`pamela_lite.taste`).
 
    They enter the base score through a blend ``gamma`` fitted on out-of-fold predictions.
 5. LightGBM residual head on ``y - base``, trained on out-of-fold base features (images held
@@ -98,7 +99,8 @@ class _Base:
     image_side: ImageSide
     solver: UserSolver
     states: np.ndarray  # (n_users, 1 + d + f): bias, w, u
-    directions: np.ndarray  # learned taste directions in the whitened complement of the principal ones
+    directions: np.ndarray  # (width, r) learned taste directions in the leading `width` whitened
+    # coordinates after the principal ones (the band they were found in)
 
 
 class PersonalScorer(BaseEstimator):
@@ -116,10 +118,11 @@ class PersonalScorer(BaseEstimator):
     taste_rank : int
         Most learned taste directions beyond the principal ones.
     whiten_dim : int
-        Most whitened embedding directions searched for taste.
+        Most whitened embedding directions searched for taste (in nested bands: the principal
+        directions up to 2, 4, 8, ... times `n_components`, then all of them).
     rank_threshold : float
         A learned direction is kept when its taste variance exceeds this many times the largest
-        that noise alone gives.
+        that noise alone gives in its band.
     n_prototypes : int
         Embedding prototypes (k-means centres) that form the item side of the factor model.
     temperature : float
@@ -195,7 +198,7 @@ class PersonalScorer(BaseEstimator):
     """
 
     def __init__(self, n_components: int = 32, taste_basis: str = "learned", taste_rank: int = 32,
-                 whiten_dim: int = 512, rank_threshold: float = 2.0, n_prototypes: int = 64, temperature: float = 0.2,
+                 whiten_dim: int = 512, rank_threshold: float = 2.25, n_prototypes: int = 64, temperature: float = 0.2,
                  factors: int = 16, alpha: float = 2.0, als_regularization: float = 1.0,
                  als_iterations: int = 15, bias_shrinkage: float = 5.0, taste_shrinkage: float = 30.0,
                  taste_prior: str = "empirical",
@@ -412,16 +415,18 @@ class PersonalScorer(BaseEstimator):
         if (self.taste_basis == "pca" or not (self.use_taste or self.use_mf) or k == white.matrix.shape[1]
                 or (reference is not None and not reference.shape[1])):
             return white.mean, white.matrix[:, :k], no_directions
+        p = white.matrix.shape[1]
         moment = taste_moment((x_images - white.mean) @ white.matrix, resid, user_index, image_index,
-                              n_users, self.random_state)
-        directions, strengths = moment.directions(slice(k, white.matrix.shape[1]))
-        if reference is None:
-            directions = directions[:, :min(moment.rank(strengths, self.rank_threshold), self.taste_rank)]
-        else:  # orthogonal Procrustes: the rotation of this subspace closest to the reference
-            directions = directions[:, :reference.shape[1]]
+                              n_users, self.random_state, known=k)
+        if reference is None:  # bands: the principal directions up to 2k, 4k, ... and all p
+            widths = sorted({min(k * 2 ** i, p) - k for i in range(1, int(np.log2(p / k)) + 2)})
+            directions = moment.strongest_band(widths, self.rank_threshold, self.taste_rank)
+        else:  # the final model's band; orthogonal Procrustes: the rotation closest to the reference
+            directions = moment.directions(reference.shape[0])[0][:, :reference.shape[1]]
             u, _, vt = np.linalg.svd(directions.T @ reference)
             directions = directions @ (u @ vt)
-        return white.mean, np.column_stack([white.matrix[:, :k], white.matrix[:, k:] @ directions]), directions
+        width = directions.shape[0]
+        return white.mean, np.column_stack([white.matrix[:, :k], white.matrix[:, k:k + width] @ directions]), directions
 
     def _prototypes(self, coords: np.ndarray) -> tuple[np.ndarray, float]:
         k = min(self.n_prototypes, coords.shape[0])

@@ -9,7 +9,7 @@ import pytest
 from pamela_lite import worlds
 from pamela_lite.metrics import evaluate_scores
 from pamela_lite.model import PersonalScorer
-from pamela_lite.taste import fit_whitening, taste_moment
+from pamela_lite.taste import TasteMoment, fit_whitening, taste_moment
 
 
 def _planted(n_users=150, n_images=2000, p=60, per_user=120, strength=1.0, seed=0):
@@ -27,8 +27,8 @@ def _planted(n_users=150, n_images=2000, p=60, per_user=120, strength=1.0, seed=
 def test_the_moment_finds_planted_taste_directions_and_only_them():
     images, resid, users, rated, n_users, planted = _planted()
     moment = taste_moment(images, resid, users, rated, n_users)
-    directions, strengths = moment.directions(slice(None))
-    assert moment.rank(strengths) == 2
+    directions, strengths, noise = moment.directions()
+    assert moment.rank(strengths, noise) == 2
     # the two strongest directions span the planted plane
     cosines = np.linalg.svd(planted.T @ directions[:, :2], compute_uv=False)
     assert cosines.min() > 0.9
@@ -37,7 +37,45 @@ def test_the_moment_finds_planted_taste_directions_and_only_them():
 def test_ratings_without_taste_give_no_direction():
     images, resid, users, rated, n_users, _ = _planted(strength=0.0)
     moment = taste_moment(images, resid, users, rated, n_users)
-    assert moment.rank(moment.directions(slice(None))[1]) == 0
+    _, strengths, noise = moment.directions()
+    assert moment.rank(strengths, noise) == 0
+
+
+def _one_direction(p=400, band=20, strength=0.15, known=0, known_strength=0.0, seed=0):
+    """Ratings of 200 people x 100 images whose taste differs along one direction of the first
+    `band` coordinates after `known` leading ones, where (optionally) they also differ strongly."""
+    rng = np.random.default_rng(seed)
+    n_users, per_user = 200, 100
+    images = rng.standard_normal((3000, p))
+    planted = np.zeros(p)
+    planted[known:known + band] = rng.standard_normal(band)
+    planted /= np.linalg.norm(planted)
+    tastes = strength * rng.standard_normal((n_users, 1)) * planted
+    tastes[:, :known] += known_strength * rng.standard_normal((n_users, known))
+    users = np.repeat(np.arange(n_users), per_user)
+    rated = np.concatenate([rng.choice(len(images), per_user, replace=False) for _ in range(n_users)])
+    resid = np.einsum("ij,ij->i", tastes[users], images[rated]) + rng.standard_normal(len(users))
+    return (images, resid, users, rated, n_users), planted
+
+
+def test_a_band_search_finds_taste_that_the_noise_of_the_whole_space_hides():
+    ratings, planted = _one_direction()
+    moment = taste_moment(*ratings)
+    assert moment.rank(*moment.directions()[1:]) == 0  # below the edge of 400 coordinates
+    directions = moment.strongest_band([20, 100, 400])
+    assert directions.shape == (20, 1)  # found in its own band of 20
+    assert abs(planted[:20] @ directions[:, 0]) > 0.9
+
+
+def test_taste_along_known_coordinates_is_removed_before_the_search():
+    ratings, planted = _one_direction(band=390, strength=0.35, known=10, known_strength=1.0)
+    with_known = taste_moment(*ratings, known=10)
+    assert with_known.cross.shape == (390, 390)
+    without = TasteMoment(taste_moment(*ratings).cross[10:, 10:])  # the same coordinates, not cleaned
+    assert without.rank(*without.directions()[1:]) == 0
+    directions, strengths, noise = with_known.directions()
+    assert with_known.rank(strengths, noise) == 1
+    assert abs(planted[10:] @ directions[:, 0]) > 0.6  # a random direction of 390 gives ~0.05
 
 
 def test_whitening_gives_unit_variance_and_drops_empty_directions():
