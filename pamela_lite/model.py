@@ -100,7 +100,7 @@ class _Base:
     solver: UserSolver
     states: np.ndarray  # (n_users, 1 + d + f): bias, w, u
     directions: np.ndarray  # (width, r) learned taste directions in the leading `width` whitened
-    # coordinates after the principal ones (the band they were found in)
+    # coordinates after the principal ones (the band they were found in); (·, 0) when none
 
 
 class PersonalScorer(BaseEstimator):

@@ -19,9 +19,14 @@ Method (a moment estimator, a few eigendecompositions, no iterations):
 3. Per user, correlate the standardised residual ratings with the whitened complement:
    ``g_u = X_uᵀ r_u / n_u``. With ``r_u = X_u w_u + noise``, ``E[g_u] ≈ w_u``.
 4. Split each user's ratings into two random halves and form the symmetrised cross-moment
-   ``C = mean_u (g_uA g_uBᵀ + g_uB g_uAᵀ) / 2``. Noise in the two halves is independent (each
-   half is cleaned with the estimate from the other), so ``E[C] = E[w wᵀ]``: the second moment of
-   tastes, with no noise floor.
+   ``C = mean_u (g_uA g_uBᵀ + g_uB g_uAᵀ) / 2``. The noise of the two halves is independent
+   before cleaning; each half is cleaned with the estimate from the other, which carries that
+   half's noise into the product only through the sample correlation of the kept and the
+   searched coordinates over a user's images — zero on average because whitening makes the
+   two blocks uncorrelated over the catalogue, so ``E[C] ≈ E[w wᵀ]`` when people's images are
+   not chosen along those coordinates. (Cleaning each half with its own estimate would keep
+   the halves strictly independent; a review found the two give nearly the same directions,
+   and the figures below are for the cross-half version.)
 5. Eigen-directions of ``C`` with the largest eigenvalues are where people differ most. The
    noise in ``C`` is symmetric around zero, so the size of its most negative eigenvalue says
    how large an eigenvalue noise alone produces; directions well above it are kept (the rank
@@ -101,6 +106,11 @@ class TasteMoment:
         about twice the edge the direction itself becomes informative (on validation worlds,
         1.5x let in noise directions and cost accuracy; 3x missed real ones; with the band
         search, 2x admitted the top of a noise bulk on the demo world and 2.25x did not).
+        Known weakness (a review, 2026-11-27): averaged over splits the noise is not symmetric,
+        and on taste-free data the top eigenvalue is 1.1-1.4x the edge in a band of 32 and
+        1.9-2.1x in one of 480, so the threshold is stricter in narrow bands than in wide ones.
+        A sign-flip null (each user's second-half correlations times a random sign) would
+        give every band its own edge; not done yet.
         """
         return int(np.sum(strengths > threshold * noise_level))
 
@@ -113,7 +123,8 @@ class TasteMoment:
         the block whose kept eigenvalues rise furthest, in total, above `threshold` times its
         noise edge is used (measured from the edge itself, a wide block's few directions at
         the threshold, mostly noise, outscored a narrow block's clear ones).
-        Returns (width, r): the directions within that block (r = 0 when none stands out).
+        Returns (width, r): the directions within that block, or an empty (0, 0) array when
+        none stands out.
         """
         best, chosen = 0.0, np.zeros((0, 0))
         for width in widths:
@@ -139,8 +150,9 @@ def taste_moment(white_images: np.ndarray, resid: np.ndarray, user_index: np.nda
     known : leading coordinates whose taste the scorer models anyway (the principal
         components). Their taste is noise to a search elsewhere, so each half's residuals are
         cleaned of the taste a per-user posterior mean on those coordinates finds in the
-        *other* half (the halves' noise stays independent; the prior is those coordinates' own
-        moment), and the moment covers the remaining ``p - known`` coordinates only.
+        *other* half (the prior is those coordinates' own moment; see step 4 of the module
+        docstring for what that does to the halves' independence), and the moment covers the
+        remaining ``p - known`` coordinates only.
     """
     rng = np.random.default_rng(seed)
     counts = np.bincount(user_index, minlength=n_users).astype(np.float64)
@@ -153,7 +165,8 @@ def taste_moment(white_images: np.ndarray, resid: np.ndarray, user_index: np.nda
     cleaned = [(scaled, scaled)] * n_splits
     if known:
         # Prior of the known block's tastes: its own noise-free moment, made positive
-        # semi-definite. Where those coordinates carry no taste the prior is ~0 and the cleaning
+        # semi-definite. Where those coordinates carry no taste the prior holds only the noise's
+        # small positive eigenvalues and the cleaning
         # subtracts ~nothing (a plain ridge would subtract its fit to noise).
         known_rows = white_images[image_index, :known]
         eigvals, eigvecs = np.linalg.eigh(_cross_moment(white_images[:, :known], cleaned, user_index, image_index,
