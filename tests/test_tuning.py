@@ -19,8 +19,11 @@ def _fit(dataset, **params):
 
 
 def _no_margin(monkeypatch, margin: float = -1.0):
+    """Let `margin` alone decide: the noise term (a multiple of the paired standard error, which
+    the margin is compared with) is pushed below any margin, so -1 keeps the larger head even
+    when it ranks validation a little worse."""
     monkeypatch.setattr(model_module, "TUNE_MIN_GAIN", margin)
-    monkeypatch.setattr(model_module, "TUNE_STANDARD_ERRORS", 0.0)
+    monkeypatch.setattr(model_module, "TUNE_STANDARD_ERRORS", -1e6)
 
 
 @pytest.mark.parametrize("margin, expected", [(-1.0, "large"), (1.0, "compact")])
