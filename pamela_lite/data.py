@@ -500,7 +500,7 @@ def default_embeddings_path(data: str | Path) -> Path:
 
 
 def load_dataset(data: str | Path, embeddings: str | Path | None = None,
-                 scale: Scale | None = None, seed: int = 0) -> Dataset:
+                 scale: Scale | None = None, seed: int = 0, require_train: bool = True) -> Dataset:
     """Read, validate and join everything `fit` and `evaluate` need.
 
     Parameters
@@ -513,6 +513,9 @@ def load_dataset(data: str | Path, embeddings: str | Path | None = None,
         The rating scale; default: the lowest and highest rating in the data.
     seed : int
         Seed for the image split of a table that has no ``split`` column.
+    require_train : bool
+        False when nothing is fitted on the data (a fitted model evaluated alone): no train split
+        is needed, and seen-split people are matched against the model's own users instead.
     """
     data = Path(data)
     frame = read_ratings(data)
@@ -520,9 +523,10 @@ def load_dataset(data: str | Path, embeddings: str | Path | None = None,
     frame, scale = validate_ratings(frame, source, scale)
     if "split" not in frame.columns:
         frame = assign_splits(frame, seed)
-    if not frame.select((pl.col("split") == "train").any()).item():
-        raise InputError(source, "no ratings in split train")
-    warn_seen_without_train(frame, source)
+    if require_train:
+        if not frame.select((pl.col("split") == "train").any()).item():
+            raise InputError(source, "no ratings in split train")
+        warn_seen_without_train(frame, source)
     emb_path = Path(embeddings) if embeddings else default_embeddings_path(data)
     if not emb_path.exists():
         raise InputError(emb_path, "no such embeddings file; pass --embeddings FILE")

@@ -56,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="splits to evaluate, comma-separated; those the data does not have are skipped "
                              "with a warning")
     parser.add_argument("--seed", type=int, default=0, help="seed of the k-shot draws and the baselines")
-    parser.add_argument("--no-baselines", action="store_true", help="evaluate the model alone")
+    parser.add_argument("--no-baselines", action="store_true",
+                        help="evaluate the model alone (the data then needs no train split: its seen-split people "
+                             "are the model's own users)")
     parser.add_argument("--out", type=Path, help="also write the rows as JSON here")
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
     return parser
@@ -66,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     watch = Stopwatch(args.quiet)
     model = PersonalScorer.load(args.model)
-    dataset = load_dataset(args.data, args.embeddings, Scale(*model.fitted_.scale), seed=args.seed)
+    # The baselines are fitted on the data's train split; the model alone needs none.
+    dataset = load_dataset(args.data, args.embeddings, Scale(*model.fitted_.scale), seed=args.seed,
+                           require_train=not args.no_baselines)
     model.fitted_.check_dimension(dataset.embeddings.dim, dataset.embeddings.source)
     splits = present_splits(dataset, args.splits)
     models = {} if args.no_baselines else fit_variants(BASELINES, dataset, args.seed, watch, progress=False)

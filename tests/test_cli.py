@@ -246,6 +246,28 @@ def test_evaluate_skips_a_split_the_data_lacks_with_a_warning(model_dir, world, 
     assert "no ratings in split(s) test_unseen" in caplog.text
 
 
+def test_evaluate_without_baselines_needs_no_train_split(model_dir, world, dataset, tmp_path, caplog):
+    table = tmp_path / "ratings.parquet"
+    dataset.ratings.filter(pl.col("split") == "test_seen").write_parquet(table)
+    out = tmp_path / "eval.json"
+    assert run(evaluate.main, ["--model", str(model_dir), "--data", str(table), "--embeddings",
+                               str(world / "embeddings.parquet"), "--splits", "test_seen", "--no-baselines",
+                               "--out", str(out), "--quiet"]) == 0
+    at_fit = [r["srocc"] for r in json.loads((model_dir / "metrics.json").read_text())["test"]
+              if r["model"] == "pamela_lite (full)" and r["split"] == "test_seen"]
+    assert [r["srocc"] for r in json.loads(out.read_text())] == pytest.approx(at_fit)
+    assert "not in train" not in caplog.text  # the model's users, not the table's, are the known ones
+
+
+def test_evaluate_with_baselines_still_needs_the_train_split(model_dir, world, dataset, tmp_path, capsys):
+    table = tmp_path / "ratings.parquet"
+    dataset.ratings.filter(pl.col("split") == "test_seen").write_parquet(table)
+    line = _one_line_error(capsys, run(evaluate.main, [
+        "--model", str(model_dir), "--data", str(table), "--embeddings", str(world / "embeddings.parquet"),
+        "--splits", "test_seen", "--quiet"]))
+    assert "ratings.parquet" in line and "no ratings in split train" in line
+
+
 def test_evaluate_with_none_of_the_splits_exits_2_with_one_line(model_dir, world, dataset, tmp_path, capsys):
     table = tmp_path / "ratings.parquet"
     dataset.ratings.filter(pl.col("split").is_in(["train", "test_seen"])).write_parquet(table)
