@@ -90,8 +90,9 @@ class TasteMoment:
     def directions(self, width: int | None = None) -> tuple[np.ndarray, np.ndarray, float]:
         """Eigenvectors (strongest first), eigenvalues and noise level of the leading `width` block.
 
-        The noise in the moment is symmetric around zero, so the size of the block's most
-        negative eigenvalue is the largest eigenvalue noise alone gives there.
+        The noise level is the size of the block's most negative eigenvalue: were the noise
+        symmetric around zero it would be the largest eigenvalue noise alone gives there (it is
+        only roughly so; see `rank`).
         """
         block = self.cross[:width, :width]
         eigvals, eigvecs = np.linalg.eigh(block)
