@@ -105,9 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-baselines", action="store_true", help="skip the baseline models")
     parser.add_argument("--params", default="{}",
                         help='model hyperparameters as JSON, e.g. \'{"n_components": 48, "taste_rank": 16}\' '
-                             "(names as in PersonalScorer; recorded in model.json). whiten_dim (default 512) caps "
-                             "the embedding directions searched for taste: raise it to the embedding's dimension "
-                             "if taste may live in its lowest-variance directions")
+                             "(names as in PersonalScorer; recorded in model.json). whiten_dim caps the embedding "
+                             "directions searched for taste (default: all of them, so taste in an encoder's "
+                             "lowest-variance directions is found; a cap only saves fit time)")
     parser.add_argument("--no-tune", action="store_true",
                         help="do not let val_seen choose the residual head's size (by default a larger head is "
                              "also fitted, about 1.5x the fit time, and kept only if it ranks the known users' "

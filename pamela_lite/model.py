@@ -62,7 +62,7 @@ from .data import Embeddings, Scale
 from .errors import InputError, preview
 from .catalogue import CANDIDATES as CATALOGUE_CANDIDATES
 from .catalogue import MIN_VALIDATION_ROWS, Catalogue, fit_catalogue, ridge_rows
-from .taste import fit_whitening, taste_moment
+from .taste import N_NULL_DRAWS, fit_whitening, taste_moment
 from .events import event_rows
 from .features import ImageFeatures, ImageSide, l2_normalise
 from .metrics import per_user
@@ -117,12 +117,15 @@ class PersonalScorer(BaseEstimator):
         components of the embedding (directions in which images differ most).
     taste_rank : int
         Most learned taste directions beyond the principal ones.
-    whiten_dim : int
+    whiten_dim : int or None
         Most whitened embedding directions searched for taste (in nested bands: the principal
-        directions up to 2, 4, 8, ... times `n_components`, then all of them).
+        directions up to 2, 4, 8, ... times `n_components`, then all of them). None: every
+        direction with non-negligible variance — taste may live in an encoder's lowest-variance
+        directions, and each band is held to its own noise edge, so searching more costs no
+        accuracy (measured on the zoo; a cap only saves fit time on very wide embeddings).
     rank_threshold : float
         A learned direction is kept when its taste variance exceeds this many times the largest
-        that noise alone gives in its band.
+        that noise alone gives in its band (a sign-flip null; :meth:`TasteMoment.band`).
     n_prototypes : int
         Embedding prototypes (k-means centres) that form the item side of the factor model.
     temperature : float
@@ -198,7 +201,7 @@ class PersonalScorer(BaseEstimator):
     """
 
     def __init__(self, n_components: int = 32, taste_basis: str = "learned", taste_rank: int = 32,
-                 whiten_dim: int = 512, rank_threshold: float = 2.25, n_prototypes: int = 64, temperature: float = 0.2,
+                 whiten_dim: int | None = None, rank_threshold: float = 1.3, n_prototypes: int = 64, temperature: float = 0.2,
                  factors: int = 16, alpha: float = 2.0, als_regularization: float = 1.0,
                  als_iterations: int = 15, bias_shrinkage: float = 5.0, taste_shrinkage: float = 30.0,
                  taste_prior: str = "empirical",
@@ -385,7 +388,11 @@ class PersonalScorer(BaseEstimator):
                 raise InputError(None, f"{name} must be a number, not {value!r}")
             if isinstance(default, int) and not isinstance(default, bool) and not float(value).is_integer():
                 raise InputError(None, f"{name} must be a whole number, not {value!r}")
+        if self.whiten_dim is not None and (isinstance(self.whiten_dim, bool) or not isinstance(self.whiten_dim, int)):
+            raise InputError(None, f"whiten_dim must be a whole number or null (all directions), not {self.whiten_dim!r}")
         for name in _POSITIVE:
+            if name == "whiten_dim" and self.whiten_dim is None:
+                continue
             if not np.isfinite(getattr(self, name)) or getattr(self, name) <= 0:
                 raise InputError(None, f"{name} must be a finite number above 0, not {getattr(self, name)!r}")
         for name in _NON_NEGATIVE:
@@ -416,8 +423,8 @@ class PersonalScorer(BaseEstimator):
                 or (reference is not None and not reference.shape[1])):
             return white.mean, white.matrix[:, :k], no_directions
         p = white.matrix.shape[1]
-        moment = taste_moment((x_images - white.mean) @ white.matrix, resid, user_index, image_index,
-                              n_users, self.random_state, known=k)
+        moment = taste_moment((x_images - white.mean) @ white.matrix, resid, user_index, image_index, n_users,
+                              self.random_state, known=k, n_nulls=N_NULL_DRAWS if reference is None else 0)
         if reference is None:  # bands: the principal directions up to 2k, 4k, ... and all p
             widths = sorted({min(k * 2 ** i, p) - k for i in range(1, int(np.log2(p / k)) + 2)})
             directions = moment.strongest_band(widths, self.rank_threshold, self.taste_rank)

@@ -27,18 +27,37 @@ def _planted(n_users=150, n_images=2000, p=60, per_user=120, strength=1.0, seed=
 def test_the_moment_finds_planted_taste_directions_and_only_them():
     images, resid, users, rated, n_users, planted = _planted()
     moment = taste_moment(images, resid, users, rated, n_users)
-    directions, strengths, noise = moment.directions()
-    assert moment.rank(strengths, noise) == 2
-    # the two strongest directions span the planted plane
-    cosines = np.linalg.svd(planted.T @ directions[:, :2], compute_uv=False)
+    directions, _, _ = moment.band()
+    assert directions.shape == (60, 2)
+    # the two directions found span the planted plane
+    cosines = np.linalg.svd(planted.T @ directions, compute_uv=False)
     assert cosines.min() > 0.9
 
 
 def test_ratings_without_taste_give_no_direction():
     images, resid, users, rated, n_users, _ = _planted(strength=0.0)
     moment = taste_moment(images, resid, users, rated, n_users)
-    _, strengths, noise = moment.directions()
-    assert moment.rank(strengths, noise) == 0
+    assert moment.band()[0].shape == (60, 0)
+
+
+@pytest.mark.parametrize("width", [20, 400])
+def test_the_noise_edge_is_where_taste_free_eigenvalues_end_in_narrow_and_wide_blocks(width):
+    (images, resid, users, rated, n_users), _ = _one_direction(strength=0.0)
+    moment = taste_moment(images, resid, users, rated, n_users, seed=1)
+    top = moment.directions(width)[1][0]
+    assert 0.8 < top / moment.edge(width) < 1.25
+
+
+def test_a_strong_taste_direction_does_not_hide_a_weaker_one():
+    # the nulls keep the noise strong tastes bring, which lies along them: searched over the
+    # whole block, that noise would set an edge above the weaker direction
+    images, resid, users, rated, n_users, planted = _planted(strength=0.3)
+    strong = 4.0 * np.random.default_rng(5).standard_normal(n_users)  # and much more along one of them
+    resid = resid + strong[users] * (images[rated] @ planted[:, 0])
+    moment = taste_moment(images, resid, users, rated, n_users)
+    vectors, strengths = moment.directions()
+    assert np.sum(strengths > 1.5 * moment.edge()) < 2  # one edge for the whole block: the weaker is lost
+    assert moment.band()[0].shape == (60, 2)
 
 
 def _one_direction(p=400, band=20, strength=0.15, known=0, known_strength=0.0, seed=0):
@@ -61,20 +80,21 @@ def _one_direction(p=400, band=20, strength=0.15, known=0, known_strength=0.0, s
 def test_a_band_search_finds_taste_that_the_noise_of_the_whole_space_hides():
     ratings, planted = _one_direction()
     moment = taste_moment(*ratings)
-    assert moment.rank(*moment.directions()[1:]) == 0  # below the edge of 400 coordinates
+    assert moment.band()[0].shape == (400, 0)  # below the edge of 400 coordinates
     directions = moment.strongest_band([20, 100, 400])
     assert directions.shape == (20, 1)  # found in its own band of 20
     assert abs(planted[:20] @ directions[:, 0]) > 0.9
 
 
 def test_taste_along_known_coordinates_is_removed_before_the_search():
-    ratings, planted = _one_direction(band=390, strength=0.35, known=10, known_strength=1.0)
+    ratings, planted = _one_direction(band=390, strength=0.45, known=10, known_strength=1.0)
     with_known = taste_moment(*ratings, known=10)
     assert with_known.cross.shape == (390, 390)
-    without = TasteMoment(taste_moment(*ratings).cross[10:, 10:])  # the same coordinates, not cleaned
-    assert without.rank(*without.directions()[1:]) == 0
-    directions, strengths, noise = with_known.directions()
-    assert with_known.rank(strengths, noise) == 1
+    uncleaned = taste_moment(*ratings)
+    without = TasteMoment(uncleaned.cross[10:, 10:], uncleaned.nulls[:, 10:, 10:])  # the same coordinates
+    assert without.band()[0].shape == (390, 0)
+    directions, _, _ = with_known.band()
+    assert directions.shape == (390, 1)
     assert abs(planted[10:] @ directions[:, 0]) > 0.6  # a random direction of 390 gives ~0.05
 
 
@@ -171,3 +191,9 @@ def test_em_prior_recovers_the_taste_spread_from_few_ratings_per_person():
     y, user_index, z, basis = _hierarchical_ratings(n_users=400, per_user=10)
     em = _prior_covariance(30, y, user_index, z)
     np.testing.assert_allclose(np.sort(np.linalg.eigvalsh(basis.T @ em @ basis))[::-1], [1.0, 0.25], rtol=0.15)
+
+
+def test_whitening_keeps_every_direction_unless_capped():
+    x = np.random.default_rng(1).standard_normal((400, 30))
+    assert fit_whitening(x).matrix.shape[1] == 30
+    assert fit_whitening(x, max_dim=12).matrix.shape[1] == 12
