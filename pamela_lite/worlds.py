@@ -435,6 +435,20 @@ def _lowvar(cfg: WorldConfig) -> World:
     return _finish("lowvar", cfg, rng, space, images, users, taste, ru, ri, split, t0)
 
 
+def _lowest(cfg: WorldConfig) -> World:
+    t0 = time.perf_counter()
+    rng, images, users, space, (group, style, is_art), (ru, ri, split) = _start(cfg, 17, alpha=0.9)
+    lo, hi = (2 * cfg.dim) // 3, cfg.dim - 8  # the lowest-variance third, bar numerical dust
+    basis = space.directions(rng, lo, hi, 8)
+    F = space.project(basis)
+    appeal = space.project(space.directions(rng, 0, 64, 1))[:, 0]
+    W = _user_weights(rng, cfg.n_users, 8)
+    taste = _Taste(appeal, [(_names("lowest_", 8), F, W, 1.0)], basis=basis,
+                   notes=f"8 taste directions in principal components {lo}..{hi} of {cfg.dim}; "
+                         "appeal along one direction of the top 64")
+    return _finish("lowest", cfg, rng, space, images, users, taste, ru, ri, split, t0)
+
+
 def _categorical_parts(rng, users, group, style, is_art, demo_strength=0.3):
     n_users = users.height
     G, S = len(demo.GROUPS), len(demo.STYLES)
@@ -649,6 +663,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            _demo, WorldConfig(n_users=199, n_images=5077, n_ratings=69904, dim=512, string_ids=None)),
     Family("lowvar", "taste along LOW-variance embedding directions (outside the top 64 components)",
            _lowvar, WorldConfig(dim=768, low=1, high=7, string_ids=False)),
+    Family("lowest", "taste in the LOWEST-variance third of a 768-d embedding's directions",
+           _lowest, WorldConfig(dim=768, low=1, high=7, string_ids=True)),
     Family("categorical", "likes/dislikes of groups, styles and Art vs Photorealism dominate",
            _categorical, WorldConfig(dim=512, low=1, high=5, string_ids=True, population_share=0.2)),
     Family("nonlinear", "thresholds/interactions of taste with type and demographics; nonlinear appeal",
