@@ -420,10 +420,12 @@ class PersonalScorer(BaseEstimator):
         # Nothing to learn when no taste model reads the coordinates (the population baselines),
         # when the principal components fill the space, or when the final fit found nothing.
         if (self.taste_basis == "pca" or not (self.use_taste or self.use_mf) or k == white.matrix.shape[1]
-                or (reference is not None and not reference.shape[1])):
+                or not self.taste_rank or (reference is not None and not reference.shape[1])):
             return white.mean, white.matrix[:, :k], no_directions
         p = white.matrix.shape[1]
-        moment = taste_moment((x_images - white.mean) @ white.matrix, resid, user_index, image_index, n_users,
+        # A fold needs only the final model's band, and no noise edge.
+        searched = white.matrix if reference is None else white.matrix[:, :k + reference.shape[0]]
+        moment = taste_moment((x_images - white.mean) @ searched, resid, user_index, image_index, n_users,
                               self.random_state, known=k, n_nulls=N_NULL_DRAWS if reference is None else 0)
         if reference is None:  # bands: the principal directions up to 2k, 4k, ... and all p
             widths = sorted({min(k * 2 ** i, p) - k for i in range(1, int(np.log2(p / k)) + 2)})
