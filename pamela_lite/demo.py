@@ -356,6 +356,8 @@ def _parse_scale(text: str) -> tuple[int, int]:
             low, high = 1, int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"--scale takes N or LOW-HIGH such as 1-7 or 0-10, not {text!r}") from None
+    if high < low:
+        raise argparse.ArgumentTypeError(f"--scale {text}: the low end comes first, e.g. {high}-{low}")
     if high - low < 1:
         raise argparse.ArgumentTypeError(f"--scale {text}: needs at least two levels")
     return low, high

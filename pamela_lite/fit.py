@@ -106,8 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--params", default="{}",
                         help='model hyperparameters as JSON, e.g. \'{"n_components": 48, "taste_rank": 16}\' '
                              "(names as in PersonalScorer; recorded in model.json). whiten_dim caps the embedding "
-                             "directions searched for taste (default: all of them, so taste in an encoder's "
-                             "lowest-variance directions is found; a cap only saves fit time)")
+                             "directions searched for taste; its default, null, searches all of them, so taste in "
+                             "an encoder's lowest-variance directions is found")
     parser.add_argument("--no-tune", action="store_true",
                         help="do not let val_seen choose the residual head's size (by default a larger head is "
                              "also fitted, about 1.5x the fit time, and kept only if it ranks the known users' "
@@ -242,6 +242,12 @@ def main(argv: list[str] | None = None) -> int:
     full = fit_variants({FULL: {}}, dataset, args.seed, watch, show_progress(args.quiet), args.threads,
                         args.params)[FULL]
     fit_seconds = time.perf_counter() - fit_start
+    if full.taste_basis == "learned":
+        searched = full.whitening_.matrix.shape[1]
+        known = min(full.n_components, searched)
+        learned = full.fitted_.image_side.pca_components.shape[1] - known
+        watch.step(f"taste coordinates: the top {known} principal components + {learned} learned directions "
+                   f"(searched among {searched} whitened embedding directions)")
     if full.fitted_.tuning is None and full.use_head:
         why = ("--no-tune, or head settings given in --params" if not full.tune else
                "val_seen has no known people with enough ratings (5+, not all equal) to rank")

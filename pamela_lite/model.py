@@ -122,7 +122,7 @@ class PersonalScorer(BaseEstimator):
         directions up to 2, 4, 8, ... times `n_components`, then all of them). None: every
         direction with non-negligible variance — taste may live in an encoder's lowest-variance
         directions, and each band is held to its own noise edge, so searching more costs no
-        accuracy (measured on the zoo; a cap only saves fit time on very wide embeddings).
+        accuracy (measured on the zoo). A cap must be at least `n_components`.
     rank_threshold : float
         A learned direction is kept when its taste variance exceeds this many times the largest
         that noise alone gives in its band (a sign-flip null; :meth:`TasteMoment.band`).
@@ -388,8 +388,10 @@ class PersonalScorer(BaseEstimator):
                 raise InputError(None, f"{name} must be a number, not {value!r}")
             if isinstance(default, int) and not isinstance(default, bool) and not float(value).is_integer():
                 raise InputError(None, f"{name} must be a whole number, not {value!r}")
-        if self.whiten_dim is not None and (isinstance(self.whiten_dim, bool) or not isinstance(self.whiten_dim, int)):
-            raise InputError(None, f"whiten_dim must be a whole number or null (all directions), not {self.whiten_dim!r}")
+        if self.whiten_dim is not None and (isinstance(self.whiten_dim, bool) or not isinstance(self.whiten_dim, int)
+                                            or self.whiten_dim < self.n_components):
+            raise InputError(None, f"whiten_dim must be a whole number of at least n_components ({self.n_components}) "
+                                   f"or null (all directions), not {self.whiten_dim!r}")
         for name in _POSITIVE:
             if name == "whiten_dim" and self.whiten_dim is None:
                 continue

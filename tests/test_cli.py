@@ -307,5 +307,10 @@ def test_fit_refuses_unknown_params(world, tmp_path):
 
 def test_fit_refuses_a_whiten_dim_that_is_not_a_whole_number_or_null(world, tmp_path):
     done = cli("fit", "--data", world, "--out", tmp_path / "m", "--params", '{"whiten_dim": "all"}')
-    assert done.returncode == 2 and "whiten_dim must be a whole number or null" in done.stderr
+    assert done.returncode == 2 and "whiten_dim must be a whole number of at least n_components (32) or null" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "m").exists()
+
+
+def test_fit_refuses_a_whiten_dim_that_would_cut_the_principal_components(world, tmp_path):
+    done = cli("fit", "--data", world, "--out", tmp_path / "m", "--params", '{"whiten_dim": 8}')
+    assert done.returncode == 2 and "at least n_components (32)" in done.stderr and "Traceback" not in done.stderr

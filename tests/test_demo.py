@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 
 import numpy as np
 import polars as pl
+import pytest
 
 from pamela_lite import demo
 from pamela_lite.data import SPLITS, read_ratings
@@ -71,3 +73,8 @@ def test_bad_output_from_python_m_is_one_line_not_a_traceback(tmp_path):
     done = cli("demo", "--out", tmp_path / "notes.txt", "--users", "20", "--images", "40", "--ratings", "200")
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "notes.txt" in lines[0]
+
+
+def test_a_reversed_scale_is_named_as_reversed():
+    with pytest.raises(argparse.ArgumentTypeError, match="the low end comes first, e.g. 1-5"):
+        demo._parse_scale("5-1")
