@@ -421,32 +421,27 @@ def _names(prefix: str, t: int) -> list[str]:
 # ----------------------------------------------------------------------------- families
 
 
-def _lowvar(cfg: WorldConfig) -> World:
+def _band_taste(cfg: WorldConfig, name: str, salt: int, lo: int, hi: int, where: str) -> World:
+    """8 taste directions drawn in principal components lo..hi; appeal along one of the top 64."""
     t0 = time.perf_counter()
-    rng, images, users, space, (group, style, is_art), (ru, ri, split) = _start(cfg, 11, alpha=0.9)
-    lo = 64 if cfg.dim >= 256 else cfg.dim // 4
-    basis = space.directions(rng, lo, max(lo + 16, min(cfg.dim, 384)), 8)
-    F = space.project(basis)
-    appeal = space.project(space.directions(rng, 0, 64, 1))[:, 0]
-    W = _user_weights(rng, cfg.n_users, 8)
-    taste = _Taste(appeal, [(_names("lowvar_", 8), F, W, 1.0)], basis=basis,
-                   notes=f"8 taste directions in principal components {lo}..{min(cfg.dim, 384)}; "
-                         "appeal along one direction of the top 64")
-    return _finish("lowvar", cfg, rng, space, images, users, taste, ru, ri, split, t0)
-
-
-def _lowest(cfg: WorldConfig) -> World:
-    t0 = time.perf_counter()
-    rng, images, users, space, (group, style, is_art), (ru, ri, split) = _start(cfg, 17, alpha=0.9)
-    lo, hi = (2 * cfg.dim) // 3, cfg.dim - 8  # the lowest-variance third, bar numerical dust
+    rng, images, users, space, _, (ru, ri, split) = _start(cfg, salt, alpha=0.9)
     basis = space.directions(rng, lo, hi, 8)
     F = space.project(basis)
     appeal = space.project(space.directions(rng, 0, 64, 1))[:, 0]
     W = _user_weights(rng, cfg.n_users, 8)
-    taste = _Taste(appeal, [(_names("lowest_", 8), F, W, 1.0)], basis=basis,
-                   notes=f"8 taste directions in principal components {lo}..{hi} of {cfg.dim}; "
-                         "appeal along one direction of the top 64")
-    return _finish("lowest", cfg, rng, space, images, users, taste, ru, ri, split, t0)
+    taste = _Taste(appeal, [(_names(f"{name}_", 8), F, W, 1.0)], basis=basis,
+                   notes=f"8 taste directions in principal components {where}; appeal along one direction of the top 64")
+    return _finish(name, cfg, rng, space, images, users, taste, ru, ri, split, t0)
+
+
+def _lowvar(cfg: WorldConfig) -> World:
+    lo = 64 if cfg.dim >= 256 else cfg.dim // 4
+    return _band_taste(cfg, "lowvar", 11, lo, max(lo + 16, min(cfg.dim, 384)), f"{lo}..{min(cfg.dim, 384)}")
+
+
+def _lowest(cfg: WorldConfig) -> World:
+    lo, hi = (2 * cfg.dim) // 3, cfg.dim - 8  # the lowest-variance third, bar numerical dust
+    return _band_taste(cfg, "lowest", 17, lo, hi, f"{lo}..{hi} of {cfg.dim}")
 
 
 def _categorical_parts(rng, users, group, style, is_art, demo_strength=0.3):
