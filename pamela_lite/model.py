@@ -52,7 +52,7 @@ import polars as pl
 import scipy.sparse as sp
 from sklearn.cluster import KMeans
 from sklearn.base import BaseEstimator
-from sklearn.linear_model import Ridge
+from sklearn.linear_model import Ridge, RidgeCV
 from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
@@ -617,8 +617,17 @@ class PersonalScorer(BaseEstimator):
         return best
 
     def _fit_prior(self, prior_demo: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Demographics → user state: the k=0 guess for a new person, and the shrinkage target."""
-        ridge = Ridge(alpha=10.0).fit(prior_demo, states)
+        """Demographics → user state: the k=0 guess for a new person, and the shrinkage target.
+
+        A ridge whose strength is chosen by leave-one-person-out error (one strength for the
+        whole state): where demographics say little about taste the guess shrinks to the
+        average person. A fixed strength (10) put new people with no ratings below the
+        population head where demographics carry no taste (pseudo-unseen k = 0 on the zoo's
+        lowest world 0.378 vs 0.421; 0.419 with the chosen strength; trial runs).
+        """
+        # Leave-one-out needs a few people; with fewer the old fixed strength stands.
+        ridge = RidgeCV(alphas=PRIOR_RIDGE_STRENGTHS) if len(states) >= 3 else Ridge(alpha=10.0)
+        ridge.fit(prior_demo, states)
         return ridge.coef_.T.astype(np.float64), ridge.intercept_.astype(np.float64)
 
     # ------------------------------------------------------------------ new users and scoring
@@ -888,6 +897,7 @@ def float32_safe(model_text: str) -> lgb.Booster:
 HEAD_SETTINGS = ("head_trees", "head_leaves", "head_learning_rate", "head_min_child_samples")
 LARGE_HEAD = {"head_trees": 400, "head_leaves": 31, "head_learning_rate": 0.05, "head_min_child_samples": 50}
 TUNE_MIN_GAIN = 0.002
+PRIOR_RIDGE_STRENGTHS = np.logspace(-1, 5, 13)  # the demographic prior's candidates, 0.1 .. 100,000
 TUNE_STANDARD_ERRORS = 2.0
 
 _POSITIVE = ("n_components", "whiten_dim", "rank_threshold", "n_prototypes", "temperature", "factors", "alpha",

@@ -207,3 +207,20 @@ def test_k_ratings_move_a_new_user_toward_their_own_taste(fitted, dataset):
     srocc = {name: evaluate_scores(query.with_columns(score=pl.Series(fitted.predict(query, dataset.embeddings, s))))["srocc"]
              for name, s in (("prior", prior), ("folded", folded))}
     assert srocc["folded"] > srocc["prior"] + 0.05
+
+
+def test_the_demographic_prior_shrinks_to_the_average_person_when_demographics_say_nothing():
+    rng = np.random.default_rng(0)
+    demographics = rng.standard_normal((150, 12))
+    unrelated = rng.standard_normal((150, 5))
+    coef, intercept = PersonalScorer()._fit_prior(demographics, unrelated)
+    np.testing.assert_allclose(intercept, unrelated.mean(axis=0), atol=0.02)
+    assert np.abs(coef).max() < 0.05  # a fixed ridge of 10 gives 0.21 here
+
+
+def test_the_demographic_prior_keeps_what_demographics_do_say():
+    rng = np.random.default_rng(0)
+    demographics = rng.standard_normal((150, 12))
+    effect = rng.standard_normal((12, 5))
+    coef, _ = PersonalScorer()._fit_prior(demographics, demographics @ effect + 0.1 * rng.standard_normal((150, 5)))
+    np.testing.assert_allclose(coef, effect, atol=0.1)
