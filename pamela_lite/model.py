@@ -393,8 +393,6 @@ class PersonalScorer(BaseEstimator):
             raise InputError(None, f"whiten_dim must be a whole number of at least n_components ({self.n_components}) "
                                    f"or null (all directions), not {self.whiten_dim!r}")
         for name in _POSITIVE:
-            if name == "whiten_dim" and self.whiten_dim is None:
-                continue
             if not np.isfinite(getattr(self, name)) or getattr(self, name) <= 0:
                 raise InputError(None, f"{name} must be a finite number above 0, not {getattr(self, name)!r}")
         for name in _NON_NEGATIVE:
@@ -901,7 +899,7 @@ TUNE_MIN_GAIN = 0.002
 PRIOR_RIDGE_STRENGTHS = np.logspace(-1, 5, 13)  # the demographic prior's candidates, 0.1 .. 100,000
 TUNE_STANDARD_ERRORS = 2.0
 
-_POSITIVE = ("n_components", "whiten_dim", "rank_threshold", "n_prototypes", "temperature", "factors", "alpha",
+_POSITIVE = ("n_components", "rank_threshold", "n_prototypes", "temperature", "factors", "alpha",
              "als_iterations", "head_trees", "head_learning_rate", "head_min_child_samples", "head_max_rows")
 _NON_NEGATIVE = ("taste_rank", "als_regularization", "bias_shrinkage", "taste_shrinkage")
 

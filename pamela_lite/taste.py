@@ -182,8 +182,10 @@ class TasteMoment:
 def _top_eigenvalue(matrix: np.ndarray, outside: np.ndarray) -> float:
     """Largest eigenvalue of `matrix` restricted to the orthogonal complement of `outside`'s columns
     (the complement's zero eigenvalues aside, which only matter when every other is negative)."""
-    if len(matrix) > DENSE_EIGEN_MAX:
-        return _lanczos_top(matrix, outside)
+    return _lanczos_top(matrix, outside) if len(matrix) > DENSE_EIGEN_MAX else _dense_top(matrix, outside)
+
+
+def _dense_top(matrix, outside) -> float:
     projector = np.eye(len(matrix)) - outside @ outside.T
     return float(np.linalg.eigvalsh(projector @ matrix @ projector)[-1])
 
@@ -196,8 +198,7 @@ def _lanczos_top(matrix, outside) -> float:
     try:
         return float(spla.eigsh(operator, k=1, which="LA", v0=start, tol=1e-4)[0][0])
     except spla.ArpackNoConvergence:  # rare; the full decomposition always answers
-        projector = np.eye(len(matrix)) - outside @ outside.T
-        return float(np.linalg.eigvalsh(projector @ matrix @ projector)[-1])
+        return _dense_top(matrix, outside)
 
 
 def taste_moment(white_images: np.ndarray, resid: np.ndarray, user_index: np.ndarray,
