@@ -197,7 +197,7 @@ def _lanczos_top(matrix, outside) -> float:
     start = project(np.ones(len(matrix)))
     try:
         return float(spla.eigsh(operator, k=1, which="LA", v0=start, tol=1e-4)[0][0])
-    except spla.ArpackNoConvergence:  # rare; the full decomposition always answers
+    except spla.ArpackError:  # rare (no convergence, a degenerate start); the full decomposition always answers
         return _dense_top(matrix, outside)
 
 

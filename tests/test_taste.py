@@ -210,3 +210,12 @@ def test_a_moment_without_nulls_has_no_noise_edge():
     images, resid, users, rated, n_users, _ = _planted()
     with pytest.raises(ValueError, match="without sign-flip nulls"):
         taste_moment(images, resid, users, rated, n_users, n_nulls=0).edge()
+
+
+def test_a_block_without_any_signal_or_noise_has_a_zero_edge_and_no_direction():
+    # ratings a person never varies leave a zero moment; wide blocks use Lanczos, which
+    # cannot start from a zero vector (ARPACK error -9): the dense fallback answers instead
+    p = 300
+    moment = TasteMoment(np.zeros((p, p)), np.zeros((3, p, p)))
+    assert moment.edge() == 0.0
+    assert moment.band()[0].shape == (p, 0)
