@@ -15,6 +15,12 @@ Three protocols, all with per-user SROCC / PLCC / pairwise accuracy (``metrics.e
     (removed) train ratings, and is scored on their val_seen + test_seen ratings — images no
     one rated in training (in PAMELA-protocol worlds), the same query for every k and draw.
     About 40 new users instead of 7: a much less noisy unseen-user figure.
+``users_cv``
+    Leave-users-out cross-validation over every seen user (off by default: one refit per
+    fold). The seen users are split into `n_folds` seeded groups; each group is held out as in
+    ``pseudo_unseen`` while the model is refitted on the others, and every user is scored once,
+    as a new user. Scored rows are pooled over the folds before the per-user means, so a figure
+    covers all seen users (about 190 in PAMELA) rather than one 20% draw of them.
 
 Reference rows on the same query rows: ``true-taste ridge`` (``worlds.TasteRidge``: per-user
 ridge on the world's true image features, fitted on the same training / context ratings) and
@@ -61,12 +67,33 @@ def pseudo_unseen_split(dataset: Dataset, holdout: float = 0.2, seed: int = 0):
     query : polars.DataFrame
         The held-out users' val_seen + test_seen ratings, which are scored.
     """
-    train = dataset.split("train")
-    users = train["participant_id"].unique().sort()
+    users = _seen_users(dataset)
     rng = np.random.default_rng([seed, 7919])
     n_out = max(1, round(holdout * len(users)))
-    held = users.gather(np.sort(rng.choice(len(users), n_out, replace=False)))
+    return _hold_out(dataset, users.gather(np.sort(rng.choice(len(users), n_out, replace=False))))
+
+
+def user_folds(dataset: Dataset, n_folds: int = 5, seed: int = 0):
+    """Leave-users-out folds over every seen user: yields, for each of `n_folds` seeded groups,
+    ``(train, validation, pool, query)`` with that group held out (as :func:`pseudo_unseen_split`).
+
+    Every seen user is in exactly one group; group sizes differ by at most one.
+    """
+    users = _seen_users(dataset)
+    if not 2 <= n_folds <= len(users):
+        raise ValueError(f"n_folds must be between 2 and the {len(users)} seen users, not {n_folds}")
+    order = np.random.default_rng([seed, 104729]).permutation(len(users))
+    for group in np.array_split(order, n_folds):
+        yield _hold_out(dataset, users.gather(np.sort(group)))
+
+
+def _seen_users(dataset: Dataset) -> pl.Series:
+    return dataset.split("train")["participant_id"].unique().sort()
+
+
+def _hold_out(dataset: Dataset, held: pl.Series):
     out = pl.col("participant_id").is_in(held.implode())
+    train = dataset.split("train")
     seen_rest = dataset.ratings.filter(pl.col("split").is_in(["val_seen", "test_seen"]))
     return (train.filter(~out), dataset.split("val_seen").filter(~out),
             train.filter(out), seen_rest.filter(out))
@@ -102,28 +129,77 @@ def _fit_all(factories, train, validation, dataset, truth, seed):
     return models, fit_s, ridge
 
 
-def _score_all(models, ridge, dataset, query, context=None, users=None) -> dict[str, dict]:
-    """Metrics of every model and reference on `query` (after folding in `context` if given)."""
+def _scored_all(models, ridge, dataset, query, context=None, users=None) -> dict[str, pl.DataFrame]:
+    """`query` scored by every model and reference (after folding in `context` if given)."""
     out = {}
-    scored = None
     for name, model in models.items():
         states = None if context is None else model.fold_in(context, dataset.embeddings, users=users)
-        scored = query.with_columns(score=pl.Series(model.predict(query, dataset.embeddings, states), dtype=pl.Float64))
-        out[name] = _metrics(scored)
+        out[name] = query.with_columns(score=pl.Series(model.predict(query, dataset.embeddings, states),
+                                                       dtype=pl.Float64))
     if ridge is not None:
         states = None if context is None else ridge.fold_in(context, users)
-        out[RIDGE] = _metrics(query.with_columns(score=pl.Series(ridge.predict(query, states), dtype=pl.Float64)))
-    base = scored if scored is not None else query.with_columns(score=pl.lit(0.0))
-    ceiling = ceiling_rows(dataset, base)
+        out[RIDGE] = query.with_columns(score=pl.Series(ridge.predict(query, states), dtype=pl.Float64))
+    ceiling = ceiling_rows(dataset, query.with_columns(score=pl.lit(0.0)))
     if ceiling is not None:
-        out[CEILING] = _metrics(ceiling)
+        out[CEILING] = ceiling
+    return out
+
+
+def _score_all(models, ridge, dataset, query, context=None, users=None) -> dict[str, dict]:
+    """Metrics of every model and reference on `query` (after folding in `context` if given),
+    with the context ratings per scored user."""
+    out = {name: _metrics(frame) for name, frame in _scored_all(models, ridge, dataset, query, context, users).items()}
     if context is not None:
-        per_user = context.group_by("participant_id").len()["len"]
         n_users = query["participant_id"].n_unique()
-        ctx = float(per_user.sum() / n_users) if n_users else 0.0
+        ctx = float(context.height / n_users) if n_users else 0.0
         for m in out.values():
             m["context_mean"] = ctx
     return out
+
+
+def cross_validate_users(model_factory, dataset: Dataset, world_truth: WorldTruth | None = None,
+                         kshots=(0, 10, 100), draws: int = 10, n_folds: int = 5, seed: int = 0,
+                         log: Callable[[str], None] | None = None):
+    """Leave-users-out cross-validation: every seen user scored once as a new user.
+
+    For each fold of :func:`user_folds` the models (and the true-taste ridge, given
+    `world_truth`) are refitted without the fold's users, who then fold in k of their own train
+    ratings (seeded draw d uses seed + d, as in ``pseudo_unseen``) and are scored on their
+    val_seen + test_seen ratings.
+
+    Returns
+    -------
+    scored : dict
+        ``{(k, draw): {name: frame}}``: the scored rows of every fold, concatenated (columns of
+        the ratings plus ``score``); one draw for k = 0.
+    context : dict
+        ``{(k, draw): context rows per scored user}``.
+    fit_s : dict
+        Mean fit seconds per model over the folds.
+    """
+    factories = _factories(model_factory)
+    say = log or (lambda message: None)
+    parts: dict = {}
+    context_rows: dict = {}
+    fit_total: dict = {}
+    n_users = 0
+    for fold, (train, validation, pool, query) in enumerate(user_folds(dataset, n_folds, seed)):
+        models, fit_s, ridge = _fit_all(factories, train, validation, dataset, world_truth, seed)
+        for name, seconds in fit_s.items():
+            fit_total[name] = fit_total.get(name, 0.0) + seconds
+        users = query.unique("participant_id", keep="first", maintain_order=True)
+        n_users += users.height
+        say(f"users_cv fold {fold + 1}/{n_folds}: refit without {users.height} users "
+            f"({', '.join(f'{n} {s:.1f}s' for n, s in fit_s.items())})")
+        for k in kshots:
+            for d in range(1 if k == 0 else draws):
+                context, _ = kshot_split(pool, k, seed + d)
+                for name, frame in _scored_all(models, ridge, dataset, query, context, users).items():
+                    parts.setdefault((k, d), {}).setdefault(name, []).append(frame)
+                context_rows[(k, d)] = context_rows.get((k, d), 0) + context.height
+    scored = {key: {name: pl.concat(frames) for name, frames in by_name.items()} for key, by_name in parts.items()}
+    context_mean = {key: rows / max(n_users, 1) for key, rows in context_rows.items()}
+    return scored, context_mean, {name: total / n_folds for name, total in fit_total.items()}
 
 
 def _rows(world, protocol, k, per_draw: list[dict], fit_s: dict) -> list[dict]:
@@ -138,7 +214,7 @@ def _rows(world, protocol, k, per_draw: list[dict], fit_s: dict) -> list[dict]:
 def evaluate_world(model_factory, dataset: Dataset, world_truth: WorldTruth | None = None,
                    kshots=(0, 10, 100), draws: int = 5, seed: int = 0, holdout: float = 0.2,
                    protocols=("test_seen", "test_unseen", "pseudo_unseen"), world: str | None = None,
-                   log: Callable[[str], None] | None = None) -> list[dict]:
+                   log: Callable[[str], None] | None = None, n_folds: int = 5) -> list[dict]:
     """Evaluate one or more models on one world; one row per (protocol, k, model).
 
     Parameters
@@ -155,6 +231,8 @@ def evaluate_world(model_factory, dataset: Dataset, world_truth: WorldTruth | No
     kshots, draws, seed, holdout
         k values for unseen users, seeded context draws per k (k = 0: one), base seed (models
         get it as random_state; draw d uses seed + d), held-out share of seen users.
+    protocols
+        Any of "test_seen", "test_unseen", "pseudo_unseen" and "users_cv" (`n_folds` folds).
 
     Returns
     -------
@@ -197,4 +275,15 @@ def evaluate_world(model_factory, dataset: Dataset, world_truth: WorldTruth | No
                 context, _ = kshot_split(pool, k, seed + d)
                 per_draw.append(_score_all(models, ridge, dataset, query, context, users))
             rows += _rows(world, "pseudo_unseen", k, per_draw, fit_s)
+    if "users_cv" in protocols:
+        scored, context_mean, fit_s = cross_validate_users(factories, dataset, world_truth, kshots, draws, n_folds,
+                                                           seed, log=lambda message: say(f"{world}: {message}"))
+        for k in kshots:
+            per_draw = []
+            for d in range(1 if k == 0 else draws):
+                metrics = {name: _metrics(frame) for name, frame in scored[(k, d)].items()}
+                for m in metrics.values():
+                    m["context_mean"] = context_mean[(k, d)]
+                per_draw.append(metrics)
+            rows += _rows(world, "users_cv", k, per_draw, fit_s)
     return rows

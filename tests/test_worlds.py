@@ -9,7 +9,7 @@ import pytest
 from pamela_lite import demo, worlds
 from pamela_lite.data import SPLITS, load_dataset
 from pamela_lite.model import PersonalScorer
-from pamela_lite.world_eval import CEILING, RIDGE, evaluate_world, pseudo_unseen_split
+from pamela_lite.world_eval import CEILING, RIDGE, cross_validate_users, evaluate_world, pseudo_unseen_split, user_folds
 
 TINY = dict(n_users=40, n_images=300, dim=64)
 
@@ -130,6 +130,39 @@ def test_pseudo_unseen_users_leave_training_entirely():
     assert held.isdisjoint(validation["participant_id"].to_list())
     assert set(pool["participant_id"].to_list()) <= held
     assert set(query["split"].unique().to_list()) <= {"val_seen", "test_seen"}
+
+
+def test_leave_users_out_folds_hold_out_every_seen_user_exactly_once():
+    ds = worlds.dataset(_tiny("sparse", n_users=50))
+    seen = set(ds.split("train")["participant_id"].to_list())
+    held = []
+    for train, validation, pool, query in user_folds(ds, n_folds=4, seed=1):
+        fold = set(query["participant_id"].to_list())
+        assert fold.isdisjoint(train["participant_id"].to_list())
+        assert fold.isdisjoint(validation["participant_id"].to_list())
+        assert set(pool["participant_id"].to_list()) <= fold
+        held.append(fold)
+    assert set().union(*held) == {u for u in seen if u in set(ds.ratings.filter(
+        pl.col("split").is_in(["val_seen", "test_seen"]))["participant_id"].to_list())}
+    assert sum(len(f) for f in held) == len(set().union(*held))  # no user in two folds
+    with pytest.raises(ValueError, match="n_folds"):
+        next(user_folds(ds, n_folds=1))
+
+
+def test_users_cv_scores_every_seen_user_once_and_sees_taste_with_context():
+    w = worlds.make("lowvar", n_users=60, n_images=800, dim=128, seed=0)
+    ds, truth = worlds.dataset(w), worlds.WorldTruth.from_world(w)
+    head = {"head": lambda seed: PersonalScorer(random_state=seed, use_bias=False, use_taste=False, use_mf=False,
+                                                use_head=False)}
+    scored, context, _ = cross_validate_users(head, ds, truth, kshots=(0, 20), draws=2, n_folds=3)
+    assert set(scored) == {(0, 0), (20, 0), (20, 1)}
+    users = scored[(20, 0)]["head"]["participant_id"]
+    assert users.n_unique() == ds.split("train")["participant_id"].n_unique()
+    assert context[(0, 0)] == 0 and 19 <= context[(20, 0)] <= 20
+    rows = evaluate_world(head, ds, truth, kshots=(0, 20), draws=2, protocols=("users_cv",), n_folds=3)
+    by = {(r["k"], r["model"]): r for r in rows}
+    assert by[(20, RIDGE)]["srocc"] > by[(0, RIDGE)]["srocc"] + 0.1  # the ridge learns each person from context
+    assert by[(20, "head")]["n_users"] > 40  # all seen users, not a 20% draw
 
 
 def test_cli_writes_a_named_world_and_lists_the_families(tmp_path, capsys):
