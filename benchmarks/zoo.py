@@ -10,6 +10,9 @@ their public API, and report per-user SROCC and pairwise accuracy on test_seen, 
 at k = 0, 10, 100 and on pseudo-unseen users (20% of the seen users held out of training, k
 context ratings from their own train ratings, scored on their val_seen + test_seen), beside the
 true-taste per-user ridge and the noise ceiling (``pamela_lite.world_eval.evaluate_world``).
+test_seen is also refitted with further fit seeds (``--fit-seeds``, default 3): the spread over
+seeds says which differences between the model, the model before the accuracy work and the
+oracle subspace are larger than a refit's own variation.
 Full runs write benchmarks/results/zoo.{md,json}.
 """
 
@@ -98,13 +101,13 @@ def _find(rows, world, protocol, k, model):
     return None
 
 
-def markdown(summaries, rows, info, args, seconds) -> str:
+def markdown(summaries, rows, seed_rows, info, args, seconds) -> str:
     order = (HEAD, MODEL, RIDGE, CEILING, BEFORE, ORACLE)
     out = [f"# World zoo{' (quick)' if args.quick else ''}", "",
            f"`python benchmarks/zoo.py{' --quick' if args.quick else ''}` — seed {args.seed}, k-shot = mean over "
            f"{args.draws} seeded context draws, {seconds / 60:.1f} min in all (1-min load average "
            f"{info['load_average_1min'][0]} at the start, {info['load_average_1min'][1]} at the end; the "
-           "pamela_lite fits, two per world, take most of the time).", "",
+           f"pamela_lite fits, two per world and {args.fit_seeds - 1} test_seen refit(s), take most of the time).", "",
            machine_lines(info), "",
            "Per-user SROCC / pairwise accuracy. **head** = population head, **model** = pamela_lite "
            "(full), **ridge** = per-user ridge on the world's TRUE image features (+ appeal), fitted on "
@@ -148,6 +151,7 @@ def markdown(summaries, rows, info, args, seconds) -> str:
             closed = f"{(ts[1]['srocc'] - ts[0]['srocc']) / (ts[2]['srocc'] - ts[0]['srocc']):.2f}"
         lift = "–" if p10[0] is None or p10[2] is None else f"{p10[2]['srocc'] - p10[0]['srocc']:+.3f}"
         out.append(f"| {w} | {fmt(ts)} | {closed} | {fmt(p10)} | {lift} |")
+    out += seed_table(summaries, rows, seed_rows, args)
     out += ["", "## Summary (SROCC)", "",
             "| world | test_seen head / model / ridge / ceiling | gap | pseudo-unseen k=10 model / ridge | "
             "pseudo-unseen k=100 model / ridge | test_unseen k=10 model / ridge (users) |",
@@ -186,6 +190,38 @@ def markdown(summaries, rows, info, args, seconds) -> str:
     return "\n".join(out) + "\n"
 
 
+def seed_table(summaries, rows, seed_rows, args) -> list[str]:
+    """test_seen over fit seeds: mean and SD of before / model / oracle, and the share closed."""
+    seeds = sorted({0} | {r["fit_seed"] for r in seed_rows})
+    if len(seeds) < 2:
+        return []
+    all_rows = [{**r, "fit_seed": 0} for r in rows if r["protocol"] == "test_seen"] + seed_rows
+    out = ["", f"### test_seen over {len(seeds)} fit seeds", "",
+           f"The same world and split, every model refitted with random_state "
+           f"{', '.join(str(args.seed + s) for s in seeds)} (the k-means prototypes, the taste search's half-splits "
+           "and nulls, the out-of-fold splits and the trees change). Mean ± SD over the fits; *closed* "
+           "per seed, then its mean and range.", "",
+           "| world | before | model | oracle | model − before | closed, mean (range) |",
+           "|---|---|---|---|---:|---|"]
+    for s in summaries:
+        w = s["world"]
+        by_model = {m: [next((r["srocc"] for r in all_rows if r["world"] == w and r["model"] == m
+                              and r["fit_seed"] == seed), None) for seed in seeds] for m in (BEFORE, MODEL, ORACLE)}
+
+        def stat(values):
+            v = [x for x in values if x is not None]
+            return "–" if not v else f"{np.mean(v):.3f} ± {np.std(v):.3f}"
+
+        before, model, oracle = (by_model[m] for m in (BEFORE, MODEL, ORACLE))
+        lift = [m - b for m, b in zip(model, before) if m is not None and b is not None]
+        closed = [(m - b) / (o - b) for m, b, o in zip(model, before, oracle)
+                  if None not in (m, b, o) and o - b >= 0.01]
+        shown = "–" if not closed else f"{np.mean(closed):.2f} ({min(closed):.2f}–{max(closed):.2f})"
+        out.append(f"| {w} | {stat(before)} | {stat(model)} | {stat(oracle)} | "
+                   f"{'–' if not lift else f'{np.mean(lift):+.3f}'} | {shown} |")
+    return out
+
+
 def _gap(rs) -> str:
     head, model, ridge = rs[0], rs[1], rs[2]
     if head is None or model is None or ridge is None or ridge["srocc"] - head["srocc"] < 0.02:
@@ -200,6 +236,8 @@ def main(argv=None) -> int:
     parser.add_argument("--kshots", default="0,10,100")
     parser.add_argument("--draws", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fit-seeds", type=int, default=3,
+                        help="fits of test_seen per world with seeds seed, seed+1, ... (1: no refits)")
     parser.add_argument("--out", type=Path, default=None,
                         help="results folder (default benchmarks/results for a full run, runs/zoo_quick for --quick)")
     args = parser.parse_args(argv)
@@ -209,7 +247,9 @@ def main(argv=None) -> int:
     load_start = os.getloadavg()[0]
     log(machine_lines(info))
     start = time.perf_counter()
-    rows, summaries = [], []
+    rows, seed_rows, summaries = [], [], []
+    if args.fit_seeds < 1:
+        parser.error("--fit-seeds must be at least 1")
     for name in names:
         t = time.perf_counter()
         overrides = dict(QUICK) if args.quick else {}
@@ -222,6 +262,11 @@ def main(argv=None) -> int:
         world_rows = evaluate_world(factories(truth), worlds.dataset(world), truth,
                                     kshots=kshots, draws=args.draws, seed=args.seed, world=name)
         rows += world_rows
+        refits = {m: f for m, f in factories(truth).items() if m != HEAD}
+        for extra in range(1, args.fit_seeds):
+            seed_rows += [{**r, "fit_seed": extra} for r in evaluate_world(
+                refits, worlds.dataset(world), None, protocols=("test_seen",), seed=args.seed + extra, world=name)
+                if r["model"] in refits]
         ts = {r["model"]: r["srocc"] for r in world_rows if r["protocol"] == "test_seen"}
         p10 = {r["model"]: r["srocc"] for r in world_rows if r["protocol"] == "pseudo_unseen" and r["k"] == 10}
         log(f"[{len(summaries)}/{len(names)}] {name:<12} built {gen:4.1f}s, evaluated in "
@@ -232,8 +277,9 @@ def main(argv=None) -> int:
     seconds = time.perf_counter() - start
     info["load_average_1min"] = [round(load_start, 2), round(os.getloadavg()[0], 2)]  # other jobs slow the fits
     payload = {"machine": info, "seed": args.seed, "draws": args.draws, "kshots": list(kshots), "quick": args.quick,
-               "seconds": seconds, "worlds": summaries, "rows": rows}
-    md = markdown(summaries, rows, info, args, seconds)
+               "seconds": seconds, "worlds": summaries, "rows": rows, "fit_seed_rows": seed_rows,
+               "fit_seeds": args.fit_seeds}
+    md = markdown(summaries, rows, seed_rows, info, args, seconds)
     name = "zoo_quick" if args.quick else "zoo"
     out = args.out if args.out is not None else (ROOT / "runs" / "zoo_quick" if args.quick else None)
     if out is None:
