@@ -22,7 +22,12 @@ Beside the main table (pamela_lite.metrics has the definitions):
 * a paired bootstrap over users of pamela_lite (full) against every other model on the same
   split and k: mean per-user SROCC difference, seeded 95% interval (2000 resamples), one-sided p;
 * on test_unseen at k = 0, MAE and per-user SROCC of pamela_lite (full) and the population head
-  per gender, nationality and age band (a note instead when the data has no demographics).
+  per gender, nationality and age band (a note instead when the data has no demographics);
+* leave-users-out cross-validation beside the official split (``world_eval.cross_validate_users``):
+  the seen users in 5 seeded folds, the model refitted without each fold, every seen user scored
+  once as a new user at k = 0, 10 and 100 (mean over 10 context draws), pamela_lite (full)
+  against the population head with a paired bootstrap — the official split has only a handful
+  of test_unseen people.
 
 Results go to benchmarks/results/accuracy.{md,json} with two plots (--quick: to
 benchmarks/results/quick/, which git ignores).
@@ -49,6 +54,7 @@ from pamela_lite.fit import BASELINES  # noqa: E402
 from pamela_lite.metrics import (age_band, evaluate_scores, group_errors, paired_bootstrap,  # noqa: E402
                                  paired_differences, per_user, ranking_metrics)
 from pamela_lite.model import PersonalScorer  # noqa: E402
+from pamela_lite.world_eval import cross_validate_users  # noqa: E402
 
 FULL, POPULATION, CEILING = "pamela_lite (full)", "population head", "noise ceiling"
 # k = 0 groups on test_unseen: (label, column it needs, group expression)
@@ -180,6 +186,60 @@ def run_benchmark(dataset, kshots, seed: int, quick: bool) -> tuple[list[dict], 
     return rows, per_user_srocc, searches, scored_frames
 
 
+def users_cross_validation(dataset, seed: int, quick: bool) -> tuple[list[dict], list[dict], dict]:
+    """Leave-users-out CV: pamela_lite (full) and the population head on every seen user as a new user.
+
+    Returns the rows (per k and model: per-user SROCC averaged over the context draws, then over
+    users, with a bootstrap interval), the paired bootstrap of full against the head per k, and
+    the settings.
+    """
+    settings = {"n_folds": 3 if quick else 5, "draws": 2 if quick else 10, "kshots": [0, 10, 100]}
+    factories = {FULL: lambda s: PersonalScorer(random_state=s),
+                 POPULATION: lambda s: PersonalScorer(random_state=s, **BASELINES[POPULATION])}
+    scored, context_mean, fit_s = cross_validate_users(factories, dataset, kshots=tuple(settings["kshots"]),
+                                                       draws=settings["draws"], n_folds=settings["n_folds"],
+                                                       seed=seed, log=log)
+    rows, comparisons = [], []
+    for k in settings["kshots"]:
+        draws = sorted(d for kk, d in scored if kk == k)
+        users = {}
+        for name in scored[(k, draws[0])]:
+            per_draw = pl.concat([per_user(scored[(k, d)][name]).select("participant_id", "srocc", "pairs_correct",
+                                                                         "pairs") for d in draws])
+            users[name] = per_draw.group_by("participant_id").agg(pl.col("srocc").mean(), pl.col("pairs_correct").sum(),
+                                                                  pl.col("pairs").sum()).sort("participant_id")
+            lo, hi = bootstrap_ci(users[name]["srocc"].to_numpy(), seed)
+            rows.append({"model": name, "k": k, "srocc": float(users[name]["srocc"].mean()), "srocc_ci95": [lo, hi],
+                         "pairwise_acc": float(users[name]["pairs_correct"].sum() / max(users[name]["pairs"].sum(), 1)),
+                         "n_users": users[name].height, "context_mean": context_mean[(k, draws[0])],
+                         "fit_s": fit_s.get(name), "draws": len(draws)})
+        comparisons.append({"model": POPULATION, "k": k,
+                            **paired_bootstrap(paired_differences(users[FULL], users[POPULATION]), seed)})
+    return rows, comparisons, settings
+
+
+def users_cv_table(cv: tuple[list[dict], list[dict], dict]) -> list[str]:
+    rows, comparisons, settings = cv
+    lines = ["", f"Leave-users-out cross-validation (beside the official split): the seen users in "
+                 f"{settings['n_folds']} seeded folds; the model is refitted without each fold and every seen "
+                 f"person is scored once as a new user on their val_seen + test_seen ratings, from k of their "
+                 f"own train ratings (mean over {settings['draws']} context draws for k > 0). SROCC: per-user "
+                 "mean over draws, then over people, with a 95% bootstrap interval over people; *full − head*: "
+                 "paired bootstrap over the same people (one-sided p).", "",
+             "| k | model | SROCC [95% CI] | pair acc | people | context/person | fit s per fold |",
+             "|---:|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        ci = r["srocc_ci95"]
+        fit = "" if r["fit_s"] is None else f"{r['fit_s']:.1f}"
+        lines.append(f"| {r['k']} | {r['model']} | {r['srocc']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] | "
+                     f"{r['pairwise_acc']:.3f} | {r['n_users']} | {r['context_mean']:.0f} | {fit} |")
+    lines += ["", "| k | full − head | 95% CI | p | people |", "|---:|---:|---|---:|---:|"]
+    for c in comparisons:
+        lines.append(f"| {c['k']} | {c['diff']:+.3f} | [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}] | "
+                     f"{_p_value(c['p'])} | {c['n_users']} |")
+    return lines
+
+
 def with_population(frame: pl.DataFrame, population: pl.DataFrame) -> pl.DataFrame:
     """`frame` with ``population_score``: the population head's score for the same row."""
     return frame.join(population.select("participant_id", "image_id", population_score=pl.col("score")),
@@ -298,7 +358,8 @@ def group_table(groups: list[dict], note: str | None) -> list[str]:
 
 
 def markdown(rows: list[dict], info: dict, args, torch_note: str, searches: dict | None = None,
-             comparisons: list[dict] | None = None, groups: tuple[list[dict], str | None] | None = None) -> str:
+             comparisons: list[dict] | None = None, groups: tuple[list[dict], str | None] | None = None,
+             users_cv: tuple[list[dict], list[dict], dict] | None = None) -> str:
     lines = [f"# Accuracy benchmark ({'quick' if args.quick else 'full'}, data: {args.data or 'demo world'})", "",
              machine_lines(info), "", torch_note, "",
              "| split | k | model | SROCC [95% CI] | PLCC | pair acc | MAE | RMSE | users | fit s | size |",
@@ -317,6 +378,8 @@ def markdown(rows: list[dict], info: dict, args, torch_note: str, searches: dict
         lines += comparison_table(comparisons)
     if groups is not None:
         lines += group_table(*groups)
+    if users_cv is not None:
+        lines += users_cv_table(users_cv)
     if searches:
         lines += ["", "Deep baselines' validation search (val_seen: mean per-user SROCC; the few-shot model's is the "
                       "mean over the full-training and a seeded 10-rating context; *epochs*: early-stopped epochs, "
@@ -393,18 +456,20 @@ def main(argv=None) -> int:
     rows = add_ranking_metrics(rows, scored_frames, dataset)
     comparisons = paired_comparisons(scored_frames, args.seed)
     groups = demographic_groups(scored_frames)
+    users_cv = users_cross_validation(dataset, args.seed, args.quick)
     torch_note = ("Deep baseline: benchmarks/deep_baseline.py (torch, CPU)." if has_torch() else
                   "**torch is not installed: the deep baseline was skipped.** Install the CPU build to include it.")
     name = args.name or "accuracy"
     out = results_dir(args.quick)
     out.mkdir(parents=True, exist_ok=True)
-    md = markdown(rows, info, args, torch_note, searches, comparisons, groups)
+    md = markdown(rows, info, args, torch_note, searches, comparisons, groups, users_cv)
     figures = plots(rows, per_user_srocc, out, name)
     if figures:
         md += "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in figures) + "\n"
     arguments = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     save(name, {"machine": info, "args": arguments, "rows": rows, "paired_bootstrap": comparisons,
-                "k0_groups": {"rows": groups[0], "note": groups[1]}, "deep_search": searches}, md, out)
+                "k0_groups": {"rows": groups[0], "note": groups[1]}, "deep_search": searches,
+                "users_cv": {"rows": users_cv[0], "paired_bootstrap": users_cv[1], **users_cv[2]}}, md, out)
     print(md)
     log(f"done in {time.perf_counter() - start:.0f}s → {out / (name + '.md')}")
     return 0
