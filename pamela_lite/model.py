@@ -386,8 +386,9 @@ class PersonalScorer(BaseEstimator):
             if isinstance(default, (int, float)) and not isinstance(default, bool) and (
                     isinstance(value, bool) or not isinstance(value, (int, float))):
                 raise InputError(None, f"{name} must be a number, not {value!r}")
-            if isinstance(default, int) and not isinstance(default, bool) and not float(value).is_integer():
-                raise InputError(None, f"{name} must be a whole number, not {value!r}")
+            # 48.0 is refused too: counts index arrays and size k-means and trees, which take ints only
+            if isinstance(default, int) and not isinstance(default, bool) and not isinstance(value, (int, np.integer)):
+                raise InputError(None, f"{name} must be a whole number (like 48, not 48.0), not {value!r}")
         if self.whiten_dim is not None and (isinstance(self.whiten_dim, bool) or not isinstance(self.whiten_dim, int)
                                             or self.whiten_dim < self.n_components):
             raise InputError(None, f"whiten_dim must be a whole number of at least n_components ({self.n_components}) "

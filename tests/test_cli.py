@@ -305,6 +305,14 @@ def test_fit_refuses_unknown_params(world, tmp_path):
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.parametrize("name", ["n_components", "taste_rank", "head_trees"])
+def test_fit_refuses_a_count_written_as_a_fraction(world, tmp_path, name):
+    # 16.0 once passed the check and then failed deep inside numpy / LightGBM with a traceback
+    done = cli("fit", "--data", world, "--out", tmp_path / "m", "--params", json.dumps({name: 16.0}))
+    assert done.returncode == 2 and f"{name} must be a whole number (like 48, not 48.0), not 16.0" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "m").exists()
+
+
 def test_fit_refuses_a_whiten_dim_that_is_not_a_whole_number_or_null(world, tmp_path):
     done = cli("fit", "--data", world, "--out", tmp_path / "m", "--params", '{"whiten_dim": "all"}')
     assert done.returncode == 2 and "whiten_dim must be a whole number of at least n_components (32) or null" in done.stderr
