@@ -98,12 +98,31 @@ def evaluate_models(models: dict[str, PersonalScorer], dataset: Dataset, kshots=
     return rows
 
 
+FEW_PEOPLE = 10  # below it a split's per-user mean is a rough figure, and the table says so
+
+
+def few_people_note(rows: list[dict]) -> str | None:
+    """One line naming the splits scored on fewer than FEW_PEOPLE people (None if none); PAMELA's
+    unseen splits have 7 and 3-4."""
+    small = {}
+    for r in rows:
+        if r["n_users"] < FEW_PEOPLE:
+            small[r["split"]] = max(small.get(r["split"], 0), r["n_users"])
+    if not small:
+        return None
+    counts = " and ".join(f"{split} {n} {'person' if n == 1 else 'people'}" for split, n in small.items())
+    return (f"note: {counts}: a mean over so few people is a rough figure (benchmarks/accuracy.py gives its "
+            "bootstrap interval and leave-users-out cross-validation over every seen person)")
+
+
 def format_table(rows: list[dict]) -> str:
-    """A plain-text table, one line per row, for the terminal and the README."""
+    """A plain-text table, one line per row, for the terminal and the README; a last line says when
+    a split was scored on few people (:func:`few_people_note`)."""
     header = f"{'split':<12} {'k':>3}  {'model':<20} {'SROCC':>6} {'PLCC':>6} {'pair acc':>8} {'MAE':>6} {'RMSE':>6} {'users':>5}"
     lines = [header, "-" * len(header)]
     for r in rows:
         k = "" if r["k"] is None else str(r["k"])
         lines.append(f"{r['split']:<12} {k:>3}  {r['model']:<20} {r['srocc']:6.3f} {r['plcc']:6.3f} "
                      f"{r['pairwise_acc']:8.3f} {r['mae']:6.3f} {r['rmse']:6.3f} {r['n_users']:5d}")
-    return "\n".join(lines)
+    note = few_people_note(rows)
+    return "\n".join(lines + ([note] if note else []))

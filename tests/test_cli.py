@@ -10,7 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pamela_lite import evaluate, fit, predict
+from pamela_lite import evaluate, fit, predict, protocol
 from pamela_lite.cli import CONSOLE_ENV, run
 from pamela_lite.model import PersonalScorer
 
@@ -24,6 +24,16 @@ def test_fit_writes_model_and_metrics(model_dir):
     models = {row["model"] for row in metrics["test"]}
     assert {"global mean", "population head", "MF only", "pamela_lite (full)", "noise ceiling"} <= models
     assert {(r["split"], r["k"]) for r in metrics["test"]} == {("test_seen", None), ("test_unseen", 0), ("test_unseen", 5)}
+
+
+def test_a_table_over_few_people_says_so():
+    row = dict(k=0, model="m", srocc=0.3, plcc=0.3, pairwise_acc=0.6, mae=1.0, rmse=1.2)
+    rows = [{**row, "split": "test_seen", "n_users": 189}, {**row, "split": "test_unseen", "n_users": 7},
+            {**row, "split": "test_unseen", "k": 10, "n_users": 6}]
+    note = protocol.few_people_note(rows)
+    assert note.startswith("note: test_unseen 7 people:") and "test_seen" not in note
+    assert protocol.few_people_note(rows[:1]) is None
+    assert protocol.format_table(rows).splitlines()[-1] == note
 
 
 def _one_line_error(capsys, code):
