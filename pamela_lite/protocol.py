@@ -110,9 +110,8 @@ def few_people_note(rows: list[dict]) -> str | None:
             small[r["split"]] = max(small.get(r["split"], 0), r["n_users"])
     if not small:
         return None
-    counts = " and ".join(f"{split} {n} {'person' if n == 1 else 'people'}" for split, n in small.items())
-    return (f"note: {counts}: a mean over so few people is a rough figure (benchmarks/accuracy.py gives its "
-            "bootstrap interval and leave-users-out cross-validation over every seen person)")
+    counts = " and ".join(f"{split} has {n} {'person' if n == 1 else 'people'}" for split, n in small.items())
+    return f"note: {counts}: rough figures (benchmarks/accuracy.py gives intervals and leave-users-out CV)"
 
 
 def format_table(rows: list[dict]) -> str:
