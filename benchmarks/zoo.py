@@ -1,6 +1,6 @@
 """The world zoo: pamela_lite on world families it was not designed for, beside references.
 
-    python benchmarks/zoo.py                      # every family at its default size (~10-15 min)
+    python benchmarks/zoo.py                      # every family at its default size, 3 fit seeds (~18 min)
     python benchmarks/zoo.py --quick              # small worlds, results to runs/zoo_quick/ (~2 min)
     python benchmarks/zoo.py --worlds lowvar,hetero --draws 3
 
