@@ -1,6 +1,6 @@
 """Accuracy benchmark: pamela_lite against baselines and a deep personalized model.
 
-    python benchmarks/accuracy.py              # the PAMELA-shaped demo world (about 7 min with the deep searches)
+    python benchmarks/accuracy.py              # the PAMELA-shaped demo world (about 4-5 min with the deep searches)
     python benchmarks/accuracy.py --quick      # a smaller world, fewer epochs (under 2 min), to results/quick/
     python benchmarks/accuracy.py --data /path/to/PAMELA --embeddings /path/to/embeddings.parquet
 
