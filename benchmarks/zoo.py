@@ -241,6 +241,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="results folder (default benchmarks/results for a full run, runs/zoo_quick for --quick)")
     args = parser.parse_args(argv)
+    if args.fit_seeds < 1:
+        parser.error("--fit-seeds must be at least 1")
     names = world_names(parser, args.worlds)
     kshots = tuple(int(k) for k in args.kshots.split(","))
     info = machine()
@@ -248,8 +250,6 @@ def main(argv=None) -> int:
     log(machine_lines(info))
     start = time.perf_counter()
     rows, seed_rows, summaries = [], [], []
-    if args.fit_seeds < 1:
-        parser.error("--fit-seeds must be at least 1")
     for name in names:
         t = time.perf_counter()
         overrides = dict(QUICK) if args.quick else {}

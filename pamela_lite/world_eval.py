@@ -1,6 +1,6 @@
 """Evaluate models on a world of the zoo, beside references that know the world's truth.
 
-Three protocols, all with per-user SROCC / PLCC / pairwise accuracy (``metrics.evaluate_scores``):
+Four protocols, all with per-user SROCC / PLCC / pairwise accuracy (``metrics.evaluate_scores``):
 
 ``test_seen``
     Fit on train (early-stopping on val_seen), score test_seen of the users seen in training.
