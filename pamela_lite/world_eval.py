@@ -18,9 +18,10 @@ Four protocols, all with per-user SROCC / PLCC / pairwise accuracy (``metrics.ev
 ``users_cv``
     Leave-users-out cross-validation over every seen user (off by default: one refit per
     fold). The seen users are split into `n_folds` seeded groups; each group is held out as in
-    ``pseudo_unseen`` while the model is refitted on the others, and every user is scored once,
-    as a new user. Scored rows are pooled over the folds before the per-user means, so a figure
-    covers all seen users (about 190 in PAMELA) rather than one 20% draw of them.
+    ``pseudo_unseen`` while the model is refitted on the others, and every user with val_seen or
+    test_seen ratings is scored once, as a new user. Scored rows are pooled over the folds before
+    the per-user means, so a figure covers all seen users (about 190 in PAMELA) rather than one
+    20% draw of them.
 
 Reference rows on the same query rows: ``true-taste ridge`` (``worlds.TasteRidge``: per-user
 ridge on the world's true image features, fitted on the same training / context ratings) and
@@ -77,14 +78,19 @@ def user_folds(dataset: Dataset, n_folds: int = 5, seed: int = 0):
     """Leave-users-out folds over every seen user: yields, for each of `n_folds` seeded groups,
     ``(train, validation, pool, query)`` with that group held out (as :func:`pseudo_unseen_split`).
 
-    Every seen user is in exactly one group; group sizes differ by at most one.
+    Every seen user is in exactly one group; group sizes differ by at most one. A bad `n_folds`
+    is refused here, before any fold is fitted.
     """
     users = _seen_users(dataset)
-    if not 2 <= n_folds <= len(users):
-        raise ValueError(f"n_folds must be between 2 and the {len(users)} seen users, not {n_folds}")
+    check_folds(n_folds, len(users))
     order = np.random.default_rng([seed, 104729]).permutation(len(users))
-    for group in np.array_split(order, n_folds):
-        yield _hold_out(dataset, users.gather(np.sort(group)))
+    return (_hold_out(dataset, users.gather(np.sort(group))) for group in np.array_split(order, n_folds))
+
+
+def check_folds(n_folds: int, n_users: int) -> None:
+    """Leave-users-out needs at least 2 folds and no more folds than seen users."""
+    if not 2 <= n_folds <= n_users:
+        raise ValueError(f"n_folds must be between 2 and the {n_users} seen users, not {n_folds}")
 
 
 def _seen_users(dataset: Dataset) -> pl.Series:
@@ -151,10 +157,16 @@ def _score_all(models, ridge, dataset, query, context=None, users=None) -> dict[
     out = {name: _metrics(frame) for name, frame in _scored_all(models, ridge, dataset, query, context, users).items()}
     if context is not None:
         n_users = query["participant_id"].n_unique()
-        ctx = float(context.height / n_users) if n_users else 0.0
+        ctx = float(_scored_context(context, query) / n_users) if n_users else 0.0
         for m in out.values():
             m["context_mean"] = ctx
     return out
+
+
+def _scored_context(context: pl.DataFrame, query: pl.DataFrame) -> int:
+    """Context rows of the users who are scored (a user with context but nothing left to score
+    does not count toward the context per scored user)."""
+    return context.filter(pl.col("participant_id").is_in(query["participant_id"].unique().implode())).height
 
 
 def cross_validate_users(model_factory, dataset: Dataset, world_truth: WorldTruth | None = None,
@@ -165,7 +177,7 @@ def cross_validate_users(model_factory, dataset: Dataset, world_truth: WorldTrut
     For each fold of :func:`user_folds` the models (and the true-taste ridge, given
     `world_truth`) are refitted without the fold's users, who then fold in k of their own train
     ratings (seeded draw d uses seed + d, as in ``pseudo_unseen``) and are scored on their
-    val_seen + test_seen ratings.
+    val_seen + test_seen ratings (a user without any is held out but not scored).
 
     Returns
     -------
@@ -183,7 +195,8 @@ def cross_validate_users(model_factory, dataset: Dataset, world_truth: WorldTrut
     context_rows: dict = {}
     fit_total: dict = {}
     n_users = 0
-    for fold, (train, validation, pool, query) in enumerate(user_folds(dataset, n_folds, seed)):
+    folds = user_folds(dataset, n_folds, seed)  # refuses a bad n_folds before any fit
+    for fold, (train, validation, pool, query) in enumerate(folds):
         models, fit_s, ridge = _fit_all(factories, train, validation, dataset, world_truth, seed)
         for name, seconds in fit_s.items():
             fit_total[name] = fit_total.get(name, 0.0) + seconds
@@ -196,7 +209,7 @@ def cross_validate_users(model_factory, dataset: Dataset, world_truth: WorldTrut
                 context, _ = kshot_split(pool, k, seed + d)
                 for name, frame in _scored_all(models, ridge, dataset, query, context, users).items():
                     parts.setdefault((k, d), {}).setdefault(name, []).append(frame)
-                context_rows[(k, d)] = context_rows.get((k, d), 0) + context.height
+                context_rows[(k, d)] = context_rows.get((k, d), 0) + _scored_context(context, query)
     scored = {key: {name: pl.concat(frames) for name, frames in by_name.items()} for key, by_name in parts.items()}
     context_mean = {key: rows / max(n_users, 1) for key, rows in context_rows.items()}
     return scored, context_mean, {name: total / n_folds for name, total in fit_total.items()}
@@ -244,6 +257,8 @@ def evaluate_world(model_factory, dataset: Dataset, world_truth: WorldTruth | No
     factories = _factories(model_factory)
     world = world or dataset.source
     say = log or (lambda message: None)
+    if "users_cv" in protocols:  # before the other protocols' fits, not after them
+        check_folds(n_folds, len(_seen_users(dataset)))
     rows: list[dict] = []
     if "test_seen" in protocols or "test_unseen" in protocols:
         models, fit_s, ridge = _fit_all(factories, dataset.split("train"), dataset.split("val_seen"),

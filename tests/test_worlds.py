@@ -146,7 +146,7 @@ def test_leave_users_out_folds_hold_out_every_seen_user_exactly_once():
         pl.col("split").is_in(["val_seen", "test_seen"]))["participant_id"].to_list())}
     assert sum(len(f) for f in held) == len(set().union(*held))  # no user in two folds
     with pytest.raises(ValueError, match="n_folds"):
-        next(user_folds(ds, n_folds=1))
+        user_folds(ds, n_folds=1)
 
 
 def test_users_cv_scores_every_seen_user_once_and_sees_taste_with_context():
@@ -163,6 +163,30 @@ def test_users_cv_scores_every_seen_user_once_and_sees_taste_with_context():
     by = {(r["k"], r["model"]): r for r in rows}
     assert by[(20, RIDGE)]["srocc"] > by[(0, RIDGE)]["srocc"] + 0.1  # the ridge learns each person from context
     assert by[(20, "head")]["n_users"] > 40  # all seen users, not a 20% draw
+
+
+def test_context_per_person_counts_only_the_people_scored():
+    # a seen person without val/test ratings is held out with the others but has nothing to score:
+    # their context must not inflate the context per scored person (it once did: 324 at k = 100)
+    import dataclasses
+    ds = worlds.dataset(_tiny("sparse", n_users=50))
+    silent = ds.split("train")["participant_id"][0]
+    kept = ds.ratings.filter(~((pl.col("participant_id") == silent) & pl.col("split").is_in(["val_seen", "test_seen"])))
+    ds = dataclasses.replace(ds, ratings=kept)
+    head = {"head": lambda seed: PersonalScorer(random_state=seed, use_bias=False, use_taste=False, use_mf=False,
+                                                use_head=False)}
+    rows = evaluate_world(head, ds, None, kshots=(5,), draws=1, protocols=("users_cv",), n_folds=2)
+    assert {r["context_mean"] for r in rows} == {5.0}
+
+
+def test_a_bad_fold_count_is_refused_before_any_fit():
+    ds = worlds.dataset(_tiny("sparse", n_users=50))
+    def never(seed):
+        raise AssertionError("fitted before the fold count was checked")
+    with pytest.raises(ValueError, match="n_folds"):
+        evaluate_world({"m": never}, ds, None, protocols=("test_seen", "users_cv"), n_folds=1)
+    with pytest.raises(ValueError, match="n_folds"):
+        user_folds(ds, n_folds=10_000)
 
 
 def test_cli_writes_a_named_world_and_lists_the_families(tmp_path, capsys):
