@@ -104,13 +104,18 @@ FEW_PEOPLE = 10  # below it a split's per-user mean is a rough figure, and the t
 def few_people_note(rows: list[dict]) -> str | None:
     """One line naming the splits scored on fewer than FEW_PEOPLE people (None if none); PAMELA's
     unseen splits have 7 and 3-4."""
-    small = {}
+    small: dict[str, list[int]] = {}
     for r in rows:
         if r["n_users"] < FEW_PEOPLE:
-            small[r["split"]] = max(small.get(r["split"], 0), r["n_users"])
+            small.setdefault(r["split"], []).append(r["n_users"])
     if not small:
         return None
-    counts = " and ".join(f"{split} has {n} {'person' if n == 1 else 'people'}" for split, n in small.items())
+
+    def people(counts):  # the range over k: users with too few ratings drop out at larger k
+        low, high = min(counts), max(counts)
+        return f"{low if low == high else f'{low}-{high}'} {'person' if high == 1 else 'people'}"
+
+    counts = " and ".join(f"{split} has {people(n)}" for split, n in small.items())
     return f"note: {counts}: rough figures (benchmarks/accuracy.py gives intervals and leave-users-out CV)"
 
 

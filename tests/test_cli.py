@@ -31,7 +31,8 @@ def test_a_table_over_few_people_says_so():
     rows = [{**row, "split": "test_seen", "n_users": 189}, {**row, "split": "test_unseen", "n_users": 7},
             {**row, "split": "test_unseen", "k": 10, "n_users": 6}]
     note = protocol.few_people_note(rows)
-    assert note.startswith("note: test_unseen has 7 people:") and "test_seen" not in note
+    assert note.startswith("note: test_unseen has 6-7 people:") and "test_seen" not in note
+    assert protocol.few_people_note(rows[:2]).startswith("note: test_unseen has 7 people:")
     assert protocol.few_people_note(rows[:1]) is None
     assert protocol.format_table(rows).splitlines()[-1] == note
 
