@@ -193,7 +193,10 @@ def users_cross_validation(dataset, seed: int, quick: bool) -> tuple[list[dict],
     users, with a bootstrap interval), the paired bootstrap of full against the head per k, and
     the settings.
     """
-    settings = {"n_folds": 3 if quick else 5, "draws": 2 if quick else 10, "kshots": [0, 10, 100]}
+    seen = dataset.split("train")["participant_id"].n_unique()
+    settings = {"n_folds": min(3 if quick else 5, seen), "draws": 2 if quick else 10, "kshots": [0, 10, 100]}
+    if settings["n_folds"] < 2:  # one seen person cannot be held out of their own training
+        return [], [], settings
     factories = {FULL: lambda s: PersonalScorer(random_state=s),
                  POPULATION: lambda s: PersonalScorer(random_state=s, **BASELINES[POPULATION])}
     scored, context_mean, fit_s = cross_validate_users(factories, dataset, kshots=tuple(settings["kshots"]),
@@ -220,6 +223,8 @@ def users_cross_validation(dataset, seed: int, quick: bool) -> tuple[list[dict],
 
 def users_cv_table(cv: tuple[list[dict], list[dict], dict]) -> list[str]:
     rows, comparisons, settings = cv
+    if not rows:
+        return ["", "Leave-users-out cross-validation: skipped (it needs at least 2 seen people)."]
     lines = ["", f"Leave-users-out cross-validation (beside the official split): the seen users in "
                  f"{settings['n_folds']} seeded folds; the model is refitted without each fold and every seen "
                  f"person is scored once as a new user on their val_seen + test_seen ratings, from k of their "

@@ -1,7 +1,7 @@
 """The world zoo: pamela_lite on world families it was not designed for, beside references.
 
     python benchmarks/zoo.py                      # every family at its default size, 3 fit seeds (~18 min)
-    python benchmarks/zoo.py --quick              # small worlds, results to runs/zoo_quick/ (~2 min)
+    python benchmarks/zoo.py --quick              # small worlds, one fit seed, results to runs/zoo_quick/ (~2 min)
     python benchmarks/zoo.py --worlds lowvar,hetero --draws 3
 
 For each world (``pamela_lite.worlds``): fit ``PersonalScorer`` and the population head
@@ -190,8 +190,26 @@ def markdown(summaries, rows, seed_rows, info, args, seconds) -> str:
     return "\n".join(out) + "\n"
 
 
+def fit_record(model) -> dict:
+    """What one fit of the model chose: learned taste directions and the head the tuner kept."""
+    known = min(model.n_components, model.whitening_.matrix.shape[1])
+    tuning = model.fitted_.tuning
+    return {"learned_directions": int(model.fitted_.image_side.pca_components.shape[1] - known),
+            "head": None if tuning is None else tuning["head"]}
+
+
+def capturing(factories: dict, fits: list) -> dict:
+    """The same factories; every model the MODEL factory makes is appended to `fits` (in fit order)."""
+    def make(seed):
+        model = factories[MODEL](seed)
+        fits.append(model)
+        return model
+    return {**factories, MODEL: make}
+
+
 def seed_table(summaries, rows, seed_rows, args) -> list[str]:
-    """test_seen over fit seeds: mean and SD of before / model / oracle, and the share closed."""
+    """test_seen over fit seeds: mean and SD of before / model / oracle, the share closed, and what
+    each fit of the model chose."""
     seeds = sorted({0} | {r["fit_seed"] for r in seed_rows})
     if len(seeds) < 2:
         return []
@@ -199,10 +217,12 @@ def seed_table(summaries, rows, seed_rows, args) -> list[str]:
     out = ["", f"### test_seen over {len(seeds)} fit seeds", "",
            f"The same world and split, every model refitted with random_state "
            f"{', '.join(str(args.seed + s) for s in seeds)} (the k-means prototypes, the taste search's half-splits "
-           "and nulls, the out-of-fold splits and the trees change). Mean ± SD over the fits; *closed* "
-           "per seed, then its mean and range.", "",
-           "| world | before | model | oracle | model − before | closed, mean (range) |",
-           "|---|---|---|---|---:|---|"]
+           "and nulls, the out-of-fold splits and the trees change). Mean ± sample SD over the fits; "
+           "*closed* per seed, then its mean and range; *per fit*: the model's SROCC, learned taste "
+           "directions and the residual head the tuner kept, in seed order.", "",
+           "| world | before | model | oracle | model − before | closed, mean (range) | model per fit: SROCC, "
+           "directions, head |",
+           "|---|---|---|---|---:|---|---|"]
     for s in summaries:
         w = s["world"]
         by_model = {m: [next((r["srocc"] for r in all_rows if r["world"] == w and r["model"] == m
@@ -210,15 +230,21 @@ def seed_table(summaries, rows, seed_rows, args) -> list[str]:
 
         def stat(values):
             v = [x for x in values if x is not None]
-            return "–" if not v else f"{np.mean(v):.3f} ± {np.std(v):.3f}"
+            return "–" if not v else f"{np.mean(v):.3f} ± {np.std(v, ddof=1 if len(v) > 1 else 0):.3f}"
 
         before, model, oracle = (by_model[m] for m in (BEFORE, MODEL, ORACLE))
         lift = [m - b for m, b in zip(model, before) if m is not None and b is not None]
         closed = [(m - b) / (o - b) for m, b, o in zip(model, before, oracle)
                   if None not in (m, b, o) and o - b >= 0.01]
         shown = "–" if not closed else f"{np.mean(closed):.2f} ({min(closed):.2f}–{max(closed):.2f})"
+        per_fit = []
+        for seed, value in zip(seeds, model):
+            record = next((r.get("fit") for r in all_rows if r["world"] == w and r["model"] == MODEL
+                           and r["fit_seed"] == seed), None) or {}
+            per_fit.append(f"{'–' if value is None else f'{value:.3f}'}, {record.get('learned_directions', '–')}, "
+                           f"{record.get('head') or '–'}")
         out.append(f"| {w} | {stat(before)} | {stat(model)} | {stat(oracle)} | "
-                   f"{'–' if not lift else f'{np.mean(lift):+.3f}'} | {shown} |")
+                   f"{'–' if not lift else f'{np.mean(lift):+.3f}'} | {shown} | {'; '.join(per_fit)} |")
     return out
 
 
@@ -236,11 +262,14 @@ def main(argv=None) -> int:
     parser.add_argument("--kshots", default="0,10,100")
     parser.add_argument("--draws", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--fit-seeds", type=int, default=3,
-                        help="fits of test_seen per world with seeds seed, seed+1, ... (1: no refits)")
+    parser.add_argument("--fit-seeds", type=int, default=None,
+                        help="fits of test_seen per world with seeds seed, seed+1, ... (default 3; 1 with --quick; "
+                             "1: no refits)")
     parser.add_argument("--out", type=Path, default=None,
                         help="results folder (default benchmarks/results for a full run, runs/zoo_quick for --quick)")
     args = parser.parse_args(argv)
+    if args.fit_seeds is None:
+        args.fit_seeds = 1 if args.quick else 3
     if args.fit_seeds < 1:
         parser.error("--fit-seeds must be at least 1")
     names = world_names(parser, args.worlds)
@@ -259,14 +288,23 @@ def main(argv=None) -> int:
         gen = time.perf_counter() - t
         summaries.append(world_summary(world, gen))
         truth = worlds.WorldTruth.from_world(world)
-        world_rows = evaluate_world(factories(truth), worlds.dataset(world), truth,
+        fits: list = []  # the model's fits: the first is test_seen's (then pseudo-unseen's refit)
+        world_rows = evaluate_world(capturing(factories(truth), fits), worlds.dataset(world), truth,
                                     kshots=kshots, draws=args.draws, seed=args.seed, world=name)
+        for r in world_rows:
+            if r["model"] == MODEL and r["protocol"] == "test_seen":
+                r["fit"] = fit_record(fits[0])
         rows += world_rows
         refits = {m: f for m, f in factories(truth).items() if m != HEAD}
         for extra in range(1, args.fit_seeds):
-            seed_rows += [{**r, "fit_seed": extra} for r in evaluate_world(
-                refits, worlds.dataset(world), None, protocols=("test_seen",), seed=args.seed + extra, world=name)
-                if r["model"] in refits]
+            fits = []
+            refit_rows = [{**r, "fit_seed": extra} for r in evaluate_world(
+                capturing(refits, fits), worlds.dataset(world), None, protocols=("test_seen",),
+                seed=args.seed + extra, world=name) if r["model"] in refits]
+            for r in refit_rows:
+                if r["model"] == MODEL:
+                    r["fit"] = fit_record(fits[0])
+            seed_rows += refit_rows
         ts = {r["model"]: r["srocc"] for r in world_rows if r["protocol"] == "test_seen"}
         p10 = {r["model"]: r["srocc"] for r in world_rows if r["protocol"] == "pseudo_unseen" and r["k"] == 10}
         log(f"[{len(summaries)}/{len(names)}] {name:<12} built {gen:4.1f}s, evaluated in "
