@@ -192,10 +192,8 @@ def markdown(summaries, rows, seed_rows, info, args, seconds) -> str:
 
 def fit_record(model) -> dict:
     """What one fit of the model chose: learned taste directions and the head the tuner kept."""
-    known = min(model.n_components, model.whitening_.matrix.shape[1])
     tuning = model.fitted_.tuning
-    return {"learned_directions": int(model.fitted_.image_side.pca_components.shape[1] - known),
-            "head": None if tuning is None else tuning["head"]}
+    return {"learned_directions": int(model.taste_dimensions()[1]), "head": None if tuning is None else tuning["head"]}
 
 
 def capturing(factories: dict, fits: list) -> dict:

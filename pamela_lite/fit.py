@@ -243,9 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                         args.params)[FULL]
     fit_seconds = time.perf_counter() - fit_start
     if full.taste_basis == "learned":
-        searched = full.whitening_.matrix.shape[1]
-        known = min(full.n_components, searched)
-        learned = full.fitted_.image_side.pca_components.shape[1] - known
+        known, learned, searched = full.taste_dimensions()
         watch.step(f"taste coordinates: the top {known} principal components + {learned} learned directions "
                    f"(searched among {searched} whitened embedding directions)")
     if full.fitted_.tuning is None and full.use_head:

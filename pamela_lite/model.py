@@ -821,6 +821,14 @@ class PersonalScorer(BaseEstimator):
         """
         return self._utility(self.components(pairs, embeddings, states))
 
+    def taste_dimensions(self) -> tuple[int, int, int]:
+        """(principal components, learned directions, whitened directions searched) of the taste
+        coordinates this process fitted (the search's whitening is not saved with the model)."""
+        check_is_fitted(self, "whitening_", msg="taste_dimensions() describes a fit made in this process")
+        searched = self.whitening_.matrix.shape[1]
+        known = min(self.n_components, searched)
+        return known, self.fitted_.image_side.pca_components.shape[1] - known, searched
+
     def _check_fitted(self) -> None:
         check_is_fitted(self, "fitted_", msg="this PersonalScorer is not fitted yet; call fit() or load()")
 

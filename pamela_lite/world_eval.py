@@ -189,21 +189,27 @@ def cross_validate_users(model_factory, dataset: Dataset, world_truth: WorldTrut
     fit_s : dict
         Mean fit seconds per model over the folds.
     """
-    factories = _factories(model_factory)
-    say = log or (lambda message: None)
+    folds = user_folds(dataset, n_folds, seed)  # refuses a bad n_folds before any fit
+    return _held_out_scores(_factories(model_factory), dataset, world_truth, folds, kshots, draws, seed,
+                            log or (lambda message: None))
+
+
+def _held_out_scores(factories, dataset, world_truth, holdouts, kshots, draws, seed, say):
+    """New-user scores of people held out of training: for each ``(train, validation, pool,
+    query)`` of `holdouts` the models are refitted on `train` and the held-out people fold in k of
+    their `pool` ratings per seeded draw; the scored `query` rows are pooled over the hold-outs.
+    Returns what :func:`cross_validate_users` does."""
     parts: dict = {}
     context_rows: dict = {}
     fit_total: dict = {}
-    n_users = 0
-    folds = user_folds(dataset, n_folds, seed)  # refuses a bad n_folds before any fit
-    for fold, (train, validation, pool, query) in enumerate(folds):
+    n_users = n_holdouts = 0
+    for train, validation, pool, query in holdouts:
         models, fit_s, ridge = _fit_all(factories, train, validation, dataset, world_truth, seed)
         for name, seconds in fit_s.items():
             fit_total[name] = fit_total.get(name, 0.0) + seconds
         users = query.unique("participant_id", keep="first", maintain_order=True)
-        n_users += users.height
-        say(f"users_cv fold {fold + 1}/{n_folds}: refit without {users.height} users "
-            f"({', '.join(f'{n} {s:.1f}s' for n, s in fit_s.items())})")
+        n_users, n_holdouts = n_users + users.height, n_holdouts + 1
+        say(f"refit without {users.height} users ({', '.join(f'{n} {s:.1f}s' for n, s in fit_s.items())})")
         for k in kshots:
             for d in range(1 if k == 0 else draws):
                 context, _ = kshot_split(pool, k, seed + d)
@@ -212,7 +218,21 @@ def cross_validate_users(model_factory, dataset: Dataset, world_truth: WorldTrut
                 context_rows[(k, d)] = context_rows.get((k, d), 0) + _scored_context(context, query)
     scored = {key: {name: pl.concat(frames) for name, frames in by_name.items()} for key, by_name in parts.items()}
     context_mean = {key: rows / max(n_users, 1) for key, rows in context_rows.items()}
-    return scored, context_mean, {name: total / n_folds for name, total in fit_total.items()}
+    return scored, context_mean, {name: total / max(n_holdouts, 1) for name, total in fit_total.items()}
+
+
+def _pooled_rows(world, protocol, kshots, draws, scored, context_mean, fit_s) -> list[dict]:
+    """Rows of a held-out protocol from :func:`_held_out_scores`: metrics per draw, then means."""
+    rows = []
+    for k in kshots:
+        per_draw = []
+        for d in range(1 if k == 0 else draws):
+            metrics = {name: _metrics(frame) for name, frame in scored[(k, d)].items()}
+            for m in metrics.values():
+                m["context_mean"] = context_mean[(k, d)]
+            per_draw.append(metrics)
+        rows += _rows(world, protocol, k, per_draw, fit_s)
+    return rows
 
 
 def _rows(world, protocol, k, per_draw: list[dict], fit_s: dict) -> list[dict]:
@@ -279,26 +299,10 @@ def evaluate_world(model_factory, dataset: Dataset, world_truth: WorldTruth | No
                 if per_draw:
                     rows += _rows(world, "test_unseen", k, per_draw, fit_s)
     if "pseudo_unseen" in protocols:
-        train, validation, pool, query = pseudo_unseen_split(dataset, holdout, seed)
-        models, fit_s, ridge = _fit_all(factories, train, validation, dataset, world_truth, seed)
-        say(f"{world}: pseudo-unseen refit without {query['participant_id'].n_unique()} users "
-            f"({', '.join(f'{n} {s:.1f}s' for n, s in fit_s.items())})")
-        users = query.unique("participant_id", keep="first", maintain_order=True)
-        for k in kshots:
-            per_draw = []
-            for d in range(1 if k == 0 else draws):
-                context, _ = kshot_split(pool, k, seed + d)
-                per_draw.append(_score_all(models, ridge, dataset, query, context, users))
-            rows += _rows(world, "pseudo_unseen", k, per_draw, fit_s)
+        held = [pseudo_unseen_split(dataset, holdout, seed)]
+        rows += _pooled_rows(world, "pseudo_unseen", kshots, draws, *_held_out_scores(
+            factories, dataset, world_truth, held, kshots, draws, seed, lambda m: say(f"{world}: pseudo-unseen {m}")))
     if "users_cv" in protocols:
-        scored, context_mean, fit_s = cross_validate_users(factories, dataset, world_truth, kshots, draws, n_folds,
-                                                           seed, log=lambda message: say(f"{world}: {message}"))
-        for k in kshots:
-            per_draw = []
-            for d in range(1 if k == 0 else draws):
-                metrics = {name: _metrics(frame) for name, frame in scored[(k, d)].items()}
-                for m in metrics.values():
-                    m["context_mean"] = context_mean[(k, d)]
-                per_draw.append(metrics)
-            rows += _rows(world, "users_cv", k, per_draw, fit_s)
+        rows += _pooled_rows(world, "users_cv", kshots, draws, *cross_validate_users(
+            factories, dataset, world_truth, kshots, draws, n_folds, seed, log=lambda m: say(f"{world}: users_cv {m}")))
     return rows
