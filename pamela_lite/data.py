@@ -5,10 +5,11 @@ Two layouts of ratings are read:
 * a **PAMELA root**: ``annotations/pamela_<split>.json``, each a JSON list of rating records with
   nested ``image_metadata`` and ``user_demographics`` (see ``shared/reference/pamela.md``);
 * a **ratings table** (CSV, Parquet or JSON) with ``participant_id``, ``image_id``, ``rating`` and
-  optionally ``split``, ``age``, ``gender``, ``nationality``.
+  optionally ``split``, ``age``, ``gender``, ``nationality`` and the image metadata ``group``,
+  ``style``, ``type``.
 
-Both become one polars frame with the columns of :data:`RATING_COLUMNS` (plus demographics when
-known). Embeddings are one Parquet file with ``image_id`` and a fixed-size float ``embedding``.
+Both become one polars frame with the columns of :data:`RATING_COLUMNS` (plus demographics and
+image metadata when known). Embeddings are one Parquet file with ``image_id`` and a fixed-size float ``embedding``.
 
 Every problem raises :class:`~pamela_lite.errors.InputError` with one line that names the file.
 """
@@ -31,6 +32,9 @@ log = logging.getLogger("pamela_lite")
 SPLITS = ("train", "val_seen", "test_seen", "val_unseen", "test_unseen")
 RATING_COLUMNS = ("participant_id", "image_id", "rating", "split")
 DEMOGRAPHICS = ("age", "gender", "nationality")
+# PAMELA's image metadata (``image_metadata`` in a record): kept when present, because people's
+# likes often follow them (pamela_lite.metadata turns them into taste directions of the embedding).
+IMAGE_METADATA = ("group", "style", "type")
 ID_COLUMNS = ("participant_id", "image_id")
 # Where each rating came from, kept until validation so messages can name file lines:
 LINE, FILE = "_line", "_file"  # line (CSV), record (JSON) or row (Parquet) number, 1-based; file name
@@ -325,12 +329,12 @@ def _ages(frame: pl.DataFrame, source) -> pl.DataFrame:
 
 
 def _standard_columns(frame: pl.DataFrame, source) -> pl.DataFrame:
-    _check_plain_values(frame, ("participant_id", "image_id", "rating", "split", *DEMOGRAPHICS, "age_binned"),
-                        source)
+    _check_plain_values(frame, ("participant_id", "image_id", "rating", "split", *DEMOGRAPHICS, "age_binned",
+                                *IMAGE_METADATA), source)
     frame = _ids(_ages(frame, source), source)
-    optional = ("split", *DEMOGRAPHICS, LINE, FILE)
+    optional = ("split", *DEMOGRAPHICS, *IMAGE_METADATA, LINE, FILE)
     frame = frame.select("participant_id", "image_id", "rating", *(c for c in optional if c in frame.columns))
-    for col in ("gender", "nationality", "split"):
+    for col in ("gender", "nationality", "split", *IMAGE_METADATA):
         if col in frame.columns:
             frame = frame.with_columns(pl.col(col).cast(pl.String))
     return frame

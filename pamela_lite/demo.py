@@ -295,7 +295,9 @@ def dataset_from(images, users, ratings, truth, emb, scale, source: str = "demo 
     from .data import Dataset, Embeddings, validate_ratings
 
     frame = (ratings.rename({"original_score": "rating"})
-             .join(users.select("participant_id", "age", "gender", "nationality"), on="participant_id", how="left")
+             .join(users.select("participant_id", "age", "gender", "nationality"), on="participant_id", how="left",
+                   maintain_order="left")
+             .join(images.select("image_id", "group", "style", "type"), on="image_id", how="left", maintain_order="left")
              .with_columns(pl.col("age").cast(pl.Float64)))
     frame, _ = validate_ratings(frame, source, scale)
     return Dataset(frame, Embeddings(images["image_id"], emb, source), scale, source, truth)

@@ -24,6 +24,20 @@ def test_pamela_root_loads_all_splits_with_demographics(world):
     assert frame.height == on_disk
 
 
+def test_pamela_image_metadata_is_kept_as_plain_columns(world):
+    frame = read_ratings(world)
+    assert {"group", "style", "type"} <= set(frame.columns)
+    assert frame["style"].null_count() > 0  # photorealistic images have no style
+    assert frame["group"].null_count() == 0 and frame["type"].dtype == pl.String
+
+
+def test_metadata_holding_lists_is_one_error_naming_the_column(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps([{"participant_id": 1, "image_id": 1, "rating": 3, "group": ["a", "b"]}]))
+    with pytest.raises(InputError, match="column group holds lists"):
+        read_ratings(path)
+
+
 @pytest.mark.parametrize("suffix", [".csv", ".parquet", ".json"])
 def test_ratings_table_loads_in_each_format(tmp_path, ratings_table, dataset, suffix):
     path = tmp_path / f"ratings{suffix}"
