@@ -48,16 +48,17 @@ class OracleSubspace(PersonalScorer):
 
     The realistic target for direction discovery: the same model, prior, head and fold-in, with
     the taste coordinates [top principal components, true basis] — what learning the basis
-    perfectly would give.
+    perfectly would give. (No metadata blocks: where taste follows the metadata, the true basis
+    holds those directions already.)
     """
 
     true_basis = None  # (D, b) in embedding space, set on the instance
 
-    def _taste_map(self, x_images, resid, user_index, image_index, n_users, learned=None):
+    def _taste_map(self, x_images, resid, user_index, image_index, n_users, reference=None):
         white = self.whitening_
         k = min(self.n_components, white.matrix.shape[1])
         basis = self.true_basis / np.std((x_images - white.mean) @ self.true_basis, axis=0)
-        return white.mean, np.column_stack([white.matrix[:, :k], basis]), basis.shape[1]
+        return white.mean, np.column_stack([white.matrix[:, :k], basis]), np.zeros((0, 0)), {}
 
 
 def factories(truth=None) -> dict:
@@ -132,7 +133,8 @@ def markdown(summaries, rows, seed_rows, info, args, seconds) -> str:
             f"**{BEFORE}** is this project's model before the accuracy work (issue 8): taste only in the top "
             "32 principal components, the taste prior as the moment of point estimates (taste_prior="
             "\"moment\"), no catalogue corrections, no tuning; **model** adds learned taste directions, the "
-            f"EM taste prior, catalogue corrections and the tuned head; **{ORACLE}** is today's model handed the world's true "
+            f"directions that predict the image metadata (group, style, type), the EM taste prior, catalogue "
+            f"corrections and the tuned head; **{ORACLE}** is today's model handed the world's true "
             "taste basis (the realistic target). *closed* = (model − before) / (oracle − before), shown "
             "when the oracle is at least 0.01 above before.", "",
             "| world | test_seen before / model / oracle | closed | pseudo-unseen k=10 head / before / model / oracle "
@@ -191,9 +193,12 @@ def markdown(summaries, rows, seed_rows, info, args, seconds) -> str:
 
 
 def fit_record(model) -> dict:
-    """What one fit of the model chose: learned taste directions and the head the tuner kept."""
+    """What one fit of the model chose: learned taste directions, metadata coordinates and the
+    head the tuner kept."""
     tuning = model.fitted_.tuning
-    return {"learned_directions": int(model.taste_dimensions()[1]), "head": None if tuning is None else tuning["head"]}
+    _, learned, metadata, _ = model.taste_dimensions()
+    return {"learned_directions": int(learned), "metadata_coordinates": int(sum(metadata.values())),
+            "head": None if tuning is None else tuning["head"]}
 
 
 def capturing(factories: dict, fits: list) -> dict:
@@ -217,7 +222,7 @@ def seed_table(summaries, rows, seed_rows, args) -> list[str]:
            f"{', '.join(str(args.seed + s) for s in seeds)} (the k-means prototypes, the taste search's half-splits "
            "and nulls, the out-of-fold splits and the trees change). Mean ± sample SD over the fits; "
            "*closed* per seed, then its mean and range; *per fit*: the model's SROCC, learned taste "
-           "directions and the residual head the tuner kept, in seed order.", "",
+           "directions (+ metadata directions) and the residual head the tuner kept, in seed order.", "",
            "| world | before | model | oracle | model − before | closed, mean (range) | model per fit: SROCC, "
            "directions, head |",
            "|---|---|---|---|---:|---|---|"]
@@ -239,8 +244,9 @@ def seed_table(summaries, rows, seed_rows, args) -> list[str]:
         for seed, value in zip(seeds, model):
             record = next((r.get("fit") for r in all_rows if r["world"] == w and r["model"] == MODEL
                            and r["fit_seed"] == seed), None) or {}
-            per_fit.append(f"{'–' if value is None else f'{value:.3f}'}, {record.get('learned_directions', '–')}, "
-                           f"{record.get('head') or '–'}")
+            metadata = f" + {record['metadata_coordinates']}" if record.get("metadata_coordinates") else ""
+            per_fit.append(f"{'–' if value is None else f'{value:.3f}'}, {record.get('learned_directions', '–')}"
+                           f"{metadata}, {record.get('head') or '–'}")
         out.append(f"| {w} | {stat(before)} | {stat(model)} | {stat(oracle)} | "
                    f"{'–' if not lift else f'{np.mean(lift):+.3f}'} | {shown} | {'; '.join(per_fit)} |")
     return out

@@ -52,10 +52,12 @@ ABLATION = {
     "population + bias": dict(use_taste=False, use_mf=False, use_head=False),
     "+ MF (implicit)": dict(use_taste=False, use_head=False),
     "+ taste, PCA-32": dict(use_head=False, taste_basis="pca"),
-    "+ learned taste dirs": dict(use_head=False),
+    "+ learned taste dirs": dict(use_head=False, use_metadata=False),
+    "+ metadata dirs": dict(use_head=False),
     "+ LightGBM head": dict(),
     "full - MF": dict(use_mf=False),
     "full - learned dirs": dict(taste_basis="pca"),
+    "full - metadata dirs": dict(use_metadata=False),
     "full - EM prior": dict(taste_prior="moment"),
     "full - linear taste": dict(use_taste=False),
 }
@@ -243,9 +245,11 @@ def main(argv: list[str] | None = None) -> int:
                         args.params)[FULL]
     fit_seconds = time.perf_counter() - fit_start
     if full.taste_basis == "learned":
-        known, learned, searched = full.taste_dimensions()
+        known, learned, metadata, searched = full.taste_dimensions()
+        blocks = ", ".join(f"{field} {size}" for field, size in metadata.items())
         watch.step(f"taste coordinates: the top {known} principal components + {learned} learned directions "
-                   f"(searched among {searched} whitened embedding directions)")
+                   f"(searched among {searched} whitened embedding directions)"
+                   + (f" + {sum(metadata.values())} metadata directions ({blocks})" if metadata else ""))
     if full.fitted_.tuning is None and full.use_head:
         why = ("--no-tune, or head settings given in --params" if not full.tune else
                "val_seen has no known people with enough ratings (5+, not all equal) to rank")

@@ -60,7 +60,9 @@ def rich_head(fitted, dataset):
     feats = fitted.image_features(dataset.embeddings.matrix[images])
     head_x = fitted._columns(fitted.fitted_.solver.mean, feats, states.astype(np.float64))["head_x"]
     spread = head_x.std(axis=0) + 1e-12
-    target = ((head_x - head_x.mean(axis=0)) / spread) @ rng.normal(size=head_x.shape[1])
+    weights = rng.normal(size=head_x.shape[1])
+    weights[:4] = 6.0 * np.sign(weights[:4])  # the four single columns stand out among dozens of taste coordinates
+    target = ((head_x - head_x.mean(axis=0)) / spread) @ weights
     head = lgb.train({"num_leaves": 15, "min_data_in_leaf": 5, "verbose": -1, "num_threads": 1},
                      lgb.Dataset(head_x, target), num_boost_round=60)
     used = head.feature_importance("split") > 0
