@@ -56,7 +56,7 @@ class ImageSide:
     pop_coef: np.ndarray  # (D,) population head
     pop_intercept: float
     pca_mean: np.ndarray  # (D,) centre of the taste map
-    pca_components: np.ndarray  # (D, d) taste map: whitened principal components + learned directions
+    pca_components: np.ndarray  # (D, d) taste map: whitened principal components + learned and metadata directions
     pca_scale: np.ndarray  # (d,) per-coordinate scale applied after the map (ones for fitted models)
     prototypes: np.ndarray  # (K, d) k-means centres in taste coordinates
     assign_width: float  # softness of the assignment, in squared PCA distance

@@ -56,7 +56,7 @@ ABLATION = {
     "+ metadata dirs": dict(use_head=False),
     "+ LightGBM head": dict(),
     "full - MF": dict(use_mf=False),
-    "full - learned dirs": dict(taste_basis="pca"),
+    "full - learned dirs": dict(taste_rank=0),
     "full - metadata dirs": dict(use_metadata=False),
     "full - EM prior": dict(taste_prior="moment"),
     "full - linear taste": dict(use_taste=False),

@@ -16,7 +16,10 @@ spans one block of taste coordinates; the user model gives each block one prior 
 learned by EM with the rest of the taste prior (``model._empirical_taste_precision``). One
 variance per block, not a covariance, because a block has as many coordinates as a field has
 values and people's likes of groups are, to a first approximation, independent draws: where
-people do not differ along a field, EM takes its variance to ~0 and the block changes nothing.
+people do not differ along a field, EM takes its variance to ~0 and the block adds nothing to
+the linear taste. (A field always brings its directions, one per value but the reference, and
+the factor model's prototypes are clustered in every taste coordinate, blocks included: that
+is where a useless block still shows, measured by ``fit --ablation``'s "metadata dirs" rows.)
 
 Measured on the zoo (test_seen SROCC, fit seeds 0-2, trial runs of 2026-11-27): the world whose
 taste is likes of groups, styles and type 0.688 → 0.697 (its true basis gives 0.700).
@@ -40,20 +43,27 @@ MAX_LEVELS = 64  # PAMELA's fields have 2, 21 and 26 values; a column with hundr
 def metadata_indicators(ratings: pl.DataFrame, image_ids: pl.Series) -> dict[str, np.ndarray]:
     """Per metadata field the ratings carry: its one-hot indicators over `image_ids` (n, levels).
 
-    An image takes the first value its ratings give it. A field with fewer than two values
-    (one value and no missing ones) tells nothing and is left out; so, with a warning, is one
-    with more than :data:`MAX_LEVELS` values. Missing values (a
+    An image takes the first value its ratings give it (missing values aside). A field with
+    fewer than two values (one value and no missing ones) tells nothing and is left out; so,
+    with a warning, is one with more than :data:`MAX_LEVELS` values or one whose value differs
+    between the ratings of one image (a column of that name that describes people, not images). Missing values (a
     photorealistic image has no style) are a level of their own, the reference; without
     missing values the last level is (centred indicators of every level are collinear).
     """
     fields = [c for c in IMAGE_METADATA if c in ratings.columns]
     if not fields:
         return {}
-    per_image = (ratings.select("image_id", *fields).unique("image_id", keep="first")
-                 .with_columns(pl.col(c).cast(pl.String) for c in fields))
+    values = ratings.select("image_id", *(pl.col(c).cast(pl.String) for c in fields))
+    per_image = values.group_by("image_id").agg(
+        *(pl.col(c).drop_nulls().first() for c in fields),
+        *(pl.col(c).drop_nulls().n_unique().alias(f"{c} values") for c in fields))
     table = pl.DataFrame({"image_id": image_ids}).join(per_image, on="image_id", how="left", maintain_order="left")
     out = {}
     for name in fields:
+        if table[f"{name} values"].max() > 1:
+            log.warning(f"warning: column {name!r} has different values for one image: it does not describe images, "
+                        f"so it is not used as image metadata")
+            continue
         values = table[name]
         levels = sorted(values.drop_nulls().unique().to_list())
         if len(levels) > MAX_LEVELS:
@@ -76,7 +86,9 @@ def metadata_map(white: np.ndarray, variances: np.ndarray, indicators: np.ndarra
     needs: a ridge penalty on the embedding's weights is, per whitened coordinate, a penalty
     that grows as that direction's variance falls, so the map reads low-variance directions
     only as far as they pay. The penalty is chosen by generalised cross-validation (the
-    residual sum of squares over (1 - effective coefficients / n)^2) over a grid.
+    residual sum of squares over (1 - effective coefficients / n)^2) over a grid; penalties that
+    leave more than n/2 effective coefficients are not tried (with about as many coefficients as
+    images the fit matches any labels, and GCV would choose it). None left: a zero map.
     """
     n = len(white)
     target = indicators - indicators.mean(axis=0)
@@ -85,6 +97,8 @@ def metadata_map(white: np.ndarray, variances: np.ndarray, indicators: np.ndarra
     best_score, best = np.inf, np.zeros_like(moments)
     for strength in RIDGE_GRID:
         shrink = gram / (gram + strength * n * variances[0] / variances)
+        if shrink.sum() > n / 2:  # about as many coefficients as images: it would fit any labels
+            continue
         coef = moments * shrink[:, None]
         score = float(np.sum((target - white @ coef) ** 2)) / (1 - shrink.sum() / n) ** 2
         if score < best_score:
@@ -98,16 +112,21 @@ def orthogonal_blocks(maps: dict[str, np.ndarray], known: np.ndarray, sizes: dic
 
     `known` (p, c) is the orthonormal basis of the taste coordinates the scorer has already:
     what a field's map adds is only its part outside them. A block keeps the directions whose
-    singular value is not numerical dust, or exactly `sizes[field]` of them (the out-of-fold
-    fits must hand the head the final fit's columns).
+    singular value is not numerical dust, or `sizes[field]` columns (the out-of-fold fits must
+    hand the head the final fit's columns).
     """
     blocks, basis = {}, known
     for name, candidate in maps.items():
         rest = candidate - basis @ (basis.T @ candidate)
         vectors, values, _ = np.linalg.svd(rest, full_matrices=False)
         scale = np.linalg.norm(candidate, 2) if candidate.size else 0.0
-        keep = sizes.get(name, 0) if sizes is not None else int(np.sum(values > 1e-6 * scale))
-        if keep:
-            blocks[name] = vectors[:, :keep]
-            basis = np.column_stack([basis, blocks[name]])
+        found = int(np.sum(values > 1e-6 * scale))
+        size = found if sizes is None else sizes.get(name, 0)
+        if size:
+            # An out-of-fold fit keeps the final fit's sizes. Its rest has the same rank but in a
+            # degenerate case, where the missing columns are zeros (a coordinate that reads
+            # nothing), never dust directions, which could lie inside the known coordinates.
+            kept = vectors[:, :min(found, size)]
+            blocks[name] = np.column_stack([kept, np.zeros((len(kept), size - kept.shape[1]))])
+            basis = np.column_stack([basis, kept])
     return blocks

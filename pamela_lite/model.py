@@ -164,10 +164,11 @@ class PersonalScorer(BaseEstimator):
     use_bias, use_population, use_taste, use_mf, use_head : bool
         Switch components off for baselines and ablations.
     use_metadata : bool
-        With ``taste_basis="learned"``, when the ratings carry PAMELA's image metadata (``group``,
-        ``style``, ``type``), add the embedding directions that predict each field as a block of
-        taste coordinates with its own prior variance (:mod:`pamela_lite.metadata`). Scoring
-        needs only embeddings; the residual head does not read these coordinates.
+        With ``taste_basis="learned"`` and the linear taste on (``use_taste``), when the ratings
+        carry PAMELA's image metadata (``group``, ``style``, ``type``), add the embedding
+        directions that predict each field as a block of taste coordinates with its own prior
+        variance (:mod:`pamela_lite.metadata`). Scoring needs only embeddings; the residual head
+        does not read these coordinates.
     use_catalogue : bool
         Allow per-image corrections for images rated at fit time (:mod:`pamela_lite.catalogue`);
         they are used only when validation ratings on such images show that they help.
@@ -314,7 +315,8 @@ class PersonalScorer(BaseEstimator):
         ----------
         ratings : polars.DataFrame
             ``participant_id``, ``image_id``, ``rating`` and optionally ``age``, ``gender``,
-            ``nationality`` (validated by :func:`pamela_lite.data.validate_ratings`).
+            ``nationality`` and the image metadata ``group``, ``style``, ``type`` (validated by
+            :func:`pamela_lite.data.validate_ratings`).
         embeddings : Embeddings
             Must cover every rated image.
         scale : Scale, optional
@@ -441,7 +443,9 @@ class PersonalScorer(BaseEstimator):
         then by the directions that predict each metadata field, outside all of those
         (``pamela_lite.metadata``; one block per field, sizes returned). Out-of-fold bases pass the
         final model's base as `reference`: they keep as many directions and rotate their own onto
-        them, and keep blocks of the same sizes, so every fold hands the head the same columns.
+        them, and keep blocks of the same sizes, so every fold hands the head the same columns
+        (a block's own rotation may differ between folds: the head does not read the blocks, and
+        the taste score does not depend on it, their prior being isotropic).
         """
         white = self.whitening_
         k = min(self.n_components, white.matrix.shape[1])
@@ -494,11 +498,12 @@ class PersonalScorer(BaseEstimator):
         return DemographicPrior(age_mean, age_std, _vocabulary(users, "gender"), _vocabulary(users, "nationality"))
 
     def _fit_base(self, y: np.ndarray, user_index: np.ndarray, image_index: np.ndarray,
-                  x_images: np.ndarray, n_users: int, reference: np.ndarray | None = None) -> _Base:
+                  x_images: np.ndarray, n_users: int, reference: _Base | None = None) -> _Base:
         """Population head, bias, linear taste and factor model on one set of ratings.
 
         `y`, `user_index` and `image_index` describe the ratings; `x_images` holds the
         normalised embeddings of every training image (rows not rated here are not fitted on).
+        An out-of-fold fit passes the final fit's base as `reference` (see `_taste_map`).
         """
         mean = float(y.mean())
         pop_coef, pop_intercept = np.zeros(x_images.shape[1]), 0.0
@@ -575,6 +580,9 @@ class PersonalScorer(BaseEstimator):
         """The residual head (LightGBM text) and, when tuned, what validation chose and why."""
         compact = {name: getattr(self, name) for name in HEAD_SETTINGS}
         known = self._known_validation(validation, embeddings)  # the rows and their components, once
+        for cols in (oof, None if known is None else known[1]):
+            if cols is not None:
+                self._hide_metadata(cols["head_x"])  # the head's inputs only: nothing else reads them later
         head = self._fit_head(oof, y, known, compact)
         if not self.tune or known is None or known[0].height < MIN_VALIDATION_ROWS:
             return head, None
@@ -617,7 +625,7 @@ class PersonalScorer(BaseEstimator):
         rows = slice(None)
         if len(y) > self.head_max_rows:  # a few dozen shallow trees learn nothing more from millions of rows
             rows = np.sort(np.random.default_rng(self.random_state).choice(len(y), self.head_max_rows, replace=False))
-        train = lgb.Dataset(self._head_view(oof["head_x"][rows]), y[rows], init_score=base[rows], free_raw_data=False)
+        train = lgb.Dataset(oof["head_x"][rows], y[rows], init_score=base[rows], free_raw_data=False)
         params = {"objective": "regression", "num_leaves": settings["head_leaves"],
                   "learning_rate": settings["head_learning_rate"],
                   "min_child_samples": settings["head_min_child_samples"],
@@ -627,7 +635,7 @@ class PersonalScorer(BaseEstimator):
         callbacks, valid_sets = [], []
         if known is not None:
             rows_known, cols = known
-            valid_sets = [lgb.Dataset(self._head_view(cols["head_x"]), rows_known["rating"].to_numpy().astype(np.float64),
+            valid_sets = [lgb.Dataset(cols["head_x"], rows_known["rating"].to_numpy().astype(np.float64),
                                       init_score=self._base_score(cols, self.fitted_.blend), reference=train)]
             callbacks = [lgb.early_stopping(50, verbose=False)]
         booster = lgb.train(params, train, num_boost_round=settings["head_trees"], valid_sets=valid_sets,
@@ -635,8 +643,8 @@ class PersonalScorer(BaseEstimator):
         best = booster.best_iteration if valid_sets else None
         return float32_safe(booster.model_to_string(num_iteration=best)).model_to_string()
 
-    def _head_view(self, head_x: np.ndarray) -> np.ndarray:
-        """`head_x` as the head trains on it: the metadata taste coordinates set to zero.
+    def _hide_metadata(self, head_x: np.ndarray) -> None:
+        """Set the metadata taste coordinates of the head's inputs `head_x` to zero, in place.
 
         A constant column has nothing to split on, so the trees never read these coordinates
         and every runtime can pass them as they are. Why the head does not read them: they come
@@ -645,12 +653,8 @@ class PersonalScorer(BaseEstimator):
         runs, one fit seed).
         """
         n_metadata = sum(self.metadata_blocks_.values())
-        if not n_metadata:
-            return head_x
         end = 4 + self.fitted_.image_side.pca_components.shape[1]  # after [population, bias, taste, mf, taste coords]
-        view = head_x.copy()
-        view[:, end - n_metadata:end] = 0.0
-        return view
+        head_x[:, end - n_metadata:end] = 0.0
 
     def _fit_catalogue(self, ratings, y, user_index, image_index, image_ids, validation, embeddings) -> Catalogue | None:
         """Per-image corrections for training images, if validation on such images says they help."""

@@ -115,3 +115,52 @@ def test_a_column_with_hundreds_of_values_is_not_taken_for_a_metadata_field(capl
     out = metadata_indicators(ratings, pl.Series(range(300)))
     assert set(out) == {"type"}
     assert "'group' has 300 values" in caplog.text
+
+
+def test_an_out_of_fold_block_keeps_the_final_size_without_reusing_known_directions():
+    rng = np.random.default_rng(2)
+    known = np.linalg.qr(rng.standard_normal((40, 6)))[0]
+    low_rank = {"group": rng.standard_normal((40, 2)) @ rng.standard_normal((2, 5))}  # rank 2 of 5 columns
+    block = orthogonal_blocks(low_rank, known, {"group": 4})["group"]
+    assert block.shape == (40, 4)
+    np.testing.assert_allclose(known.T @ block, 0, atol=1e-10)
+    assert np.linalg.matrix_rank(block) == 2  # the two missing columns read nothing
+
+
+def test_with_about_as_many_coefficients_as_images_the_map_does_not_fit_noise():
+    rng = np.random.default_rng(3)
+    white = rng.standard_normal((60, 59))
+    noise_labels = np.eye(3)[rng.integers(0, 3, 60)][:, :2]
+    found = metadata_map(white, np.ones(59), noise_labels)
+    fitted = white @ found
+    centred = noise_labels - noise_labels.mean(axis=0)
+    assert np.sum(fitted**2) < 0.6 * np.sum(centred**2)  # far from matching the labels exactly
+
+
+def test_a_column_that_differs_within_an_image_is_not_image_metadata(caplog):
+    ratings = pl.DataFrame({"image_id": [1, 1, 2, 2], "group": ["cohort_a", "cohort_b", "cohort_a", "cohort_a"],
+                            "type": [None, "Art", "Photo", None]})
+    out = metadata_indicators(ratings, pl.Series([1, 2]))
+    assert set(out) == {"type"}  # the first value that is there: Art, then Photo
+    np.testing.assert_array_equal(out["type"], [[1], [0]])
+    assert "'group' has different values for one image" in caplog.text
+
+
+def test_the_taste_prior_keeps_metadata_blocks_isotropic_and_apart():
+    from types import SimpleNamespace
+
+    from pamela_lite.model import _empirical_taste_precision
+
+    rng = np.random.default_rng(4)
+    n_users, per_user, d = 80, 40, 6
+    user_index = np.repeat(np.arange(n_users), per_user)
+    z = rng.standard_normal((len(user_index), d))
+    y = np.einsum("ij,ij->i", z, rng.standard_normal((n_users, d))[user_index]) + rng.standard_normal(len(user_index))
+    states = np.column_stack([np.zeros(n_users), rng.standard_normal((n_users, d))])
+    feats = SimpleNamespace(pca=z, population=np.zeros(len(y)))
+    solver = SimpleNamespace(mean=0.0, use_population=False)
+    covariance = np.linalg.inv(_empirical_taste_precision(states, y, user_index, n_users, feats, solver, 5, (3, 1)))
+    np.testing.assert_allclose(covariance[:2, 2:], 0, atol=1e-12)
+    np.testing.assert_allclose(covariance[2:5, 5], 0, atol=1e-12)
+    block = covariance[2:5, 2:5]
+    np.testing.assert_allclose(block, block[0, 0] * np.eye(3), rtol=1e-9, atol=1e-12)
