@@ -71,7 +71,7 @@ def factories(truth=None) -> dict:
     }
     if truth is not None and truth.taste_basis is not None and truth.taste_basis.shape[1]:
         def oracle(seed):
-            model = OracleSubspace(random_state=seed)
+            model = OracleSubspace(random_state=seed, use_metadata=False)  # its _taste_map reads no metadata
             model.true_basis = np.asarray(truth.taste_basis, dtype=np.float64)
             return model
         made[ORACLE] = oracle

@@ -65,7 +65,7 @@ from .errors import InputError, preview
 from .catalogue import CANDIDATES as CATALOGUE_CANDIDATES
 from .catalogue import MIN_VALIDATION_ROWS, Catalogue, fit_catalogue, ridge_rows
 from .metadata import metadata_indicators, metadata_map, orthogonal_blocks
-from .taste import N_NULL_DRAWS, WHITEN_MAX_IMAGES, fit_whitening, taste_moment
+from .taste import N_NULL_DRAWS, fit_whitening, image_sample, taste_moment
 from .events import event_rows
 from .features import ImageFeatures, ImageSide, l2_normalise
 from .metrics import per_user
@@ -424,10 +424,7 @@ class PersonalScorer(BaseEstimator):
         self.whitening_ = white = fit_whitening(x_images, self.whiten_dim, self.random_state)
         self.metadata_maps_ = {}
         if indicators:
-            rows = np.arange(len(x_images))
-            if len(rows) > WHITEN_MAX_IMAGES:  # a regression per field: a sample of images suffices
-                rows = np.sort(np.random.default_rng(self.random_state).choice(len(rows), WHITEN_MAX_IMAGES,
-                                                                                replace=False))
+            rows = image_sample(len(x_images), self.random_state)  # the whitening's own images
             coords = (x_images[rows] - white.mean) @ white.matrix
             variances = 1.0 / np.sum(white.matrix**2, axis=0)  # the whitening divides by each direction's SD
             self.metadata_maps_ = {name: metadata_map(coords, variances, values[rows])
@@ -455,8 +452,7 @@ class PersonalScorer(BaseEstimator):
         known = np.zeros((white.matrix.shape[1], k + r))  # the coordinates so far, in whitened space
         known[:k, :k] = np.eye(k)
         known[k:k + width, k:] = directions
-        blocks = orthogonal_blocks(self.metadata_maps_ if self.taste_basis == "learned" else {}, known,
-                                   None if reference is None else reference.metadata_blocks)
+        blocks = orthogonal_blocks(self.metadata_maps_, known, None if reference is None else reference.metadata_blocks)
         components = np.column_stack([white.matrix[:, :k], white.matrix[:, k:k + width] @ directions,
                                       *(white.matrix @ block for block in blocks.values())])
         return white.mean, components, directions, {name: block.shape[1] for name, block in blocks.items()}
@@ -580,9 +576,9 @@ class PersonalScorer(BaseEstimator):
         """The residual head (LightGBM text) and, when tuned, what validation chose and why."""
         compact = {name: getattr(self, name) for name in HEAD_SETTINGS}
         known = self._known_validation(validation, embeddings)  # the rows and their components, once
-        for cols in (oof, None if known is None else known[1]):
-            if cols is not None:
-                self._hide_metadata(cols["head_x"])  # the head's inputs only: nothing else reads them later
+        self._hide_metadata(oof["head_x"])  # the head's inputs only: nothing else reads them later
+        if known is not None:
+            self._hide_metadata(known[1]["head_x"])
         head = self._fit_head(oof, y, known, compact)
         if not self.tune or known is None or known[0].height < MIN_VALIDATION_ROWS:
             return head, None

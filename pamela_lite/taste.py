@@ -73,8 +73,7 @@ def fit_whitening(x: np.ndarray, max_dim: int | None = None, seed: int = 0, tol:
     Directions whose variance is below `tol` times the largest are dropped: they are numerical
     dust, and whitening would blow them up.
     """
-    if len(x) > WHITEN_MAX_IMAGES:
-        x = x[np.random.default_rng(seed).choice(len(x), WHITEN_MAX_IMAGES, replace=False)]
+    x = x[image_sample(len(x), seed)]
     mean = x.mean(axis=0)
     cov = np.cov(x - mean, rowvar=False)
     eigvals, eigvecs = np.linalg.eigh(np.atleast_2d(cov))
@@ -83,6 +82,14 @@ def fit_whitening(x: np.ndarray, max_dim: int | None = None, seed: int = 0, tol:
     keep = int(np.sum(eigvals > tol * eigvals[0]))
     keep = keep if max_dim is None else min(keep, max_dim)
     return Whitening(mean, eigvecs[:, :keep] / np.sqrt(eigvals[:keep]))
+
+
+def image_sample(n_images: int, seed: int = 0) -> np.ndarray | slice:
+    """Rows of at most `WHITEN_MAX_IMAGES` images, seeded: what the whitening (and any regression
+    in its coordinates) is estimated on; every row when there are no more."""
+    if n_images <= WHITEN_MAX_IMAGES:
+        return slice(None)
+    return np.random.default_rng(seed).choice(n_images, WHITEN_MAX_IMAGES, replace=False)
 
 
 @dataclass
