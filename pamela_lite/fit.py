@@ -36,7 +36,7 @@ from .errors import InputError
 from .event_fit import calibrate, fit_events_only
 from .events import load_events, parse_event_weights
 from .protocol import evaluate_models, format_table
-from .model import HEAD_SETTINGS, RATINGS_FILE, PersonalScorer, read_kept_ratings
+from .model import HEAD_SETTINGS, RATINGS_FILE, PersonalScorer, block_price, read_kept_ratings
 
 # The baselines every table shows beside the full model, as switches of the same estimator.
 BASELINES = {
@@ -246,10 +246,14 @@ def main(argv: list[str] | None = None) -> int:
     fit_seconds = time.perf_counter() - fit_start
     if full.taste_basis == "learned":
         known, learned, metadata, searched = full.taste_dimensions()
-        blocks = ", ".join(f"{field} {size}" for field, size in metadata.items())
         watch.step(f"taste coordinates: the top {known} principal components + {learned} learned directions "
                    f"(searched among {searched} whitened embedding directions)"
-                   + (f" + {sum(metadata.values())} metadata directions ({blocks})" if metadata else ""))
+                   + (f" + {sum(metadata.values())} metadata directions" if metadata else ""))
+        if full.metadata_evidence_:
+            fields = ", ".join(f"{field} {'kept, ' + str(metadata[field]) + ' directions' if field in metadata else 'dropped'}"
+                               f" ({gain:+.1f})" for field, gain in full.metadata_evidence_.items())
+            watch.step(f"image metadata, by the log-likelihood each field's block adds (kept above "
+                       f"{block_price(len(full.users_)):.1f}): {fields}")
     if full.fitted_.tuning is None and full.use_head:
         why = ("--no-tune, or head settings given in --params" if not full.tune else
                "val_seen has no known people with enough ratings (5+, not all equal) to rank")

@@ -24,7 +24,8 @@ layers before it leave:
      users' tastes differ above noise, searched band by band once the taste along the top
      components is removed (:mod:`pamela_lite.taste`), plus, when the ratings carry PAMELA's
      image metadata, the directions that predict each field (group, style, type), one block
-     per field with one prior variance each (:mod:`pamela_lite.metadata`).
+     per field with one prior variance each, kept where the ratings' likelihood says it
+     carries taste (:mod:`pamela_lite.metadata`).
 
    They enter the base score through a blend ``gamma`` fitted on out-of-fold predictions.
 5. LightGBM residual head on ``y - base``, trained on out-of-fold base features (images held
@@ -105,6 +106,7 @@ class _Base:
     directions: np.ndarray  # (width, r) learned taste directions in the leading `width` whitened
     # coordinates after the principal ones (the band they were found in); (·, 0) when none
     metadata_blocks: dict  # field -> number of taste coordinates its metadata map adds (after the above)
+    metadata_evidence: dict  # field -> log marginal likelihood its block adds (final fit only; kept or not)
 
 
 class PersonalScorer(BaseEstimator):
@@ -167,8 +169,9 @@ class PersonalScorer(BaseEstimator):
         With ``taste_basis="learned"`` and the linear taste on (``use_taste``), when the ratings
         carry PAMELA's image metadata (``group``, ``style``, ``type``), add the embedding
         directions that predict each field as a block of taste coordinates with its own prior
-        variance (:mod:`pamela_lite.metadata`). Scoring needs only embeddings; the residual head
-        does not read these coordinates.
+        variance (:mod:`pamela_lite.metadata`), if the training ratings' marginal likelihood
+        says the block carries taste (``metadata_evidence_``). Scoring needs only embeddings;
+        the residual head does not read these coordinates.
     use_catalogue : bool
         Allow per-image corrections for images rated at fit time (:mod:`pamela_lite.catalogue`);
         they are used only when validation ratings on such images show that they help.
@@ -352,7 +355,7 @@ class PersonalScorer(BaseEstimator):
         # The final base first: it chooses the learned taste directions, onto which every fold
         # aligns its own, so out-of-fold features have the same columns as the final model's.
         base = self._fit_base(y, user_index, image_index, x_images, len(user_ids))
-        self.metadata_blocks_ = base.metadata_blocks
+        self.metadata_blocks_, self.metadata_evidence_ = base.metadata_blocks, base.metadata_evidence
         folds = rng.permutation(len(image_ids))[image_index] % self.n_folds  # held out by image
         oof = None
         if self.use_head or self.use_taste or self.use_mf:
@@ -517,19 +520,39 @@ class PersonalScorer(BaseEstimator):
             resid = resid - (x_images @ pop_coef + pop_intercept)[image_index]
         taste_mean, components, directions, blocks = self._taste_map(x_images, resid, user_index, image_index,
                                                                      n_users, reference)
-        coords = (x_images[np.unique(image_index)] - taste_mean) @ components
-        prototypes, width = self._prototypes(coords)
         side = ImageSide(pop_coef, pop_intercept, taste_mean, components, np.ones(components.shape[1]),
-                         prototypes, width, np.zeros((len(prototypes), self.factors)))
+                         np.zeros((0, components.shape[1])), 1.0, np.zeros((0, self.factors)))
+        fitted, prior = self._fit_user_side(side, y, user_index, image_index, x_images, n_users, mean, blocks)
+        evidence = {}
+        if reference is None and blocks and prior is not None and prior.grams is not None:
+            evidence = dict(zip(blocks, prior.block_evidence(tuple(blocks.values()))))
+            weak = {name for name, gain in evidence.items() if gain < block_price(len(prior.grams))}
+            if weak:
+                keep = np.concatenate([np.ones(components.shape[1] - sum(blocks.values()), bool),
+                                       *(np.full(size, name not in weak) for name, size in blocks.items())])
+                side.pca_components, side.pca_scale = components[:, keep], side.pca_scale[keep]
+                blocks = {name: size for name, size in blocks.items() if name not in weak}
+                fitted, _ = self._fit_user_side(side, y, user_index, image_index, x_images, n_users, mean, blocks)
+        side, solver, states = fitted
+        return _Base(side, solver, states, directions, blocks, evidence)
+
+    def _fit_user_side(self, side: ImageSide, y, user_index, image_index, x_images, n_users, mean: float,
+                       blocks: dict) -> tuple[tuple[ImageSide, UserSolver, np.ndarray], _TastePrior | None]:
+        """Prototypes, the taste prior, user states and the factor model on the taste coordinates
+        of `side` (whose prototypes and item factors this sets); also the taste prior EM found."""
+        coords = (x_images[np.unique(image_index)] - side.pca_mean) @ side.pca_components
+        side.prototypes, side.assign_width = self._prototypes(coords)
+        side.item_factors = np.zeros((len(side.prototypes), self.factors))
         image_feats = side.features(x_images)
-        zero_priors = np.zeros((n_users, 1 + components.shape[1] + self.factors))
-        solver = self._solver(mean, side.item_factors, 1.0, self.taste_shrinkage * np.eye(components.shape[1]))
+        zero_priors = np.zeros((n_users, 1 + side.pca_components.shape[1] + self.factors))
+        solver = self._solver(mean, side.item_factors, 1.0, self.taste_shrinkage * np.eye(side.pca_components.shape[1]))
         feats = image_feats.take(image_index)
         states, masses = solver.states(user_index, n_users, y, feats, zero_priors)
+        prior = None
         if self.use_taste and self.taste_prior != "isotropic":
             iterations = EM_ITERATIONS if self.taste_prior == "empirical" else 0
-            solver.taste_precision = _empirical_taste_precision(states, y, user_index, n_users, feats, solver,
-                                                                iterations, tuple(blocks.values()))
+            prior = _taste_prior_em(states, y, user_index, n_users, feats, solver, iterations, tuple(blocks.values()))
+            solver.taste_precision = prior.precision()
             states, masses = solver.states(user_index, n_users, y, feats, zero_priors)
         # Mass is measured in units of its spread, so alpha means the same on any data set.
         solver.residual_scale = float(np.std(masses)) or 1.0
@@ -537,7 +560,7 @@ class PersonalScorer(BaseEstimator):
             side.item_factors = solver.item_factors = self._fit_als(masses / solver.residual_scale)
             image_feats.factors = image_feats.assign @ side.item_factors
             states, _ = solver.states(user_index, n_users, y, image_feats.take(image_index), zero_priors)
-        return _Base(side, solver, states, directions, blocks)
+        return (side, solver, states), prior
 
     def _pair_columns(self, base: _Base, user_index: np.ndarray, image_index: np.ndarray,
                       x_images: np.ndarray, head_demo: np.ndarray) -> dict:
@@ -1046,19 +1069,77 @@ EM_ITERATIONS = 30
 EM_CHUNK = 2048  # users per batched inverse inside an EM step
 
 
+def block_price(n_users: int) -> float:
+    """The log-likelihood a metadata block must add to be kept: the BIC's price of its one
+    variance, ½·log(n), over the `n_users` people it is estimated from."""
+    return 0.5 * float(np.log(n_users))
+
+
 def _empirical_taste_precision(states, y, user_index, n_users, feats, solver, iterations: int,
                                isotropic_blocks: tuple[int, ...] = ()) -> np.ndarray:
     """Prior precision of the linear taste, by empirical Bayes (EM on the hierarchical model).
 
     Each user's residual ratings (after bias) are r_u = Z_u w_u + e with w_u ~ N(0, S) and
     e ~ N(0, s2); the solver then solves (Z'Z + s2 S^-1) w = Z'r + s2 S^-1 w0, so the returned
-    precision is s2 S^-1. EM starts from the second moment of the users' point estimates and
-    sets S = mean_u (m_u m_u' + C_u) from each posterior N(m_u, C_u), s2 from the expected
-    squared residual. The posterior covariance credits how uncertain each user's estimate is,
-    so directions in which the users show no real spread shrink toward zero rather than
-    keeping the noise of the estimates (on the zoo's worlds: +0.005..+0.02 SROCC for seen and
-    new users over the moment of point estimates, which keeps that noise). Until 2026-11-26
-    ``taste_prior="empirical"`` meant that moment estimator (now ``"moment"``).
+    precision is s2 S^-1 (S and s2 from :func:`_taste_prior_em`).
+    """
+    prior = _taste_prior_em(states, y, user_index, n_users, feats, solver, iterations, isotropic_blocks)
+    return prior.precision()
+
+
+@dataclass
+class _TastePrior:
+    """The taste prior N(0, `second`) and noise variance `noise` EM found, with the users'
+    normal equations (``Z'Z``, ``Z'r``) it was found from (None for the moment estimator)."""
+
+    second: np.ndarray
+    noise: float
+    grams: np.ndarray | None = None
+    moments: np.ndarray | None = None
+
+    def precision(self) -> np.ndarray:
+        return self.noise * np.linalg.inv(self.second)
+
+    def block_evidence(self, blocks: tuple[int, ...]) -> np.ndarray:
+        """Per block (the last ``sum(blocks)`` coordinates, in order): how much the block raises
+        the log marginal likelihood of all users' ratings, against the same prior without it.
+
+        Each user's ratings are Gaussian given the prior, so the marginal likelihood is exact:
+        with P_u = S^-1 + Z'Z/s2, ``log p(r_u) = -1/2 (log|S| + log|P_u| - q'P_u^-1 q/s2^2) + c``
+        (q = Z'r; c does not depend on S). Without a block, S loses its rows and columns. The
+        other coordinates keep their variances (not refitted), which favours keeping a block.
+        """
+        d = len(self.second)
+        total = self._log_evidence(np.arange(d))
+        start, gains = d - sum(blocks), []
+        for size in blocks:
+            rest = np.r_[0:start, start + size:d]
+            gains.append(total - self._log_evidence(rest))
+            start += size
+        return np.array(gains)
+
+    def _log_evidence(self, keep: np.ndarray) -> float:
+        second = self.second[np.ix_(keep, keep)]
+        precision, total = np.linalg.inv(second), len(self.grams) * np.linalg.slogdet(second)[1]
+        for rows in np.array_split(np.arange(len(self.grams)), max(1, len(self.grams) // EM_CHUNK)):
+            posterior = precision[None] + self.grams[rows][:, keep][:, :, keep] / self.noise
+            moments = self.moments[rows][:, keep]
+            quad = np.einsum("ui,ui->", moments, np.linalg.solve(posterior, moments[..., None])[..., 0])
+            total += np.linalg.slogdet(posterior)[1].sum() - quad / self.noise**2
+        return -0.5 * total
+
+
+def _taste_prior_em(states, y, user_index, n_users, feats, solver, iterations: int,
+                    isotropic_blocks: tuple[int, ...] = ()) -> _TastePrior:
+    """The taste prior S and noise s2 of the hierarchical model, by EM.
+
+    EM starts from the second moment of the users' point estimates and sets S = mean_u (m_u m_u'
+    + C_u) from each posterior N(m_u, C_u), s2 from the expected squared residual. The posterior
+    covariance credits how uncertain each user's estimate is, so directions in which the users
+    show no real spread shrink toward zero rather than keeping the noise of the estimates (on the
+    zoo's worlds: +0.005..+0.02 SROCC for seen and new users over the moment of point estimates,
+    which keeps that noise). Until 2026-11-26 ``taste_prior="empirical"`` meant that moment
+    estimator (now ``"moment"``, `iterations` 0).
 
     The last coordinates may form `isotropic_blocks` (sizes, in order; the metadata blocks of
     :mod:`pamela_lite.metadata`): each gets one variance, independent of every other coordinate
@@ -1073,7 +1154,7 @@ def _empirical_taste_precision(states, y, user_index, n_users, feats, solver, it
     second = taste.T @ taste / len(taste)
     second = _blocked(second + 0.05 * np.trace(second) / d * np.eye(d), isotropic_blocks)
     if not iterations:  # taste_prior="moment": the moment of the point estimates, EM's starting point
-        return noise * np.linalg.inv(second)
+        return _TastePrior(second, noise)
     grams, moments = user_normal_equations(feats.pca, user_index, n_users, resid)
     rated = np.bincount(user_index, minlength=n_users) > 0  # a user without rows here has no posterior to add
     grams, moments = grams[rated], moments[rated]
@@ -1092,7 +1173,7 @@ def _empirical_taste_precision(states, y, user_index, n_users, feats, solver, it
                               + np.einsum("uij,uji->", grams[rows], cov))
         second = _blocked((spread + spread.T) / (2 * len(grams)), isotropic_blocks) + floor
         noise = float(fitted_square / n_ratings)
-    return noise * np.linalg.inv(second)
+    return _TastePrior(second, noise, grams, moments)
 
 
 def _blocked(second: np.ndarray, blocks: tuple[int, ...]) -> np.ndarray:

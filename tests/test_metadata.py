@@ -70,8 +70,8 @@ def categorical():
     return worlds.dataset(world)
 
 
-def _fit(dataset, train=None, **params):
-    model = PersonalScorer(n_components=16, n_prototypes=16, factors=4, head_trees=40, n_folds=3, n_threads=1,
+def _fit(dataset, train=None, n_components=16, **params):
+    model = PersonalScorer(n_components=n_components, n_prototypes=16, factors=4, head_trees=40, n_folds=3, n_threads=1,
                            random_state=0, **params)
     return model.fit(dataset.split("train") if train is None else train, dataset.embeddings, dataset.scale,
                      validation=dataset.split("val_seen"))
@@ -164,3 +164,49 @@ def test_the_taste_prior_keeps_metadata_blocks_isotropic_and_apart():
     np.testing.assert_allclose(covariance[2:5, 5], 0, atol=1e-12)
     block = covariance[2:5, 2:5]
     np.testing.assert_allclose(block, block[0, 0] * np.eye(3), rtol=1e-9, atol=1e-12)
+
+
+def test_block_evidence_is_the_gain_in_the_exact_marginal_likelihood():
+    from scipy.stats import multivariate_normal
+
+    from pamela_lite.model import _TastePrior
+
+    rng = np.random.default_rng(5)
+    d, noise, blocks = 5, 0.7, (2, 1)
+    second = _blocked(np.cov(rng.standard_normal((d, 20))) + np.eye(d), blocks)
+    users = [(rng.standard_normal((n, d)), rng.standard_normal(n)) for n in (6, 9, 4)]
+    prior = _TastePrior(second, noise, np.array([z.T @ z for z, _ in users]), np.array([z.T @ r for z, r in users]))
+
+    def log_likelihood(keep):
+        s = second[np.ix_(keep, keep)]
+        return sum(multivariate_normal(np.zeros(len(r)), z[:, keep] @ s @ z[:, keep].T + noise * np.eye(len(r))).logpdf(r)
+                   for z, r in users)
+
+    full = log_likelihood(np.arange(d))
+    expected = [full - log_likelihood(np.r_[0:2, 4]), full - log_likelihood(np.arange(4))]
+    np.testing.assert_allclose(prior.block_evidence(blocks), expected, rtol=1e-9)
+
+
+def _shuffled(ratings: pl.DataFrame, fields: tuple[str, ...], seed: int = 0) -> pl.DataFrame:
+    """`ratings` with each image's `fields` taken from another image: metadata that says nothing of taste."""
+    images = ratings.unique("image_id", keep="first", maintain_order=True).select("image_id", *fields)
+    order = np.random.default_rng(seed).permutation(images.height)
+    swapped = images.select("image_id").with_columns(images.select(fields)[order])
+    return ratings.drop(fields).join(swapped, on="image_id", how="left")
+
+
+def test_a_field_that_carries_no_taste_is_dropped_and_one_that_does_is_kept(categorical):
+    model = _fit(categorical, train=_shuffled(categorical.split("train"), ("style",)))
+    assert "group" in model.metadata_blocks_ and "style" not in model.metadata_blocks_
+    assert model.metadata_evidence_["style"] < 0.5 * np.log(120) < model.metadata_evidence_["group"]
+
+
+def test_when_no_block_carries_taste_the_model_is_the_one_without_metadata():
+    # Taste in the top 32 principal directions (and a few low-variance ones the learned
+    # directions find): no metadata block adds to the likelihood, so none is kept.
+    world = worlds.dataset(worlds.make("lowvar", n_users=120, n_images=1500, dim=96))
+    test = world.split("test_seen")
+    fitted = {use: _fit(world, n_components=32, use_metadata=use) for use in (True, False)}
+    assert fitted[True].metadata_blocks_ == {} and set(fitted[True].metadata_evidence_) == {"group", "style", "type"}
+    np.testing.assert_array_equal(fitted[True].predict(test, world.embeddings),
+                                  fitted[False].predict(test, world.embeddings))
