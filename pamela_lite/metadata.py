@@ -17,14 +17,15 @@ learned by EM with the rest of the taste prior (``model._taste_prior_em``). One
 variance per block, not a covariance, because a block has as many coordinates as a field has
 values and people's likes of groups are, to a first approximation, independent draws.
 
-A block is kept only if the people's ratings say it carries taste: after EM, the final fit
-compares the exact log marginal likelihood of all users' ratings with and without the block
-(``model._TastePrior.block_evidence``) and drops a block whose gain is below the BIC's price
-of its one variance, ½·log(users). EM alone would not do this: a variance whose maximum is
-at zero approaches it only slowly, so after EM's iterations a useless block keeps enough
-variance to let the users' noise in — and it costs the user model d³ arithmetic and the
-scorer 20-odd columns for nothing. A dropped block leaves the model exactly as without that
-field; ``model.metadata_evidence_`` records every field's gain, and ``fit`` prints it.
+With the EM prior, a block is kept only if the people's ratings say it carries taste: the
+final fit compares the exact log marginal likelihood of all users' ratings with and without
+the block (``model._TastePrior.block_evidence``) and drops a block whose gain is below the
+BIC's price of its one variance, ½·log(users). EM alone would not do this: a variance whose
+maximum is at zero approaches it only slowly, so after EM's iterations a useless block keeps
+enough variance to let the users' noise in — and it costs the user model d³ arithmetic and
+the scorer 20-odd columns for nothing. The kept blocks are then rebuilt without the dropped
+ones, so the model is the one a fit without the dropped fields gives (when that fit keeps the
+same fields). ``model.metadata_evidence_`` records every field's gain; ``fit`` prints it.
 
 Measured on the zoo (test_seen SROCC, benchmarks/results/zoo.md of 2026-11-27 09:43 UTC, against
 the 08:27 run without them): the world whose taste is likes of groups, styles and type

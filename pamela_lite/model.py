@@ -169,8 +169,9 @@ class PersonalScorer(BaseEstimator):
         With ``taste_basis="learned"`` and the linear taste on (``use_taste``), when the ratings
         carry PAMELA's image metadata (``group``, ``style``, ``type``), add the embedding
         directions that predict each field as a block of taste coordinates with its own prior
-        variance (:mod:`pamela_lite.metadata`), if the training ratings' marginal likelihood
-        says the block carries taste (``metadata_evidence_``). Scoring needs only embeddings;
+        variance (:mod:`pamela_lite.metadata`); with the EM prior (``taste_prior="empirical"``)
+        a block is kept only if the training ratings' marginal likelihood says it carries taste
+        (``metadata_evidence_``). Scoring needs only embeddings;
         the residual head does not read these coordinates.
     use_catalogue : bool
         Allow per-image corrections for images rated at fit time (:mod:`pamela_lite.catalogue`);
@@ -443,22 +444,33 @@ class PersonalScorer(BaseEstimator):
         then by the directions that predict each metadata field, outside all of those
         (``pamela_lite.metadata``; one block per field, sizes returned). Out-of-fold bases pass the
         final model's base as `reference`: they keep as many directions and rotate their own onto
-        them, and keep blocks of the same sizes, so every fold hands the head the same columns
-        (a block's own rotation may differ between folds: the head does not read the blocks, and
-        the taste score does not depend on it, their prior being isotropic).
+        them, and keep blocks of the same sizes (the final fit's kept fields only), so every fold
+        hands the head the same columns (a block's own rotation may differ between folds: the
+        head does not read the blocks, and the taste score does not depend on it, their prior
+        being isotropic).
         """
         white = self.whitening_
         k = min(self.n_components, white.matrix.shape[1])
         directions = self._learned_directions(x_images, resid, user_index, image_index, n_users, k,
                                               None if reference is None else reference.directions)
+        components, blocks = self._taste_components(directions, self.metadata_maps_,
+                                                    None if reference is None else reference.metadata_blocks)
+        return white.mean, components, directions, blocks
+
+    def _taste_components(self, directions: np.ndarray, maps: dict, sizes: dict | None = None
+                          ) -> tuple[np.ndarray, dict[str, int]]:
+        """The taste map's components (principal, learned `directions`, then one block per field of
+        `maps`, each outside everything before it) and the blocks' sizes (`sizes` if given)."""
+        white = self.whitening_
+        k = min(self.n_components, white.matrix.shape[1])
         width, r = directions.shape
         known = np.zeros((white.matrix.shape[1], k + r))  # the coordinates so far, in whitened space
         known[:k, :k] = np.eye(k)
         known[k:k + width, k:] = directions
-        blocks = orthogonal_blocks(self.metadata_maps_, known, None if reference is None else reference.metadata_blocks)
+        blocks = orthogonal_blocks(maps, known, sizes)
         components = np.column_stack([white.matrix[:, :k], white.matrix[:, k:k + width] @ directions,
                                       *(white.matrix @ block for block in blocks.values())])
-        return white.mean, components, directions, {name: block.shape[1] for name, block in blocks.items()}
+        return components, {name: block.shape[1] for name, block in blocks.items()}
 
     def _learned_directions(self, x_images, resid, user_index, image_index, n_users, k, reference=None) -> np.ndarray:
         """Learned taste directions (width, r) in the whitened coordinates after the first `k`."""
@@ -527,11 +539,14 @@ class PersonalScorer(BaseEstimator):
         if reference is None and blocks and prior is not None and prior.grams is not None:
             evidence = dict(zip(blocks, prior.block_evidence(tuple(blocks.values()))))
             weak = {name for name, gain in evidence.items() if gain < block_price(len(prior.grams))}
+            prior = None  # its per-user normal equations (users x d x d) are not needed again
             if weak:
-                keep = np.concatenate([np.ones(components.shape[1] - sum(blocks.values()), bool),
-                                       *(np.full(size, name not in weak) for name, size in blocks.items())])
-                side.pca_components, side.pca_scale = components[:, keep], side.pca_scale[keep]
-                blocks = {name: size for name, size in blocks.items() if name not in weak}
+                # The kept blocks are rebuilt without the dropped ones, each outside only what
+                # is kept before it: the same construction the out-of-fold fits make from the
+                # kept sizes, and the model a fit without the dropped fields would give.
+                kept = {name: m for name, m in self.metadata_maps_.items() if name in blocks and name not in weak}
+                components, blocks = self._taste_components(directions, kept)
+                side.pca_components, side.pca_scale = components, np.ones(components.shape[1])
                 fitted, _ = self._fit_user_side(side, y, user_index, image_index, x_images, n_users, mean, blocks)
         side, solver, states = fitted
         return _Base(side, solver, states, directions, blocks, evidence)

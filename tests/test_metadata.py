@@ -9,7 +9,7 @@ import pytest
 from pamela_lite import worlds
 from pamela_lite.metadata import metadata_indicators, metadata_map, orthogonal_blocks
 from pamela_lite.metrics import evaluate_scores
-from pamela_lite.model import PersonalScorer, _blocked
+from pamela_lite.model import PersonalScorer, _blocked, block_price
 
 
 def test_indicators_have_a_column_per_level_but_the_reference():
@@ -166,9 +166,11 @@ def test_the_taste_prior_keeps_metadata_blocks_isotropic_and_apart():
     np.testing.assert_allclose(block, block[0, 0] * np.eye(3), rtol=1e-9, atol=1e-12)
 
 
-def test_block_evidence_is_the_gain_in_the_exact_marginal_likelihood():
+@pytest.mark.parametrize("chunk", [2048, 2])  # users in one batch, or in batches of 2 (3 users)
+def test_block_evidence_is_the_gain_in_the_exact_marginal_likelihood(chunk, monkeypatch):
     from scipy.stats import multivariate_normal
 
+    monkeypatch.setattr("pamela_lite.model.EM_CHUNK", chunk)
     from pamela_lite.model import _TastePrior
 
     rng = np.random.default_rng(5)
@@ -198,7 +200,23 @@ def _shuffled(ratings: pl.DataFrame, fields: tuple[str, ...], seed: int = 0) -> 
 def test_a_field_that_carries_no_taste_is_dropped_and_one_that_does_is_kept(categorical):
     model = _fit(categorical, train=_shuffled(categorical.split("train"), ("style",)))
     assert "group" in model.metadata_blocks_ and "style" not in model.metadata_blocks_
-    assert model.metadata_evidence_["style"] < 0.5 * np.log(120) < model.metadata_evidence_["group"]
+    assert model.metadata_evidence_["style"] < block_price(len(model.users_)) < model.metadata_evidence_["group"]
+
+
+def test_a_dropped_field_leaves_the_model_a_fit_without_it_gives(categorical, monkeypatch):
+    # Group is dropped, style (the block after it, 26 directions) kept: style's block must be
+    # built as if group had never been there, as the out-of-fold fits build it.
+    def style_only(self, blocks):
+        return np.array([100.0 if size == 26 else -1.0 for size in blocks])
+
+    monkeypatch.setattr("pamela_lite.model._TastePrior.block_evidence", style_only)
+    dropped = _fit(categorical)
+    without = _fit(categorical, train=categorical.split("train").drop("group"))
+    test = categorical.split("test_seen")
+    assert set(dropped.metadata_evidence_) == {"group", "style", "type"}
+    assert dropped.metadata_blocks_ == without.metadata_blocks_ == {"style": 26}
+    np.testing.assert_array_equal(dropped.predict(test, categorical.embeddings),
+                                  without.predict(test, categorical.embeddings))
 
 
 def test_when_no_block_carries_taste_the_model_is_the_one_without_metadata():
