@@ -27,10 +27,11 @@ the scorer 20-odd columns for nothing. The kept blocks are then rebuilt without 
 ones, so the model is the one a fit without the dropped fields gives (when that fit keeps the
 same fields). ``model.metadata_evidence_`` records every field's gain; ``fit`` prints it.
 
-Measured on the zoo (test_seen SROCC, benchmarks/results/zoo.md of 2026-11-27 09:43 UTC, against
-the 08:27 run without them): the world whose taste is likes of groups, styles and type
+Measured on the zoo (test_seen SROCC, benchmarks/results/zoo.md of 2026-11-27 13:25 UTC, against
+the 08:27 run without metadata): the world whose taste is likes of groups, styles and type
 0.688 → 0.697 at every fit seed (its true basis gives 0.700), few ratings per person 0.687 →
-0.691; the demo world unchanged (0.751), no world down by more than 0.004 (mixture, one seed).
+0.692; the demo world unchanged (0.751; all three blocks dropped), no world down by more than
+0.003 (nonlinear, one seed).
 """
 
 from __future__ import annotations
