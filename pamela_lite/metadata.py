@@ -25,7 +25,8 @@ maximum is at zero approaches it only slowly, so after EM's iterations a useless
 enough variance to let the users' noise in — and it costs the user model d³ arithmetic and
 the scorer 20-odd columns for nothing. The kept blocks are then rebuilt without the dropped
 ones, so the model is the one a fit without the dropped fields gives (when that fit keeps the
-same fields). ``model.metadata_evidence_`` records every field's gain; ``fit`` prints it.
+same fields). ``model.metadata_evidence_`` records every field's gain (in the fitting
+process; it is not saved with the model); ``fit`` prints it.
 
 Measured on the zoo (test_seen SROCC, benchmarks/results/zoo.md of 2026-11-27 13:25 UTC, against
 the 08:27 run without metadata): the world whose taste is likes of groups, styles and type

@@ -534,27 +534,27 @@ class PersonalScorer(BaseEstimator):
                                                                      n_users, reference)
         side = ImageSide(pop_coef, pop_intercept, taste_mean, components, np.ones(components.shape[1]),
                          np.zeros((0, components.shape[1])), 1.0, np.zeros((0, self.factors)))
-        fitted, prior = self._fit_user_side(side, y, user_index, image_index, x_images, n_users, mean, blocks)
-        evidence = {}
-        if reference is None and blocks and prior is not None and prior.grams is not None:
-            evidence = dict(zip(blocks, prior.block_evidence(tuple(blocks.values()))))
-            weak = {name for name, gain in evidence.items() if gain < block_price(len(prior.grams))}
-            prior = None  # its per-user normal equations (users x d x d) are not needed again
-            if weak:
-                # The kept blocks are rebuilt without the dropped ones, each outside only what
-                # is kept before it: the same construction the out-of-fold fits make from the
-                # kept sizes, and the model a fit without the dropped fields would give.
-                kept = {name: m for name, m in self.metadata_maps_.items() if name in blocks and name not in weak}
-                components, blocks = self._taste_components(directions, kept)
-                side.pca_components, side.pca_scale = components, np.ones(components.shape[1])
-                fitted, _ = self._fit_user_side(side, y, user_index, image_index, x_images, n_users, mean, blocks)
+        fitted, evidence = self._fit_user_side(side, y, user_index, image_index, x_images, n_users, mean, blocks,
+                                               test_blocks=reference is None)
+        weak = {name for name, gain in evidence.items()
+                if gain < block_price(np.count_nonzero(np.bincount(user_index, minlength=n_users)))}
+        if weak:
+            # The kept blocks are rebuilt without the dropped ones, each outside only what is
+            # kept before it: the same construction the out-of-fold fits make from the kept
+            # sizes, and the model a fit without the dropped fields would give.
+            kept = {name: m for name, m in self.metadata_maps_.items() if name in blocks and name not in weak}
+            components, blocks = self._taste_components(directions, kept)
+            side.pca_components, side.pca_scale = components, np.ones(components.shape[1])
+            fitted, _ = self._fit_user_side(side, y, user_index, image_index, x_images, n_users, mean, blocks)
         side, solver, states = fitted
         return _Base(side, solver, states, directions, blocks, evidence)
 
     def _fit_user_side(self, side: ImageSide, y, user_index, image_index, x_images, n_users, mean: float,
-                       blocks: dict) -> tuple[tuple[ImageSide, UserSolver, np.ndarray], _TastePrior | None]:
+                       blocks: dict, test_blocks: bool = False
+                       ) -> tuple[tuple[ImageSide, UserSolver, np.ndarray], dict[str, float]]:
         """Prototypes, the taste prior, user states and the factor model on the taste coordinates
-        of `side` (whose prototypes and item factors this sets); also the taste prior EM found."""
+        of `side` (whose prototypes and item factors this sets); with `test_blocks`, also each metadata
+        block's evidence under the EM prior (``_TastePrior.block_evidence``; empty without EM)."""
         coords = (x_images[np.unique(image_index)] - side.pca_mean) @ side.pca_components
         side.prototypes, side.assign_width = self._prototypes(coords)
         side.item_factors = np.zeros((len(side.prototypes), self.factors))
@@ -563,11 +563,14 @@ class PersonalScorer(BaseEstimator):
         solver = self._solver(mean, side.item_factors, 1.0, self.taste_shrinkage * np.eye(side.pca_components.shape[1]))
         feats = image_feats.take(image_index)
         states, masses = solver.states(user_index, n_users, y, feats, zero_priors)
-        prior = None
+        evidence = {}
         if self.use_taste and self.taste_prior != "isotropic":
             iterations = EM_ITERATIONS if self.taste_prior == "empirical" else 0
             prior = _taste_prior_em(states, y, user_index, n_users, feats, solver, iterations, tuple(blocks.values()))
             solver.taste_precision = prior.precision()
+            if test_blocks and blocks and prior.grams is not None:
+                evidence = dict(zip(blocks, prior.block_evidence(tuple(blocks.values()))))
+            del prior  # its users' normal equations (users x d x d) are not needed again
             states, masses = solver.states(user_index, n_users, y, feats, zero_priors)
         # Mass is measured in units of its spread, so alpha means the same on any data set.
         solver.residual_scale = float(np.std(masses)) or 1.0
@@ -575,7 +578,7 @@ class PersonalScorer(BaseEstimator):
             side.item_factors = solver.item_factors = self._fit_als(masses / solver.residual_scale)
             image_feats.factors = image_feats.assign @ side.item_factors
             states, _ = solver.states(user_index, n_users, y, image_feats.take(image_index), zero_priors)
-        return (side, solver, states), prior
+        return (side, solver, states), evidence
 
     def _pair_columns(self, base: _Base, user_index: np.ndarray, image_index: np.ndarray,
                       x_images: np.ndarray, head_demo: np.ndarray) -> dict:

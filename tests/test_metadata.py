@@ -166,7 +166,7 @@ def test_the_taste_prior_keeps_metadata_blocks_isotropic_and_apart():
     np.testing.assert_allclose(block, block[0, 0] * np.eye(3), rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("chunk", [2048, 2])  # users in one batch, or in batches of 2 (3 users)
+@pytest.mark.parametrize("chunk", [2048, 1])  # the 3 users in one batch, or one by one
 def test_block_evidence_is_the_gain_in_the_exact_marginal_likelihood(chunk, monkeypatch):
     from scipy.stats import multivariate_normal
 
