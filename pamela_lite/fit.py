@@ -250,8 +250,8 @@ def main(argv: list[str] | None = None) -> int:
                    f"(searched among {searched} whitened embedding directions)"
                    + (f" + {sum(metadata.values())} metadata directions" if metadata else ""))
         if full.metadata_evidence_:
-            fields = ", ".join(f"{field} {'kept, ' + str(metadata[field]) + ' directions' if field in metadata else 'dropped'}"
-                               f" ({gain:+.1f})" for field, gain in full.metadata_evidence_.items())
+            fields = ", ".join((f"{field} kept, {metadata[field]} directions" if field in metadata else f"{field} dropped")
+                               + f" ({gain:+.1f})" for field, gain in full.metadata_evidence_.items())
             watch.step(f"image metadata, by the log-likelihood each field's block adds (kept above "
                        f"{block_price(len(full.users_)):.1f}): {fields}")
     if full.fitted_.tuning is None and full.use_head:

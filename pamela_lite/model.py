@@ -536,8 +536,8 @@ class PersonalScorer(BaseEstimator):
                          np.zeros((0, components.shape[1])), 1.0, np.zeros((0, self.factors)))
         fitted, evidence = self._fit_user_side(side, y, user_index, image_index, x_images, n_users, mean, blocks,
                                                test_blocks=reference is None)
-        weak = {name for name, gain in evidence.items()
-                if gain < block_price(np.count_nonzero(np.bincount(user_index, minlength=n_users)))}
+        price = block_price(np.count_nonzero(np.bincount(user_index, minlength=n_users)))
+        weak = {name for name, gain in evidence.items() if gain < price}
         if weak:
             # The kept blocks are rebuilt without the dropped ones, each outside only what is
             # kept before it: the same construction the out-of-fold fits make from the kept
@@ -1093,18 +1093,6 @@ def block_price(n_users: int) -> float:
     return 0.5 * float(np.log(n_users))
 
 
-def _empirical_taste_precision(states, y, user_index, n_users, feats, solver, iterations: int,
-                               isotropic_blocks: tuple[int, ...] = ()) -> np.ndarray:
-    """Prior precision of the linear taste, by empirical Bayes (EM on the hierarchical model).
-
-    Each user's residual ratings (after bias) are r_u = Z_u w_u + e with w_u ~ N(0, S) and
-    e ~ N(0, s2); the solver then solves (Z'Z + s2 S^-1) w = Z'r + s2 S^-1 w0, so the returned
-    precision is s2 S^-1 (S and s2 from :func:`_taste_prior_em`).
-    """
-    prior = _taste_prior_em(states, y, user_index, n_users, feats, solver, iterations, isotropic_blocks)
-    return prior.precision()
-
-
 @dataclass
 class _TastePrior:
     """The taste prior N(0, `second`) and noise variance `noise` EM found, with the users'
@@ -1151,7 +1139,9 @@ def _taste_prior_em(states, y, user_index, n_users, feats, solver, iterations: i
                     isotropic_blocks: tuple[int, ...] = ()) -> _TastePrior:
     """The taste prior S and noise s2 of the hierarchical model, by EM.
 
-    EM starts from the second moment of the users' point estimates and sets S = mean_u (m_u m_u'
+    Each user's residual ratings (after bias) are r_u = Z_u w_u + e with w_u ~ N(0, S) and
+    e ~ N(0, s2); the solver then solves (Z'Z + s2 S^-1) w = Z'r + s2 S^-1 w0 with the
+    precision s2 S^-1 (:meth:`_TastePrior.precision`). EM starts from the second moment of the users' point estimates and sets S = mean_u (m_u m_u'
     + C_u) from each posterior N(m_u, C_u), s2 from the expected squared residual. The posterior
     covariance credits how uncertain each user's estimate is, so directions in which the users
     show no real spread shrink toward zero rather than keeping the noise of the estimates (on the

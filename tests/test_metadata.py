@@ -149,7 +149,7 @@ def test_a_column_that_differs_within_an_image_is_not_image_metadata(caplog):
 def test_the_taste_prior_keeps_metadata_blocks_isotropic_and_apart():
     from types import SimpleNamespace
 
-    from pamela_lite.model import _empirical_taste_precision
+    from pamela_lite.model import _taste_prior_em
 
     rng = np.random.default_rng(4)
     n_users, per_user, d = 80, 40, 6
@@ -159,7 +159,7 @@ def test_the_taste_prior_keeps_metadata_blocks_isotropic_and_apart():
     states = np.column_stack([np.zeros(n_users), rng.standard_normal((n_users, d))])
     feats = SimpleNamespace(pca=z, population=np.zeros(len(y)))
     solver = SimpleNamespace(mean=0.0, use_population=False)
-    covariance = np.linalg.inv(_empirical_taste_precision(states, y, user_index, n_users, feats, solver, 5, (3, 1)))
+    covariance = np.linalg.inv(_taste_prior_em(states, y, user_index, n_users, feats, solver, 5, (3, 1)).precision())
     np.testing.assert_allclose(covariance[:2, 2:], 0, atol=1e-12)
     np.testing.assert_allclose(covariance[2:5, 5], 0, atol=1e-12)
     block = covariance[2:5, 2:5]

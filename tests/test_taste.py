@@ -158,7 +158,7 @@ def _hierarchical_ratings(n_users=150, per_user=40, d=6, seed=0):
 def _prior_covariance(taste_prior_iterations, y, user_index, z):
     from types import SimpleNamespace
 
-    from pamela_lite.model import _empirical_taste_precision
+    from pamela_lite.model import _taste_prior_em
 
     n_users, d = user_index.max() + 1, z.shape[1]
     grams = np.zeros((n_users, d, d))
@@ -169,7 +169,7 @@ def _prior_covariance(taste_prior_iterations, y, user_index, z):
     states = np.column_stack([np.zeros(n_users), ridge])
     feats = SimpleNamespace(pca=z, population=np.zeros(len(y)))
     solver = SimpleNamespace(mean=0.0, use_population=False)
-    precision = _empirical_taste_precision(states, y, user_index, n_users, feats, solver, taste_prior_iterations)
+    precision = _taste_prior_em(states, y, user_index, n_users, feats, solver, taste_prior_iterations).precision()
     return np.linalg.inv(precision)  # S / s2, in units of the noise
 
 
