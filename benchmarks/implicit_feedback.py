@@ -147,19 +147,21 @@ def markdown(result: dict) -> str:
            "counted as shown images (the actions on them come with them). Ratings curve: mean of 3 draws. "
            "The channel's numbers are chosen on val_seen (`event_fit.calibrate`); *rejections* says whether a "
            "skip, dislike or regenerate is preference -1 (signed) or 0 like a plain view (zero: implicit's "
-           "model).", ""]
+           "model); *centred per* whether the intercept profiled out is each session's (a choice within the "
+           "batch) or the person's (sessions compared with each other too).", ""]
     for w in result["worlds"]:
         out += [f"## {w['world']} ({w['held_out_people']} held-out people)", "",
                 "| ratings k | " + " | ".join(str(k) for k in RATINGS) + " |",
                 "|---|" + "---|" * len(RATINGS),
                 "| SROCC | " + " | ".join(f"{w['ratings'][k]:.3f}" for k in RATINGS) + " |", "",
-                "| event model | channel (strength, gain, alpha, rejections; val gain +- se) | row | "
+                "| event model | channel (strength, gain, alpha, rejections, centred per; val gain +- se) | row | "
                 + " | ".join(str(n) for n in EVENTS) + " |", "|---|---|---|" + "---|" * len(EVENTS)]
         for kind, row in w["events"].items():
             ch = row["channel"]
             rep = ch["report"]
             desc = (f"{ch['strength']:g}, {ch['gain']:.2f}, {ch['alpha']:g}, "
-                    f"{'signed' if ch.get('signed') else 'zero'}; {rep.get('gain', 0):+.3f} +- "
+                    f"{'signed' if ch.get('signed') else 'zero'}, {ch.get('within', 'session')}; "
+                    f"{rep.get('gain', 0):+.3f} +- "
                     f"{rep.get('gain_se', 0):.3f}")
             cells = lambda key: " | ".join(f"{row[key][n]:.3f}" if n in row[key] else "" for n in EVENTS)
             out.append(f"| {kind} | {desc} | events alone | {cells('alone')} |")

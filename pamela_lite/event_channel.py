@@ -13,12 +13,18 @@ implicit's feedback model (Hu, Koren & Volinsky; the ``implicit`` library's ALS)
   unseen image is scored as before. The events' normal equations are added to the ratings' for
   the linear taste ``w`` ("solved jointly"), so the state layout, the ONNX graph and the device
   scoring do not change.
-* **A per-session intercept is profiled out.** Preferences and coordinates are centred within
-  each session (confidence-weighted), so what a person chose is compared with what they were
-  shown beside it: exposure, the session's mood and the person's propensity to act at all cancel.
-  For a session this equals the least-squares *pairwise* (BPR-like) loss over all pairs in it:
+* **An intercept is profiled out, per session or per person** (``within``, chosen on
+  validation). Centred within each session (confidence-weighted), what a person chose is
+  compared with what they were shown beside it: exposure, the session's mood and the person's
+  propensity to act at all cancel. For a session this equals the least-squares *pairwise*
+  (BPR-like) loss over all pairs in it:
   ``sum_{i<j} c_i c_j ((p_i - p_j) - w.(z_i - z_j))^2 = C * sum_i c_i (p~_i - w.z~_i)^2`` with
-  ``C = sum c`` — a within-batch choice model in closed form, with an exact fold-in.
+  ``C = sum c`` — a within-batch choice model in closed form, with an exact fold-in. Centred per
+  person instead, the same identity holds over all pairs of the person's shown images: sessions
+  are compared with each other too, which uses what a comparison within a session cannot see
+  (a batch in which two images were saved against one in which nothing was; actions that do
+  not compete with each other, like saves), while only the person's propensity to act cancels,
+  not a session's exposure or mood.
 * **Rejections can be negative preferences** (``signed``, chosen on validation). In implicit's
   model a skip is a confident 0, the same preference as a plain view; then a session in which
   nothing was kept compares nothing, and a feed whose commonest action is the skip (kept images
@@ -42,6 +48,9 @@ from .features import ImageFeatures
 from .user_solver import user_normal_equations
 
 
+WITHIN = ("session", "person")  # where the intercept is profiled out (EventChannel.within)
+
+
 @dataclass
 class EventRows:
     """Aggregated events of users being folded in: one row per (person, shown image, session)."""
@@ -63,6 +72,7 @@ class EventChannel:
     gain: float = 1.0  # rating units of utility per unit of preference
     report: dict = field(default_factory=dict)  # how the numbers were chosen (validation figures)
     signed: bool = False  # a rejection is preference -1 (True) or 0 like a view (False, implicit's model)
+    within: str = "session"  # the intercept profiled out: per "session" or per "person" (sessions compared too)
 
     def evidence_of(self, events) -> np.ndarray:
         """Signed weights of event names (unknown names: ValueError) or of numbers, as given."""
@@ -92,7 +102,8 @@ class EventChannel:
         Returns
         -------
         (A (n_users, d, d), b (n_users, d), informed (n_users,) bool): the terms to add, and
-        which users have any (a user whose sessions each show one image learns nothing).
+        which users have any (centred per session, a user whose sessions each show one image
+        learns nothing).
         """
         d = feats.pca.shape[1]
         A, b = np.zeros((n_users, d, d)), np.zeros((n_users, d))
@@ -102,7 +113,7 @@ class EventChannel:
         pref = np.sign(m) if self.signed else (m > 0).astype(np.float64)
         conf = 1.0 + self.alpha * np.abs(m)
         pop = feats.population if use_population else np.zeros(len(m))
-        _, group = np.unique(rows.group_index, return_inverse=True)
+        _, group = np.unique(rows.group_index if self.within == "session" else rows.user_index, return_inverse=True)
         total = np.bincount(group, conf)
 
         by_group = np.argsort(group, kind="stable")
@@ -122,17 +133,21 @@ class EventChannel:
     # ------------------------------------------------------------------ model.json
 
     def to_json(self) -> dict:
-        # `signed` is written only when set: an unsigned channel keeps the JSON (and so the fit
-        # digest) of files written before the option existed, which therefore still load.
+        # `signed` and `within` are written only when not the default: such a channel keeps the
+        # JSON (and so the fit digest) of files written before the options existed, which still load.
         return {"weights": {k: float(v) for k, v in self.weights.items()}, "alpha": float(self.alpha),
                 "strength": float(self.strength), "gain": float(self.gain),
-                **({"signed": True} if self.signed else {}), "report": self.report}
+                **({"signed": True} if self.signed else {}),
+                **({"within": self.within} if self.within != "session" else {}), "report": self.report}
 
     @classmethod
     def from_json(cls, meta: dict) -> "EventChannel":
+        if meta.get("within", "session") not in WITHIN:
+            raise ValueError(f"events.within is {meta['within']!r}; expected one of {', '.join(WITHIN)}")
         return cls({str(k): float(v) for k, v in meta["weights"].items()}, float(meta["alpha"]),
                    float(meta["strength"]), float(meta["gain"]), dict(meta.get("report", {})),
-                   bool(meta.get("signed", False)))  # models written before `signed` existed: False
+                   bool(meta.get("signed", False)),  # models written before the options: unsigned,
+                   str(meta.get("within", "session")))  # centred per session
 
 
 def aggregate(groups: np.ndarray, codes: np.ndarray, weights: np.ndarray,

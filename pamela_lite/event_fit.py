@@ -4,7 +4,8 @@ Two ways a fit uses events (``python -m pamela_lite.fit --events FILE``):
 
 * **with ratings** (:func:`calibrate`): the rating model is fitted as always; then the event
   channel's numbers (:class:`pamela_lite.event_channel.EventChannel`: strength, gain, confidence
-  scale alpha, each event's weight) are chosen by the per-user SROCC on validation ratings
+  scale alpha, whether a rejection is preference -1, whether the intercept profiled out is a
+  session's or the person's, each event's weight) are chosen by the per-user SROCC on validation ratings
   (``val_seen``) of training users folded in from their events plus k of their own training
   ratings (k = 0 and 10: the new-user regime events are for), against the same fold-in without
   events. The best candidate is kept only if its gain over "no events" exceeds two standard
@@ -160,6 +161,12 @@ def calibrate(model: PersonalScorer, events: pl.DataFrame, train: pl.DataFrame, 
         scores = score(candidate)
         if worst(scores) > worst(best_scores):
             best, best_scores = candidate, scores
+    for signed in (False, True):  # an intercept per person: sessions are compared with each other too
+        for gain in GAINS:
+            candidate = replace(best, within="person", signed=signed, gain=gain * spread)
+            scores = score(candidate)
+            if worst(scores) > worst(best_scores):
+                best, best_scores = candidate, scores
     for name in rows.names:
         if vocabulary.get(name, 0.0) == 0.0:
             continue
@@ -172,7 +179,7 @@ def calibrate(model: PersonalScorer, events: pl.DataFrame, train: pl.DataFrame, 
     gain = (best_scores - base)[int(np.argmin(by_size))]  # the context size where events help least
     se = float(gain.std(ddof=1) / np.sqrt(len(gain))) if len(gain) > 1 else float("inf")
     accepted = gain.mean() > 2 * se
-    chosen = best if accepted else replace(best, strength=0.0, signed=False)
+    chosen = best if accepted else replace(best, strength=0.0, signed=False, within="session")
     chosen.report = {**channel.report, "users": len(ids), "contexts": list(CONTEXTS),
                      "srocc_without_events": round(float(base.mean()), 4),
                      "srocc_with_events": round(float(best_scores.mean()), 4),

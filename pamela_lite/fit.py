@@ -290,8 +290,9 @@ def main(argv: list[str] | None = None) -> int:
         report["event_channel"] = channel.to_json()
         found = channel.report
         watch.step(f"event channel chosen on val_seen over {found.get('users', 0)} people: strength "
-                   f"{channel.strength:g} (SROCC {found.get('srocc_without_events')} without events, "
-                   f"{found.get('srocc_with_events')} with; {'kept' if channel.strength else 'not kept'})")
+                   f"{channel.strength:g}, centred per {channel.within} (SROCC "
+                   f"{found.get('srocc_without_events')} without events, {found.get('srocc_with_events')} with; "
+                   f"{'kept' if channel.strength else 'not kept'})")
     if kept is not None:
         refold(full, kept, args.refold_from, dataset.embeddings, watch)
     if full.fitted_.catalogue is not None:

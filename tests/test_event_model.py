@@ -80,27 +80,50 @@ def test_a_skip_only_session_teaches_something_only_when_rejections_are_signed()
     assert b_signed[0] @ (z[[1, 4]].mean(0) - z.mean(0)) < 0
 
 
-@pytest.mark.parametrize("signed", [False, True])
-def test_a_saved_model_keeps_signed_and_an_unsigned_one_is_written_as_before_the_option(small, tmp_path, signed):
+def test_a_saved_everything_session_is_evidence_only_when_centred_per_person():
+    rng = np.random.default_rng(2)
+    z = rng.normal(size=(6, 3))
+    m = np.array([1, 1, 1, 0, 0, 0])  # session 0: every image saved; session 1: nothing kept
+    feats = ImageFeatures(np.zeros(6), z, np.ones((6, 1)), np.zeros((6, 1)))
+    rows = EventRows(np.zeros(6, int), np.array([0, 0, 0, 1, 1, 1]), m, z)
+    _, b_session, _ = replace(CHANNEL, within="session").normal_equations(feats, rows, 1)
+    _, b_person, _ = replace(CHANNEL, within="person").normal_equations(feats, rows, 1)
+    assert np.allclose(b_session, 0) and not np.allclose(b_person, 0)
+    # the taste it learns points toward the saved session's images
+    assert b_person[0] @ (z[:3].mean(0) - z[3:].mean(0)) > 0
+
+
+@pytest.mark.parametrize("option, value", [("signed", True), ("within", "person")])
+def test_a_saved_model_keeps_a_channel_option_and_the_default_is_written_as_before_it(small, tmp_path, option, value):
     _, _, model, _ = small
-    model.fitted_.events = replace(CHANNEL, signed=signed)
-    try:
-        model.save(tmp_path / "m")
-    finally:
-        model.fitted_.events = replace(CHANNEL)
-    written = json.loads((tmp_path / "m" / "model.json").read_text())["events"]
-    # unsigned: byte for byte the JSON of files written before `signed` existed, so their digest holds
-    assert ("signed" in written) == signed
-    assert PersonalScorer.load(tmp_path / "m").fitted_.events.signed is signed
+    for set_it in (False, True):
+        model.fitted_.events = replace(CHANNEL, **({option: value} if set_it else {}))
+        try:
+            model.save(tmp_path / f"m{set_it}")
+        finally:
+            model.fitted_.events = replace(CHANNEL)
+        written = json.loads((tmp_path / f"m{set_it}" / "model.json").read_text())["events"]
+        # the default: byte for byte the JSON of files written before the option existed, so their digest holds
+        assert (option in written) == set_it
+        expected = value if set_it else getattr(CHANNEL, option)
+        assert getattr(PersonalScorer.load(tmp_path / f"m{set_it}").fitted_.events, option) == expected
 
 
-def test_session_centring_is_the_pairwise_least_squares_within_the_session():
+def test_an_unknown_centring_in_model_json_is_refused():
+    with pytest.raises(ValueError, match="events.within is 'day'"):
+        EventChannel.from_json({**CHANNEL.to_json(), "within": "day"})
+
+
+@pytest.mark.parametrize("within", ["session", "person"])
+def test_centring_is_the_pairwise_least_squares_over_the_pairs_it_compares(within):
     rng = np.random.default_rng(0)
     n, d = 6, 3
     z, m, w = rng.normal(size=(n, d)), np.array([0, 2, 0, -0.5, 1, 0]), rng.normal(size=d)
     feats = ImageFeatures(np.zeros(n), z, np.ones((n, 1)), np.zeros((n, 1)))
-    channel = EventChannel(dict(DEFAULT_EVENTS), alpha=0.7, strength=1.0, gain=1.0)
-    A, b, _ = channel.normal_equations(feats, EventRows(np.zeros(n, int), np.zeros(n, int), m, z), 1)
+    channel = EventChannel(dict(DEFAULT_EVENTS), alpha=0.7, strength=1.0, gain=1.0, within=within)
+    # one session (the pairs within it) or three of two images each, centred per person (all pairs)
+    sessions = np.zeros(n, int) if within == "session" else np.repeat(np.arange(3), 2)
+    A, b, _ = channel.normal_equations(feats, EventRows(np.zeros(n, int), sessions, m, z), 1)
     c, p = 1 + 0.7 * np.abs(m), (m > 0).astype(float)
     i, j = np.triu_indices(n, 1)
     pairwise = lambda v: np.sum(c[i] * c[j] * ((p[i] - p[j]) - (z[i] - z[j]) @ v) ** 2)
@@ -118,12 +141,17 @@ def test_sessions_of_one_image_teach_nothing(small):
     np.testing.assert_allclose(alone, prior, atol=1e-6)
 
 
-def test_device_fold_in_from_events_and_ratings_equals_pythons(small, tmp_path):
+@pytest.mark.parametrize("within", ["session", "person"])
+def test_device_fold_in_from_events_and_ratings_equals_pythons(small, tmp_path, within):
     _, data, model, events = small
     me = _newcomer(events, 60)
     context = data.split("train").head(8).select("image_id", "rating").with_columns(participant_id=pl.lit("newcomer"))
-    _, python = model.fold_in(context, data.embeddings, events=me)
-    export(model, tmp_path / "scorer.onnx")
+    model.fitted_.events = replace(CHANNEL, within=within)
+    try:
+        _, python = model.fold_in(context, data.embeddings, events=me)
+        export(model, tmp_path / "scorer.onnx")
+    finally:
+        model.fitted_.events = replace(CHANNEL)
     edge = EdgeScorer(tmp_path / "scorer.onnx")
     device = edge.fold_in(data.embeddings.take(context["image_id"]), context["rating"].to_numpy(),
                           event_embeddings=data.embeddings.take(me["image_id"]), events=me["event"].to_list(),
