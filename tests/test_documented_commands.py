@@ -64,7 +64,7 @@ def _committed_results():
     ("steering.py", ["--tiny", "--worlds", "lowvar"], None),
     # without torch (CI) it runs the head and pamela_lite and notes that the deep rows were skipped
     ("deep_zoo.py", ["--tiny", "--worlds", "lowvar", "--draws", "1", "--kshots", "0,10"], "deep_baseline"),
-    ("implicit_feedback.py", ["--worlds", "lowvar"], None),
+    ("implicit_feedback.py", ["--worlds", "lowvar", "--seeds", "0"], None),
     ("dask_scaling.py", ["--tiny"], None),
 ])
 def test_benchmarks_quick_runs_write_to_the_scratch_folder(script, extra, stem, world):
