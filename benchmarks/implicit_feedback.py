@@ -155,7 +155,7 @@ def targets(result: dict) -> list[str]:
             short = row["alone"][200] - ten
             lines.append(f"| {w['world']} | {kind} | ~200 events alone reach the 10-rating SROCC ({ten:.3f}) | "
                          f"200 events: {row['alone'][200]:.3f}, {short:+.3f}"
-                         f"{span([s['alone'][200] - s['ratings'][10] for s in seeds])}; reached at "
+                         f"{span([s['alone'][200] - s['ratings'][10] for s in seeds])}; the mean reaches it at "
                          f"{reach if reach else 'none of'} {'events' if reach else str(max(EVENTS)) + ' events'} | "
                          f"{'met' if short >= -0.005 else 'NOT met'} |")
             gain = row["with_10"][200] - ten

@@ -150,7 +150,7 @@ def refuse_known_context(context_ids: pl.Series, known_ids, source, refit_known:
     if len(overlap) and not refit_known:
         raise InputError(source, f"{len(overlap)} participant(s) in the context are already known to the model: "
                                  f"{preview(overlap.to_list())}; their stored state would be replaced by a fold-in "
-                                 f"of these ratings alone: pass --refit-known to do so, or rename them")
+                                 f"of this context alone: pass --refit-known to do so, or rename them")
     if len(overlap):
         log.warning(f"warning: {source}: --refit-known: the stored state of {len(overlap)} known participant(s) "
                     f"is replaced by a fold-in of their context ratings")

@@ -74,11 +74,19 @@ class EventChannel:
     signed: bool = False  # a rejection is preference -1 (True) or 0 like a view (False, implicit's model)
     within: str = "session"  # the intercept profiled out: per "session" or per "person" (sessions compared too)
 
+    def __post_init__(self):
+        if self.within not in WITHIN:
+            raise ValueError(f"events.within is {self.within!r}; expected one of {', '.join(WITHIN)}")
+
     def evidence_of(self, events) -> np.ndarray:
-        """Signed weights of event names (unknown names: ValueError) or of numbers, as given."""
+        """Signed weights of event names (unknown names: ValueError) or of numbers, as given
+        (NaN or infinite: ValueError, as the events file's validation refuses them)."""
         values = np.asarray(events)
         if values.dtype.kind in "iuf":
-            return values.astype(np.float64)
+            values = values.astype(np.float64)
+            if not np.isfinite(values).all():
+                raise ValueError(f"event weights must be finite numbers; {int((~np.isfinite(values)).sum())} are not")
+            return values
         unknown = sorted({str(e) for e in values.tolist()} - set(self.weights))
         if unknown:
             raise ValueError(f"unknown event name(s) {unknown[:5]}; this scorer knows {sorted(self.weights)}")
@@ -119,7 +127,7 @@ class EventChannel:
         by_group = np.argsort(group, kind="stable")
         starts = np.searchsorted(group[by_group], np.arange(len(total)))
 
-        def centred(values):  # minus the confidence-weighted mean of the value's session
+        def centred(values):  # minus the confidence-weighted mean of the value's group (session or person)
             sums = np.add.reduceat((conf[:, None] * values.reshape(len(m), -1))[by_group], starts, axis=0)
             return values - (sums / total[:, None])[group].reshape(values.shape)
 
@@ -142,8 +150,6 @@ class EventChannel:
 
     @classmethod
     def from_json(cls, meta: dict) -> "EventChannel":
-        if meta.get("within", "session") not in WITHIN:
-            raise ValueError(f"events.within is {meta['within']!r}; expected one of {', '.join(WITHIN)}")
         return cls({str(k): float(v) for k, v in meta["weights"].items()}, float(meta["alpha"]),
                    float(meta["strength"]), float(meta["gain"]), dict(meta.get("report", {})),
                    bool(meta.get("signed", False)),  # models written before the options: unsigned,

@@ -15,7 +15,7 @@ Two ways a fit uses events (``python -m pamela_lite.fit --events FILE``):
 * **events alone** (:func:`fit_events_only`): no rating exists, so the scorer is fitted on the
   events themselves. Each shown image becomes a pseudo-observation, the confidence-weighted,
   session-centred preference ``p~`` (what the person chose against what was shown beside it; the
-  same target the channel uses), and the whole pipeline (population head, taste map, prototypes,
+  target of a channel centred per session, which an events-only scorer's channel is), and the whole pipeline (population head, taste map, prototypes,
   implicit ALS, LightGBM head) is fitted on those. Scores are then on a preference scale
   (-1..1), not a rating scale: rank by them. New people fold in from events with strength 1 and
   gain 1 (the units the scorer was fitted in).

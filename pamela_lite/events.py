@@ -12,7 +12,8 @@ event      a name from the vocabulary (default :data:`DEFAULT_EVENTS`; ``--event
 timestamp  optional; a number, a date-time, or ISO 8601 text (``2024-05-01T12:30:00Z``); kept as
            given (first of duplicates), used to order a person's events
 session_id optional; images shown together (one prompt's batch, one feed page). Choices are
-           compared within a session; without it, within everything the person was shown
+           compared within a session, or (when validation prefers it) across the person's
+           sessions too; without it, within everything the person was shown
 prompt_id, position   optional; kept for analysis (the solver does not read them)
 ========== =========================================================================================
 
@@ -150,7 +151,9 @@ def validate_events(frame: pl.DataFrame, source, vocabulary: dict[str, float] | 
     _check_timestamps(frame, source)
     frame = _ids(frame, source)
     if "event" in frame.columns:
-        frame = frame.with_columns(pl.col("event").cast(pl.String).str.strip_chars().str.to_lowercase())
+        name = pl.col("event").cast(pl.String).str.strip_chars().str.to_lowercase()
+        # an empty name (a quoted "" in CSV) is no name, like an empty field
+        frame = frame.with_columns(pl.when(name == "").then(None).otherwise(name).alias("event"))
         named = pl.col("event").is_not_null()
         if WEIGHT not in frame.columns:
             _reject_nulls(frame, ("event",), source)
@@ -172,7 +175,10 @@ def validate_events(frame: pl.DataFrame, source, vocabulary: dict[str, float] | 
         if frame.select(bad.any()).item():
             raise InputError(source, f"weight must be a finite number where no event is named "
                                      f"({_where(frame, bad)})")
-        frame = frame.with_columns(pl.coalesce(given, pl.col("_w")).alias(WEIGHT))
+        # A number given beside a name is the evidence, used as given: the name is dropped, so that
+        # neither --event-weights nor the weights a fit chooses replace it (they act on names).
+        frame = frame.with_columns(pl.coalesce(given, pl.col("_w")).alias(WEIGHT),
+                                   pl.when(given.is_not_null()).then(None).otherwise(pl.col("event")).alias("event"))
     else:
         frame = frame.with_columns(pl.col("_w").alias(WEIGHT))
     if "position" in frame.columns:

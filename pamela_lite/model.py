@@ -865,7 +865,8 @@ class PersonalScorer(BaseEstimator):
         unknown = found.filter(pl.col("_row").is_null())["participant_id"].unique(maintain_order=True)
         if len(unknown):
             raise InputError(None, f"{len(unknown)} participant(s) unknown to the model and without context "
-                                   f"ratings: {preview(unknown.to_list())}; pass their ratings as --context")
+                                   f"ratings: {preview(unknown.to_list())}; pass their ratings as --context "
+                                   f"(or their events as --context-events)")
         feats = self.image_features(embeddings.take(pairs["image_id"]))
         rows = found["_row"].to_numpy()
         return {**self._columns(self.fitted_.solver.mean, feats, table[rows]), "user_row": rows}

@@ -141,6 +141,28 @@ def test_sessions_of_one_image_teach_nothing(small):
     np.testing.assert_allclose(alone, prior, atol=1e-6)
 
 
+def test_sessions_of_one_image_teach_something_when_centred_per_person():
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=(5, 3))
+    feats = ImageFeatures(np.zeros(5), z, np.ones((5, 1)), np.zeros((5, 1)))
+    rows = EventRows(np.zeros(5, int), np.arange(5), np.array([1.0, 0, 0, 0, 0]), z)  # each image its own session
+    _, _, informed_session = replace(CHANNEL, within="session").normal_equations(feats, rows, 1)
+    _, b, informed_person = replace(CHANNEL, within="person").normal_equations(feats, rows, 1)
+    assert not informed_session[0] and informed_person[0]
+    assert b[0] @ (z[0] - z.mean(0)) > 0  # toward the saved image
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_non_finite_numeric_weight_is_refused_on_the_device_as_in_files(bad):
+    with pytest.raises(ValueError, match="finite"):
+        CHANNEL.evidence_of([1.0, bad])
+
+
+def test_a_channel_with_an_unknown_centring_is_refused():
+    with pytest.raises(ValueError, match="expected one of session, person"):
+        replace(CHANNEL, within="Person")
+
+
 @pytest.mark.parametrize("within", ["session", "person"])
 def test_device_fold_in_from_events_and_ratings_equals_pythons(small, tmp_path, within):
     _, data, model, events = small
@@ -190,6 +212,7 @@ def test_events_without_taste_get_no_weight_on_validation(small):
     channel = calibrate(model, noise, data.split("train"), data.split("val_seen"), data.embeddings)
     model.fitted_.events = replace(CHANNEL)
     assert channel.strength == 0.0 and channel.report["accepted"] is False
+    assert channel.within == "session" and not channel.signed  # the defaults: the model.json of a channel-less era
 
 
 def test_events_alone_give_a_scorer_that_ranks_new_people_better_than_the_population(small):

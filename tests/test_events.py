@@ -73,6 +73,19 @@ def test_numeric_weight_column_replaces_event_names():
     assert out["weight"].to_list() == [2.5, -1.0] and out["participant_id"].dtype == pl.Int64
 
 
+def test_a_number_beside_an_event_name_is_used_as_given_whatever_the_weights():
+    frame = _events(weight=[0.25, None, None])  # the first row names "save" and gives its own number
+    out = validate_events(frame, "w.csv")
+    assert out["weight"].to_list() == [0.25, 0.0, DEFAULT_EVENTS["skip"]]
+    # weights chosen by a fit act on names; the given number stays
+    assert evidence(out, {"save": 9.0, "skip": -9.0})["evidence"].to_list() == [0.25, 0.0, -9.0]
+
+
+def test_an_empty_event_name_is_no_name():
+    out = validate_events(_events(event=["", "view", "skip"], weight=[1.5, None, None]), "w.csv")
+    assert out["event"].to_list() == [None, "view", "skip"] and out["weight"][0] == 1.5
+
+
 def test_non_numeric_weight_is_refused():
     frame = pl.DataFrame({"participant_id": [1], "image_id": [10], "weight": ["lots"]})
     with pytest.raises(InputError, match="weight must be a finite number"):
