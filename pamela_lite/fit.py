@@ -1,6 +1,6 @@
 """Command-line front end: fit a personal scorer and evaluate it, ``python -m pamela_lite.fit``.
 
-Without ``--data`` it writes (or reuses) the built-in demo world and fits on it, so the whole
+Without ``--data`` or ``--events`` it writes (or reuses) the built-in demo world and fits on it, so the whole
 pipeline runs on a fresh machine with no download. With ``--data`` it reads a PAMELA root
 (``annotations/pamela_<split>.json``) or a ratings table, fits on ``train``, early-stops on
 ``val_seen``, evaluates on ``test_seen`` and k-shot ``test_unseen``, prints a table and writes
@@ -92,9 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = parser_for("fit", __doc__.split("\n\n")[1],
                         "{prog} --data /data/PAMELA --out runs/pamela", defaults=True)
     parser.add_argument("--data", type=Path,
-                        help="PAMELA root or ratings table (.csv/.parquet/.json); default: the demo world")
+                        help="PAMELA root or ratings table (.csv/.parquet/.json); default: the demo world "
+                             "(with --events: none, the scorer is fitted on the events alone)")
     parser.add_argument("--embeddings", type=Path,
-                        help="embeddings Parquet (image_id, embedding); default: embeddings.parquet beside --data")
+                        help="embeddings Parquet (image_id, embedding); default: embeddings.parquet beside "
+                             "--data (without --data: beside --events)")
     parser.add_argument("--out", type=Path, default=Path("runs/model"), help="model folder to write")
     parser.add_argument("--seed", type=int, default=0, help="seed for the model, the demo and k-shot draws")
     parser.add_argument("--scale", type=Scale.parse, help="rating scale LOW-HIGH; default: the data's range")
@@ -152,9 +154,8 @@ def fit_on_events_only(args, watch: Stopwatch) -> int:
     report = {"events": str(args.events), "seed": args.seed, "fit_seconds": round(time.perf_counter() - start, 2),
               "people": len(model.users_), "event_channel": model.fitted_.events.to_json()}
     model.save(args.out, extra_files={"metrics.json": json.dumps(report, indent=1)})
-    if not args.quiet:  # an info line, not a result: the ratings path's only --quiet output is its metrics table
-        print(f"fitted on the events of {len(model.users_)} people in {report['fit_seconds']}s; scores are on a "
-              f"preference scale (-1..1): rank by them")
+    watch.step(f"fitted on the events of {len(model.users_)} people in {report['fit_seconds']}s; scores are on a "
+               f"preference scale (-1..1): rank by them")
     watch.step(f"wrote the model and metrics.json to {args.out}")
     return 0
 
