@@ -5,8 +5,8 @@ Two ways a fit uses events (``python -m pamela_lite.fit --events FILE``):
 * **with ratings** (:func:`calibrate`): the rating model is fitted as always; then the event
   channel's numbers (:class:`pamela_lite.event_channel.EventChannel`: strength, gain, confidence
   scale alpha, whether a rejection is preference -1, whether the intercept profiled out is a
-  session's or the person's, each event's weight) are chosen by the per-user SROCC on validation ratings
-  (``val_seen``) of training users folded in from their events plus k of their own training
+  session's or the person's, each event's weight) are chosen by the per-user SROCC on validation
+  ratings (``val_seen``) of training users folded in from their events plus k of their own training
   ratings (k = 0 and 10: the new-user regime events are for), against the same fold-in without
   events. The best candidate is kept only if its gain over "no events" exceeds two standard
   errors (paired over users) at the context size where it helps least (candidates are compared by
@@ -15,8 +15,9 @@ Two ways a fit uses events (``python -m pamela_lite.fit --events FILE``):
 * **events alone** (:func:`fit_events_only`): no rating exists, so the scorer is fitted on the
   events themselves. Each shown image becomes a pseudo-observation, the confidence-weighted,
   session-centred preference ``p~`` (what the person chose against what was shown beside it; the
-  target of a channel centred per session, which an events-only scorer's channel is), and the whole pipeline (population head, taste map, prototypes,
-  implicit ALS, LightGBM head) is fitted on those. Scores are then on a preference scale
+  target of a channel centred per session, which an events-only scorer's channel is), and the
+  whole pipeline (population head, taste map, prototypes, implicit ALS, LightGBM head) is fitted
+  on those. Scores are then on a preference scale
   (-1..1), not a rating scale: rank by them. New people fold in from events with strength 1 and
   gain 1 (the units the scorer was fitted in).
 """

@@ -1,10 +1,10 @@
 """Command-line front end: fit a personal scorer and evaluate it, ``python -m pamela_lite.fit``.
 
-Without ``--data`` or ``--events`` it writes (or reuses) the built-in demo world and fits on it, so the whole
-pipeline runs on a fresh machine with no download. With ``--data`` it reads a PAMELA root
-(``annotations/pamela_<split>.json``) or a ratings table, fits on ``train``, early-stops on
-``val_seen``, evaluates on ``test_seen`` and k-shot ``test_unseen``, prints a table and writes
-the model folder (with ``metrics.json``) to ``--out``.
+Without ``--data`` or ``--events`` it writes (or reuses) the built-in demo world and fits on it,
+so the whole pipeline runs on a fresh machine with no download. With ``--data`` it reads a
+PAMELA root (``annotations/pamela_<split>.json``) or a ratings table, fits on ``train``,
+early-stops on ``val_seen``, evaluates on ``test_seen`` and k-shot ``test_unseen``, prints a
+table and writes the model folder (with ``metrics.json``) to ``--out``.
 
 With ``--events FILE`` (an events table, :mod:`pamela_lite.events`) the fit also learns from what
 people did: with ratings, the event channel's weights are chosen on val_seen (they may come out
