@@ -534,9 +534,10 @@ class PersonalScorer(BaseEstimator):
                                                                      n_users, reference)
         side = ImageSide(pop_coef, pop_intercept, taste_mean, components, np.ones(components.shape[1]),
                          np.zeros((0, components.shape[1])), 1.0, np.zeros((0, self.factors)))
+        # Only the final fit tests its blocks; out-of-fold fits keep the final fit's.
+        price = block_price(np.count_nonzero(np.bincount(user_index, minlength=n_users))) if reference is None else None
         fitted, evidence = self._fit_user_side(side, y, user_index, image_index, x_images, n_users, mean, blocks,
-                                               test_blocks=reference is None)
-        price = block_price(np.count_nonzero(np.bincount(user_index, minlength=n_users)))
+                                               drop_below=price)
         weak = {name for name, gain in evidence.items() if gain < price}
         if weak:
             # The kept blocks are rebuilt without the dropped ones, each outside only what is
@@ -550,11 +551,13 @@ class PersonalScorer(BaseEstimator):
         return _Base(side, solver, states, directions, blocks, evidence)
 
     def _fit_user_side(self, side: ImageSide, y, user_index, image_index, x_images, n_users, mean: float,
-                       blocks: dict, test_blocks: bool = False
-                       ) -> tuple[tuple[ImageSide, UserSolver, np.ndarray], dict[str, float]]:
+                       blocks: dict, drop_below: float | None = None
+                       ) -> tuple[tuple[ImageSide, UserSolver, np.ndarray] | None, dict[str, float]]:
         """Prototypes, the taste prior, user states and the factor model on the taste coordinates
-        of `side` (whose prototypes and item factors this sets); with `test_blocks`, also each metadata
-        block's evidence under the EM prior (``_TastePrior.block_evidence``; empty without EM)."""
+        of `side` (whose prototypes and item factors this sets). With `drop_below`, also each metadata
+        block's evidence under the EM prior (``_TastePrior.block_evidence``; empty without EM); when
+        a block's falls below it, the fit stops there and returns None (the caller refits without
+        the weak blocks, so the user states and factor model of this one would be thrown away)."""
         coords = (x_images[np.unique(image_index)] - side.pca_mean) @ side.pca_components
         side.prototypes, side.assign_width = self._prototypes(coords)
         side.item_factors = np.zeros((len(side.prototypes), self.factors))
@@ -568,9 +571,11 @@ class PersonalScorer(BaseEstimator):
             iterations = EM_ITERATIONS if self.taste_prior == "empirical" else 0
             prior = _taste_prior_em(states, y, user_index, n_users, feats, solver, iterations, tuple(blocks.values()))
             solver.taste_precision = prior.precision()
-            if test_blocks and blocks and prior.grams is not None:
+            if drop_below is not None and blocks and prior.grams is not None:
                 evidence = dict(zip(blocks, prior.block_evidence(tuple(blocks.values()))))
             del prior  # its users' normal equations (users x d x d) are not needed again
+            if any(gain < drop_below for gain in evidence.values()):
+                return None, evidence
             states, masses = solver.states(user_index, n_users, y, feats, zero_priors)
         # Mass is measured in units of its spread, so alpha means the same on any data set.
         solver.residual_scale = float(np.std(masses)) or 1.0
@@ -1140,15 +1145,15 @@ def _taste_prior_em(states, y, user_index, n_users, feats, solver, iterations: i
                     isotropic_blocks: tuple[int, ...] = ()) -> _TastePrior:
     """The taste prior S and noise s2 of the hierarchical model, by EM.
 
-    Each user's residual ratings (after bias) are r_u = Z_u w_u + e with w_u ~ N(0, S) and
-    e ~ N(0, s2); the solver then solves (Z'Z + s2 S^-1) w = Z'r + s2 S^-1 w0 with the
-    precision s2 S^-1 (:meth:`_TastePrior.precision`). EM starts from the second moment of the users' point estimates and sets S = mean_u (m_u m_u'
-    + C_u) from each posterior N(m_u, C_u), s2 from the expected squared residual. The posterior
-    covariance credits how uncertain each user's estimate is, so directions in which the users
-    show no real spread shrink toward zero rather than keeping the noise of the estimates (on the
-    zoo's worlds: +0.005..+0.02 SROCC for seen and new users over the moment of point estimates,
-    which keeps that noise). Until 2026-11-26 ``taste_prior="empirical"`` meant that moment
-    estimator (now ``"moment"``, `iterations` 0).
+    Each user's residual ratings (after bias) are r_u = Z_u w_u + e with w_u ~ N(0, S) and e ~
+    N(0, s2); the solver then solves (Z'Z + s2 S^-1) w = Z'r + s2 S^-1 w0 with the precision s2
+    S^-1 (:meth:`_TastePrior.precision`). EM starts from the second moment of the users' point
+    estimates and sets S = mean_u (m_u m_u' + C_u) from each posterior N(m_u, C_u), s2 from the
+    expected squared residual. The posterior covariance credits how uncertain each user's estimate
+    is, so directions in which the users show no real spread shrink toward zero rather than
+    keeping the noise of the estimates (on the zoo's worlds: +0.005..+0.02 SROCC for seen and new
+    users over the moment of point estimates, which keeps that noise). Until 2026-11-26
+    ``taste_prior="empirical"`` meant that moment estimator (now ``"moment"``, `iterations` 0).
 
     The last coordinates may form `isotropic_blocks` (sizes, in order; the metadata blocks of
     :mod:`pamela_lite.metadata`): each gets one variance, independent of every other coordinate
