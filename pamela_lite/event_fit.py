@@ -190,6 +190,76 @@ def calibrate(model: PersonalScorer, events: pl.DataFrame, train: pl.DataFrame, 
     return chosen
 
 
+def fold_seen_events(model: PersonalScorer, events: pl.DataFrame, train: pl.DataFrame, validation: pl.DataFrame,
+                     embeddings: Embeddings) -> dict:
+    """Add the training people's own events to their fitted states, if validation says they help.
+
+    A person's events move only the linear taste (the channel's intercept is profiled out), by
+    what folding in their training ratings *with* their events gives over folding in the same
+    ratings *without* them; the rest of the fitted state stays. The moved states replace
+    ``model.user_states_`` only when they beat the fitted ones on the per-user SROCC of
+    validation ratings by more than two standard errors (paired over people), the rule
+    :func:`calibrate` keeps a channel by; so a person's own events never make their scores worse
+    on validation. Run after :func:`calibrate` (a channel with strength 0 changes nothing).
+
+    Parameters
+    ----------
+    model : PersonalScorer
+        Fitted on `train`, with its event channel chosen.
+    events : polars.DataFrame
+        Validated events; those of the model's training people are used.
+    train, validation : polars.DataFrame
+        The model's training ratings and ``val_seen``.
+    embeddings : Embeddings
+        Cover the events' and the ratings' images.
+
+    Returns
+    -------
+    dict
+        What was compared and whether the moved states were kept (also in the channel's report,
+        under ``seen_people``).
+    """
+    channel = model.fitted_.events
+    if channel is None:
+        return {"kept": False, "note": "the model has no event channel"}
+    if channel.strength == 0:
+        channel.report["seen_people"] = report = {"kept": False, "note": "the event channel was not kept"}
+        return report
+    with_events = pl.Series(events["participant_id"].cast(pl.String).unique().to_list(), dtype=pl.String)
+    mine = train.filter(pl.col("participant_id").cast(pl.String).is_in(with_events.implode()))
+    theirs = events.filter(pl.col("participant_id").cast(pl.String).is_in(
+        mine["participant_id"].cast(pl.String).unique().implode()))
+    query = validation.filter(pl.col("participant_id").cast(pl.String).is_in(theirs["participant_id"]
+                                                                              .cast(pl.String).unique().implode()))
+    if not query.height:
+        report = {"kept": False, "people": 0, "note": "no training person has both events and validation ratings"}
+        channel.report["seen_people"] = report
+        return report
+    without, moved = model.fold_in(mine, embeddings), model.fold_in(mine, embeddings, events=theirs)
+    row_without = {str(u): k for k, u in enumerate(without[0])}
+    row_moved = {str(u): k for k, u in enumerate(moved[0])}
+    rows = np.array([k for k, u in enumerate(model.users_) if str(u) in row_without], dtype=np.int64)
+    names = [str(model.users_[k]) for k in rows]
+    shift = (np.asarray(moved[1], np.float64)[[row_moved[u] for u in names]]
+             - np.asarray(without[1], np.float64)[[row_without[u] for u in names]])
+    fitted_states = model.user_states_
+    candidate = fitted_states.copy()
+    candidate[rows] = (fitted_states[rows] + shift).astype(fitted_states.dtype)
+    before = _per_user_srocc(query, model.predict(query, embeddings))
+    model.user_states_ = candidate
+    after = _per_user_srocc(query, model.predict(query, embeddings))
+    gain = after - before
+    se = float(gain.std(ddof=1) / np.sqrt(len(gain))) if len(gain) > 1 else float("inf")
+    kept = bool(gain.mean() > 2 * se)
+    if not kept:
+        model.user_states_ = fitted_states
+    report = {"kept": kept, "people": len(gain), "srocc_without_events": round(float(before.mean()), 4),
+              "srocc_with_events": round(float(after.mean()), 4), "gain": round(float(gain.mean()), 4),
+              "gain_se": round(se, 4)}
+    channel.report["seen_people"] = report
+    return report
+
+
 def preference_rows(events: pl.DataFrame, alpha: float = 1.0) -> pl.DataFrame:
     """Per (participant, image, session): the confidence-weighted, session-centred preference ``p~``.
 

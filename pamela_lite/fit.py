@@ -33,7 +33,7 @@ from ._atomic import check_replaceable, write_text
 from .cli import Stopwatch, log, parse_kshot, parser_for, run, show_progress
 from .data import EMBEDDINGS_FILE, Scale, load_dataset, read_embeddings
 from .errors import InputError
-from .event_fit import calibrate, fit_events_only
+from .event_fit import calibrate, fit_events_only, fold_seen_events
 from .events import load_events, parse_event_weights
 from .protocol import evaluate_models, format_table
 from .model import HEAD_SETTINGS, RATINGS_FILE, PersonalScorer, block_price, read_kept_ratings
@@ -294,6 +294,19 @@ def main(argv: list[str] | None = None) -> int:
                    f"{channel.strength:g}, centred per {channel.within} (SROCC "
                    f"{found.get('srocc_without_events')} without events, {found.get('srocc_with_events')} with; "
                    f"{'kept' if channel.strength else 'not kept'})")
+        seen = fold_seen_events(full, events, dataset.split("train"), dataset.split("val_seen"), dataset.embeddings)
+        if seen["kept"]:
+            # the table above scored the states fitted on ratings; these are the states the folder keeps
+            moved = evaluate_models({FULL: full}, dataset, (0,), splits=("test_seen",), seed=args.seed)
+            report["test_seen_with_own_events"] = moved
+            after = next((r["srocc"] for r in moved if r["model"] == FULL), float("nan"))
+            watch.step(f"training people's own events added to their states: val_seen SROCC "
+                       f"{seen['srocc_without_events']} -> {seen['srocc_with_events']} over {seen['people']} people, "
+                       f"kept; test_seen SROCC with them {after:.4f}")
+        elif channel.strength:
+            watch.step(f"training people's own events not added to their states (val_seen SROCC "
+                       f"{seen.get('srocc_without_events')} -> {seen.get('srocc_with_events')}: not two standard "
+                       f"errors better)")
     if kept is not None:
         refold(full, kept, args.refold_from, dataset.embeddings, watch)
     if full.fitted_.catalogue is not None:

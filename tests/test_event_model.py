@@ -13,7 +13,7 @@ import pytest
 from pamela_lite import event_sim, worlds
 from pamela_lite.edge import EdgeScorer
 from pamela_lite.event_channel import EventChannel, EventRows
-from pamela_lite.event_fit import calibrate, fit_events_only
+from pamela_lite.event_fit import calibrate, fit_events_only, fold_seen_events
 from pamela_lite.events import DEFAULT_EVENTS, validate_events
 from pamela_lite.features import ImageFeatures
 from pamela_lite.fitted import FittedScorer
@@ -215,6 +215,72 @@ def test_events_without_taste_get_no_weight_on_validation(small):
     assert channel.within == "session" and not channel.signed  # the defaults: the model.json of a channel-less era
 
 
+@pytest.fixture(scope="module")
+def crowd():
+    """Many people with about 50 training ratings each (so validation can tell a small gain from
+    noise), a model fitted on them and a channel that weighs events as CHANNEL does, but more."""
+    world = worlds.make("demo", n_users=300, n_images=1500, n_ratings=24000, dim=24, seed=5)
+    data = worlds.dataset(world)
+    model = PersonalScorer(random_state=0, **SMALL_MODEL).fit(data.split("train"), data.embeddings, data.scale,
+                                                             validation=data.split("val_seen"))
+    model.fitted_.events = replace(CHANNEL, gain=4.0)
+    return world, data, model
+
+
+def _choices(world, best: bool, sessions: int = 200) -> pl.DataFrame:
+    """Sessions of four shown images in which each person downloads the one they like most (best)
+    or least by the world's true utility: taste without noise, or its opposite."""
+    rng = np.random.default_rng(0)
+    catalogue = event_sim.event_catalogue(world)
+    people = world.users["participant_id"]
+    utility = event_sim.true_utility(world, np.arange(len(people)), np.arange(world.images.height)[
+        world.images["image_id"].is_in(catalogue.implode()).to_numpy()])
+    shown = np.stack([rng.permutation(len(catalogue))[: 4 * sessions] for _ in people]).reshape(len(people), sessions, 4)
+    liked = np.take_along_axis(utility[:, None, :].repeat(sessions, 1), shown, 2) * (1 if best else -1)
+    chosen = np.take_along_axis(shown, liked.argmax(2)[:, :, None], 2).ravel()
+    views = pl.DataFrame({"participant_id": people.gather(np.repeat(np.arange(len(people)), 4 * sessions)),
+                          "image_id": catalogue.gather(shown.ravel()), "session_id": np.arange(shown.size) // 4,
+                          "event": "view"})
+    downloads = pl.DataFrame({"participant_id": people.gather(np.repeat(np.arange(len(people)), sessions)),
+                              "image_id": catalogue.gather(chosen), "session_id": np.arange(chosen.size),
+                              "event": "download"})
+    return validate_events(pl.concat([views, downloads]), "sim")
+
+
+def test_training_peoples_own_events_are_added_to_their_taste_when_validation_says_they_help(crowd):
+    world, data, model = crowd
+    fitted_states = model.user_states_.copy()
+    report = fold_seen_events(model, _choices(world, best=True), data.split("train"), data.split("val_seen"),
+                              data.embeddings)
+    moved, at = model.user_states_, model.state_slices
+    model.user_states_ = fitted_states
+    assert report["kept"] and report["gain"] > 2 * report["gain_se"] > 0
+    assert model.fitted_.events.report["seen_people"] == report
+    assert not np.allclose(moved[:, at["taste"]], fitted_states[:, at["taste"]])
+    for part in ("bias", "factors", "demographics"):
+        np.testing.assert_array_equal(moved[:, at[part]], fitted_states[:, at[part]])
+
+
+def test_training_peoples_own_events_that_mislead_leave_their_states_as_fitted(crowd):
+    world, data, model = crowd
+    fitted_states = model.user_states_.copy()
+    report = fold_seen_events(model, _choices(world, best=False), data.split("train"), data.split("val_seen"),
+                              data.embeddings)
+    assert not report["kept"] and report["srocc_with_events"] < report["srocc_without_events"]
+    np.testing.assert_array_equal(model.user_states_, fitted_states)
+
+
+def test_a_channel_of_strength_zero_adds_no_events_to_training_people(crowd):
+    world, data, model = crowd
+    fitted_states, channel = model.user_states_.copy(), model.fitted_.events
+    model.fitted_.events = replace(channel, strength=0.0)
+    report = fold_seen_events(model, _choices(world, best=True), data.split("train"), data.split("val_seen"),
+                              data.embeddings)
+    model.fitted_.events = channel
+    assert not report["kept"]
+    np.testing.assert_array_equal(model.user_states_, fitted_states)
+
+
 def test_events_alone_give_a_scorer_that_ranks_new_people_better_than_the_population(small):
     world, data, _, events = small
     people = data.ratings["participant_id"].unique().sort()
@@ -281,6 +347,7 @@ def test_fit_with_ratings_and_events_reports_the_channel_and_its_time(tmp_path):
     assert report["event_channel"]["report"]["chosen_on"] == "val_seen"
     assert "accepted" in report["event_channel"]["report"]  # calibration ran to its choice
     assert report["event_channel_seconds"] > 0 and report["fit_seconds"] > 0
+    assert "kept" in report["event_channel"]["report"]["seen_people"]  # training people's own events were judged
 
 
 def test_events_alone_of_one_person_exit_2_with_one_line(tmp_path, capsys):
