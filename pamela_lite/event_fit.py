@@ -11,7 +11,9 @@ Two ways a fit uses events (``python -m pamela_lite.fit --events FILE``):
   events. The best candidate is kept only if its gain over "no events" exceeds two standard
   errors (paired over users) at the context size where it helps least (candidates are compared by
   that worst gain too); otherwise strength is 0 and events change nothing. A stream with
-  no taste in it thus gets no weight, by validation.
+  no taste in it thus gets no weight, by validation. Then (:func:`fold_seen_events`) the
+  training people's own events are added to their fitted states if that is two standard errors
+  better on the same validation ratings.
 * **events alone** (:func:`fit_events_only`): no rating exists, so the scorer is fitted on the
   events themselves. Each shown image becomes a pseudo-observation, the confidence-weighted,
   session-centred preference ``p~`` (what the person chose against what was shown beside it; the

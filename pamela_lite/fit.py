@@ -8,7 +8,8 @@ table and writes the model folder (with ``metrics.json``) to ``--out``.
 
 With ``--events FILE`` (an events table, :mod:`pamela_lite.events`) the fit also learns from what
 people did: with ratings, the event channel's weights are chosen on val_seen (they may come out
-as zero); without ``--data``, the scorer is fitted on the events alone (scores on a preference
+as zero), and the training people's own events are added to their states when val_seen says they
+help; without ``--data``, the scorer is fitted on the events alone (scores on a preference
 scale; see :mod:`pamela_lite.event_fit`).
 
 A user state means something only for the fit that made it. ``--refold-from OLD_MODEL`` carries
@@ -127,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "ratings and kept by the new model (states of one fit mean nothing to another)")
     parser.add_argument("--events", type=Path,
                         help="events table (participant_id, image_id, event or weight [, timestamp, session_id, "
-                             "prompt_id, position]); with --data its weights are chosen on val_seen, without "
+                             "prompt_id, position]); with --data its weights are chosen on val_seen (and the training "
+                             "people's own events join their states if val_seen says they help), without "
                              "--data the scorer is fitted on the events alone; a numeric weight is used as given "
                              "(your own signed confidence), not replaced by --event-weights or fitted event weights")
     parser.add_argument("--event-weights", metavar="JSON",
