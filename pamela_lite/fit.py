@@ -37,7 +37,8 @@ from .errors import InputError
 from .event_fit import calibrate, fit_events_only, fold_seen_events
 from .events import load_events, parse_event_weights
 from .protocol import evaluate_models, format_table
-from .model import HEAD_SETTINGS, RATINGS_FILE, PersonalScorer, block_price, read_kept_ratings
+from .model import (EVENTS_FILE, HEAD_SETTINGS, RATINGS_FILE, PersonalScorer, block_price, read_kept_events,
+                    read_kept_ratings)
 
 # The baselines every table shows beside the full model, as switches of the same estimator.
 BASELINES = {
@@ -192,19 +193,26 @@ def fit_variants(variants: dict, dataset, seed: int, watch: Stopwatch, progress:
     return models
 
 
-def refold(model: PersonalScorer, kept, old: Path, embeddings, watch: Stopwatch) -> None:
-    """Fold in again, against `model`, the users whose ratings the model folder `old` keeps
-    (`kept`) and `model` was not fitted on."""
+def refold(model: PersonalScorer, kept, kept_events, old: Path, embeddings, watch: Stopwatch) -> None:
+    """Fold in again, against `model`, the users whose ratings and events the model folder `old`
+    keeps (`kept`, `kept_events`) and `model` was not fitted on."""
+    if kept_events.height:  # named here, or a missing image would be blamed on the kept ratings
+        embeddings.rows(kept_events["image_id"].unique(maintain_order=True), old / EVENTS_FILE)
     try:
-        ids = model.refold(kept, embeddings)
+        ids = model.refold(kept, embeddings, kept_events)
     except InputError as err:
         raise InputError(err.source or old / RATINGS_FILE, err.problem) from None
     watch.step(f"folded in again {len(ids)} user(s) kept by {old} that this fit was not trained on "
                f"(the {len(model.users_) - len(ids)} it was trained on have states from this fit)")
+    with_events = kept_events.filter(pl.col("participant_id").is_in([str(u) for u in ids]))["participant_id"]
+    if model.fitted_.events is None and with_events.len():
+        print(f"warning: {with_events.n_unique()} of them were added from their events, which this fit cannot "
+              f"use (it was fitted without --events): they are folded in from their ratings or demographics "
+              f"alone; their events stay in the model folder for a fit with --events", file=sys.stderr)
     lost = {str(u) for u in PersonalScorer.load(old).users_} - {str(u) for u in model.users_}
     if lost:
-        print(f"warning: {len(lost)} user(s) of {old} have no kept ratings to fold in again from (people known "
-              f"only from events, say) and are not in the new model", file=sys.stderr)
+        print(f"warning: {len(lost)} user(s) of {old} have no kept ratings or events to fold in again from "
+              f"(the people of a fit on events alone, say) and are not in the new model", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     args.params = parse_params(args.params)
     check_replaceable(args.out, "model.json", "model")  # before the work, not after it
     kept = read_kept_ratings(args.refold_from) if args.refold_from is not None else None
+    kept_events = read_kept_events(args.refold_from) if args.refold_from is not None else None
     watch = Stopwatch(args.quiet)
     if args.threads is not None and args.threads < 1:
         raise InputError(None, "--threads takes a number >= 1")
@@ -310,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
                        f"{seen.get('srocc_without_events')} -> {seen.get('srocc_with_events')}: not two standard "
                        f"errors better)")
     if kept is not None:
-        refold(full, kept, args.refold_from, dataset.embeddings, watch)
+        refold(full, kept, kept_events, args.refold_from, dataset.embeddings, watch)
     if full.fitted_.catalogue is not None:
         watch.step(f"kept per-image catalogue corrections for {len(full.fitted_.catalogue.image_ids)} training images "
                    f"(validation on them improved; predict applies them, the exported ONNX scorer does not)")

@@ -74,7 +74,8 @@ from .fitted import PARAMETER_FILES, USERS_FILE, FittedScorer, read_users, write
 from .user_solver import DemographicPrior, UserSolver, als_row_values, state_layout, user_normal_equations
 
 RATINGS_FILE = "ratings.parquet"  # in a model folder: the ratings every known user's state was solved from
-MODEL_FILES = (*PARAMETER_FILES, USERS_FILE, RATINGS_FILE)  # what save writes, besides extra files
+EVENTS_FILE = "events.parquet"  # and the events of people added later from their events (only when there are any)
+MODEL_FILES = (*PARAMETER_FILES, USERS_FILE, RATINGS_FILE, EVENTS_FILE)  # what save writes, besides extra files
 
 
 def _limit_threads(fit):
@@ -379,6 +380,7 @@ class PersonalScorer(BaseEstimator):
         # States are float32, the type the exported scorer takes them in, so both score alike.
         self.user_states_ = np.column_stack([base.states, head_demo]).astype(np.float32)
         self.ratings_ = _kept_ratings(ratings, "train")
+        self.events_ = _kept_events(None)
         steps.update(1)
 
         if self.use_head:
@@ -789,14 +791,14 @@ class PersonalScorer(BaseEstimator):
         return folded
 
     def add_users(self, context: pl.DataFrame, embeddings: Embeddings,
-                  users: pl.DataFrame | None = None) -> tuple[list, np.ndarray]:
+                  users: pl.DataFrame | None = None, events: pl.DataFrame | None = None) -> tuple[list, np.ndarray]:
         """Fold new users in (as :meth:`fold_in`) and keep them as known users of this model.
 
         Their states join ``user_states_`` (replacing those of users with the same id, compared
-        as text) and their ratings join ``ratings_``, so :meth:`save` stores both and a refit
-        folds them in again (``python -m pamela_lite.fit --refold-from``).
+        as text), their ratings join ``ratings_`` and their events ``events_``, so :meth:`save`
+        stores them and a refit folds them in again (``python -m pamela_lite.fit --refold-from``).
         """
-        folded = self.fold_in(context, embeddings, users)
+        folded = self.fold_in(context, embeddings, users, events)
         known, new = _merged_ids(self.users_, list(folded[0]))
         position = {str(u): k for k, u in enumerate(known)}
         states = self.user_states_
@@ -810,28 +812,47 @@ class PersonalScorer(BaseEstimator):
         self.users_, self.user_states_ = known, states
         replaced = pl.Series([str(u) for u in new], dtype=pl.String)
         added = _kept_ratings(context, "context")
-        if users is not None:  # users without ratings: their demographics alone (a row without an image)
+        # users without ratings (known from demographics or events): a row without an image marks them
+        unrated = [f for f in (users, None if events is None else events.select("participant_id")) if f is not None]
+        if unrated:
             rated = set(context["participant_id"].cast(pl.String).to_list())
-            bare = users.filter(~pl.col("participant_id").cast(pl.String).is_in(list(rated)))
+            bare = pl.concat([f.with_columns(pl.col("participant_id").cast(pl.String)) for f in unrated],
+                             how="diagonal_relaxed")  # users first: their demographics are the row kept
+            bare = bare.filter(~pl.col("participant_id").is_in(list(rated)))
             bare = bare.unique("participant_id", keep="first", maintain_order=True)
             added = pl.concat([added, _kept_ratings(bare.with_columns(image_id=pl.lit(None, pl.String),
                                                                       rating=pl.lit(None, pl.Float64)),
                                                     "context")], how="diagonal_relaxed")
         self.ratings_ = pl.concat([self.ratings_.filter(~pl.col("participant_id").is_in(replaced.implode())),
                                    added], how="diagonal_relaxed")
+        self.events_ = pl.concat([self.events_.filter(~pl.col("participant_id").is_in(replaced.implode())),
+                                  _kept_events(events)])
         return folded
 
-    def refold(self, ratings: pl.DataFrame, embeddings: Embeddings) -> list:
-        """Fold in, from kept ratings (another model's ``ratings_``), the users this model does not
-        know from its own training; returns their ids. States are meaningful only for the fit that
-        made them, so this is how users survive a refit."""
+    def refold(self, ratings: pl.DataFrame, embeddings: Embeddings, events: pl.DataFrame | None = None) -> list:
+        """Fold in, from kept ratings and events (another model's ``ratings_`` and ``events_``), the
+        users this model does not know from its own training; returns their ids. States are
+        meaningful only for the fit that made them, so this is how users survive a refit.
+
+        Kept events are folded in through this model's event channel; a model fitted without
+        events has none, so it folds those people in from their ratings (or demographics) alone
+        and keeps their events for a later fit that has one.
+        """
         trained = set(self._trained_ids())
         others = ratings.filter(~pl.col("participant_id").cast(pl.String).is_in(list(trained)))
         if not others.height:
             return []
         rated = others.filter(pl.col("image_id").is_not_null())
         users = others.unique("participant_id", keep="first", maintain_order=True)
-        return list(self.add_users(rated, embeddings, users=users)[0])
+        theirs = None
+        if events is not None and events.height:
+            theirs = events.filter(pl.col("participant_id").is_in(users["participant_id"].implode()))
+        if theirs is not None and self.fitted_.events is None:
+            ids = list(self.add_users(rated, embeddings, users=users)[0])
+            self.events_ = pl.concat([self.events_.filter(~pl.col("participant_id").is_in(theirs["participant_id"]
+                                                                                          .implode())), theirs])
+            return ids
+        return list(self.add_users(rated, embeddings, users=users, events=theirs)[0])
 
     def _trained_ids(self) -> list[str]:
         """Ids (as text) of the users this model was fitted on."""
@@ -947,7 +968,8 @@ class PersonalScorer(BaseEstimator):
 
         Files: the fitted scorer's ``model.json``, ``arrays.npz`` and ``head.txt``
         (:mod:`pamela_lite.fitted`), the known users' states (``users.npz``, tied to the fit by
-        its digest), the ratings they were solved from (``ratings.parquet``, ids as text), plus
+        its digest), the ratings they were solved from (``ratings.parquet``, ids as text), the
+        events of people added from their events (``events.parquet``, only when there are any), plus
         `extra_files` (name → text or bytes, e.g. metrics). Nothing is pickled.
         """
         self._check_fitted()
@@ -956,6 +978,8 @@ class PersonalScorer(BaseEstimator):
             self.fitted_.write(tmp)
             write_users(tmp / USERS_FILE, self.users_, self.user_states_, self.fitted_.digest())
             self.ratings_.write_parquet(tmp / RATINGS_FILE)
+            if self.events_.height:
+                self.events_.write_parquet(tmp / EVENTS_FILE)
             for name, content in (extra_files or {}).items():
                 (tmp / name).write_bytes(content if isinstance(content, bytes) else content.encode())
         return path
@@ -970,6 +994,7 @@ class PersonalScorer(BaseEstimator):
         ratings = read_kept_ratings(path)
         model = cls(**fitted.params)
         model.fitted_, model.users_, model.user_states_, model.ratings_ = fitted, ids, states, ratings
+        model.events_ = read_kept_events(path)
         return model
 
 
@@ -1052,6 +1077,34 @@ def read_kept_ratings(folder: str | Path) -> pl.DataFrame:
     if missing:
         raise InputError(path, f"not ratings kept by a model folder (no column {missing[0]!r})")
     return ratings
+
+
+EVENT_COLUMNS = {"participant_id": pl.String, "image_id": pl.String, "session_id": pl.String, "event": pl.String,
+                 "weight": pl.Float64}
+
+
+def _kept_events(events: pl.DataFrame | None) -> pl.DataFrame:
+    """Validated events (:func:`pamela_lite.events.validate_events`) as a model folder keeps them:
+    ids as text, one row per distinct event, the name or the numeric evidence it was read with."""
+    if events is None:
+        return pl.DataFrame(schema=EVENT_COLUMNS)
+    return events.select([pl.col(name).cast(dtype) for name, dtype in EVENT_COLUMNS.items()])
+
+
+def read_kept_events(folder: str | Path) -> pl.DataFrame:
+    """The events a model folder keeps (``events.parquet``, written only when people were added from
+    their events); empty when the folder has none."""
+    path = Path(folder) / EVENTS_FILE
+    if not path.exists():
+        return _kept_events(None)
+    try:
+        events = pl.read_parquet(path)
+    except Exception as err:  # polars/arrow raise their own types for a damaged file
+        raise InputError(path, f"cannot read ({type(err).__name__})") from None
+    missing = [c for c in EVENT_COLUMNS if c not in events.columns]
+    if missing:
+        raise InputError(path, f"not events kept by a model folder (no column {missing[0]!r})")
+    return _kept_events(events)
 
 
 def _demographic_columns(users: pl.DataFrame) -> tuple[list, list, list]:

@@ -44,8 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="score every image by its embedding alone, as the exported ONNX scorer does (by "
                              "default images rated at fit time get the model's per-image correction, if it kept one)")
     parser.add_argument("--add-to-model", action="store_true",
-                        help="also keep the --context users in the model folder (their states and ratings), so "
-                             "later predict and export know them and a refit folds them in again")
+                        help="also keep the --context / --context-events users in the model folder (their "
+                             "states, ratings and events), so later predict and export know them and a refit "
+                             "folds them in again")
     parser.add_argument("--out", type=Path, required=True, help="output table (.csv, .parquet or .json)")
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
     return parser
@@ -64,9 +65,11 @@ def load_context(path: Path, model: PersonalScorer, refit_known: bool = False) -
     return frame
 
 
-def add_to_model(model: PersonalScorer, context: pl.DataFrame, embeddings, folder: Path) -> None:
-    """Keep context users in the model folder (atomically; the folder's other files are kept as they are)."""
-    model.add_users(context, embeddings)
+def add_to_model(model: PersonalScorer, context: pl.DataFrame, embeddings, folder: Path,
+                 events: pl.DataFrame | None = None) -> None:
+    """Keep context users (their ratings and events) in the model folder (atomically; the folder's
+    other files are kept as they are)."""
+    model.add_users(context, embeddings, events=events)
     others = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and p.name not in MODEL_FILES}
     model.save(folder, extra_files=others)
 
@@ -84,8 +87,8 @@ def lookup_ids(pairs: pl.DataFrame, *others: pl.Series) -> pl.DataFrame:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_table_path(args.out)
-    if args.add_to_model and args.context is None:
-        raise InputError(None, "--add-to-model needs --context (the users to add)")
+    if args.add_to_model and args.context is None and args.context_events is None:
+        raise InputError(None, "--add-to-model needs --context or --context-events (the users to add)")
     watch = Stopwatch(args.quiet)
     model = PersonalScorer.load(args.model)
     embeddings = read_embeddings(args.embeddings)
@@ -93,8 +96,6 @@ def main(argv: list[str] | None = None) -> int:
     pairs = read_pairs(args.pairs)
     embeddings.rows(pairs["image_id"].unique(), args.pairs)
     states, others = None, [pl.Series(model.users_)]
-    if args.context_events is not None and args.add_to_model:
-        raise InputError(None, "--add-to-model keeps ratings only; a model folder does not keep events yet")
     events = None
     if args.context_events is not None:
         if model.fitted_.events is None:
@@ -126,8 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     write_table(pairs.with_columns(score=pl.Series(scores)), args.out)
     watch.step(f"scored {pairs.height} pairs → {args.out}")
     if args.add_to_model:
-        add_to_model(model, context, embeddings, args.model)
-        watch.step(f"kept {len(states[0])} context user(s) and their ratings in {args.model}")
+        add_to_model(model, context, embeddings, args.model, events)
+        watch.step(f"kept {len(states[0])} context user(s) and their "
+                   + ("ratings and events" if context.height and events is not None else
+                      "events" if events is not None else "ratings") + f" in {args.model}")
     return 0
 
 

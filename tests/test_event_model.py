@@ -17,7 +17,7 @@ from pamela_lite.event_fit import calibrate, fit_events_only, fold_seen_events
 from pamela_lite.events import DEFAULT_EVENTS, validate_events
 from pamela_lite.features import ImageFeatures
 from pamela_lite.fitted import FittedScorer
-from pamela_lite.model import PersonalScorer
+from pamela_lite.model import PersonalScorer, read_kept_events, read_kept_ratings
 from pamela_lite.onnx_scorer import export
 
 from .conftest import SMALL_MODEL, cli
@@ -302,6 +302,89 @@ def test_events_alone_give_a_scorer_that_ranks_new_people_better_than_the_popula
     assert corr["b"].mean() > corr["a"].mean()
 
 
+def _no_ratings(data) -> pl.DataFrame:
+    return data.ratings.head(0).select("participant_id", "image_id", "rating")
+
+
+def test_people_added_from_their_events_are_kept_by_the_model_folder(small, tmp_path):
+    _, data, model, events = small
+    me = _newcomer(events)
+    query = data.ratings.head(40).select("image_id").with_columns(participant_id=pl.lit("newcomer"))
+    folded = model.predict(query, data.embeddings, model.fold_in(_no_ratings(data), data.embeddings, events=me))
+    copy = PersonalScorer.load(model.save(tmp_path / "m"))
+    copy.add_users(_no_ratings(data), data.embeddings, events=me)
+    copy.save(tmp_path / "m")
+    np.testing.assert_array_equal(PersonalScorer.load(tmp_path / "m").predict(query, data.embeddings), folded)
+    kept = read_kept_events(tmp_path / "m")
+    assert kept.height == me.height and set(kept["participant_id"]) == {"newcomer"}
+
+
+def test_a_model_folder_without_added_events_writes_no_events_file(small, tmp_path):
+    _, _, model, _ = small
+    model.save(tmp_path / "m")
+    assert not (tmp_path / "m" / "events.parquet").exists() and read_kept_events(tmp_path / "m").height == 0
+
+
+def _refit(data, channel):
+    new = PersonalScorer(random_state=1, **SMALL_MODEL).fit(data.split("train"), data.embeddings, data.scale,
+                                                           validation=data.split("val_seen"))
+    new.fitted_.events = channel
+    return new
+
+
+def test_a_refit_folds_people_kept_from_their_events_in_again(small, tmp_path):
+    _, data, model, events = small
+    me = _newcomer(events)
+    old = PersonalScorer.load(model.save(tmp_path / "old"))
+    old.add_users(_no_ratings(data), data.embeddings, events=me)
+    old.save(tmp_path / "old")
+    new = _refit(data, replace(CHANNEL))
+    refolded = new.refold(read_kept_ratings(tmp_path / "old"), data.embeddings, read_kept_events(tmp_path / "old"))
+    assert refolded == ["newcomer"]
+    query = data.ratings.head(40).select("image_id").with_columns(participant_id=pl.lit("newcomer"))
+    fresh = new.fold_in(_no_ratings(data), data.embeddings, events=me)
+    np.testing.assert_allclose(new.predict(query, data.embeddings),
+                               new.predict(query, data.embeddings, fresh), rtol=0, atol=1e-6)
+    assert new.events_.height == me.height  # kept again, for the refit after this one
+
+
+def test_a_refit_without_events_keeps_the_events_it_cannot_use(small, tmp_path):
+    _, data, model, events = small
+    me = _newcomer(events)
+    old = PersonalScorer.load(model.save(tmp_path / "old"))
+    old.add_users(_no_ratings(data), data.embeddings, events=me)
+    old.save(tmp_path / "old")
+    new = _refit(data, None)
+    assert new.refold(read_kept_ratings(tmp_path / "old"), data.embeddings,
+                      read_kept_events(tmp_path / "old")) == ["newcomer"]
+    position = [str(u) for u in new.users_].index("newcomer")
+    prior = new.fold_in(_no_ratings(data), data.embeddings, users=pl.DataFrame({"participant_id": ["newcomer"]}))
+    np.testing.assert_array_equal(new.user_states_[position], prior[1][0])  # demographics alone: none here
+    assert new.events_.height == me.height
+
+
+def test_a_refit_without_events_says_whose_events_it_cannot_use(tmp_path, capsys):
+    from pamela_lite import demo, fit
+    from pamela_lite.cli import run
+    from pamela_lite.data import read_embeddings
+
+    world = tmp_path / "w"
+    assert run(demo.main, ["--users", "30", "--images", "200", "--ratings", "2000", "--dim", "16", "--events",
+                           "session", "--impressions", "40", "--out", str(world)]) == 0
+    params = json.dumps(dict(n_components=6, n_prototypes=8, factors=3, head_trees=20, n_folds=2))
+    common = ["--data", str(world), "--params", params, "--no-baselines", "--kshot", "0", "--quiet"]
+    assert run(fit.main, [*common, "--events", str(world / "events.parquet"), "--out", str(tmp_path / "old")]) == 0
+    embeddings = read_embeddings(world / "embeddings.parquet")
+    old = PersonalScorer.load(tmp_path / "old")
+    me = _newcomer(validate_events(pl.read_parquet(world / "events.parquet"), "sim"), 30)
+    old.add_users(me.head(0).select("participant_id", "image_id", rating=pl.lit(3)), embeddings, events=me)
+    old.save(tmp_path / "old")
+    capsys.readouterr()
+    assert run(fit.main, [*common, "--refold-from", str(tmp_path / "old"), "--out", str(tmp_path / "new")]) == 0
+    assert "1 of them were added from their events, which this fit cannot use" in capsys.readouterr().err
+    assert set(read_kept_events(tmp_path / "new")["participant_id"]) == {"newcomer"}
+
+
 def test_fit_and_predict_from_events_on_the_command_line(tmp_path):
     out = tmp_path / "w"
     assert cli("demo", "--world", "demo", "--users", "40", "--images", "300", "--ratings", "4000", "--dim", "16",
@@ -315,9 +398,16 @@ def test_fit_and_predict_from_events_on_the_command_line(tmp_path):
     new.write_csv(tmp_path / "new.csv")
     new.select("participant_id", "image_id").unique().write_csv(tmp_path / "pairs.csv")
     done = cli("predict", "--model", tmp_path / "m", "--pairs", tmp_path / "pairs.csv", "--embeddings",
-               out / "embeddings.parquet", "--context-events", tmp_path / "new.csv", "--out", tmp_path / "s.csv")
+               out / "embeddings.parquet", "--context-events", tmp_path / "new.csv", "--add-to-model",
+               "--out", tmp_path / "s.csv")
     assert done.returncode == 0, done.stderr
+    assert "kept 1 context user(s) and their events" in done.stderr
     assert pl.read_csv(tmp_path / "s.csv")["score"].n_unique() > 1
+    # known to the folder now: scored without the events, as with them
+    done = cli("predict", "--model", tmp_path / "m", "--pairs", tmp_path / "pairs.csv", "--embeddings",
+               out / "embeddings.parquet", "--out", tmp_path / "t.csv", "--quiet")
+    assert done.returncode == 0, done.stderr
+    np.testing.assert_array_equal(pl.read_csv(tmp_path / "t.csv")["score"], pl.read_csv(tmp_path / "s.csv")["score"])
 
 
 def test_fit_on_events_alone_is_silent_under_quiet(tmp_path, capsys):
