@@ -306,15 +306,20 @@ def _no_ratings(data) -> pl.DataFrame:
     return data.ratings.head(0).select("participant_id", "image_id", "rating")
 
 
+def _folder_with_newcomer(model, data, me, folder):
+    """A copy of `model` in `folder` that keeps the newcomer, added from their events `me`."""
+    copy = PersonalScorer.load(model.save(folder))
+    copy.add_users(_no_ratings(data), data.embeddings, events=me)
+    return copy.save(folder)
+
+
 def test_people_added_from_their_events_are_kept_by_the_model_folder(small, tmp_path):
     _, data, model, events = small
     me = _newcomer(events)
     query = data.ratings.head(40).select("image_id").with_columns(participant_id=pl.lit("newcomer"))
     folded = model.predict(query, data.embeddings, model.fold_in(_no_ratings(data), data.embeddings, events=me))
-    copy = PersonalScorer.load(model.save(tmp_path / "m"))
-    copy.add_users(_no_ratings(data), data.embeddings, events=me)
-    copy.save(tmp_path / "m")
-    np.testing.assert_array_equal(PersonalScorer.load(tmp_path / "m").predict(query, data.embeddings), folded)
+    kept_by = PersonalScorer.load(_folder_with_newcomer(model, data, me, tmp_path / "m"))
+    np.testing.assert_array_equal(kept_by.predict(query, data.embeddings), folded)
     kept = read_kept_events(tmp_path / "m")
     assert kept.height == me.height and set(kept["participant_id"]) == {"newcomer"}
 
@@ -335,9 +340,7 @@ def _refit(data, channel):
 def test_a_refit_folds_people_kept_from_their_events_in_again(small, tmp_path):
     _, data, model, events = small
     me = _newcomer(events)
-    old = PersonalScorer.load(model.save(tmp_path / "old"))
-    old.add_users(_no_ratings(data), data.embeddings, events=me)
-    old.save(tmp_path / "old")
+    _folder_with_newcomer(model, data, me, tmp_path / "old")
     new = _refit(data, replace(CHANNEL))
     refolded = new.refold(read_kept_ratings(tmp_path / "old"), data.embeddings, read_kept_events(tmp_path / "old"))
     assert refolded == ["newcomer"]
@@ -351,9 +354,7 @@ def test_a_refit_folds_people_kept_from_their_events_in_again(small, tmp_path):
 def test_a_refit_without_events_keeps_the_events_it_cannot_use(small, tmp_path):
     _, data, model, events = small
     me = _newcomer(events)
-    old = PersonalScorer.load(model.save(tmp_path / "old"))
-    old.add_users(_no_ratings(data), data.embeddings, events=me)
-    old.save(tmp_path / "old")
+    _folder_with_newcomer(model, data, me, tmp_path / "old")
     new = _refit(data, None)
     assert new.refold(read_kept_ratings(tmp_path / "old"), data.embeddings,
                       read_kept_events(tmp_path / "old")) == ["newcomer"]
