@@ -218,25 +218,27 @@ def fold_seen_events(model: PersonalScorer, events: pl.DataFrame, train: pl.Data
     Returns
     -------
     dict
-        What was compared and whether the moved states were kept (also in the channel's report,
-        under ``seen_people``).
+        What was compared and whether the moved states were kept (also under ``seen_people`` in
+        the report of ``model.fitted_.events``, which is replaced by a copy that carries it).
     """
     channel = model.fitted_.events
     if channel is None:
         return {"kept": False, "note": "the model has no event channel"}
+
+    def judged(report: dict) -> dict:  # recorded in a new channel: reports are not shared between channels
+        model.fitted_.events = replace(channel, report={**channel.report, "seen_people": report})
+        return report
+
     if channel.strength == 0:
-        channel.report["seen_people"] = report = {"kept": False, "note": "the event channel was not kept"}
-        return report
-    with_events = pl.Series(events["participant_id"].cast(pl.String).unique().to_list(), dtype=pl.String)
-    mine = train.filter(pl.col("participant_id").cast(pl.String).is_in(with_events.implode()))
-    theirs = events.filter(pl.col("participant_id").cast(pl.String).is_in(
-        mine["participant_id"].cast(pl.String).unique().implode()))
-    query = validation.filter(pl.col("participant_id").cast(pl.String).is_in(theirs["participant_id"]
-                                                                              .cast(pl.String).unique().implode()))
+        return judged({"kept": False, "note": "the event channel was not kept"})
+    # ids compared as text (ratings and events may type them differently), as the rows are matched below
+    text = pl.col("participant_id").cast(pl.String)
+    with_events = events.select(text.unique())["participant_id"]
+    mine = train.with_columns(text).filter(pl.col("participant_id").is_in(with_events.implode()))
+    theirs = events.with_columns(text).filter(pl.col("participant_id").is_in(mine["participant_id"].implode()))
+    query = validation.filter(text.is_in(theirs["participant_id"].implode()))
     if not query.height:
-        report = {"kept": False, "people": 0, "note": "no training person has both events and validation ratings"}
-        channel.report["seen_people"] = report
-        return report
+        return judged({"kept": False, "people": 0, "note": "no training person has both events and validation ratings"})
     without, moved = model.fold_in(mine, embeddings), model.fold_in(mine, embeddings, events=theirs)
     row_without = {str(u): k for k, u in enumerate(without[0])}
     row_moved = {str(u): k for k, u in enumerate(moved[0])}
@@ -255,11 +257,19 @@ def fold_seen_events(model: PersonalScorer, events: pl.DataFrame, train: pl.Data
     kept = bool(gain.mean() > 2 * se)
     if not kept:
         model.user_states_ = fitted_states
-    report = {"kept": kept, "people": len(gain), "srocc_without_events": round(float(before.mean()), 4),
-              "srocc_with_events": round(float(after.mean()), 4), "gain": round(float(gain.mean()), 4),
-              "gain_se": round(se, 4)}
-    channel.report["seen_people"] = report
-    return report
+    return judged({"kept": kept, "people": len(gain), "srocc_without_events": round(float(before.mean()), 4),
+                   "srocc_with_events": round(float(after.mean()), 4), "gain": round(float(gain.mean()), 4),
+                   "gain_se": round(se, 4)})
+
+
+def without_scored_pairs(events: pl.DataFrame, scored: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """`events` less those on an image the same person rated in `scored` (held-out ratings), and how
+    many were left out: such an event would tell validation or the test what the rating says."""
+    text = [pl.col("participant_id").cast(pl.String).alias("_p"), pl.col("image_id").cast(pl.String).alias("_i")]
+    kept = (events.with_columns(*text)
+            .join(scored.select(*text).unique(), on=["_p", "_i"], how="anti", maintain_order="left")
+            .drop("_p", "_i"))
+    return kept, events.height - kept.height
 
 
 def preference_rows(events: pl.DataFrame, alpha: float = 1.0) -> pl.DataFrame:

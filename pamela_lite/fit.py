@@ -34,7 +34,7 @@ from ._atomic import check_replaceable, write_text
 from .cli import Stopwatch, log, parse_kshot, parser_for, run, show_progress
 from .data import EMBEDDINGS_FILE, Scale, load_dataset, read_embeddings
 from .errors import InputError
-from .event_fit import calibrate, fit_events_only, fold_seen_events
+from .event_fit import calibrate, fit_events_only, fold_seen_events, without_scored_pairs
 from .events import load_events, parse_event_weights
 from .protocol import evaluate_models, format_table
 from .model import (EVENTS_FILE, HEAD_SETTINGS, RATINGS_FILE, PersonalScorer, block_price, read_kept_events,
@@ -196,8 +196,12 @@ def fit_variants(variants: dict, dataset, seed: int, watch: Stopwatch, progress:
 def refold(model: PersonalScorer, kept, kept_events, old: Path, embeddings, watch: Stopwatch) -> None:
     """Fold in again, against `model`, the users whose ratings and events the model folder `old`
     keeps (`kept`, `kept_events`) and `model` was not fitted on."""
-    if kept_events.height:  # named here, or a missing image would be blamed on the kept ratings
-        embeddings.rows(kept_events["image_id"].unique(maintain_order=True), old / EVENTS_FILE)
+    # Only the events of people this fit does not train on are read, and only by a fit with an event
+    # channel; their images are checked here, or a missing one would be blamed on the kept ratings.
+    trained = [str(u) for u in model.users_]
+    read = kept_events.filter(~pl.col("participant_id").is_in(trained))
+    if read.height and model.fitted_.events is not None:
+        embeddings.rows(read["image_id"].unique(maintain_order=True), old / EVENTS_FILE)
     try:
         ids = model.refold(kept, embeddings, kept_events)
     except InputError as err:
@@ -213,6 +217,24 @@ def refold(model: PersonalScorer, kept, kept_events, old: Path, embeddings, watc
     if lost:
         print(f"warning: {len(lost)} user(s) of {old} have no kept ratings or events to fold in again from "
               f"(the people of a fit on events alone, say) and are not in the new model", file=sys.stderr)
+
+
+def own_events_line(model: PersonalScorer, seen: dict, rows: list[dict], dataset, seed: int, report: dict) -> str:
+    """What became of the training people's own events (event_fit.fold_seen_events). The table
+    printed above scored the states fitted on ratings; when the events were added, test_seen is
+    scored again with the states the folder keeps (``report["test_seen_with_own_events"]``)."""
+    if "srocc_with_events" not in seen:
+        return f"training people's own events not judged: {seen.get('note', 'nothing to judge')}"
+    judged = (f"val_seen SROCC {seen['srocc_without_events']:.4f} -> {seen['srocc_with_events']:.4f} over "
+              f"{seen['people']} people")
+    if not seen["kept"]:
+        return f"training people's own events not added to their states ({judged}: not two standard errors better)"
+    moved = evaluate_models({FULL: model}, dataset, (0,), splits=("test_seen",), seed=seed)
+    report["test_seen_with_own_events"] = moved
+    before = next((r["srocc"] for r in rows if r["model"] == FULL and r["split"] == "test_seen"), float("nan"))
+    after = next((r["srocc"] for r in moved if r["model"] == FULL), float("nan"))
+    return (f"training people's own events added to their states ({judged}); test_seen SROCC {before:.4f} -> "
+            f"{after:.4f} (the table above is without them; the model folder keeps them)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -243,6 +265,11 @@ def main(argv: list[str] | None = None) -> int:
         if unrated:  # their events choose nothing and fit nothing: the model is fitted on ratings
             log.warning(f"warning: {args.events}: {unrated} person(s) with events but no training ratings are "
                         f"left out (fold them in with predict --context-events, or fit on the events alone)")
+        held_out = dataset.ratings.filter(pl.col("split").is_in(["val_seen", "test_seen"]))
+        events, leaking = without_scored_pairs(events, held_out)
+        if leaking:
+            log.warning(f"warning: {args.events}: {leaking} event(s) on images the same person rated in val_seen or "
+                        f"test_seen are left out (they would tell validation and the test those ratings)")
     counts = dataset.ratings.group_by("split").len().sort("split")
     watch.step(f"read {dataset.ratings.height} ratings (scale {dataset.scale}) and "
                f"{dataset.embeddings.matrix.shape[0]} embeddings of dimension {dataset.embeddings.dim}: "
@@ -299,25 +326,14 @@ def main(argv: list[str] | None = None) -> int:
                             vocabulary, args.seed)
         # fit_seconds is the rating model's fit; choosing the event channel is timed on its own
         report["event_channel_seconds"] = round(time.perf_counter() - calibration_start, 2)
-        report["event_channel"] = channel.to_json()
         found = channel.report
         watch.step(f"event channel chosen on val_seen over {found.get('users', 0)} people: strength "
                    f"{channel.strength:g}, centred per {channel.within} (SROCC "
                    f"{found.get('srocc_without_events')} without events, {found.get('srocc_with_events')} with; "
                    f"{'kept' if channel.strength else 'not kept'})")
         seen = fold_seen_events(full, events, dataset.split("train"), dataset.split("val_seen"), dataset.embeddings)
-        if seen["kept"]:
-            # the table above scored the states fitted on ratings; these are the states the folder keeps
-            moved = evaluate_models({FULL: full}, dataset, (0,), splits=("test_seen",), seed=args.seed)
-            report["test_seen_with_own_events"] = moved
-            after = next((r["srocc"] for r in moved if r["model"] == FULL), float("nan"))
-            watch.step(f"training people's own events added to their states: val_seen SROCC "
-                       f"{seen['srocc_without_events']} -> {seen['srocc_with_events']} over {seen['people']} people, "
-                       f"kept; test_seen SROCC with them {after:.4f}")
-        elif channel.strength:
-            watch.step(f"training people's own events not added to their states (val_seen SROCC "
-                       f"{seen.get('srocc_without_events')} -> {seen.get('srocc_with_events')}: not two standard "
-                       f"errors better)")
+        report["event_channel"] = full.fitted_.events.to_json()
+        watch.step(own_events_line(full, seen, rows, dataset, args.seed, report))
     if kept is not None:
         refold(full, kept, kept_events, args.refold_from, dataset.embeddings, watch)
     if full.fitted_.catalogue is not None:

@@ -761,6 +761,10 @@ class PersonalScorer(BaseEstimator):
         """
         self._check_fitted()
         fitted = self.fitted_
+        given = [f for f in (context, users, events) if f is not None]
+        if len({f["participant_id"].dtype for f in given}) > 1:  # integers in one table, text in another
+            context, users, events = (None if f is None else f.with_columns(pl.col("participant_id").cast(pl.String))
+                                      for f in (context, users, events))  # compared as text, as everywhere
         ids = context["participant_id"].unique(maintain_order=True).to_list()
         if users is not None:
             known = set(ids)
@@ -848,9 +852,8 @@ class PersonalScorer(BaseEstimator):
         if events is not None and events.height:
             theirs = events.filter(pl.col("participant_id").is_in(users["participant_id"].implode()))
         if theirs is not None and self.fitted_.events is None:
-            ids = list(self.add_users(rated, embeddings, users=users)[0])
-            self.events_ = pl.concat([self.events_.filter(~pl.col("participant_id").is_in(theirs["participant_id"]
-                                                                                          .implode())), theirs])
+            ids = list(self.add_users(rated, embeddings, users=users)[0])  # drops these people's kept events
+            self.events_ = pl.concat([self.events_, _kept_events(theirs)])  # which stay for a fit with events
             return ids
         return list(self.add_users(rated, embeddings, users=users, events=theirs)[0])
 

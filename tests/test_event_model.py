@@ -13,7 +13,7 @@ import pytest
 from pamela_lite import event_sim, worlds
 from pamela_lite.edge import EdgeScorer
 from pamela_lite.event_channel import EventChannel, EventRows
-from pamela_lite.event_fit import calibrate, fit_events_only, fold_seen_events
+from pamela_lite.event_fit import calibrate, fit_events_only, fold_seen_events, without_scored_pairs
 from pamela_lite.events import DEFAULT_EVENTS, validate_events
 from pamela_lite.features import ImageFeatures
 from pamela_lite.fitted import FittedScorer
@@ -279,6 +279,26 @@ def test_a_channel_of_strength_zero_adds_no_events_to_training_people(crowd):
     model.fitted_.events = channel
     assert not report["kept"]
     np.testing.assert_array_equal(model.user_states_, fitted_states)
+
+
+def test_training_people_with_integer_ids_and_events_naming_them_as_text_are_judged():
+    world = worlds.make("demo", n_users=30, n_images=300, n_ratings=3000, dim=16, seed=6, string_ids=False)
+    data = worlds.dataset(world)
+    assert data.ratings["participant_id"].dtype == pl.Int64
+    model = PersonalScorer(random_state=0, **SMALL_MODEL).fit(data.split("train"), data.embeddings, data.scale,
+                                                             validation=data.split("val_seen"))
+    model.fitted_.events = replace(CHANNEL)
+    events = validate_events(event_sim.simulate(world, "session", impressions=40)
+                             .with_columns(pl.col("participant_id").cast(pl.String)), "sim")
+    report = fold_seen_events(model, events, data.split("train"), data.split("val_seen"), data.embeddings)
+    assert report["people"] > 0 and model.fitted_.events.report["seen_people"] == report
+
+
+def test_events_on_images_the_person_rated_in_held_out_splits_are_left_out():
+    events = pl.DataFrame({"participant_id": ["7", "7", "8"], "image_id": [1, 2, 1], "event": ["save"] * 3})
+    held_out = pl.DataFrame({"participant_id": [7], "image_id": ["1"], "rating": [5]})
+    kept, left_out = without_scored_pairs(events, held_out)
+    assert left_out == 1 and kept.select("participant_id", "image_id").rows() == [("7", 2), ("8", 1)]
 
 
 def test_events_alone_give_a_scorer_that_ranks_new_people_better_than_the_population(small):
