@@ -153,7 +153,8 @@ def refuse_known_context(context_ids: pl.Series, known_ids, source, refit_known:
                                  f"of this context alone: pass --refit-known to do so, or rename them")
     if len(overlap):
         log.warning(f"warning: {source}: --refit-known: the stored state of {len(overlap)} known participant(s) "
-                    f"is replaced by a fold-in of their context ratings")
+                    f"is replaced by a fold-in of this context alone (with --add-to-model, so are the ratings and "
+                    f"events the model folder kept of them)")
 
 
 def warn_unknown_demographics(frame: pl.DataFrame, vocabularies: dict[str, list[str]], source) -> None:

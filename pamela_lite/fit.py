@@ -13,9 +13,9 @@ help; without ``--data``, the scorer is fitted on the events alone (scores on a 
 scale; see :mod:`pamela_lite.event_fit`).
 
 A user state means something only for the fit that made it. ``--refold-from OLD_MODEL`` carries
-an earlier model folder's users over to the new fit: everyone OLD_MODEL keeps ratings of
-(``ratings.parquet``) whom the new fit is not trained on is folded in again from those ratings
-and kept by the new model; re-export it to give devices the new states.
+an earlier model folder's users over to the new fit: everyone OLD_MODEL keeps ratings or events
+of (``ratings.parquet``, ``events.parquet``) whom the new fit is not trained on is folded in
+again from them and kept by the new model; re-export it to give devices the new states.
 """
 
 from __future__ import annotations
@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--refold-from", type=Path, metavar="OLD_MODEL",
                         help="model folder of an earlier fit: every user it keeps whom this fit does not train on "
                              "(e.g. people added with predict --add-to-model) is folded in again from their kept "
-                             "ratings and kept by the new model (states of one fit mean nothing to another)")
+                             "ratings and events and kept by the new model (states of one fit mean nothing to "
+                             "another)")
     parser.add_argument("--events", type=Path,
                         help="events table (participant_id, image_id, event or weight [, timestamp, session_id, "
                              "prompt_id, position]); with --data its weights are chosen on val_seen (and the training "
@@ -209,10 +210,12 @@ def refold(model: PersonalScorer, kept, kept_events, old: Path, embeddings, watc
     watch.step(f"folded in again {len(ids)} user(s) kept by {old} that this fit was not trained on "
                f"(the {len(model.users_) - len(ids)} it was trained on have states from this fit)")
     with_events = kept_events.filter(pl.col("participant_id").is_in([str(u) for u in ids]))["participant_id"]
-    if model.fitted_.events is None and with_events.len():
-        print(f"warning: {with_events.n_unique()} of them were added from their events, which this fit cannot "
-              f"use (it was fitted without --events): they are folded in from their ratings or demographics "
-              f"alone; their events stay in the model folder for a fit with --events", file=sys.stderr)
+    if with_events.len() and (model.fitted_.events is None or model.fitted_.events.strength == 0):
+        why = ("which this fit cannot use (it was fitted without --events)" if model.fitted_.events is None else
+               "to which this fit gives no weight (validation did not keep its event channel)")
+        print(f"warning: {with_events.n_unique()} of them were added from their events, {why}: they are folded "
+              f"in from their ratings or demographics alone; their events stay in the model folder for a later "
+              f"fit", file=sys.stderr)
     lost = {str(u) for u in PersonalScorer.load(old).users_} - {str(u) for u in model.users_}
     if lost:
         print(f"warning: {len(lost)} user(s) of {old} have no kept ratings or events to fold in again from "
@@ -226,7 +229,7 @@ def own_events_line(model: PersonalScorer, seen: dict, rows: list[dict], dataset
     if "srocc_with_events" not in seen:
         return f"training people's own events not judged: {seen.get('note', 'nothing to judge')}"
     judged = (f"val_seen SROCC {seen['srocc_without_events']:.4f} -> {seen['srocc_with_events']:.4f} over "
-              f"{seen['people']} people")
+              f"{seen['people']} people, gain {seen['gain']:+.4f} +- {seen['gain_se']:.4f}")
     if not seen["kept"]:
         return f"training people's own events not added to their states ({judged}: not two standard errors better)"
     moved = evaluate_models({FULL: model}, dataset, (0,), splits=("test_seen",), seed=seed)
@@ -327,10 +330,12 @@ def main(argv: list[str] | None = None) -> int:
         # fit_seconds is the rating model's fit; choosing the event channel is timed on its own
         report["event_channel_seconds"] = round(time.perf_counter() - calibration_start, 2)
         found = channel.report
+        least = (f"; where events help least (k = 0 or 10 ratings) {found['gain']:+.4f} +- {found['gain_se']:.4f}"
+                 if "gain" in found else "")
         watch.step(f"event channel chosen on val_seen over {found.get('users', 0)} people: strength "
                    f"{channel.strength:g}, centred per {channel.within} (SROCC "
-                   f"{found.get('srocc_without_events')} without events, {found.get('srocc_with_events')} with; "
-                   f"{'kept' if channel.strength else 'not kept'})")
+                   f"{found.get('srocc_without_events')} without events, {found.get('srocc_with_events')} with"
+                   f"{least}: {'kept' if channel.strength else 'not kept, it must be two standard errors above 0'})")
         seen = fold_seen_events(full, events, dataset.split("train"), dataset.split("val_seen"), dataset.embeddings)
         report["event_channel"] = full.fitted_.events.to_json()
         watch.step(own_events_line(full, seen, rows, dataset, args.seed, report))

@@ -75,6 +75,7 @@ from .user_solver import DemographicPrior, UserSolver, als_row_values, state_lay
 
 RATINGS_FILE = "ratings.parquet"  # in a model folder: the ratings every known user's state was solved from
 EVENTS_FILE = "events.parquet"  # and the events of people added later from their events (only when there are any)
+FROM_EVENTS = "context events"  # ratings.parquet's origin of people added with their events (events.parquet keeps them)
 MODEL_FILES = (*PARAMETER_FILES, USERS_FILE, RATINGS_FILE, EVENTS_FILE)  # what save writes, besides extra files
 
 
@@ -194,8 +195,11 @@ class PersonalScorer(BaseEstimator):
     user_states_ : numpy.ndarray
         Their states (n_users, state_dim), float32, in the same order.
     ratings_ : polars.DataFrame
-        The ratings those states were solved from (ids as text, ``origin`` "train" or
-        "context"), so that a refit can fold the users in again (:meth:`refold`).
+        The ratings those states were solved from (ids as text, ``origin`` "train", "context" or
+        "context events" for people added with their events; a row without an image marks a
+        person known without ratings), so that a refit can fold the users in again (:meth:`refold`).
+    events_ : polars.DataFrame
+        The events of people added from their events (:meth:`add_users`), for the same purpose.
 
     Examples
     --------
@@ -827,6 +831,10 @@ class PersonalScorer(BaseEstimator):
             added = pl.concat([added, _kept_ratings(bare.with_columns(image_id=pl.lit(None, pl.String),
                                                                       rating=pl.lit(None, pl.Float64)),
                                                     "context")], how="diagonal_relaxed")
+        if events is not None:  # marks whom the kept events must cover (a folder that lost them is damaged)
+            from_events = events["participant_id"].cast(pl.String).unique().implode()
+            added = added.with_columns(origin=pl.when(pl.col("participant_id").is_in(from_events))
+                                       .then(pl.lit(FROM_EVENTS)).otherwise(pl.col("origin")))
         self.ratings_ = pl.concat([self.ratings_.filter(~pl.col("participant_id").is_in(replaced.implode())),
                                    added], how="diagonal_relaxed")
         self.events_ = pl.concat([self.events_.filter(~pl.col("participant_id").is_in(replaced.implode())),
@@ -852,8 +860,11 @@ class PersonalScorer(BaseEstimator):
         if events is not None and events.height:
             theirs = events.filter(pl.col("participant_id").is_in(users["participant_id"].implode()))
         if theirs is not None and self.fitted_.events is None:
-            ids = list(self.add_users(rated, embeddings, users=users)[0])  # drops these people's kept events
+            ids = list(self.add_users(rated, embeddings, users=users)[0])  # drops these people's kept events,
             self.events_ = pl.concat([self.events_, _kept_events(theirs)])  # which stay for a fit with events
+            owed = theirs["participant_id"].unique().implode()
+            self.ratings_ = self.ratings_.with_columns(origin=pl.when(pl.col("participant_id").is_in(owed))
+                                                       .then(pl.lit(FROM_EVENTS)).otherwise(pl.col("origin")))
             return ids
         return list(self.add_users(rated, embeddings, users=users, events=theirs)[0])
 
@@ -998,6 +1009,13 @@ class PersonalScorer(BaseEstimator):
         model = cls(**fitted.params)
         model.fitted_, model.users_, model.user_states_, model.ratings_ = fitted, ids, states, ratings
         model.events_ = read_kept_events(path)
+        owed = ratings.filter(pl.col("origin") == FROM_EVENTS)["participant_id"].unique()
+        lost = owed.filter(~owed.is_in(model.events_["participant_id"].implode()))
+        if len(lost):
+            raise InputError(path / EVENTS_FILE, f"{'missing: ' if not model.events_.height else ''}the model folder "
+                                                 f"keeps {len(lost)} person(s) added from their events "
+                                                 f"({preview(lost.to_list())}) but not those events; restore the "
+                                                 f"file, or add them again (predict --add-to-model)")
         return model
 
 
@@ -1103,7 +1121,8 @@ def read_kept_events(folder: str | Path) -> pl.DataFrame:
     try:
         events = pl.read_parquet(path)
     except Exception as err:  # polars/arrow raise their own types for a damaged file
-        raise InputError(path, f"cannot read ({type(err).__name__})") from None
+        raise InputError(path, f"cannot read: a damaged model folder file ({type(err).__name__}); restore it "
+                               f"from a copy, or refit") from None
     missing = [c for c in EVENT_COLUMNS if c not in events.columns]
     if missing:
         raise InputError(path, f"not events kept by a model folder (no column {missing[0]!r})")

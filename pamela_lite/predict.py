@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "folded in with the model's event channel, alone or with --context; a numeric weight is "
                              "used as given (your own signed confidence), not replaced by the fitted event weights")
     parser.add_argument("--refit-known", action="store_true",
-                        help="let --context replace the stored state of users the model already knows")
+                        help="let --context / --context-events replace the stored state of users the model "
+                             "already knows (with --add-to-model, also the ratings and events it kept of them)")
     parser.add_argument("--no-catalogue", action="store_true",
                         help="score every image by its embedding alone, as the exported ONNX scorer does (by "
                              "default images rated at fit time get the model's per-image correction, if it kept one)")
@@ -108,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
                         f"help; metrics.json's event_channel says by how much), so {args.context_events.name} "
                         f"changes no score")
         others.append(events["participant_id"])
+    if args.context is not None and model.fitted_.events is not None \
+            and model.fitted_.events.report.get("mode") == "events only":
+        raise InputError(args.context, f"{args.model} was fitted on events alone (its scores are preferences, not "
+                                       f"ratings): fold people in from what they did, with --context-events")
     if args.context is not None or events is not None:
         if args.context is not None:
             context = load_context(args.context, model, args.refit_known)

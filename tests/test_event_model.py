@@ -14,6 +14,7 @@ from pamela_lite import event_sim, worlds
 from pamela_lite.edge import EdgeScorer
 from pamela_lite.event_channel import EventChannel, EventRows
 from pamela_lite.event_fit import calibrate, fit_events_only, fold_seen_events, without_scored_pairs
+from pamela_lite.errors import InputError
 from pamela_lite.events import DEFAULT_EVENTS, validate_events
 from pamela_lite.features import ImageFeatures
 from pamela_lite.fitted import FittedScorer
@@ -344,6 +345,14 @@ def test_people_added_from_their_events_are_kept_by_the_model_folder(small, tmp_
     assert kept.height == me.height and set(kept["participant_id"]) == {"newcomer"}
 
 
+def test_a_model_folder_that_lost_the_events_of_people_added_from_them_is_refused(small, tmp_path):
+    _, data, model, events = small
+    folder = _folder_with_newcomer(model, data, _newcomer(events), tmp_path / "m")
+    (folder / "events.parquet").unlink()
+    with pytest.raises(InputError, match=r"events.parquet: missing: .* 1 person\(s\) added from their events"):
+        PersonalScorer.load(folder)
+
+
 def test_a_model_folder_without_added_events_writes_no_events_file(small, tmp_path):
     _, _, model, _ = small
     model.save(tmp_path / "m")
@@ -429,6 +438,13 @@ def test_fit_and_predict_from_events_on_the_command_line(tmp_path):
                out / "embeddings.parquet", "--out", tmp_path / "t.csv", "--quiet")
     assert done.returncode == 0, done.stderr
     np.testing.assert_array_equal(pl.read_csv(tmp_path / "t.csv")["score"], pl.read_csv(tmp_path / "s.csv")["score"])
+    # ratings cannot fold into a scorer of preferences
+    pl.DataFrame({"participant_id": ["rater"], "image_id": [new["image_id"][0]], "rating": [4]}).write_csv(
+        tmp_path / "rated.csv")
+    done = cli("predict", "--model", tmp_path / "m", "--pairs", tmp_path / "pairs.csv", "--embeddings",
+               out / "embeddings.parquet", "--context", tmp_path / "rated.csv", "--out", tmp_path / "u.csv")
+    assert done.returncode == 2 and "fitted on events alone" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
 
 
 def test_fit_on_events_alone_is_silent_under_quiet(tmp_path, capsys):
