@@ -157,9 +157,11 @@ def validate_events(frame: pl.DataFrame, source, vocabulary: dict[str, float] | 
         named = pl.col("event").is_not_null()
         if WEIGHT not in frame.columns:
             _reject_nulls(frame, ("event",), source)
-        unknown = frame.filter(named & ~pl.col("event").is_in(list(vocabulary)))["event"].unique(maintain_order=True)
+        # a name beside a number is dropped (the number is the evidence, below): only bare names must be known
+        bare = named & pl.col(WEIGHT).is_null() if WEIGHT in frame.columns else named
+        unknown = frame.filter(bare & ~pl.col("event").is_in(list(vocabulary)))["event"].unique(maintain_order=True)
         if len(unknown):
-            bad = named & pl.col("event").is_in(unknown.implode())
+            bad = bare & pl.col("event").is_in(unknown.implode())
             raise InputError(source, f"{len(unknown)} unknown event name(s) {preview(unknown.to_list())} "
                                      f"({_where(frame, bad)}); known: {', '.join(vocabulary)} "
                                      f"(new names are added when fitting: fit --event-weights)")
@@ -173,8 +175,8 @@ def validate_events(frame: pl.DataFrame, source, vocabulary: dict[str, float] | 
         bad = (pl.col(WEIGHT).is_not_null() & (given.is_null() | ~given.is_finite())) | (
             pl.col(WEIGHT).is_null() & pl.col("event").is_null())
         if frame.select(bad.any()).item():
-            raise InputError(source, f"weight must be a finite number where no event is named "
-                                     f"({_where(frame, bad)})")
+            raise InputError(source, f"weight must be a finite number (it may be empty only where an event is "
+                                     f"named) ({_where(frame, bad)})")
         # A number given beside a name is the evidence, used as given: the name is dropped, so that
         # neither --event-weights nor the weights a fit chooses replace it (they act on names).
         frame = frame.with_columns(pl.coalesce(given, pl.col("_w")).alias(WEIGHT),
@@ -210,6 +212,16 @@ def load_events(path: str | Path, embeddings: Embeddings | None = None,
                 vocabulary: dict[str, float] | None = None) -> pl.DataFrame:
     """Read and validate an events file (see :func:`validate_events`)."""
     return validate_events(read_events(path), path, vocabulary, embeddings)
+
+
+def comparing_nothing(events: pl.DataFrame, within: str = "session") -> pl.Series:
+    """People whose events compare nothing under a channel centred per `within` ("session" or
+    "person"): every session (or their whole log) shows a single image, so a choice has no
+    alternative (typically the shown images' ``view`` rows are missing)."""
+    keys = ["participant_id", "session_id"] if within == "session" else ["participant_id"]
+    shown = events.group_by(keys).agg(pl.col("image_id").n_unique().alias("_n"))
+    return (shown.group_by("participant_id", maintain_order=True).agg(pl.col("_n").max())
+            .filter(pl.col("_n") <= 1)["participant_id"])
 
 
 def evidence(events: pl.DataFrame, weights: dict[str, float] | None = None) -> pl.DataFrame:

@@ -19,8 +19,8 @@ import polars as pl
 from .cli import (Stopwatch, check_table_path, log, parser_for, refuse_known_context, run, warn_unknown_demographics,
                   write_table)
 from .data import Scale, id_type_note, read_embeddings, read_pairs, read_ratings, validate_ratings
-from .errors import InputError
-from .events import load_events
+from .errors import InputError, preview
+from .events import comparing_nothing, load_events
 from .model import MODEL_FILES, PersonalScorer
 
 
@@ -108,6 +108,13 @@ def main(argv: list[str] | None = None) -> int:
             log.warning(f"warning: {args.model}: the fit gave events no weight (validation found they did not "
                         f"help; metrics.json's event_channel says by how much), so {args.context_events.name} "
                         f"changes no score")
+        else:
+            idle = comparing_nothing(events, model.fitted_.events.within)
+            if len(idle):
+                log.warning(f"warning: {args.context_events}: the events of {len(idle)} person(s) compare nothing "
+                            f"(every {'session' if model.fitted_.events.within == 'session' else 'log'} shows one "
+                            f"image: give a 'view' row for each image shown), so they change no score: "
+                            f"{preview(idle.to_list())}")
         others.append(events["participant_id"])
     if args.context is not None and model.fitted_.events is not None \
             and model.fitted_.events.report.get("mode") == "events only":

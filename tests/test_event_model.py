@@ -555,10 +555,29 @@ def test_context_events_on_a_model_that_gave_them_no_weight_warn(small, tmp_path
     assert "gave events no weight" in caplog.text
 
 
+def test_context_events_that_compare_nothing_are_named(small, tmp_path, caplog):
+    from pamela_lite import predict
+    from pamela_lite.cli import run
+
+    _, data, model, events = small
+    model.save(tmp_path / "m")
+    me = _newcomer(events, 80).unique("session_id", keep="first", maintain_order=True)  # one image per session
+    assert me.height and me.group_by("session_id").agg(pl.col("image_id").n_unique())["image_id"].max() == 1
+    me.write_csv(tmp_path / "new.csv")
+    me.select("participant_id", "image_id").unique().write_csv(tmp_path / "pairs.csv")
+    pl.DataFrame({"image_id": data.embeddings.ids,
+                  "embedding": pl.Series(data.embeddings.matrix, dtype=pl.Array(pl.Float32, 24))}).write_parquet(
+        tmp_path / "e.parquet")
+    assert run(predict.main, ["--model", str(tmp_path / "m"), "--pairs", str(tmp_path / "pairs.csv"),
+                              "--embeddings", str(tmp_path / "e.parquet"), "--context-events",
+                              str(tmp_path / "new.csv"), "--out", str(tmp_path / "s.csv"), "--quiet"]) == 0
+    assert "the events of 1 person(s) compare nothing" in caplog.text and "newcomer" in caplog.text
+
+
 def test_unknown_event_in_context_events_exits_2_with_one_line(small, tmp_path):
     _, data, model, events = small
     model.save(tmp_path / "m")
-    bad = _newcomer(events, 5).with_columns(event=pl.lit("adored"))
+    bad = _newcomer(events, 5).with_columns(event=pl.lit("adored")).drop("weight")  # a name alone must be known
     bad.write_csv(tmp_path / "new.csv")
     bad.select("participant_id", "image_id").write_csv(tmp_path / "pairs.csv")
     data_emb = tmp_path / "e.parquet"

@@ -81,6 +81,16 @@ def test_a_number_beside_an_event_name_is_used_as_given_whatever_the_weights():
     assert evidence(out, {"save": 9.0, "skip": -9.0})["evidence"].to_list() == [0.25, 0.0, -9.0]
 
 
+def test_an_unknown_name_beside_a_number_is_accepted_and_the_number_used():
+    out = validate_events(_events(event=["bookmark", "view", "skip"], weight=[1.5, None, None]), "w.csv")
+    assert out["event"].to_list() == [None, "view", "skip"] and out["weight"][0] == 1.5
+
+
+def test_an_unknown_name_without_a_number_is_still_refused():
+    with pytest.raises(InputError, match="unknown event name"):
+        validate_events(_events(event=["bookmark", "view", "skip"], weight=[None, 1.0, None]), "w.csv")
+
+
 def test_an_empty_event_name_is_no_name():
     out = validate_events(_events(event=["", "view", "skip"], weight=[1.5, None, None]), "w.csv")
     assert out["event"].to_list() == [None, "view", "skip"] and out["weight"][0] == 1.5
