@@ -533,10 +533,22 @@ def test_a_bad_events_file_is_refused_before_the_ratings_fit(tmp_path, capsys):
     assert code == 2 and "downlaod" in err and out == ""  # no results table: nothing was fitted
 
 
-def test_context_events_on_a_model_that_gave_them_no_weight_warn(small, tmp_path, caplog):
+def _predict_from_context_events(data, me, tmp_path) -> int:
+    """predict (in-process) with the model in tmp_path/m, `me` as --context-events, scoring their own images."""
     from pamela_lite import predict
     from pamela_lite.cli import run
 
+    me.write_csv(tmp_path / "new.csv")
+    me.select("participant_id", "image_id").unique().write_csv(tmp_path / "pairs.csv")
+    pl.DataFrame({"image_id": data.embeddings.ids,
+                  "embedding": pl.Series(data.embeddings.matrix, dtype=pl.Array(pl.Float32, 24))}).write_parquet(
+        tmp_path / "e.parquet")
+    return run(predict.main, ["--model", str(tmp_path / "m"), "--pairs", str(tmp_path / "pairs.csv"),
+                              "--embeddings", str(tmp_path / "e.parquet"), "--context-events",
+                              str(tmp_path / "new.csv"), "--out", str(tmp_path / "s.csv"), "--quiet"])
+
+
+def test_context_events_on_a_model_that_gave_them_no_weight_warn(small, tmp_path, caplog):
     _, data, model, events = small
     model.fitted_.events = replace(CHANNEL, strength=0.0)
     try:
@@ -544,33 +556,16 @@ def test_context_events_on_a_model_that_gave_them_no_weight_warn(small, tmp_path
     finally:
         model.fitted_.events = replace(CHANNEL)
     me = _newcomer(events, 40)
-    me.write_csv(tmp_path / "new.csv")
-    me.select("participant_id", "image_id").unique().write_csv(tmp_path / "pairs.csv")
-    pl.DataFrame({"image_id": data.embeddings.ids,
-                  "embedding": pl.Series(data.embeddings.matrix, dtype=pl.Array(pl.Float32, 24))}).write_parquet(
-        tmp_path / "e.parquet")
-    assert run(predict.main, ["--model", str(tmp_path / "m"), "--pairs", str(tmp_path / "pairs.csv"),
-                              "--embeddings", str(tmp_path / "e.parquet"), "--context-events",
-                              str(tmp_path / "new.csv"), "--out", str(tmp_path / "s.csv"), "--quiet"]) == 0
+    assert _predict_from_context_events(data, me, tmp_path) == 0
     assert "gave events no weight" in caplog.text
 
 
 def test_context_events_that_compare_nothing_are_named(small, tmp_path, caplog):
-    from pamela_lite import predict
-    from pamela_lite.cli import run
-
     _, data, model, events = small
     model.save(tmp_path / "m")
     me = _newcomer(events, 80).unique("session_id", keep="first", maintain_order=True)  # one image per session
     assert me.height and me.group_by("session_id").agg(pl.col("image_id").n_unique())["image_id"].max() == 1
-    me.write_csv(tmp_path / "new.csv")
-    me.select("participant_id", "image_id").unique().write_csv(tmp_path / "pairs.csv")
-    pl.DataFrame({"image_id": data.embeddings.ids,
-                  "embedding": pl.Series(data.embeddings.matrix, dtype=pl.Array(pl.Float32, 24))}).write_parquet(
-        tmp_path / "e.parquet")
-    assert run(predict.main, ["--model", str(tmp_path / "m"), "--pairs", str(tmp_path / "pairs.csv"),
-                              "--embeddings", str(tmp_path / "e.parquet"), "--context-events",
-                              str(tmp_path / "new.csv"), "--out", str(tmp_path / "s.csv"), "--quiet"]) == 0
+    assert _predict_from_context_events(data, me, tmp_path) == 0
     assert "the events of 1 person(s) compare nothing" in caplog.text and "newcomer" in caplog.text
 
 
