@@ -239,15 +239,13 @@ def fold_seen_events(model: PersonalScorer, events: pl.DataFrame, train: pl.Data
     query = validation.filter(text.is_in(theirs["participant_id"].implode()))
     if not query.height:
         return judged({"kept": False, "people": 0, "note": "no training person has both events and validation ratings"})
+    # Both fold-ins list the same people in the same order (those of `mine`; `theirs` adds nobody).
     without, moved = model.fold_in(mine, embeddings), model.fold_in(mine, embeddings, events=theirs)
-    row_without = {str(u): k for k, u in enumerate(without[0])}
-    row_moved = {str(u): k for k, u in enumerate(moved[0])}
-    rows = np.array([k for k, u in enumerate(model.users_) if str(u) in row_without], dtype=np.int64)
-    names = [str(model.users_[k]) for k in rows]
-    shift = (np.asarray(moved[1], np.float64)[[row_moved[u] for u in names]]
-             - np.asarray(without[1], np.float64)[[row_without[u] for u in names]])
+    position = {str(u): k for k, u in enumerate(model.users_)}
+    rows = np.array([position[u] for u in without[0]], dtype=np.int64)
     fitted_states = model.user_states_
     candidate = fitted_states.copy()
+    shift = np.asarray(moved[1], np.float64) - np.asarray(without[1], np.float64)
     candidate[rows] = (fitted_states[rows] + shift).astype(fitted_states.dtype)
     before = _per_user_srocc(query, model.predict(query, embeddings))
     model.user_states_ = candidate

@@ -222,10 +222,11 @@ def refold(model: PersonalScorer, kept, kept_events, old: Path, embeddings, watc
               f"(the people of a fit on events alone, say) and are not in the new model", file=sys.stderr)
 
 
-def own_events_line(model: PersonalScorer, seen: dict, rows: list[dict], dataset, seed: int, report: dict) -> str:
-    """What became of the training people's own events (event_fit.fold_seen_events). The table
-    printed above scored the states fitted on ratings; when the events were added, test_seen is
-    scored again with the states the folder keeps (``report["test_seen_with_own_events"]``)."""
+def report_own_events(model: PersonalScorer, seen: dict, rows: list[dict], dataset, seed: int, report: dict) -> str:
+    """The line saying what became of the training people's own events (event_fit.fold_seen_events).
+    The table printed above scored the states fitted on ratings; when the events were added,
+    test_seen is scored again with the states the folder keeps (into
+    ``report["test_seen_with_own_events"]``)."""
     if "srocc_with_events" not in seen:
         return f"training people's own events not judged: {seen.get('note', 'nothing to judge')}"
     judged = (f"val_seen SROCC {seen['srocc_without_events']:.4f} -> {seen['srocc_with_events']:.4f} over "
@@ -338,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
                    f"{least}: {'kept' if channel.strength else 'not kept, it must be two standard errors above 0'})")
         seen = fold_seen_events(full, events, dataset.split("train"), dataset.split("val_seen"), dataset.embeddings)
         report["event_channel"] = full.fitted_.events.to_json()
-        watch.step(own_events_line(full, seen, rows, dataset, args.seed, report))
+        watch.step(report_own_events(full, seen, rows, dataset, args.seed, report))
     if kept is not None:
         refold(full, kept, kept_events, args.refold_from, dataset.embeddings, watch)
     if full.fitted_.catalogue is not None:

@@ -798,15 +798,17 @@ class PersonalScorer(BaseEstimator):
             folded.catalogue_factors = self._catalogue_fold_in(context, embeddings, folded, user_index)
         return folded
 
-    def add_users(self, context: pl.DataFrame, embeddings: Embeddings,
-                  users: pl.DataFrame | None = None, events: pl.DataFrame | None = None) -> tuple[list, np.ndarray]:
+    def add_users(self, context: pl.DataFrame, embeddings: Embeddings, users: pl.DataFrame | None = None,
+                  events: pl.DataFrame | None = None, fold_events: bool = True) -> tuple[list, np.ndarray]:
         """Fold new users in (as :meth:`fold_in`) and keep them as known users of this model.
 
         Their states join ``user_states_`` (replacing those of users with the same id, compared
         as text), their ratings join ``ratings_`` and their events ``events_``, so :meth:`save`
         stores them and a refit folds them in again (``python -m pamela_lite.fit --refold-from``).
+        With ``fold_events=False`` the events are kept but not folded in (a model without an
+        event channel keeps them for a later fit that has one).
         """
-        folded = self.fold_in(context, embeddings, users, events)
+        folded = self.fold_in(context, embeddings, users, events if fold_events else None)
         known, new = _merged_ids(self.users_, list(folded[0]))
         position = {str(u): k for k, u in enumerate(known)}
         states = self.user_states_
@@ -859,14 +861,8 @@ class PersonalScorer(BaseEstimator):
         theirs = None
         if events is not None and events.height:
             theirs = events.filter(pl.col("participant_id").is_in(users["participant_id"].implode()))
-        if theirs is not None and self.fitted_.events is None:
-            ids = list(self.add_users(rated, embeddings, users=users)[0])  # drops these people's kept events,
-            self.events_ = pl.concat([self.events_, _kept_events(theirs)])  # which stay for a fit with events
-            owed = theirs["participant_id"].unique().implode()
-            self.ratings_ = self.ratings_.with_columns(origin=pl.when(pl.col("participant_id").is_in(owed))
-                                                       .then(pl.lit(FROM_EVENTS)).otherwise(pl.col("origin")))
-            return ids
-        return list(self.add_users(rated, embeddings, users=users, events=theirs)[0])
+        return list(self.add_users(rated, embeddings, users=users, events=theirs,
+                                   fold_events=self.fitted_.events is not None)[0])
 
     def _trained_ids(self) -> list[str]:
         """Ids (as text) of the users this model was fitted on."""

@@ -1301,8 +1301,9 @@ def _resolve_user(args, model, world):
                                      f"as --context")
     row = known[str(args.user)]
     rated, ratings = None, None
-    if world is not None:  # the model folder keeps the person's ratings; the simulated world has the images
-        rows = model.ratings_.filter((pl.col("participant_id") == str(args.user)) & pl.col("image_id").is_not_null())
+    # the ratings the model folder keeps of the person (rows without an image mark people known without ratings)
+    rows = model.ratings_.filter((pl.col("participant_id") == str(args.user)) & pl.col("image_id").is_not_null())
+    if world is not None:  # the simulated world has the images
         theirs = world.ratings.filter((pl.col("participant_id").cast(pl.String) == str(args.user))
                                       & (pl.col("split") == "train"))["image_id"].cast(pl.String)
         if rows.height and set(rows["image_id"].cast(pl.String).to_list()) != set(theirs.to_list()):
@@ -1315,8 +1316,7 @@ def _resolve_user(args, model, world):
             emb = Embeddings(world.images["image_id"], world.embeddings)
             rated = emb.take(rows["image_id"].cast(world.images["image_id"].dtype, strict=False))
             ratings = rows["rating"].to_numpy()
-    elif args.embeddings is not None:  # the model folder keeps the ratings each known state came from
-        rows = model.ratings_.filter((pl.col("participant_id") == str(args.user)) & pl.col("image_id").is_not_null())
+    elif args.embeddings is not None:
         if rows.height:
             emb = read_embeddings(args.embeddings)
             rated = emb.take(rows["image_id"], args.embeddings)  # ids kept as text compare as text
