@@ -134,6 +134,11 @@ class PersonalScorer(BaseEstimator):
     rank_threshold : float
         A learned direction is kept when its taste variance exceeds this many times the largest
         that noise alone gives in its band (a sign-flip null; :meth:`TasteMoment.band`).
+    gain_bin : int
+        Before the search, every whitened coordinate is weighted by the Wiener gain of the taste
+        found in its bin of this many neighbouring coordinates (:meth:`TasteMoment.weighted`), so
+        taste thinly spread over many directions is found without the noise of the empty ones.
+        0: no weighting (every coordinate of a band counts fully).
     n_prototypes : int
         Embedding prototypes (k-means centres) that form the item side of the factor model.
     temperature : float
@@ -220,7 +225,7 @@ class PersonalScorer(BaseEstimator):
     """
 
     def __init__(self, n_components: int = 32, taste_basis: str = "learned", taste_rank: int = 32,
-                 whiten_dim: int | None = None, rank_threshold: float = 1.3, n_prototypes: int = 64, temperature: float = 0.2,
+                 whiten_dim: int | None = None, rank_threshold: float = 1.3, gain_bin: int = 32, n_prototypes: int = 64, temperature: float = 0.2,
                  factors: int = 16, alpha: float = 2.0, als_regularization: float = 1.0,
                  als_iterations: int = 15, bias_shrinkage: float = 5.0, taste_shrinkage: float = 30.0,
                  taste_prior: str = "empirical",
@@ -236,6 +241,7 @@ class PersonalScorer(BaseEstimator):
         self.taste_rank = taste_rank
         self.whiten_dim = whiten_dim
         self.rank_threshold = rank_threshold
+        self.gain_bin = gain_bin
         self.n_prototypes = n_prototypes
         self.temperature = temperature
         self.factors = factors
@@ -488,10 +494,14 @@ class PersonalScorer(BaseEstimator):
                 or not self.taste_rank or (reference is not None and not reference.shape[1])):
             return no_directions
         p = white.matrix.shape[1]
-        # A fold needs only the final model's band, and no noise edge.
+        # A fold needs only the final model's band and no noise edge; it draws nulls only for the
+        # gains (they measure the noise of the moment's diagonal).
         searched = white.matrix if reference is None else white.matrix[:, :k + reference.shape[0]]
         moment = taste_moment((x_images - white.mean) @ searched, resid, user_index, image_index, n_users,
-                              self.random_state, known=k, n_nulls=N_NULL_DRAWS if reference is None else 0)
+                              self.random_state, known=k,
+                              n_nulls=N_NULL_DRAWS if reference is None or self.gain_bin else 0)
+        if self.gain_bin:
+            moment = moment.weighted(self.gain_bin)
         if reference is None:  # bands: the principal directions up to 2k, 4k, ... and all p
             widths = sorted({min(k * 2 ** i, p) - k for i in range(1, int(np.log2(p / k)) + 2)})
             directions = moment.strongest_band(widths, self.rank_threshold, self.taste_rank)
@@ -1060,7 +1070,7 @@ TUNE_STANDARD_ERRORS = 2.0
 
 _POSITIVE = ("n_components", "rank_threshold", "n_prototypes", "temperature", "factors", "alpha",
              "als_iterations", "head_trees", "head_learning_rate", "head_min_child_samples", "head_max_rows")
-_NON_NEGATIVE = ("taste_rank", "als_regularization", "bias_shrinkage", "taste_shrinkage")
+_NON_NEGATIVE = ("taste_rank", "gain_bin", "als_regularization", "bias_shrinkage", "taste_shrinkage")
 
 
 def _vocabulary(users: pl.DataFrame, column: str) -> list[str]:

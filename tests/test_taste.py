@@ -219,3 +219,48 @@ def test_a_block_without_any_signal_or_noise_has_a_zero_edge_and_no_direction():
     moment = TasteMoment(np.zeros((p, p)), np.zeros((3, p, p)))
     assert moment.edge() == 0.0
     assert moment.band()[0].shape == (p, 0)
+
+
+def _banded(lo=64, hi=128, p=400, strength=0.3, seed=0):
+    """Ratings of 200 people x 100 images whose taste lies along two directions of coordinates lo..hi."""
+    rng = np.random.default_rng(seed)
+    n_users, per_user = 200, 100
+    images = rng.standard_normal((3000, p))
+    planted = np.zeros((p, 2))
+    planted[lo:hi] = np.linalg.qr(rng.standard_normal((hi - lo, 2)))[0]
+    tastes = strength * rng.standard_normal((n_users, 2)) @ planted.T
+    users = np.repeat(np.arange(n_users), per_user)
+    rated = np.concatenate([rng.choice(len(images), per_user, replace=False) for _ in range(n_users)])
+    resid = np.einsum("ij,ij->i", tastes[users], images[rated]) + rng.standard_normal(len(users))
+    return (images, resid, users, rated, n_users), planted
+
+
+def test_gains_are_high_where_taste_lives_and_low_elsewhere():
+    ratings, _ = _banded()
+    gains = taste_moment(*ratings).gains(32)
+    assert gains[64:128].min() > 0.7
+    assert np.median(gains[np.r_[0:64, 128:400]]) < 0.3
+
+
+def test_weighting_keeps_taste_confined_to_a_band():
+    ratings, planted = _banded()
+    weighted = taste_moment(*ratings).weighted(32)
+    directions = weighted.strongest_band([32, 64, 128, 256, 400])
+    assert directions.shape[1] == 2
+    full = np.zeros((400, 2))
+    full[:len(directions)] = directions
+    assert np.linalg.svd(planted.T @ full, compute_uv=False).min() > 0.9
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_weighting_finds_no_direction_in_ratings_without_taste(seed):
+    # the nulls are weighted like the moment, so noise that the gains favour raises the edge too
+    ratings, _ = _banded(strength=0.0, seed=seed)
+    weighted = taste_moment(*ratings, seed=seed).weighted(32)
+    assert weighted.strongest_band([32, 64, 128, 256, 400]).shape[1] == 0
+
+
+def test_gains_need_the_nulls():
+    ratings, _ = _banded()
+    with pytest.raises(ValueError, match="nulls"):
+        taste_moment(*ratings, n_nulls=0).gains()
