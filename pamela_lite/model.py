@@ -66,7 +66,7 @@ from .errors import InputError, preview
 from .catalogue import CANDIDATES as CATALOGUE_CANDIDATES
 from .catalogue import MIN_VALIDATION_ROWS, Catalogue, fit_catalogue, ridge_rows
 from .metadata import metadata_indicators, metadata_map, orthogonal_blocks
-from .taste import N_NULL_DRAWS, fit_whitening, image_sample, taste_moment
+from .taste import MIN_BAND_WIDTH, N_NULL_DRAWS, fit_whitening, image_sample, taste_moment
 from .events import event_rows
 from .features import ImageFeatures, ImageSide, l2_normalise
 from .metrics import per_user
@@ -135,10 +135,12 @@ class PersonalScorer(BaseEstimator):
         A learned direction is kept when its taste variance exceeds this many times the largest
         that noise alone gives in its band (a sign-flip null; :meth:`TasteMoment.band`).
     gain_bin : int
-        Before the search, every whitened coordinate is weighted by the Wiener gain of the taste
-        found in its bin of this many neighbouring coordinates (:meth:`TasteMoment.weighted`), so
-        taste thinly spread over many directions is found without the noise of the empty ones.
-        0: no weighting (every coordinate of a band counts fully).
+        Before the search, every whitened coordinate is weighted by the signal-to-noise gain of
+        the taste found in its bin of this many consecutive coordinates
+        (:meth:`TasteMoment.weighted`), so taste spread thinly over many directions is found
+        without the noise of the empty ones. 0: no weighting (every coordinate of a band counts
+        fully; the out-of-fold refits then draw no sign-flip nulls). Otherwise at least 16:
+        narrower bins let the gains follow the noise, and taste-free ratings yield directions.
     n_prototypes : int
         Embedding prototypes (k-means centres) that form the item side of the factor model.
     temperature : float
@@ -428,6 +430,8 @@ class PersonalScorer(BaseEstimator):
         for name in _NON_NEGATIVE:
             if not np.isfinite(getattr(self, name)) or getattr(self, name) < 0:
                 raise InputError(None, f"{name} must be a finite number >= 0, not {getattr(self, name)!r}")
+        if self.gain_bin and self.gain_bin < MIN_BAND_WIDTH:
+            raise InputError(None, f"gain_bin must be 0 (no weighting) or at least {MIN_BAND_WIDTH}, not {self.gain_bin}")
         if self.n_folds < 2 or self.head_leaves < 2:
             raise InputError(None, "n_folds and head_leaves must be at least 2")
 
@@ -1012,7 +1016,7 @@ class PersonalScorer(BaseEstimator):
         ids, states = read_users(path / USERS_FILE, fitted.digest(), f"the model in {path}",
                                  "the model folder was assembled from two fits; fit it again")
         ratings = read_kept_ratings(path)
-        model = cls(**fitted.params)
+        model = cls(**{"gain_bin": 0, **fitted.params})  # fits from before gain_bin searched unweighted
         model.fitted_, model.users_, model.user_states_, model.ratings_ = fitted, ids, states, ratings
         model.events_ = read_kept_events(path)
         owed = ratings.filter(pl.col("origin") == FROM_EVENTS)["participant_id"].unique()

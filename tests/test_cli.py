@@ -316,11 +316,17 @@ def test_fit_refuses_unknown_params(world, tmp_path):
     assert not (tmp_path / "m").exists()
 
 
-@pytest.mark.parametrize("name", ["n_components", "taste_rank", "head_trees"])
+@pytest.mark.parametrize("name", ["n_components", "taste_rank", "head_trees", "gain_bin"])
 def test_fit_refuses_a_count_written_as_a_fraction(world, tmp_path, name):
     # 16.0 once passed the check and then failed deep inside numpy / LightGBM with a traceback
     done = cli("fit", "--data", world, "--out", tmp_path / "m", "--params", json.dumps({name: 16.0}))
     assert done.returncode == 2 and f"{name} must be a whole number (like 48, not 48.0), not 16.0" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "m").exists()
+
+
+def test_fit_refuses_gain_bins_too_narrow_to_steady_the_gains(world, tmp_path):
+    done = cli("fit", "--data", world, "--out", tmp_path / "m", "--params", '{"gain_bin": 4}')
+    assert done.returncode == 2 and "gain_bin must be 0 (no weighting) or at least 16, not 4" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "m").exists()
 
 

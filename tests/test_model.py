@@ -120,6 +120,13 @@ def test_model_from_another_format_version_is_rejected(fitted, tmp_path):
         PersonalScorer.load(tmp_path / "m")
 
 
+def test_a_model_saved_before_gain_bin_existed_loads_as_fitted_unweighted(fitted, tmp_path):
+    old = copy.deepcopy(fitted)
+    del old.fitted_.params["gain_bin"]  # what model.json held before the parameter existed
+    assert PersonalScorer.load(old.save(tmp_path / "m")).gain_bin == 0
+    assert PersonalScorer.load(fitted.save(tmp_path / "n")).gain_bin == fitted.gain_bin == 32
+
+
 def test_folder_without_model_is_rejected(tmp_path):
     with pytest.raises(InputError, match="not a pamela_lite model"):
         PersonalScorer.load(tmp_path)

@@ -264,3 +264,11 @@ def test_gains_need_the_nulls():
     ratings, _ = _banded()
     with pytest.raises(ValueError, match="nulls"):
         taste_moment(*ratings, n_nulls=0).gains()
+
+
+def test_a_short_last_bin_joins_the_one_before():
+    # 40 coordinates in bins of 32: the last 8 would be a bin of too few entries to trust
+    diagonal = np.r_[np.zeros(32), np.ones(8)]
+    nulls = np.random.default_rng(0).normal(0, 0.1, (3, 40, 40))
+    gains = TasteMoment(np.diag(diagonal), nulls).gains(32)
+    assert np.allclose(gains, gains[0])  # one bin, one gain
