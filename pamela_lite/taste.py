@@ -41,10 +41,10 @@ Method (a moment estimator and a few eigendecompositions; no fitting loop):
    its noise. So before the search every coordinate is weighted by a signal-to-noise gain,
    ``taste / (taste + noise)``, where *taste* is the moment's mean diagonal over the
    coordinate's bin of consecutive coordinates (32 by default) and *noise* the spread of the
-   nulls' diagonals; the
-   moment and its nulls are weighted alike, so the noise edge follows. The eigen-directions of
-   the weighted moment lean on the coordinates that hold taste and take from the rest in
-   proportion, which is where an unweighted eigenvector would carry most of its noise.
+   nulls' diagonals; the moment and its nulls are weighted alike, so the noise edge follows.
+   The eigen-directions of the weighted moment lean on the coordinates that hold taste and
+   take from the rest in proportion: the rest is where an unweighted eigenvector would carry
+   most of its noise.
 
 Measured on the zoo (test_seen SROCC, benchmarks/results/zoo.md of 2026-11-27 04:54 UTC):
 steps 2 and 5 took heteroscedastic raters from 0.703 to 0.735 (the true basis gives 0.745),
