@@ -60,21 +60,21 @@ def test_a_strong_taste_direction_does_not_hide_a_weaker_one():
     assert moment.band()[0].shape == (60, 2)
 
 
-def _one_direction(p=400, band=20, strength=0.15, known=0, known_strength=0.0, seed=0):
-    """Ratings of 200 people x 100 images whose taste differs along one direction of the first
-    `band` coordinates after `known` leading ones, where (optionally) they also differ strongly."""
+def _one_direction(p=400, band=20, strength=0.15, known=0, known_strength=0.0, seed=0, n_directions=1):
+    """Ratings of 200 people x 100 images whose taste differs along `n_directions` directions of
+    the first `band` coordinates after `known` leading ones, where (optionally) they also differ
+    strongly; returns the ratings and the planted directions ((p,) for one, else (p, n))."""
     rng = np.random.default_rng(seed)
     n_users, per_user = 200, 100
     images = rng.standard_normal((3000, p))
-    planted = np.zeros(p)
-    planted[known:known + band] = rng.standard_normal(band)
-    planted /= np.linalg.norm(planted)
-    tastes = strength * rng.standard_normal((n_users, 1)) * planted
+    planted = np.zeros((p, n_directions))
+    planted[known:known + band] = np.linalg.qr(rng.standard_normal((band, n_directions)))[0]
+    tastes = strength * rng.standard_normal((n_users, n_directions)) @ planted.T
     tastes[:, :known] += known_strength * rng.standard_normal((n_users, known))
     users = np.repeat(np.arange(n_users), per_user)
     rated = np.concatenate([rng.choice(len(images), per_user, replace=False) for _ in range(n_users)])
     resid = np.einsum("ij,ij->i", tastes[users], images[rated]) + rng.standard_normal(len(users))
-    return (images, resid, users, rated, n_users), planted
+    return (images, resid, users, rated, n_users), planted[:, 0] if n_directions == 1 else planted
 
 
 def test_a_band_search_finds_taste_that_the_noise_of_the_whole_space_hides():
@@ -221,18 +221,9 @@ def test_a_block_without_any_signal_or_noise_has_a_zero_edge_and_no_direction():
     assert moment.band()[0].shape == (p, 0)
 
 
-def _banded(lo=64, hi=128, p=400, strength=0.3, seed=0):
-    """Ratings of 200 people x 100 images whose taste lies along two directions of coordinates lo..hi."""
-    rng = np.random.default_rng(seed)
-    n_users, per_user = 200, 100
-    images = rng.standard_normal((3000, p))
-    planted = np.zeros((p, 2))
-    planted[lo:hi] = np.linalg.qr(rng.standard_normal((hi - lo, 2)))[0]
-    tastes = strength * rng.standard_normal((n_users, 2)) @ planted.T
-    users = np.repeat(np.arange(n_users), per_user)
-    rated = np.concatenate([rng.choice(len(images), per_user, replace=False) for _ in range(n_users)])
-    resid = np.einsum("ij,ij->i", tastes[users], images[rated]) + rng.standard_normal(len(users))
-    return (images, resid, users, rated, n_users), planted
+def _banded(strength=0.3, seed=0):
+    """Taste along two directions of coordinates 64..128 of 400."""
+    return _one_direction(band=64, known=64, strength=strength, seed=seed, n_directions=2)
 
 
 def test_gains_are_high_where_taste_lives_and_low_elsewhere():
