@@ -1,12 +1,13 @@
 """The gain-weighted taste search on and off, on world configurations the zoo does not use.
 
-    python benchmarks/gain_ablation.py            # 9 configurations, one fit each per setting (~4 min)
+    python benchmarks/gain_ablation.py            # 14 configurations, one fit each per setting (~4 min)
     python benchmarks/gain_ablation.py --quick    # 3 small ones, results to benchmarks/results/quick/
 
 The zoo (benchmarks/zoo.py) measures the model at each family's default size and seed 0 — the
 worlds the gain weighting (``PersonalScorer(gain_bin=32)``, :meth:`TasteMoment.weighted`) was
 measured on while it was built. This benchmark fits the same model with ``gain_bin=32`` and
-``gain_bin=0`` (no weighting) on other seeds, dimensions and numbers of people, and reports
+``gain_bin=0`` (no weighting) on other seeds, dimensions and numbers of people (down to 150
+people with 150 ratings each), and reports
 test_seen per-user SROCC of both and their difference, with a paired bootstrap over the
 people. Writes gain_ablation.{md,json}.
 """
@@ -37,6 +38,12 @@ CONFIGS = (  # (family, overrides): seeds, sizes and dimensions the zoo's defaul
     ("hetero", dict(seed=2, dim=1152)),
     ("nonlinear", dict(seed=2)),
     ("categorical", dict(seed=2, dim=768)),
+    # few people and few ratings each (150 x 150 on 1,200 images): where the gains are noisiest
+    ("lowvar", dict(seed=0, n_users=150, n_images=1200, ratings_per_user=150)),
+    ("lowvar", dict(seed=1, n_users=150, n_images=1200, ratings_per_user=150)),
+    ("lowest", dict(seed=0, n_users=150, n_images=1200, ratings_per_user=150)),
+    ("powerlaw", dict(seed=0, n_users=150, n_images=1200, ratings_per_user=150)),
+    ("sparse", dict(seed=0, n_users=150, n_images=1200)),
 )
 QUICK = (("powerlaw", dict(seed=2, dim=384, n_users=80, n_images=1500)),
          ("lowvar", dict(seed=2, n_users=80, n_images=1500)),

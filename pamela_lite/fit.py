@@ -113,7 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help='model hyperparameters as JSON, e.g. \'{"n_components": 48, "taste_rank": 16}\' '
                              "(names as in PersonalScorer; recorded in model.json). whiten_dim caps the embedding "
                              "directions searched for taste; its default, null, searches all of them, so taste in "
-                             "an encoder's lowest-variance directions is found")
+                             "an encoder's lowest-variance directions is found. gain_bin (default 32) weighs each "
+                             "searched direction by how much taste its bin of that many neighbours shows; "
+                             '\'{"gain_bin": 0}\' turns the weighting off, which did better where taste sits in one '
+                             "band and people are few (benchmarks/results/gain_ablation.md)")
     parser.add_argument("--no-tune", action="store_true",
                         help="do not let val_seen choose the residual head's size (by default a larger head is "
                              "also fitted, about 1.5x the fit time, and kept only if it ranks the known users' "

@@ -141,6 +141,9 @@ class PersonalScorer(BaseEstimator):
         without the noise of the empty ones. 0: no weighting (every coordinate of a band counts
         fully; the out-of-fold refits then draw no sign-flip nulls). Otherwise at least 16:
         narrower bins let the gains follow the noise, and taste-free ratings yield directions.
+        A bin as wide as the searched directions gives them all one gain: no weighting either.
+        Measured both ways in ``benchmarks/gain_ablation.py``: it helps taste spread over many
+        directions and can cost taste confined to one band when people and ratings are few.
     n_prototypes : int
         Embedding prototypes (k-means centres) that form the item side of the factor model.
     temperature : float
