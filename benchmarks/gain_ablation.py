@@ -57,8 +57,8 @@ def scored(world: worlds.World, gain_bin: int, seed: int):
     train = dataset.split("train")
     model = PersonalScorer(random_state=seed, gain_bin=gain_bin).fit(
         train, dataset.embeddings, dataset.scale, validation=dataset.split("val_seen"))
-    query = dataset.split("test_seen").filter(
-        dataset.split("test_seen")["participant_id"].is_in(train["participant_id"].unique().implode()))
+    test = dataset.split("test_seen")
+    query = test.filter(test["participant_id"].is_in(train["participant_id"].unique().implode()))
     frame = query.with_columns(score=model.predict(query, dataset.embeddings))
     return frame, model.taste_dimensions()[1]
 
