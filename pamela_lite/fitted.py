@@ -137,7 +137,7 @@ class FittedScorer:
             "format": FORMAT, "format_version": FORMAT_VERSION, "params": self.params,
             "scale": [int(self.scale[0]), int(self.scale[1])],
             "pop_intercept": float(side.pop_intercept), "assign_width": float(side.assign_width),
-            "solver": {name: _plain(getattr(solver, name)) for name in _SOLVER_SCALARS},
+            "solver": {name: json_scalar(getattr(solver, name)) for name in _SOLVER_SCALARS},
             "blend": [float(v) for v in self.blend],
             "demographics": {"age_mean": float(prior.age_mean), "age_std": float(prior.age_std),
                              "genders": list(prior.genders), "nationalities": list(prior.nationalities)},
@@ -289,7 +289,7 @@ def _digest(meta: dict, arrays: dict[str, np.ndarray], head: str) -> str:
     return h.hexdigest()
 
 
-def _plain(value):
+def json_scalar(value):
     """A numpy scalar as the Python number or bool JSON writes (and reads back) exactly."""
     return value.item() if isinstance(value, np.generic) else value
 

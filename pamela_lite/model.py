@@ -44,6 +44,8 @@ beside it, so a refit can fold them in again (:meth:`PersonalScorer.add_users`).
 from __future__ import annotations
 
 import functools
+import json
+import numbers
 import os
 import sys
 from dataclasses import dataclass
@@ -70,7 +72,7 @@ from .taste import MIN_BAND_WIDTH, N_NULL_DRAWS, fit_whitening, image_sample, ta
 from .events import event_rows
 from .features import ImageFeatures, ImageSide, l2_normalise
 from .metrics import per_user
-from .fitted import PARAMETER_FILES, USERS_FILE, FittedScorer, read_users, write_users
+from .fitted import PARAMETER_FILES, USERS_FILE, FittedScorer, json_scalar, read_users, write_users
 from .user_solver import DemographicPrior, UserSolver, als_row_values, state_layout, user_normal_equations
 
 RATINGS_FILE = "ratings.parquet"  # in a model folder: the ratings every known user's state was solved from
@@ -390,7 +392,7 @@ class PersonalScorer(BaseEstimator):
         blend = self._fit_blend(oof, y) if oof is not None else np.zeros(2)
         # The fitted scorer, completed below by the head and the catalogue (both fitted on its predictions).
         self.fitted_ = FittedScorer((scale.low, scale.high), base.image_side, base.solver, prior, blend,
-                                    params=self.get_params())
+                                    params={name: json_scalar(value) for name, value in self.get_params().items()})
         self.users_ = user_ids
         # States are float32, the type the exported scorer takes them in, so both score alike.
         self.user_states_ = np.column_stack([base.states, head_demo]).astype(np.float32)
@@ -412,27 +414,32 @@ class PersonalScorer(BaseEstimator):
         choices = {"taste_basis": ("learned", "pca"), "taste_prior": ("empirical", "moment", "isotropic")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise InputError(None, f"{name} must be one of {allowed}, not {getattr(self, name)!r}")
+                raise InputError(None, f"{name} must be one of {allowed}, not {_shown(getattr(self, name))}")
         for name, default in PersonalScorer().get_params().items():
             value = getattr(self, name)
-            if isinstance(default, bool) and not isinstance(value, bool):
-                raise InputError(None, f"{name} must be true or false, not {value!r}")
-            if isinstance(default, (int, float)) and not isinstance(default, bool) and (
-                    isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise InputError(None, f"{name} must be a number, not {value!r}")
-            # 48.0 is refused too: counts index arrays and size k-means and trees, which take ints only
-            if isinstance(default, int) and not isinstance(default, bool) and not isinstance(value, (int, np.integer)):
-                raise InputError(None, f"{name} must be a whole number (like 48, not 48.0), not {value!r}")
-        if self.whiten_dim is not None and (isinstance(self.whiten_dim, bool) or not isinstance(self.whiten_dim, int)
+            if isinstance(default, bool):
+                if not isinstance(value, (bool, np.bool_)):
+                    raise InputError(None, f"{name} must be true or false, not {_shown(value)}")
+            elif isinstance(default, (int, float)):
+                # numpy scalars (np.int64(48), e.g. from np.arange in a grid search) are numbers too
+                if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+                    raise InputError(None, f"{name} must be a number, not {_shown(value)}")
+                if not np.isfinite(value):
+                    raise InputError(None, f"{name} must be a finite number, not {_shown(value)}")
+                # 48.0 is refused too: counts index arrays and size k-means and trees, which take ints only
+                if isinstance(default, int) and not isinstance(value, numbers.Integral):
+                    raise InputError(None, f"{name} must be a whole number (like 48, not 48.0), not {_shown(value)}")
+        if self.whiten_dim is not None and (isinstance(self.whiten_dim, (bool, np.bool_))
+                                            or not isinstance(self.whiten_dim, numbers.Integral)
                                             or self.whiten_dim < self.n_components):
             raise InputError(None, f"whiten_dim must be a whole number of at least n_components ({self.n_components}) "
-                                   f"or null (all directions), not {self.whiten_dim!r}")
+                                   f"or null (all directions), not {_shown(self.whiten_dim)}")
         for name in _POSITIVE:
             if not np.isfinite(getattr(self, name)) or getattr(self, name) <= 0:
-                raise InputError(None, f"{name} must be a finite number above 0, not {getattr(self, name)!r}")
+                raise InputError(None, f"{name} must be a finite number above 0, not {_shown(getattr(self, name))}")
         for name in _NON_NEGATIVE:
             if not np.isfinite(getattr(self, name)) or getattr(self, name) < 0:
-                raise InputError(None, f"{name} must be a finite number >= 0, not {getattr(self, name)!r}")
+                raise InputError(None, f"{name} must be a finite number >= 0, not {_shown(getattr(self, name))}")
         if self.gain_bin and self.gain_bin < MIN_BAND_WIDTH:
             raise InputError(None, f"gain_bin must be 0 (no weighting) or at least {MIN_BAND_WIDTH}, not {self.gain_bin}")
         if self.n_folds < 2 or self.head_leaves < 2:
@@ -643,7 +650,7 @@ class PersonalScorer(BaseEstimator):
 
     def _tuned_head(self, oof: dict, y: np.ndarray, validation, embeddings) -> tuple[str, dict | None]:
         """The residual head (LightGBM text) and, when tuned, what validation chose and why."""
-        compact = {name: getattr(self, name) for name in HEAD_SETTINGS}
+        compact = {name: json_scalar(getattr(self, name)) for name in HEAD_SETTINGS}
         known = self._known_validation(validation, embeddings)  # the rows and their components, once
         self._hide_metadata(oof["head_x"])  # the head's inputs only: nothing else reads them later
         if known is not None:
@@ -1078,6 +1085,14 @@ TUNE_STANDARD_ERRORS = 2.0
 _POSITIVE = ("n_components", "rank_threshold", "n_prototypes", "temperature", "factors", "alpha",
              "als_iterations", "head_trees", "head_learning_rate", "head_min_child_samples", "head_max_rows")
 _NON_NEGATIVE = ("taste_rank", "gain_bin", "als_regularization", "bias_shrinkage", "taste_shrinkage")
+
+
+def _shown(value) -> str:
+    """A hyperparameter as --params would spell it (JSON: true, null, 16.0), for messages."""
+    try:
+        return json.dumps(json_scalar(value))
+    except (TypeError, ValueError):
+        return repr(value)
 
 
 def _vocabulary(users: pl.DataFrame, column: str) -> list[str]:

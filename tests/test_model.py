@@ -95,6 +95,30 @@ def test_save_load_round_trip_gives_identical_scores(fitted, dataset, tmp_path):
     assert loaded.get_params() == fitted.get_params()
 
 
+def test_numpy_integer_hyperparameters_fit_save_and_load_as_the_same_model(dataset, fitted, tmp_path):
+    # a grid search over np.arange hands numpy integers; they were refused as "not a number"
+    numpy_params = {name: np.int64(value) if type(value) is int else value for name, value in SMALL_MODEL.items()}
+    model = PersonalScorer(random_state=np.int64(0), **numpy_params).fit(
+        dataset.split("train"), dataset.embeddings, dataset.scale, validation=dataset.split("val_seen"))
+    model.save(tmp_path / "m")
+    recorded = json.loads((tmp_path / "m" / "model.json").read_text())["params"]
+    assert recorded["n_folds"] == 3 and recorded["random_state"] == 0
+    pairs = dataset.split("test_seen")
+    np.testing.assert_array_equal(PersonalScorer.load(tmp_path / "m").predict(pairs, dataset.embeddings),
+                                  fitted.predict(pairs, dataset.embeddings))
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"n_components": float("inf")}, "n_components must be a finite number, not Infinity"),
+    ({"taste_rank": float("nan")}, "taste_rank must be a finite number, not NaN"),
+    ({"use_mf": None}, "use_mf must be true or false, not null"),
+    ({"n_folds": True}, "n_folds must be a number, not true"),
+])
+def test_bad_hyperparameters_are_named_in_the_spelling_of_params_json(params, message):
+    with pytest.raises(InputError, match=message):
+        PersonalScorer(**params)._check_params()
+
+
 def test_saved_model_has_no_pickle(fitted, tmp_path):
     fitted.save(tmp_path / "m")
     with np.load(tmp_path / "m" / "arrays.npz", allow_pickle=False) as arrays:
