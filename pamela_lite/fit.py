@@ -37,8 +37,7 @@ from .errors import InputError
 from .event_fit import calibrate, fit_events_only, fold_seen_events, without_scored_pairs
 from .events import load_events, parse_event_weights
 from .protocol import evaluate_models, format_table
-from .model import (EVENTS_FILE, HEAD_SETTINGS, RATINGS_FILE, PersonalScorer, block_price, read_kept_events,
-                    read_kept_ratings)
+from .model import EVENTS_FILE, HEAD_SETTINGS, RATINGS_FILE, PersonalScorer, block_price, read_kept_ratings
 
 # The baselines every table shows beside the full model, as switches of the same estimator.
 BASELINES = {
@@ -197,9 +196,18 @@ def fit_variants(variants: dict, dataset, seed: int, watch: Stopwatch, progress:
     return models
 
 
-def refold(model: PersonalScorer, kept, kept_events, old: Path, embeddings, watch: Stopwatch) -> None:
-    """Fold in again, against `model`, the users whose ratings and events the model folder `old`
-    keeps (`kept`, `kept_events`) and `model` was not fitted on."""
+def read_refold_source(folder: Path) -> PersonalScorer:
+    """The model in `folder` whose users a fit folds in again, read before the fit so a folder
+    that cannot serve fails in seconds. The kept ratings are checked first: their messages say
+    what a folder written before models kept ratings lacks."""
+    read_kept_ratings(folder)
+    return PersonalScorer.load(folder)
+
+
+def refold(model: PersonalScorer, source: PersonalScorer, old: Path, embeddings, watch: Stopwatch) -> None:
+    """Fold in again, against `model`, the users whose ratings and events the model `source` (read
+    from folder `old`) keeps and `model` was not fitted on."""
+    kept, kept_events = source.ratings_, source.events_
     # Only the events of people this fit does not train on are read, and only by a fit with an event
     # channel; their images are checked here, or a missing one would be blamed on the kept ratings.
     trained = [str(u) for u in model.users_]
@@ -219,7 +227,7 @@ def refold(model: PersonalScorer, kept, kept_events, old: Path, embeddings, watc
         print(f"warning: {with_events.n_unique()} of them were added from their events, {why}: they are folded "
               f"in from their ratings or demographics alone; their events stay in the model folder for a later "
               f"fit", file=sys.stderr)
-    lost = {str(u) for u in PersonalScorer.load(old).users_} - {str(u) for u in model.users_}
+    lost = {str(u) for u in source.users_} - {str(u) for u in model.users_}
     if lost:
         print(f"warning: {len(lost)} user(s) of {old} have no kept ratings or events to fold in again from "
               f"(the people of a fit on events alone, say) and are not in the new model", file=sys.stderr)
@@ -248,8 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.params = parse_params(args.params)
     check_replaceable(args.out, "model.json", "model")  # before the work, not after it
-    kept = read_kept_ratings(args.refold_from) if args.refold_from is not None else None
-    kept_events = read_kept_events(args.refold_from) if args.refold_from is not None else None
+    source = read_refold_source(args.refold_from) if args.refold_from is not None else None
     watch = Stopwatch(args.quiet)
     if args.threads is not None and args.threads < 1:
         raise InputError(None, "--threads takes a number >= 1")
@@ -343,8 +350,8 @@ def main(argv: list[str] | None = None) -> int:
         seen = fold_seen_events(full, events, dataset.split("train"), dataset.split("val_seen"), dataset.embeddings)
         report["event_channel"] = full.fitted_.events.to_json()
         watch.step(report_own_events(full, seen, rows, dataset, args.seed, report))
-    if kept is not None:
-        refold(full, kept, kept_events, args.refold_from, dataset.embeddings, watch)
+    if source is not None:
+        refold(full, source, args.refold_from, dataset.embeddings, watch)
     if full.fitted_.catalogue is not None:
         watch.step(f"kept per-image catalogue corrections for {len(full.fitted_.catalogue.image_ids)} training images "
                    f"(validation on them improved; predict applies them, the exported ONNX scorer does not)")

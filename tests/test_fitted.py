@@ -151,6 +151,17 @@ def test_fit_refold_from_and_predict_add_to_model_from_the_command_line(world, m
     np.testing.assert_array_equal(pl.read_csv(tmp_path / "b.csv")["score"], pl.read_csv(tmp_path / "c.csv")["score"])
 
 
+def test_refold_from_a_damaged_model_fails_before_the_fit(world, model_dir, tmp_path):
+    # the old model was once read only after the fit: a damaged folder cost a whole fit
+    old = tmp_path / "old"
+    shutil.copytree(model_dir, old)
+    (old / "users.npz").write_bytes(b"not a users file")
+    done = cli("fit", "--data", world, "--out", tmp_path / "new", "--refold-from", old)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "users.npz" in lines[0] and "not a readable users file" in lines[0]
+    assert not (tmp_path / "new").exists()
+
+
 def test_refold_from_a_folder_without_kept_ratings_exits_2(world, tmp_path):
     done = cli("fit", "--data", world, "--out", tmp_path / "new", "--refold-from", tmp_path, "--quiet")
     lines = done.stderr.strip().splitlines()
