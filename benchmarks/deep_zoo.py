@@ -1,6 +1,6 @@
 """The deep few-shot baseline beside pamela_lite and the population head, on zoo worlds.
 
-    python benchmarks/deep_zoo.py                          # demo, lowvar, mixture (~30-40 min on a busy 2-core box)
+    python benchmarks/deep_zoo.py                          # demo, lowvar, mixture (~15 min on 2 cores, 2026-11-27)
     python benchmarks/deep_zoo.py --worlds lowvar --draws 10
     python benchmarks/deep_zoo.py --quick                  # small worlds, tiny search, to results/quick/
 
