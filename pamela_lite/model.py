@@ -526,9 +526,15 @@ class PersonalScorer(BaseEstimator):
         return directions
 
     def _prototypes(self, coords: np.ndarray) -> tuple[np.ndarray, float]:
-        k = min(self.n_prototypes, coords.shape[0])
+        """k-means prototypes of the images' taste coordinates and the soft assignment's width."""
+        # At least two images per prototype: with one each, k-means fits every image exactly, its
+        # inertia (the width) is 0 and the soft assignment divides by it (small catalogues, whose
+        # out-of-fold fits hold fewer images than n_prototypes, once failed with NaNs).
+        k = max(1, min(self.n_prototypes, coords.shape[0] // 2))
         km = KMeans(n_clusters=k, n_init=2, random_state=self.random_state).fit(coords)
-        return km.cluster_centers_.astype(np.float64), self.temperature * float(km.inertia_ / len(coords))
+        width = self.temperature * float(km.inertia_ / len(coords))
+        # identical images: every positive width gives the same assignment
+        return km.cluster_centers_.astype(np.float64), width if width > 0 else self.temperature
 
     def _fit_demographics(self, ratings: pl.DataFrame) -> DemographicPrior:
         """The demographic encoding (age scaling, vocabularies); its coefficients come later (_fit_prior)."""

@@ -11,6 +11,8 @@ import polars as pl
 import pytest
 import scipy.sparse as sp
 
+from pamela_lite import demo
+from pamela_lite.data import load_dataset
 from pamela_lite.errors import InputError
 from pamela_lite.protocol import evaluate_models, kshot_split
 from pamela_lite.user_solver import als_fold_in, als_row_values
@@ -93,6 +95,15 @@ def test_save_load_round_trip_gives_identical_scores(fitted, dataset, tmp_path):
     pairs = dataset.split("test_seen")
     np.testing.assert_array_equal(loaded.predict(pairs, dataset.embeddings), fitted.predict(pairs, dataset.embeddings))
     assert loaded.get_params() == fitted.get_params()
+
+
+def test_a_catalogue_smaller_than_twice_the_prototypes_still_fits(tmp_path):
+    # each out-of-fold fit once held fewer images than the 64 prototypes: k-means fitted every image
+    # exactly, the assignment width was 0 and NaNs reached the factor model (exit 1 from fit)
+    world = demo.write_world(tmp_path / "w", demo.DemoConfig(n_users=30, n_images=90, n_ratings=1200, dim=16, seed=1))
+    data = load_dataset(world)
+    model = PersonalScorer(random_state=0, n_threads=1).fit(data.split("train"), data.embeddings, data.scale)
+    assert np.isfinite(model.predict(data.split("test_seen"), data.embeddings)).all()
 
 
 def test_numpy_integer_hyperparameters_fit_save_and_load_as_the_same_model(dataset, fitted, tmp_path):
