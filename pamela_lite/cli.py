@@ -138,6 +138,14 @@ def show_progress(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()
 
 
+def refuse_rating_context(fitted, source) -> None:
+    """Context ratings mean nothing to a scorer fitted on events alone (`fitted.events_only`): its
+    scale is a preference's, so they would be misread, or refused as outside it."""
+    if fitted.events_only:
+        raise InputError(source, "rating context for a scorer fitted on events alone (its scores are preferences, "
+                                 "not ratings): fold people in from what they did, with predict --context-events")
+
+
 def refuse_known_context(context_ids: pl.Series, known_ids, source, refit_known: bool) -> None:
     """A --context naming users the model already knows would replace their stored state: refuse.
 

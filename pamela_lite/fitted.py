@@ -65,6 +65,11 @@ class FittedScorer:
     events: EventChannel | None = None  # the implicit-feedback channel, when fitted with events
     tuning: dict | None = None  # what the fit chose on validation, and the scores it chose by
 
+    @property
+    def events_only(self) -> bool:
+        """Whether it was fitted on events alone: its scores are preferences (-1..1), not ratings."""
+        return self.events is not None and self.events.report.get("mode") == "events only"
+
     # ------------------------------------------------------------------ shape
 
     @property

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import polars as pl
 
-from .cli import (Stopwatch, check_table_path, log, parser_for, refuse_known_context, run, warn_unknown_demographics,
-                  write_table)
+from .cli import (Stopwatch, check_table_path, log, parser_for, refuse_known_context, refuse_rating_context, run,
+                  warn_unknown_demographics, write_table)
 from .data import Scale, id_type_note, read_embeddings, read_pairs, read_ratings, validate_ratings
 from .errors import InputError, preview
 from .events import comparing_nothing, load_events
@@ -59,6 +59,7 @@ def load_context(path: Path, model: PersonalScorer, refit_known: bool = False) -
     Users the model already knows are refused unless `refit_known`; gender and nationality
     values the model never saw are reported once (they count as unknown).
     """
+    refuse_rating_context(model.fitted_, path)
     frame, _ = validate_ratings(read_ratings(path), path, Scale(*model.fitted_.scale))
     refuse_known_context(frame["participant_id"], model.users_, path, refit_known)
     prior = model.fitted_.prior
@@ -116,10 +117,6 @@ def main(argv: list[str] | None = None) -> int:
                             f"image: give a 'view' row for each image shown), so they change no score: "
                             f"{preview(idle.to_list())}")
         others.append(events["participant_id"])
-    if args.context is not None and model.fitted_.events is not None \
-            and model.fitted_.events.report.get("mode") == "events only":
-        raise InputError(args.context, f"{args.model} was fitted on events alone (its scores are preferences, not "
-                                       f"ratings): fold people in from what they did, with --context-events")
     if args.context is not None or events is not None:
         if args.context is not None:
             context = load_context(args.context, model, args.refit_known)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from .cli import (Stopwatch, check_table_path, parser_for, refuse_known_context, run,
+from .cli import (Stopwatch, check_table_path, parser_for, refuse_known_context, refuse_rating_context, run,
                   warn_unknown_demographics, write_table)
 from .data import Embeddings, Scale, read_embeddings, read_pairs, read_ratings, validate_ratings
 from .edge import EdgeScorer, UnknownUsers, fitted_path, users_path
@@ -65,6 +65,7 @@ def load_scorer(path: Path) -> EdgeScorer:
 
 def fold_in_context(scorer: EdgeScorer, path: Path, embeddings: Embeddings, refit_known: bool = False) -> None:
     """Fold each context user in with numpy (as a device would) and remember their state."""
+    refuse_rating_context(scorer.fitted, path)
     frame, _ = validate_ratings(read_ratings(path), path, Scale(*scorer.scale))
     refuse_known_context(frame["participant_id"], scorer.user_ids, path, refit_known)
     warn_unknown_demographics(frame, scorer.demographic_values, path)

@@ -21,7 +21,7 @@ from pamela_lite.fitted import FittedScorer
 from pamela_lite.model import PersonalScorer, read_kept_events, read_kept_ratings
 from pamela_lite.onnx_scorer import export
 
-from .conftest import SMALL_MODEL, cli
+from .conftest import SMALL_MODEL, cli, write_embeddings
 
 CHANNEL = EventChannel(dict(DEFAULT_EVENTS), alpha=1.0, strength=0.5, gain=1.5)
 
@@ -321,6 +321,36 @@ def test_events_alone_give_a_scorer_that_ranks_new_people_better_than_the_popula
     corr = frame.group_by("participant_id").agg(pl.corr("pop", "utility", method="spearman").alias("a"),
                                                 pl.corr("me", "utility", method="spearman").alias("b"))
     assert corr["b"].mean() > corr["a"].mean()
+
+
+@pytest.fixture(scope="module")
+def events_only_scorer(small, tmp_path_factory):
+    """A scorer fitted on events alone, exported, with the embeddings file and a rating context."""
+    _, data, _, events = small
+    model = fit_events_only(events, data.embeddings, dict(n_components=8, n_prototypes=12, factors=4, head_trees=30,
+                                                          n_folds=3), threads=1)
+    folder = tmp_path_factory.mktemp("events_only")
+    export(model, folder / "scorer.onnx")
+    write_embeddings(folder / "embeddings.parquet", data.embeddings.ids, data.embeddings.matrix)
+    pl.DataFrame({"participant_id": ["rater", "rater"], "image_id": data.embeddings.ids.head(2),
+                  "rating": [1, -1]}).write_csv(folder / "rated.csv")
+    return folder
+
+
+def test_a_device_refuses_ratings_for_a_scorer_fitted_on_events_alone(events_only_scorer, small):
+    # ratings of -1 and 1 were once read as preferences; any other rating as "outside the scale -1-1"
+    scorer = EdgeScorer(events_only_scorer / "scorer.onnx")
+    with pytest.raises(ValueError, match="fitted on events alone"):
+        scorer.fold_in(small[1].embeddings.matrix[:2], np.array([1.0, -1.0]))
+
+
+def test_score_refuses_a_rating_context_for_a_scorer_fitted_on_events_alone(events_only_scorer):
+    folder = events_only_scorer
+    done = cli("score", "--scorer", folder / "scorer.onnx", "--context", folder / "rated.csv", "--top", 3,
+               "--user", "rater", "--embeddings", folder / "embeddings.parquet", "--out", folder / "top.csv")
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "rated.csv" in lines[0] and "fitted on events alone" in lines[0]
+    assert not (folder / "top.csv").exists()
 
 
 def _no_ratings(data) -> pl.DataFrame:
