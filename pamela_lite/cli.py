@@ -58,6 +58,21 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_INPUT, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")
 
 
+MAX_SEED = 2**32 - 1  # the widest seed every library here takes (scikit-learn's random_state)
+
+
+def seed_arg(text: str) -> int:
+    """argparse type of ``--seed``: a whole number from 0 to MAX_SEED (numpy refuses negative seeds,
+    scikit-learn larger ones)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"takes a whole number from 0 to {MAX_SEED}, not {text}")
+    return value
+
+
 def parser_for(tool: str, description: str, example: str, defaults: bool = False) -> Parser:
     """A parser with a plain-text description and one example (``{prog}`` is the command)."""
     name = prog(tool)

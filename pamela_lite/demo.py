@@ -38,7 +38,7 @@ import polars as pl
 from scipy.special import ndtr
 
 from ._atomic import atomic_dir
-from .cli import Parser, prog, run
+from .cli import Parser, prog, run, seed_arg
 
 GROUPS = (
     "abstract", "animal", "architecture", "automotive", "cinematic", "cityscape", "fashion",
@@ -379,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--world", default="demo", help="world family (default demo); 'list' lists them")
     parser.add_argument("--out", type=Path, help="folder to write (replaced atomically)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--seed", type=seed_arg, default=0, help="random seed (default 0)")
     parser.add_argument("--scale", type=_parse_scale, default=None,
                         help="rating scale: N for 1..N or LOW-HIGH such as 0-10 (demo default 5)")
     parser.add_argument("--users", type=int, help="participants (demo default 199, as PAMELA)")

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from ._atomic import write_text
-from .cli import Stopwatch, log, parse_kshot, parser_for, run
+from .cli import Stopwatch, log, parse_kshot, parser_for, run, seed_arg
 from .data import Scale, load_dataset
 from .protocol import SEEN_SPLITS, UNSEEN_SPLITS, evaluate_models, format_table
 from .errors import InputError
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--splits", type=parse_splits, default="test_seen,test_unseen",
                         help="splits to evaluate, comma-separated; those the data does not have are skipped "
                              "with a warning")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the k-shot draws and the baselines")
+    parser.add_argument("--seed", type=seed_arg, default=0, help="seed of the k-shot draws and the baselines")
     parser.add_argument("--no-baselines", action="store_true",
                         help="evaluate the model alone (the data then needs no train split: its seen-split people "
                              "are the model's own users)")

@@ -31,7 +31,7 @@ import polars as pl
 
 from . import __version__, demo
 from ._atomic import check_replaceable, write_text
-from .cli import Stopwatch, log, parse_kshot, parser_for, run, show_progress
+from .cli import Stopwatch, log, parse_kshot, parser_for, run, seed_arg, show_progress
 from .data import EMBEDDINGS_FILE, Scale, load_dataset, read_embeddings
 from .errors import InputError
 from .event_fit import calibrate, fit_events_only, fold_seen_events, without_scored_pairs
@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="embeddings Parquet (image_id, embedding); default: embeddings.parquet beside "
                              "--data (without --data: beside --events)")
     parser.add_argument("--out", type=Path, default=Path("runs/model"), help="model folder to write")
-    parser.add_argument("--seed", type=int, default=0, help="seed for the model, the demo and k-shot draws")
+    parser.add_argument("--seed", type=seed_arg, default=0, help="seed for the model, the demo and k-shot draws")
     parser.add_argument("--scale", type=Scale.parse, help="rating scale LOW-HIGH; default: the data's range")
     parser.add_argument("--kshot", type=parse_kshot, default="0,10,50",
                         help="context sizes for users unseen in training")

@@ -53,7 +53,7 @@ import numpy as np
 import polars as pl
 
 from ._atomic import atomic_dir
-from .cli import Stopwatch, parser_for, run
+from .cli import Stopwatch, parser_for, run, seed_arg
 from .data import Embeddings
 from .errors import InputError
 
@@ -1202,7 +1202,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--objective", choices=("personal", "population", "both"), default="both",
                         help="steer for the person, by the population head, or both (for comparison)")
     parser.add_argument("--samples", type=int, default=16, help="posterior draws of the person's taste")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the search's randomness")
+    parser.add_argument("--seed", type=seed_arg, default=0, help="seed of the search's randomness")
     parser.add_argument("--out", type=Path, required=True, help="output folder: steer.json (+ steer.png)")
     parser.add_argument("--no-plot", action="store_true", help="write no plot")
     parser.add_argument("--quiet", action="store_true", help="no progress messages")

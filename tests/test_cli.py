@@ -339,3 +339,15 @@ def test_fit_refuses_a_whiten_dim_that_is_not_a_whole_number_or_null(world, tmp_
 def test_fit_refuses_a_whiten_dim_that_would_cut_the_principal_components(world, tmp_path):
     done = cli("fit", "--data", world, "--out", tmp_path / "m", "--params", '{"whiten_dim": 8}')
     assert done.returncode == 2 and "at least n_components (32)" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("tool", ["fit", "demo", "evaluate", "steer"])
+@pytest.mark.parametrize("seed", ["-1", "99999999999999999999", "1.5"])
+def test_a_seed_no_library_takes_is_refused_in_one_line(tool, seed, capsys):
+    # a negative seed once reached numpy: exit 1, "unexpected ValueError"
+    from importlib import import_module
+
+    with pytest.raises(SystemExit) as stop:
+        import_module(f"pamela_lite.{tool}").main(["--seed", seed])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1 and f"takes a whole number from 0 to 4294967295, not {seed}" in err[0]
