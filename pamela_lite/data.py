@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,9 @@ EMBEDDINGS_FILE = "embeddings.parquet"
 TRUTH_FILE = "demo_truth.parquet"
 
 
+SCALE_PATTERN = re.compile(r"(-?\d+)\s*-\s*(-?\d+)")  # LOW-HIGH; either end may be negative
+
+
 @dataclass(frozen=True)
 class Scale:
     """An integer rating scale ``low..high``; taken from the data or from a flag, never assumed."""
@@ -51,11 +55,12 @@ class Scale:
 
     @classmethod
     def parse(cls, text: str) -> "Scale":
-        """Parse ``"1-5"`` (or ``"0-10"``)."""
-        try:
-            low, high = (int(part) for part in text.split("-"))
-        except ValueError:
-            raise InputError(None, f"--scale takes LOW-HIGH such as 1-5, not {text!r}") from None
+        """Parse ``"1-5"`` (or ``"0-10"``, or ``"-3-3"``: either end may be negative)."""
+        match = SCALE_PATTERN.fullmatch(text.strip())
+        if match is None:
+            raise InputError(None, f"--scale takes LOW-HIGH such as 1-5 (a negative low end: --scale=-3-3), "
+                                   f"not {text!r}")
+        low, high = int(match[1]), int(match[2])
         if low >= high:
             raise InputError(None, f"--scale {text}: LOW must be below HIGH")
         return cls(low, high)

@@ -350,18 +350,18 @@ def write_world(out: str | Path, cfg: DemoConfig = DemoConfig()) -> Path:
 
 
 def _parse_scale(text: str) -> tuple[int, int]:
-    """``N`` (1..N, as before) or ``LOW-HIGH`` (0-10 starts at 0)."""
-    try:
-        if "-" in text:
-            low, high = (int(part) for part in text.split("-"))
-        else:
-            low, high = 1, int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--scale takes N or LOW-HIGH such as 1-7 or 0-10, not {text!r}") from None
-    if high < low:
-        raise argparse.ArgumentTypeError(f"--scale {text}: the low end comes first, e.g. {high}-{low}")
+    """``N`` (1..N, as before) or ``LOW-HIGH`` (0-10 starts at 0; --scale=-3-3 for a negative low end)."""
+    from .data import SCALE_PATTERN
+
+    match = SCALE_PATTERN.fullmatch(text.strip())
+    if match is not None:
+        low, high = int(match[1]), int(match[2])
+    elif text.strip().isdigit():
+        low, high = 1, int(text)
+    else:
+        raise argparse.ArgumentTypeError(f"--scale takes N or LOW-HIGH such as 1-7 or 0-10, not {text!r}")
     if high - low < 1:
-        raise argparse.ArgumentTypeError(f"--scale {text}: needs at least two levels")
+        raise argparse.ArgumentTypeError(f"--scale {text}: needs at least two levels, the low end first")
     return low, high
 
 
@@ -381,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="folder to write (replaced atomically)")
     parser.add_argument("--seed", type=seed_arg, default=0, help="random seed (default 0)")
     parser.add_argument("--scale", type=_parse_scale, default=None,
-                        help="rating scale: N for 1..N or LOW-HIGH such as 0-10 (demo default 5)")
+                        help="rating scale: N for 1..N or LOW-HIGH such as 0-10, --scale=-3-3 for a negative "
+                             "low end (demo default 5)")
     parser.add_argument("--users", type=int, help="participants (demo default 199, as PAMELA)")
     parser.add_argument("--images", type=int, help="images (demo default 5077, as PAMELA)")
     parser.add_argument("--ratings", type=int, help="ratings (demo default 69904, as PAMELA)")

@@ -100,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "--data (without --data: beside --events)")
     parser.add_argument("--out", type=Path, default=Path("runs/model"), help="model folder to write")
     parser.add_argument("--seed", type=seed_arg, default=0, help="seed for the model, the demo and k-shot draws")
-    parser.add_argument("--scale", type=Scale.parse, help="rating scale LOW-HIGH; default: the data's range")
+    parser.add_argument("--scale", type=Scale.parse,
+                        help="rating scale LOW-HIGH such as 1-5 (a negative low end: --scale=-3-3); default: the "
+                             "data's range")
     parser.add_argument("--kshot", type=parse_kshot, default="0,10,50",
                         help="context sizes for users unseen in training")
     parser.add_argument("--demo-dir", type=Path, default=Path("runs/demo_world"),

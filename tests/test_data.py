@@ -180,3 +180,16 @@ def test_an_impossible_age_is_one_line_naming_the_file_and_line(tmp_path, rating
     text = str(err.value)
     assert text.startswith(str(path)) and "age must be between 0 and 120" in text and "line 4" in text
     assert "\n" not in text
+
+
+@pytest.mark.parametrize("text, scale", [("1-5", Scale(1, 5)), ("0-10", Scale(0, 10)), ("-3-3", Scale(-3, 3)),
+                                         ("-5--1", Scale(-5, -1))])
+def test_a_scale_may_have_negative_ends(text, scale):
+    # "-3-3" was once split on every "-" and refused
+    assert Scale.parse(text) == scale
+
+
+@pytest.mark.parametrize("text", ["1-2-3", "a-b", "5", "5-1"])
+def test_a_scale_that_is_not_low_high_is_refused(text):
+    with pytest.raises(InputError, match="--scale"):
+        Scale.parse(text)
