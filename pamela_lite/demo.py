@@ -357,11 +357,13 @@ def _parse_scale(text: str) -> tuple[int, int]:
     if match is not None:
         low, high = int(match[1]), int(match[2])
     elif text.strip().isdigit():
-        low, high = 1, int(text)
+        low, high = 1, max(int(text), 1)  # N < 2 has fewer than two levels, not a reversed scale
     else:
         raise argparse.ArgumentTypeError(f"--scale takes N or LOW-HIGH such as 1-7 or 0-10, not {text!r}")
+    if high < low:
+        raise argparse.ArgumentTypeError(f"--scale {text}: the low end comes first, e.g. {high}-{low}")
     if high - low < 1:
-        raise argparse.ArgumentTypeError(f"--scale {text}: needs at least two levels, the low end first")
+        raise argparse.ArgumentTypeError(f"--scale {text}: needs at least two levels")
     return low, high
 
 

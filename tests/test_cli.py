@@ -146,8 +146,8 @@ def test_missing_required_arguments_are_one_line(capsys, monkeypatch):
 
 def test_bad_type_is_one_line(capsys, monkeypatch):
     monkeypatch.delenv(CONSOLE_ENV, raising=False)
-    line = _usage_line(capsys, lambda: fit.main(["--seed", "x"]))
-    assert line == "python -m pamela_lite.fit: error: argument --seed: invalid int value: 'x' (see --help)"
+    line = _usage_line(capsys, lambda: fit.main(["--threads", "x"]))
+    assert line == "python -m pamela_lite.fit: error: argument --threads: invalid int value: 'x' (see --help)"
 
 
 @pytest.mark.parametrize("tool", ["fit", "demo"])
