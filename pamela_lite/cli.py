@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import math
 import os
 import re
 import sys
@@ -151,6 +153,20 @@ class Stopwatch:
 def show_progress(quiet: bool) -> bool:
     """Progress bars only on a terminal; in a log file, the plain step lines are enough."""
     return not quiet and sys.stderr.isatty()
+
+
+def report_json(value) -> str:
+    """`value` (metrics rows, a fit's report) as JSON that strict parsers read: a metric with nothing
+    to measure (NaN) or an infinity is written as null, not as the bare NaN Python writes."""
+    def strict(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {key: strict(item) for key, item in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [strict(item) for item in v]
+        return v
+    return json.dumps(strict(value), indent=1, allow_nan=False)
 
 
 def refuse_rating_context(fitted, source) -> None:

@@ -9,12 +9,11 @@ beside the model, with the noise ceiling when the data is the demo world.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from ._atomic import write_text
-from .cli import Stopwatch, log, parse_kshot, parser_for, run, seed_arg
+from .cli import Stopwatch, log, parse_kshot, parser_for, report_json, run, seed_arg
 from .data import Scale, load_dataset
 from .protocol import SEEN_SPLITS, UNSEEN_SPLITS, evaluate_models, format_table
 from .errors import InputError
@@ -78,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = evaluate_models(models, dataset, args.kshot, splits=splits, seed=args.seed)
     print(format_table(rows))
     if args.out:
-        write_text(args.out, json.dumps(rows, indent=1))
+        write_text(args.out, report_json(rows))
     watch.step("done")
     return 0
 

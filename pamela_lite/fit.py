@@ -31,7 +31,7 @@ import polars as pl
 
 from . import __version__, demo
 from ._atomic import check_replaceable, write_text
-from .cli import Stopwatch, log, parse_kshot, parser_for, run, seed_arg, show_progress
+from .cli import Stopwatch, log, parse_kshot, parser_for, report_json, run, seed_arg, show_progress
 from .data import EMBEDDINGS_FILE, Scale, load_dataset, read_embeddings
 from .errors import InputError
 from .event_fit import calibrate, fit_events_only, fold_seen_events, without_scored_pairs
@@ -161,7 +161,7 @@ def fit_on_events_only(args, watch: Stopwatch) -> int:
     model = fit_events_only(events, embeddings, args.params, args.seed, vocabulary, args.threads)
     report = {"events": str(args.events), "seed": args.seed, "fit_seconds": round(time.perf_counter() - start, 2),
               "people": len(model.users_), "event_channel": model.fitted_.events.to_json()}
-    model.save(args.out, extra_files={"metrics.json": json.dumps(report, indent=1)})
+    model.save(args.out, extra_files={"metrics.json": report_json(report)})
     watch.step(f"fitted on the events of {len(model.users_)} people in {report['fit_seconds']}s; scores are on a "
                f"preference scale (-1..1): rank by them")
     watch.step(f"wrote the model and metrics.json to {args.out}")
@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     if full.fitted_.catalogue is not None:
         watch.step(f"kept per-image catalogue corrections for {len(full.fitted_.catalogue.image_ids)} training images "
                    f"(validation on them improved; predict applies them, the exported ONNX scorer does not)")
-    full.save(args.out, extra_files={"metrics.json": json.dumps(report, indent=1)})
+    full.save(args.out, extra_files={"metrics.json": report_json(report)})
     watch.step(f"wrote the model and metrics.json to {args.out}")
     return 0
 

@@ -45,6 +45,7 @@ def score_rows(model: PersonalScorer, dataset: Dataset, split: str, k: int | Non
         states = None
     else:
         context, query = kshot_split(frame, k, seed)
+        query = query.filter(pl.len().over("participant_id") >= 2)  # one rating left ranks nothing
         users = frame.unique("participant_id", keep="first", maintain_order=True)
         states = model.fold_in(context, dataset.embeddings, users=users)
     if query.height == 0:
@@ -64,8 +65,9 @@ def ceiling_rows(dataset: Dataset, rows: pl.DataFrame) -> pl.DataFrame | None:
 def evaluation_cases(dataset: Dataset, kshots: tuple[int, ...], splits=("test_seen", "test_unseen")):
     """(split, k) pairs to evaluate: seen splits once, unseen splits at each k.
 
-    A user with k or fewer ratings has nothing left to score at that k and is skipped, with one
-    line saying how many were; a k no user has enough ratings for is left out.
+    A user with k + 1 or fewer ratings has fewer than two left to rank at that k and is skipped
+    (:func:`score_rows`), with one line saying how many were; a k no user has enough ratings for
+    is left out.
     """
     for split in splits:
         if not dataset.has_split(split):
@@ -75,10 +77,11 @@ def evaluation_cases(dataset: Dataset, kshots: tuple[int, ...], splits=("test_se
             continue
         counts = dataset.split(split).group_by("participant_id").len()["len"]
         for k in kshots:
-            short = int((counts <= k).sum())
+            short = int((counts <= k + 1).sum())
             if short:
-                log.warning(f"warning: {split} k={k}: {short} of {len(counts)} user(s) have {k} or fewer ratings, "
-                            f"nothing left to score: " + ("skipped" if short < len(counts) else "this k is left out"))
+                log.warning(f"warning: {split} k={k}: {short} of {len(counts)} user(s) have {k + 1} or fewer ratings, "
+                            f"fewer than two left to rank: " + ("skipped" if short < len(counts) else
+                                                               "this k is left out"))
             if short < len(counts):
                 yield split, k
 

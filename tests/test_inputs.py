@@ -242,6 +242,25 @@ def test_kshot_beyond_the_users_rating_counts_skips_them_in_one_line(fitted, dat
     assert len(lines) == 1 and "left out" in lines[0]
 
 
+def test_kshot_that_leaves_one_rating_to_rank_is_left_out_like_one_that_leaves_none(fitted, dataset, caplog):
+    # k = fewest - 1 once gave a row of NaN SROCC over 0 users (one rating left ranks nothing)
+    fewest = dataset.split("test_unseen").group_by("participant_id").len()["len"].min()
+    with caplog.at_level(logging.WARNING, logger="pamela_lite"):
+        rows = evaluate_models({"full": fitted}, dataset, kshots=(fewest - 1,), splits=("test_unseen",))
+    assert all(np.isfinite(r["srocc"]) and r["n_users"] > 0 for r in rows)
+    assert any(f"k={fewest - 1}" in r.getMessage() and "fewer than two left to rank" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_metrics_files_are_strict_json(tmp_path):
+    # Python writes NaN bare, which strict JSON parsers refuse
+    from pamela_lite.cli import report_json
+
+    text = report_json([{"srocc": float("nan"), "rmse": float("inf"), "n_users": 0, "k": None}])
+    assert json.loads(text, parse_constant=lambda name: pytest.fail(f"bare {name}")) == [
+        {"srocc": None, "rmse": None, "n_users": 0, "k": None}]
+
+
 def test_fit_shows_no_progress_bar_in_a_log(world, tmp_path):
     from .conftest import cli
 
