@@ -200,22 +200,31 @@ def fit_variants(variants: dict, dataset, seed: int, watch: Stopwatch, progress:
 
 def read_refold_source(folder: Path) -> PersonalScorer:
     """The model in `folder` whose users a fit folds in again, read before the fit so a folder
-    that cannot serve fails in seconds. The kept ratings are checked first: their messages say
-    what a folder written before models kept ratings lacks."""
+    that cannot serve fails in seconds. The kept ratings are checked before the rest: their
+    messages say what a folder written before models kept ratings lacks."""
+    if folder.is_dir() and not (folder / "model.json").exists():
+        raise InputError(folder, "not a model folder (no model.json): --refold-from takes a folder written by fit")
     read_kept_ratings(folder)
     return PersonalScorer.load(folder)
+
+
+def check_refold_images(source: PersonalScorer, dataset, folder: Path, with_events: bool) -> None:
+    """Before the fit: every image of the kept people it will fold in again (those not in its
+    training ratings) has an embedding here; a missing one is blamed on the kept file that names it.
+    Kept events are read only by a fit with events."""
+    trained = dataset.split("train")["participant_id"].cast(pl.String).unique().implode()
+    kept = [(source.ratings_, RATINGS_FILE)] + ([(source.events_, EVENTS_FILE)] if with_events else [])
+    for table, name in kept:
+        # (a person added from events alone keeps a ratings row without an image)
+        refolded = table.filter(~pl.col("participant_id").cast(pl.String).is_in(trained) & pl.col("image_id").is_not_null())
+        if refolded.height:
+            dataset.embeddings.rows(refolded["image_id"].unique(maintain_order=True), folder / name)
 
 
 def refold(model: PersonalScorer, source: PersonalScorer, old: Path, embeddings, watch: Stopwatch) -> None:
     """Fold in again, against `model`, the users whose ratings and events the model `source` (read
     from folder `old`) keeps and `model` was not fitted on."""
-    kept, kept_events = source.ratings_, source.events_
-    # Only the events of people this fit does not train on are read, and only by a fit with an event
-    # channel; their images are checked here, or a missing one would be blamed on the kept ratings.
-    trained = [str(u) for u in model.users_]
-    read = kept_events.filter(~pl.col("participant_id").is_in(trained))
-    if read.height and model.fitted_.events is not None:
-        embeddings.rows(read["image_id"].unique(maintain_order=True), old / EVENTS_FILE)
+    kept, kept_events = source.ratings_, source.events_  # their images: check_refold_images
     try:
         ids = model.refold(kept, embeddings, kept_events)
     except InputError as err:
@@ -286,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         if leaking:
             log.warning(f"warning: {args.events}: {leaking} event(s) on images the same person rated in val_seen or "
                         f"test_seen are left out (they would tell validation and the test those ratings)")
+    if source is not None:
+        check_refold_images(source, dataset, args.refold_from, with_events=events is not None)
     counts = dataset.ratings.group_by("split").len().sort("split")
     watch.step(f"read {dataset.ratings.height} ratings (scale {dataset.scale}) and "
                f"{dataset.embeddings.matrix.shape[0]} embeddings of dimension {dataset.embeddings.dim}: "

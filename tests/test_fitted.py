@@ -162,10 +162,34 @@ def test_refold_from_a_damaged_model_fails_before_the_fit(world, model_dir, tmp_
     assert not (tmp_path / "new").exists()
 
 
-def test_refold_from_a_folder_without_kept_ratings_exits_2(world, tmp_path):
-    done = cli("fit", "--data", world, "--out", tmp_path / "new", "--refold-from", tmp_path, "--quiet")
+def test_refold_from_a_folder_without_kept_ratings_exits_2(world, model_dir, tmp_path):
+    old = tmp_path / "old"  # as a model folder written before models kept their ratings
+    shutil.copytree(model_dir, old)
+    (old / "ratings.parquet").unlink()
+    done = cli("fit", "--data", world, "--out", tmp_path / "new", "--refold-from", old, "--quiet")
     lines = done.stderr.strip().splitlines()
-    assert done.returncode == 2 and len(lines) == 1 and "ratings.parquet" in lines[0]
+    assert done.returncode == 2 and len(lines) == 1 and "ratings.parquet" in lines[0] and "keeps no ratings" in lines[0]
+    assert not (tmp_path / "new").exists()
+
+
+def test_refold_from_a_folder_that_is_not_a_model_says_so(world, tmp_path):
+    (tmp_path / "junk").mkdir()
+    done = cli("fit", "--data", world, "--out", tmp_path / "new", "--refold-from", tmp_path / "junk", "--quiet")
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "not a model folder (no model.json)" in lines[0]
+
+
+def test_refold_of_people_whose_images_are_not_embedded_here_fails_before_the_fit(world, model_dir, tmp_path):
+    # once: after the whole fit, and blamed on the new embeddings file, not on the kept ratings
+    old = tmp_path / "old"
+    shutil.copytree(model_dir, old)
+    kept = pl.read_parquet(old / "ratings.parquet")
+    ghost = kept.head(1).with_columns(participant_id=pl.lit("ghost"), image_id=pl.lit("no_such_image"))
+    pl.concat([kept, ghost]).write_parquet(old / "ratings.parquet")
+    done = cli("fit", "--data", world, "--out", tmp_path / "new", "--refold-from", old)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1  # no step line of the fit before it
+    assert lines[0].startswith(f"error: {old / 'ratings.parquet'}: 1 image id(s) have no embedding") and "no_such_image" in lines[0]
     assert not (tmp_path / "new").exists()
 
 
