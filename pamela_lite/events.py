@@ -185,7 +185,9 @@ def validate_events(frame: pl.DataFrame, source, vocabulary: dict[str, float] | 
         frame = frame.with_columns(pl.col("_w").alias(WEIGHT))
     if "position" in frame.columns:
         position = pl.col("position").cast(pl.Int64, strict=False)
-        bad = pl.col("position").is_not_null() & (position.is_null() | (position < 0))
+        # a cast alone truncates 1.5 to 1: a position with a fractional part is refused too
+        fractional = pl.col("position").cast(pl.Float64, strict=False) != position.cast(pl.Float64)
+        bad = pl.col("position").is_not_null() & (position.is_null() | (position < 0) | fractional.fill_null(False))
         if frame.select(bad.any()).item():
             raise InputError(source, f"position must be a whole number >= 0 ({_where(frame, bad)})")
         frame = frame.with_columns(position.alias("position"))

@@ -157,3 +157,18 @@ def test_readme_events_section_says_a_numeric_weight_is_used_as_given():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = _flat(readme.split("## Learning from what people do", 1)[1].split("\n## ", 1)[0])
     assert "numeric `weight` is used as given" in section and "per-event weights" in section
+
+
+@pytest.mark.parametrize("position", [1.5, -1.0])
+def test_a_position_that_is_not_a_whole_number_from_0_is_refused(position):
+    # 1.5 was once truncated to 1 without a word
+    frame = pl.DataFrame({"participant_id": [1, 1], "image_id": [10, 11], "event": ["view", "save"],
+                          "position": [0.0, position]})
+    with pytest.raises(InputError, match=r"position must be a whole number >= 0"):
+        validate_events(frame, "w.csv")
+
+
+def test_whole_positions_written_as_floats_are_kept():
+    frame = pl.DataFrame({"participant_id": [1, 1], "image_id": [10, 11], "event": ["view", "save"],
+                          "position": [0.0, 3.0]})
+    assert validate_events(frame, "w.csv")["position"].to_list() == [0, 3]
