@@ -387,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
                              "low end (demo default 5)")
     parser.add_argument("--users", type=int, help="participants (demo default 199, as PAMELA)")
     parser.add_argument("--images", type=int, help="images (demo default 5077, as PAMELA)")
-    parser.add_argument("--ratings", type=int, help="ratings (demo default 69904, as PAMELA)")
+    parser.add_argument("--ratings", type=int, help="ratings (demo default 69904, as PAMELA; with --users or "
+                                                     "--images and no --ratings, about 14 per image)")
     parser.add_argument("--ratings-per-user", type=int, help="ratings per user (instead of --ratings)")
     parser.add_argument("--dim", type=int, help="embedding dimension (demo default 512, as CLIP ViT-B)")
     parser.add_argument("--string-ids", action="store_true", help="string participant and image ids")
@@ -417,6 +418,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides["n_ratings"] = args.ratings
     elif args.ratings_per_user is not None:
         overrides.update(n_ratings=None, ratings_per_user=args.ratings_per_user)
+    elif args.users is not None or args.images is not None:
+        overrides["n_ratings"] = None  # the demo's 69,904 fits its own size only: about 14 raters per image
     if args.scale is not None:
         overrides["low"], overrides["high"] = args.scale
     if args.string_ids or args.int_ids:

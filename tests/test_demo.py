@@ -78,3 +78,11 @@ def test_bad_output_from_python_m_is_one_line_not_a_traceback(tmp_path):
 def test_a_reversed_scale_is_named_as_reversed():
     with pytest.raises(argparse.ArgumentTypeError, match="the low end comes first, e.g. 1-5"):
         demo._parse_scale("5-1")
+
+
+def test_a_smaller_demo_world_scales_its_ratings_with_its_catalogue(tmp_path):
+    # the demo's 69,904 ratings once stayed the default: "--ratings cannot exceed --users x --images"
+    from pamela_lite.data import load_dataset
+
+    assert demo.main(["--users", "20", "--images", "60", "--dim", "16", "--out", str(tmp_path / "w")]) == 0
+    assert load_dataset(tmp_path / "w").ratings.height == 60 * 14
