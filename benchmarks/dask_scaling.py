@@ -180,10 +180,12 @@ def markdown(info: dict, setup_info: dict, results: dict, quick: bool) -> str:
     eff = min(1.0, two[-1]["pairs_per_s"] / (two[-1]["workers"] * r1)) if two else 1.0
     cores, users, images = 2, 1_000_000, 1_000_000
     if eff < 0.9:
-        out += [f"**A second worker added {'no' if eff <= 0.5 else 'little'} throughput in this run** (efficiency "
-                f"{eff:.2f}): with a load average of {info['load_start']:.1f} on 2 cores, the second core was busy "
-                "with other work, so this measures contention on a shared machine, not Dask. The projection below "
-                "gives both the measured efficiency (pessimistic) and e = 1 (no contention; an upper bound).", ""]
+        speedup = two[-1]["pairs_per_s"] / r1
+        out += [f"**{two[-1]['workers']} workers gave {speedup:.2f}x the throughput of one, not "
+                f"{two[-1]['workers']}x** (efficiency {eff:.2f}). The load average was {info['load_start']:.1f} on "
+                "2 cores: other work on this shared machine took part of the second core, so the shortfall measures "
+                "that contention as well as Dask. The projection below gives both the measured efficiency "
+                "(pessimistic) and e = 1 (no contention; an upper bound).", ""]
     out += ["## Projection to N machines (a model, not a measurement)", "",
             f"Model: throughput(N) = N × c × r₁ × e, with c = {cores} worker processes per machine (one per core, "
             f"as here), r₁ = {r1:,.0f} pairs/s for one worker on this machine (exact top-10 job above) and "
