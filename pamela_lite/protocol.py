@@ -124,7 +124,9 @@ def few_people_note(rows: list[dict]) -> str | None:
 
 def format_table(rows: list[dict]) -> str:
     """A plain-text table, one line per row, for the terminal and the README; a last line says when
-    a split was scored on few people (:func:`few_people_note`)."""
+    a split was scored on few people (:func:`few_people_note`). Without rows, one line says so."""
+    if not rows:
+        return "nothing scored: the data has no ratings in these splits (or no one with two left to rank)"
     header = f"{'split':<12} {'k':>3}  {'model':<20} {'SROCC':>6} {'PLCC':>6} {'pair acc':>8} {'MAE':>6} {'RMSE':>6} {'users':>5}"
     lines = [header, "-" * len(header)]
     for r in rows:

@@ -307,3 +307,9 @@ def test_a_scale_read_off_the_data_with_a_hole_is_flagged(caplog):
         _, scale = validate_ratings(frame, "r.csv")
     assert (scale.low, scale.high) == (1, 7)
     assert "r.csv" in caplog.text and "no rating is 6" in caplog.text and "--scale" in caplog.text
+
+
+def test_a_table_with_nothing_scored_says_so_instead_of_printing_an_empty_header():
+    from pamela_lite.protocol import format_table
+
+    assert format_table([]).startswith("nothing scored: the data has no ratings in these splits")
