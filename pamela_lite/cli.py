@@ -96,7 +96,8 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
         print(f"error: {err}", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:
-        print("interrupted; nothing was written", file=sys.stderr)
+        print("interrupted: no finished output was replaced (embed and score --dask keep the parts they "
+              "finished, for the next run to resume from)", file=sys.stderr)
         return 130
     except Exception as err:  # an unexpected failure is still one line unless debugging
         if os.environ.get(DEBUG_ENV):
@@ -177,8 +178,14 @@ def refuse_rating_context(fitted, source) -> None:
                                  "not ratings): fold people in from what they did, with predict --context-events")
 
 
-def refuse_known_context(context_ids: pl.Series, known_ids, source, refit_known: bool) -> None:
-    """A --context naming users the model already knows would replace their stored state: refuse.
+REFIT_KNOWN = "pass --refit-known to do so, or rename them"
+NO_REFIT = "rename them (this command cannot replace a known person's state; predict --refit-known can)"
+
+
+def refuse_known_context(context_ids: pl.Series, known_ids, source, refit_known: bool,
+                         remedy: str = REFIT_KNOWN) -> None:
+    """A --context naming users the model already knows would replace their stored state: refuse,
+    saying what to do (`remedy`: NO_REFIT for commands without --refit-known).
 
     Ids are compared as text when the two sides type them differently (see data.comparable_ids).
     """
@@ -189,7 +196,7 @@ def refuse_known_context(context_ids: pl.Series, known_ids, source, refit_known:
     if len(overlap) and not refit_known:
         raise InputError(source, f"{len(overlap)} participant(s) in the context are already known to the model: "
                                  f"{preview(overlap.to_list())}; their stored state would be replaced by a fold-in "
-                                 f"of this context alone: pass --refit-known to do so, or rename them")
+                                 f"of this context alone: {remedy}")
     if len(overlap):
         log.warning(f"warning: {source}: --refit-known: the stored state of {len(overlap)} known participant(s) "
                     f"is replaced by a fold-in of this context alone (with --add-to-model, so are the ratings and "

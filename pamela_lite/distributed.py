@@ -34,7 +34,7 @@ import numpy as np
 import polars as pl
 
 from ._atomic import atomic_file, write_text
-from .cli import Stopwatch, parser_for, run
+from .cli import NO_REFIT, Stopwatch, parser_for, run
 from .errors import InputError, preview
 
 JOB_FILE, DONE_FILE, CATALOGUE_FILE, CONTEXT_FILE = "_job.json", "_done.json", "_catalogue.features.npz", "_context.npz"
@@ -393,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     context = None
     if args.context is not None:
         known = len(scorer.user_ids)
-        fold_in_context(scorer, args.context, read_embeddings(args.embeddings))
+        fold_in_context(scorer, args.context, read_embeddings(args.embeddings), remedy=NO_REFIT)
         context = out / CONTEXT_FILE
         # the same states on every run, as a users file tied to the fit (pamela_lite.fitted, its one writer)
         write_users(context, scorer.user_ids[known:], scorer.states[known:], scorer.fit_sha256)

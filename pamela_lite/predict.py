@@ -16,8 +16,8 @@ from pathlib import Path
 
 import polars as pl
 
-from .cli import (Stopwatch, check_table_path, log, parser_for, refuse_known_context, refuse_rating_context, run,
-                  warn_unknown_demographics, write_table)
+from .cli import (REFIT_KNOWN, Stopwatch, check_table_path, log, parser_for, refuse_known_context,
+                  refuse_rating_context, run, warn_unknown_demographics, write_table)
 from .data import Scale, id_type_note, read_embeddings, read_pairs, read_ratings, validate_ratings
 from .errors import InputError, preview
 from .events import comparing_nothing, load_events
@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_context(path: Path, model: PersonalScorer, refit_known: bool = False) -> pl.DataFrame:
+def load_context(path: Path, model: PersonalScorer, refit_known: bool = False, remedy: str = REFIT_KNOWN
+                 ) -> pl.DataFrame:
     """Context ratings, validated against the model's scale (not the file's own range).
 
     Users the model already knows are refused unless `refit_known`; gender and nationality
@@ -61,7 +62,7 @@ def load_context(path: Path, model: PersonalScorer, refit_known: bool = False) -
     """
     refuse_rating_context(model.fitted_, path)
     frame, _ = validate_ratings(read_ratings(path), path, Scale(*model.fitted_.scale))
-    refuse_known_context(frame["participant_id"], model.users_, path, refit_known)
+    refuse_known_context(frame["participant_id"], model.users_, path, refit_known, remedy)
     prior = model.fitted_.prior
     warn_unknown_demographics(frame, {"gender": prior.genders, "nationality": prior.nationalities}, path)
     return frame

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from .cli import (Stopwatch, check_table_path, parser_for, refuse_known_context, refuse_rating_context, run,
-                  warn_unknown_demographics, write_table)
+from .cli import (REFIT_KNOWN, Stopwatch, check_table_path, parser_for, refuse_known_context,
+                  refuse_rating_context, run, warn_unknown_demographics, write_table)
 from .data import Embeddings, Scale, read_embeddings, read_pairs, read_ratings, validate_ratings
 from .edge import EdgeScorer, UnknownUsers, fitted_path, users_path
 from .errors import InputError, preview
@@ -63,11 +63,12 @@ def load_scorer(path: Path) -> EdgeScorer:
         raise InputError(path, f"cannot load the scorer: {str(err).splitlines()[0]}") from None
 
 
-def fold_in_context(scorer: EdgeScorer, path: Path, embeddings: Embeddings, refit_known: bool = False) -> None:
+def fold_in_context(scorer: EdgeScorer, path: Path, embeddings: Embeddings, refit_known: bool = False,
+                    remedy: str = REFIT_KNOWN) -> None:
     """Fold each context user in with numpy (as a device would) and remember their state."""
     refuse_rating_context(scorer.fitted, path)
     frame, _ = validate_ratings(read_ratings(path), path, Scale(*scorer.scale))
-    refuse_known_context(frame["participant_id"], scorer.user_ids, path, refit_known)
+    refuse_known_context(frame["participant_id"], scorer.user_ids, path, refit_known, remedy)
     warn_unknown_demographics(frame, scorer.demographic_values, path)
     rows = embeddings.rows(frame["image_id"], path)
     frame = frame.with_columns(_row=pl.Series(rows))

@@ -1276,7 +1276,7 @@ def _resolve_user(args, model, world):
     from .predict import load_context
 
     if args.context is not None:
-        context = load_context(args.context, model)
+        context = load_context(args.context, model, remedy="steer a known person with --user ID, or rename them")
         people = context["participant_id"].unique(maintain_order=True).to_list()
         if args.user is None and len(people) > 1:
             raise InputError(args.context, f"holds {len(people)} people; choose one with --user")

@@ -99,3 +99,14 @@ def test_ctrl_c_while_a_command_imports_its_libraries_prints_no_traceback():
     _, err = proc.communicate(timeout=60)
     assert "Traceback" not in err and err.strip() == "interrupted; nothing was written"
     assert proc.returncode == 130
+
+
+def test_ctrl_c_during_a_command_does_not_claim_nothing_was_written(capsys):
+    # embed and score --dask keep their finished parts on purpose; the old line said nothing was written
+    from pamela_lite.cli import run
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    assert run(interrupted) == 130
+    assert capsys.readouterr().err.startswith("interrupted: no finished output was replaced (embed and score --dask keep")

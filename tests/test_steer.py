@@ -211,6 +211,17 @@ def test_cli_bad_input_exits_2_with_one_line(fitted, tmp_path, args, problem):
     assert not (tmp_path / "o").exists()
 
 
+def test_cli_context_of_a_known_person_says_to_name_them_with_user(fitted, dataset, tmp_path):
+    # the message once recommended --refit-known, a flag steer does not have
+    model = fitted.save(tmp_path / "model")
+    known = dataset.split("train").filter(pl.col("participant_id") == fitted.users_[0]).head(5)
+    known.select("participant_id", "image_id", "rating").write_csv(tmp_path / "ctx.csv")
+    out = cli("steer", "--model", model, "--prompt", "a cat", "--generator", "stub", "--out", tmp_path / "o",
+              "--context", tmp_path / "ctx.csv", "--embeddings", dataset.embeddings.source)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+    assert "steer a known person with --user ID" in out.stderr and "--refit-known" not in out.stderr
+
+
 def test_cli_sim_generator_refuses_a_model_fitted_on_another_world(tmp_path):
     from pamela_lite.model import PersonalScorer
 
