@@ -83,6 +83,18 @@ def atomic_dir(path: str | Path, marker: str, kind: str) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def carry_over(old: str | Path, new: Path, exclude: tuple[str, ...] = ()) -> None:
+    """Copy into `new` (an atomic_dir's temporary folder) the files of the folder `old` it replaces
+    that it does not hold itself, except those named in `exclude` (outputs a run left out must not
+    survive from the run before): inputs and notes kept beside an output survive its replacement."""
+    old = Path(old)
+    if not old.is_dir():
+        return
+    for item in old.iterdir():
+        if item.is_file() and item.name not in exclude and not (new / item.name).exists():
+            shutil.copy2(item, new / item.name)
+
+
 def write_text(path: str | Path, text: str) -> None:
     with atomic_file(path) as tmp:
         tmp.write_text(text)

@@ -52,7 +52,7 @@ from typing import Callable, Protocol
 import numpy as np
 import polars as pl
 
-from ._atomic import atomic_dir
+from ._atomic import atomic_dir, carry_over
 from .cli import Stopwatch, parser_for, run, seed_arg
 from .data import Embeddings
 from .errors import InputError
@@ -1406,6 +1406,8 @@ def main(argv: list[str] | None = None) -> int:
                 plot(results, tmp / "steer.png", f"{label}: {args.prompt}")
             except InputError as err:  # no matplotlib (the bench extra): the results still count
                 print(f"warning: no steer.png: {err}", file=sys.stderr)
+        # the folder may hold the phrase effects this run read, or the user's notes: they stay
+        carry_over(out, tmp, exclude=("steer.json", "steer.png"))
     for res in results:
         print(json.dumps(_finite({"objective": res.objective, "prompt": res.prompt, "predicted": round(res.predicted, 4),
                                   "spread_taste": round(res.spread_taste, 4), "spread_seed": round(res.spread_seed, 4)})))

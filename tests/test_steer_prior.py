@@ -149,6 +149,22 @@ def test_cli_fits_phrase_effects_from_a_log_and_reuses_them(fitted, dataset, tmp
     assert json.loads((tmp_path / "b" / "steer.json").read_text())["results"][0]["proposed"] == proposed
 
 
+def test_cli_reusing_phrase_effects_in_their_own_output_folder_keeps_them_and_other_files(fitted, dataset, tmp_path):
+    # --out replaced the whole folder: the phrase effects it had just read, and a user's notes, were deleted
+    model = fitted.save(tmp_path / "model")
+    log, emb = _log(tmp_path, dataset)
+    common = ["--model", model, "--user", fitted.users_[0], "--prompt", "a cat", "--generator", "stub",
+              "--budget", "8", "--seeds-per-prompt", "2", "--method", "prompt_prior", "--quiet", "--out", tmp_path / "s"]
+    assert cli("steer", *common, "--history", log, "--history-embeddings", emb).returncode == 0
+    (tmp_path / "s" / "notes.txt").write_text("mine")
+    effects = (tmp_path / "s" / "phrase_effects.npz").read_bytes()
+    again = cli("steer", *common, "--phrase-effects", tmp_path / "s" / "phrase_effects.npz", "--no-plot")
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "s" / "phrase_effects.npz").read_bytes() == effects
+    assert (tmp_path / "s" / "notes.txt").read_text() == "mine"
+    assert not (tmp_path / "s" / "steer.png").exists()  # the plot of the run before does not outlive it
+
+
 @pytest.mark.parametrize("case, problem", [
     ("no_prompt_column", "missing column(s) prompt"),
     ("unknown_image", "have no embedding"),
