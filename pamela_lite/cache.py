@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from .cached import CacheError, FeatureCache, TwoStage, write_cache
+from .cached import CacheError, FeatureCache, TwoStage, is_feature_cache, write_cache
 from .cli import Stopwatch, parser_for, run
 from .data import read_embeddings
 from .edge import EdgeScorer
@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.out.suffix.lower() != ".npz":
         raise InputError(args.out, "a feature cache is an .npz file; name it e.g. catalogue.features.npz")
+    if args.out.exists() and not is_feature_cache(args.out):  # say, a model folder's users.npz
+        raise InputError(args.out, "exists and is not a feature cache: it is not replaced; choose another name")
     watch = Stopwatch(args.quiet)
     scorer = load_scorer_with_stages(args.scorer)
     cache = build_cache(scorer, args.embeddings, args.out)

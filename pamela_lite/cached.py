@@ -35,6 +35,7 @@ import onnxruntime as ort
 
 from ._atomic import atomic_file
 
+CACHE_MEMBERS = {"features.npy", "image_ids.npy", "meta.npy"}
 CACHE_FORMAT_VERSION = 2  # 2: tied to the fit digest (1, on the scale branch: to the ONNX file's sha256)
 IMAGE_STAGE, USER_STAGE = "image_features", "user_score"
 CHUNK = 16_384  # rows per onnxruntime call when a whole catalogue is scored
@@ -112,6 +113,15 @@ def _write_member(zf: zipfile.ZipFile, fh, name: str, array: np.ndarray) -> None
             out.write(memoryview(np.ascontiguousarray(flat[at:at + step])).cast("B"))
 
 
+def is_feature_cache(path: str | Path) -> bool:
+    """Whether `path` holds a feature cache's members (any version): what cache --out may replace."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return CACHE_MEMBERS <= set(zf.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def read_cache(path: str | Path) -> FeatureCache:
     """Open a cache file; its feature matrix is memory-mapped, not read (no pickle, no code)."""
     path = Path(path)
@@ -120,7 +130,7 @@ def read_cache(path: str | Path) -> FeatureCache:
     try:
         with zipfile.ZipFile(path) as zf:
             names = set(zf.namelist())
-            if not {"features.npy", "image_ids.npy", "meta.npy"} <= names:
+            if not CACHE_MEMBERS <= names:
                 raise CacheError(path, "not a feature cache (features, image_ids and meta expected inside)")
             info = zf.getinfo("features.npy")
         with np.load(path, allow_pickle=False) as members:

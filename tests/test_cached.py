@@ -192,6 +192,20 @@ def test_a_stage_graph_of_another_export_is_refused(fitted, dataset, exported, t
     assert code == 2 and len(err) == 1 and "mixed.user_score.onnx" in err[0] and "another scorer" in err[0]
 
 
+def test_cache_cli_replaces_a_cache_but_no_other_npz(world, exported, tmp_path, capsys):
+    # cache --out once overwrote any .npz, a model folder's users.npz included
+    emb, out = world / "embeddings.parquet", tmp_path / "c.npz"
+    for _ in range(2):  # the second run replaces the first run's cache
+        assert run(cache_cli.main, ["--scorer", str(exported), "--embeddings", str(emb), "--out", str(out), "--quiet"]) == 0
+    np.savez(tmp_path / "users.npz", user_ids=np.array(["a"]), user_states=np.zeros((1, 3)))
+    before = (tmp_path / "users.npz").read_bytes()
+    capsys.readouterr()
+    code = run(cache_cli.main, ["--scorer", str(exported), "--embeddings", str(emb), "--out", str(tmp_path / "users.npz")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "exists and is not a feature cache" in err[0]
+    assert (tmp_path / "users.npz").read_bytes() == before
+
+
 def test_cache_cli_then_score_top_ranks_like_the_embeddings(fitted, world, exported, tmp_path):
     emb = world / "embeddings.parquet"
     assert run(cache_cli.main, ["--scorer", str(exported), "--embeddings", str(emb),
