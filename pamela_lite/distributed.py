@@ -121,7 +121,8 @@ def _load(job: dict):
             raise InputError(job["scorer"], "the scorer (its fit or precision) changed since this job started; use another --out")
         if job.get("context"):  # a users file of the same fit (pamela_lite.fitted)
             from .fitted import read_users
-            ids, states = read_users(job["context"], scorer.fit_sha256, Path(job["scorer"]).name, "use another --out")
+            ids, states = read_users(job["context"], scorer.fit_sha256, Path(job["scorer"]).name, "use another --out",
+                                      scorer.fitted.state_dim)
             for user, state in zip(ids, states):
                 scorer.add_user(str(user), state)
         cache = scorer.load_cache(job["cache"])

@@ -108,7 +108,7 @@ class EdgeScorer(CachedScoring):
             if recorded != digest:
                 raise InputError(fitted_path(scorer_path), f"these parameters belong to another scorer than "
                                                            f"{scorer_path.name}: export the model again")
-            ids, states = read_users(sidecar, digest, scorer_path.name, "export the model again")
+            ids, states = read_users(sidecar, digest, scorer_path.name, "export the model again", self.fitted.state_dim)
         except InputError as err:  # the device has no command line: a plain ValueError, one line
             raise ValueError(str(err)) from None
         self.user_ids = [str(u) for u in ids]

@@ -33,7 +33,7 @@ import numpy as np
 from . import __version__
 from ._atomic import atomic_dir, atomic_file
 from .catalogue import Catalogue
-from .errors import InputError
+from .errors import InputError, preview
 from .event_channel import EventChannel, EventRows
 from .features import ImageFeatures, ImageSide, l2_normalise
 from .user_solver import DemographicPrior, UserSolver, state_layout
@@ -260,7 +260,7 @@ def write_arrays(path: str | Path, **arrays: np.ndarray) -> Path:
     return path
 
 
-def read_users(path: str | Path, fit_sha256: str, scorer: str, remedy: str) -> tuple[list, np.ndarray]:
+def read_users(path: str | Path, fit_sha256: str, scorer: str, remedy: str, state_dim: int) -> tuple[list, np.ndarray]:
     """(ids, states) of a users file that belongs to the fit with digest `fit_sha256`.
 
     A users file of another fit is refused: its states mean nothing to this scorer (`scorer`
@@ -281,7 +281,25 @@ def read_users(path: str | Path, fit_sha256: str, scorer: str, remedy: str) -> t
     if meta.get("fit_sha256") != fit_sha256:
         raise InputError(path, f"this users file was written for another scorer than {scorer} "
                                f"(a refit changes what every state means): {remedy}")
+    _check_users(path, ids, states, state_dim)
     return ([int(u) for u in ids] if meta["id_type"] == "int" else ids), states.astype(np.float32)
+
+
+def _check_users(path: Path, ids: list, states: np.ndarray, state_dim: int) -> None:
+    """A users file edited or assembled by hand: states of the scorer's width, one per distinct id, finite."""
+    again = "a damaged or hand-edited users file; write it again (fit, or export)"
+    if states.ndim != 2 or states.shape[1] != state_dim:
+        raise InputError(path, f"states of shape {states.shape}, this scorer's have {state_dim} values: {again}")
+    if len(ids) != len(states):
+        raise InputError(path, f"{len(ids)} participant ids but {len(states)} states: {again}")
+    distinct, counts = np.unique(np.array([str(u) for u in ids]), return_counts=True)  # numpy only: devices read this
+    if (counts > 1).any():
+        raise InputError(path, f"participant id(s) listed more than once: {preview(distinct[counts > 1].tolist())}: "
+                               f"{again}")
+    broken = ~np.isfinite(states).all(axis=1)
+    if broken.any():
+        raise InputError(path, f"NaN or infinite states of {int(broken.sum())} participant(s) "
+                               f"({preview([ids[k] for k in np.flatnonzero(broken)])}): {again}")
 
 
 def _digest(meta: dict, arrays: dict[str, np.ndarray], head: str) -> str:

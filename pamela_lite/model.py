@@ -1030,7 +1030,7 @@ class PersonalScorer(BaseEstimator):
         path = Path(path)
         fitted = FittedScorer.read(path)
         ids, states = read_users(path / USERS_FILE, fitted.digest(), f"the model in {path}",
-                                 "the model folder was assembled from two fits; fit it again")
+                                 "the model folder was assembled from two fits; fit it again", fitted.state_dim)
         ratings = read_kept_ratings(path)
         model = cls(**{"gain_bin": 0, **fitted.params})  # fits from before gain_bin searched unweighted
         model.fitted_, model.users_, model.user_states_, model.ratings_ = fitted, ids, states, ratings

@@ -139,7 +139,8 @@ def test_context_users_on_dask_rank_as_score_top_does(exported, dataset, tmp_pat
     assert run(score.main, ["--dask", "--workers", "1", "--scorer", str(exported), "--top", "5",
                             "--users", str(tmp_path / "users.parquet"), "--embeddings", emb,
                             "--context", str(tmp_path / "context.parquet"), "--out", str(out), "--quiet"]) == 0
-    ids, _ = read_users(out / dd.CONTEXT_FILE, EdgeScorer(exported).fit_sha256, "scorer.onnx", "")
+    edge = EdgeScorer(exported)
+    ids, _ = read_users(out / dd.CONTEXT_FILE, edge.fit_sha256, "scorer.onnx", "", edge.fitted.state_dim)
     assert [str(u) for u in ids] == new
     got = dd.read_results(out)
     user = new[0]

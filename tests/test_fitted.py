@@ -199,3 +199,26 @@ def test_one_writer_of_parameter_files_and_no_pickle_anywhere():
     assert writers == ["fitted.py", "worlds.py"]  # worlds.py: a generated world's ground truth, not a model
     assert not [name for name, text in sources.items()
                 if "import pickle" in text or "allow_pickle=True" in text or "joblib" in text]
+
+
+@pytest.mark.parametrize("edit, problem", [
+    ("duplicate", "listed more than once"),  # once: the wrong row scored without a word
+    ("nan", "NaN or infinite states"),  # once: NaN scores, exit 0
+    ("width", "this scorer's have"),  # once: a ValueError, exit 1
+    ("count", "participant ids but"),  # once: accepted
+])
+def test_a_hand_edited_users_file_is_refused_in_one_line(fitted, tmp_path, edit, problem):
+    folder = fitted.save(tmp_path / "m")
+    with np.load(folder / "users.npz") as npz:
+        ids, states, meta = npz["user_ids"].copy(), npz["user_states"].copy(), npz["meta"]
+    if edit == "duplicate":
+        ids[1] = ids[0]
+    elif edit == "nan":
+        states[2, 1] = np.nan
+    elif edit == "width":
+        states = states[:, :-1]
+    else:
+        ids = ids[:-1]
+    np.savez(folder / "users.npz", user_ids=ids, user_states=states, meta=meta)
+    with pytest.raises(InputError, match=problem):
+        PersonalScorer.load(folder)
