@@ -72,6 +72,15 @@ class Generator(Protocol):
 # ----------------------------------------------------------------------------- vocabulary
 
 
+def _unique_keys(pairs: list) -> dict:
+    """json object_pairs_hook: a key given twice in one object is an error, not 'the last one wins'."""
+    keys = [key for key, _ in pairs]
+    twice = sorted({key for key in keys if keys.count(key) > 1})
+    if twice:
+        raise ValueError(f"key(s) given twice in one object: {twice}")
+    return dict(pairs)
+
+
 @dataclass(frozen=True)
 class Vocabulary:
     """Prompt edits grouped by attribute; a prompt takes at most one phrase per attribute.
@@ -112,9 +121,11 @@ class Vocabulary:
         if not path.is_file():
             raise InputError(path, "no such vocabulary file")
         try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
+            raw = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_unique_keys)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise InputError(path, f"vocabulary is not valid JSON ({str(err).splitlines()[0]})") from None
+        except ValueError as err:  # a key given twice: JSON keeps the last, and the first one's phrases vanish
+            raise InputError(path, str(err)) from None
         return cls.from_dict(raw, str(path))
 
     @classmethod
@@ -129,8 +140,9 @@ class Vocabulary:
                 raise InputError(source, f"attribute {name!r} must list at least one phrase (strings)")
             clean = tuple(p.strip() for p in phrases)
             for phrase in clean:
-                if not phrase or "," in phrase:
-                    raise InputError(source, f"attribute {name!r}: phrase {phrase!r} is empty or contains a comma")
+                if not phrase or "," in phrase or not phrase.isprintable():
+                    raise InputError(source, f"attribute {name!r}: phrase {phrase!r} is empty or contains a comma "
+                                             f"or a line break")
                 if phrase in seen:
                     raise InputError(source, f"phrase {phrase!r} appears twice ({seen[phrase]!r} and {name!r})")
                 seen[phrase] = name
@@ -1328,6 +1340,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.budget < 1:
         raise InputError(None, f"--budget must be at least 1 generator call, not {args.budget}")
+    if args.samples < 0:
+        raise InputError(None, f"--samples (posterior draws) must be 0 or more, not {args.samples}")
     if args.seeds_per_prompt < 1:
         raise InputError(None, f"--seeds-per-prompt must be at least 1, not {args.seeds_per_prompt}")
     if args.budget < 2 * args.seeds_per_prompt:

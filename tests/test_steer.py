@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import polars as pl
 import pytest
 
 from pamela_lite import steer, worlds
+from pamela_lite.errors import InputError
 from pamela_lite.steer_sim import SimulatedGenerator
 
 from .conftest import SMALL_MODEL, cli
@@ -199,6 +201,7 @@ def test_posterior_draws_spread_around_the_state(fitted, dataset):
     (["--user", "p0001", "--budget", "0"], "--budget must be at least 1"),
     (["--user", "p0001", "--budget", "6", "--seeds-per-prompt", "4"], "at most one prompt"),
     (["--user", "p0001", "--vocabulary", "BAD"], "attributes"),
+    (["--user", "p0001", "--samples", "-3"], "--samples (posterior draws) must be 0 or more"),
 ])
 def test_cli_bad_input_exits_2_with_one_line(fitted, tmp_path, args, problem):
     model = fitted.save(tmp_path / "model")
@@ -273,3 +276,13 @@ def test_cli_known_person_gets_a_taste_spread_from_the_ratings_the_model_keeps(f
     payload = json.loads((tmp_path / "o" / "steer.json").read_text())
     assert payload["posterior_ratings"] == kept > 0
     assert payload["results"][0]["spread_taste"] > 0
+
+
+@pytest.mark.parametrize("text, problem", [
+    ('{"attributes": {"light": ["soft light"], "light": ["neon"]}}', "key(s) given twice"),  # "soft light" vanished
+    ('{"attributes": {"light": ["soft\\nlight"]}}', "a line break"),
+])
+def test_a_vocabulary_file_that_would_lose_or_break_phrases_is_refused(tmp_path, text, problem):
+    (tmp_path / "v.json").write_text(text)
+    with pytest.raises(InputError, match=re.escape(problem)):
+        steer.Vocabulary.load(tmp_path / "v.json")
