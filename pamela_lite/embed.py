@@ -63,10 +63,21 @@ def main(argv: list[str] | None = None) -> int:
         table = pl.DataFrame({"path": [p for p, _ in report.skipped], "reason": [r for _, r in report.skipped]})
         with atomic_file(report_path, ".csv") as tmp:
             table.write_csv(tmp)
+    elif _is_skipped_report(report_path):  # a run before listed files this one skipped no more
+        report_path.unlink()
     watch.step(f"embedded {report.embedded} image(s) at {report.images_per_second:.1f} images/s, "
                f"{report.already_present} already in {args.out}, {len(report.skipped)} skipped"
                + (f" (listed in {report_path})" if report.skipped else ""))
     return 0
+
+
+def _is_skipped_report(path: Path) -> bool:
+    """Whether `path` is a skipped-files report (a CSV of path, reason), which a run may remove."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.readline().strip() == "path,reason"
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 if __name__ == "__main__":

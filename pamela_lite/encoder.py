@@ -17,6 +17,7 @@ annotations (``image_path`` → ``image_id``); otherwise the id is the path rela
 from __future__ import annotations
 
 import json
+import posixpath
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -183,8 +184,11 @@ def list_images(images: Path) -> list[tuple[Path, str]]:
     lines = [line.strip() for line in images.read_text().splitlines() if line.strip()]
     if not lines:
         raise InputError(images, "the list file is empty")
-    base = images.parent
-    return [((base / line) if not Path(line).is_absolute() else Path(line), line) for line in lines]
+    base, pairs = images.parent, {}
+    for line in lines:  # one id per image: "a/./b.png" is "a/b.png", and a line given twice counts once
+        image_id = posixpath.normpath(line) if not Path(line).is_absolute() else line
+        pairs.setdefault(image_id, (base / image_id) if not Path(line).is_absolute() else Path(line))
+    return [(path, image_id) for image_id, path in pairs.items()]
 
 
 def pamela_ids(root: Path) -> dict[str, object]:

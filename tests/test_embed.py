@@ -49,6 +49,27 @@ def test_corrupt_and_non_image_files_are_reported_not_fatal(tmp_path, encoder_pa
     assert sorted(p.rsplit("/", 1)[1] for p in skipped["path"]) == ["broken.png", "notes.txt"]
 
 
+def test_a_rerun_that_skips_nothing_removes_the_last_runs_skipped_report(tmp_path, encoder_path):
+    # the report of the run before stayed, listing a file since fixed and embedded
+    images = _images(tmp_path / "imgs", 2)
+    (images / "broken.png").write_bytes(b"not an image")
+    args = ["--encoder", str(encoder_path), "--images", str(images), "--out", str(tmp_path / "e.parquet"), "--quiet"]
+    assert run(embed.main, args) == 0 and (tmp_path / "e.parquet.skipped.csv").exists()
+    _images(tmp_path / "fixed", 1)
+    (tmp_path / "fixed" / "img000.png").replace(images / "broken.png")
+    assert run(embed.main, args) == 0
+    assert not (tmp_path / "e.parquet.skipped.csv").exists() and read_embeddings(tmp_path / "e.parquet").matrix.shape[0] == 3
+
+
+def test_a_list_naming_an_image_twice_gives_one_id(tmp_path, encoder_path):
+    # "img000.png" twice, or as "./img000.png", wrote two rows of one id, which every reader then refused
+    images = _images(tmp_path / "imgs", 2)
+    (images / "list.txt").write_text("img000.png\n./img000.png\nimg000.png\nimg001.png\n")
+    assert [i for _, i in list_images(images / "list.txt")] == ["img000.png", "img001.png"]
+    embed_images(Encoder(encoder_path), list_images(images / "list.txt"), tmp_path / "e.parquet", batch_size=2)
+    assert read_embeddings(tmp_path / "e.parquet").matrix.shape[0] == 2
+
+
 def test_rerun_skips_done_images_and_appends_new_ones(tmp_path, encoder_path):
     images = _images(tmp_path / "imgs", 3)
     out = tmp_path / "e.parquet"
