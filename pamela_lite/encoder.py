@@ -20,7 +20,7 @@ import json
 import posixpath
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -53,27 +53,53 @@ class Preprocess:
     interpolation: str = "bicubic"  # or "bilinear"
 
     @classmethod
-    def load(cls, path: Path) -> "Preprocess":
+    def load(cls, path: Path, input_size: int | None = None) -> "Preprocess":
+        """The sidecar at `path`; a missing ``input_size`` is `input_size` (the encoder's own, from its
+        input shape) when given."""
         try:
             values = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise InputError(path, "preprocessing sidecar is not valid JSON") from None
+        if not isinstance(values, dict):
+            raise InputError(path, 'a preprocessing sidecar is a JSON object such as {"input_size": 224}')
         unknown = set(values) - set(cls.__dataclass_fields__)
         if unknown:
             raise InputError(path, f"unknown preprocessing key(s) {', '.join(sorted(unknown))}; "
                                    f"known: {', '.join(cls.__dataclass_fields__)}")
+        if "input_size" not in values and input_size is not None:
+            values["input_size"] = input_size
         for key in ("mean", "std"):
-            if key in values:
+            if isinstance(values.get(key), list):
                 values[key] = tuple(values[key])
         config = cls(**values)
         config.check(path)
         return config
 
     def check(self, source) -> None:
-        if self.resize not in ("shortest", "squash") or self.channel_order not in ("RGB", "BGR") \
-                or self.layout not in ("NCHW", "NHWC") or self.interpolation not in ("bicubic", "bilinear") \
-                or len(self.mean) != 3 or len(self.std) != 3 or self.input_size < 1:
-            raise InputError(source, f"invalid preprocessing {asdict(self)}")
+        """One InputError naming `source` for a value of the wrong kind (JSON sidecars are hand-written)."""
+        def number(v):
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+
+        problems = {
+            "input_size": isinstance(self.input_size, int) and not isinstance(self.input_size, bool)
+            and self.input_size >= 8,
+            "resize": self.resize in ("shortest", "squash"),
+            "center_crop": isinstance(self.center_crop, bool),
+            "mean": isinstance(self.mean, tuple) and len(self.mean) == 3 and all(map(number, self.mean)),
+            "std": isinstance(self.std, tuple) and len(self.std) == 3 and all(number(v) and v > 0 for v in self.std),
+            "channel_order": self.channel_order in ("RGB", "BGR"),
+            "layout": self.layout in ("NCHW", "NHWC"),
+            "l2_normalize": isinstance(self.l2_normalize, bool),
+            "interpolation": self.interpolation in ("bicubic", "bilinear"),
+        }
+        wrong = [name for name, fine in problems.items() if not fine]
+        if wrong:
+            expected = {"input_size": "a whole number >= 8", "resize": '"shortest" or "squash"',
+                        "center_crop": "true or false", "mean": "3 numbers", "std": "3 numbers above 0",
+                        "channel_order": '"RGB" or "BGR"', "layout": '"NCHW" or "NHWC"',
+                        "l2_normalize": "true or false", "interpolation": '"bicubic" or "bilinear"'}
+            raise InputError(source, "; ".join(f"{name} must be {expected[name]}, not {getattr(self, name)!r}"
+                                               for name in wrong))
 
 
 def sidecar_path(encoder: Path) -> Path:
@@ -126,19 +152,29 @@ class Encoder:
         except Exception as err:
             raise InputError(path, f"cannot load the encoder: {str(err).splitlines()[0]}") from None
         self.input = self.session.get_inputs()[0]
-        sidecar = sidecar_path(path)
-        if sidecar.exists():
-            self.config = Preprocess.load(sidecar)
-        else:
-            self.config = Preprocess(input_size=self._size_from_shape(path))
+        sidecar, side = sidecar_path(path), self._side_from_shape()
+        self.config = Preprocess.load(sidecar, side) if sidecar.exists() else Preprocess(input_size=side or 0)
+        if not self.config.input_size:
+            raise InputError(path, f"input shape {self.input.shape} does not fix the image size; write "
+                                   f"{sidecar.name} with input_size")
+        self.config.check(sidecar if sidecar.exists() else path)
+        self._check_shape(sidecar)
 
-    def _size_from_shape(self, path: Path) -> int:
+    def _side_from_shape(self) -> int | None:
+        """The image side the encoder's input shape fixes (None when it is dynamic)."""
         shape = self.input.shape
         side = shape[2] if len(shape) == 4 and shape[1] == 3 else (shape[1] if len(shape) == 4 else None)
-        if not isinstance(side, int):
-            raise InputError(path, f"input shape {shape} does not fix the image size; write "
-                                   f"{sidecar_path(path).name} with input_size")
-        return side
+        return side if isinstance(side, int) else None
+
+    def _check_shape(self, sidecar: Path) -> None:
+        """The declared size and layout fit the input shape wherever it is fixed (else onnxruntime
+        fails on the first batch, naming neither file)."""
+        shape, size, config = self.input.shape, self.config.input_size, self.config
+        want = [None, 3, size, size] if config.layout == "NCHW" else [None, size, size, 3]
+        if len(shape) != 4 or any(isinstance(got, int) and w is not None and got != w for got, w in zip(shape, want)):
+            raise InputError(sidecar if sidecar.exists() else None,
+                             f"the encoder takes input of shape {shape}, not {config.layout} images of side {size}"
+                             f"{'' if sidecar.exists() else f'; write {sidecar.name} with input_size and layout'}")
 
     @property
     def dim(self) -> int:

@@ -16,7 +16,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .cli import Parser
+from .cli import Parser, run
+from .errors import InputError
 
 
 def build(size: int = 32, dim: int = 16, channels: int = 8, patch: int = 4, seed: int = 0) -> onnx.ModelProto:
@@ -59,10 +60,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=32, help="input image side in pixels")
     parser.add_argument("--dim", type=int, default=16, help="embedding dimension")
     args = parser.parse_args(argv)
-    write(args.out, args.size, args.dim)
+    if args.size < 8 or args.dim < 1:  # the smallest image embed reads (Preprocess.check), one value at least
+        parser.error(f"--size must be at least 8 and --dim at least 1, not {args.size} and {args.dim}")
+    if not args.out.parent.is_dir():
+        raise InputError(args.out.parent, "no such folder to write the encoder into")
+    try:
+        write(args.out, args.size, args.dim)
+    except OSError as err:
+        raise InputError(args.out, f"cannot write ({err.strerror or type(err).__name__})") from None
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -136,6 +136,29 @@ def test_bad_sidecar_key_exits_2(tmp_path, capsys):
     assert code == 2 and "input_sise" in capsys.readouterr().err
 
 
+def test_a_sidecar_without_input_size_takes_the_encoders_own(tmp_path):
+    # it took CLIP's 224, and the first batch failed inside onnxruntime
+    enc = Encoder(tiny_encoder.write(tmp_path / "enc.onnx", size=16, dim=8, sidecar={"resize": "squash"}))
+    assert enc.config.input_size == 16 and enc.config.resize == "squash"
+
+
+@pytest.mark.parametrize("sidecar, problem", [
+    ([1, 2], "a JSON object"),  # once a TypeError, exit 1
+    ({"input_size": "32"}, "input_size must be a whole number >= 8"),
+    ({"std": [0, 0, 0]}, "std must be 3 numbers above 0"),  # once: all-NaN embeddings, exit 0
+    ({"l2_normalize": "no"}, "l2_normalize must be true or false"),  # once read as true
+    ({"input_size": 24}, "takes input of shape"),  # the encoder's is 32: once "unexpected InvalidArgument"
+    ({"layout": "NHWC"}, "not NHWC images of side 32"),
+])
+def test_a_sidecar_of_the_wrong_kind_is_one_line_naming_it(tmp_path, capsys, sidecar, problem):
+    path = tiny_encoder.write(tmp_path / "enc.onnx", size=32, dim=8, sidecar=sidecar)
+    _images(tmp_path / "imgs", 1)
+    code = run(embed.main, ["--encoder", str(path), "--images", str(tmp_path / "imgs"), "--out", str(tmp_path / "e.parquet")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "enc.preprocess.json" in err[0] and problem in err[0]
+    assert not (tmp_path / "e.parquet").exists()
+
+
 def test_pamela_image_paths_map_to_image_ids(tmp_path, encoder_path):
     root = tmp_path / "pamela"
     _images(root / "images" / "food", 2)
@@ -153,3 +176,11 @@ def test_missing_encoder_exits_2(tmp_path, capsys):
     code = run(embed.main, ["--encoder", str(tmp_path / "none.onnx"), "--images", str(tmp_path),
                             "--out", str(tmp_path / "e.parquet")])
     assert code == 2 and "no such encoder" in capsys.readouterr().err
+
+
+def test_tiny_encoder_refuses_an_image_embed_could_not_read(tmp_path, capsys):
+    # --size 3 once wrote an encoder that embed then failed on with exit 1
+    with pytest.raises(SystemExit) as stop:
+        tiny_encoder.main(["--out", str(tmp_path / "e.onnx"), "--size", "3"])
+    assert stop.value.code == 2 and "--size must be at least 8" in capsys.readouterr().err
+    assert not (tmp_path / "e.onnx").exists()
