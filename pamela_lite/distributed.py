@@ -367,6 +367,10 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.pairs is not None and (args.users is not None or args.candidates is not None):
+        parser.error("--users and --candidates go with --top K (the pairs file names its users and images)")
+    if args.candidates is not None and args.candidates < args.top:  # the rule score applies
+        parser.error(f"--candidates {args.candidates} is below --top {args.top}: the trees must see at least K images")
     if args.out.suffix.lower() in (".csv", ".parquet", ".json"):
         raise InputError(args.out, "with --dask, --out is a folder of Parquet partitions, not a table file")
     os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -117,6 +117,20 @@ def test_pairs_in_a_csv_are_refused_in_one_line(exported, cache_path, tmp_path, 
     assert code == 2 and len(err) == 1 and "Parquet" in err[0]
 
 
+@pytest.mark.parametrize("extra, problem", [
+    (["--top", "5", "--candidates", "3"], "--candidates 3 is below --top 5"),  # once: exit 0, 5 rows
+    (["--pairs", "PAIRS", "--candidates", "3"], "go with --top K"),  # once silently ignored
+    (["--pairs", "PAIRS", "--users", "USERS"], "go with --top K"),
+])
+def test_dask_options_are_checked_as_score_checks_them(exported, cache_path, pairs_path, tmp_path, capsys, extra, problem):
+    extra = [str(pairs_path) if a == "PAIRS" else str(tmp_path / "u.csv") if a == "USERS" else a for a in extra]
+    with pytest.raises(SystemExit) as stop:
+        run(score.main, ["--dask", "--scorer", str(exported), "--cache", str(cache_path), "--out", str(tmp_path / "o"),
+                         *extra])
+    assert stop.value.code == 2 and problem in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_score_dask_command_runs_on_a_local_cluster(exported, dataset, pairs_path, tmp_path):
     out = tmp_path / "out"
     code = run(score.main, ["--dask", "--workers", "1", "--scorer", str(exported), "--pairs", str(pairs_path),
