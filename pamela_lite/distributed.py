@@ -354,6 +354,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _discard_fresh_job(out: Path, existed: bool) -> None:
+    """Remove what a fresh job wrote into `out` (its _* files and partitions), and `out` itself when
+    this run created it; other files a user keeps there stay."""
+    if not out.is_dir():
+        return
+    for item in out.iterdir():
+        if item.is_file() and (item.name.startswith("_") or item.name.startswith("part-")):
+            item.unlink()
+    if not existed and not any(out.iterdir()):
+        out.rmdir()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -389,48 +401,54 @@ def main(argv: list[str] | None = None) -> int:
                "candidates": args.candidates, "partition_size": args.partition_size}
     request.update({name: _identity(getattr(args, name)) for name in ("pairs", "cache", "embeddings", "context", "users")})
     resuming = check_request(out, request)  # before anything is written into `out`
-    cache_path = args.cache
-    if cache_path is None:  # the catalogue's features, computed once on the client
-        cache_path = out / CATALOGUE_FILE
-        if not (resuming and cache_path.exists()):
-            build_cache(scorer, args.embeddings, cache_path)
-            watch.step(f"cached the features of {args.embeddings} in {cache_path}")
-    context = None
-    if args.context is not None:
-        known = len(scorer.user_ids)
-        fold_in_context(scorer, args.context, read_embeddings(args.embeddings), remedy=NO_REFIT)
-        context = out / CONTEXT_FILE
-        # the same states on every run, as a users file tied to the fit (pamela_lite.fitted, its one writer)
-        write_users(context, scorer.user_ids[known:], scorer.states[known:], scorer.fit_sha256)
-    users = None
-    if args.users is not None:
-        table = read_table(args.users)
-        if "participant_id" not in table.columns:
-            raise InputError(args.users, "no column 'participant_id'")
-        users = table["participant_id"].cast(pl.String).unique(maintain_order=True).to_list()
-        known_ids = set(scorer.user_ids)
-        unknown = [u for u in users if u not in known_ids]
-        if unknown:
-            raise InputError(args.users, f"{len(unknown)} participant(s) unknown to the scorer and without context "
-                                         f"ratings: {preview(unknown)}")
+    existed = out.exists()
     try:
-        job = plan(scorer, args.scorer, cache_path, pairs=args.pairs, k=args.top or 0, users=users,
-                   candidates=args.candidates, partition_size=args.partition_size, context=context, request=request)
-    except ValueError as err:  # CacheError: a cache of another scorer or a damaged file
-        raise InputError(getattr(err, "path", None), getattr(err, "problem", str(err))) from None
-    prepare(out, job)
-    client = connect(args.dask, args.workers)
-    try:
-        where = args.dask if args.dask != "local" else f"a LocalCluster of {args.workers} worker(s)"
-        watch.step(f"{job.mode} job: {job.partitions} partition(s) on {where}")
-        step = max(1, job.partitions // 20)
-        report = run_job(client, job, out, progress=lambda n, total: watch.step(f"{n}/{total} partitions written")
-                         if n % step == 0 or n == total else None)
-    finally:
-        cluster = getattr(client, "cluster", None)
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        cache_path = args.cache
+        if cache_path is None:  # the catalogue's features, computed once on the client
+            cache_path = out / CATALOGUE_FILE
+            if not (resuming and cache_path.exists()):
+                build_cache(scorer, args.embeddings, cache_path)
+                watch.step(f"cached the features of {args.embeddings} in {cache_path}")
+        context = None
+        if args.context is not None:
+            known = len(scorer.user_ids)
+            fold_in_context(scorer, args.context, read_embeddings(args.embeddings), remedy=NO_REFIT)
+            context = out / CONTEXT_FILE
+            # the same states on every run, as a users file tied to the fit (pamela_lite.fitted, its one writer)
+            write_users(context, scorer.user_ids[known:], scorer.states[known:], scorer.fit_sha256)
+        users = None
+        if args.users is not None:
+            table = read_table(args.users)
+            if "participant_id" not in table.columns:
+                raise InputError(args.users, "no column 'participant_id'")
+            users = table["participant_id"].cast(pl.String).unique(maintain_order=True).to_list()
+            known_ids = set(scorer.user_ids)
+            unknown = [u for u in users if u not in known_ids]
+            if unknown:
+                raise InputError(args.users, f"{len(unknown)} participant(s) unknown to the scorer and without context "
+                                             f"ratings: {preview(unknown)}")
+        try:
+            job = plan(scorer, args.scorer, cache_path, pairs=args.pairs, k=args.top or 0, users=users,
+                       candidates=args.candidates, partition_size=args.partition_size, context=context, request=request)
+        except ValueError as err:  # CacheError: a cache of another scorer or a damaged file
+            raise InputError(getattr(err, "path", None), getattr(err, "problem", str(err))) from None
+        prepare(out, job)
+        client = connect(args.dask, args.workers)
+        try:
+            where = args.dask if args.dask != "local" else f"a LocalCluster of {args.workers} worker(s)"
+            watch.step(f"{job.mode} job: {job.partitions} partition(s) on {where}")
+            step = max(1, job.partitions // 20)
+            report = run_job(client, job, out, progress=lambda n, total: watch.step(f"{n}/{total} partitions written")
+                             if n % step == 0 or n == total else None)
+        finally:
+            cluster = getattr(client, "cluster", None)
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    except InputError:
+        if not resuming:  # a fresh job that failed on its input leaves no folder that blocks the retry
+            _discard_fresh_job(out, existed)
+        raise
     watch.step(f"wrote {report.written} partition(s), {report.rows:,} rows, in {report.seconds:.1f}s "
                f"({report.already_done} already done before this run) to {out}")
     return 0

@@ -140,6 +140,18 @@ def test_score_dask_command_runs_on_a_local_cluster(exported, dataset, pairs_pat
     assert sorted(p.name for p in out.glob("part-*")) == [f"part-0000{i}.parquet" for i in range(3)]
 
 
+def test_a_fresh_job_that_fails_on_its_input_leaves_nothing_that_blocks_the_retry(exported, dataset, pairs_path,
+                                                                                    tmp_path, capsys):
+    # its _job.json (and partitions) once stayed: the retry with the pairs fixed was refused as another job
+    bad = tmp_path / "bad.parquet"
+    pl.DataFrame({"participant_id": ["nobody"], "image_id": dataset.embeddings.ids.head(1)}).write_parquet(bad)
+    common = ["--dask", "--workers", "1", "--scorer", str(exported), "--embeddings", str(dataset.embeddings.source),
+              "--out", str(tmp_path / "out"), "--quiet"]
+    assert run(score.main, [*common, "--pairs", str(bad)]) == 2 and "'nobody'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert run(score.main, [*common, "--pairs", str(pairs_path)]) == 0
+
+
 def test_context_users_on_dask_rank_as_score_top_does(exported, dataset, tmp_path):
     """--context: new users are folded in on the client and sent to the workers as a users file of the same fit."""
     from pamela_lite.fitted import read_users
