@@ -107,22 +107,42 @@ def sidecar_path(encoder: Path) -> Path:
 
 
 def load_pixels(path: Path, config: Preprocess) -> np.ndarray:
-    """One image as float32 HxWx3 in [0, 1], resized and cropped as `config` says."""
+    """One image file as float32 HxWx3 in [0, 1], resized and cropped as `config` says."""
     with Image.open(path) as img:
-        img = img.convert("RGB")
-        size = config.input_size
-        resample = Image.Resampling.BICUBIC if config.interpolation == "bicubic" else Image.Resampling.BILINEAR
-        if config.resize == "squash":
-            img = img.resize((size, size), resample)
-        else:
-            w, h = img.size
-            scale = size / min(w, h)
-            img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), resample)
-        if config.center_crop or config.resize == "shortest":
-            w, h = img.size
-            left, top = (w - size) // 2, (h - size) // 2
-            img = img.crop((left, top, left + size, top + size))
-        return np.asarray(img, dtype=np.float32) / 255.0
+        return image_pixels(img, config)
+
+
+def image_pixels(img: Image.Image, config: Preprocess) -> np.ndarray:
+    """One PIL image as float32 HxWx3 in [0, 1], resized and cropped as `config` says (the one
+    preprocessing of embed and of a generator adapter)."""
+    img = _rgb(img)
+    size = config.input_size
+    resample = Image.Resampling.BICUBIC if config.interpolation == "bicubic" else Image.Resampling.BILINEAR
+    if config.resize == "squash":
+        img = img.resize((size, size), resample)
+    else:
+        w, h = img.size
+        scale = size / min(w, h)
+        img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), resample)
+    if config.center_crop or config.resize == "shortest":
+        w, h = img.size
+        left, top = (w - size) // 2, (h - size) // 2
+        img = img.crop((left, top, left + size, top + size))
+    return np.asarray(img, dtype=np.float32) / 255.0
+
+
+def _rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB. 16-bit and float grayscale are scaled to 8 bits first: PIL's own conversion clips
+    16-bit values at 255 (near-white) and float ones to black."""
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        values = np.asarray(img, dtype=np.float64)
+        top = float(values.max()) if values.size else 0.0
+        if img.mode == "F" and top <= 1.0:
+            values = values * 255.0  # floats in [0, 1]
+        elif top > 255.0:
+            values = values * (255.0 / (65535.0 if top <= 65535.0 else top))  # 16-bit (or wider) integers
+        img = Image.fromarray(np.clip(values, 0, 255).astype(np.uint8), "L")
+    return img.convert("RGB")
 
 
 def to_tensor(batch: np.ndarray, config: Preprocess) -> np.ndarray:

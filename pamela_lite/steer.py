@@ -1093,11 +1093,9 @@ class DiffusersAdapter:
         self.batch = batch
 
     def _pixels(self, image) -> np.ndarray:
-        from PIL import Image
+        from .encoder import image_pixels
 
-        cfg = self.encoder.config
-        img = image.convert("RGB").resize((cfg.input_size, cfg.input_size), Image.Resampling.BICUBIC)
-        return np.asarray(img, dtype=np.float32) / 255.0
+        return image_pixels(image, self.encoder.config)  # as embed prepares images: the same resize and crop
 
     def __call__(self, prompts: list[str], seeds: list[int]) -> np.ndarray:
         pixels = np.stack([self._pixels(self.pipeline(p, int(s))) for p, s in zip(prompts, seeds)])

@@ -184,3 +184,26 @@ def test_tiny_encoder_refuses_an_image_embed_could_not_read(tmp_path, capsys):
         tiny_encoder.main(["--out", str(tmp_path / "e.onnx"), "--size", "3"])
     assert stop.value.code == 2 and "--size must be at least 8" in capsys.readouterr().err
     assert not (tmp_path / "e.onnx").exists()
+
+
+def test_sixteen_bit_and_float_grayscale_keep_their_contrast(tmp_path):
+    # PIL's own conversion clipped 16-bit values to near-white and float ones to black
+    ramp = np.tile(np.linspace(0, 1, 32), (32, 1))
+    Image.fromarray((ramp * 65535).astype(np.uint16)).save(tmp_path / "deep.png")
+    Image.fromarray(ramp.astype(np.float32), mode="F").save(tmp_path / "float.tiff")
+    config = Preprocess(input_size=16, resize="squash", interpolation="bilinear")
+    for name in ("deep.png", "float.tiff"):
+        pixels = load_pixels(tmp_path / name, config)
+        assert pixels[:, :2].mean() < 0.15 and pixels[:, -2:].mean() > 0.85, name
+
+
+def test_a_generator_adapter_prepares_images_as_embed_does(tmp_path, encoder_path):
+    # the adapter squashed every image with bicubic, whatever the encoder's sidecar said
+    from pamela_lite.steer import DiffusersAdapter
+
+    wide = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8))
+    wide.save(tmp_path / "wide.png")
+    encoder = Encoder(encoder_path)
+    adapter = DiffusersAdapter(lambda prompt, seed: wide, encoder)
+    np.testing.assert_allclose(adapter(["a cat"], [0])[0], encoder(load_pixels(tmp_path / "wide.png", encoder.config)[None])[0],
+                               atol=1e-6)
