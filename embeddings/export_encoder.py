@@ -17,6 +17,7 @@ embeddings are L2-normalised, read from the model's own processor configuration.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -130,6 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.open_clip and not args.checkpoint:
         parser.error("--open-clip needs --checkpoint FILE (weights are never downloaded)")
+    needed = ["torch", "transformers" if args.hf_dir else "open_clip"]
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:  # an export-time tool: the toolkit itself never needs these
+        parser.error(f"exporting needs {' and '.join(missing)}: pip install torch "
+                     f"{'transformers' if args.hf_dir else 'open_clip_torch'} (then run this again)")
     if args.hf_dir:
         tower, preprocess, size = hf_tower(args.hf_dir)
     else:

@@ -207,3 +207,17 @@ def test_a_generator_adapter_prepares_images_as_embed_does(tmp_path, encoder_pat
     adapter = DiffusersAdapter(lambda prompt, seed: wide, encoder)
     np.testing.assert_allclose(adapter(["a cat"], [0])[0], encoder(load_pixels(tmp_path / "wide.png", encoder.config)[None])[0],
                                atol=1e-6)
+
+
+def test_the_encoder_export_tool_without_its_libraries_says_what_to_install(tmp_path, monkeypatch, capsys):
+    # it printed a traceback when torch was missing (the toolkit itself never needs torch)
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("export_encoder", Path(__file__).parents[1] / "embeddings" / "export_encoder.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None)  # as on a machine without them
+    with pytest.raises(SystemExit) as stop:
+        tool.main(["--hf-dir", str(tmp_path), "--out", str(tmp_path / "e.onnx")])
+    assert stop.value.code == 2 and "exporting needs torch and transformers" in capsys.readouterr().err
