@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -299,6 +300,18 @@ def test_unknown_output_type_is_refused_before_any_work(model_dir, world, tmp_pa
         "--model", str(model_dir), "--pairs", str(tmp_path / "p.csv"),
         "--embeddings", str(world / "embeddings.parquet"), "--out", str(tmp_path / "scores.txt")]))
     assert "unknown output type '.txt'" in line
+
+
+def test_an_output_table_never_replaces_a_file_of_a_model_folder(model_dir, world, tmp_path, capsys):
+    # predict --out MODEL/ratings.parquet once overwrote the ratings the model folder keeps
+    folder = tmp_path / "m"
+    shutil.copytree(model_dir, folder)
+    kept = (folder / "ratings.parquet").read_bytes()
+    pl.DataFrame({"participant_id": ["nobody"], "image_id": [100000]}).write_csv(tmp_path / "p.csv")
+    line = _one_line_error(capsys, run(predict.main, [
+        "--model", str(folder), "--pairs", str(tmp_path / "p.csv"),
+        "--embeddings", str(world / "embeddings.parquet"), "--out", str(folder / "ratings.parquet")]))
+    assert "is a file of the model folder it is in" in line and (folder / "ratings.parquet").read_bytes() == kept
 
 
 def test_fit_params_reach_the_model_and_are_recorded(world, tmp_path):
