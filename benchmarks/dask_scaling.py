@@ -181,11 +181,13 @@ def markdown(info: dict, setup_info: dict, results: dict, quick: bool) -> str:
     cores, users, images = 2, 1_000_000, 1_000_000
     if eff < 0.9:
         speedup = two[-1]["pairs_per_s"] / r1
+        busy = info["load_start"] > 1.0  # something besides this job was running when it started
         out += [f"**{two[-1]['workers']} workers gave {speedup:.2f}x the throughput of one, not "
                 f"{two[-1]['workers']}x** (efficiency {eff:.2f}). The load average was {info['load_start']:.1f} on "
-                "2 cores: other work on this shared machine took part of the second core, so the shortfall measures "
-                "that contention as well as Dask. The projection below gives both the measured efficiency "
-                "(pessimistic) and e = 1 (no contention; an upper bound).", ""]
+                "2 cores" + (": other work on this shared machine took part of the second core, so the shortfall "
+                             "measures that contention as well as Dask" if busy else "") +
+                ". The projection below gives both the measured efficiency (pessimistic) and e = 1 (an upper "
+                "bound).", ""]
     out += ["## Projection to N machines (a model, not a measurement)", "",
             f"Model: throughput(N) = N × c × r₁ × e, with c = {cores} worker processes per machine (one per core, "
             f"as here), r₁ = {r1:,.0f} pairs/s for one worker on this machine (exact top-10 job above) and "

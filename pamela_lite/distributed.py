@@ -354,15 +354,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _discard_fresh_job(out: Path, existed: bool) -> None:
-    """Remove what a fresh job wrote into `out` (its _* files and partitions), and `out` itself when
-    this run created it; other files a user keeps there stay."""
+def _discard_fresh_job(out: Path, before: set[str] | None) -> None:
+    """Remove what a fresh job wrote into `out`: its own files and partitions that were not there
+    `before` (the names `out` held, None when it did not exist), and `out` itself when this run
+    created it. Anything else a user keeps there stays."""
     if not out.is_dir():
         return
+    own = {JOB_FILE, DONE_FILE, CATALOGUE_FILE, CONTEXT_FILE}
     for item in out.iterdir():
-        if item.is_file() and (item.name.startswith("_") or item.name.startswith("part-")):
+        written = item.name in own or (item.name.startswith("part-") and item.suffix == ".parquet")
+        if item.is_file() and written and item.name not in (before or set()):
             item.unlink()
-    if not existed and not any(out.iterdir()):
+    if before is None and not any(out.iterdir()):
         out.rmdir()
 
 
@@ -401,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
                "candidates": args.candidates, "partition_size": args.partition_size}
     request.update({name: _identity(getattr(args, name)) for name in ("pairs", "cache", "embeddings", "context", "users")})
     resuming = check_request(out, request)  # before anything is written into `out`
-    existed = out.exists()
+    before = {item.name for item in out.iterdir()} if out.is_dir() else None
     try:
         cache_path = args.cache
         if cache_path is None:  # the catalogue's features, computed once on the client
@@ -447,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
                 cluster.close()
     except InputError:
         if not resuming:  # a fresh job that failed on its input leaves no folder that blocks the retry
-            _discard_fresh_job(out, existed)
+            _discard_fresh_job(out, before)
         raise
     watch.step(f"wrote {report.written} partition(s), {report.rows:,} rows, in {report.seconds:.1f}s "
                f"({report.already_done} already done before this run) to {out}")

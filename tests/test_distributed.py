@@ -149,6 +149,10 @@ def test_a_fresh_job_that_fails_on_its_input_leaves_nothing_that_blocks_the_retr
               "--out", str(tmp_path / "out"), "--quiet"]
     assert run(score.main, [*common, "--pairs", str(bad)]) == 2 and "'nobody'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+    (tmp_path / "out").mkdir()  # a folder of the user's own, with files named like the job's
+    (tmp_path / "out" / "_notes.txt").write_text("mine")
+    assert run(score.main, [*common, "--pairs", str(bad)]) == 2
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["_notes.txt"]
     assert run(score.main, [*common, "--pairs", str(pairs_path)]) == 0
 
 
