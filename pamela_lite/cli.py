@@ -127,13 +127,16 @@ def check_table_path(path: str | Path) -> Path:
     path = Path(path)
     if path.suffix.lower() not in TABLE_SUFFIXES:
         raise InputError(path, f"unknown output type {path.suffix!r}; use .csv, .parquet or .json")
-    if (path.parent / "model.json").exists():  # inside a model folder: never over one of its own files
-        from .model import MODEL_FILES
-
-        if path.name in (*MODEL_FILES, "metrics.json"):
-            raise InputError(path, "is a file of the model folder it is in: it is not replaced; write the output "
-                                   "elsewhere")
+    refuse_model_file(path)
     return path
+
+
+def refuse_model_file(path: Path) -> None:
+    """An output is never written over a file of the model folder it is in (fit's metrics included)."""
+    from .fitted import MODEL_FILES
+
+    if (path.parent / "model.json").exists() and path.name in (*MODEL_FILES, "metrics.json"):
+        raise InputError(path, "is a file of the model folder it is in: it is not replaced; write the output elsewhere")
 
 
 def write_table(frame: pl.DataFrame, path: str | Path) -> None:

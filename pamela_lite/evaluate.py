@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from ._atomic import write_text
-from .cli import Stopwatch, log, parse_kshot, parser_for, report_json, run, seed_arg
+from .cli import Stopwatch, log, parse_kshot, parser_for, refuse_model_file, report_json, run, seed_arg
 from .data import Scale, load_dataset
 from .protocol import SEEN_SPLITS, UNSEEN_SPLITS, evaluate_models, format_table
 from .errors import InputError
@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.out:
+        refuse_model_file(args.out)  # before the evaluation, not after it
     watch = Stopwatch(args.quiet)
     model = PersonalScorer.load(args.model)
     # The baselines are fitted on the data's train split; the model alone needs none.

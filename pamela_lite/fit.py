@@ -37,7 +37,8 @@ from .errors import InputError
 from .event_fit import calibrate, fit_events_only, fold_seen_events, without_scored_pairs
 from .events import load_events, parse_event_weights
 from .protocol import evaluate_models, format_table
-from .model import EVENTS_FILE, HEAD_SETTINGS, RATINGS_FILE, PersonalScorer, block_price, read_kept_ratings
+from .fitted import EVENTS_FILE, RATINGS_FILE
+from .model import HEAD_SETTINGS, PersonalScorer, block_price, read_kept_ratings
 
 # The baselines every table shows beside the full model, as switches of the same estimator.
 BASELINES = {

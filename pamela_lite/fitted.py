@@ -45,6 +45,9 @@ USERS_FORMAT = "pamela_lite.users"
 USERS_FORMAT_VERSION = 3  # 3: ids, states and the fit's digest only (2 also carried the parameters)
 PARAMETER_FILES = ("model.json", "arrays.npz", "head.txt")
 USERS_FILE = "users.npz"
+RATINGS_FILE = "ratings.parquet"  # in a model folder: the ratings every known user's state was solved from
+EVENTS_FILE = "events.parquet"  # and the events of people added later from their events (only when there are any)
+MODEL_FILES = (*PARAMETER_FILES, USERS_FILE, RATINGS_FILE, EVENTS_FILE)  # what a model folder holds (PersonalScorer.save)
 
 _SOLVER_SCALARS = ("mean", "residual_scale", "alpha", "regularization", "bias_shrinkage", "use_bias",
                    "use_population", "use_taste", "use_mf")

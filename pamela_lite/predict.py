@@ -21,7 +21,8 @@ from .cli import (REFIT_KNOWN, Stopwatch, check_table_path, log, parser_for, ref
 from .data import Scale, id_type_note, read_embeddings, read_pairs, read_ratings, validate_ratings
 from .errors import InputError, preview
 from .events import comparing_nothing, load_events
-from .model import MODEL_FILES, PersonalScorer
+from .fitted import MODEL_FILES
+from .model import PersonalScorer
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -314,6 +314,16 @@ def test_an_output_table_never_replaces_a_file_of_a_model_folder(model_dir, worl
     assert "is a file of the model folder it is in" in line and (folder / "ratings.parquet").read_bytes() == kept
 
 
+def test_evaluate_out_never_replaces_a_file_of_a_model_folder(model_dir, world, tmp_path, capsys):
+    # evaluate --out MODEL/model.json once destroyed the model, after the whole evaluation
+    folder = tmp_path / "m"
+    shutil.copytree(model_dir, folder)
+    kept = (folder / "model.json").read_bytes()
+    line = _one_line_error(capsys, run(evaluate.main, ["--model", str(folder), "--data", str(world),
+                                                        "--out", str(folder / "model.json")]))
+    assert "is a file of the model folder it is in" in line and (folder / "model.json").read_bytes() == kept
+
+
 def test_fit_params_reach_the_model_and_are_recorded(world, tmp_path):
     out = tmp_path / "model"
     done = cli("fit", "--data", world, "--out", out, "--no-baselines", "--kshot", "0", "--quiet",
