@@ -160,7 +160,7 @@ class EdgeScorer(CachedScoring):
         which images were shown together. Same arithmetic as ``PersonalScorer.fold_in`` with
         ``events=``; no refit, no re-export.
         """
-        if len(ratings) and self.fitted.events_only:
+        if np.size(ratings) and self.fitted.events_only:
             raise ValueError("this scorer was fitted on events alone (its scores are preferences, not ratings): "
                              "fold a person in from their events")
         embeddings = np.asarray(embeddings, dtype=np.float32).reshape(-1, self.embedding_dim)

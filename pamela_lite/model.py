@@ -72,13 +72,10 @@ from .taste import MIN_BAND_WIDTH, N_NULL_DRAWS, fit_whitening, image_sample, ta
 from .events import event_rows
 from .features import ImageFeatures, ImageSide, l2_normalise
 from .metrics import per_user
-from .fitted import PARAMETER_FILES, USERS_FILE, FittedScorer, json_scalar, read_users, write_users
+from .fitted import EVENTS_FILE, RATINGS_FILE, USERS_FILE, FittedScorer, json_scalar, read_users, write_users
 from .user_solver import DemographicPrior, UserSolver, als_row_values, state_layout, user_normal_equations
 
-RATINGS_FILE = "ratings.parquet"  # in a model folder: the ratings every known user's state was solved from
-EVENTS_FILE = "events.parquet"  # and the events of people added later from their events (only when there are any)
 FROM_EVENTS = "context events"  # ratings.parquet's origin of people added with their events (events.parquet keeps them)
-MODEL_FILES = (*PARAMETER_FILES, USERS_FILE, RATINGS_FILE, EVENTS_FILE)  # what save writes, besides extra files
 
 
 def _limit_threads(fit):
@@ -147,7 +144,8 @@ class PersonalScorer(BaseEstimator):
         Measured both ways in ``benchmarks/gain_ablation.py``: it helps taste spread over many
         directions and can cost taste confined to one band when people and ratings are few.
     n_prototypes : int
-        Embedding prototypes (k-means centres) that form the item side of the factor model.
+        Embedding prototypes (k-means centres) that form the item side of the factor model; at
+        most half the images a fit (or an out-of-fold fit) rates, so each centre summarises two or more.
     temperature : float
         Softness of an image's assignment to prototypes, relative to the mean squared distance
         from an image to its nearest prototype (small: hard clusters; large: smooth mixtures).
@@ -424,7 +422,7 @@ class PersonalScorer(BaseEstimator):
                 # numpy scalars (np.int64(48), e.g. from np.arange in a grid search) are numbers too
                 if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
                     raise InputError(None, f"{name} must be a number, not {_shown(value)}")
-                if not np.isfinite(value):
+                if not isinstance(value, numbers.Integral) and not np.isfinite(value):  # huge ints overflow isfinite
                     raise InputError(None, f"{name} must be a finite number, not {_shown(value)}")
                 # 48.0 is refused too: counts index arrays and size k-means and trees, which take ints only
                 if isinstance(default, int) and not isinstance(value, numbers.Integral):
@@ -434,11 +432,11 @@ class PersonalScorer(BaseEstimator):
                                             or self.whiten_dim < self.n_components):
             raise InputError(None, f"whiten_dim must be a whole number of at least n_components ({self.n_components}) "
                                    f"or null (all directions), not {_shown(self.whiten_dim)}")
-        for name in _POSITIVE:
-            if not np.isfinite(getattr(self, name)) or getattr(self, name) <= 0:
+        for name in _POSITIVE:  # finite numbers by now
+            if getattr(self, name) <= 0:
                 raise InputError(None, f"{name} must be a finite number above 0, not {_shown(getattr(self, name))}")
         for name in _NON_NEGATIVE:
-            if not np.isfinite(getattr(self, name)) or getattr(self, name) < 0:
+            if getattr(self, name) < 0:
                 raise InputError(None, f"{name} must be a finite number >= 0, not {_shown(getattr(self, name))}")
         if self.gain_bin and self.gain_bin < MIN_BAND_WIDTH:
             raise InputError(None, f"gain_bin must be 0 (no weighting) or at least {MIN_BAND_WIDTH}, not {self.gain_bin}")
@@ -813,6 +811,10 @@ class PersonalScorer(BaseEstimator):
         user_index = np.zeros(0, dtype=np.int64)
         rows = np.zeros((0, fitted.embedding_dim), dtype=np.float32)
         if context.height:
+            rated = context.filter(pl.col("image_id").is_not_null() & pl.col("rating").is_not_null())
+            if fitted.events_only and rated.height:  # as the command-line tools refuse it (cli.refuse_rating_context)
+                raise InputError(None, "rating context for a scorer fitted on events alone (its scores are "
+                                       "preferences, not ratings): fold people in from their events")
             low, high = fitted.scale
             outside = context.filter(~pl.col("rating").is_between(low, high))
             if outside.height:

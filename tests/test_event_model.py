@@ -344,6 +344,15 @@ def test_a_device_refuses_ratings_for_a_scorer_fitted_on_events_alone(events_onl
         scorer.fold_in(small[1].embeddings.matrix[:2], np.array([1.0, -1.0]))
 
 
+def test_the_python_api_refuses_ratings_for_a_scorer_fitted_on_events_alone(small):
+    _, data, _, events = small
+    model = fit_events_only(events, data.embeddings, dict(n_components=8, n_prototypes=12, factors=4, head_trees=30,
+                                                          n_folds=3), threads=1)
+    rated = pl.DataFrame({"participant_id": ["rater"], "image_id": data.embeddings.ids.head(1), "rating": [1]})
+    with pytest.raises(InputError, match="fitted on events alone"):
+        model.fold_in(rated, data.embeddings)
+
+
 def test_score_refuses_a_rating_context_for_a_scorer_fitted_on_events_alone(events_only_scorer):
     folder = events_only_scorer
     done = cli("score", "--scorer", folder / "scorer.onnx", "--context", folder / "rated.csv", "--top", 3,
