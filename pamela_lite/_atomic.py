@@ -86,7 +86,8 @@ def atomic_dir(path: str | Path, marker: str, kind: str) -> Iterator[Path]:
 def carry_over(old: str | Path, new: Path, exclude: tuple[str, ...] = ()) -> None:
     """Copy into `new` (an atomic_dir's temporary folder) the files of the folder `old` it replaces
     that it does not hold itself, except those named in `exclude` (outputs a run left out must not
-    survive from the run before): inputs and notes kept beside an output survive its replacement."""
+    survive from the run before): input files and notes kept beside an output survive its
+    replacement (files only; subfolders are not carried over)."""
     old = Path(old)
     if not old.is_dir():
         return

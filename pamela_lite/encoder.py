@@ -66,7 +66,10 @@ class Preprocess:
         if unknown:
             raise InputError(path, f"unknown preprocessing key(s) {', '.join(sorted(unknown))}; "
                                    f"known: {', '.join(cls.__dataclass_fields__)}")
-        if "input_size" not in values and input_size is not None:
+        if "input_size" not in values:
+            if input_size is None:
+                raise InputError(path, "no input_size, and the encoder's input shape does not fix the image size: "
+                                       "add input_size")
             values["input_size"] = input_size
         for key in ("mean", "std"):
             if isinstance(values.get(key), list):
@@ -173,12 +176,15 @@ class Encoder:
             raise InputError(path, f"cannot load the encoder: {str(err).splitlines()[0]}") from None
         self.input = self.session.get_inputs()[0]
         sidecar, side = sidecar_path(path), self._side_from_shape()
-        self.config = Preprocess.load(sidecar, side) if sidecar.exists() else Preprocess(input_size=side or 0)
-        if not self.config.input_size:
+        if sidecar.exists():
+            self.config = Preprocess.load(sidecar, side)  # checked there
+        elif side is None:
             raise InputError(path, f"input shape {self.input.shape} does not fix the image size; write "
                                    f"{sidecar.name} with input_size")
-        self.config.check(sidecar if sidecar.exists() else path)
-        self._check_shape(sidecar)
+        else:
+            self.config = Preprocess(input_size=side)
+            self.config.check(path)
+        self._check_shape(path, sidecar)
 
     def _side_from_shape(self) -> int | None:
         """The image side the encoder's input shape fixes (None when it is dynamic)."""
@@ -186,13 +192,13 @@ class Encoder:
         side = shape[2] if len(shape) == 4 and shape[1] == 3 else (shape[1] if len(shape) == 4 else None)
         return side if isinstance(side, int) else None
 
-    def _check_shape(self, sidecar: Path) -> None:
+    def _check_shape(self, path: Path, sidecar: Path) -> None:
         """The declared size and layout fit the input shape wherever it is fixed (else onnxruntime
         fails on the first batch, naming neither file)."""
         shape, size, config = self.input.shape, self.config.input_size, self.config
         want = [None, 3, size, size] if config.layout == "NCHW" else [None, size, size, 3]
         if len(shape) != 4 or any(isinstance(got, int) and w is not None and got != w for got, w in zip(shape, want)):
-            raise InputError(sidecar if sidecar.exists() else None,
+            raise InputError(sidecar if sidecar.exists() else path,
                              f"the encoder takes input of shape {shape}, not {config.layout} images of side {size}"
                              f"{'' if sidecar.exists() else f'; write {sidecar.name} with input_size and layout'}")
 

@@ -44,6 +44,7 @@ import argparse
 import importlib
 import json
 import sys
+import unicodedata
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -140,9 +141,9 @@ class Vocabulary:
                 raise InputError(source, f"attribute {name!r} must list at least one phrase (strings)")
             clean = tuple(p.strip() for p in phrases)
             for phrase in clean:
-                if not phrase or "," in phrase or not phrase.isprintable():
+                if not phrase or "," in phrase or any(unicodedata.category(c) == "Cc" for c in phrase):
                     raise InputError(source, f"attribute {name!r}: phrase {phrase!r} is empty or contains a comma "
-                                             f"or a line break")
+                                             f"or a control character (a line break, a tab)")
                 if phrase in seen:
                     raise InputError(source, f"phrase {phrase!r} appears twice ({seen[phrase]!r} and {name!r})")
                 seen[phrase] = name

@@ -242,13 +242,21 @@ def test_kshot_beyond_the_users_rating_counts_skips_them_in_one_line(fitted, dat
     assert len(lines) == 1 and "left out" in lines[0]
 
 
-def test_kshot_that_leaves_one_rating_to_rank_is_left_out_like_one_that_leaves_none(fitted, dataset, caplog):
-    # k = fewest - 1 once gave a row of NaN SROCC over 0 users (one rating left ranks nothing)
-    fewest = dataset.split("test_unseen").group_by("participant_id").len()["len"].min()
+def test_kshot_skips_a_person_left_with_one_rating_to_rank_and_scores_the_others(fitted, dataset, caplog):
+    # k = count - 1 once scored that person's one remaining rating: a NaN SROCC, or MAE/RMSE of one row
+    from dataclasses import replace
+
+    from pamela_lite.protocol import score_rows
+
+    unseen = dataset.ratings.filter(pl.col("split") == "test_unseen")
+    first = unseen["participant_id"][0]
+    short = unseen.filter(pl.col("participant_id") == first).head(12).with_columns(participant_id=pl.lit("short"))
+    data = replace(dataset, ratings=pl.concat([dataset.ratings, short.select(dataset.ratings.columns)]))
     with caplog.at_level(logging.WARNING, logger="pamela_lite"):
-        rows = evaluate_models({"full": fitted}, dataset, kshots=(fewest - 1,), splits=("test_unseen",))
-    assert all(np.isfinite(r["srocc"]) and r["n_users"] > 0 for r in rows)
-    assert any(f"k={fewest - 1}" in r.getMessage() and "fewer than two left to rank" in r.getMessage()
+        rows = evaluate_models({"full": fitted}, data, kshots=(11,), splits=("test_unseen",))
+    assert [r["n_users"] for r in rows if r["model"] == "full"] == [1] and np.isfinite(rows[0]["srocc"])
+    assert set(score_rows(fitted, data, "test_unseen", 11)["participant_id"]) == {first}
+    assert any("k=11: 1 of 2 user(s) have 12 or fewer ratings, fewer than two left to rank: skipped" in r.getMessage()
                for r in caplog.records)
 
 
