@@ -369,9 +369,8 @@ def _discard_fresh_job(out: Path, before: set[str] | None) -> None:
         out.rmdir()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def _check_args(parser: argparse.ArgumentParser, args) -> None:
+    """The option rules (those of ``score``, plus the Dask job's own), before any work."""
     if (args.top is None) == (args.pairs is None):
         parser.error("give either --pairs P, or --top K")
     if args.cache is None and args.embeddings is None:
@@ -388,66 +387,86 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--candidates {args.candidates} is below --top {args.top}: the trees must see at least K images")
     if args.out.suffix.lower() in (".csv", ".parquet", ".json"):
         raise InputError(args.out, "with --dask, --out is a folder of Parquet partitions, not a table file")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    watch = Stopwatch(args.quiet)
-    from .cache import build_cache, load_scorer_with_stages
+
+
+def _job_inputs(args, scorer, out: Path, resuming: bool, watch: Stopwatch) -> tuple[Path, Path | None, list | None]:
+    """On the client: the catalogue's feature cache, the context users' states and the --users list
+    (cache path, users file or None, user ids or None)."""
+    from .cache import build_cache
     from .data import read_embeddings, read_table
     from .fitted import write_users
     from .score import fold_in_context
+
+    cache_path = args.cache
+    if cache_path is None:  # the catalogue's features, computed once on the client
+        cache_path = out / CATALOGUE_FILE
+        if not (resuming and cache_path.exists()):
+            build_cache(scorer, args.embeddings, cache_path)
+            watch.step(f"cached the features of {args.embeddings} in {cache_path}")
+    context = None
+    if args.context is not None:
+        known = len(scorer.user_ids)
+        fold_in_context(scorer, args.context, read_embeddings(args.embeddings), remedy=NO_REFIT)
+        context = out / CONTEXT_FILE
+        # the same states on every run, as a users file tied to the fit (pamela_lite.fitted, its one writer)
+        write_users(context, scorer.user_ids[known:], scorer.states[known:], scorer.fit_sha256)
+    users = None
+    if args.users is not None:
+        table = read_table(args.users)
+        if "participant_id" not in table.columns:
+            raise InputError(args.users, "no column 'participant_id'")
+        users = table["participant_id"].cast(pl.String).unique(maintain_order=True).to_list()
+        known_ids = set(scorer.user_ids)
+        unknown = [u for u in users if u not in known_ids]
+        if unknown:
+            raise InputError(args.users, f"{len(unknown)} participant(s) unknown to the scorer and without context "
+                                         f"ratings: {preview(unknown)}")
+    return cache_path, context, users
+
+
+def _run_on_cluster(args, job: Job, out: Path, watch: Stopwatch):
+    """Connect (or start a LocalCluster), run the job's missing partitions, close the cluster."""
+    client = connect(args.dask, args.workers)
+    try:
+        where = args.dask if args.dask != "local" else f"a LocalCluster of {args.workers} worker(s)"
+        watch.step(f"{job.mode} job: {job.partitions} partition(s) on {where}")
+        step = max(1, job.partitions // 20)
+        return run_job(client, job, out, progress=lambda n, total: watch.step(f"{n}/{total} partitions written")
+                       if n % step == 0 or n == total else None)
+    finally:
+        cluster = getattr(client, "cluster", None)
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_args(parser, args)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    watch = Stopwatch(args.quiet)
+    from .cache import load_scorer_with_stages
 
     scorer = load_scorer_with_stages(args.scorer)
     out = args.out
     if out.exists() and not out.is_dir():
         raise InputError(out, "exists and is not a folder")
-    request = {"fit_sha256": scorer.fit_sha256, "precision": scorer.precision, "mode": "pairs" if args.pairs else "top", "k": args.top,
-               "candidates": args.candidates, "partition_size": args.partition_size}
+    request = {"fit_sha256": scorer.fit_sha256, "precision": scorer.precision, "mode": "pairs" if args.pairs else "top",
+               "k": args.top, "candidates": args.candidates, "partition_size": args.partition_size}
     request.update({name: _identity(getattr(args, name)) for name in ("pairs", "cache", "embeddings", "context", "users")})
     resuming = check_request(out, request)  # before anything is written into `out`
     before = {item.name for item in out.iterdir()} if out.is_dir() else None
     try:
-        cache_path = args.cache
-        if cache_path is None:  # the catalogue's features, computed once on the client
-            cache_path = out / CATALOGUE_FILE
-            if not (resuming and cache_path.exists()):
-                build_cache(scorer, args.embeddings, cache_path)
-                watch.step(f"cached the features of {args.embeddings} in {cache_path}")
-        context = None
-        if args.context is not None:
-            known = len(scorer.user_ids)
-            fold_in_context(scorer, args.context, read_embeddings(args.embeddings), remedy=NO_REFIT)
-            context = out / CONTEXT_FILE
-            # the same states on every run, as a users file tied to the fit (pamela_lite.fitted, its one writer)
-            write_users(context, scorer.user_ids[known:], scorer.states[known:], scorer.fit_sha256)
-        users = None
-        if args.users is not None:
-            table = read_table(args.users)
-            if "participant_id" not in table.columns:
-                raise InputError(args.users, "no column 'participant_id'")
-            users = table["participant_id"].cast(pl.String).unique(maintain_order=True).to_list()
-            known_ids = set(scorer.user_ids)
-            unknown = [u for u in users if u not in known_ids]
-            if unknown:
-                raise InputError(args.users, f"{len(unknown)} participant(s) unknown to the scorer and without context "
-                                             f"ratings: {preview(unknown)}")
+        cache_path, context, users = _job_inputs(args, scorer, out, resuming, watch)
         try:
             job = plan(scorer, args.scorer, cache_path, pairs=args.pairs, k=args.top or 0, users=users,
                        candidates=args.candidates, partition_size=args.partition_size, context=context, request=request)
         except ValueError as err:  # CacheError: a cache of another scorer or a damaged file
             raise InputError(getattr(err, "path", None), getattr(err, "problem", str(err))) from None
         prepare(out, job)
-        client = connect(args.dask, args.workers)
-        try:
-            where = args.dask if args.dask != "local" else f"a LocalCluster of {args.workers} worker(s)"
-            watch.step(f"{job.mode} job: {job.partitions} partition(s) on {where}")
-            step = max(1, job.partitions // 20)
-            report = run_job(client, job, out, progress=lambda n, total: watch.step(f"{n}/{total} partitions written")
-                             if n % step == 0 or n == total else None)
-        finally:
-            cluster = getattr(client, "cluster", None)
-            client.close()
-            if cluster is not None:
-                cluster.close()
+        report = _run_on_cluster(args, job, out, watch)
     except InputError:
         if not resuming:  # a fresh job that failed on its input leaves no folder that blocks the retry
             _discard_fresh_job(out, before)
@@ -455,7 +474,6 @@ def main(argv: list[str] | None = None) -> int:
     watch.step(f"wrote {report.written} partition(s), {report.rows:,} rows, in {report.seconds:.1f}s "
                f"({report.already_done} already done before this run) to {out}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(run(main))
