@@ -59,13 +59,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; nothing was written", file=sys.stderr)
         return 130
-    if command == "demo":  # demo.py has its own parser; give its help the same example line
-        try:
-            return run(module.main, rest)
-        except SystemExit as done:
-            if done.code == 0 and any(a in ("-h", "--help") for a in rest):
-                print("\nexample:\n  " + COMMANDS["demo"][1])
-            raise
     return run(module.main, rest)
 
 

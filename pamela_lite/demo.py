@@ -376,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Write a deterministic PAMELA-shaped world (annotations JSON, embeddings "
                     "Parquet, ground-truth utilities and world_truth.npz/.json) in PAMELA's "
                     "on-disk layout. Unset sizes take the world family's defaults.",
-        epilog="worlds (--world NAME; --world list prints them):\n" + families,
+        epilog=f"example:\n  {prog('demo')} --out runs/demo_world --seed 0\n\n"
+               "worlds (--world NAME; --world list prints them):\n" + families,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--world", default="demo", help="world family (default demo); 'list' lists them")
