@@ -113,6 +113,12 @@ def _write_member(zf: zipfile.ZipFile, fh, name: str, array: np.ndarray) -> None
             out.write(memoryview(np.ascontiguousarray(flat[at:at + step])).cast("B"))
 
 
+def check_k(k) -> None:
+    """How many images a top-k returns: a whole number of at least 1 (a device has no CLI to check it)."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a whole number >= 1, not {k!r}")
+
+
 def is_feature_cache(path: str | Path) -> bool:
     """Whether `path` holds a feature cache's members (any version): what cache --out may replace."""
     try:
@@ -319,6 +325,7 @@ class CachedScoring:
     def top_k_cached(self, user, cache: FeatureCache, k: int = 10,
                      candidates: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Rows of the user's k best cached images, best first, and their scores (see TwoStage.top_k)."""
+        check_k(k)
         if candidates is not None and candidates < 1:
             raise ValueError(f"candidates must be >= 1, not {candidates}")
         best, utility = self.stages.top_k(self.state(user), cache, k, candidates)

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from .cached import CachedScoring, FeatureCache
+from .cached import CachedScoring, FeatureCache, check_k
 from .errors import InputError
 from .event_channel import EventRows, aggregate
 from .fitted import FittedScorer, read_users
@@ -163,7 +163,11 @@ class EdgeScorer(CachedScoring):
         if np.size(ratings) and self.fitted.events_only:
             raise ValueError("this scorer was fitted on events alone (its scores are preferences, not ratings): "
                              "fold a person in from their events")
-        embeddings = np.asarray(embeddings, dtype=np.float32).reshape(-1, self.embedding_dim)
+        embeddings = np.asarray(embeddings, dtype=np.float32)
+        if embeddings.size and (embeddings.ndim > 2 or embeddings.shape[-1] != self.embedding_dim):
+            raise ValueError(f"embeddings must have shape (k, {self.embedding_dim}), or ({self.embedding_dim},) for "
+                             f"one image, not {embeddings.shape}")
+        embeddings = embeddings.reshape(-1, self.embedding_dim)
         ratings = check_ratings(ratings, *self.scale)  # the rule the command-line tools apply too
         if len(ratings) != len(embeddings):
             raise ValueError(f"{len(embeddings)} embeddings but {len(ratings)} ratings")
@@ -233,6 +237,7 @@ class EdgeScorer(CachedScoring):
         two-stage graphs; with it, `candidates` M turns on the retrieval mode (linear part over
         the whole catalogue, trees on its best M only).
         """
+        check_k(k)
         if isinstance(embeddings, FeatureCache):
             return self.top_k_cached(user, embeddings, k, candidates)
         utility = self.score_user(user, embeddings, clip=False)

@@ -238,3 +238,18 @@ def test_a_users_file_from_another_export_is_refused(fitted, dataset, exported, 
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "another scorer" in err[0]
     assert not (tmp_path / "o.csv").exists()
+
+
+@pytest.mark.parametrize("k", [0, -1, 2.5, True])
+def test_top_k_refuses_a_k_that_is_not_a_count(fitted, dataset, exported, k):
+    # k = -1 once returned every image but one, silently; 2.5 failed inside numpy
+    edge = EdgeScorer(exported)
+    with pytest.raises(ValueError, match="k must be a whole number >= 1"):
+        edge.top_k(str(fitted.users_[0]), dataset.embeddings.matrix[:50], k=k)
+
+
+def test_a_device_fold_in_names_the_shape_it_needs(exported):
+    # "cannot reshape array of size 20 into shape (32)" said nothing useful
+    edge = EdgeScorer(exported)
+    with pytest.raises(ValueError, match=rf"embeddings must have shape \(k, {edge.embedding_dim}\)"):
+        edge.fold_in(np.zeros((2, 10), dtype=np.float32), np.array([3.0, 4.0]))
