@@ -350,6 +350,14 @@ class PersonalScorer(BaseEstimator):
         self
         """
         self._check_params()
+        _check_table(ratings, ("participant_id", "image_id", "rating"), "ratings")
+        _check_embeddings(embeddings)
+        if validation is not None:
+            _check_table(validation, ("participant_id", "image_id", "rating"), "validation")
+        if isinstance(scale, (tuple, list)) and len(scale) == 2:
+            scale = Scale(*scale)  # (low, high), as a scikit-learn user would write it
+        elif scale is not None and not isinstance(scale, Scale):
+            raise TypeError(f"scale must be a pamela_lite.data.Scale or (low, high), not {scale!r}")
         rng = np.random.default_rng(self.random_state)
         scale = scale or Scale(int(ratings["rating"].min()), int(ratings["rating"].max()))
         steps = tqdm(total=3 + self.n_folds, desc="fit", disable=not self.progress, file=sys.stderr, leave=False)
@@ -924,6 +932,8 @@ class PersonalScorer(BaseEstimator):
                    states: tuple[list, np.ndarray] | None = None) -> dict:
         """Each layer's contribution for (participant_id, image_id) pairs (known or folded-in users)."""
         self._check_fitted()
+        _check_table(pairs, ("participant_id", "image_id"), "pairs")
+        _check_embeddings(embeddings)
         ids, table = list(self.users_), self.user_states_
         if states is not None:
             ids, table = ids + list(states[0]), np.vstack([table, states[1]])
@@ -1093,6 +1103,22 @@ TUNE_STANDARD_ERRORS = 2.0
 _POSITIVE = ("n_components", "rank_threshold", "n_prototypes", "temperature", "factors", "alpha",
              "als_iterations", "head_trees", "head_learning_rate", "head_min_child_samples", "head_max_rows")
 _NON_NEGATIVE = ("taste_rank", "gain_bin", "als_regularization", "bias_shrinkage", "taste_shrinkage")
+
+
+def _check_table(frame, columns: tuple[str, ...], what: str) -> None:
+    """The library's tables are polars DataFrames with named columns (numpy arrays are not)."""
+    if not isinstance(frame, pl.DataFrame):
+        raise TypeError(f"{what} must be a polars DataFrame with columns {', '.join(columns)}, not "
+                        f"{type(frame).__name__} (pamela_lite.data.read_ratings / read_pairs read files)")
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise InputError(None, f"{what} has no column(s) {', '.join(missing)} (columns: {', '.join(frame.columns)})")
+
+
+def _check_embeddings(embeddings) -> None:
+    if not isinstance(embeddings, Embeddings):
+        raise TypeError(f"embeddings must be a pamela_lite.data.Embeddings (ids and a matrix; "
+                        f"pamela_lite.data.read_embeddings reads a file), not {type(embeddings).__name__}")
 
 
 def _shown(value) -> str:

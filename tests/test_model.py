@@ -266,3 +266,25 @@ def test_the_demographic_prior_keeps_what_demographics_do_say():
     effect = rng.standard_normal((12, 5))
     coef, _ = PersonalScorer()._fit_prior(demographics, demographics @ effect + 0.1 * rng.standard_normal((150, 5)))
     np.testing.assert_allclose(coef, effect, atol=0.1)
+
+
+def test_the_estimator_says_what_it_takes_when_handed_arrays(dataset):
+    # numpy arrays once failed deep inside with an IndexError
+    with pytest.raises(TypeError, match="ratings must be a polars DataFrame"):
+        PersonalScorer(**SMALL_MODEL).fit(np.zeros((10, 3)), dataset.embeddings)
+    with pytest.raises(TypeError, match="embeddings must be a pamela_lite.data.Embeddings"):
+        PersonalScorer(**SMALL_MODEL).fit(dataset.split("train"), dataset.embeddings.matrix)
+
+
+def test_predict_names_a_missing_column(fitted, dataset):
+    with pytest.raises(InputError, match="pairs has no column"):
+        fitted.predict(dataset.split("test_seen").select("image_id"), dataset.embeddings)
+
+
+def test_a_scale_given_as_low_high_is_the_same_fit(dataset, fitted):
+    # (1, 5) once failed with "'tuple' object has no attribute 'low'"
+    model = PersonalScorer(random_state=0, **SMALL_MODEL).fit(dataset.split("train"), dataset.embeddings,
+                                                              (dataset.scale.low, dataset.scale.high),
+                                                              validation=dataset.split("val_seen"))
+    pairs = dataset.split("test_seen")
+    np.testing.assert_array_equal(model.predict(pairs, dataset.embeddings), fitted.predict(pairs, dataset.embeddings))
