@@ -151,6 +151,10 @@ def markdown(rows, summaries, searches, verdict, info, args, seconds, deep_on: b
 
 def merge(args) -> int:
     """One results file from several per-world runs (same code, same arguments but --worlds)."""
+    missing = [str(p) for p in args.merge if not p.is_file()]
+    if missing:
+        sys.exit(f"--merge: no such results file: {', '.join(missing)} (per-world runs write "
+                 f"benchmarks/results/deep_WORLD.json with --name deep_WORLD)")
     parts = [json.loads(p.read_text()) for p in args.merge]
     rows = [r for p in parts for r in p["rows"]]
     summaries = [s for p in parts for s in p["worlds"]]

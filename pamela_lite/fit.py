@@ -330,8 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         chosen = full.fitted_.tuning
         watch.step(f"tuned on val_seen: kept the {chosen['head']} residual head (per-user SROCC "
                    + ", ".join(f"{k} {v:.3f}" for k, v in chosen["validation_srocc"].items())
-                   + f"; the larger head needed a gain of {chosen['gain_needed']:.3f} over "
-                   f"{chosen['validation_users']} people, it gained {chosen['gain']:+.3f})")
+                   + f"; the larger head needed a gain of {chosen['gain_needed']:.4f} over "
+                   f"{chosen['validation_users']} people, it gained {chosen['gain']:+.4f})")
     models = {} if args.no_baselines else fit_variants(BASELINES, dataset, args.seed, watch, False, args.threads)
     models[FULL] = full
 

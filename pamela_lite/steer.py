@@ -1402,6 +1402,7 @@ def main(argv: list[str] | None = None) -> int:
             watch.step(f"{objective.name}: {res.prompt!r} predicted {res.predicted:.3f} "
                        f"(base {res.base_predicted:.3f}, "
                        + (f"taste sd {res.spread_taste:.3f}, " if np.isfinite(res.spread_taste) else
+                          "" if objective.name == "population" else  # the population head has no taste spread
                           "taste sd unknown: no ratings of this person at hand, ")
                        + "seed sd "
                        f"{res.spread_seed:.3f}) after {res.calls} calls")

@@ -112,10 +112,13 @@ def test_ctrl_c_during_a_command_does_not_claim_nothing_was_written(capsys):
     assert capsys.readouterr().err.startswith("interrupted: no finished output was replaced (embed and score --dask keep")
 
 
-def test_demo_help_carries_its_own_example_line(capsys):
+def test_demo_help_carries_its_own_example_line(capsys, monkeypatch):
     # the console printed demo's example after its help had exited: `pamela-lite demo --help | head -1`
     # then ended in a BrokenPipeError traceback, and `python -m pamela_lite.demo --help` had no example
     from pamela_lite import demo
+    from pamela_lite.cli import CONSOLE_ENV
+
+    monkeypatch.delenv(CONSOLE_ENV, raising=False)  # a console test before may have set it
 
     with pytest.raises(SystemExit) as done:
         demo.main(["--help"])
