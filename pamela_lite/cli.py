@@ -133,7 +133,7 @@ def check_table_path(path: str | Path) -> Path:
 
 def refuse_model_file(path: Path) -> None:
     """An output is never written over a file of the model folder it is in (fit's metrics included)."""
-    from .fitted import MODEL_FILES
+    from .fitted import MODEL_FILES  # here, not at the top: every command imports cli, and fitted pulls numpy in
 
     if (path.parent / "model.json").exists() and path.name in (*MODEL_FILES, "metrics.json"):
         raise InputError(path, "is a file of the model folder it is in: it is not replaced; write the output elsewhere")

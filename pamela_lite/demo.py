@@ -39,6 +39,7 @@ from scipy.special import ndtr
 
 from ._atomic import atomic_dir
 from .cli import Parser, prog, run, seed_arg
+from .data import SCALE_PATTERN
 
 GROUPS = (
     "abstract", "animal", "architecture", "automotive", "cinematic", "cityscape", "fashion",
@@ -351,8 +352,6 @@ def write_world(out: str | Path, cfg: DemoConfig = DemoConfig()) -> Path:
 
 def _parse_scale(text: str) -> tuple[int, int]:
     """``N`` (1..N, as before) or ``LOW-HIGH`` (0-10 starts at 0; --scale=-3-3 for a negative low end)."""
-    from .data import SCALE_PATTERN
-
     match = SCALE_PATTERN.fullmatch(text.strip())
     if match is not None:
         low, high = int(match[1]), int(match[2])

@@ -83,26 +83,23 @@ class Preprocess:
         def number(v):
             return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
 
-        problems = {
-            "input_size": isinstance(self.input_size, int) and not isinstance(self.input_size, bool)
-            and self.input_size >= 8,
-            "resize": self.resize in ("shortest", "squash"),
-            "center_crop": isinstance(self.center_crop, bool),
-            "mean": isinstance(self.mean, tuple) and len(self.mean) == 3 and all(map(number, self.mean)),
-            "std": isinstance(self.std, tuple) and len(self.std) == 3 and all(number(v) and v > 0 for v in self.std),
-            "channel_order": self.channel_order in ("RGB", "BGR"),
-            "layout": self.layout in ("NCHW", "NHWC"),
-            "l2_normalize": isinstance(self.l2_normalize, bool),
-            "interpolation": self.interpolation in ("bicubic", "bilinear"),
+        expected = {  # name: (is the value of the right kind, what it must be)
+            "input_size": (isinstance(self.input_size, int) and not isinstance(self.input_size, bool)
+                           and self.input_size >= 8, "a whole number >= 8"),
+            "resize": (self.resize in ("shortest", "squash"), '"shortest" or "squash"'),
+            "center_crop": (isinstance(self.center_crop, bool), "true or false"),
+            "mean": (isinstance(self.mean, tuple) and len(self.mean) == 3 and all(map(number, self.mean)), "3 numbers"),
+            "std": (isinstance(self.std, tuple) and len(self.std) == 3 and all(number(v) and v > 0 for v in self.std),
+                    "3 numbers above 0"),
+            "channel_order": (self.channel_order in ("RGB", "BGR"), '"RGB" or "BGR"'),
+            "layout": (self.layout in ("NCHW", "NHWC"), '"NCHW" or "NHWC"'),
+            "l2_normalize": (isinstance(self.l2_normalize, bool), "true or false"),
+            "interpolation": (self.interpolation in ("bicubic", "bilinear"), '"bicubic" or "bilinear"'),
         }
-        wrong = [name for name, fine in problems.items() if not fine]
+        wrong = [f"{name} must be {rule}, not {getattr(self, name)!r}" for name, (fine, rule) in expected.items()
+                 if not fine]
         if wrong:
-            expected = {"input_size": "a whole number >= 8", "resize": '"shortest" or "squash"',
-                        "center_crop": "true or false", "mean": "3 numbers", "std": "3 numbers above 0",
-                        "channel_order": '"RGB" or "BGR"', "layout": '"NCHW" or "NHWC"',
-                        "l2_normalize": "true or false", "interpolation": '"bicubic" or "bilinear"'}
-            raise InputError(source, "; ".join(f"{name} must be {expected[name]}, not {getattr(self, name)!r}"
-                                               for name in wrong))
+            raise InputError(source, "; ".join(wrong))
 
 
 def sidecar_path(encoder: Path) -> Path:

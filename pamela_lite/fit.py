@@ -38,7 +38,7 @@ from .event_fit import calibrate, fit_events_only, fold_seen_events, without_sco
 from .events import load_events, parse_event_weights
 from .protocol import evaluate_models, format_table
 from .fitted import EVENTS_FILE, RATINGS_FILE
-from .model import HEAD_SETTINGS, PersonalScorer, block_price, read_kept_ratings
+from .model import HEAD_SETTINGS, PersonalScorer, block_price, kept_ratings_path
 
 # The baselines every table shows beside the full model, as switches of the same estimator.
 BASELINES = {
@@ -201,11 +201,11 @@ def fit_variants(variants: dict, dataset, seed: int, watch: Stopwatch, progress:
 
 def read_refold_source(folder: Path) -> PersonalScorer:
     """The model in `folder` whose users a fit folds in again, read before the fit so a folder
-    that cannot serve fails in seconds. The kept ratings are checked before the rest: their
-    messages say what a folder written before models kept ratings lacks."""
+    that cannot serve fails in seconds. The kept ratings file is looked for before the rest: its
+    message says what a folder written before models kept ratings lacks (load then reads it)."""
     if folder.is_dir() and not (folder / "model.json").exists():
         raise InputError(folder, "not a model folder (no model.json): --refold-from takes a folder written by fit")
-    read_kept_ratings(folder)
+    kept_ratings_path(folder)
     return PersonalScorer.load(folder)
 
 

@@ -1143,15 +1143,22 @@ def _users_table(ratings: pl.DataFrame, user_ids: list) -> pl.DataFrame:
     return order.join(first, on="participant_id", how="left", maintain_order="left")
 
 
-def read_kept_ratings(folder: str | Path) -> pl.DataFrame:
-    """The ratings a model folder keeps (``ratings.parquet``: each known user's training or context
-    ratings, ids as text), from which a refit folds its users in again."""
+def kept_ratings_path(folder: str | Path) -> Path:
+    """The ``ratings.parquet`` of a model folder; one InputError when the folder or the file is
+    missing (a folder written before format 3 keeps no ratings)."""
     path = Path(folder) / RATINGS_FILE
     if not Path(folder).is_dir():
         raise InputError(folder, "no such model folder")
     if not path.exists():
         raise InputError(path, "missing from the model folder (a model folder written before format 3 keeps "
                                "no ratings, so its users cannot be folded in again)")
+    return path
+
+
+def read_kept_ratings(folder: str | Path) -> pl.DataFrame:
+    """The ratings a model folder keeps (``ratings.parquet``: each known user's training or context
+    ratings, ids as text), from which a refit folds its users in again."""
+    path = kept_ratings_path(folder)
     try:
         ratings = pl.read_parquet(path)
     except Exception as err:  # polars/arrow raise their own types for a damaged file
