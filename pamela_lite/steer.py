@@ -1184,7 +1184,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", type=Path, required=True, help="model folder written by pamela_lite.fit")
     parser.add_argument("--scorer", type=Path, help="score with this exported ONNX scorer instead of the model "
                                                      "(its users file beside it)")
-    parser.add_argument("--user", help="participant id: known to the model, or one in --context")
+    parser.add_argument("--user", help="participant id: known to the model, or one in --context (not needed with --objective population)")
     parser.add_argument("--context", type=Path, help="ratings of a new person (participant_id, image_id, rating "
                                                       "[, age, gender, nationality]), folded in")
     parser.add_argument("--embeddings", type=Path, help="embeddings of the context's images, or for a known "
@@ -1358,7 +1358,10 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out
     with atomic_dir(out, "steer.json", "steering") as tmp:
         generate, world = _generator(args.generator, model.fitted_.embedding_dim, tmp)
-        label, state, rated, ratings = _resolve_user(args, model, world)
+        if args.objective == "population" and args.user is None and args.context is None:
+            label, state, rated, ratings = "population", None, None, None  # the head steers for no one person
+        else:
+            label, state, rated, ratings = _resolve_user(args, model, world)
         effects = _phrase_effects(args, vocab, generate, model.fitted_.embedding_dim)
         if effects is not None and args.history is not None:
             effects.save(tmp / "phrase_effects.npz")
@@ -1375,15 +1378,16 @@ def main(argv: list[str] | None = None) -> int:
             if edge.fit_sha256 != model.fitted_.digest():
                 raise InputError(args.scorer, f"is the export of another fit than {args.model}: export that model "
                                               "(pamela_lite.export) and pass its scorer")
-            draws = posterior.sample(args.samples, np.random.default_rng(args.seed)) if posterior else np.empty((0, len(state)))
-            personal = EdgeObjective(edge, np.vstack([state, draws]))
-            # The graph scores people; the population head is the model's own (exact) term.
-            population = PopulationObjective(model)
-        else:
-            personal = PersonalObjective(model, state, posterior, args.samples, args.seed)
-            population = PopulationObjective(model)
-        objectives = {"personal": [personal], "population": [population],
-                      "both": [personal, population]}[args.objective]
+        # The population head is the model's own (exact) term, whichever scorer scores people.
+        objectives = [PopulationObjective(model)] if args.objective != "personal" else []
+        if args.objective != "population":
+            if args.scorer is not None:
+                draws = (posterior.sample(args.samples, np.random.default_rng(args.seed)) if posterior
+                         else np.empty((0, len(state))))
+                personal = EdgeObjective(edge, np.vstack([state, draws]))
+            else:
+                personal = PersonalObjective(model, state, posterior, args.samples, args.seed)
+            objectives.insert(0, personal)
         if posterior is None and args.objective != "population":  # after every input check: errors stay one line
             print(f"warning: no ratings of {label!r} at hand, so no spread over their taste"
                   + (": the bandit samples only seed noise" if args.method == "thompson" else "")

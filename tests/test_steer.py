@@ -265,6 +265,21 @@ def test_cli_stub_generator_writes_the_trajectory(fitted, tmp_path):
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["steer.json"]
 
 
+def test_cli_population_objective_needs_no_person(fitted, tmp_path):
+    out = cli("steer", "--model", fitted.save(tmp_path / "model"), "--objective", "population", "--prompt", "a cat",
+              "--generator", "stub", "--budget", "8", "--seeds-per-prompt", "2", "--no-plot", "--quiet",
+              "--out", tmp_path / "o")
+    assert out.returncode == 0, out.stderr
+    payload = json.loads((tmp_path / "o" / "steer.json").read_text())
+    assert payload["user"] == "population" and [r["objective"] for r in payload["results"]] == ["population"]
+
+
+def test_cli_personal_objective_still_needs_a_person(fitted, tmp_path):
+    out = cli("steer", "--model", fitted.save(tmp_path / "model"), "--objective", "personal", "--prompt", "a cat",
+              "--generator", "stub", "--budget", "8", "--out", tmp_path / "o")
+    assert out.returncode == 2 and "--user ID" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
 def test_cli_known_person_gets_a_taste_spread_from_the_ratings_the_model_keeps(fitted, dataset, tmp_path):
     model = fitted.save(tmp_path / "model")
     user = fitted.users_[0]
