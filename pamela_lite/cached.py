@@ -300,6 +300,8 @@ class CachedScoring:
         embeddings = np.atleast_2d(np.asarray(embeddings, dtype=np.float32))
         if embeddings.shape[1] != self.embedding_dim:
             raise ValueError(f"embeddings must have shape (N, {self.embedding_dim}), not {embeddings.shape}")
+        if not np.isfinite(embeddings).all():  # a NaN embedding would make a NaN feature row, cached for good
+            raise ValueError("embeddings hold NaN or infinite values: cache only finite vectors")
         ids = np.arange(len(embeddings)) if image_ids is None else np.asarray(image_ids)
         if len(ids) != len(embeddings):
             raise ValueError(f"{len(ids)} image ids for {len(embeddings)} embeddings")
@@ -320,6 +322,8 @@ class CachedScoring:
         states = np.atleast_2d(np.asarray(states, dtype=np.float32))
         if states.shape[1] != self.state_dim or len(states) not in (1, len(features)):
             raise ValueError(f"states must have shape (1 or {len(features)}, {self.state_dim}), not {states.shape}")
+        if not np.isfinite(states).all():
+            raise ValueError("states hold NaN or infinite values: score only finite vectors")
         return self.stages.score(features, states, clip)
 
     def top_k_cached(self, user, cache: FeatureCache, k: int = 10,

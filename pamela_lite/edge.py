@@ -47,6 +47,17 @@ class UnknownUsers(KeyError):
         super().__init__(f"{len(users)} user(s) not known to this scorer: {shown}; fold them in from their ratings")
 
 
+def check_finite(values: np.ndarray, what: str) -> np.ndarray:
+    """`values` unchanged, or ValueError naming the rows with NaN or inf (onnxruntime would score
+    them silently: a NaN embedding gives a NaN score, or whatever the trees make of a missing value)."""
+    if values.size and not np.isfinite(values).all():
+        bad = np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1)) if values.ndim > 1 else []
+        rows = ("" if values.ndim < 2 else f" in {len(bad)} row(s) ({', '.join(map(str, bad[:5]))}"
+                + (" ..." if len(bad) > 5 else "") + ")")
+        raise ValueError(f"{what} hold NaN or infinite values{rows}: score only finite vectors")
+    return values
+
+
 def session_options(threads: int = 1) -> ort.SessionOptions:
     """onnxruntime settings for latency-bound scoring (see the module docstring)."""
     options = ort.SessionOptions()
@@ -138,7 +149,7 @@ class EdgeScorer(CachedScoring):
         if isinstance(user, np.ndarray):
             if user.shape != (self.state_dim,):
                 raise ValueError(f"a user state has shape ({self.state_dim},), not {user.shape}")
-            return user.astype(np.float32)
+            return check_finite(user.astype(np.float32), "the user state")
         return self.states_of([user])[0]
 
     def states_of(self, user_ids) -> np.ndarray:
@@ -167,7 +178,7 @@ class EdgeScorer(CachedScoring):
         if embeddings.size and (embeddings.ndim > 2 or embeddings.shape[-1] != self.embedding_dim):
             raise ValueError(f"embeddings must have shape (k, {self.embedding_dim}), or ({self.embedding_dim},) for "
                              f"one image, not {embeddings.shape}")
-        embeddings = embeddings.reshape(-1, self.embedding_dim)
+        embeddings = check_finite(embeddings.reshape(-1, self.embedding_dim), "the rated images' embeddings")
         ratings = check_ratings(ratings, *self.scale)  # the rule the command-line tools apply too
         if len(ratings) != len(embeddings):
             raise ValueError(f"{len(embeddings)} embeddings but {len(ratings)} ratings")
@@ -181,7 +192,8 @@ class EdgeScorer(CachedScoring):
         """One person's raw event rows, aggregated as the Python fold-in aggregates a table."""
         if self.fitted.events is None:
             raise ValueError("this scorer was fitted without events: it has no event weights")
-        emb = np.asarray(event_embeddings, dtype=np.float32).reshape(-1, self.embedding_dim)
+        emb = check_finite(np.asarray(event_embeddings, dtype=np.float32).reshape(-1, self.embedding_dim),
+                           "the event embeddings")
         names = np.asarray(events)
         if len(names) != len(emb) or (sessions is not None and len(sessions) != len(emb)):
             raise ValueError(f"{len(emb)} event embeddings but {len(names)} events"
@@ -198,11 +210,22 @@ class EdgeScorer(CachedScoring):
         return EventRows(np.zeros(len(evidence), dtype=np.int64), groups.astype(np.int64), evidence,
                          rows.astype(np.float32))
 
-    def add_user(self, user_id: str, state: np.ndarray) -> None:
-        """Remember a folded-in user under an id (in memory)."""
-        state = self.state(np.asarray(state))
-        self._row[str(user_id)] = len(self.user_ids)
-        self.user_ids.append(str(user_id))
+    def add_user(self, user_id: str, state: np.ndarray, replace: bool = False) -> None:
+        """Remember a folded-in user under an id (in memory).
+
+        An id the scorer already knows is refused unless ``replace=True`` (then its state is
+        replaced): quietly shadowing a known person would score them as someone else.
+        """
+        state, user_id = self.state(np.asarray(state)), str(user_id)
+        if user_id in self._row:
+            if not replace:
+                raise ValueError(f"user {user_id!r} is already known to this scorer: pass replace=True to replace "
+                                 "their state, or choose another id")
+            self.states = self.states.copy()  # the users file's array may be read-only
+            self.states[self._row[user_id]] = state
+            return
+        self._row[user_id] = len(self.user_ids)
+        self.user_ids.append(user_id)
         self.states = np.vstack([self.states, state[None, :]])
 
     # ------------------------------------------------------------------ scoring
@@ -218,6 +241,8 @@ class EdgeScorer(CachedScoring):
             raise ValueError(f"embeddings must have shape (N, {self.embedding_dim}), not {embeddings.shape}")
         if states.shape != (embeddings.shape[0], self.state_dim):
             raise ValueError(f"states must have shape ({embeddings.shape[0]}, {self.state_dim}), not {states.shape}")
+        check_finite(embeddings, "embeddings")
+        check_finite(states, "states")
         return self.session.run(["score" if clip else "utility"], {"embedding": embeddings, "user_state": states})[0]
 
     def score_user(self, user: str | np.ndarray, embeddings: np.ndarray, clip: bool = True) -> np.ndarray:

@@ -76,7 +76,7 @@ def fold_in_context(scorer: EdgeScorer, path: Path, embeddings: Embeddings, refi
         first = part.row(0, named=True)
         state = scorer.fold_in(embeddings.matrix[part["_row"].to_numpy()], part["rating"].to_numpy(),
                                age=first.get("age"), gender=first.get("gender"), nationality=first.get("nationality"))
-        scorer.add_user(str(user), state)
+        scorer.add_user(str(user), state, replace=refit_known)
 
 
 def user_states(scorer: EdgeScorer, ids: pl.Series, source: Path) -> np.ndarray:

@@ -253,3 +253,39 @@ def test_a_device_fold_in_names_the_shape_it_needs(exported):
     edge = EdgeScorer(exported)
     with pytest.raises(ValueError, match=rf"embeddings must have shape \(k, {edge.embedding_dim}\)"):
         edge.fold_in(np.zeros((2, 10), dtype=np.float32), np.array([3.0, 4.0]))
+
+
+def test_device_scoring_refuses_a_nan_embedding_naming_its_row(fitted, dataset, exported):
+    # onnxruntime scored it silently (a NaN score, or what the trees make of a missing value)
+    edge = EdgeScorer(exported)
+    gallery = dataset.embeddings.matrix[:4].copy()
+    gallery[2, 5] = np.nan
+    with pytest.raises(ValueError, match=r"embeddings hold NaN or infinite values in 1 row\(s\) \(2\)"):
+        edge.score_user(str(fitted.users_[0]), gallery)
+
+
+@pytest.mark.parametrize("where", ["state", "fold_in", "cache"])
+def test_device_refuses_non_finite_states_and_fold_in_embeddings(fitted, dataset, exported, where):
+    edge = EdgeScorer(exported)
+    bad = dataset.embeddings.matrix[:3].copy()
+    bad[0, 0] = np.inf
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        if where == "state":
+            edge.score_user(np.full(edge.state_dim, np.nan, dtype=np.float32), dataset.embeddings.matrix[:3])
+        elif where == "fold_in":
+            edge.fold_in(bad, np.array([3.0, 4.0, 5.0]))
+        else:
+            edge.cache_features(bad)
+
+
+def test_add_user_refuses_a_known_id_unless_told_to_replace(fitted, exported):
+    # it once appended a second row under the same id: user_ids listed the person twice
+    edge = EdgeScorer(exported)
+    known, n = str(fitted.users_[0]), len(edge.user_ids)
+    new_state = edge.states[1].copy()
+    with pytest.raises(ValueError, match="already known"):
+        edge.add_user(known, new_state)
+    edge.add_user(known, new_state, replace=True)
+    assert len(edge.user_ids) == n and np.array_equal(edge.state(known), new_state)
+    edge.add_user("someone new", new_state)
+    assert edge.user_ids[-1] == "someone new" and len(edge.states) == n + 1
