@@ -34,7 +34,7 @@ COMMANDS = {
 
 def usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = ["usage: pamela-lite COMMAND [ARGS ...]   (pamela-lite COMMAND --help for its arguments)", "",
+    lines = ["usage: pamela-lite COMMAND [ARGS ...]   (pamela-lite COMMAND --help for its arguments; --version)", "",
              "Predict how much one particular person will like an image.", "", "commands:"]
     lines += [f"  {name:<{width}}  {text}" for name, (text, _) in COMMANDS.items()]
     lines += ["", "example:", "  " + COMMANDS["fit"][1]]
@@ -43,9 +43,17 @@ def usage() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ("-h", "--help"):
+    if argv[:1] in (["-h"], ["--help"]):
         print(usage())
-        return 0 if argv else 2
+        return 0
+    if argv[:1] in (["-V"], ["--version"]):
+        from . import __version__
+
+        print(f"pamela_lite {__version__}")
+        return 0
+    if not argv:  # a usage error: the usage goes where errors go, so a pipe does not take it for output
+        print(usage(), file=sys.stderr)
+        return 2
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         print(f"error: unknown command {command!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)

@@ -54,7 +54,14 @@ class _HelpFormatterDefaults(argparse.ArgumentDefaultsHelpFormatter, argparse.Ra
 
 class Parser(argparse.ArgumentParser):
     """argparse with a usage error on one line, exit 2 (the rule for every bad input): the usage
-    block argparse prints first would bury the one line that says what is wrong; --help shows it."""
+    block argparse prints first would bury the one line that says what is wrong; --help shows it.
+    Every tool answers ``--version``."""
+
+    def __init__(self, *args, **kwargs):
+        from . import __version__
+
+        super().__init__(*args, **kwargs)
+        self.add_argument("--version", action="version", version=f"pamela_lite {__version__}")
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_INPUT, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")

@@ -374,3 +374,20 @@ def test_a_seed_no_library_takes_is_refused_in_one_line(tool, seed, capsys):
         import_module(f"pamela_lite.{tool}").main(["--seed", seed])
     err = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == 2 and len(err) == 1 and f"takes a whole number from 0 to 4294967295, not {seed}" in err[0]
+
+
+def test_console_without_a_command_is_a_usage_error_on_stderr(capsys):
+    # the usage went to stdout with exit 2: a pipe took it for output
+    from pamela_lite import __main__ as console
+
+    assert console.main([]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("usage: pamela-lite COMMAND")
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["fit", "--version"], ["demo", "--version"]])
+def test_every_front_door_answers_version(argv):
+    from pamela_lite import __version__
+
+    out = subprocess.run([sys.executable, "-m", "pamela_lite", *argv], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == f"pamela_lite {__version__}", out.stderr
