@@ -322,9 +322,9 @@ class CachedScoring:
         states = np.atleast_2d(np.asarray(states, dtype=np.float32))
         if states.shape[1] != self.state_dim or len(states) not in (1, len(features)):
             raise ValueError(f"states must have shape (1 or {len(features)}, {self.state_dim}), not {states.shape}")
-        if not np.isfinite(states).all():
-            raise ValueError("states hold NaN or infinite values: score only finite vectors")
-        return self.stages.score(features, states, clip)
+        out = self.stages.score(features, states, clip)
+        _refuse_non_finite(out, states)
+        return out
 
     def top_k_cached(self, user, cache: FeatureCache, k: int = 10,
                      candidates: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -332,5 +332,14 @@ class CachedScoring:
         check_k(k)
         if candidates is not None and candidates < 1:
             raise ValueError(f"candidates must be >= 1, not {candidates}")
-        best, utility = self.stages.top_k(self.state(user), cache, k, candidates)
+        state = self.state(user)
+        best, utility = self.stages.top_k(state, cache, k, candidates)
+        _refuse_non_finite(utility, state)
         return best, np.clip(utility, *self.scale)
+
+
+def _refuse_non_finite(scores: np.ndarray, states: np.ndarray) -> None:
+    """ValueError when NaN scores come from a NaN/inf state (onnxruntime scores them silently;
+    the cache's features were checked when it was written, so the states are what is left)."""
+    if np.isnan(scores).any() and not np.isfinite(states).all():
+        raise ValueError("the user state(s) hold NaN or infinite values: score only finite vectors")

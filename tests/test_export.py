@@ -264,7 +264,7 @@ def test_device_scoring_refuses_a_nan_embedding_naming_its_row(fitted, dataset, 
         edge.score_user(str(fitted.users_[0]), gallery)
 
 
-@pytest.mark.parametrize("where", ["state", "fold_in", "cache"])
+@pytest.mark.parametrize("where", ["state", "fold_in", "cache", "cached_state"])
 def test_device_refuses_non_finite_states_and_fold_in_embeddings(fitted, dataset, exported, where):
     edge = EdgeScorer(exported)
     bad = dataset.embeddings.matrix[:3].copy()
@@ -274,8 +274,11 @@ def test_device_refuses_non_finite_states_and_fold_in_embeddings(fitted, dataset
             edge.score_user(np.full(edge.state_dim, np.nan, dtype=np.float32), dataset.embeddings.matrix[:3])
         elif where == "fold_in":
             edge.fold_in(bad, np.array([3.0, 4.0, 5.0]))
-        else:
+        elif where == "cache":
             edge.cache_features(bad)
+        else:
+            cache = edge.cache_features(dataset.embeddings.matrix[:20])
+            edge.top_k(np.full(edge.state_dim, np.nan, dtype=np.float32), cache, k=3)
 
 
 def test_add_user_refuses_a_known_id_unless_told_to_replace(fitted, exported):
