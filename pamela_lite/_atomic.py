@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -71,16 +73,32 @@ def atomic_dir(path: str | Path, marker: str, kind: str) -> Iterator[Path]:
     _respect_umask(tmp, directory=True)
     try:
         yield tmp
-        if path.exists():
+        if not path.exists():
+            os.replace(tmp, path)
+        elif not _exchange(tmp, path):  # the old folder is now at tmp, removed below
+            # Two renames: a kill between them leaves no folder at `path` (the old one is kept
+            # in a hidden .old folder beside it), which is why the one-step exchange comes first.
             old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
             os.replace(path, old / "previous")
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 with RENAME_EXCHANGE): no moment in which
+    either is missing. False, having changed nothing, where the system or file system lacks it."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # a libc without it (glibc < 2.28, musl before 1.2.5)
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_cwd, rename_exchange = -100, 2  # AT_FDCWD, RENAME_EXCHANGE from <fcntl.h> and <linux/fs.h>
+    return renameat2(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), rename_exchange) == 0
 
 
 def carry_over(old: str | Path, new: Path, exclude: tuple[str, ...] = ()) -> None:

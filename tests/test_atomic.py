@@ -1,0 +1,56 @@
+"""Atomic outputs: a folder is replaced whole or not at all."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from pamela_lite import _atomic
+from pamela_lite._atomic import atomic_dir
+
+
+def _model(path, text):
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "model.json").write_text(text)
+
+
+def test_a_finished_folder_replaces_the_old_one_and_leaves_nothing_beside_it(tmp_path):
+    _model(tmp_path / "m", "old")
+    with atomic_dir(tmp_path / "m", "model.json", "model") as tmp:
+        (tmp / "model.json").write_text("new")
+    assert (tmp_path / "m" / "model.json").read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]
+
+
+def test_an_error_while_writing_keeps_the_old_folder(tmp_path):
+    _model(tmp_path / "m", "old")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(tmp_path / "m", "model.json", "model") as tmp:
+            (tmp / "model.json").write_text("half")
+            raise RuntimeError("crash mid-write")
+    assert (tmp_path / "m" / "model.json").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the one-step exchange is Linux's renameat2")
+def test_the_swap_is_one_step_so_the_folder_is_never_missing(tmp_path, monkeypatch):
+    # With two renames a kill between them left no folder at the path; the swap no longer renames.
+    _model(tmp_path / "m", "old")
+
+    def killed(*args):
+        raise RuntimeError("killed between the renames")
+
+    monkeypatch.setattr(_atomic.os, "replace", killed)
+    with atomic_dir(tmp_path / "m", "model.json", "model") as tmp:
+        (tmp / "model.json").write_text("new")
+    assert (tmp_path / "m" / "model.json").read_text() == "new"
+
+
+def test_where_the_exchange_is_missing_two_renames_still_replace_the_folder(tmp_path, monkeypatch):
+    _model(tmp_path / "m", "old")
+    monkeypatch.setattr(_atomic, "_exchange", lambda a, b: False)
+    with atomic_dir(tmp_path / "m", "model.json", "model") as tmp:
+        (tmp / "model.json").write_text("new")
+    assert (tmp_path / "m" / "model.json").read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]
