@@ -119,6 +119,13 @@ def check_k(k) -> None:
         raise ValueError(f"k must be a whole number >= 1, not {k!r}")
 
 
+def check_candidates(candidates) -> None:
+    """The retrieval mode's M: None (exact ranking) or a whole number of at least 1."""
+    if candidates is not None and (isinstance(candidates, bool) or not isinstance(candidates, (int, np.integer))
+                                   or candidates < 1):
+        raise ValueError(f"candidates must be None or a whole number >= 1, not {candidates!r}")
+
+
 def is_feature_cache(path: str | Path) -> bool:
     """Whether `path` holds a feature cache's members (any version): what cache --out may replace."""
     try:
@@ -301,7 +308,7 @@ class CachedScoring:
         if embeddings.shape[1] != self.embedding_dim:
             raise ValueError(f"embeddings must have shape (N, {self.embedding_dim}), not {embeddings.shape}")
         if not np.isfinite(embeddings).all():  # a NaN embedding would make a NaN feature row, cached for good
-            raise ValueError("embeddings hold NaN or infinite values: cache only finite vectors")
+            raise ValueError("embeddings: NaN or infinite values; only finite vectors can be cached")
         ids = np.arange(len(embeddings)) if image_ids is None else np.asarray(image_ids)
         if len(ids) != len(embeddings):
             raise ValueError(f"{len(ids)} image ids for {len(embeddings)} embeddings")
@@ -316,9 +323,17 @@ class CachedScoring:
 
     def score_cached(self, cache: FeatureCache | np.ndarray, states: np.ndarray, clip: bool = True) -> np.ndarray:
         """Scores of cached images for states (N, S), or one state (S,) / (1, S) for all of them."""
-        features = cache.features if isinstance(cache, FeatureCache) else np.asarray(cache)
         if isinstance(cache, FeatureCache):
             self.stages.check(cache)
+            features = cache.features
+        else:  # raw feature rows, as cache_features computes them: checked here, the cache's were when written
+            features = np.asarray(cache)
+            n_features = self.stages.n_features
+            if features.ndim != 2 or features.shape[1] != n_features:
+                raise ValueError(f"features must have shape (N, {n_features}) (rows of a feature cache), "
+                                 f"not {features.shape}")
+            if not np.isfinite(features).all():
+                raise ValueError("features: NaN or infinite values; only finite vectors can be scored")
         states = np.atleast_2d(np.asarray(states, dtype=np.float32))
         if states.shape[1] != self.state_dim or len(states) not in (1, len(features)):
             raise ValueError(f"states must have shape (1 or {len(features)}, {self.state_dim}), not {states.shape}")
@@ -330,8 +345,7 @@ class CachedScoring:
                      candidates: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Rows of the user's k best cached images, best first, and their scores (see TwoStage.top_k)."""
         check_k(k)
-        if candidates is not None and candidates < 1:
-            raise ValueError(f"candidates must be >= 1, not {candidates}")
+        check_candidates(candidates)
         state = self.state(user)
         best, utility = self.stages.top_k(state, cache, k, candidates)
         _refuse_non_finite(utility, state)
@@ -342,4 +356,4 @@ def _refuse_non_finite(scores: np.ndarray, states: np.ndarray) -> None:
     """ValueError when NaN scores come from a NaN/inf state (onnxruntime scores them silently;
     the cache's features were checked when it was written, so the states are what is left)."""
     if np.isnan(scores).any() and not np.isfinite(states).all():
-        raise ValueError("the user state(s) hold NaN or infinite values: score only finite vectors")
+        raise ValueError("the user state(s): NaN or infinite values; only finite vectors can be scored")

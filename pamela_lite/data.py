@@ -26,7 +26,7 @@ import numpy as np
 import polars as pl
 
 from .errors import InputError, preview
-from .rules import not_whole
+from .rules import AGE_OPEN, AGE_RANGE, MAX_AGE, not_whole
 
 log = logging.getLogger("pamela_lite")
 
@@ -291,13 +291,9 @@ def _ids(frame: pl.DataFrame, source) -> pl.DataFrame:
     return frame
 
 
-AGE_RANGE = r"^\s*(\d+(?:\.\d+)?)\s*(?:-|–|to)\s*(\d+(?:\.\d+)?)\s*$"
-AGE_OPEN = r"^\s*(\d+(?:\.\d+)?)\s*\+\s*$"
-MAX_AGE = 120  # an age beyond it is a typo or a unit mix-up, and would extrapolate the demographic prior
-
-
 def _age_years(frame: pl.DataFrame, col: str) -> pl.Expr:
-    """Age in years from a number, "34", a range such as "25-34" (its midpoint) or "65+" (65)."""
+    """Age in years from a number, "34", a range such as "25-34" (its midpoint) or "65+" (65): the
+    rule of :func:`pamela_lite.rules.age_years`, over a column."""
     dtype = frame.schema[col]
     if dtype.is_numeric():
         return pl.col(col).cast(pl.Float64)

@@ -26,16 +26,17 @@ spinning, so an idle scorer does not burn a core between calls.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from .cached import CachedScoring, FeatureCache, check_k
+from .cached import CachedScoring, FeatureCache, check_candidates, check_k
 from .errors import InputError
 from .event_channel import EventRows, aggregate
 from .fitted import FittedScorer, read_users
-from .rules import check_ratings
+from .rules import age_years, check_ratings
 
 
 class UnknownUsers(KeyError):
@@ -54,8 +55,17 @@ def check_finite(values: np.ndarray, what: str) -> np.ndarray:
         bad = np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1)) if values.ndim > 1 else []
         rows = ("" if values.ndim < 2 else f" in {len(bad)} row(s) ({', '.join(map(str, bad[:5]))}"
                 + (" ..." if len(bad) > 5 else "") + ")")
-        raise ValueError(f"{what} hold NaN or infinite values{rows}: score only finite vectors")
+        raise ValueError(f"{what}: NaN or infinite values{rows}; only finite vectors can be scored")
     return values
+
+
+def float32_array(values, what: str, dim: int) -> np.ndarray:
+    """`values` as a float32 array; ValueError (not numpy's) for ragged rows or non-numbers."""
+    try:
+        return np.asarray(values, dtype=np.float32)
+    except (ValueError, TypeError):
+        raise ValueError(f"{what} must be numbers of one length ({dim}) per image: rows of different lengths "
+                         "or non-numeric values were given") from None
 
 
 def session_options(threads: int = 1) -> ort.SessionOptions:
@@ -102,9 +112,17 @@ class EdgeScorer(CachedScoring):
         scorer_path = Path(scorer_path)
         if not scorer_path.exists():
             raise FileNotFoundError(f"{scorer_path}: no such scorer file")
-        self.scorer_path, self.session_options = scorer_path, session_options(threads)
-        self.session = ort.InferenceSession(str(scorer_path), self.session_options,
-                                            providers=["CPUExecutionProvider"])
+        if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+            raise ValueError(f"threads must be a whole number >= 1, not {threads!r}")
+        if scorer_path.is_dir():
+            raise ValueError(f"{scorer_path}: is a folder; pass the .onnx file python -m pamela_lite.export wrote")
+        self.scorer_path, self.session_options = scorer_path, session_options(int(threads))
+        try:
+            self.session = ort.InferenceSession(str(scorer_path), self.session_options,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime's own error types (InvalidProtobuf, ...) for a file that is no graph
+            raise ValueError(f"{scorer_path}: not an exported scorer (onnxruntime cannot load it: "
+                             f"{str(err).splitlines()[0][:160]})") from None
         sidecar = Path(users) if users else users_path(scorer_path)
         if not sidecar.exists():
             raise FileNotFoundError(f"{sidecar}: no users file beside the scorer (written by pamela_lite.export)")
@@ -146,6 +164,8 @@ class EdgeScorer(CachedScoring):
 
     def state(self, user: str | np.ndarray) -> np.ndarray:
         """The state vector of a known user id, or `user` itself when it is already a state."""
+        if isinstance(user, (list, tuple)):  # a state written out as numbers (an id is never a list)
+            user = np.asarray(user, dtype=np.float32)
         if isinstance(user, np.ndarray):
             if user.shape != (self.state_dim,):
                 raise ValueError(f"a user state has shape ({self.state_dim},), not {user.shape}")
@@ -160,41 +180,62 @@ class EdgeScorer(CachedScoring):
             raise UnknownUsers(unknown)
         return self.states[[self._row[u] for u in ids]]
 
-    def fold_in(self, embeddings: np.ndarray, ratings: np.ndarray, age: float | None = None,
+    def fold_in(self, embeddings: np.ndarray | None, ratings: np.ndarray | None, age: float | str | None = None,
                 gender: str | None = None, nationality: str | None = None, event_embeddings: np.ndarray | None = None,
                 events=None, sessions=None) -> np.ndarray:
         """A new person's state from k (embedding, rating) pairs, events and optional demographics.
 
-        k = 0 (empty arrays) and no events gives the demographic prior. `events` are event names
-        (or signed numeric weights), one per row of `event_embeddings` (the image acted on or
-        shown; a shown-and-ignored image is a "view"); `sessions` (optional, one per row) say
-        which images were shown together. Same arithmetic as ``PersonalScorer.fold_in`` with
-        ``events=``; no refit, no re-export.
+        k = 0 (empty arrays, or None) and no events gives the demographic prior. `age` is years
+        or a range such as "25-34" (the command line's rule, :func:`pamela_lite.rules.age_years`);
+        a gender or nationality the model was not fitted with counts as unknown, with a warning
+        (see :attr:`demographic_values`). `events` are event names (or signed numeric weights),
+        one per row of `event_embeddings` (the image acted on or shown; a shown-and-ignored image
+        is a "view"); `sessions` (optional, one per row) say which images were shown together.
+        Same arithmetic as ``PersonalScorer.fold_in`` with ``events=``; no refit, no re-export.
         """
+        ratings = [] if ratings is None else ratings
         if np.size(ratings) and self.fitted.events_only:
             raise ValueError("this scorer was fitted on events alone (its scores are preferences, not ratings): "
                              "fold a person in from their events")
-        embeddings = np.asarray(embeddings, dtype=np.float32)
-        if embeddings.size and (embeddings.ndim > 2 or embeddings.shape[-1] != self.embedding_dim):
-            raise ValueError(f"embeddings must have shape (k, {self.embedding_dim}), or ({self.embedding_dim},) for "
-                             f"one image, not {embeddings.shape}")
-        embeddings = check_finite(embeddings.reshape(-1, self.embedding_dim), "the rated images' embeddings")
+        embeddings = self._embedding_rows(embeddings, "embeddings")
         ratings = check_ratings(ratings, *self.scale)  # the rule the command-line tools apply too
         if len(ratings) != len(embeddings):
             raise ValueError(f"{len(embeddings)} embeddings but {len(ratings)} ratings")
+        age = age_years(age)
+        self._warn_unknown_demographics(gender, nationality)
         rows = None
+        events = None if events is None else np.atleast_1d(np.asarray(events))
         if events is not None and len(events):
             rows = self._event_rows(event_embeddings, events, sessions)
+        elif event_embeddings is not None and np.size(event_embeddings):
+            raise ValueError("event_embeddings given without events: pass one event name per row")
         return self.fitted.fold_in(np.zeros(len(ratings), dtype=np.int64), 1, ratings, embeddings,
                                    [age], [gender], [nationality], events=rows)[0]
 
-    def _event_rows(self, event_embeddings, events, sessions) -> EventRows:
+    def _embedding_rows(self, values, what: str) -> np.ndarray:
+        """`values` as finite float32 rows (k, D): one embedding (D,), several (k, D), or none."""
+        rows = float32_array([] if values is None else values, what, self.embedding_dim)
+        if rows.size and (rows.ndim > 2 or rows.shape[-1] != self.embedding_dim):
+            raise ValueError(f"{what} must have shape (k, {self.embedding_dim}), or ({self.embedding_dim},) for "
+                             f"one image, not {rows.shape}")
+        return check_finite(rows.reshape(-1, self.embedding_dim), what)
+
+    def _warn_unknown_demographics(self, gender, nationality) -> None:
+        for name, value in (("gender", gender), ("nationality", nationality)):
+            known = self.demographic_values[name]
+            if value is not None and str(value) not in known:
+                warnings.warn(f"{name} {value!r} was not seen at fit time and counts as unknown (known: "
+                              f"{', '.join(known[:8])}{' ...' if len(known) > 8 else ''})", stacklevel=3)
+
+    def _event_rows(self, event_embeddings, events: np.ndarray, sessions) -> EventRows:
         """One person's raw event rows, aggregated as the Python fold-in aggregates a table."""
         if self.fitted.events is None:
             raise ValueError("this scorer was fitted without events: it has no event weights")
-        emb = check_finite(np.asarray(event_embeddings, dtype=np.float32).reshape(-1, self.embedding_dim),
-                           "the event embeddings")
-        names = np.asarray(events)
+        if event_embeddings is None:
+            raise ValueError(f"{len(events)} events but no event_embeddings: pass the embedding of the image "
+                             "each event is about, one row per event")
+        emb = self._embedding_rows(event_embeddings, "event_embeddings")
+        names = events
         if len(names) != len(emb) or (sessions is not None and len(sessions) != len(emb)):
             raise ValueError(f"{len(emb)} event embeddings but {len(names)} events"
                              + ("" if sessions is None else f" and {len(sessions)} sessions"))
@@ -235,12 +276,15 @@ class EdgeScorer(CachedScoring):
 
         ``clip=False`` gives the utility before clipping to the rating scale (for ranking).
         """
-        embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
-        states = np.ascontiguousarray(states, dtype=np.float32)
+        embeddings = np.ascontiguousarray(float32_array(embeddings, "embeddings", self.embedding_dim))
+        states = np.ascontiguousarray(float32_array(states, "states", self.state_dim))
         if embeddings.ndim != 2 or embeddings.shape[1] != self.embedding_dim:
             raise ValueError(f"embeddings must have shape (N, {self.embedding_dim}), not {embeddings.shape}")
+        if states.shape == (1, self.state_dim):  # one state for every image, as score_cached takes it
+            states = np.ascontiguousarray(np.broadcast_to(states, (embeddings.shape[0], self.state_dim)))
         if states.shape != (embeddings.shape[0], self.state_dim):
-            raise ValueError(f"states must have shape ({embeddings.shape[0]}, {self.state_dim}), not {states.shape}")
+            raise ValueError(f"states must have shape ({embeddings.shape[0]}, {self.state_dim}) or "
+                             f"(1, {self.state_dim}), not {states.shape}")
         out = self.session.run(["score" if clip else "utility"], {"embedding": embeddings, "user_state": states})[0]
         if np.isnan(out).any():  # onnxruntime scores NaN/inf inputs; checking the N outputs costs ~1 µs, N x D more
             check_finite(embeddings, "embeddings")
@@ -251,7 +295,7 @@ class EdgeScorer(CachedScoring):
         """Scores of one user (id or state) for each embedding row (or each image of a feature cache)."""
         if isinstance(embeddings, FeatureCache):
             return self.score_cached(embeddings, self.state(user), clip)
-        embeddings = np.atleast_2d(np.asarray(embeddings, dtype=np.float32))
+        embeddings = np.atleast_2d(float32_array(embeddings, "embeddings", self.embedding_dim))
         states = np.broadcast_to(self.state(user), (embeddings.shape[0], self.state_dim))
         return self.score(embeddings, states, clip)
 
@@ -262,9 +306,10 @@ class EdgeScorer(CachedScoring):
         Ranked by the unclipped utility: images the model rates above the top of the scale
         still come out in order instead of as a tie. A feature cache is ranked with the
         two-stage graphs; with it, `candidates` M turns on the retrieval mode (linear part over
-        the whole catalogue, trees on its best M only).
+        the whole catalogue, trees on its best M only). A plain gallery is always ranked exactly.
         """
         check_k(k)
+        check_candidates(candidates)
         if isinstance(embeddings, FeatureCache):
             return self.top_k_cached(user, embeddings, k, candidates)
         utility = self.score_user(user, embeddings, clip=False)

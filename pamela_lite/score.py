@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -74,8 +75,11 @@ def fold_in_context(scorer: EdgeScorer, path: Path, embeddings: Embeddings, refi
     frame = frame.with_columns(_row=pl.Series(rows))
     for (user,), part in frame.group_by("participant_id", maintain_order=True):
         first = part.row(0, named=True)
-        state = scorer.fold_in(embeddings.matrix[part["_row"].to_numpy()], part["rating"].to_numpy(),
-                               age=first.get("age"), gender=first.get("gender"), nationality=first.get("nationality"))
+        with warnings.catch_warnings():  # unknown demographics were listed above, once for the file
+            warnings.simplefilter("ignore", UserWarning)
+            state = scorer.fold_in(embeddings.matrix[part["_row"].to_numpy()], part["rating"].to_numpy(),
+                                   age=first.get("age"), gender=first.get("gender"),
+                                   nationality=first.get("nationality"))
         scorer.add_user(str(user), state, replace=refit_known)
 
 

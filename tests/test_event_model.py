@@ -194,6 +194,31 @@ def test_device_counts_a_repeated_event_row_once(small, tmp_path):
     np.testing.assert_allclose(once, twice, rtol=1e-6)
 
 
+@pytest.mark.parametrize("kwargs, problem", [
+    ({"event_embeddings": "half", "events": ["view", "download"]}, r"must have shape \(k, "),  # once: garbage rows
+    ({"events": ["view", "download"]}, "no event_embeddings"),  # once: numpy's reshape error
+    ({"event_embeddings": "two"}, "without events"),  # once: ignored, the prior came back
+])
+def test_device_event_fold_in_names_what_is_wrong(small, tmp_path, kwargs, problem):
+    _, data, model, _ = small
+    export(model, tmp_path / "scorer.onnx")
+    edge = EdgeScorer(tmp_path / "scorer.onnx")
+    rows = data.embeddings.matrix[:4]
+    given = {"half": rows[:, : rows.shape[1] // 2], "two": rows[:2]}
+    kwargs = {k: given.get(v, v) if isinstance(v, str) else v for k, v in kwargs.items()}
+    with pytest.raises(ValueError, match=problem):
+        edge.fold_in([], [], **kwargs)
+
+
+def test_device_takes_one_event_as_a_name_and_an_embedding(small, tmp_path):
+    _, data, model, _ = small
+    export(model, tmp_path / "scorer.onnx")
+    edge = EdgeScorer(tmp_path / "scorer.onnx")
+    one = edge.fold_in([], [], event_embeddings=data.embeddings.matrix[0], events="download")
+    listed = edge.fold_in([], [], event_embeddings=data.embeddings.matrix[:1], events=["download"])
+    np.testing.assert_array_equal(one, listed)
+
+
 def test_channel_survives_the_model_folder(small, tmp_path):
     _, _, model, _ = small
     model.save(tmp_path / "m")

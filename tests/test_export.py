@@ -260,7 +260,7 @@ def test_device_scoring_refuses_a_nan_embedding_naming_its_row(fitted, dataset, 
     edge = EdgeScorer(exported)
     gallery = dataset.embeddings.matrix[:4].copy()
     gallery[2, 5] = np.nan
-    with pytest.raises(ValueError, match=r"embeddings hold NaN or infinite values in 1 row\(s\) \(2\)"):
+    with pytest.raises(ValueError, match=r"embeddings: NaN or infinite values in 1 row\(s\) \(2\)"):
         edge.score_user(str(fitted.users_[0]), gallery)
 
 
@@ -292,3 +292,85 @@ def test_add_user_refuses_a_known_id_unless_told_to_replace(fitted, exported):
     assert len(edge.user_ids) == n and np.array_equal(edge.state(known), new_state)
     edge.add_user("someone new", new_state)
     assert edge.user_ids[-1] == "someone new" and len(edge.states) == n + 1
+
+
+@pytest.mark.parametrize("age, problem", [(np.inf, "between 0 and 120"), (1e6, "between 0 and 120"),
+                                          (-5, "between 0 and 120"), ("old", "neither a number nor a range")])
+def test_device_fold_in_checks_the_age_as_the_command_line_does(dataset, exported, age, problem):
+    # inf gave a NaN state, 1e6 an absurd one, "25-34" a float() error
+    edge = EdgeScorer(exported)
+    with pytest.raises(ValueError, match=problem):
+        edge.fold_in(dataset.embeddings.matrix[:3], [3, 4, 5], age=age)
+
+
+def test_device_fold_in_reads_an_age_range_as_its_midpoint(dataset, exported):
+    edge = EdgeScorer(exported)
+    rows = dataset.embeddings.matrix[:3]
+    np.testing.assert_array_equal(edge.fold_in(rows, [3, 4, 5], age="25-35"), edge.fold_in(rows, [3, 4, 5], age=30))
+
+
+def test_device_fold_in_of_nothing_is_the_prior_and_none_counts_as_nothing(exported):
+    edge = EdgeScorer(exported)
+    np.testing.assert_array_equal(edge.fold_in(None, None, age=40), edge.fold_in([], [], age=40))
+
+
+def test_device_warns_of_a_demographic_value_it_was_not_fitted_with(dataset, exported):
+    edge = EdgeScorer(exported)
+    with pytest.warns(UserWarning, match="gender 'robot' was not seen at fit time"):
+        edge.fold_in(dataset.embeddings.matrix[:3], [3, 4, 5], gender="robot")
+
+
+def test_a_state_given_as_a_list_is_a_state_not_an_id(fitted, dataset, exported):
+    edge = EdgeScorer(exported)
+    state = edge.state(str(fitted.users_[0]))
+    gallery = dataset.embeddings.matrix[:20]
+    np.testing.assert_array_equal(edge.score_user(state.tolist(), gallery), edge.score_user(state, gallery))
+
+
+@pytest.mark.parametrize("bad", ["ragged", "folder", "not onnx", "threads"])
+def test_device_inputs_that_numpy_or_onnxruntime_would_reject_get_a_plain_message(dataset, exported, tmp_path, bad):
+    with pytest.raises(ValueError) as err:
+        if bad == "ragged":
+            rows = dataset.embeddings.matrix
+            EdgeScorer(exported).fold_in([rows[0], rows[1][:5]], [3, 4])
+        elif bad == "folder":
+            EdgeScorer(exported.parent)
+        elif bad == "not onnx":
+            (tmp_path / "scorer.onnx").write_text("not a graph")
+            EdgeScorer(tmp_path / "scorer.onnx")
+        else:
+            EdgeScorer(exported, threads=-1)
+    expected = {"ragged": "rows of different lengths", "folder": "is a folder", "not onnx": "not an exported scorer",
+                "threads": "threads must be a whole number"}[bad]
+    assert expected in str(err.value) and "\n" not in str(err.value)
+
+
+def test_score_cached_checks_raw_feature_rows(fitted, dataset, exported):
+    edge = EdgeScorer(exported)
+    features = edge.cache_features(dataset.embeddings.matrix[:5]).features
+    state = edge.state(str(fitted.users_[0]))
+    with pytest.raises(ValueError, match=r"features must have shape \(N, "):
+        edge.score_cached(features[:, :3], state)
+    with pytest.raises(ValueError, match="features: NaN or infinite"):
+        edge.score_cached(np.full_like(features, np.nan), state)
+
+
+@pytest.mark.parametrize("candidates", [0, 2.5, True])
+def test_top_k_refuses_candidates_that_are_not_a_count_on_either_path(fitted, dataset, exported, candidates):
+    edge = EdgeScorer(exported)
+    gallery = dataset.embeddings.matrix[:30]
+    for images in (gallery, edge.cache_features(gallery)):
+        with pytest.raises(ValueError, match="candidates must be None or a whole number"):
+            edge.top_k(str(fitted.users_[0]), images, k=3, candidates=candidates)
+
+
+def test_score_broadcasts_one_state_over_the_batch(fitted, dataset, exported):
+    edge = EdgeScorer(exported)
+    state = edge.state(str(fitted.users_[0]))
+    gallery = dataset.embeddings.matrix[:7]
+    np.testing.assert_array_equal(edge.score(gallery, state[None]), edge.score_user(state, gallery))
+
+
+def test_a_boolean_is_not_a_rating(dataset, exported):
+    with pytest.raises(ValueError, match="not True/False"):
+        EdgeScorer(exported).fold_in(dataset.embeddings.matrix[:2], [3, True])
