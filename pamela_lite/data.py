@@ -291,6 +291,13 @@ def _ids(frame: pl.DataFrame, source) -> pl.DataFrame:
     return frame
 
 
+def person_demographics(ratings: pl.DataFrame) -> pl.DataFrame:
+    """One row per participant (in order of appearance) with the first value each demographic
+    column has over their records: a record without demographics does not erase the others'."""
+    cols = [c for c in DEMOGRAPHICS if c in ratings.columns]
+    return ratings.group_by("participant_id", maintain_order=True).agg(pl.col(c).drop_nulls().first() for c in cols)
+
+
 def _age_years(frame: pl.DataFrame, col: str) -> pl.Expr:
     """Age in years from a number, "34", a range such as "25-34" (its midpoint) or "65+" (65): the
     rule of :func:`pamela_lite.rules.age_years`, over a column."""

@@ -63,7 +63,7 @@ from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from ._atomic import atomic_dir
-from .data import Embeddings, Scale
+from .data import Embeddings, Scale, person_demographics
 from .errors import InputError, preview
 from .catalogue import CANDIDATES as CATALOGUE_CANDIDATES
 from .catalogue import MIN_VALIDATION_ROWS, Catalogue, fit_catalogue, ridge_rows
@@ -544,7 +544,7 @@ class PersonalScorer(BaseEstimator):
 
     def _fit_demographics(self, ratings: pl.DataFrame) -> DemographicPrior:
         """The demographic encoding (age scaling, vocabularies); its coefficients come later (_fit_prior)."""
-        users = ratings.unique("participant_id", keep="first")
+        users = person_demographics(ratings)
         age = users["age"].cast(pl.Float64) if "age" in users.columns else pl.Series([], dtype=pl.Float64)
         age_mean = float(age.mean()) if age.drop_nulls().len() else 0.0
         age_std = float(age.std()) if age.drop_nulls().len() > 1 and age.std() > 0 else 1.0
@@ -897,7 +897,7 @@ class PersonalScorer(BaseEstimator):
         if not others.height:
             return []
         rated = others.filter(pl.col("image_id").is_not_null())
-        users = others.unique("participant_id", keep="first", maintain_order=True)
+        users = person_demographics(others)
         theirs = None
         if events is not None and events.height:
             theirs = events.filter(pl.col("participant_id").is_in(users["participant_id"].implode()))
@@ -1137,8 +1137,7 @@ def _vocabulary(users: pl.DataFrame, column: str) -> list[str]:
 
 def _users_table(ratings: pl.DataFrame, user_ids: list) -> pl.DataFrame:
     """One row per user (in `user_ids` order) with whatever demographics the ratings carry."""
-    cols = [c for c in ("age", "gender", "nationality") if c in ratings.columns]
-    first = ratings.select("participant_id", *cols).unique("participant_id", keep="first", maintain_order=True)
+    first = person_demographics(ratings)
     order = pl.DataFrame({"participant_id": pl.Series(user_ids, dtype=ratings["participant_id"].dtype)})
     return order.join(first, on="participant_id", how="left", maintain_order="left")
 

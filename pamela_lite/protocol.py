@@ -13,7 +13,7 @@ import logging
 import numpy as np
 import polars as pl
 
-from .data import Dataset
+from .data import Dataset, person_demographics
 from .metrics import evaluate_scores
 from .model import PersonalScorer
 
@@ -46,7 +46,7 @@ def score_rows(model: PersonalScorer, dataset: Dataset, split: str, k: int | Non
     else:
         context, query = kshot_split(frame, k, seed)
         query = query.filter(pl.len().over("participant_id") >= 2)  # one rating left ranks nothing
-        users = frame.unique("participant_id", keep="first", maintain_order=True)
+        users = person_demographics(frame)
         states = model.fold_in(context, dataset.embeddings, users=users)
     if query.height == 0:
         return query.with_columns(score=pl.lit(None, dtype=pl.Float64))

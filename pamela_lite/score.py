@@ -22,7 +22,8 @@ import polars as pl
 
 from .cli import (REFIT_KNOWN, Stopwatch, check_table_path, parser_for, refuse_known_context,
                   refuse_rating_context, run, warn_unknown_demographics, write_table)
-from .data import Embeddings, Scale, read_embeddings, read_pairs, read_ratings, validate_ratings
+from .data import (Embeddings, Scale, person_demographics, read_embeddings, read_pairs, read_ratings,
+                   validate_ratings)
 from .edge import EdgeScorer, UnknownUsers, fitted_path, users_path
 from .errors import InputError, preview
 
@@ -73,8 +74,9 @@ def fold_in_context(scorer: EdgeScorer, path: Path, embeddings: Embeddings, refi
     warn_unknown_demographics(frame, scorer.demographic_values, path)
     rows = embeddings.rows(frame["image_id"], path)
     frame = frame.with_columns(_row=pl.Series(rows))
+    people = {row["participant_id"]: row for row in person_demographics(frame).iter_rows(named=True)}
     for (user,), part in frame.group_by("participant_id", maintain_order=True):
-        first = part.row(0, named=True)
+        first = people[user]
         with warnings.catch_warnings():  # unknown demographics were listed above, once for the file
             warnings.simplefilter("ignore", UserWarning)
             state = scorer.fold_in(embeddings.matrix[part["_row"].to_numpy()], part["rating"].to_numpy(),

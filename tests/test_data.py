@@ -193,3 +193,26 @@ def test_a_scale_may_have_negative_ends(text, scale):
 def test_a_scale_that_is_not_low_high_is_refused(text):
     with pytest.raises(InputError, match="--scale"):
         Scale.parse(text)
+
+
+def test_a_persons_demographics_come_from_any_of_their_records_not_only_the_first():
+    # the first record alone decided: one record without demographics erased the person's
+    from pamela_lite.data import person_demographics
+
+    frame = pl.DataFrame({"participant_id": ["a", "a", "b", "a"], "image_id": [1, 2, 1, 3],
+                          "age": [None, 35.0, 20.0, 35.0], "gender": [None, "male", None, "male"]})
+    people = person_demographics(frame)
+    assert people.to_dicts() == [{"participant_id": "a", "age": 35.0, "gender": "male"},
+                                 {"participant_id": "b", "age": 20.0, "gender": None}]
+
+
+def test_a_fit_keeps_the_demographic_prior_when_first_records_lack_demographics(dataset):
+    from pamela_lite.model import PersonalScorer
+
+    train = dataset.split("train")
+    first = pl.int_range(pl.len()).over("participant_id") == 0
+    blanked = train.with_columns(*(pl.when(first).then(None).otherwise(pl.col(c)).alias(c)
+                                   for c in ("age", "gender", "nationality")))
+    model = PersonalScorer(random_state=0, n_components=4, n_prototypes=4, factors=2, head_trees=5, n_folds=2,
+                           use_head=False).fit(blanked, dataset.embeddings, dataset.scale)
+    assert model.fitted_.prior.genders and model.fitted_.prior.age_std > 0
