@@ -93,9 +93,11 @@ class Embeddings:
         found = wanted.join(index, on="_key", how="left", maintain_order="left")
         missing = found.filter(pl.col("_row").is_null())["image_id"].unique(maintain_order=True)
         if len(missing):
+            skipped = Path(f"{self.source}.skipped.csv")  # what embed writes beside its output
+            hint = f" (embed could not embed some images: see {skipped})" if skipped.is_file() else ""
             raise InputError(source or self.source,
                              f"{len(missing)} image id(s) have no embedding in {self.source}: "
-                             f"{preview(missing.to_list())}{id_type_note(image_ids, self.ids, 'the embeddings')}")
+                             f"{preview(missing.to_list())}{id_type_note(image_ids, self.ids, 'the embeddings')}{hint}")
         return found["_row"].to_numpy()
 
     def take(self, image_ids: pl.Series, source: str | Path | None = None) -> np.ndarray:

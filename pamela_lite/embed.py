@@ -15,7 +15,7 @@ import polars as pl
 
 from ._atomic import atomic_file
 from .cli import Stopwatch, parser_for, run, show_progress
-from .encoder import Encoder, embed_images, list_images, pamela_ids
+from .encoder import Encoder, embed_images, list_images, pamela_ids, relative_to_root
 from .errors import InputError
 
 
@@ -42,23 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     watch = Stopwatch(args.quiet)
     encoder = Encoder(args.encoder, args.threads)
     files = list_images(args.images)
+    absent = []
     if args.pamela is not None:
-        mapping = pamela_ids(args.pamela)
-        root = args.pamela.resolve()
-        keyed = []
-        for path, _ in files:
-            try:
-                rel = path.resolve().relative_to(root).as_posix()
-            except ValueError:
-                rel = None
-            keyed.append((path, mapping.get(rel)))
-        unmatched = [str(p) for p, i in keyed if i is None]
-        files = [(p, i) for p, i in keyed if i is not None]
-        if unmatched:
-            watch.step(f"{len(unmatched)} file(s) are not in PAMELA's annotations and are left out, e.g. {unmatched[0]}")
+        files, absent = _pamela_files(args.pamela, files, args.images, watch)
     report = embed_images(encoder, files, args.out, args.batch, args.checkpoint, progress=show_progress(args.quiet),
                           log_lines=not args.quiet and not show_progress(args.quiet))
     report_path = args.report or args.out.with_name(args.out.name + ".skipped.csv")
+    report.skipped.extend((path, "in PAMELA's annotations, but there is no such file") for path in absent)
     if report.skipped:
         table = pl.DataFrame({"path": [p for p, _ in report.skipped], "reason": [r for _, r in report.skipped]})
         with atomic_file(report_path, ".csv") as tmp:
@@ -69,6 +59,29 @@ def main(argv: list[str] | None = None) -> int:
                f"{report.already_present} already in {args.out}, {len(report.skipped)} skipped"
                + (f" (listed in {report_path})" if report.skipped else ""))
     return 0
+
+
+def _pamela_files(root: Path, files: list, images: Path, watch: Stopwatch) -> tuple[list, list[str]]:
+    """The files that are PAMELA images, with their image ids, and the annotated image paths
+    under `images` that have no file (they will have no embedding: fit would refuse them)."""
+    mapping = pamela_ids(root)
+    keyed = [(path, mapping.get(relative_to_root(path, root))) for path, _ in files]
+    matched = [(p, i) for p, i in keyed if i is not None]
+    unmatched = [str(p) for p, i in keyed if i is None]
+    if not matched:
+        raise InputError(images, f"none of its {len(files)} file(s) is an image_path of the annotations in {root} "
+                                 f"(e.g. {unmatched[0] if unmatched else 'no file'} vs "
+                                 f"{next(iter(mapping))}): pass the dataset root as --pamela and its images")
+    if unmatched:
+        watch.step(f"{len(unmatched)} file(s) are not in PAMELA's annotations and are left out, e.g. {unmatched[0]}")
+    within = relative_to_root(images, root) if images.is_dir() else None
+    found = {relative_to_root(p, root) for p, _ in matched}
+    absent = [p for p in mapping if p not in found and within is not None
+              and (within == "." or p.startswith(within.rstrip("/") + "/")) and not (root / p).exists()]
+    if absent:
+        watch.step(f"{len(absent)} annotated image(s) under {images} have no file, e.g. {absent[0]}: they get no "
+                   "embedding (listed in the skipped-files report)")
+    return matched, absent
 
 
 def _is_skipped_report(path: Path) -> bool:

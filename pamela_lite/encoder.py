@@ -17,6 +17,7 @@ annotations (``image_path`` → ``image_id``); otherwise the id is the path rela
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import sys
 import time
@@ -251,17 +252,40 @@ def list_images(images: Path) -> list[tuple[Path, str]]:
 
 
 def pamela_ids(root: Path) -> dict[str, object]:
-    """PAMELA's image_path → image_id over all annotation files."""
-    mapping: dict[str, object] = {}
+    """PAMELA's image_path → image_id over all annotation files (paths normalised: "./a.png" is
+    "a.png"). A path given two ids is refused: one of them would get no embedding."""
+    pairs = []
     for split in SPLITS:
         path = root / "annotations" / f"pamela_{split}.json"
         if path.exists():
             frame = read_table(path)
             if {"image_path", "image_id"} <= set(frame.columns):
-                mapping.update(dict(frame.select("image_path", "image_id").unique().iter_rows()))
-    if not mapping:
+                pairs.append(frame.select(pl.col("image_path").cast(pl.String), pl.col("image_id").cast(pl.String)
+                                          .alias("_key"), "image_id").drop_nulls("image_path"))
+    if not pairs:
         raise InputError(root, "no annotations with image_path and image_id under annotations/")
-    return mapping
+    table = pl.concat(pairs, how="vertical_relaxed").with_columns(
+        pl.col("image_path").map_elements(posixpath.normpath, return_dtype=pl.String)).unique(["image_path", "_key"])
+    clash = table.filter(pl.len().over("image_path") > 1)
+    if clash.height:
+        first = clash.filter(pl.col("image_path") == clash["image_path"][0])
+        raise InputError(root / "annotations", f"{clash['image_path'].n_unique()} image_path(s) carry more than one "
+                                               f"image_id, e.g. {first['image_path'][0]} is "
+                                               f"{' and '.join(sorted(first['_key'].to_list())[:3])}")
+    return dict(table.select("image_path", "image_id").iter_rows())
+
+
+def relative_to_root(path: Path, root: Path) -> str | None:
+    """`path` relative to `root` as PAMELA's image_path writes it, or None when it is outside.
+
+    Symbolic links are not followed first (an images/ folder linked from elsewhere is still the
+    root's images/); a path that is outside only as written is tried once more with links followed.
+    """
+    for mine, theirs in ((os.path.abspath(path), os.path.abspath(root)), (path.resolve(), root.resolve())):
+        rel = os.path.relpath(mine, theirs)
+        if not rel.startswith(".."):
+            return Path(rel).as_posix()
+    return None
 
 
 def _existing(out: Path) -> pl.DataFrame | None:

@@ -12,6 +12,7 @@ from PIL import Image
 from pamela_lite import embed, tiny_encoder
 from pamela_lite.cli import run
 from pamela_lite.data import read_embeddings
+from pamela_lite.errors import InputError
 from pamela_lite.encoder import Encoder, Preprocess, embed_images, list_images, load_pixels, to_tensor
 
 
@@ -170,6 +171,68 @@ def test_pamela_image_paths_map_to_image_ids(tmp_path, encoder_path):
     assert run(embed.main, ["--encoder", str(encoder_path), "--images", str(root / "images"),
                             "--pamela", str(root), "--out", str(out), "--quiet"]) == 0
     assert sorted(read_embeddings(out).ids.to_list()) == [501, 502]
+
+
+def _pamela_root(tmp_path, n=3, prefix="images/food/"):
+    """A PAMELA copy with n images under images/food and annotations naming them (ids 501...)."""
+    root = tmp_path / "pamela"
+    _images(root / "images" / "food", n)
+    records = [{"participant_id": "a", "image_id": 501 + k, "image_path": f"{prefix}img{k:03d}.png",
+                "original_score": 3} for k in range(n)]
+    (root / "annotations").mkdir()
+    (root / "annotations" / "pamela_train.json").write_text(json.dumps(records))
+    return root
+
+
+def test_pamela_image_paths_written_with_a_leading_dot_slash_match(tmp_path, encoder_path):
+    # once: "300 file(s) are not in PAMELA's annotations", nothing embedded, exit 0
+    root = _pamela_root(tmp_path, prefix="./images/food/")
+    out = tmp_path / "e.parquet"
+    assert run(embed.main, ["--encoder", str(encoder_path), "--images", str(root / "images"),
+                            "--pamela", str(root), "--out", str(out), "--quiet"]) == 0
+    assert sorted(read_embeddings(out).ids.to_list()) == [501, 502, 503]
+
+
+def test_an_images_folder_linked_from_elsewhere_still_matches(tmp_path, encoder_path):
+    root = _pamela_root(tmp_path)
+    (root / "images").rename(tmp_path / "elsewhere")
+    (root / "images").symlink_to(tmp_path / "elsewhere")
+    out = tmp_path / "e.parquet"
+    assert run(embed.main, ["--encoder", str(encoder_path), "--images", str(root / "images"),
+                            "--pamela", str(root), "--out", str(out), "--quiet"]) == 0
+    assert len(read_embeddings(out).ids) == 3
+
+
+def test_no_file_matching_the_annotations_is_one_line_and_exit_2(tmp_path, encoder_path, capsys):
+    root = _pamela_root(tmp_path)
+    _images(tmp_path / "other", 2)
+    code = run(embed.main, ["--encoder", str(encoder_path), "--images", str(tmp_path / "other"),
+                            "--pamela", str(root), "--out", str(tmp_path / "e.parquet"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "is an image_path of the annotations" in err[0]
+
+
+def test_an_annotated_image_without_a_file_is_reported_and_named_by_fit(tmp_path, encoder_path):
+    root = _pamela_root(tmp_path)
+    (root / "images" / "food" / "img001.png").unlink()
+    out = tmp_path / "e.parquet"
+    assert run(embed.main, ["--encoder", str(encoder_path), "--images", str(root / "images"),
+                            "--pamela", str(root), "--out", str(out), "--quiet"]) == 0
+    report = pl.read_csv(tmp_path / "e.parquet.skipped.csv")
+    assert report["path"].to_list() == ["images/food/img001.png"] and "no such file" in report["reason"][0]
+    with pytest.raises(InputError, match="embed could not embed some images: see"):
+        read_embeddings(out).rows(pl.Series([501, 502]))
+
+
+def test_an_image_path_with_two_image_ids_is_refused(tmp_path, encoder_path, capsys):
+    root = _pamela_root(tmp_path)
+    records = json.loads((root / "annotations" / "pamela_train.json").read_text())
+    records.append({**records[0], "participant_id": "b", "image_id": 999})
+    (root / "annotations" / "pamela_train.json").write_text(json.dumps(records))
+    code = run(embed.main, ["--encoder", str(encoder_path), "--images", str(root / "images"),
+                            "--pamela", str(root), "--out", str(tmp_path / "e.parquet"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "more than one image_id" in err and "501 and 999" in err
 
 
 def test_missing_encoder_exits_2(tmp_path, capsys):
