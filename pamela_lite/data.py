@@ -321,15 +321,14 @@ def _ages(frame: pl.DataFrame, source) -> pl.DataFrame:
     if not given:
         return frame
     years = {c: _age_years(frame, c) for c in given}
-    frame = frame.with_columns(pl.coalesce(*years.values()).alias("age"))
-    for col in given:  # values that carried something but gave no age: say so, once
-        raw = frame.schema[col]
-        if raw == pl.String:
+    for col in given:  # values that carried something but gave no age: say so, once (before age is replaced)
+        if frame.schema[col] == pl.String:
             lost = (pl.col(col).str.strip_chars().str.len_chars() > 0) & years[col].is_null()
             values = frame.filter(lost)[col].unique(maintain_order=True)
             if len(values):
                 log.warning(f"warning: {source}: {len(values)} {col} value(s) are neither a number nor a range "
                             f"such as 25-34 and are ignored: {preview([v[:40] for v in values.to_list()])}")
+    frame = frame.with_columns(pl.coalesce(*years.values()).alias("age"))
     impossible = pl.col("age").is_not_null() & ((pl.col("age") < 0) | (pl.col("age") > MAX_AGE))
     if frame.select(impossible.any()).item():
         raise InputError(source, f"age must be between 0 and {MAX_AGE} years, not "
@@ -508,6 +507,20 @@ def warn_seen_without_train(frame: pl.DataFrame, source) -> int:
     return orphans.height
 
 
+def warn_unseen_in_train(frame: pl.DataFrame, source) -> int:
+    """Warn (once, with the count) about unseen-split users who also have train ratings: the
+    model is fitted on them, so their "unseen" figures are not; returns how many there are."""
+    trained = frame.filter(pl.col("split") == "train")["participant_id"].unique()
+    leaked = frame.filter(pl.col("split").is_in(["val_unseen", "test_unseen"])
+                          & pl.col("participant_id").is_in(trained.implode()))["participant_id"].unique(
+                              maintain_order=True)
+    if len(leaked):
+        log.warning(f"warning: {source}: {len(leaked)} participant(s) of val_unseen/test_unseen also have train "
+                    f"ratings, so the model is fitted on them and their unseen-split figures are not of unseen "
+                    f"people: {preview(leaked.to_list())}")
+    return len(leaked)
+
+
 def default_embeddings_path(data: str | Path) -> Path:
     data = Path(data)
     return (data if data.is_dir() else data.parent) / EMBEDDINGS_FILE
@@ -541,6 +554,7 @@ def load_dataset(data: str | Path, embeddings: str | Path | None = None,
         if not frame.select((pl.col("split") == "train").any()).item():
             raise InputError(source, "no ratings in split train")
         warn_seen_without_train(frame, source)
+        warn_unseen_in_train(frame, source)
     emb_path = Path(embeddings) if embeddings else default_embeddings_path(data)
     if not emb_path.exists():
         raise InputError(emb_path, "no such embeddings file; pass --embeddings FILE")

@@ -87,6 +87,33 @@ def test_seen_split_users_absent_from_train_are_counted_in_a_warning(tmp_path, r
     assert len(lines) == 1 and "1 participant(s)" in lines[0] and orphan in lines[0]
 
 
+def test_unseen_split_users_who_also_have_train_ratings_are_named_in_a_warning(tmp_path, ratings_table, dataset,
+                                                                                 caplog):
+    # they were fitted on and scored as "unseen", silently
+    path = tmp_path / "r.csv"
+    unseen = ratings_table.filter(pl.col("split") == "test_unseen")
+    person = unseen["participant_id"][0]
+    leak = unseen.filter(pl.col("participant_id") == person).head(3).with_columns(split=pl.lit("train"))
+    rest = ratings_table.join(leak.select("participant_id", "image_id"), on=["participant_id", "image_id"], how="anti")
+    pl.concat([rest, leak]).write_csv(path)
+    with caplog.at_level(logging.WARNING, logger="pamela_lite"):
+        load_dataset(path, embeddings=dataset.embeddings.source)
+    lines = [r.getMessage() for r in caplog.records if "also have train ratings" in r.getMessage()]
+    assert len(lines) == 1 and "1 participant(s)" in lines[0] and person in lines[0]
+
+
+def test_an_age_that_is_no_age_is_named_in_a_warning(tmp_path, caplog):
+    # the warning was meant but never fired for the age column itself
+    path = tmp_path / "r.csv"
+    pl.DataFrame({"participant_id": ["a", "b"], "image_id": [1, 2], "rating": [1, 2], "age": ["n/a", "41"]}
+                 ).write_csv(path)
+    with caplog.at_level(logging.WARNING, logger="pamela_lite"):
+        frame = read_ratings(path)
+    assert frame["age"].to_list() == [None, 41.0]
+    lines = [r.getMessage() for r in caplog.records if "neither a number nor a range" in r.getMessage()]
+    assert len(lines) == 1 and "n/a" in lines[0]
+
+
 # --------------------------------------------------------------------------- ids
 
 
