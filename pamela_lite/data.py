@@ -424,6 +424,8 @@ def validate_ratings(frame: pl.DataFrame, source, scale: Scale | None = None) ->
             # A scale read off the data with a hole in it is usually one typo at an end (a 7 in 1-5 data).
             log.warning(f"warning: {source}: the scale was read off the data as {scale}, but no rating is "
                         f"{preview(unused)}; if an extreme value is a typo, fix it or pass --scale LOW-HIGH")
+        else:  # without a hole: an end that only a handful of ratings reach (an 11 in 1-10 data)
+            _warn_thin_scale_ends(frame["rating"], scale, source)
     outside = ~pl.col("rating").is_between(scale.low, scale.high)
     if frame.select(outside.any()).item():
         values = frame.filter(outside)["rating"]
@@ -489,6 +491,22 @@ def read_embeddings(path: str | Path) -> Embeddings:
         raise InputError(path, f"{int(zero.sum())} embedding(s) are all zeros: image ids "
                                f"{preview(frame['image_id'].filter(pl.Series(zero)).to_list())}")
     return Embeddings(frame["image_id"], matrix, str(path))
+
+
+THIN_END_SHARE = 0.001  # an end of the scale that fewer than 0.1% of the ratings reach is suspect
+
+
+def _warn_thin_scale_ends(ratings: pl.Series, scale: Scale, source) -> None:
+    """Warn when an end of a scale read off the data rests on a handful of ratings (at most
+    0.1% of them, from 1,000 ratings on: fewer cannot tell a rare extreme from a typo)."""
+    n = len(ratings)
+    if n < 1000:
+        return
+    for name, value in (("bottom", scale.low), ("top", scale.high)):
+        count = int((ratings == value).sum())
+        if count <= THIN_END_SHARE * n:
+            log.warning(f"warning: {source}: the {name} of the scale read off the data ({scale}), {value}, rests on "
+                        f"{count} of {n:,} ratings; if it is a typo, fix it or pass --scale LOW-HIGH")
 
 
 def warn_seen_without_train(frame: pl.DataFrame, source) -> int:

@@ -114,6 +114,21 @@ def test_an_age_that_is_no_age_is_named_in_a_warning(tmp_path, caplog):
     assert len(lines) == 1 and "n/a" in lines[0]
 
 
+@pytest.mark.parametrize("extreme, warned", [(11, True), (None, False)])
+def test_a_scale_end_that_a_handful_of_ratings_reach_is_named_in_a_warning(tmp_path, caplog, extreme, warned):
+    # one 11 in 1-10 data made the scale 1-11, silently (no hole in the scale for the old warning)
+    rng = np.random.default_rng(0)
+    ratings = list(rng.integers(1, 11, size=3000)) + ([extreme] if extreme else [])
+    path = tmp_path / "r.csv"
+    pl.DataFrame({"participant_id": [f"p{i % 50}" for i in range(len(ratings))], "image_id": list(range(len(ratings))),
+                  "rating": ratings}).write_csv(path)
+    with caplog.at_level(logging.WARNING, logger="pamela_lite"):
+        validate_ratings(read_ratings(path), path)
+    lines = [r.getMessage() for r in caplog.records if "rests on" in r.getMessage()]
+    assert lines == ([] if not warned else [lines[0]]) and (not warned or "top of the scale" in lines[0]
+                                                             and "1 of 3,001 ratings" in lines[0])
+
+
 # --------------------------------------------------------------------------- ids
 
 
