@@ -219,10 +219,13 @@ def read_pamela_root(root: str | Path) -> pl.DataFrame:
     if not folder.is_dir():
         raise InputError(root, "no annotations/ folder: not a PAMELA root (expected annotations/pamela_<split>.json)")
     parts = []
-    for split in SPLITS:
+    absent = [split for split in SPLITS if not (folder / f"pamela_{split}.json").exists()]
+    if len(absent) == len(SPLITS):
+        raise InputError(folder, f"no split files (expected {', '.join(f'pamela_{s}.json' for s in SPLITS)})")
+    if absent:  # a copy of some splits (the test files alone, to evaluate a model) is read as it is
+        log.warning(f"warning: {folder}: no {', '.join(f'pamela_{s}.json' for s in absent)}; reading the other splits")
+    for split in (s for s in SPLITS if s not in absent):
         path = folder / f"pamela_{split}.json"
-        if not path.exists():
-            raise InputError(path, "missing split file")
         frame = _flatten_pamela(_with_positions(read_table(path), path))
         if frame.height == 0:
             raise InputError(path, f"split {split} has no ratings")
@@ -566,11 +569,15 @@ def load_dataset(data: str | Path, embeddings: str | Path | None = None,
     frame = read_ratings(data)
     source = data / "annotations" if data.is_dir() else data
     frame, scale = validate_ratings(frame, source, scale)
+    named = re.fullmatch(r"pamela_(\w+)\.json", data.name) if data.is_file() else None
+    if "split" not in frame.columns and named and named[1] in SPLITS:  # one of PAMELA's split files, on its own
+        frame = frame.with_columns(split=pl.lit(named[1]))
     if "split" not in frame.columns:
         frame = assign_splits(frame, seed)
     if require_train:
         if not frame.select((pl.col("split") == "train").any()).item():
-            raise InputError(source, "no ratings in split train")
+            raise InputError(source, "no ratings in split train"
+                             + (" (no annotations/pamela_train.json)" if data.is_dir() else ""))
         warn_seen_without_train(frame, source)
         warn_unseen_in_train(frame, source)
     emb_path = Path(embeddings) if embeddings else default_embeddings_path(data)

@@ -77,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     models = {} if args.no_baselines else fit_variants(BASELINES, dataset, args.seed, watch, progress=False)
     models[f"model ({args.model.name})"] = model
     rows = evaluate_models(models, dataset, args.kshot, splits=splits, seed=args.seed)
+    if not rows:
+        raise InputError(args.data, "nothing to score: no split holds people the model knows (seen splits) or "
+                                    "people with two ratings left to rank (unseen splits); see the warnings above")
     print(format_table(rows))
     if args.out:
         write_text(args.out, report_json(rows))

@@ -289,6 +289,44 @@ def test_evaluate_with_none_of_the_splits_exits_2_with_one_line(model_dir, world
     assert "ratings.parquet" in line and "no ratings in split(s) test_unseen, val_unseen" in line
 
 
+def test_evaluate_takes_the_split_of_one_pamela_split_file_from_its_name(model_dir, world, tmp_path):
+    # the file was re-split 80/10/10 by image: a test_seen row of NaNs for people the model never saw
+    out = tmp_path / "eval.json"
+    assert run(evaluate.main, ["--model", str(model_dir), "--data", str(world / "annotations" / "pamela_test_unseen.json"),
+                               "--embeddings", str(world / "embeddings.parquet"), "--no-baselines", "--kshot", "5",
+                               "--out", str(out), "--quiet"]) == 0
+    at_fit = [r["srocc"] for r in json.loads((model_dir / "metrics.json").read_text())["test"]
+              if r["model"] == "pamela_lite (full)" and r["split"] == "test_unseen" and r["k"] == 5]
+    assert [(r["split"], r["k"], r["srocc"]) for r in json.loads(out.read_text())] == [
+        ("test_unseen", 5, pytest.approx(at_fit[0]))]
+
+
+def test_evaluate_reads_a_pamela_root_holding_only_some_split_files(model_dir, world, tmp_path, caplog):
+    # "pamela_train.json: missing split file", even with --no-baselines
+    root = tmp_path / "tests_only"
+    (root / "annotations").mkdir(parents=True)
+    for split in ("test_seen", "test_unseen"):
+        shutil.copy(world / "annotations" / f"pamela_{split}.json", root / "annotations")
+    out = tmp_path / "eval.json"
+    assert run(evaluate.main, ["--model", str(model_dir), "--data", str(root), "--embeddings",
+                               str(world / "embeddings.parquet"), "--no-baselines", "--kshot", "5",
+                               "--out", str(out), "--quiet"]) == 0
+    assert {r["split"] for r in json.loads(out.read_text())} == {"test_seen", "test_unseen"}
+    assert "no pamela_train.json, pamela_val_seen.json, pamela_val_unseen.json" in caplog.text
+
+
+def test_evaluate_on_people_the_model_does_not_know_is_one_line_not_a_row_of_nans(model_dir, world, dataset,
+                                                                                  tmp_path, capsys):
+    table = tmp_path / "ratings.parquet"
+    strangers = dataset.ratings.filter(pl.col("split") == "test_seen").with_columns(
+        participant_id=pl.lit("stranger_") + pl.col("participant_id"))
+    strangers.write_parquet(table)
+    line = _one_line_error(capsys, run(evaluate.main, [
+        "--model", str(model_dir), "--data", str(table), "--embeddings", str(world / "embeddings.parquet"),
+        "--splits", "test_seen", "--no-baselines", "--quiet"]))
+    assert "nothing to score" in line
+
+
 def test_evaluate_names_an_unknown_split(capsys):
     line = _one_line_error(capsys, run(evaluate.main, ["--model", "m", "--data", "d", "--splits", "test_seen,tset_unseen"]))
     assert "tset_unseen" in line

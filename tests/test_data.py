@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 import numpy as np
@@ -125,11 +126,21 @@ def test_invalid_json_is_rejected(tmp_path):
     assert "not valid JSON" in _error(read_ratings, path)
 
 
-def test_missing_split_file_is_named(tmp_path, world):
+def test_a_missing_split_file_is_named_in_a_warning_and_the_others_are_read(tmp_path, world, caplog):
     root = tmp_path / "copy"
     shutil.copytree(world, root)
     (root / "annotations" / "pamela_val_seen.json").unlink()
-    assert "pamela_val_seen.json" in _error(read_ratings, root)
+    with caplog.at_level(logging.WARNING, logger="pamela_lite"):
+        frame = read_ratings(root)
+    assert "no pamela_val_seen.json" in caplog.text
+    assert "val_seen" not in set(frame["split"].to_list()) and "train" in set(frame["split"].to_list())
+
+
+def test_a_root_without_the_train_file_cannot_be_fitted_on_and_says_which_file(tmp_path, world):
+    root = tmp_path / "copy"
+    shutil.copytree(world, root)
+    (root / "annotations" / "pamela_train.json").unlink()
+    assert "no annotations/pamela_train.json" in _error(load_dataset, root)
 
 
 def test_empty_split_is_rejected(tmp_path, world):
