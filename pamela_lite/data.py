@@ -149,13 +149,13 @@ def id_type_note(given: pl.Series, known: pl.Series, where: str) -> str:
 
 
 def _read_json_records(path: Path) -> pl.DataFrame:
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors write one) is not data
     if not text.strip():
         raise InputError(path, "the file is empty")
     try:
         records = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise InputError(path, f"not valid JSON ({err.msg} at line {err.lineno})") from None
+    except json.JSONDecodeError as err:  # a record export is often one long line: the column says where
+        raise InputError(path, f"not valid JSON: {err.msg} (line {err.lineno}, column {err.colno})") from None
     if isinstance(records, dict) and "data" in records:
         records = records["data"]
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
@@ -207,6 +207,8 @@ def _flatten_pamela(frame: pl.DataFrame) -> pl.DataFrame:
 
 def _require_columns(frame: pl.DataFrame, columns, source) -> None:
     missing = [c for c in columns if c not in frame.columns]
+    if "rating" in missing and Path(str(source)).suffix.lower() == ".json":  # PAMELA's records call it original_score
+        missing[missing.index("rating")] = "rating (original_score in PAMELA's records)"
     if missing:
         found = [c for c in frame.columns if not c.startswith("_")]  # not our own bookkeeping columns
         raise InputError(source, f"missing column(s) {', '.join(missing)}; found: {', '.join(found) or 'none'}")
@@ -434,11 +436,13 @@ def validate_ratings(frame: pl.DataFrame, source, scale: Scale | None = None) ->
         values = frame.filter(outside)["rating"]
         raise InputError(source, f"{len(values)} rating(s) outside the scale {scale}: "
                                  f"{preview(values.to_list(), 3)} ({_where(frame, outside)})")
-    dup = frame.group_by("participant_id", "image_id").len().filter(pl.col("len") > 1)
+    dup = frame.group_by("participant_id", "image_id", maintain_order=True).len().filter(pl.col("len") > 1)
     if dup.height:
         pairs = [f"({p}, {i})" for p, i in dup.select("participant_id", "image_id").iter_rows()]
+        first = dup.row(0, named=True)
+        again = (pl.col("participant_id") == first["participant_id"]) & (pl.col("image_id") == first["image_id"])
         raise InputError(source, f"{dup.height} duplicated (participant_id, image_id) pair(s): {', '.join(pairs[:5])}"
-                                 + (" ..." if dup.height > 5 else ""))
+                                 + (" ..." if dup.height > 5 else "") + f"; the first at {_where(frame, again)}")
     if "split" in frame.columns:
         no_split = pl.col("split").is_null()
         count = frame.select(no_split.sum()).item()

@@ -120,10 +120,35 @@ def test_empty_file_is_rejected(tmp_path):
     assert "empty" in _error(read_ratings, path)
 
 
-def test_invalid_json_is_rejected(tmp_path):
+def test_invalid_json_is_rejected_naming_line_and_column(tmp_path):
     path = tmp_path / "r.json"
-    path.write_text("[{oops")
-    assert "not valid JSON" in _error(read_ratings, path)
+    path.write_text('[{"participant_id": "a", "image_id": 1, "original_score": 3}, {oops')
+    message = _error(read_ratings, path)
+    assert "not valid JSON" in message and "(line 1, column 64)" in message and " at at " not in message
+
+
+def test_a_json_file_with_a_byte_order_mark_is_read(tmp_path):
+    # refused with Python's own hint "(decode using utf-8-sig)"
+    path = tmp_path / "r.json"
+    path.write_bytes(b"\xef\xbb\xbf" + b'[{"participant_id": "a", "image_id": 1, "original_score": 3}]')
+    assert read_ratings(path)["rating"].to_list() == [3]
+
+
+def test_a_pamela_record_without_original_score_names_that_field(tmp_path):
+    path = tmp_path / "pamela_train.json"
+    path.write_text('[{"participant_id": "a", "image_id": 1, "score": 3}]')
+    assert "original_score" in _error(read_ratings, path)
+
+
+def test_a_duplicated_rating_says_where_it_is(tmp_path, world):
+    # "1 duplicated (participant_id, image_id) pair(s): (001, 2967)" named neither file nor record
+    root = tmp_path / "copy"
+    shutil.copytree(world, root)
+    train = json.loads((root / "annotations" / "pamela_train.json").read_text())
+    test = json.loads((root / "annotations" / "pamela_test_seen.json").read_text())
+    (root / "annotations" / "pamela_test_seen.json").write_text(json.dumps(test + [train[4]]))
+    message = _error(load_dataset, root)
+    assert "pamela_train.json record 5" in message and f"pamela_test_seen.json record {len(test) + 1}" in message
 
 
 def test_a_missing_split_file_is_named_in_a_warning_and_the_others_are_read(tmp_path, world, caplog):
