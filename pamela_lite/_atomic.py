@@ -62,9 +62,10 @@ def check_replaceable(path: str | Path, marker: str, kind: str) -> None:
 def atomic_dir(path: str | Path, marker: str, kind: str) -> Iterator[Path]:
     """Yield a fresh temporary directory; on success it takes the place of `path`.
 
-    An existing `path` is kept until the new directory is complete, then swapped out with two
-    renames, so readers see either the old model or the new one, never a mixture. Only an output
-    of the same kind (a folder holding `marker`) is replaced: see :func:`check_replaceable`.
+    An existing `path` is kept until the new directory is complete, then swapped in one step
+    (:func:`_exchange`; two renames where the system lacks it), so readers see either the old
+    model or the new one, never a mixture. Only an output of the same kind (a folder holding
+    `marker`) is replaced: see :func:`check_replaceable`.
     """
     path = Path(path)
     check_replaceable(path, marker, kind)

@@ -332,13 +332,13 @@ class CachedScoring:
             if features.ndim != 2 or features.shape[1] != n_features:
                 raise ValueError(f"features must have shape (N, {n_features}) (rows of a feature cache), "
                                  f"not {features.shape}")
-            if not np.isfinite(features).all():
-                raise ValueError("features: NaN or infinite values; only finite vectors can be scored")
         states = np.atleast_2d(np.asarray(states, dtype=np.float32))
         if states.shape[1] != self.state_dim or len(states) not in (1, len(features)):
             raise ValueError(f"states must have shape (1 or {len(features)}, {self.state_dim}), not {states.shape}")
         out = self.stages.score(features, states, clip)
-        _refuse_non_finite(out, states)
+        if not np.isfinite(out).all():  # the inputs are looked at only then (a cache's were checked when written)
+            check_finite(states, "the user state(s)")
+            check_finite(features, "features")
         return out
 
     def top_k_cached(self, user, cache: FeatureCache, k: int = 10,
@@ -346,14 +346,16 @@ class CachedScoring:
         """Rows of the user's k best cached images, best first, and their scores (see TwoStage.top_k)."""
         check_k(k)
         check_candidates(candidates)
-        state = self.state(user)
-        best, utility = self.stages.top_k(state, cache, k, candidates)
-        _refuse_non_finite(utility, state)
+        best, utility = self.stages.top_k(self.state(user), cache, k, candidates)  # state() refuses NaN/inf
         return best, np.clip(utility, *self.scale)
 
 
-def _refuse_non_finite(scores: np.ndarray, states: np.ndarray) -> None:
-    """ValueError when NaN scores come from a NaN/inf state (onnxruntime scores them silently;
-    the cache's features were checked when it was written, so the states are what is left)."""
-    if np.isnan(scores).any() and not np.isfinite(states).all():
-        raise ValueError("the user state(s): NaN or infinite values; only finite vectors can be scored")
+def check_finite(values: np.ndarray, what: str) -> np.ndarray:
+    """`values` unchanged, or ValueError naming the rows with NaN or inf (onnxruntime would score
+    them silently: a NaN embedding gives a NaN score, or whatever the trees make of a missing value)."""
+    if values.size and not np.isfinite(values).all():
+        bad = np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1)) if values.ndim > 1 else []
+        rows = ("" if values.ndim < 2 else f" in {len(bad)} row(s) ({', '.join(map(str, bad[:5]))}"
+                + (" ..." if len(bad) > 5 else "") + ")")
+        raise ValueError(f"{what}: NaN or infinite values{rows}; only finite vectors can be scored")
+    return values

@@ -61,7 +61,7 @@ class Parser(argparse.ArgumentParser):
         from . import __version__
 
         super().__init__(*args, **kwargs)
-        self.add_argument("--version", action="version", version=f"pamela_lite {__version__}")
+        self.add_argument("-V", "--version", action="version", version=f"pamela_lite {__version__}")
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_INPUT, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")

@@ -65,6 +65,27 @@ class Scale:
             raise InputError(None, f"--scale {text}: LOW must be below HIGH")
         return cls(low, high)
 
+    def __post_init__(self):
+        for name in ("low", "high"):
+            end = getattr(self, name)
+            whole = isinstance(end, (int, np.integer)) or (isinstance(end, (float, np.floating)) and float(end).is_integer())
+            if isinstance(end, (bool, np.bool_)) or not whole:
+                raise InputError(None, f"a rating scale takes whole numbers, not {end!r}")
+            object.__setattr__(self, name, int(end))  # frozen: the one place the ends are normalised
+        if self.low >= self.high:
+            raise InputError(None, f"a rating scale runs from low to high: {self.low}-{self.high} does not")
+
+    @classmethod
+    def of(cls, scale: "Scale | tuple | str | None") -> "Scale | None":
+        """A Scale from a Scale, a (low, high) pair or text such as "1-5" (None stays None)."""
+        if scale is None or isinstance(scale, Scale):
+            return scale
+        if isinstance(scale, str):
+            return cls.parse(scale)
+        if isinstance(scale, (tuple, list)) and len(scale) == 2:
+            return cls(*scale)
+        raise InputError(None, f"a rating scale is a Scale, (low, high) or text such as '1-5', not {scale!r}")
+
     def __str__(self) -> str:
         return f"{self.low}-{self.high}"
 
@@ -76,6 +97,27 @@ class Embeddings:
     ids: pl.Series
     matrix: np.ndarray
     source: str = "<memory>"
+
+    def __post_init__(self):
+        """The checks a file gets from :func:`read_embeddings`, for embeddings built in memory: a
+        duplicated id would shift every later image onto another's vector, silently."""
+        if not isinstance(self.ids, pl.Series):
+            self.ids = pl.Series("image_id", np.asarray(self.ids) if not isinstance(self.ids, list) else self.ids)
+        if not isinstance(self.matrix, np.ndarray):
+            self.matrix = np.asarray(self.matrix, dtype=np.float32)
+        if self.matrix.ndim != 2 or self.matrix.dtype.kind != "f":
+            raise InputError(self.source, f"embeddings must be a 2-D float array (images x dimensions), not "
+                                          f"{self.matrix.ndim}-D {self.matrix.dtype}")
+        if len(self.ids) != len(self.matrix):
+            raise InputError(self.source, f"{len(self.ids)} image ids for {len(self.matrix)} embedding rows")
+        duplicated = self.ids.filter(self.ids.is_duplicated()).unique(maintain_order=True)
+        if len(duplicated):
+            raise InputError(self.source, f"{len(duplicated)} image id(s) appear more than once: "
+                                          f"{preview(duplicated.to_list())}")
+        if not np.isfinite(self.matrix).all():
+            bad = ~np.isfinite(self.matrix).all(axis=1)
+            raise InputError(self.source, f"{int(bad.sum())} embedding(s) contain NaN or inf: image ids "
+                                          f"{preview(self.ids.filter(pl.Series(bad)).to_list())}")
 
     @property
     def dim(self) -> int:
@@ -320,7 +362,7 @@ def _age_years(frame: pl.DataFrame, col: str) -> pl.Expr:
                        text.str.extract(AGE_OPEN, 1).cast(pl.Float64, strict=False))
 
 
-def _ages(frame: pl.DataFrame, source) -> pl.DataFrame:
+def normalise_ages(frame: pl.DataFrame, source) -> pl.DataFrame:
     """``age`` in years; where it is missing, the midpoint of PAMELA's ``age_binned``."""
     given = [c for c in ("age", "age_binned") if c in frame.columns]
     if not given:
@@ -333,7 +375,7 @@ def _ages(frame: pl.DataFrame, source) -> pl.DataFrame:
             if len(values):
                 log.warning(f"warning: {source}: {len(values)} {col} value(s) are neither a number nor a range "
                             f"such as 25-34 and are ignored: {preview([v[:40] for v in values.to_list()])}")
-    frame = frame.with_columns(pl.coalesce(*years.values()).alias("age"))
+    frame = frame.with_columns(pl.coalesce(*years.values()).fill_nan(None).alias("age"))  # NaN: unknown, as on devices
     impossible = pl.col("age").is_not_null() & ((pl.col("age") < 0) | (pl.col("age") > MAX_AGE))
     if frame.select(impossible.any()).item():
         raise InputError(source, f"age must be between 0 and {MAX_AGE} years, not "
@@ -345,7 +387,7 @@ def _ages(frame: pl.DataFrame, source) -> pl.DataFrame:
 def _standard_columns(frame: pl.DataFrame, source) -> pl.DataFrame:
     _check_plain_values(frame, ("participant_id", "image_id", "rating", "split", *DEMOGRAPHICS, "age_binned",
                                 *IMAGE_METADATA), source)
-    frame = _ids(_ages(frame, source), source)
+    frame = _ids(normalise_ages(frame, source), source)
     optional = ("split", *DEMOGRAPHICS, *IMAGE_METADATA, LINE, FILE)
     frame = frame.select("participant_id", "image_id", "rating", *(c for c in optional if c in frame.columns))
     for col in ("gender", "nationality", "split", *IMAGE_METADATA):
@@ -393,15 +435,20 @@ def _reject_nulls(frame: pl.DataFrame, columns, source) -> None:
             raise InputError(source, f"{count} row(s) have no {col}: {_where(frame, missing)}")
 
 
-def validate_ratings(frame: pl.DataFrame, source, scale: Scale | None = None) -> tuple[pl.DataFrame, Scale]:
+def validate_ratings(frame: pl.DataFrame, source, scale: Scale | None = None,
+                     unique_pairs: bool = True) -> tuple[pl.DataFrame, Scale]:
     """Check ratings and return them with an Int64 ``rating`` column, plus the scale.
 
     Rejected: nulls in the key columns or in ``split``, ratings that are not whole numbers
     (:mod:`pamela_lite.rules`, the rule every reader applies), ratings outside `scale` (when
-    given), duplicated (participant, image) pairs, unknown split names. Messages give file
-    line (CSV), record (JSON) or row numbers.
+    given), duplicated (participant, image) pairs (unless ``unique_pairs=False``: a fold-in
+    context may rate an image twice, two observations), unknown split names. Messages give
+    file line (CSV), record (JSON) or row numbers.
     """
     _require_columns(frame, ("participant_id", "image_id", "rating"), source)
+    if frame.height == 0:
+        raise InputError(source, "no ratings")
+    scale = Scale.of(scale)
     _check_plain_values(frame, ("participant_id", "image_id", "rating", "split"), source)
     _reject_nulls(frame, ("participant_id", "image_id", "rating"), source)
     rating = frame["rating"]
@@ -420,9 +467,10 @@ def validate_ratings(frame: pl.DataFrame, source, scale: Scale | None = None) ->
                                  f"{preview(bad['rating'].to_list(), 3)} ({_where(frame, ~pl.lit(whole))})")
     frame = frame.with_columns(pl.col("rating").cast(pl.Int64))
     if scale is None:
-        scale = Scale(int(frame["rating"].min()), int(frame["rating"].max()))
-        if scale.low == scale.high:
-            raise InputError(source, f"every rating is {scale.low}: nothing to learn; give --scale if it is wider")
+        low, high = int(frame["rating"].min()), int(frame["rating"].max())
+        if low == high:
+            raise InputError(source, f"every rating is {low}: nothing to learn; give --scale if it is wider")
+        scale = Scale(low, high)
         used = set(frame["rating"].unique().to_list())
         unused = [v for v in range(scale.low, scale.high + 1) if v not in used]
         if unused and scale.high - scale.low <= 20:
@@ -437,7 +485,7 @@ def validate_ratings(frame: pl.DataFrame, source, scale: Scale | None = None) ->
         raise InputError(source, f"{len(values)} rating(s) outside the scale {scale}: "
                                  f"{preview(values.to_list(), 3)} ({_where(frame, outside)})")
     dup = frame.group_by("participant_id", "image_id", maintain_order=True).len().filter(pl.col("len") > 1)
-    if dup.height:
+    if dup.height and unique_pairs:
         pairs = [f"({p}, {i})" for p, i in dup.select("participant_id", "image_id").iter_rows()]
         first = dup.row(0, named=True)
         again = (pl.col("participant_id") == first["participant_id"]) & (pl.col("image_id") == first["image_id"])
@@ -473,9 +521,6 @@ def read_embeddings(path: str | Path) -> Embeddings:
     if frame.height == 0:
         raise InputError(path, "no embeddings in the file")
     _reject_nulls(frame, ("image_id", "embedding"), path)
-    dup = frame.filter(pl.col("image_id").is_duplicated())["image_id"].unique()
-    if len(dup):
-        raise InputError(path, f"{len(dup)} image id(s) appear more than once: {preview(dup.to_list())}")
     column = frame["embedding"]
     if isinstance(column.dtype, pl.List):
         lengths = column.list.len()
@@ -489,15 +534,12 @@ def read_embeddings(path: str | Path) -> Embeddings:
     if not isinstance(column.dtype, pl.Array):
         raise InputError(path, f"column embedding must be a list or array of floats, not {column.dtype}")
     matrix = np.ascontiguousarray(column.cast(pl.Array(pl.Float32, column.dtype.size)).to_numpy(), dtype=np.float32)
-    bad = ~np.isfinite(matrix).all(axis=1)
-    if bad.any():
-        raise InputError(path, f"{int(bad.sum())} embedding(s) contain NaN or inf: image ids "
-                               f"{preview(frame['image_id'].filter(pl.Series(bad)).to_list())}")
+    embeddings = Embeddings(frame["image_id"], matrix, str(path))  # duplicated ids and NaN/inf: checked there
     zero = np.linalg.norm(matrix, axis=1) == 0
     if zero.any():
         raise InputError(path, f"{int(zero.sum())} embedding(s) are all zeros: image ids "
                                f"{preview(frame['image_id'].filter(pl.Series(zero)).to_list())}")
-    return Embeddings(frame["image_id"], matrix, str(path))
+    return embeddings
 
 
 THIN_END_SHARE = 0.001  # an end of the scale that fewer than 0.1% of the ratings reach is suspect
@@ -574,7 +616,10 @@ def load_dataset(data: str | Path, embeddings: str | Path | None = None,
     source = data / "annotations" if data.is_dir() else data
     frame, scale = validate_ratings(frame, source, scale)
     named = re.fullmatch(r"pamela_(\w+)\.json", data.name) if data.is_file() else None
-    if "split" not in frame.columns and named and named[1] in SPLITS:  # one of PAMELA's split files, on its own
+    if "split" not in frame.columns and named and named[1] in SPLITS and named[1] != "train":
+        # One of PAMELA's evaluation files on its own: its people and images are that split's.
+        # (pamela_train.json alone is split 80/10/10 by image like any table, so a fit can tune.)
+        log.warning(f"warning: {data}: no split column; every rating is taken as {named[1]}, as the file name says")
         frame = frame.with_columns(split=pl.lit(named[1]))
     if "split" not in frame.columns:
         frame = assign_splits(frame, seed)

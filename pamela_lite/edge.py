@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from .cached import CachedScoring, FeatureCache, check_candidates, check_k
+from .cached import CachedScoring, FeatureCache, check_candidates, check_finite, check_k
 from .errors import InputError
 from .event_channel import EventRows, aggregate
 from .fitted import FittedScorer, read_users
@@ -46,17 +46,6 @@ class UnknownUsers(KeyError):
         self.users = users
         shown = ", ".join(repr(u) for u in users[:5]) + (" ..." if len(users) > 5 else "")
         super().__init__(f"{len(users)} user(s) not known to this scorer: {shown}; fold them in from their ratings")
-
-
-def check_finite(values: np.ndarray, what: str) -> np.ndarray:
-    """`values` unchanged, or ValueError naming the rows with NaN or inf (onnxruntime would score
-    them silently: a NaN embedding gives a NaN score, or whatever the trees make of a missing value)."""
-    if values.size and not np.isfinite(values).all():
-        bad = np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1)) if values.ndim > 1 else []
-        rows = ("" if values.ndim < 2 else f" in {len(bad)} row(s) ({', '.join(map(str, bad[:5]))}"
-                + (" ..." if len(bad) > 5 else "") + ")")
-        raise ValueError(f"{what}: NaN or infinite values{rows}; only finite vectors can be scored")
-    return values
 
 
 def float32_array(values, what: str, dim: int) -> np.ndarray:
@@ -122,7 +111,7 @@ class EdgeScorer(CachedScoring):
                                                 providers=["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime's own error types (InvalidProtobuf, ...) for a file that is no graph
             raise ValueError(f"{scorer_path}: not an exported scorer (onnxruntime cannot load it: "
-                             f"{str(err).splitlines()[0][:160]})") from None
+                             f"{(str(err).splitlines() or [type(err).__name__])[0][:160]})") from None
         sidecar = Path(users) if users else users_path(scorer_path)
         if not sidecar.exists():
             raise FileNotFoundError(f"{sidecar}: no users file beside the scorer (written by pamela_lite.export)")
@@ -169,7 +158,7 @@ class EdgeScorer(CachedScoring):
         if isinstance(user, np.ndarray):
             if user.shape != (self.state_dim,):
                 raise ValueError(f"a user state has shape ({self.state_dim},), not {user.shape}")
-            return user.astype(np.float32)  # a NaN in it shows in the scores, which are checked
+            return check_finite(user.astype(np.float32), "the user state")  # S values: about a µs
         return self.states_of([user])[0]
 
     def states_of(self, user_ids) -> np.ndarray:
@@ -262,7 +251,8 @@ class EdgeScorer(CachedScoring):
             if not replace:
                 raise ValueError(f"user {user_id!r} is already known to this scorer: pass replace=True to replace "
                                  "their state, or choose another id")
-            self.states = self.states.copy()  # the users file's array may be read-only
+            if not self.states.flags.writeable:  # the users file's array may be read-only: copy it once
+                self.states = self.states.copy()
             self.states[self._row[user_id]] = state
             return
         self._row[user_id] = len(self.user_ids)
@@ -280,13 +270,13 @@ class EdgeScorer(CachedScoring):
         states = np.ascontiguousarray(float32_array(states, "states", self.state_dim))
         if embeddings.ndim != 2 or embeddings.shape[1] != self.embedding_dim:
             raise ValueError(f"embeddings must have shape (N, {self.embedding_dim}), not {embeddings.shape}")
-        if states.shape == (1, self.state_dim):  # one state for every image, as score_cached takes it
+        if states.shape == (1, self.state_dim) and embeddings.shape[0] != 1:  # one state for every image
             states = np.ascontiguousarray(np.broadcast_to(states, (embeddings.shape[0], self.state_dim)))
         if states.shape != (embeddings.shape[0], self.state_dim):
             raise ValueError(f"states must have shape ({embeddings.shape[0]}, {self.state_dim}) or "
                              f"(1, {self.state_dim}), not {states.shape}")
         out = self.session.run(["score" if clip else "utility"], {"embedding": embeddings, "user_state": states})[0]
-        if np.isnan(out).any():  # onnxruntime scores NaN/inf inputs; checking the N outputs costs ~1 µs, N x D more
+        if not np.isfinite(out).all():  # onnxruntime scores NaN/inf inputs; checking the N outputs costs ~1 µs
             check_finite(embeddings, "embeddings")
             check_finite(states, "states")
         return out

@@ -261,11 +261,13 @@ def pamela_ids(root: Path) -> dict[str, object]:
             frame = read_table(path)
             if {"image_path", "image_id"} <= set(frame.columns):
                 pairs.append(frame.select(pl.col("image_path").cast(pl.String), pl.col("image_id").cast(pl.String)
-                                          .alias("_key"), "image_id").drop_nulls("image_path"))
-    if not pairs:
+                                          .alias("_key"), "image_id").drop_nulls())
+    table = (pl.concat(pairs, how="vertical_relaxed").unique(["image_path", "_key"], maintain_order=True)
+             if pairs else pl.DataFrame())
+    if table.height == 0:
         raise InputError(root, "no annotations with image_path and image_id under annotations/")
-    table = pl.concat(pairs, how="vertical_relaxed").with_columns(
-        pl.col("image_path").map_elements(posixpath.normpath, return_dtype=pl.String)).unique(["image_path", "_key"])
+    table = table.with_columns(pl.col("image_path").map_elements(posixpath.normpath, return_dtype=pl.String)
+                               ).unique(["image_path", "_key"], maintain_order=True)
     clash = table.filter(pl.len().over("image_path") > 1)
     if clash.height:
         first = clash.filter(pl.col("image_path") == clash["image_path"][0])
@@ -282,8 +284,11 @@ def relative_to_root(path: Path, root: Path) -> str | None:
     root's images/); a path that is outside only as written is tried once more with links followed.
     """
     for mine, theirs in ((os.path.abspath(path), os.path.abspath(root)), (path.resolve(), root.resolve())):
-        rel = os.path.relpath(mine, theirs)
-        if not rel.startswith(".."):
+        try:
+            rel = os.path.relpath(mine, theirs)
+        except ValueError:  # Windows: another drive than the root's
+            continue
+        if rel != os.pardir and not rel.startswith(os.pardir + os.sep):
             return Path(rel).as_posix()
     return None
 

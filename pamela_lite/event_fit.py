@@ -316,7 +316,7 @@ def fit_events_only(events: pl.DataFrame, embeddings: Embeddings, params: dict |
     # on the sessions that chose.
     chosen = pseudo.filter((pl.col("rating") != 0).any().over("participant_id", "session_id"))
     model = PersonalScorer(random_state=seed, n_threads=threads, **{**EVENTS_ONLY, **(params or {})})
-    model.fit(chosen.drop("session_id"), embeddings, Scale(-1, 1))
+    model._fit(chosen.drop("session_id"), embeddings, Scale(-1, 1), None)  # preferences: not whole ratings
     fitted = model.fitted_
     fitted.blend = np.array([1.0, 1.0])  # no rating to fit a blend on: taste and factors count as they are
     fitted.events = EventChannel(dict(DEFAULT_EVENTS if vocabulary is None else vocabulary), 1.0, 1.0, 1.0,

@@ -63,7 +63,7 @@ from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from ._atomic import atomic_dir
-from .data import Embeddings, Scale, person_demographics
+from .data import Embeddings, Scale, normalise_ages, person_demographics, validate_ratings
 from .errors import InputError, preview
 from .catalogue import CANDIDATES as CATALOGUE_CANDIDATES
 from .catalogue import MIN_VALIDATION_ROWS, Catalogue, fit_catalogue, ridge_rows
@@ -354,12 +354,21 @@ class PersonalScorer(BaseEstimator):
         _check_embeddings(embeddings)
         if validation is not None:
             _check_table(validation, ("participant_id", "image_id", "rating"), "validation")
-        if isinstance(scale, (tuple, list)) and len(scale) == 2:
-            scale = Scale(*scale)  # (low, high), as a scikit-learn user would write it
-        elif scale is not None and not isinstance(scale, Scale):
+        if scale is not None and not isinstance(scale, (Scale, tuple, list, str)):
             raise TypeError(f"scale must be a pamela_lite.data.Scale or (low, high), not {scale!r}")
+        # The rules every reader of ratings applies (whole numbers on the scale, no nulls or
+        # duplicates), so a script's table is held to what a ratings file is.
+        ratings, scale = validate_ratings(normalise_ages(ratings, "ratings"), "ratings", Scale.of(scale))
+        if validation is not None:
+            validation, _ = validate_ratings(validation, "validation", scale)
+        return self._fit(ratings, embeddings, scale, validation)
+
+    def _fit(self, ratings: pl.DataFrame, embeddings: Embeddings, scale: Scale,
+             validation: pl.DataFrame | None) -> "PersonalScorer":
+        """:meth:`fit` on checked inputs; the events-only fit (``pamela_lite.event_fit``) comes in
+        here with preferences on -1..1, which are not whole ratings."""
+        self._check_params()
         rng = np.random.default_rng(self.random_state)
-        scale = scale or Scale(int(ratings["rating"].min()), int(ratings["rating"].max()))
         steps = tqdm(total=3 + self.n_folds, desc="fit", disable=not self.progress, file=sys.stderr, leave=False)
 
         # Everything image-side is computed once per image and gathered per rating: memory and
@@ -801,6 +810,14 @@ class PersonalScorer(BaseEstimator):
         """
         self._check_fitted()
         fitted = self.fitted_
+        _check_table(context, ("participant_id", "image_id", "rating"), "context")
+        if users is not None:
+            _check_table(users, ("participant_id",), "users")
+            users = normalise_ages(users, "users")
+        _check_embeddings(embeddings)
+        if context.height:  # the rules of every reader: whole ratings on the model's scale, no nulls or duplicates
+            context, _ = validate_ratings(normalise_ages(context, "context"), "context", Scale(*fitted.scale),
+                                          unique_pairs=False)  # an image rated twice: two observations
         given = [f for f in (context, users, events) if f is not None]
         if len({f["participant_id"].dtype for f in given}) > 1:  # integers in one table, text in another
             context, users, events = (None if f is None else f.with_columns(pl.col("participant_id").cast(pl.String))
@@ -819,15 +836,9 @@ class PersonalScorer(BaseEstimator):
         user_index = np.zeros(0, dtype=np.int64)
         rows = np.zeros((0, fitted.embedding_dim), dtype=np.float32)
         if context.height:
-            rated = context.filter(pl.col("image_id").is_not_null() & pl.col("rating").is_not_null())
-            if fitted.events_only and rated.height:  # as the command-line tools refuse it (cli.refuse_rating_context)
+            if fitted.events_only:  # as the command-line tools refuse it (cli.refuse_rating_context)
                 raise InputError(None, "rating context for a scorer fitted on events alone (its scores are "
                                        "preferences, not ratings): fold people in from their events")
-            low, high = fitted.scale
-            outside = context.filter(~pl.col("rating").is_between(low, high))
-            if outside.height:
-                raise InputError(None, f"context ratings outside the model's scale {low}-{high}: "
-                                       f"{preview(outside['rating'].to_list())}")
             rows = embeddings.take(context["image_id"])
             order = {u: k for k, u in enumerate(ids)}
             user_index = np.array([order[u] for u in context["participant_id"].to_list()], dtype=np.int64)

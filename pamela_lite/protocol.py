@@ -93,14 +93,13 @@ def evaluate_models(models: dict[str, PersonalScorer], dataset: Dataset, kshots=
     for split, k in evaluation_cases(dataset, kshots, splits):
         scored = None
         for name, model in models.items():
-            scored = score_rows(model, dataset, split, k, seed)
-            if scored.height == 0:  # a seen split of people the model was not fitted on: no row of NaNs
+            mine = score_rows(model, dataset, split, k, seed)
+            if mine.height == 0:  # only a seen split can be empty: people the model was not fitted on
                 log.warning(f"warning: {split}: none of its {dataset.split(split)['participant_id'].n_unique()} "
                             f"people is known to {name}, which was fitted on others: left out")
                 continue
+            scored = mine
             rows.append({"model": name, "split": split, "k": k, **evaluate_scores(scored)})
-        if scored is not None and scored.height == 0:
-            continue
         ceiling = ceiling_rows(dataset, scored) if scored is not None else None
         if ceiling is not None:
             rows.append({"model": "noise ceiling", "split": split, "k": k, **evaluate_scores(ceiling)})

@@ -62,7 +62,8 @@ def load_scorer(path: Path) -> EdgeScorer:
     try:
         return EdgeScorer(path)
     except Exception as err:  # onnxruntime raises its own types for a damaged file
-        raise InputError(path, f"cannot load the scorer: {str(err).splitlines()[0]}") from None
+        first = (str(err).splitlines() or [type(err).__name__])[0]
+        raise InputError(path, f"cannot load the scorer: {first.removeprefix(f'{path}: ')}") from None
 
 
 def fold_in_context(scorer: EdgeScorer, path: Path, embeddings: Embeddings, refit_known: bool = False,

@@ -46,7 +46,7 @@ from typing import Callable
 import numpy as np
 import polars as pl
 
-from .data import Dataset
+from .data import Dataset, person_demographics
 from .protocol import ceiling_rows, kshot_split
 from .metrics import evaluate_scores
 from .worlds import TasteRidge, WorldTruth
@@ -207,7 +207,7 @@ def _held_out_scores(factories, dataset, world_truth, holdouts, kshots, draws, s
         models, fit_s, ridge = _fit_all(factories, train, validation, dataset, world_truth, seed)
         for name, seconds in fit_s.items():
             fit_total[name] = fit_total.get(name, 0.0) + seconds
-        users = query.unique("participant_id", keep="first", maintain_order=True)
+        users = person_demographics(query)
         n_users, n_holdouts = n_users + users.height, n_holdouts + 1
         say(f"refit without {users.height} users ({', '.join(f'{n} {s:.1f}s' for n, s in fit_s.items())})")
         for k in kshots:
@@ -289,7 +289,7 @@ def evaluate_world(model_factory, dataset: Dataset, world_truth: WorldTruth | No
             rows += _rows(world, "test_seen", None, [_score_all(models, ridge, dataset, query)], fit_s)
         if "test_unseen" in protocols and dataset.has_split("test_unseen"):
             frame = dataset.split("test_unseen")
-            users = frame.unique("participant_id", keep="first", maintain_order=True)
+            users = person_demographics(frame)
             for k in kshots:
                 per_draw = []
                 for d in range(1 if k == 0 else draws):

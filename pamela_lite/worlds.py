@@ -58,7 +58,7 @@ import scipy.linalg
 
 from . import demo
 from ._atomic import atomic_dir
-from .data import Dataset, Scale
+from .data import Dataset, Scale, person_demographics
 
 TRUTH_NPZ = "world_truth.npz"
 TRUTH_JSON = "world_truth.json"
@@ -847,7 +847,7 @@ class TasteRidge:
 
     def fit(self, train: pl.DataFrame, validation: pl.DataFrame | None = None) -> "TasteRidge":
         ids, stats = self._stats(train)
-        users = train.unique("participant_id", keep="first", maintain_order=True)
+        users = person_demographics(train)
         users = pl.DataFrame({"participant_id": ids}).join(users, on="participant_id", how="left", maintain_order="left")
         p = stats[0][0].shape[0]
         mean_y = float(train["rating"].mean())
@@ -884,7 +884,7 @@ class TasteRidge:
 
     def fold_in(self, context: pl.DataFrame, users: pl.DataFrame) -> dict:
         """Weights of new users from their context ratings (k-shot) or demographics (k = 0)."""
-        table = users.unique("participant_id", keep="first", maintain_order=True)
+        table = person_demographics(users)
         prior = self._demo_matrix(table) @ self.prior_coef_
         states = dict(zip(table["participant_id"].to_list(), prior))
         if context.height:

@@ -249,6 +249,25 @@ def test_a_fit_keeps_the_demographic_prior_when_first_records_lack_demographics(
     first = pl.int_range(pl.len()).over("participant_id") == 0
     blanked = train.with_columns(*(pl.when(first).then(None).otherwise(pl.col(c)).alias(c)
                                    for c in ("age", "gender", "nationality")))
-    model = PersonalScorer(random_state=0, n_components=4, n_prototypes=4, factors=2, head_trees=5, n_folds=2,
-                           use_head=False).fit(blanked, dataset.embeddings, dataset.scale)
-    assert model.fitted_.prior.genders and model.fitted_.prior.age_std > 0
+    small = dict(random_state=0, n_components=4, n_prototypes=4, factors=2, head_trees=5, n_folds=2, use_head=False)
+    model = PersonalScorer(**small).fit(blanked, dataset.embeddings, dataset.scale)
+    whole = PersonalScorer(**small).fit(train, dataset.embeddings, dataset.scale)
+    assert model.fitted_.prior.genders == whole.fitted_.prior.genders != []
+    assert model.fitted_.prior.age_mean == whole.fitted_.prior.age_mean
+
+
+def test_pamelas_train_file_alone_is_split_by_image_and_an_evaluation_file_keeps_its_name(world, caplog):
+    train = load_dataset(world / "annotations" / "pamela_train.json", world / "embeddings.parquet")
+    assert {"train", "val_seen", "test_seen"} <= set(train.ratings["split"].unique().to_list())
+    with caplog.at_level(logging.WARNING, logger="pamela_lite"):
+        test = load_dataset(world / "annotations" / "pamela_test_seen.json", world / "embeddings.parquet",
+                            require_train=False)
+    assert test.ratings["split"].unique().to_list() == ["test_seen"] and "as the file name says" in caplog.text
+
+
+def test_a_nan_age_is_unknown_not_an_error(tmp_path):
+    # refused as "age must be between 0 and 120, not nan" while a device took it as unknown
+    path = tmp_path / "r.parquet"
+    pl.DataFrame({"participant_id": ["a", "b"], "image_id": [1, 2], "rating": [1, 2], "age": [float("nan"), 40.0]}
+                 ).write_parquet(path)
+    assert read_ratings(path)["age"].to_list() == [None, 40.0]

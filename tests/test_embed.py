@@ -235,6 +235,24 @@ def test_an_image_path_with_two_image_ids_is_refused(tmp_path, encoder_path, cap
     assert code == 2 and "more than one image_id" in err and "501 and 999" in err
 
 
+@pytest.mark.parametrize("broken", ["null ids", "null paths"])
+def test_annotations_without_usable_path_and_id_pairs_are_one_line(tmp_path, encoder_path, capsys, broken):
+    # a null image_id beside a real one failed in sorted(); no usable path at all in next(iter({}))
+    root = _pamela_root(tmp_path)
+    records = json.loads((root / "annotations" / "pamela_train.json").read_text())
+    if broken == "null ids":
+        records.append({**records[0], "participant_id": "b", "image_id": None})
+        records.append({**records[0], "participant_id": "c", "image_id": 999})
+    else:
+        records = [{**r, "image_path": None} for r in records]
+    (root / "annotations" / "pamela_train.json").write_text(json.dumps(records))
+    code = run(embed.main, ["--encoder", str(encoder_path), "--images", str(root / "images"),
+                            "--pamela", str(root), "--out", str(tmp_path / "e.parquet"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and ("more than one image_id" in err[0] if broken == "null ids"
+                                            else "no annotations with image_path and image_id" in err[0])
+
+
 def test_missing_encoder_exits_2(tmp_path, capsys):
     code = run(embed.main, ["--encoder", str(tmp_path / "none.onnx"), "--images", str(tmp_path),
                             "--out", str(tmp_path / "e.parquet")])

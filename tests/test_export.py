@@ -264,7 +264,7 @@ def test_device_scoring_refuses_a_nan_embedding_naming_its_row(fitted, dataset, 
         edge.score_user(str(fitted.users_[0]), gallery)
 
 
-@pytest.mark.parametrize("where", ["state", "fold_in", "cache", "cached_state"])
+@pytest.mark.parametrize("where", ["state", "inf_state", "fold_in", "cache", "cached_state", "add_user"])
 def test_device_refuses_non_finite_states_and_fold_in_embeddings(fitted, dataset, exported, where):
     edge = EdgeScorer(exported)
     bad = dataset.embeddings.matrix[:3].copy()
@@ -272,6 +272,12 @@ def test_device_refuses_non_finite_states_and_fold_in_embeddings(fitted, dataset
     with pytest.raises(ValueError, match="NaN or infinite"):
         if where == "state":
             edge.score_user(np.full(edge.state_dim, np.nan, dtype=np.float32), dataset.embeddings.matrix[:3])
+        elif where == "inf_state":  # once scored as the top of the scale (a NaN check missed it)
+            state = edge.states[0].copy()
+            state[0] = np.inf
+            edge.score_user(state, dataset.embeddings.matrix[:3])
+        elif where == "add_user":
+            edge.add_user("x", np.full(edge.state_dim, np.inf, dtype=np.float32))
         elif where == "fold_in":
             edge.fold_in(bad, np.array([3.0, 4.0, 5.0]))
         elif where == "cache":
