@@ -72,7 +72,8 @@ from .taste import MIN_BAND_WIDTH, N_NULL_DRAWS, fit_whitening, image_sample, ta
 from .events import event_rows
 from .features import ImageFeatures, ImageSide, l2_normalise
 from .metrics import per_user
-from .fitted import EVENTS_FILE, RATINGS_FILE, USERS_FILE, FittedScorer, json_scalar, read_users, write_users
+from .fitted import (EVENTS_FILE, MODEL_FILES, RATINGS_FILE, USERS_FILE, FittedScorer, json_scalar, read_users,
+                     write_users)
 from .user_solver import DemographicPrior, UserSolver, als_row_values, state_layout, user_normal_equations
 
 FROM_EVENTS = "context events"  # ratings.parquet's origin of people added with their events (events.parquet keeps them)
@@ -444,6 +445,10 @@ class PersonalScorer(BaseEstimator):
                 # 48.0 is refused too: counts index arrays and size k-means and trees, which take ints only
                 if isinstance(default, int) and not isinstance(value, numbers.Integral):
                     raise InputError(None, f"{name} must be a whole number (like 48, not 48.0), not {_shown(value)}")
+        if self.n_threads is not None and (isinstance(self.n_threads, (bool, np.bool_))
+                                           or not isinstance(self.n_threads, numbers.Integral) or self.n_threads < 1):
+            raise InputError(None, f"n_threads must be a whole number >= 1 or null (all cores, at most 2), "
+                                   f"not {_shown(self.n_threads)}")
         if self.whiten_dim is not None and (isinstance(self.whiten_dim, (bool, np.bool_))
                                             or not isinstance(self.whiten_dim, numbers.Integral)
                                             or self.whiten_dim < self.n_components):
@@ -947,15 +952,16 @@ class PersonalScorer(BaseEstimator):
         _check_embeddings(embeddings)
         ids, table = list(self.users_), self.user_states_
         if states is not None:
-            ids, table = ids + list(states[0]), np.vstack([table, states[1]])
+            extra_ids, extra = _checked_states(states, self.state_dim)
+            ids, table = ids + extra_ids, np.vstack([table, extra])
         order = pl.DataFrame({"participant_id": pl.Series(ids, dtype=pairs["participant_id"].dtype, strict=False),
                               "_row": np.arange(len(ids), dtype=np.int64)}).unique("participant_id", keep="last")
         found = pairs.select("participant_id").join(order, on="participant_id", how="left", maintain_order="left")
         unknown = found.filter(pl.col("_row").is_null())["participant_id"].unique(maintain_order=True)
         if len(unknown):
             raise InputError(None, f"{len(unknown)} participant(s) unknown to the model and without context "
-                                   f"ratings: {preview(unknown.to_list())}; pass their ratings as --context "
-                                   f"(or their events as --context-events)")
+                                   f"ratings: {preview(unknown.to_list())}; fold them in from their ratings or "
+                                   f"events (--context / --context-events; in Python fold_in or add_users)")
         feats = self.image_features(embeddings.take(pairs["image_id"]))
         rows = found["_row"].to_numpy()
         return {**self._columns(self.fitted_.solver.mean, feats, table[rows]), "user_row": rows}
@@ -1037,6 +1043,9 @@ class PersonalScorer(BaseEstimator):
         """
         self._check_fitted()
         path = Path(path)
+        for name in extra_files or {}:  # beside the model's own files, never over or outside them
+            if name in MODEL_FILES or Path(name).name != name or name in ("", ".", ".."):
+                raise InputError(path, f"extra file {name!r} is a model file or not a plain file name")
         with atomic_dir(path, "model.json", "model") as tmp:
             self.fitted_.write(tmp)
             write_users(tmp / USERS_FILE, self.users_, self.user_states_, self.fitted_.digest())
@@ -1114,6 +1123,18 @@ TUNE_STANDARD_ERRORS = 2.0
 _POSITIVE = ("n_components", "rank_threshold", "n_prototypes", "temperature", "factors", "alpha",
              "als_iterations", "head_trees", "head_learning_rate", "head_min_child_samples", "head_max_rows")
 _NON_NEGATIVE = ("taste_rank", "gain_bin", "als_regularization", "bias_shrinkage", "taste_shrinkage")
+
+
+def _checked_states(states, width: int) -> tuple[list, np.ndarray]:
+    """(ids, states) as fold_in returns them, checked: a list of ids and finite rows of `width`."""
+    if not isinstance(states, tuple) or len(states) != 2:
+        raise TypeError("states must be (participant ids, states) as fold_in returns them")
+    ids, table = list(states[0]), np.asarray(states[1])  # its own dtype: the scores stay those of fold_in's states
+    if table.dtype.kind not in "fi" or table.ndim != 2 or table.shape != (len(ids), width):
+        raise InputError(None, f"states must be {len(ids)} row(s) of {width} values (one per id), not {table.shape}")
+    if not np.isfinite(table).all():
+        raise InputError(None, "states: NaN or infinite values; fold the people in again")
+    return ids, table
 
 
 def _check_table(frame, columns: tuple[str, ...], what: str) -> None:

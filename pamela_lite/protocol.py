@@ -13,7 +13,8 @@ import logging
 import numpy as np
 import polars as pl
 
-from .data import Dataset, person_demographics
+from .data import SPLITS, Dataset, person_demographics
+from .errors import InputError, preview
 from .metrics import evaluate_scores
 from .model import PersonalScorer
 
@@ -28,6 +29,8 @@ def kshot_split(frame: pl.DataFrame, k: int, seed: int = 0) -> tuple[pl.DataFram
 
     Users with k or fewer ratings have nothing left to score and drop out of the query.
     """
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 0:
+        raise InputError(None, f"k (context ratings per person) must be a whole number >= 0, not {k!r}")
     rng = np.random.default_rng(seed)
     keyed = frame.with_columns(_draw=pl.Series(rng.random(frame.height)))
     keyed = keyed.with_columns(_rank=pl.col("_draw").rank("ordinal").over("participant_id"))
@@ -88,7 +91,18 @@ def evaluation_cases(dataset: Dataset, kshots: tuple[int, ...], splits=("test_se
 
 def evaluate_models(models: dict[str, PersonalScorer], dataset: Dataset, kshots=(0, 10, 50),
                     splits=("test_seen", "test_unseen"), seed: int = 0) -> list[dict]:
-    """One row of metrics per (model, split, k), plus a ``noise ceiling`` row when known."""
+    """One row of metrics per (model, split, k), plus a ``noise ceiling`` row when known.
+
+    `splits` is a sequence of split names (or one name, or "a,b" text); `kshots` a sequence of
+    context sizes (or one).
+    """
+    splits = tuple(s.strip() for s in splits.split(",")) if isinstance(splits, str) else tuple(splits)
+    unknown = [s for s in splits if s not in SPLITS]
+    if unknown:
+        raise InputError(None, f"unknown split(s) {preview(unknown)}; choose from {', '.join(SPLITS)}")
+    kshots = (kshots,) if isinstance(kshots, (int, np.integer)) else tuple(kshots)
+    for model in models.values():
+        model._check_fitted()
     rows = []
     for split, k in evaluation_cases(dataset, kshots, splits):
         scored = None

@@ -9,6 +9,7 @@ import pytest
 from pamela_lite.data import Embeddings
 from pamela_lite.errors import InputError
 from pamela_lite.model import PersonalScorer
+from pamela_lite.protocol import evaluate_models, kshot_split
 
 from .conftest import SMALL_MODEL
 
@@ -98,3 +99,50 @@ def test_fold_in_reads_age_ranges_and_refuses_impossible_ages(fitted, dataset):
     np.testing.assert_array_equal(ranged[1], years[1])
     with pytest.raises(InputError, match="between 0 and 120"):
         fitted.fold_in(empty, dataset.embeddings, users=pl.DataFrame({"participant_id": ["a"], "age": [200.0]}))
+
+
+@pytest.mark.parametrize("states, problem", [
+    ((["x", "y"], "one row"), "row\\(s\\) of"),  # an IndexError before
+    (("wrong", None), "row\\(s\\) of"),
+    ((["x"], "nan"), "NaN or infinite"),  # NaN scores, clipped to nothing
+])
+def test_predict_checks_the_states_it_is_handed(fitted, dataset, states, problem):
+    pairs = pl.DataFrame({"participant_id": ["x"], "image_id": dataset.embeddings.ids.head(1).to_list()})
+    width = fitted.state_dim
+    given = {"one row": np.zeros((1, width)), "nan": np.full((1, width), np.nan), None: np.zeros((2, 3))}[states[1]]
+    with pytest.raises(InputError, match=problem):
+        fitted.predict(pairs, dataset.embeddings, states=(states[0] if states[0] != "wrong" else ["x", "y"], given))
+
+
+def test_an_unknown_person_in_predict_is_pointed_to_fold_in(fitted, dataset):
+    pairs = pl.DataFrame({"participant_id": ["stranger"], "image_id": dataset.embeddings.ids.head(1).to_list()})
+    with pytest.raises(InputError, match="in Python fold_in or add_users"):
+        fitted.predict(pairs, dataset.embeddings)
+
+
+@pytest.mark.parametrize("name", ["model.json", "users.npz", "../outside.txt", "sub/x.txt"])
+def test_save_refuses_extra_files_that_would_replace_or_escape_the_model(fitted, tmp_path, name):
+    # "model.json" replaced the model's own file; "../outside.txt" was written beside the folder
+    with pytest.raises(InputError, match="is a model file or not a plain file name"):
+        fitted.save(tmp_path / "m", extra_files={name: "x"})
+    assert not (tmp_path / "m").exists() and not (tmp_path / "outside.txt").exists()
+
+
+@pytest.mark.parametrize("threads", ["2", 2.7, 0, -1, True])
+def test_n_threads_is_checked_like_every_other_hyperparameter(dataset, threads):
+    with pytest.raises(InputError, match="n_threads must be a whole number >= 1"):
+        PersonalScorer(n_threads=threads).fit(_train(dataset), dataset.embeddings)
+
+
+def test_evaluate_models_reads_one_split_name_and_refuses_unknown_ones(fitted, dataset):
+    # "test_seen" as a string iterated over its letters and returned nothing
+    one = evaluate_models({"m": fitted}, dataset, kshots=5, splits="test_seen")
+    assert [(r["split"], r["k"]) for r in one] == [("test_seen", None)] * len(one) and one
+    with pytest.raises(InputError, match="unknown split"):
+        evaluate_models({"m": fitted}, dataset, splits=("tset_seen",))
+
+
+@pytest.mark.parametrize("k", [-1, 2.5, "5"])
+def test_kshot_split_refuses_a_k_that_is_not_a_count(dataset, k):
+    with pytest.raises(InputError, match="must be a whole number >= 0"):
+        kshot_split(dataset.split("test_unseen"), k)
