@@ -335,9 +335,9 @@ class CachedScoring:
         states = np.atleast_2d(np.asarray(states, dtype=np.float32))
         if states.shape[1] != self.state_dim or len(states) not in (1, len(features)):
             raise ValueError(f"states must have shape (1 or {len(features)}, {self.state_dim}), not {states.shape}")
+        check_finite(states, "the user state(s)")  # 1 or N rows of S values, checked before clipping hides them
         out = self.stages.score(features, states, clip)
-        if not np.isfinite(out).all():  # the inputs are looked at only then (a cache's were checked when written)
-            check_finite(states, "the user state(s)")
+        if not np.isfinite(out).all():  # a raw feature row is looked at only then (a cache's were checked when written)
             check_finite(features, "features")
         return out
 

@@ -102,7 +102,10 @@ class Embeddings:
         """The checks a file gets from :func:`read_embeddings`, for embeddings built in memory: a
         duplicated id would shift every later image onto another's vector, silently."""
         if not isinstance(self.ids, pl.Series):
-            self.ids = pl.Series("image_id", np.asarray(self.ids) if not isinstance(self.ids, list) else self.ids)
+            values = list(self.ids) if isinstance(self.ids, (list, tuple)) else np.asarray(self.ids)
+            if isinstance(values, list) and len({type(v) for v in values if v is not None}) > 1:
+                raise InputError(self.source, "image ids of mixed types (integers and text): give one kind")
+            self.ids = pl.Series("image_id", values)
         if not isinstance(self.matrix, np.ndarray):
             self.matrix = np.asarray(self.matrix, dtype=np.float32)
         if self.matrix.ndim != 2 or self.matrix.dtype.kind != "f":
@@ -114,10 +117,13 @@ class Embeddings:
         if len(duplicated):
             raise InputError(self.source, f"{len(duplicated)} image id(s) appear more than once: "
                                           f"{preview(duplicated.to_list())}")
-        if not np.isfinite(self.matrix).all():
+        # A finite float32 matrix cannot overflow a float64 sum, so one pass says whether to look
+        # closer; a memory-mapped feature cache was checked when written, and stays unread here.
+        if not isinstance(self.matrix, np.memmap) and not np.isfinite(self.matrix.sum(dtype=np.float64)):
             bad = ~np.isfinite(self.matrix).all(axis=1)
-            raise InputError(self.source, f"{int(bad.sum())} embedding(s) contain NaN or inf: image ids "
-                                          f"{preview(self.ids.filter(pl.Series(bad)).to_list())}")
+            if bad.any():  # (huge float64 values can overflow the sum without being infinite themselves)
+                raise InputError(self.source, f"{int(bad.sum())} embedding(s) contain NaN or inf: image ids "
+                                              f"{preview(self.ids.filter(pl.Series(bad)).to_list())}")
 
     @property
     def dim(self) -> int:
@@ -484,8 +490,9 @@ def validate_ratings(frame: pl.DataFrame, source, scale: Scale | None = None,
         values = frame.filter(outside)["rating"]
         raise InputError(source, f"{len(values)} rating(s) outside the scale {scale}: "
                                  f"{preview(values.to_list(), 3)} ({_where(frame, outside)})")
-    dup = frame.group_by("participant_id", "image_id", maintain_order=True).len().filter(pl.col("len") > 1)
-    if dup.height and unique_pairs:
+    dup = (frame.group_by("participant_id", "image_id", maintain_order=True).len().filter(pl.col("len") > 1)
+           if unique_pairs else frame.head(0))
+    if dup.height:
         pairs = [f"({p}, {i})" for p, i in dup.select("participant_id", "image_id").iter_rows()]
         first = dup.row(0, named=True)
         again = (pl.col("participant_id") == first["participant_id"]) & (pl.col("image_id") == first["image_id"])

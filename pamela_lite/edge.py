@@ -275,11 +275,15 @@ class EdgeScorer(CachedScoring):
         if states.shape != (embeddings.shape[0], self.state_dim):
             raise ValueError(f"states must have shape ({embeddings.shape[0]}, {self.state_dim}) or "
                              f"(1, {self.state_dim}), not {states.shape}")
-        out = self.session.run(["score" if clip else "utility"], {"embedding": embeddings, "user_state": states})[0]
-        if not np.isfinite(out).all():  # onnxruntime scores NaN/inf inputs; checking the N outputs costs ~1 µs
+        # The utility is checked even when the clipped score is wanted: clipping turns an infinite
+        # state's score into the end of the scale. onnxruntime scores NaN/inf inputs silently;
+        # checking the N outputs costs ~1 µs, and the inputs are looked at only when one is not finite.
+        outputs = self.session.run(["utility", "score"] if clip else ["utility"],
+                                   {"embedding": embeddings, "user_state": states})
+        if not np.isfinite(outputs[0]).all():
             check_finite(embeddings, "embeddings")
             check_finite(states, "states")
-        return out
+        return outputs[-1]
 
     def score_user(self, user: str | np.ndarray, embeddings: np.ndarray, clip: bool = True) -> np.ndarray:
         """Scores of one user (id or state) for each embedding row (or each image of a feature cache)."""

@@ -356,14 +356,20 @@ class PersonalScorer(BaseEstimator):
         if validation is not None:
             _check_table(validation, ("participant_id", "image_id", "rating"), "validation")
         if scale is not None and not isinstance(scale, (Scale, tuple, list, str)):
-            raise TypeError(f"scale must be a pamela_lite.data.Scale or (low, high), not {scale!r}")
+            raise TypeError(f"scale must be a pamela_lite.data.Scale, (low, high) or text such as '1-5', not {scale!r}")
         # The rules every reader of ratings applies (whole numbers on the scale, no nulls or
         # duplicates), so a script's table is held to what a ratings file is.
-        ratings, scale = validate_ratings(normalise_ages(ratings, "ratings"), "ratings", Scale.of(scale))
+        scale = Scale.of(scale)
+        if scale is None and validation is not None:  # read off all the ratings at hand, as load_dataset does
+            both = pl.concat([f.select("participant_id", "image_id", "rating") for f in (ratings, validation)],
+                             how="vertical_relaxed")
+            _, scale = validate_ratings(both, "ratings and validation", unique_pairs=False)
+        ratings, scale = validate_ratings(normalise_ages(ratings, "ratings"), "ratings", scale)
         if validation is not None:
             validation, _ = validate_ratings(validation, "validation", scale)
         return self._fit(ratings, embeddings, scale, validation)
 
+    @_limit_threads
     def _fit(self, ratings: pl.DataFrame, embeddings: Embeddings, scale: Scale,
              validation: pl.DataFrame | None) -> "PersonalScorer":
         """:meth:`fit` on checked inputs; the events-only fit (``pamela_lite.event_fit``) comes in
@@ -820,6 +826,9 @@ class PersonalScorer(BaseEstimator):
             _check_table(users, ("participant_id",), "users")
             users = normalise_ages(users, "users")
         _check_embeddings(embeddings)
+        if context.height and fitted.events_only:  # as the command-line tools refuse it (cli.refuse_rating_context)
+            raise InputError(None, "rating context for a scorer fitted on events alone (its scores are "
+                                   "preferences, not ratings): fold people in from their events")
         if context.height:  # the rules of every reader: whole ratings on the model's scale, no nulls or duplicates
             context, _ = validate_ratings(normalise_ages(context, "context"), "context", Scale(*fitted.scale),
                                           unique_pairs=False)  # an image rated twice: two observations
@@ -841,9 +850,6 @@ class PersonalScorer(BaseEstimator):
         user_index = np.zeros(0, dtype=np.int64)
         rows = np.zeros((0, fitted.embedding_dim), dtype=np.float32)
         if context.height:
-            if fitted.events_only:  # as the command-line tools refuse it (cli.refuse_rating_context)
-                raise InputError(None, "rating context for a scorer fitted on events alone (its scores are "
-                                       "preferences, not ratings): fold people in from their events")
             rows = embeddings.take(context["image_id"])
             order = {u: k for k, u in enumerate(ids)}
             user_index = np.array([order[u] for u in context["participant_id"].to_list()], dtype=np.int64)
@@ -864,6 +870,9 @@ class PersonalScorer(BaseEstimator):
         With ``fold_events=False`` the events are kept but not folded in (a model without an
         event channel keeps them for a later fit that has one).
         """
+        # Kept as fold_in reads them: ages as years ("25-34" as its midpoint), the form ratings_ stores.
+        context = normalise_ages(context, "context") if isinstance(context, pl.DataFrame) else context
+        users = normalise_ages(users, "users") if isinstance(users, pl.DataFrame) else users
         folded = self.fold_in(context, embeddings, users, events if fold_events else None)
         known, new = _merged_ids(self.users_, list(folded[0]))
         position = {str(u): k for k, u in enumerate(known)}
@@ -1130,7 +1139,9 @@ def _checked_states(states, width: int) -> tuple[list, np.ndarray]:
     if not isinstance(states, tuple) or len(states) != 2:
         raise TypeError("states must be (participant ids, states) as fold_in returns them")
     ids, table = list(states[0]), np.asarray(states[1])  # its own dtype: the scores stay those of fold_in's states
-    if table.dtype.kind not in "fi" or table.ndim != 2 or table.shape != (len(ids), width):
+    if table.dtype.kind not in "fi":
+        raise InputError(None, f"states must be numbers, not {table.dtype}")
+    if table.ndim != 2 or table.shape != (len(ids), width):
         raise InputError(None, f"states must be {len(ids)} row(s) of {width} values (one per id), not {table.shape}")
     if not np.isfinite(table).all():
         raise InputError(None, "states: NaN or infinite values; fold the people in again")

@@ -373,9 +373,10 @@ def test_the_python_api_refuses_ratings_for_a_scorer_fitted_on_events_alone(smal
     _, data, _, events = small
     model = fit_events_only(events, data.embeddings, dict(n_components=8, n_prototypes=12, factors=4, head_trees=30,
                                                           n_folds=3), threads=1)
-    rated = pl.DataFrame({"participant_id": ["rater"], "image_id": data.embeddings.ids.head(1), "rating": [1]})
-    with pytest.raises(InputError, match="fitted on events alone"):
-        model.fold_in(rated, data.embeddings)
+    for rating in (1, 4):  # 4, off the preference scale, once got "outside the scale -1-1" instead
+        rated = pl.DataFrame({"participant_id": ["rater"], "image_id": data.embeddings.ids.head(1), "rating": [rating]})
+        with pytest.raises(InputError, match="fitted on events alone"):
+            model.fold_in(rated, data.embeddings)
 
 
 def test_score_refuses_a_rating_context_for_a_scorer_fitted_on_events_alone(events_only_scorer):

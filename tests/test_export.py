@@ -264,7 +264,8 @@ def test_device_scoring_refuses_a_nan_embedding_naming_its_row(fitted, dataset, 
         edge.score_user(str(fitted.users_[0]), gallery)
 
 
-@pytest.mark.parametrize("where", ["state", "inf_state", "fold_in", "cache", "cached_state", "add_user"])
+@pytest.mark.parametrize("where", ["state", "inf_state", "inf_state_clipped", "inf_state_cached", "fold_in", "cache",
+                                   "cached_state", "add_user"])
 def test_device_refuses_non_finite_states_and_fold_in_embeddings(fitted, dataset, exported, where):
     edge = EdgeScorer(exported)
     bad = dataset.embeddings.matrix[:3].copy()
@@ -276,6 +277,15 @@ def test_device_refuses_non_finite_states_and_fold_in_embeddings(fitted, dataset
             state = edge.states[0].copy()
             state[0] = np.inf
             edge.score_user(state, dataset.embeddings.matrix[:3])
+        elif where == "inf_state_clipped":  # clipping made the score the top of the scale, which passed a check
+            states = np.repeat(edge.states[:1], 3, axis=0)
+            states[:, 0] = np.inf
+            edge.score(dataset.embeddings.matrix[:3], states)
+        elif where == "inf_state_cached":
+            cache = edge.cache_features(dataset.embeddings.matrix[:20])
+            states = edge.states[:1].copy()
+            states[0, 0] = np.inf
+            edge.score_cached(cache, states)
         elif where == "add_user":
             edge.add_user("x", np.full(edge.state_dim, np.inf, dtype=np.float32))
         elif where == "fold_in":

@@ -136,8 +136,8 @@ def test_n_threads_is_checked_like_every_other_hyperparameter(dataset, threads):
 
 def test_evaluate_models_reads_one_split_name_and_refuses_unknown_ones(fitted, dataset):
     # "test_seen" as a string iterated over its letters and returned nothing
-    one = evaluate_models({"m": fitted}, dataset, kshots=5, splits="test_seen")
-    assert [(r["split"], r["k"]) for r in one] == [("test_seen", None)] * len(one) and one
+    one = evaluate_models({"m": fitted}, dataset, kshots=5, splits="test_unseen")
+    assert {(r["split"], r["k"]) for r in one} == {("test_unseen", 5)}
     with pytest.raises(InputError, match="unknown split"):
         evaluate_models({"m": fitted}, dataset, splits=("tset_seen",))
 
@@ -146,3 +146,28 @@ def test_evaluate_models_reads_one_split_name_and_refuses_unknown_ones(fitted, d
 def test_kshot_split_refuses_a_k_that_is_not_a_count(dataset, k):
     with pytest.raises(InputError, match="must be a whole number >= 0"):
         kshot_split(dataset.split("test_unseen"), k)
+
+
+def test_add_users_keeps_an_age_range_as_years(fitted, dataset):
+    # fold_in read "25-35" but add_users then failed storing it (a strict Float64 cast)
+    model = PersonalScorer(**fitted.get_params())
+    model.__dict__.update({k: v for k, v in fitted.__dict__.items() if k.endswith("_")})
+    context = pl.DataFrame({"participant_id": ["new"], "image_id": dataset.embeddings.ids.head(1).to_list(),
+                            "rating": [3], "age": ["25-35"]})
+    model.add_users(context, dataset.embeddings)
+    assert model.ratings_.filter(pl.col("participant_id") == "new")["age"].to_list() == [30.0]
+
+
+def test_a_scale_read_off_the_data_covers_the_validation_ratings_too(dataset):
+    # the training ratings' range alone refused a validation rating at the top of the scale
+    train, validation = _train(dataset), dataset.split("val_seen")
+    top = dataset.scale.high
+    train = train.with_columns(pl.when(pl.col("rating") == top).then(top - 1).otherwise(pl.col("rating")).alias("rating"))
+    model = PersonalScorer(random_state=0, **TINY, use_head=False).fit(train, dataset.embeddings,
+                                                                        validation=validation)
+    assert model.fitted_.scale == (dataset.scale.low, top)
+
+
+def test_embeddings_refuse_ids_of_mixed_types():
+    with pytest.raises(InputError, match="mixed types"):
+        Embeddings([1, "a"], np.zeros((2, 3), dtype=np.float32))
