@@ -21,6 +21,7 @@ Results: benchmarks/results/dask_scaling.{md,json} (--quick: benchmarks/results/
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import sys
@@ -119,7 +120,8 @@ def measure(workdir: Path, info: dict, worker_counts) -> dict:
         log(f"{name}: in-process {seconds:.2f}s")
     for workers in worker_counts:
         with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                          scheduler_kwargs={"dashboard": False}, silence_logs=40) as cluster, Client(cluster) as client:
+                          scheduler_kwargs={"dashboard": False},
+                          silence_logs=logging.CRITICAL) as cluster, Client(cluster) as client:
             for name, (job, pairs) in plans.items():
                 on_dask(client, job, workdir / "warm")  # every worker loads its session once
                 shutil.rmtree(workdir / "warm")
