@@ -103,7 +103,7 @@ class Embeddings:
         duplicated id would shift every later image onto another's vector, silently."""
         if not isinstance(self.ids, pl.Series):
             values = list(self.ids) if isinstance(self.ids, (list, tuple)) else np.asarray(self.ids)
-            if isinstance(values, list) and len({type(v) for v in values if v is not None}) > 1:
+            if isinstance(values, list) and len({isinstance(v, (str, np.str_)) for v in values if v is not None}) > 1:
                 raise InputError(self.source, "image ids of mixed types (integers and text): give one kind")
             self.ids = pl.Series("image_id", values)
         if not isinstance(self.matrix, np.ndarray):

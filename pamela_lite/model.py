@@ -364,9 +364,11 @@ class PersonalScorer(BaseEstimator):
             both = pl.concat([f.select("participant_id", "image_id", "rating") for f in (ratings, validation)],
                              how="vertical_relaxed")
             _, scale = validate_ratings(both, "ratings and validation", unique_pairs=False)
-        ratings, scale = validate_ratings(normalise_ages(ratings, "ratings"), "ratings", scale)
+        # A split column means nothing to the fit (it is handed one split): not checked here.
+        ratings, scale = validate_ratings(normalise_ages(ratings.drop("split", strict=False), "ratings"), "ratings",
+                                          scale)
         if validation is not None:
-            validation, _ = validate_ratings(validation, "validation", scale)
+            validation, _ = validate_ratings(validation.drop("split", strict=False), "validation", scale)
         return self._fit(ratings, embeddings, scale, validation)
 
     @_limit_threads
@@ -830,8 +832,8 @@ class PersonalScorer(BaseEstimator):
             raise InputError(None, "rating context for a scorer fitted on events alone (its scores are "
                                    "preferences, not ratings): fold people in from their events")
         if context.height:  # the rules of every reader: whole ratings on the model's scale, no nulls or duplicates
-            context, _ = validate_ratings(normalise_ages(context, "context"), "context", Scale(*fitted.scale),
-                                          unique_pairs=False)  # an image rated twice: two observations
+            context, _ = validate_ratings(normalise_ages(context.drop("split", strict=False), "context"), "context",
+                                          Scale(*fitted.scale), unique_pairs=False)  # an image rated twice: two observations
         given = [f for f in (context, users, events) if f is not None]
         if len({f["participant_id"].dtype for f in given}) > 1:  # integers in one table, text in another
             context, users, events = (None if f is None else f.with_columns(pl.col("participant_id").cast(pl.String))
@@ -1136,9 +1138,11 @@ _NON_NEGATIVE = ("taste_rank", "gain_bin", "als_regularization", "bias_shrinkage
 
 def _checked_states(states, width: int) -> tuple[list, np.ndarray]:
     """(ids, states) as fold_in returns them, checked: a list of ids and finite rows of `width`."""
-    if not isinstance(states, tuple) or len(states) != 2:
+    if not isinstance(states, (tuple, list)) or len(states) != 2:
         raise TypeError("states must be (participant ids, states) as fold_in returns them")
     ids, table = list(states[0]), np.asarray(states[1])  # its own dtype: the scores stay those of fold_in's states
+    if table.ndim == 1 and len(ids) == 1:  # one person's state as a vector
+        table = table[None, :]
     if table.dtype.kind not in "fi":
         raise InputError(None, f"states must be numbers, not {table.dtype}")
     if table.ndim != 2 or table.shape != (len(ids), width):

@@ -55,6 +55,8 @@ def age_years(value) -> float | None:
 
     ValueError for text that is no age, and for ages outside 0..MAX_AGE.
     """
+    if isinstance(value, np.ndarray) and value.ndim == 0:  # a 0-d array, e.g. from np.load
+        value = value.item()
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     if isinstance(value, str):

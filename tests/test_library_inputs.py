@@ -171,3 +171,26 @@ def test_a_scale_read_off_the_data_covers_the_validation_ratings_too(dataset):
 def test_embeddings_refuse_ids_of_mixed_types():
     with pytest.raises(InputError, match="mixed types"):
         Embeddings([1, "a"], np.zeros((2, 3), dtype=np.float32))
+
+
+def test_valid_forms_the_checks_must_not_refuse(fitted, dataset, exported):
+    # a regression trial: each of these worked before the library checks, and must still
+    from pamela_lite.edge import EdgeScorer
+
+    context = dataset.split("test_unseen").head(5)
+    ids, states = fitted.fold_in(context, dataset.embeddings)
+    query = context.select("participant_id", "image_id")
+    scored = fitted.predict(query, dataset.embeddings, states=(ids, states))
+    assert np.array_equal(fitted.predict(query, dataset.embeddings, states=[ids, states]), scored)  # a list pair
+    one = fitted.predict(query.head(1), dataset.embeddings, states=(ids[:1], states[0]))  # one state as a vector
+    assert one[0] == scored[0]
+    with_split = context.with_columns(split=pl.lit(None, pl.String))  # fold-in does not read the split
+    assert np.array_equal(fitted.fold_in(with_split, dataset.embeddings)[1], states)
+    edge = EdgeScorer(exported)
+    rows = dataset.embeddings.matrix[:3]
+    assert np.array_equal(edge.fold_in(rows, [3, 4, 5], age=np.array(34.0)), edge.fold_in(rows, [3, 4, 5], age=34.0))
+
+
+def test_embeddings_take_python_and_numpy_integers_together_as_one_kind():
+    made = Embeddings([1, np.int64(2)], np.zeros((2, 3), dtype=np.float32))
+    assert made.ids.to_list() == [1, 2]
