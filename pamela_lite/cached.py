@@ -290,7 +290,8 @@ class CachedScoring:
     """Two-stage scoring for :class:`pamela_lite.edge.EdgeScorer` (mixed in; numpy + onnxruntime).
 
     Needs ``scorer_path``, ``fit_sha256``, ``precision``, ``session_options``, ``state()``,
-    ``embedding_dim``, ``state_dim`` and ``scale`` from the scorer it is mixed into.
+    ``_embedding_rows()``, ``embedding_dim``, ``state_dim`` and ``scale`` from the scorer it is
+    mixed into.
     """
 
     _two_stage: TwoStage | None = None
@@ -304,11 +305,8 @@ class CachedScoring:
 
     def cache_features(self, embeddings: np.ndarray, image_ids=None) -> FeatureCache:
         """A catalogue's features, computed once (ids default to row numbers)."""
-        embeddings = np.atleast_2d(np.asarray(embeddings, dtype=np.float32))
-        if embeddings.shape[1] != self.embedding_dim:
-            raise ValueError(f"embeddings must have shape (N, {self.embedding_dim}), not {embeddings.shape}")
-        if not np.isfinite(embeddings).all():  # a NaN embedding would make a NaN feature row, cached for good
-            raise ValueError("embeddings: NaN or infinite values; only finite vectors can be cached")
+        # the device's own check of embedding rows: a NaN one would make a NaN feature row, cached for good
+        embeddings = self._embedding_rows(embeddings, "embeddings")
         ids = np.arange(len(embeddings)) if image_ids is None else np.asarray(image_ids)
         if len(ids) != len(embeddings):
             raise ValueError(f"{len(ids)} image ids for {len(embeddings)} embeddings")

@@ -65,9 +65,9 @@ def _pamela_files(root: Path, files: list, images: Path, watch: Stopwatch) -> tu
     """The files that are PAMELA images, with their image ids, and the annotated image paths
     under `images` that have no file (they will have no embedding: fit would refuse them)."""
     mapping = pamela_ids(root)
-    keyed = [(path, mapping.get(relative_to_root(path, root))) for path, _ in files]
-    matched = [(p, i) for p, i in keyed if i is not None]
-    unmatched = [str(p) for p, i in keyed if i is None]
+    relative = {path: relative_to_root(path, root) for path, _ in files}  # once per file: it may resolve links
+    matched = [(p, mapping[relative[p]]) for p, _ in files if relative[p] in mapping]
+    unmatched = [str(p) for p, _ in files if relative[p] not in mapping]
     if not matched:
         raise InputError(images, f"none of its {len(files)} file(s) is an image_path of the annotations in {root} "
                                  f"(e.g. {unmatched[0] if unmatched else 'no file'} vs "
@@ -75,7 +75,7 @@ def _pamela_files(root: Path, files: list, images: Path, watch: Stopwatch) -> tu
     if unmatched:
         watch.step(f"{len(unmatched)} file(s) are not in PAMELA's annotations and are left out, e.g. {unmatched[0]}")
     within = relative_to_root(images, root) if images.is_dir() else None
-    found = {relative_to_root(p, root) for p, _ in matched}
+    found = {relative[p] for p, _ in matched}
     absent = [p for p in mapping if p not in found and within is not None
               and (within == "." or p.startswith(within.rstrip("/") + "/")) and not (root / p).exists()]
     if absent:
