@@ -81,7 +81,14 @@ def evaluate_scores(frame: pl.DataFrame, min_ratings: int = MIN_RATINGS) -> dict
     dict
         srocc, plcc, pairwise_acc, mae, rmse, n_ratings, n_users (users that count for the
         per-user metrics).
+
+    Raises
+    ------
+    ValueError
+        When a rating or score is missing, NaN or infinite: the metrics would disagree about
+        such a row (the correlations skip it, the errors become NaN), so it is refused instead.
     """
+    _check_finite(frame)
     users = per_user(frame, min_ratings)
     err = (frame["score"] - frame["rating"]).to_numpy().astype(float)
     n_pairs = int(users["pairs"].sum()) if users.height else 0
@@ -94,6 +101,15 @@ def evaluate_scores(frame: pl.DataFrame, min_ratings: int = MIN_RATINGS) -> dict
         "n_ratings": int(frame.height),
         "n_users": int(users.height),
     }
+
+
+def _check_finite(frame: pl.DataFrame) -> None:
+    for column in ("rating", "score"):
+        values = frame[column].cast(pl.Float64).to_numpy()  # nulls become NaN
+        bad = int(np.count_nonzero(~np.isfinite(values)))
+        if bad:
+            raise ValueError(f"{bad} of {len(values)} {column}s are missing, NaN or infinite; "
+                             f"drop or fix those rows before scoring (the metrics would disagree about them)")
 
 
 def kendall_tau_b(rating: np.ndarray, score: np.ndarray) -> float:

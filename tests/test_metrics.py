@@ -162,3 +162,13 @@ def test_group_errors_per_gender_with_a_missing_group():
     assert out["group"].to_list() == ["f", "m", "missing"]
     assert out["srocc"].to_list() == pytest.approx([1.0, -1.0, 0.0])
     assert out["mae"].to_list() == pytest.approx([0.0, 2.6, 1.2]) and out["users"].to_list() == [1, 1, 1]
+
+
+@pytest.mark.parametrize("column", ["score", "rating"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), None])
+def test_a_missing_or_non_finite_value_is_refused_not_averaged_around(column, bad):
+    frame = _frame(["a"] * 5, [1, 2, 3, 4, 5], [0.1, 0.2, 0.3, 0.4, 0.5])
+    values = frame[column].cast(pl.Float64).to_list()
+    values[2] = bad
+    with pytest.raises(ValueError, match=f"1 of 5 {column}s are missing, NaN or infinite"):
+        evaluate_scores(frame.with_columns(pl.Series(column, values, dtype=pl.Float64)))
