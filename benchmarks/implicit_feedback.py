@@ -14,6 +14,8 @@ then folded in (no refit) from
 * their first n shown images and the actions on them (the events curve), alone or with 10 ratings,
 * the naive alternative: the same events mapped to pseudo-ratings (kept: top of the scale,
   rejected: bottom, shown only: middle) and folded in as ratings,
+* their events folded into a scorer fitted on the training people's events alone (no rating
+  anywhere: ``fit --events`` without ``--data``, ``pamela_lite.event_fit.fit_events_only``),
 
 and scored by per-user SROCC on their val_seen + test_seen ratings (images nobody rated in
 training, and never shown in any log). About 40 people are held out per world, so one run's
@@ -36,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import log, machine, machine_lines, results_dir, save  # noqa: E402
 
 from pamela_lite import event_sim, worlds  # noqa: E402
-from pamela_lite.event_fit import calibrate, fold_seen_events  # noqa: E402
+from pamela_lite.event_fit import calibrate, fit_events_only, fold_seen_events  # noqa: E402
 from pamela_lite.events import evidence, validate_events  # noqa: E402
 from pamela_lite.metrics import evaluate_scores  # noqa: E402
 from pamela_lite.model import PersonalScorer  # noqa: E402
@@ -51,7 +53,7 @@ WITH_RATINGS = (200, 800)
 DRAWS = 3
 SEEDS = (0, 1, 2)
 QUICK = dict(n_users=100, n_images=1500)
-CURVES = ("alone", "with_10", "naive_alone", "naive_with_10", "actions_per_person")
+CURVES = ("alone", "with_10", "naive_alone", "naive_with_10", "events_only", "actions_per_person")
 
 
 def first_impressions(raw: pl.DataFrame, n: int) -> pl.DataFrame:
@@ -113,15 +115,19 @@ def run_world(name: str, quick: bool, seed: int) -> dict:
         channel = calibrate(model, events.filter(~pl.col("participant_id").is_in(held.implode())), train,
                             validation, data.embeddings, seed=seed)
         mine = raw.filter(pl.col("participant_id").is_in(held.implode()))
-        seen = seen_people(model, data, train, validation, events.filter(~pl.col("participant_id").is_in(held.implode())))
+        theirs = events.filter(~pl.col("participant_id").is_in(held.implode()))
+        seen = seen_people(model, data, train, validation, theirs)
+        # Events alone: the training people's whole logs, no rating (what fit --events without --data makes)
+        events_only = fit_events_only(theirs, data.embeddings, seed=seed, threads=1)
         row = {"channel": channel.to_json(), "log": event_sim.summary(raw), "alone": {}, "with_10": {},
-               "naive_alone": {}, "naive_with_10": {}, "actions_per_person": {}, "seen": seen}
+               "naive_alone": {}, "naive_with_10": {}, "events_only": {}, "actions_per_person": {}, "seen": seen}
         for n in EVENTS:
             sub = validate_events(first_impressions(mine, n), f"{kind} log")
             row["actions_per_person"][n] = round(sub.filter(pl.col("event") != "view").height / len(held), 1)
             row["alone"][n] = srocc(model, data, query, empty, users, sub)
             if n in WITH_RATINGS:
                 row["with_10"][n] = float(np.mean([srocc(model, data, query, c, users, sub) for c in contexts[10]]))
+                row["events_only"][n] = srocc(events_only, data, query, empty, users, sub)
                 fake = naive_ratings(sub, data.scale)
                 row["naive_alone"][n] = srocc(model, data, query, fake, users)
                 row["naive_with_10"][n] = float(np.mean([
@@ -227,6 +233,7 @@ def markdown(result: dict) -> str:
             out.append(f"| | | 10 ratings + events | {cells('with_10')} |")
             out.append(f"| | | naive pseudo-ratings alone | {cells('naive_alone')} |")
             out.append(f"| | | naive + 10 ratings | {cells('naive_with_10')} |")
+            out.append(f"| | | scorer fitted on events alone (no rating anywhere) | {cells('events_only')} |")
             out.append("| | | non-view event rows per person | " + " | ".join(f"{row['actions_per_person'][n]:.1f}" for n in EVENTS) + " |")
         out.append("")
         out += ["Logs (action rates per shown image): " + "; ".join(

@@ -647,3 +647,35 @@ def test_unknown_event_in_context_events_exits_2_with_one_line(small, tmp_path):
                "--context-events", tmp_path / "new.csv", "--out", tmp_path / "s.csv")
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1 and "adored" in lines[0] and "Traceback" not in done.stderr
+
+
+def test_events_given_only_as_numeric_weights_are_calibrated(small):
+    world, data, model, _ = small
+    raw = event_sim.simulate(world, "session", impressions=120)
+    weighted = raw.with_columns(weight=pl.col("event").replace_strict(DEFAULT_EVENTS, return_dtype=pl.Float64)).drop("event")
+    channel = calibrate(model, validate_events(weighted, "sim"), data.split("train"), data.split("val_seen"),
+                        data.embeddings)
+    model.fitted_.events = replace(CHANNEL)
+    assert "accepted" in channel.report and channel.report["users"] > 0  # chosen on validation, with no names to tune
+
+
+def test_events_alone_without_any_choice_exit_2_with_one_line(tmp_path, capsys):
+    from pamela_lite import demo, fit
+    from pamela_lite.cli import run
+
+    assert run(demo.main, ["--users", "30", "--images", "200", "--ratings", "2000", "--dim", "16", "--events",
+                           "session", "--impressions", "40", "--out", str(tmp_path / "w")]) == 0
+    pl.read_parquet(tmp_path / "w" / "events.parquet").with_columns(event=pl.lit("view")).write_parquet(
+        tmp_path / "views.parquet")
+    capsys.readouterr()
+    code = run(fit.main, ["--events", str(tmp_path / "views.parquet"), "--embeddings",
+                          str(tmp_path / "w" / "embeddings.parquet"), "--out", str(tmp_path / "m"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "views.parquet" in err[0] and "no session shows a choice" in err[0]
+    assert not (tmp_path / "m").exists()
+
+
+def test_the_library_refuses_events_alone_without_any_choice(small):
+    _, data, _, events = small
+    with pytest.raises(ValueError, match="no session shows a choice"):
+        fit_events_only(events.with_columns(event=pl.lit("view"), weight=pl.lit(0.0)), data.embeddings)
