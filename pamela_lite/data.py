@@ -145,7 +145,7 @@ class Embeddings:
             hint = f" (embed could not embed some images: see {skipped})" if skipped.is_file() else ""
             raise InputError(source or self.source,
                              f"{len(missing)} image id(s) have no embedding in {self.source}: "
-                             f"{preview(missing.to_list())}{id_type_note(image_ids, self.ids, 'the embeddings')}{hint}")
+                             f"{preview(missing.to_list())}{id_type_note(image_ids, self.ids, 'the embeddings', missing)}{hint}")
         return found["_row"].to_numpy()
 
     def take(self, image_ids: pl.Series, source: str | Path | None = None) -> np.ndarray:
@@ -185,10 +185,16 @@ def _id_kind(ids: pl.Series) -> str:
     return "text" if ids.dtype == pl.String else "integers" if ids.dtype.is_integer() else str(ids.dtype)
 
 
-def id_type_note(given: pl.Series, known: pl.Series, where: str) -> str:
-    """A hint for a failed id lookup when the two sides type their ids differently."""
+def id_type_note(given: pl.Series, known: pl.Series, where: str, missing: pl.Series | None = None) -> str:
+    """A hint for a failed id lookup when the two sides type their ids differently; with the
+    `missing` ids, only when one of them would match as a number ("077" against 77): an id that
+    exists in no form needs no lesson in typing."""
     if given.dtype == known.dtype:
         return ""
+    if missing is not None:
+        number = lambda ids: pl.Series(ids).cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False)
+        if not number(missing).drop_nulls().is_in(number(known).drop_nulls().implode()).any():
+            return ""
     return (f" (these ids are {_id_kind(given)}, those of {where} are {_id_kind(known)}: they are compared as "
             f"text, e.g. {known[0]!r} matches {str(known[0])!r} only)")
 

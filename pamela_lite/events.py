@@ -203,11 +203,28 @@ def validate_events(frame: pl.DataFrame, source, vocabulary: dict[str, float] | 
     kept = [c for c in OPTIONAL if c in frame.columns and c != "session_id"]
     merged = (frame.group_by(keys, maintain_order=True)
               .agg(pl.len().alias("count"), *(pl.col(c).first() for c in kept)))
+    _warn_unshown_actions(merged, source)
     extra = frame.height - merged.height
     if extra:
-        log.warning(f"warning: {source}: {extra} duplicated event row(s) (same participant, image, session and "
-                    f"event) merged into {merged.filter(pl.col('count') > 1).height}; each counts once")
+        log.warning(f"warning: {source}: {merged.filter(pl.col('count') > 1).height} event row(s) appear more than "
+                    f"once (same participant, image, session and event; {extra} extra cop(ies)); each counts once")
     return merged.select("participant_id", "image_id", "session_id", "event", WEIGHT, "count", *kept)
+
+
+def _warn_unshown_actions(events: pl.DataFrame, source) -> None:
+    """Warn about named actions on an image without a ``view`` row (or another name of weight 0)
+    in their session: the image was shown (it was acted on), so the images shown beside it are
+    probably missing too, and a choice is then compared with fewer alternatives than the person had."""
+    named = pl.col("event").is_not_null()
+    if not events.select(named.any()).item():
+        return  # numeric weights: one row per shown image may carry its whole evidence
+    per_image = (events.group_by("participant_id", "session_id", "image_id")
+                 .agg(acted=(named & (pl.col(WEIGHT) != 0)).any(), viewed=(named & (pl.col(WEIGHT) == 0)).any()))
+    unshown = per_image.filter(pl.col("acted") & ~pl.col("viewed")).height
+    if unshown:
+        log.warning(f"warning: {source}: {unshown} image(s) acted on have no 'view' row in their session; give one "
+                    f"'view' row for every image shown (the images shown beside a choice are what it is compared "
+                    f"with)")
 
 
 def load_events(path: str | Path, embeddings: Embeddings | None = None,
@@ -224,6 +241,13 @@ def comparing_nothing(events: pl.DataFrame, within: str = "session") -> pl.Serie
     shown = events.group_by(keys).agg(pl.col("image_id").n_unique().alias("_n"))
     return (shown.group_by("participant_id", maintain_order=True).agg(pl.col("_n").max())
             .filter(pl.col("_n") <= 1)["participant_id"])
+
+
+def without_actions(evidence_rows: pl.DataFrame) -> pl.Series:
+    """People whose :func:`evidence` rows are all 0: they were shown images and did nothing with
+    them (or only what weighs 0), which says nothing about what they like."""
+    return (evidence_rows.group_by("participant_id", maintain_order=True).agg((pl.col("evidence") != 0).any())
+            .filter(~pl.col("evidence"))["participant_id"])
 
 
 def evidence(events: pl.DataFrame, weights: dict[str, float] | None = None) -> pl.DataFrame:

@@ -20,7 +20,7 @@ from .cli import (REFIT_KNOWN, Stopwatch, check_table_path, log, parser_for, ref
                   refuse_rating_context, run, warn_unknown_demographics, write_table)
 from .data import Scale, id_type_note, read_embeddings, read_pairs, read_ratings, validate_ratings
 from .errors import InputError, preview
-from .events import comparing_nothing, load_events
+from .events import comparing_nothing, evidence, load_events, without_actions
 from .fitted import MODEL_FILES
 from .model import PersonalScorer
 
@@ -52,6 +52,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, required=True, help="output table (.csv, .parquet or .json)")
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
     return parser
+
+
+def warn_idle_events(events: pl.DataFrame, model: PersonalScorer, model_path, path: Path) -> None:
+    """Warn, once per kind, about new people's events that cannot change a score: a channel the
+    fit gave no weight, people whose events hold no action, people whose events compare nothing."""
+    channel = model.fitted_.events
+    if channel.strength <= 0:
+        log.warning(f"warning: {model_path}: the fit gave events no weight (validation found they did not "
+                    f"help; metrics.json's event_channel says by how much), so {Path(path).name} changes no score")
+        return
+    quiet = without_actions(evidence(events, channel.weights))
+    if len(quiet):
+        log.warning(f"warning: {path}: the events of {len(quiet)} person(s) hold no action (every row is a plain "
+                    f"view), so they change no score: {preview(quiet.to_list())}")
+    idle = comparing_nothing(events, channel.within)
+    if len(idle):
+        log.warning(f"warning: {path}: the events of {len(idle)} person(s) compare nothing "
+                    f"(every {'session' if channel.within == 'session' else 'log'} shows one "
+                    f"image: give a 'view' row for each image shown), so they change no score: "
+                    f"{preview(idle.to_list())}")
 
 
 def load_context(path: Path, model: PersonalScorer, refit_known: bool = False, remedy: str = REFIT_KNOWN
@@ -107,17 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                                          "refit it with --events to fold people in from their events")
         events = load_events(args.context_events, embeddings, model.fitted_.events.weights)
         refuse_known_context(events["participant_id"], model.users_, args.context_events, args.refit_known)
-        if model.fitted_.events.strength <= 0:
-            log.warning(f"warning: {args.model}: the fit gave events no weight (validation found they did not "
-                        f"help; metrics.json's event_channel says by how much), so {args.context_events.name} "
-                        f"changes no score")
-        else:
-            idle = comparing_nothing(events, model.fitted_.events.within)
-            if len(idle):
-                log.warning(f"warning: {args.context_events}: the events of {len(idle)} person(s) compare nothing "
-                            f"(every {'session' if model.fitted_.events.within == 'session' else 'log'} shows one "
-                            f"image: give a 'view' row for each image shown), so they change no score: "
-                            f"{preview(idle.to_list())}")
+        warn_idle_events(events, model, args.model, args.context_events)
         others.append(events["participant_id"])
     if args.context is not None or events is not None:
         if args.context is not None:

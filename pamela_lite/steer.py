@@ -59,8 +59,8 @@ from .data import Embeddings
 from .errors import InputError
 
 METHODS = ("best_of_n", "greedy", "thompson", "prompt_prior")
-VOCABULARY_FORMAT = "pamela_lite.steer_vocabulary"
 PHRASE_EFFECTS_FORMAT = "pamela_lite.phrase_effects"
+VOCABULARY_FORMAT, VOCABULARY_VERSION = "pamela_lite.steer_vocabulary", 1  # the packaged file's header
 NONE = -1  # no phrase for this attribute
 
 
@@ -106,8 +106,9 @@ class Vocabulary:
     def load(cls, path: str | Path | None = None) -> "Vocabulary":
         """Read and check a vocabulary JSON file (default: the packaged one).
 
-        The file is ``{"attributes": {"lighting": ["golden hour light", ...], ...}}``
-        (other top-level keys are ignored). Problems raise one :class:`InputError` naming the file.
+        The file is ``{"attributes": {"lighting": ["golden hour light", ...], ...}}``; ``format``
+        and ``version``, when given, must be those of the packaged file (other top-level keys are
+        ignored). Problems raise one :class:`InputError` naming the file.
 
         Parameters
         ----------
@@ -135,6 +136,12 @@ class Vocabulary:
         if not isinstance(raw, dict) or not isinstance(raw.get("attributes"), dict) or not raw["attributes"]:
             raise InputError(source, 'vocabulary must be a JSON object with a non-empty "attributes" object '
                                      '{"attribute": ["phrase", ...]}')
+        if raw.get("format", VOCABULARY_FORMAT) != VOCABULARY_FORMAT:
+            raise InputError(source, f"format is {raw['format']!r}, not {VOCABULARY_FORMAT!r}: not a steering "
+                                     f"vocabulary")
+        if raw.get("version", VOCABULARY_VERSION) != VOCABULARY_VERSION:
+            raise InputError(source, f"vocabulary version {raw['version']!r}; this pamela_lite reads version "
+                                     f"{VOCABULARY_VERSION}")
         attributes, seen = [], {}
         for name, phrases in raw["attributes"].items():
             if not isinstance(phrases, list) or not phrases or not all(isinstance(p, str) for p in phrases):
@@ -760,9 +767,12 @@ class _Runner:
         seeds = [self.seeds[(visit * self.m + j) % len(self.seeds)] for j in range(self.m)]
         prompt = self.vocab.render(self.base, choice)
         x = np.asarray(self.generate([prompt] * self.m, seeds))
-        if x.ndim != 2 or len(x) != self.m or not np.isfinite(x).all():
-            raise InputError(None, f"the generator returned {getattr(x, 'shape', '?')} for {self.m} images "
-                                   f"(needs a finite (n, D) array, one row per (prompt, seed))")
+        if x.ndim != 2 or len(x) != self.m:
+            raise InputError(None, f"the generator returned shape {getattr(x, 'shape', '?')} for {self.m} images "
+                                   f"(needs an (n, D) array, one row per (prompt, seed))")
+        if not np.isfinite(x).all():
+            raise InputError(None, f"the generator returned {int(np.sum(~np.isfinite(x).all(axis=1)))} of {self.m} "
+                                   f"embeddings with NaN or infinite values for {prompt!r}")
         scores = np.asarray(self.objective(x), dtype=np.float64)
         self.calls += self.m
         self.visits.setdefault(choice, []).append(len(self.log))
@@ -1187,6 +1197,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--user", help="participant id: known to the model, or one in --context (not needed with --objective population)")
     parser.add_argument("--context", type=Path, help="ratings of a new person (participant_id, image_id, rating "
                                                       "[, age, gender, nationality]), folded in")
+    parser.add_argument("--context-events", type=Path,
+                        help="events of a new person (an events table, as for predict --context-events), folded "
+                             "in alone or with --context; they move the person's taste, but only ratings give "
+                             "the spread over it")
     parser.add_argument("--embeddings", type=Path, help="embeddings of the context's images, or for a known "
                                                         "person of the images the model was fitted on (their "
                                                         "kept ratings give the spread over their taste; "
@@ -1242,7 +1256,16 @@ def _generator(spec: str, dim: int, workdir: Path):
             factory = getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as err:
             raise InputError(None, f"--generator {spec}: cannot import it ({err})") from None
-        return factory(), None
+        if not callable(factory):
+            raise InputError(None, f"--generator {spec}: {attr} is a {type(factory).__name__}, not a factory to call")
+        try:
+            generate = factory()
+        except Exception as err:  # the user's code: its failure is theirs to read, in one line
+            raise InputError(None, f"--generator {spec}: the factory failed: {type(err).__name__}: {err}") from None
+        if not callable(generate):
+            raise InputError(None, f"--generator {spec}: the factory returned a {type(generate).__name__}, not a "
+                                   f"generate(prompts, seeds) callable")
+        return generate, None
     raise InputError(None, f"--generator {spec!r}: use sim:WORLD, stub or module:factory")
 
 
@@ -1284,26 +1307,49 @@ def _phrase_effects(args, vocab: Vocabulary, generate, dim: int) -> PhraseEffect
 def _resolve_user(args, model, world):
     """(label, state, rated embeddings, ratings) of the person to steer for."""
     from .data import read_embeddings
-    from .predict import load_context
+    from .events import load_events
+    from .cli import refuse_known_context
+    from .predict import load_context, warn_idle_events
 
-    if args.context is not None:
-        context = load_context(args.context, model, remedy="steer a known person with --user ID, or rename them")
-        people = context["participant_id"].unique(maintain_order=True).to_list()
-        if args.user is None and len(people) > 1:
-            raise InputError(args.context, f"holds {len(people)} people; choose one with --user")
-        user = people[0] if args.user is None else args.user
-        if str(user) not in [str(p) for p in people]:
-            raise InputError(args.context, f"participant {user!r} has no ratings in it")
-        context = context.filter(pl.col("participant_id").cast(pl.String) == str(user))
+    if args.context is not None or args.context_events is not None:
+        source = args.context if args.context is not None else args.context_events
+        remedy = "steer a known person with --user ID, or rename them"
         if args.embeddings is not None:
             emb = read_embeddings(args.embeddings)
         elif world is not None:
             emb = Embeddings(world.images["image_id"], world.embeddings, f"world {world.name}")
         else:
-            raise InputError(args.context, "needs --embeddings for its images")
-        rated = emb.take(context["image_id"], args.context)
-        ids, states = model.fold_in(context, emb)
-        return str(user), states[0], rated, context["rating"].to_numpy()
+            raise InputError(source, "needs --embeddings for its images")
+        events = None
+        if args.context_events is not None:
+            if model.fitted_.events is None:
+                raise InputError(args.model, "this model was fitted without --events, so it has no event weights: "
+                                             "refit it with --events to fold people in from their events")
+            events = load_events(args.context_events, emb, model.fitted_.events.weights)
+            refuse_known_context(events["participant_id"], model.users_, args.context_events, False, remedy)
+            warn_idle_events(events, model, args.model, args.context_events)
+        if args.context is not None:
+            context = load_context(args.context, model, remedy=remedy)
+        else:
+            context = pl.DataFrame(schema={"participant_id": events["participant_id"].dtype,
+                                           "image_id": events["image_id"].dtype, "rating": pl.Int64})
+        people = pl.concat([context["participant_id"].cast(pl.String)]
+                           + ([] if events is None else [events["participant_id"].cast(pl.String)])
+                           ).unique(maintain_order=True).to_list()
+        if args.user is None and len(people) > 1:
+            raise InputError(source, f"holds {len(people)} people; choose one with --user")
+        user = people[0] if args.user is None else str(args.user)
+        if user not in people:
+            known = user in {str(u) for u in model.users_}
+            raise InputError(source, f"participant {user!r} has no {'ratings' if events is None else 'ratings or events'}"
+                             f" in it" + (" (they are known to the model: drop --context to steer for them)"
+                                          if known else ""))
+        mine = pl.col("participant_id").cast(pl.String) == user
+        context = context.filter(mine)
+        events = None if events is None else events.filter(mine)
+        rated = emb.take(context["image_id"], args.context) if context.height else None
+        ids, states = model.fold_in(context, emb, events=events)
+        return user, states[0], rated, context["rating"].to_numpy() if context.height else None
     if args.user is None:
         raise InputError(None, "name the person: --user ID (known to the model) or --context FILE")
     known = {str(u): k for k, u in enumerate(model.users_)}
@@ -1335,6 +1381,17 @@ def _resolve_user(args, model, world):
     return str(args.user), model.user_states_[row], rated, ratings
 
 
+def _unspent(calls: int, args) -> str:
+    """Why a search spent fewer calls than its budget allows (prompts are rendered whole)."""
+    usable = args.budget - args.budget % args.seeds_per_prompt
+    if calls >= usable:
+        return ""
+    why = {"greedy": "converged (a sweep over every attribute moved nothing)",
+           "prompt_prior": "converged (a sweep over every attribute moved nothing)",
+           "best_of_n": "every prompt the vocabulary makes was scored"}.get(args.method, "nothing left to try")
+    return f" of {usable}: {why}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.budget < 1:
@@ -1344,8 +1401,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds_per_prompt < 1:
         raise InputError(None, f"--seeds-per-prompt must be at least 1, not {args.seeds_per_prompt}")
     if args.budget < 2 * args.seeds_per_prompt:
-        raise InputError(None, f"--budget {args.budget} renders at most one prompt on {args.seeds_per_prompt} seeds: "
-                               f"give at least {2 * args.seeds_per_prompt} calls (or fewer --seeds-per-prompt)")
+        rendered = "no prompt" if args.budget < args.seeds_per_prompt else "only one prompt"
+        raise InputError(None, f"--budget {args.budget} renders {rendered} on {args.seeds_per_prompt} seeds and a "
+                               f"search compares at least two: give at least {2 * args.seeds_per_prompt} calls (or "
+                               f"fewer --seeds-per-prompt)")
+    if args.budget % args.seeds_per_prompt:
+        print(f"warning: --budget {args.budget} is not a multiple of --seeds-per-prompt {args.seeds_per_prompt}: "
+              f"prompts are rendered whole, so at most {args.budget - args.budget % args.seeds_per_prompt} calls "
+              f"are spent", file=sys.stderr)
     if not args.prompt.strip():
         raise InputError(None, "--prompt is empty")
     watch = Stopwatch(args.quiet)
@@ -1390,6 +1453,7 @@ def main(argv: list[str] | None = None) -> int:
             objectives.insert(0, personal)
         if posterior is None and args.objective != "population":  # after every input check: errors stay one line
             print(f"warning: no ratings of {label!r} at hand, so no spread over their taste"
+                  + (" (events move a taste but do not measure its spread)" if args.context_events else "")
                   + (": the bandit samples only seed noise" if args.method == "thompson" else "")
                   + ("" if world is not None or args.embeddings is not None else
                      " (give --embeddings with the embeddings of the images the model was fitted on "
@@ -1407,9 +1471,11 @@ def main(argv: list[str] | None = None) -> int:
                        f"(base {res.base_predicted:.3f}, "
                        + (f"taste sd {res.spread_taste:.3f}, " if np.isfinite(res.spread_taste) else
                           "" if objective.name == "population" else  # the population head has no taste spread
+                          "taste sd not drawn (--samples 0), " if posterior is not None else
                           "taste sd unknown: no ratings of this person at hand, ")
-                       + "seed sd "
-                       f"{res.spread_seed:.3f}) after {res.calls} calls")
+                       + (f"seed sd {res.spread_seed:.3f}" if np.isfinite(res.spread_seed) else
+                          "seed sd n/a: one seed per prompt")
+                       + f") after {res.calls} calls" + _unspent(res.calls, args))
         payload = {"user": label, "base_prompt": args.prompt, "method": args.method, "budget": args.budget,
                    "seeds_per_prompt": args.seeds_per_prompt, "generator": args.generator,
                    "vocabulary": vocab.source,
@@ -1429,7 +1495,8 @@ def main(argv: list[str] | None = None) -> int:
     for res in results:
         print(json.dumps(_finite({"objective": res.objective, "prompt": res.prompt, "predicted": round(res.predicted, 4),
                                   "spread_taste": round(res.spread_taste, 4), "spread_seed": round(res.spread_seed, 4)})))
-    watch.step(f"wrote {out}/steer.json")
+    watch.step(f"wrote {out}/steer.json" + ("" if args.no_plot or not (out / "steer.png").is_file() else
+                                             " and steer.png"))
     return 0
 
 

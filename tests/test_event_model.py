@@ -679,3 +679,31 @@ def test_the_library_refuses_events_alone_without_any_choice(small):
     _, data, _, events = small
     with pytest.raises(ValueError, match="no session shows a choice"):
         fit_events_only(events.with_columns(event=pl.lit("view"), weight=pl.lit(0.0)), data.embeddings)
+
+
+def test_context_events_of_views_only_are_named(small, tmp_path, caplog):
+    _, data, model, events = small
+    model.save(tmp_path / "m")
+    me = _newcomer(events, 80).filter(pl.col("event") == "view")
+    assert _predict_from_context_events(data, me, tmp_path) == 0
+    assert "the events of 1 person(s) hold no action" in caplog.text and "newcomer" in caplog.text
+
+
+def test_steer_folds_a_new_person_in_from_their_events(small, tmp_path):
+    _, data, model, events = small
+    model.save(tmp_path / "m")
+    _newcomer(events).write_csv(tmp_path / "new.csv")
+    write_embeddings(tmp_path / "e.parquet", data.embeddings.ids, data.embeddings.matrix)
+    common = ["--model", tmp_path / "m", "--prompt", "a cat", "--generator", "stub", "--budget", "8",
+              "--seeds-per-prompt", "2", "--objective", "personal", "--no-plot", "--embeddings", tmp_path / "e.parquet"]
+    out = cli("steer", *common, "--context-events", tmp_path / "new.csv", "--out", tmp_path / "o")
+    assert out.returncode == 0, out.stderr
+    assert "events move a taste but do not measure its spread" in out.stderr
+    payload = json.loads((tmp_path / "o" / "steer.json").read_text())
+    assert payload["user"] == "newcomer" and payload["results"][0]["calls"] == 8
+    # the events moved the person: the same search from demographics alone scores the base differently
+    pl.DataFrame({"participant_id": ["newcomer"]}).write_csv(tmp_path / "nobody.csv")
+    _, prior = model.fold_in(data.split("train").head(0), data.embeddings,
+                             users=pl.DataFrame({"participant_id": ["newcomer"]}))
+    _, moved = model.fold_in(data.split("train").head(0), data.embeddings, events=_newcomer(events))
+    assert not np.allclose(prior, moved)

@@ -61,7 +61,8 @@ def test_duplicated_rows_count_once_with_a_warning(caplog):
                           "event": ["save", "save", "view", "view"]})
     with caplog.at_level(logging.WARNING, logger="pamela_lite"):
         out = validate_events(frame, "log.csv")
-    assert "1 duplicated event row(s)" in caplog.text and "log.csv" in caplog.text
+    assert "1 event row(s) appear more than once" in caplog.text and "1 extra cop" in caplog.text
+    assert "log.csv" in caplog.text
     assert out.filter(pl.col("event") == "save")["count"].to_list() == [2]
     m = evidence(out)
     assert m.filter(pl.col("image_id") == "a")["evidence"].item() == DEFAULT_EVENTS["save"]  # counted once
@@ -172,3 +173,19 @@ def test_whole_positions_written_as_floats_are_kept():
     frame = pl.DataFrame({"participant_id": [1, 1], "image_id": [10, 11], "event": ["view", "save"],
                           "position": [0.0, 3.0]})
     assert validate_events(frame, "w.csv")["position"].to_list() == [0, 3]
+
+
+def test_an_action_on_an_image_without_a_view_row_is_warned_about(caplog):
+    frame = pl.DataFrame({"participant_id": ["u"] * 3, "image_id": ["a", "b", "c"], "event": ["save", "view", "view"]})
+    with caplog.at_level(logging.WARNING, logger="pamela_lite"):
+        validate_events(frame, "log.csv")
+    assert "log.csv: 1 image(s) acted on have no 'view' row in their session" in caplog.text
+
+
+def test_actions_beside_their_view_rows_and_numeric_weights_give_no_view_warning(caplog):
+    named = pl.DataFrame({"participant_id": ["u"] * 3, "image_id": ["a", "a", "b"], "event": ["save", "view", "view"]})
+    numeric = pl.DataFrame({"participant_id": ["u"] * 2, "image_id": ["a", "b"], "weight": [2.0, 0.0]})
+    with caplog.at_level(logging.WARNING, logger="pamela_lite"):
+        validate_events(named, "named.csv")
+        validate_events(numeric, "numeric.csv")
+    assert "view" not in caplog.text

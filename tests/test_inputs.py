@@ -363,3 +363,10 @@ def test_a_table_with_nothing_scored_says_so_instead_of_printing_an_empty_header
     from pamela_lite.protocol import format_table
 
     assert format_table([]).startswith("nothing scored: the data has no ratings in these splits")
+
+
+def test_a_missing_id_that_matches_in_no_form_gets_no_lesson_in_id_types(tmp_path, dataset):
+    path = tmp_path / "r.csv"
+    path.write_text("participant_id,image_id,rating\na,999999999,3\na,100001,4\n")
+    message = str(pytest.raises(InputError, load_dataset, path, dataset.embeddings.source).value)
+    assert "'999999999'" in message and "these ids are text" not in message

@@ -199,7 +199,8 @@ def test_posterior_draws_spread_around_the_state(fitted, dataset):
 @pytest.mark.parametrize("args, problem", [
     (["--user", "nobody"], "not known to the model"),
     (["--user", "p0001", "--budget", "0"], "--budget must be at least 1"),
-    (["--user", "p0001", "--budget", "6", "--seeds-per-prompt", "4"], "at most one prompt"),
+    (["--user", "p0001", "--budget", "6", "--seeds-per-prompt", "4"], "renders only one prompt on 4 seeds"),
+    (["--user", "p0001", "--budget", "3", "--seeds-per-prompt", "4"], "renders no prompt on 4 seeds"),
     (["--user", "p0001", "--vocabulary", "BAD"], "attributes"),
     (["--user", "p0001", "--samples", "-3"], "--samples (posterior draws) must be 0 or more"),
 ])
@@ -301,3 +302,63 @@ def test_a_vocabulary_file_that_would_lose_or_break_phrases_is_refused(tmp_path,
     (tmp_path / "v.json").write_text(text)
     with pytest.raises(InputError, match=re.escape(problem)):
         steer.Vocabulary.load(tmp_path / "v.json")
+
+
+@pytest.mark.parametrize("spec, problem", [
+    ("math:pi", "pi is a float, not a factory to call"),
+    ("json:loads", "the factory failed: TypeError"),
+    ("builtins:object", "the factory returned a object, not a generate(prompts, seeds) callable"),
+])
+def test_a_generator_factory_that_cannot_give_a_generator_is_one_input_error(spec, problem, tmp_path):
+    with pytest.raises(InputError, match=re.escape(problem)) as err:
+        steer._generator(spec, 8, tmp_path)
+    assert "\n" not in str(err.value)
+
+
+def test_a_generator_that_returns_nan_is_named_for_its_values_not_its_shape():
+    def nans(prompts, seeds):
+        out = np.zeros((len(prompts), 2))
+        out[0, 1] = np.nan
+        return out
+    with pytest.raises(InputError, match=r"returned 1 of 2 embeddings with NaN or infinite values"):
+        steer.search("greedy", nans, first_coordinate, VOCAB, "a cat", budget=8, seeds_per_prompt=2)
+
+
+@pytest.mark.parametrize("header, problem", [
+    ({"format": "something else"}, "not a steering vocabulary"),
+    ({"version": 99}, "vocabulary version 99"),
+])
+def test_a_vocabulary_of_another_format_or_version_is_refused(header, problem):
+    with pytest.raises(InputError, match=problem):
+        steer.Vocabulary.from_dict({**header, "attributes": {"light": ["warm light"]}}, "v.json")
+
+
+def test_the_packaged_vocabulary_header_is_the_one_checked():
+    raw = json.loads(steer.Vocabulary.default_path().read_text())
+    assert raw["format"] == steer.VOCABULARY_FORMAT and raw["version"] == steer.VOCABULARY_VERSION
+
+
+def test_cli_says_when_a_budget_cannot_be_spent_whole_and_when_taste_or_seed_spread_is_not_drawn(fitted, dataset,
+                                                                                                  tmp_path):
+    out = cli("steer", "--model", fitted.save(tmp_path / "model"), "--user", fitted.users_[0], "--prompt", "a cat",
+              "--generator", "stub", "--budget", "9", "--seeds-per-prompt", "1", "--samples", "0", "--no-plot",
+              "--embeddings", dataset.embeddings.source, "--out", tmp_path / "o")
+    assert out.returncode == 0, out.stderr
+    assert "--budget 9 is not a multiple of --seeds-per-prompt 1" not in out.stderr  # 9 is: no warning
+    assert "taste sd not drawn (--samples 0)" in out.stderr and "seed sd n/a: one seed per prompt" in out.stderr
+    assert "nan" not in out.stderr
+    odd = cli("steer", "--model", tmp_path / "model", "--user", fitted.users_[0], "--prompt", "a cat",
+              "--generator", "stub", "--budget", "9", "--seeds-per-prompt", "2", "--no-plot", "--out", tmp_path / "p")
+    assert odd.returncode == 0, odd.stderr
+    assert "--budget 9 is not a multiple of --seeds-per-prompt 2" in odd.stderr and "at most 8 calls" in odd.stderr
+    assert all(r["calls"] <= 8 for r in json.loads((tmp_path / "p" / "steer.json").read_text())["results"])
+
+
+def test_cli_context_naming_another_person_says_when_they_are_known(fitted, dataset, tmp_path):
+    model = fitted.save(tmp_path / "model")
+    new = dataset.split("train").filter(pl.col("participant_id") == fitted.users_[1]).head(5)
+    new.select("image_id", "rating").with_columns(participant_id=pl.lit("newcomer")).write_csv(tmp_path / "ctx.csv")
+    out = cli("steer", "--model", model, "--prompt", "a cat", "--generator", "stub", "--out", tmp_path / "o",
+              "--context", tmp_path / "ctx.csv", "--user", fitted.users_[0], "--embeddings", dataset.embeddings.source)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+    assert "known to the model: drop --context to steer for them" in out.stderr
