@@ -18,10 +18,10 @@ Two ways a fit uses events (``python -m pamela_lite.fit --events FILE``):
   events themselves. Each shown image becomes a pseudo-observation, the confidence-weighted,
   session-centred preference ``p~`` (what the person chose against what was shown beside it; the
   target of a channel centred per session, which an events-only scorer's channel is), and the
-  whole pipeline (population head, taste map, prototypes, implicit ALS, LightGBM head) is fitted
-  on those. Scores are then on a preference scale
-  (-1..1), not a rating scale: rank by them. New people fold in from events with strength 1 and
-  gain 1 (the units the scorer was fitted in).
+  population head and the taste on the principal components (with the EM taste prior; no factor
+  model, no residual head: :data:`EVENTS_ONLY`) are fitted on those. Scores are then on a
+  preference scale (-1..1), not a rating scale: rank by them. New people fold in from events with
+  strength 1 and gain 1 (the units the scorer was fitted in).
 """
 
 from __future__ import annotations
@@ -49,11 +49,10 @@ MAX_USERS = 400
 # Events alone: principal taste coordinates (the learned directions need ratings' noise to be
 # told from taste), the EM taste prior, no head (nothing to early-stop on). A plain ridge prior
 # (taste_prior="isotropic", shrinkage 10) let a new person's events pull their state far past what
-# the events support: folded in from 200 events, held-out people ranked far worse than with no
-# event at all on the demo and lowvar worlds. The EM prior sets each taste coordinate's spread from
-# the training people's states: with it they ranked better than with no event on the demo world,
-# and a little worse on lowvar, whose taste lies outside the principal components
-# (benchmarks/implicit_feedback.py, the row "scorer fitted on events alone").
+# they support: in a trial on the demo and lowvar worlds, 200 events ranked held-out people below
+# what the same scorer gave them with no event. The EM prior sets each taste coordinate's spread
+# from the training people's states. What it reaches: benchmarks/implicit_feedback.py, the row
+# "scorer fitted on events alone".
 EVENTS_ONLY = dict(taste_basis="pca", taste_prior="empirical", taste_shrinkage=10.0, use_mf=False, use_head=False)
 
 
@@ -297,8 +296,13 @@ def preference_rows(events: pl.DataFrame, alpha: float = 1.0) -> pl.DataFrame:
             .select("participant_id", "image_id", "session_id", "rating"))
 
 
-NOTHING_CHOSEN = ("no session shows a choice (an image acted on beside one merely shown): events alone have "
-                  "nothing to learn from views only, or from sessions of one image")
+class NothingChosen(ValueError):
+    """Events alone in which no session shows a choice: an events-only scorer has nothing to learn."""
+
+
+NOTHING_CHOSEN = ("no session shows a choice (an image with positive evidence, such as a save or a download, "
+                  "beside one without): events alone have nothing to learn from views and rejections only, "
+                  "or from sessions of one image")
 
 
 def choice_rows(events: pl.DataFrame) -> pl.DataFrame:
@@ -331,12 +335,12 @@ def fit_events_only(events: pl.DataFrame, embeddings: Embeddings, params: dict |
 
     Raises
     ------
-    ValueError
-        When no session shows a choice (:func:`choice_rows` is empty).
+    NothingChosen
+        A ValueError: no session shows a choice (:func:`choice_rows` is empty).
     """
     chosen = choice_rows(events)
     if not chosen.height:
-        raise ValueError(NOTHING_CHOSEN)
+        raise NothingChosen(NOTHING_CHOSEN)
     model = PersonalScorer(random_state=seed, n_threads=threads, **{**EVENTS_ONLY, **(params or {})})
     model._fit(chosen.drop("session_id"), embeddings, Scale(-1, 1), None)  # preferences: not whole ratings
     fitted = model.fitted_

@@ -17,8 +17,8 @@ session_id optional; images shown together (one prompt's batch, one feed page). 
 prompt_id, position   optional; kept for analysis (the solver does not read them)
 ========== =========================================================================================
 
-Every image a person was **shown** should have a row: ``view`` for shown and not acted on.
-An image never shown is not evidence of anything and must not appear.
+Every image a person was **shown** should have a ``view`` row (an image acted on may also have
+just its action rows); an image never shown is not evidence of anything and must not appear.
 
 Each event name carries a signed **evidence** weight ``m`` (:data:`DEFAULT_EVENTS`): positive
 for an action that says "I like this" (save, download, share), zero for a plain view, negative
@@ -203,7 +203,7 @@ def validate_events(frame: pl.DataFrame, source, vocabulary: dict[str, float] | 
     kept = [c for c in OPTIONAL if c in frame.columns and c != "session_id"]
     merged = (frame.group_by(keys, maintain_order=True)
               .agg(pl.len().alias("count"), *(pl.col(c).first() for c in kept)))
-    _warn_unshown_actions(merged, source)
+    _warn_missing_views(merged, source)
     extra = frame.height - merged.height
     if extra:
         log.warning(f"warning: {source}: {merged.filter(pl.col('count') > 1).height} event row(s) appear more than "
@@ -211,20 +211,20 @@ def validate_events(frame: pl.DataFrame, source, vocabulary: dict[str, float] | 
     return merged.select("participant_id", "image_id", "session_id", "event", WEIGHT, "count", *kept)
 
 
-def _warn_unshown_actions(events: pl.DataFrame, source) -> None:
-    """Warn about named actions on an image without a ``view`` row (or another name of weight 0)
-    in their session: the image was shown (it was acted on), so the images shown beside it are
-    probably missing too, and a choice is then compared with fewer alternatives than the person had."""
-    named = pl.col("event").is_not_null()
-    if not events.select(named.any()).item():
-        return  # numeric weights: one row per shown image may carry its whole evidence
-    per_image = (events.group_by("participant_id", "session_id", "image_id")
-                 .agg(acted=(named & (pl.col(WEIGHT) != 0)).any(), viewed=(named & (pl.col(WEIGHT) == 0)).any()))
-    unshown = per_image.filter(pl.col("acted") & ~pl.col("viewed")).height
-    if unshown:
-        log.warning(f"warning: {source}: {unshown} image(s) acted on have no 'view' row in their session; give one "
-                    f"'view' row for every image shown (the images shown beside a choice are what it is compared "
-                    f"with)")
+def _warn_missing_views(events: pl.DataFrame, source) -> None:
+    """Warn about people whose every logged image was acted on: nobody acts on everything shown,
+    so the rows of the images they were shown and left (``view``, or any row weighing 0) are
+    missing, and their choices can only be compared with each other."""
+    if not events.select(pl.col("event").is_not_null().any()).item():
+        return  # numeric weights alone: a confidence per shown image may be nonzero for every image
+    per_person = events.group_by("participant_id", maintain_order=True).agg(
+        named=pl.col("event").is_not_null().any(),
+        shown=((pl.col("event") == "view") | (pl.col(WEIGHT) == 0)).any())
+    missing = per_person.filter(pl.col("named") & ~pl.col("shown"))["participant_id"]
+    if len(missing):
+        log.warning(f"warning: {source}: {len(missing)} person(s) acted on every image logged and have no 'view' "
+                    f"row: give one 'view' row for each image shown (a choice is compared with the images shown "
+                    f"beside it): {preview(missing.to_list())}")
 
 
 def load_events(path: str | Path, embeddings: Embeddings | None = None,

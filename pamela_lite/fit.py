@@ -34,7 +34,7 @@ from ._atomic import check_replaceable, write_text
 from .cli import Stopwatch, log, parse_kshot, parser_for, report_json, run, seed_arg, show_progress
 from .data import EMBEDDINGS_FILE, Scale, load_dataset, read_embeddings
 from .errors import InputError
-from .event_fit import NOTHING_CHOSEN, calibrate, choice_rows, fit_events_only, fold_seen_events, without_scored_pairs
+from .event_fit import NothingChosen, calibrate, fit_events_only, fold_seen_events, without_scored_pairs
 from .events import load_events, parse_event_weights
 from .protocol import evaluate_models, format_table
 from .fitted import EVENTS_FILE, RATINGS_FILE
@@ -157,11 +157,12 @@ def fit_on_events_only(args, watch: Stopwatch) -> int:
         raise InputError(args.events, f"events of {people} person; fitting on events alone needs at least two "
                                       f"people (or fit on ratings with --data and fold this person in with "
                                       f"predict --context-events)")
-    if not choice_rows(events).height:
-        raise InputError(args.events, NOTHING_CHOSEN)
     watch.step(f"read {events.height} events of {people} people (no ratings: fitting on the events alone)")
     start = time.perf_counter()
-    model = fit_events_only(events, embeddings, args.params, args.seed, vocabulary, args.threads)
+    try:
+        model = fit_events_only(events, embeddings, args.params, args.seed, vocabulary, args.threads)
+    except NothingChosen as err:
+        raise InputError(args.events, str(err)) from None
     report = {"events": str(args.events), "seed": args.seed, "fit_seconds": round(time.perf_counter() - start, 2),
               "people": len(model.users_), "event_channel": model.fitted_.events.to_json()}
     model.save(args.out, extra_files={"metrics.json": report_json(report)})

@@ -54,6 +54,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def load_context_events(path: Path, model: PersonalScorer, model_path, embeddings, refit_known: bool = False,
+                        remedy: str = REFIT_KNOWN) -> pl.DataFrame:
+    """New people's events, read with the model's event weights; people the model knows are refused
+    unless `refit_known`, and a model fitted without events is refused (it has no weights)."""
+    if model.fitted_.events is None:
+        raise InputError(model_path, "this model was fitted without --events, so it has no event weights: "
+                                     "refit it with --events to fold people in from their events")
+    events = load_events(path, embeddings, model.fitted_.events.weights)
+    refuse_known_context(events["participant_id"], model.users_, path, refit_known, remedy)
+    return events
+
+
+def no_ratings(events: pl.DataFrame) -> pl.DataFrame:
+    """An empty ratings context typed like `events`: people folded in from their events alone."""
+    return pl.DataFrame(schema={"participant_id": events["participant_id"].dtype,
+                                "image_id": events["image_id"].dtype, "rating": pl.Int64})
+
+
 def warn_idle_events(events: pl.DataFrame, model: PersonalScorer, model_path, path: Path) -> None:
     """Warn, once per kind, about new people's events that cannot change a score: a channel the
     fit gave no weight, people whose events hold no action, people whose events compare nothing."""
@@ -64,8 +82,8 @@ def warn_idle_events(events: pl.DataFrame, model: PersonalScorer, model_path, pa
         return
     quiet = without_actions(evidence(events, channel.weights))
     if len(quiet):
-        log.warning(f"warning: {path}: the events of {len(quiet)} person(s) hold no action (every row is a plain "
-                    f"view), so they change no score: {preview(quiet.to_list())}")
+        log.warning(f"warning: {path}: the events of {len(quiet)} person(s) hold no action (every event weighs 0 "
+                    f"under the model's event weights), so they change no score: {preview(quiet.to_list())}")
     idle = comparing_nothing(events, channel.within)
     if len(idle):
         log.warning(f"warning: {path}: the events of {len(idle)} person(s) compare nothing "
@@ -122,11 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     states, others = None, [pl.Series(model.users_)]
     events = None
     if args.context_events is not None:
-        if model.fitted_.events is None:
-            raise InputError(args.model, "this model was fitted without --events, so it has no event weights: "
-                                         "refit it with --events to fold people in from their events")
-        events = load_events(args.context_events, embeddings, model.fitted_.events.weights)
-        refuse_known_context(events["participant_id"], model.users_, args.context_events, args.refit_known)
+        events = load_context_events(args.context_events, model, args.model, embeddings, args.refit_known)
         warn_idle_events(events, model, args.model, args.context_events)
         others.append(events["participant_id"])
     if args.context is not None or events is not None:
@@ -135,8 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             embeddings.rows(context["image_id"].unique(), args.context)
             others.append(context["participant_id"])
         else:
-            context = pl.DataFrame(schema={"participant_id": events["participant_id"].dtype,
-                                           "image_id": events["image_id"].dtype, "rating": pl.Int64})
+            context = no_ratings(events)
         states = model.fold_in(context, embeddings, events=events)
         watch.step(f"folded in {len(states[0])} user(s) from {context.height} context ratings"
                    + (f" and {events.height} events" if events is not None else ""))

@@ -64,6 +64,11 @@ VOCABULARY_FORMAT, VOCABULARY_VERSION = "pamela_lite.steer_vocabulary", 1  # the
 NONE = -1  # no phrase for this attribute
 
 
+def _is_version(value, version: int) -> bool:
+    """Whether a file's ``version`` is `version` as a JSON number (1 or 1.0; not true, not "1")."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == version
+
+
 class Generator(Protocol):
     """The adapter shape: one image embedding per (prompt, seed) pair."""
 
@@ -133,15 +138,15 @@ class Vocabulary:
     @classmethod
     def from_dict(cls, raw, source: str = "<memory>") -> "Vocabulary":
         """A checked vocabulary from ``{"attributes": {name: [phrases]}}``."""
+        if isinstance(raw, dict) and raw.get("format", VOCABULARY_FORMAT) != VOCABULARY_FORMAT:
+            raise InputError(source, f"format is {raw['format']!r}, not {VOCABULARY_FORMAT!r}: not a steering "
+                                     f"vocabulary")
+        if isinstance(raw, dict) and "version" in raw and not _is_version(raw["version"], VOCABULARY_VERSION):
+            raise InputError(source, f"vocabulary version {raw['version']!r}: this pamela_lite reads version "
+                                     f"{VOCABULARY_VERSION} (the number)")
         if not isinstance(raw, dict) or not isinstance(raw.get("attributes"), dict) or not raw["attributes"]:
             raise InputError(source, 'vocabulary must be a JSON object with a non-empty "attributes" object '
                                      '{"attribute": ["phrase", ...]}')
-        if raw.get("format", VOCABULARY_FORMAT) != VOCABULARY_FORMAT:
-            raise InputError(source, f"format is {raw['format']!r}, not {VOCABULARY_FORMAT!r}: not a steering "
-                                     f"vocabulary")
-        if raw.get("version", VOCABULARY_VERSION) != VOCABULARY_VERSION:
-            raise InputError(source, f"vocabulary version {raw['version']!r}; this pamela_lite reads version "
-                                     f"{VOCABULARY_VERSION}")
         attributes, seen = [], {}
         for name, phrases in raw["attributes"].items():
             if not isinstance(phrases, list) or not phrases or not all(isinstance(p, str) for p in phrases):
@@ -1194,14 +1199,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", type=Path, required=True, help="model folder written by pamela_lite.fit")
     parser.add_argument("--scorer", type=Path, help="score with this exported ONNX scorer instead of the model "
                                                      "(its users file beside it)")
-    parser.add_argument("--user", help="participant id: known to the model, or one in --context (not needed with --objective population)")
+    parser.add_argument("--user", help="participant id: known to the model, or one in --context or --context-events "
+                                               "(not needed with --objective population)")
     parser.add_argument("--context", type=Path, help="ratings of a new person (participant_id, image_id, rating "
                                                       "[, age, gender, nationality]), folded in")
     parser.add_argument("--context-events", type=Path,
                         help="events of a new person (an events table, as for predict --context-events), folded "
                              "in alone or with --context; they move the person's taste, but only ratings give "
                              "the spread over it")
-    parser.add_argument("--embeddings", type=Path, help="embeddings of the context's images, or for a known "
+    parser.add_argument("--embeddings", type=Path, help="embeddings of the images in --context or "
+                                                        "--context-events, or for a known "
                                                         "person of the images the model was fitted on (their "
                                                         "kept ratings give the spread over their taste; "
                                                         "default: the simulated world's, with --generator sim:WORLD)")
@@ -1263,7 +1270,7 @@ def _generator(spec: str, dim: int, workdir: Path):
         except Exception as err:  # the user's code: its failure is theirs to read, in one line
             raise InputError(None, f"--generator {spec}: the factory failed: {type(err).__name__}: {err}") from None
         if not callable(generate):
-            raise InputError(None, f"--generator {spec}: the factory returned a {type(generate).__name__}, not a "
+            raise InputError(None, f"--generator {spec}: the factory returned {type(generate).__name__!r}, not a "
                                    f"generate(prompts, seeds) callable")
         return generate, None
     raise InputError(None, f"--generator {spec!r}: use sim:WORLD, stub or module:factory")
@@ -1307,9 +1314,7 @@ def _phrase_effects(args, vocab: Vocabulary, generate, dim: int) -> PhraseEffect
 def _resolve_user(args, model, world):
     """(label, state, rated embeddings, ratings) of the person to steer for."""
     from .data import read_embeddings
-    from .events import load_events
-    from .cli import refuse_known_context
-    from .predict import load_context, warn_idle_events
+    from .predict import load_context, load_context_events, no_ratings, warn_idle_events
 
     if args.context is not None or args.context_events is not None:
         source = args.context if args.context is not None else args.context_events
@@ -1322,31 +1327,26 @@ def _resolve_user(args, model, world):
             raise InputError(source, "needs --embeddings for its images")
         events = None
         if args.context_events is not None:
-            if model.fitted_.events is None:
-                raise InputError(args.model, "this model was fitted without --events, so it has no event weights: "
-                                             "refit it with --events to fold people in from their events")
-            events = load_events(args.context_events, emb, model.fitted_.events.weights)
-            refuse_known_context(events["participant_id"], model.users_, args.context_events, False, remedy)
-            warn_idle_events(events, model, args.model, args.context_events)
-        if args.context is not None:
-            context = load_context(args.context, model, remedy=remedy)
-        else:
-            context = pl.DataFrame(schema={"participant_id": events["participant_id"].dtype,
-                                           "image_id": events["image_id"].dtype, "rating": pl.Int64})
+            events = load_context_events(args.context_events, model, args.model, emb, remedy=remedy)
+        context = load_context(args.context, model, remedy=remedy) if args.context is not None else no_ratings(events)
+        given = [flag for flag, path in (("--context", args.context), ("--context-events", args.context_events)) if path]
+        where = " and ".join(given)
         people = pl.concat([context["participant_id"].cast(pl.String)]
                            + ([] if events is None else [events["participant_id"].cast(pl.String)])
                            ).unique(maintain_order=True).to_list()
         if args.user is None and len(people) > 1:
-            raise InputError(source, f"holds {len(people)} people; choose one with --user")
+            raise InputError(source, f"{where} hold{'' if len(given) > 1 else 's'} {len(people)} people"
+                                     f"{' between them' if len(given) > 1 else ''}; choose one with --user")
         user = people[0] if args.user is None else str(args.user)
         if user not in people:
             known = user in {str(u) for u in model.users_}
-            raise InputError(source, f"participant {user!r} has no {'ratings' if events is None else 'ratings or events'}"
-                             f" in it" + (" (they are known to the model: drop --context to steer for them)"
-                                          if known else ""))
+            raise InputError(source, f"participant {user!r} is not in {where}"
+                             + (f" (they are known to the model: drop {where} to steer for them)" if known else ""))
         mine = pl.col("participant_id").cast(pl.String) == user
         context = context.filter(mine)
-        events = None if events is None else events.filter(mine)
+        if events is not None:  # warned about once they are the person's own
+            events = events.filter(mine)
+            warn_idle_events(events, model, args.model, args.context_events)
         rated = emb.take(context["image_id"], args.context) if context.height else None
         ids, states = model.fold_in(context, emb, events=events)
         return user, states[0], rated, context["rating"].to_numpy() if context.height else None
@@ -1471,7 +1471,8 @@ def main(argv: list[str] | None = None) -> int:
                        f"(base {res.base_predicted:.3f}, "
                        + (f"taste sd {res.spread_taste:.3f}, " if np.isfinite(res.spread_taste) else
                           "" if objective.name == "population" else  # the population head has no taste spread
-                          "taste sd not drawn (--samples 0), " if posterior is not None else
+                          f"taste sd not drawn (--samples {args.samples}: it needs 2 or more), "
+                          if posterior is not None else
                           "taste sd unknown: no ratings of this person at hand, ")
                        + (f"seed sd {res.spread_seed:.3f}" if np.isfinite(res.spread_seed) else
                           "seed sd n/a: one seed per prompt")

@@ -692,18 +692,31 @@ def test_context_events_of_views_only_are_named(small, tmp_path, caplog):
 def test_steer_folds_a_new_person_in_from_their_events(small, tmp_path):
     _, data, model, events = small
     model.save(tmp_path / "m")
-    _newcomer(events).write_csv(tmp_path / "new.csv")
+    me = _newcomer(events)
+    me.write_csv(tmp_path / "new.csv")
+    me.filter(pl.col("event") == "view").write_csv(tmp_path / "views.csv")  # the same person, no action
     write_embeddings(tmp_path / "e.parquet", data.embeddings.ids, data.embeddings.matrix)
     common = ["--model", tmp_path / "m", "--prompt", "a cat", "--generator", "stub", "--budget", "8",
               "--seeds-per-prompt", "2", "--objective", "personal", "--no-plot", "--embeddings", tmp_path / "e.parquet"]
     out = cli("steer", *common, "--context-events", tmp_path / "new.csv", "--out", tmp_path / "o")
     assert out.returncode == 0, out.stderr
     assert "events move a taste but do not measure its spread" in out.stderr
-    payload = json.loads((tmp_path / "o" / "steer.json").read_text())
-    assert payload["user"] == "newcomer" and payload["results"][0]["calls"] == 8
-    # the events moved the person: the same search from demographics alone scores the base differently
-    pl.DataFrame({"participant_id": ["newcomer"]}).write_csv(tmp_path / "nobody.csv")
-    _, prior = model.fold_in(data.split("train").head(0), data.embeddings,
-                             users=pl.DataFrame({"participant_id": ["newcomer"]}))
-    _, moved = model.fold_in(data.split("train").head(0), data.embeddings, events=_newcomer(events))
-    assert not np.allclose(prior, moved)
+    idle = cli("steer", *common, "--context-events", tmp_path / "views.csv", "--out", tmp_path / "v")
+    assert idle.returncode == 0, idle.stderr
+    assert "hold no action" in idle.stderr
+    moved, still = (json.loads((tmp_path / f / "steer.json").read_text()) for f in ("o", "v"))
+    assert moved["user"] == still["user"] == "newcomer" and moved["results"][0]["calls"] == 8
+    # the same stub images, scored for the person their actions moved and for the one they did not
+    assert moved["results"][0]["base_predicted"] != pytest.approx(still["results"][0]["base_predicted"], abs=1e-6)
+
+
+def test_steer_names_the_flags_a_person_is_missing_from(small, tmp_path):
+    _, data, model, events = small
+    model.save(tmp_path / "m")
+    _newcomer(events).write_csv(tmp_path / "new.csv")
+    write_embeddings(tmp_path / "e.parquet", data.embeddings.ids, data.embeddings.matrix)
+    out = cli("steer", "--model", tmp_path / "m", "--prompt", "a cat", "--generator", "stub", "--budget", "8",
+              "--embeddings", tmp_path / "e.parquet", "--context-events", tmp_path / "new.csv",
+              "--user", model.users_[0], "--out", tmp_path / "o")
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+    assert "is not in --context-events" in out.stderr and "drop --context-events to steer for them" in out.stderr

@@ -175,17 +175,31 @@ def test_whole_positions_written_as_floats_are_kept():
     assert validate_events(frame, "w.csv")["position"].to_list() == [0, 3]
 
 
-def test_an_action_on_an_image_without_a_view_row_is_warned_about(caplog):
-    frame = pl.DataFrame({"participant_id": ["u"] * 3, "image_id": ["a", "b", "c"], "event": ["save", "view", "view"]})
+def test_a_person_who_acted_on_every_image_logged_is_warned_about_missing_views(caplog):
+    frame = pl.DataFrame({"participant_id": ["u", "u", "v", "v"], "image_id": ["a", "b", "a", "b"],
+                          "event": ["save", "skip", "save", "view"]})
     with caplog.at_level(logging.WARNING, logger="pamela_lite"):
         validate_events(frame, "log.csv")
-    assert "log.csv: 1 image(s) acted on have no 'view' row in their session" in caplog.text
+    assert "log.csv: 1 person(s) acted on every image logged and have no 'view' row" in caplog.text
+    assert "'u'" in caplog.text and "'v'" not in caplog.text
 
 
-def test_actions_beside_their_view_rows_and_numeric_weights_give_no_view_warning(caplog):
-    named = pl.DataFrame({"participant_id": ["u"] * 3, "image_id": ["a", "a", "b"], "event": ["save", "view", "view"]})
-    numeric = pl.DataFrame({"participant_id": ["u"] * 2, "image_id": ["a", "b"], "weight": [2.0, 0.0]})
+@pytest.mark.parametrize("frame", [
+    # an action's image need not have its own view row when the images left beside it have theirs
+    {"participant_id": ["u"] * 2, "image_id": ["a", "b"], "event": ["save", "view"]},
+    # views written as a number beside named actions
+    {"participant_id": ["u"] * 2, "image_id": ["a", "b"], "event": ["save", "view"], "weight": [None, 0.0]},
+    # numeric weights alone: a confidence per shown image, possibly nonzero for every one
+    {"participant_id": ["u"] * 2, "image_id": ["a", "b"], "weight": [2.0, 0.5]},
+])
+def test_logs_that_show_what_was_left_give_no_view_warning(frame, caplog):
     with caplog.at_level(logging.WARNING, logger="pamela_lite"):
-        validate_events(named, "named.csv")
-        validate_events(numeric, "numeric.csv")
+        validate_events(pl.DataFrame(frame), "log.csv")
     assert "view" not in caplog.text
+
+
+def test_a_view_given_its_own_weight_still_marks_an_image_as_shown(caplog):
+    frame = pl.DataFrame({"participant_id": ["u"] * 2, "image_id": ["a", "b"], "event": ["save", "view"]})
+    with caplog.at_level(logging.WARNING, logger="pamela_lite"):
+        validate_events(frame, "log.csv", {**DEFAULT_EVENTS, "view": -0.1})
+    assert "'view' row" not in caplog.text

@@ -307,7 +307,7 @@ def test_a_vocabulary_file_that_would_lose_or_break_phrases_is_refused(tmp_path,
 @pytest.mark.parametrize("spec, problem", [
     ("math:pi", "pi is a float, not a factory to call"),
     ("json:loads", "the factory failed: TypeError"),
-    ("builtins:object", "the factory returned a object, not a generate(prompts, seeds) callable"),
+    ("builtins:object", "the factory returned 'object', not a generate(prompts, seeds) callable"),
 ])
 def test_a_generator_factory_that_cannot_give_a_generator_is_one_input_error(spec, problem, tmp_path):
     with pytest.raises(InputError, match=re.escape(problem)) as err:
@@ -326,11 +326,18 @@ def test_a_generator_that_returns_nan_is_named_for_its_values_not_its_shape():
 
 @pytest.mark.parametrize("header, problem", [
     ({"format": "something else"}, "not a steering vocabulary"),
+    ({"format": "something else", "attributes": "not ours"}, "not a steering vocabulary"),  # before its contents
     ({"version": 99}, "vocabulary version 99"),
+    ({"version": "1"}, "vocabulary version '1'"),
+    ({"version": True}, "vocabulary version True"),
 ])
 def test_a_vocabulary_of_another_format_or_version_is_refused(header, problem):
     with pytest.raises(InputError, match=problem):
-        steer.Vocabulary.from_dict({**header, "attributes": {"light": ["warm light"]}}, "v.json")
+        steer.Vocabulary.from_dict({"attributes": {"light": ["warm light"]}, **header}, "v.json")
+
+
+def test_a_vocabulary_version_written_as_a_float_is_read():
+    assert steer.Vocabulary.from_dict({"version": 1.0, "attributes": {"light": ["warm light"]}}).names == ["light"]
 
 
 def test_the_packaged_vocabulary_header_is_the_one_checked():
@@ -345,13 +352,23 @@ def test_cli_says_when_a_budget_cannot_be_spent_whole_and_when_taste_or_seed_spr
               "--embeddings", dataset.embeddings.source, "--out", tmp_path / "o")
     assert out.returncode == 0, out.stderr
     assert "--budget 9 is not a multiple of --seeds-per-prompt 1" not in out.stderr  # 9 is: no warning
-    assert "taste sd not drawn (--samples 0)" in out.stderr and "seed sd n/a: one seed per prompt" in out.stderr
+    assert "taste sd not drawn (--samples 0: it needs 2 or more)" in out.stderr
+    assert "seed sd n/a: one seed per prompt" in out.stderr
     assert "nan" not in out.stderr
     odd = cli("steer", "--model", tmp_path / "model", "--user", fitted.users_[0], "--prompt", "a cat",
               "--generator", "stub", "--budget", "9", "--seeds-per-prompt", "2", "--no-plot", "--out", tmp_path / "p")
     assert odd.returncode == 0, odd.stderr
     assert "--budget 9 is not a multiple of --seeds-per-prompt 2" in odd.stderr and "at most 8 calls" in odd.stderr
     assert all(r["calls"] <= 8 for r in json.loads((tmp_path / "p" / "steer.json").read_text())["results"])
+
+
+def test_cli_says_when_a_search_converged_before_its_budget(fitted, tmp_path):
+    out = cli("steer", "--model", fitted.save(tmp_path / "model"), "--user", fitted.users_[0], "--prompt", "a cat",
+              "--generator", "stub", "--budget", "5000", "--seeds-per-prompt", "1", "--objective", "personal",
+              "--no-plot", "--out", tmp_path / "o")
+    assert out.returncode == 0, out.stderr
+    calls = json.loads((tmp_path / "o" / "steer.json").read_text())["results"][0]["calls"]
+    assert calls < 5000 and f"after {calls} calls of 5000: converged" in out.stderr
 
 
 def test_cli_context_naming_another_person_says_when_they_are_known(fitted, dataset, tmp_path):
