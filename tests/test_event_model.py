@@ -459,13 +459,11 @@ def test_a_refit_without_events_keeps_the_events_it_cannot_use(small, tmp_path):
 
 
 def test_a_refit_without_events_says_whose_events_it_cannot_use(tmp_path, capsys):
-    from pamela_lite import demo, fit
+    from pamela_lite import fit
     from pamela_lite.cli import run
     from pamela_lite.data import read_embeddings
 
-    world = tmp_path / "w"
-    assert run(demo.main, ["--users", "30", "--images", "200", "--ratings", "2000", "--dim", "16", "--events",
-                           "session", "--impressions", "40", "--out", str(world)]) == 0
+    world = _demo_with_events(tmp_path / "w")
     params = json.dumps(dict(n_components=6, n_prototypes=8, factors=3, head_trees=20, n_folds=2))
     common = ["--data", str(world), "--params", params, "--no-baselines", "--kshot", "0", "--quiet"]
     assert run(fit.main, [*common, "--events", str(world / "events.parquet"), "--out", str(tmp_path / "old")]) == 0
@@ -513,11 +511,10 @@ def test_fit_and_predict_from_events_on_the_command_line(tmp_path):
 
 
 def test_fit_on_events_alone_is_silent_under_quiet(tmp_path, capsys):
-    from pamela_lite import demo, fit
+    from pamela_lite import fit
     from pamela_lite.cli import run
 
-    assert run(demo.main, ["--users", "30", "--images", "200", "--ratings", "2000", "--dim", "16", "--events",
-                           "session", "--impressions", "40", "--out", str(tmp_path / "w")]) == 0
+    _demo_with_events(tmp_path / "w")
     capsys.readouterr()
     params = json.dumps(dict(n_components=6, n_prototypes=8, factors=3, head_trees=20, n_folds=2))
     assert run(fit.main, ["--events", str(tmp_path / "w" / "events.parquet"), "--out", str(tmp_path / "m"),
@@ -526,11 +523,10 @@ def test_fit_on_events_alone_is_silent_under_quiet(tmp_path, capsys):
 
 
 def test_fit_with_ratings_and_events_reports_the_channel_and_its_time(tmp_path):
-    from pamela_lite import demo, fit
+    from pamela_lite import fit
     from pamela_lite.cli import run
 
-    assert run(demo.main, ["--users", "30", "--images", "200", "--ratings", "2000", "--dim", "16", "--events",
-                           "session", "--impressions", "40", "--out", str(tmp_path / "w")]) == 0
+    _demo_with_events(tmp_path / "w")
     params = json.dumps(dict(n_components=6, n_prototypes=8, factors=3, head_trees=20, n_folds=2))
     assert run(fit.main, ["--data", str(tmp_path / "w"), "--events", str(tmp_path / "w" / "events.parquet"),
                           "--out", str(tmp_path / "m"), "--params", params, "--no-baselines", "--kshot", "0",
@@ -542,12 +538,21 @@ def test_fit_with_ratings_and_events_reports_the_channel_and_its_time(tmp_path):
     assert "kept" in report["event_channel"]["report"]["seen_people"]  # training people's own events were judged
 
 
-def test_events_alone_of_one_person_exit_2_with_one_line(tmp_path, capsys):
-    from pamela_lite import demo, fit
+def _demo_with_events(folder, *extra):
+    """A small demo world with a session log of everyone, written by the demo command."""
+    from pamela_lite import demo
     from pamela_lite.cli import run
 
     assert run(demo.main, ["--users", "30", "--images", "200", "--ratings", "2000", "--dim", "16", "--events",
-                           "session", "--impressions", "40", "--out", str(tmp_path / "w")]) == 0
+                           "session", "--impressions", "40", *extra, "--out", str(folder)]) == 0
+    return folder
+
+
+def test_events_alone_of_one_person_exit_2_with_one_line(tmp_path, capsys):
+    from pamela_lite import fit
+    from pamela_lite.cli import run
+
+    _demo_with_events(tmp_path / "w")
     events = pl.read_parquet(tmp_path / "w" / "events.parquet")
     events.filter(pl.col("participant_id") == events["participant_id"][0]).write_parquet(tmp_path / "one.parquet")
     capsys.readouterr()
@@ -559,12 +564,10 @@ def test_events_alone_of_one_person_exit_2_with_one_line(tmp_path, capsys):
 
 
 def test_people_with_events_but_no_ratings_are_named_when_left_out(tmp_path, caplog):
-    from pamela_lite import demo, fit
+    from pamela_lite import fit
     from pamela_lite.cli import run
 
-    assert run(demo.main, ["--users", "30", "--images", "200", "--ratings", "2000", "--dim", "16", "--events",
-                           "session", "--impressions", "40", "--events-only-users", "2", "--out",
-                           str(tmp_path / "w")]) == 0
+    _demo_with_events(tmp_path / "w", "--events-only-users", "2")
     params = json.dumps(dict(n_components=6, n_prototypes=8, factors=3, head_trees=20, n_folds=2))
     assert run(fit.main, ["--data", str(tmp_path / "w"), "--events", str(tmp_path / "w" / "events.parquet"),
                           "--out", str(tmp_path / "m"), "--params", params, "--no-baselines", "--kshot", "0",
@@ -584,11 +587,10 @@ def test_event_weights_without_events_exit_2(tmp_path, capsys):
 
 
 def test_a_bad_events_file_is_refused_before_the_ratings_fit(tmp_path, capsys):
-    from pamela_lite import demo, fit
+    from pamela_lite import fit
     from pamela_lite.cli import run
 
-    assert run(demo.main, ["--users", "30", "--images", "200", "--ratings", "2000", "--dim", "16", "--events",
-                           "session", "--impressions", "40", "--out", str(tmp_path / "w")]) == 0
+    _demo_with_events(tmp_path / "w")
     pl.read_parquet(tmp_path / "w" / "events.parquet").with_columns(event=pl.lit("downlaod")).write_parquet(
         tmp_path / "bad.parquet")
     capsys.readouterr()
@@ -660,11 +662,10 @@ def test_events_given_only_as_numeric_weights_are_calibrated(small):
 
 
 def test_events_alone_without_any_choice_exit_2_with_one_line(tmp_path, capsys):
-    from pamela_lite import demo, fit
+    from pamela_lite import fit
     from pamela_lite.cli import run
 
-    assert run(demo.main, ["--users", "30", "--images", "200", "--ratings", "2000", "--dim", "16", "--events",
-                           "session", "--impressions", "40", "--out", str(tmp_path / "w")]) == 0
+    _demo_with_events(tmp_path / "w")
     pl.read_parquet(tmp_path / "w" / "events.parquet").with_columns(event=pl.lit("view")).write_parquet(
         tmp_path / "views.parquet")
     capsys.readouterr()
