@@ -217,9 +217,12 @@ def _warn_missing_views(events: pl.DataFrame, source) -> None:
     missing, and their choices can only be compared with each other."""
     if not events.select(pl.col("event").is_not_null().any()).item():
         return  # numeric weights alone: a confidence per shown image may be nonzero for every image
+    # Shown: a view, a number of 0, or a name of the user's own weighing 0. A default action name
+    # never counts, even when a fitted model weighs it 0 (a shared image was shown *and* acted on).
+    own_zero = ~pl.col("event").is_in(list(DEFAULT_EVENTS)) & (pl.col(WEIGHT) == 0)
+    shown = (pl.col("event") == "view") | (pl.col("event").is_null() & (pl.col(WEIGHT) == 0)) | own_zero
     per_person = events.group_by("participant_id", maintain_order=True).agg(
-        named=pl.col("event").is_not_null().any(),
-        shown=((pl.col("event") == "view") | (pl.col(WEIGHT) == 0)).any())
+        named=pl.col("event").is_not_null().any(), shown=shown.fill_null(False).any())
     missing = per_person.filter(pl.col("named") & ~pl.col("shown"))["participant_id"]
     if len(missing):
         log.warning(f"warning: {source}: {len(missing)} person(s) acted on every image logged and have no 'view' "

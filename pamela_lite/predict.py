@@ -156,7 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         scores = model.predict(lookup_ids(pairs, *others), embeddings, states, catalogue=not args.no_catalogue)
     except InputError as err:
-        note = id_type_note(pairs["participant_id"], others[0], "the model") if "unknown" in err.problem else ""
+        known = pl.concat([o.cast(pl.String) for o in others])
+        missing = pairs.filter(~pl.col("participant_id").cast(pl.String).is_in(known.implode()))["participant_id"]
+        note = id_type_note(pairs["participant_id"], others[0], "the model", missing) if "unknown" in err.problem else ""
         raise InputError(args.pairs, err.problem + note) from None
     write_table(pairs.with_columns(score=pl.Series(scores)), args.out)
     watch.step(f"scored {pairs.height} pairs → {args.out}")

@@ -771,7 +771,12 @@ class _Runner:
         visit = len(self.visits.get(choice, []))
         seeds = [self.seeds[(visit * self.m + j) % len(self.seeds)] for j in range(self.m)]
         prompt = self.vocab.render(self.base, choice)
-        x = np.asarray(self.generate([prompt] * self.m, seeds))
+        try:
+            x = np.asarray(self.generate([prompt] * self.m, seeds))
+        except InputError:
+            raise
+        except Exception as err:  # the user's generator: its failure is theirs to read, in one line
+            raise InputError(None, f"the generator failed on {prompt!r}: {type(err).__name__}: {err}") from None
         if x.ndim != 2 or len(x) != self.m:
             raise InputError(None, f"the generator returned shape {getattr(x, 'shape', '?')} for {self.m} images "
                                    f"(needs an (n, D) array, one row per (prompt, seed))")
@@ -1264,7 +1269,8 @@ def _generator(spec: str, dim: int, workdir: Path):
         except (ImportError, AttributeError) as err:
             raise InputError(None, f"--generator {spec}: cannot import it ({err})") from None
         if not callable(factory):
-            raise InputError(None, f"--generator {spec}: {attr} is a {type(factory).__name__}, not a factory to call")
+            raise InputError(None, f"--generator {spec}: {attr} is not callable (it is {type(factory).__name__!r}); "
+                                   f"name a factory that returns a generate(prompts, seeds) callable")
         try:
             generate = factory()
         except Exception as err:  # the user's code: its failure is theirs to read, in one line
@@ -1318,7 +1324,7 @@ def _resolve_user(args, model, world):
 
     if args.context is not None or args.context_events is not None:
         source = args.context if args.context is not None else args.context_events
-        remedy = "steer a known person with --user ID, or rename them"
+        remedy = "to steer for a known person give --user ID without a context file, or rename them in the file"
         if args.embeddings is not None:
             emb = read_embeddings(args.embeddings)
         elif world is not None:
@@ -1355,7 +1361,8 @@ def _resolve_user(args, model, world):
     known = {str(u): k for k, u in enumerate(model.users_)}
     if str(args.user) not in known:
         raise InputError(args.model, f"participant {args.user!r} is not known to the model; pass their ratings "
-                                     f"as --context")
+                                     f"as --context" + (" or their events as --context-events"
+                                                        if model.fitted_.events is not None else ""))
     row = known[str(args.user)]
     rated, ratings = None, None
     # the ratings the model folder keeps of the person (rows without an image mark people known without ratings)
@@ -1402,7 +1409,8 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError(None, f"--seeds-per-prompt must be at least 1, not {args.seeds_per_prompt}")
     if args.budget < 2 * args.seeds_per_prompt:
         rendered = "no prompt" if args.budget < args.seeds_per_prompt else "only one prompt"
-        raise InputError(None, f"--budget {args.budget} renders {rendered} on {args.seeds_per_prompt} seeds and a "
+        raise InputError(None, f"--budget {args.budget} renders {rendered} on {args.seeds_per_prompt} "
+                               f"seed{'s' if args.seeds_per_prompt > 1 else ''} and a "
                                f"search compares at least two: give at least {2 * args.seeds_per_prompt} calls (or "
                                f"fewer --seeds-per-prompt)")
     if args.budget % args.seeds_per_prompt:
@@ -1421,7 +1429,11 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out
     with atomic_dir(out, "steer.json", "steering") as tmp:
         generate, world = _generator(args.generator, model.fitted_.embedding_dim, tmp)
-        if args.objective == "population" and args.user is None and args.context is None:
+        person = args.user is not None or args.context is not None or args.context_events is not None
+        if args.objective == "population" and person:
+            print("warning: --objective population steers by the population head alone: the person given "
+                  "(--user, --context, --context-events) is checked but not used", file=sys.stderr)
+        if args.objective == "population" and not person:
             label, state, rated, ratings = "population", None, None, None  # the head steers for no one person
         else:
             label, state, rated, ratings = _resolve_user(args, model, world)
@@ -1458,6 +1470,9 @@ def main(argv: list[str] | None = None) -> int:
                   + ("" if world is not None or args.embeddings is not None else
                      " (give --embeddings with the embeddings of the images the model was fitted on "
                      "to use the ratings the model folder keeps)"), file=sys.stderr)
+        if posterior is not None and args.samples < 2 and args.method == "thompson" and args.objective != "population":
+            print(f"warning: --samples {args.samples} draws no spread over {label!r}'s taste: the bandit samples "
+                  f"only seed noise", file=sys.stderr)
         results = []
         for objective in objectives:
             res = search(args.method, generate, objective, vocab, args.prompt, args.budget, args.seeds_per_prompt,

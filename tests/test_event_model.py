@@ -721,3 +721,11 @@ def test_steer_names_the_flags_a_person_is_missing_from(small, tmp_path):
               "--user", model.users_[0], "--out", tmp_path / "o")
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
     assert "is not in --context-events" in out.stderr and "drop --context-events to steer for them" in out.stderr
+
+
+def test_steer_points_an_unknown_person_to_their_events_on_a_model_fitted_with_them(small, tmp_path):
+    _, _, model, _ = small
+    out = cli("steer", "--model", model.save(tmp_path / "m"), "--prompt", "a cat", "--generator", "stub",
+              "--budget", "8", "--user", "zz9", "--out", tmp_path / "o")
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+    assert "pass their ratings as --context or their events as --context-events" in out.stderr

@@ -203,3 +203,17 @@ def test_a_view_given_its_own_weight_still_marks_an_image_as_shown(caplog):
     with caplog.at_level(logging.WARNING, logger="pamela_lite"):
         validate_events(frame, "log.csv", {**DEFAULT_EVENTS, "view": -0.1})
     assert "'view' row" not in caplog.text
+
+
+def test_a_default_action_a_fitted_model_weighs_0_does_not_count_as_a_view(caplog):
+    frame = pl.DataFrame({"participant_id": ["u"] * 2, "image_id": ["a", "b"], "event": ["save", "share"]})
+    with caplog.at_level(logging.WARNING, logger="pamela_lite"):
+        validate_events(frame, "log.csv", {**DEFAULT_EVENTS, "share": 0.0})
+    assert "1 person(s) acted on every image logged" in caplog.text
+
+
+def test_a_name_of_ones_own_weighing_0_counts_as_a_view(caplog):
+    frame = pl.DataFrame({"participant_id": ["u"] * 2, "image_id": ["a", "b"], "event": ["save", "impression"]})
+    with caplog.at_level(logging.WARNING, logger="pamela_lite"):
+        validate_events(frame, "log.csv", {**DEFAULT_EVENTS, "impression": 0.0})
+    assert "'view' row" not in caplog.text

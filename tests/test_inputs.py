@@ -370,3 +370,23 @@ def test_a_missing_id_that_matches_in_no_form_gets_no_lesson_in_id_types(tmp_pat
     path.write_text("participant_id,image_id,rating\na,999999999,3\na,100001,4\n")
     message = str(pytest.raises(InputError, load_dataset, path, dataset.embeddings.source).value)
     assert "'999999999'" in message and "these ids are text" not in message
+
+
+def test_predict_explains_id_types_only_for_ids_that_would_match_as_numbers(tmp_path, capsys):
+    from pamela_lite import demo
+
+    from .conftest import SMALL_MODEL
+
+    assert demo.main(["--world", "demo", "--out", str(tmp_path / "w"), "--users", "30", "--images", "200",
+                      "--dim", "16", "--int-ids", "--seed", "3"]) == 0
+    ds = load_dataset(tmp_path / "w")
+    PersonalScorer(random_state=0, **SMALL_MODEL).fit(ds.split("train"), ds.embeddings, ds.scale).save(tmp_path / "m")
+    person, image = ds.split("train")["participant_id"][0], ds.split("train")["image_id"][0]
+    for written, explained in ((f"0{person}", True), ("987654321", False)):
+        (tmp_path / "pairs.csv").write_text(f"participant_id,image_id\n{written},{image}\n")
+        capsys.readouterr()
+        code = run(predict.main, ["--model", str(tmp_path / "m"), "--pairs", str(tmp_path / "pairs.csv"),
+                                  "--embeddings", ds.embeddings.source, "--out", str(tmp_path / "o.csv"), "--quiet"])
+        err = capsys.readouterr().err
+        assert code == 2 and f"'{written}'" in err
+        assert ("these ids are text, those of the model are integers" in err) == explained, err

@@ -223,7 +223,7 @@ def test_cli_context_of_a_known_person_says_to_name_them_with_user(fitted, datas
     out = cli("steer", "--model", model, "--prompt", "a cat", "--generator", "stub", "--out", tmp_path / "o",
               "--context", tmp_path / "ctx.csv", "--embeddings", dataset.embeddings.source)
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
-    assert "steer a known person with --user ID" in out.stderr and "--refit-known" not in out.stderr
+    assert "give --user ID without a context file" in out.stderr and "--refit-known" not in out.stderr
 
 
 def test_cli_sim_generator_refuses_a_model_fitted_on_another_world(tmp_path):
@@ -305,7 +305,7 @@ def test_a_vocabulary_file_that_would_lose_or_break_phrases_is_refused(tmp_path,
 
 
 @pytest.mark.parametrize("spec, problem", [
-    ("math:pi", "pi is a float, not a factory to call"),
+    ("math:pi", "pi is not callable (it is 'float')"),
     ("json:loads", "the factory failed: TypeError"),
     ("builtins:object", "the factory returned 'object', not a generate(prompts, seeds) callable"),
 ])
@@ -379,3 +379,18 @@ def test_cli_context_naming_another_person_says_when_they_are_known(fitted, data
               "--context", tmp_path / "ctx.csv", "--user", fitted.users_[0], "--embeddings", dataset.embeddings.source)
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
     assert "known to the model: drop --context to steer for them" in out.stderr
+
+
+def test_a_generator_that_fails_while_generating_is_one_input_error():
+    def failing(prompts, seeds):
+        raise RuntimeError("out of GPU memory")
+    with pytest.raises(InputError, match="the generator failed on 'a cat': RuntimeError: out of GPU memory"):
+        steer.search("greedy", failing, first_coordinate, VOCAB, "a cat", budget=8, seeds_per_prompt=2)
+
+
+def test_cli_warns_that_population_steering_does_not_use_the_person(fitted, tmp_path):
+    out = cli("steer", "--model", fitted.save(tmp_path / "model"), "--objective", "population", "--user",
+              fitted.users_[0], "--prompt", "a cat", "--generator", "stub", "--budget", "8", "--no-plot",
+              "--out", tmp_path / "o")
+    assert out.returncode == 0, out.stderr
+    assert "steers by the population head alone: the person given" in out.stderr
