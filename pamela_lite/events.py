@@ -213,8 +213,9 @@ def validate_events(frame: pl.DataFrame, source, vocabulary: dict[str, float] | 
 
 def _warn_missing_views(events: pl.DataFrame, source) -> None:
     """Warn about people whose every logged image was acted on: nobody acts on everything shown,
-    so the rows of the images they were shown and left (``view``, or any row weighing 0) are
-    missing, and their choices can only be compared with each other."""
+    so the rows of the images they were shown and left (a ``view``, a numeric weight of 0, or a
+    name of the user's own that weighs 0) are missing, and their choices can only be compared
+    with each other."""
     if not events.select(pl.col("event").is_not_null().any()).item():
         return  # numeric weights alone: a confidence per shown image may be nonzero for every image
     # Shown: a view, a number of 0, or a name of the user's own weighing 0. A default action name

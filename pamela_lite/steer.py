@@ -1204,8 +1204,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", type=Path, required=True, help="model folder written by pamela_lite.fit")
     parser.add_argument("--scorer", type=Path, help="score with this exported ONNX scorer instead of the model "
                                                      "(its users file beside it)")
-    parser.add_argument("--user", help="participant id: known to the model, or one in --context or --context-events "
-                                               "(not needed with --objective population)")
+    parser.add_argument("--user", help="participant id: known to the model, or one in --context or "
+                                       "--context-events (not needed with --objective population)")
     parser.add_argument("--context", type=Path, help="ratings of a new person (participant_id, image_id, rating "
                                                       "[, age, gender, nationality]), folded in")
     parser.add_argument("--context-events", type=Path,
