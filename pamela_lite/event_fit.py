@@ -21,7 +21,8 @@ Two ways a fit uses events (``python -m pamela_lite.fit --events FILE``):
   population head and the taste on the principal components (with the EM taste prior; no factor
   model, no residual head: :data:`EVENTS_ONLY`) are fitted on those. Scores are then on a
   preference scale (-1..1), not a rating scale: rank by them. New people fold in from events with
-  strength 1 and gain 1 (the units the scorer was fitted in).
+  gain 1 (the units the scorer was fitted in) and the strength held-out sessions of the log choose
+  (:func:`_held_out_strength`; 0, the population alone, unless events predict the held-out choices).
 """
 
 from __future__ import annotations
@@ -296,6 +297,65 @@ def preference_rows(events: pl.DataFrame, alpha: float = 1.0) -> pl.DataFrame:
             .select("participant_id", "image_id", "session_id", "rating"))
 
 
+ALONE_STRENGTHS = (0.0, 0.1, 0.3, 1.0, 3.0)  # a person's events against the population, tried on held-out sessions
+
+
+def _no_ratings(events: pl.DataFrame) -> pl.DataFrame:
+    return pl.DataFrame(schema={"participant_id": events["participant_id"].dtype,
+                                "image_id": events["image_id"].dtype, "rating": pl.Int64})
+
+
+def _fit_on_choices(chosen: pl.DataFrame, embeddings: Embeddings, settings: dict, vocabulary: dict) -> PersonalScorer:
+    """The events-only image side (population head, taste map and prior) fitted on `chosen`
+    (:func:`choice_rows`), with a channel of strength 1 and gain 1 (its units)."""
+    model = PersonalScorer(**settings)
+    model._fit(chosen.drop("session_id"), embeddings, Scale(-1, 1), None)  # preferences: not whole ratings
+    model.fitted_.blend = np.array([1.0, 1.0])  # no rating to fit a blend on: taste and factors count as they are
+    model.fitted_.events = EventChannel(vocabulary, 1.0, 1.0, 1.0,
+                                        {"mode": "events only", "pseudo_observations": chosen.height})
+    return model
+
+
+def _held_out_strength(events: pl.DataFrame, embeddings: Embeddings, settings: dict, vocabulary: dict,
+                       seed: int) -> tuple[float, dict]:
+    """The strength of a person's events against the population that held-out sessions choose
+    (there is no rating to choose it on), and what was measured.
+
+    Each person's sessions are split in two at random. A scorer fitted on the first halves alone
+    folds people in from them at each of :data:`ALONE_STRENGTHS` and is scored on the choices of
+    the second halves (per-person SROCC of the score against the session-centred preference
+    ``p~``); nothing of the second halves is fitted on (with them in the image side, random
+    choices passed). Strength 0 is the population alone: a strength is kept only when it beats
+    that by two standard errors (paired over people), the rule :func:`calibrate` keeps a channel
+    by, so a person's events never rank their own held-out choices worse than no events would.
+    It is a check on the log, not on ratings: a log whose choices are consistent for reasons
+    other than taste passes it.
+    """
+    keys = ["participant_id", "session_id"]
+    sessions = events.select(keys).unique(maintain_order=True)
+    sessions = sessions.with_columns(_first=pl.Series(np.random.default_rng(seed).random(sessions.height) < 0.5))
+    split = events.join(sessions, on=keys, how="left", maintain_order="left")["_first"]
+    first, second = events.filter(split), events.filter(~split)
+    chosen = choice_rows(first)
+    query = choice_rows(second).filter(pl.col("participant_id").is_in(first["participant_id"].unique().implode()))
+    if query["participant_id"].n_unique() < 5 or chosen["participant_id"].n_unique() < 2:
+        return 1.0, {"note": "fewer than 5 people with choices in held-out sessions: strength 1 kept"}
+    model = _fit_on_choices(chosen, embeddings, settings, vocabulary)
+    channel, scores = model.fitted_.events, {}
+    for strength in ALONE_STRENGTHS:
+        model.fitted_.events = replace(channel, strength=strength)
+        states = model.fold_in(_no_ratings(first), embeddings, events=first)
+        scores[strength] = _per_user_srocc(query, model.utility(query, embeddings, states))
+    best = max(ALONE_STRENGTHS[1:], key=lambda k: scores[k].mean())
+    gain = scores[best] - scores[0.0]
+    se = float(gain.std(ddof=1) / np.sqrt(len(gain))) if len(gain) > 1 else float("inf")
+    accepted = bool(gain.mean() > 2 * se)
+    return (best if accepted else 0.0), {
+        "chosen_on": "held-out sessions", "people": int(len(gain)),
+        "srocc_by_strength": {str(k): round(float(v.mean()), 4) for k, v in scores.items()},
+        "gain": round(float(gain.mean()), 4), "gain_se": round(se, 4), "accepted": accepted}
+
+
 class NothingChosen(ValueError):
     """Events alone in which no session shows a choice: an events-only scorer has nothing to learn."""
 
@@ -341,16 +401,14 @@ def fit_events_only(events: pl.DataFrame, embeddings: Embeddings, params: dict |
     chosen = choice_rows(events)
     if not chosen.height:
         raise NothingChosen(NOTHING_CHOSEN)
-    model = PersonalScorer(random_state=seed, n_threads=threads, **{**EVENTS_ONLY, **(params or {})})
-    model._fit(chosen.drop("session_id"), embeddings, Scale(-1, 1), None)  # preferences: not whole ratings
-    fitted = model.fitted_
-    fitted.blend = np.array([1.0, 1.0])  # no rating to fit a blend on: taste and factors count as they are
-    fitted.events = EventChannel(dict(DEFAULT_EVENTS if vocabulary is None else vocabulary), 1.0, 1.0, 1.0,
-                                 {"mode": "events only", "pseudo_observations": chosen.height})
+    settings = dict(random_state=seed, n_threads=threads, **{**EVENTS_ONLY, **(params or {})})
+    vocabulary = dict(DEFAULT_EVENTS if vocabulary is None else vocabulary)
+    strength, judged = _held_out_strength(events, embeddings, settings, vocabulary, seed)
+    model = _fit_on_choices(chosen, embeddings, settings, vocabulary)
+    channel = model.fitted_.events
+    model.fitted_.events = replace(channel, strength=strength, report={**channel.report, "strength": judged})
     # The known people's states: their events through the same channel a new person's go through.
-    empty = pl.DataFrame(schema={"participant_id": events["participant_id"].dtype,
-                                 "image_id": events["image_id"].dtype, "rating": pl.Int64})
-    ids, states = model.fold_in(empty, embeddings, events=events)
+    ids, states = model.fold_in(_no_ratings(events), embeddings, events=events)
     model.users_, model.user_states_ = list(ids), states
     # No ratings to keep: the states of events-only users cannot be refolded from ratings.
     model.ratings_ = pl.DataFrame(schema={**KEPT_COLUMNS, "origin": pl.String})

@@ -327,12 +327,21 @@ def test_events_on_images_the_person_rated_in_held_out_splits_are_left_out():
     assert left_out == 1 and kept.select("participant_id", "image_id").rows() == [("7", 2), ("8", 1)]
 
 
-def test_events_alone_give_a_scorer_that_ranks_new_people_better_than_the_population(small):
-    world, data, _, events = small
+@pytest.fixture(scope="module")
+def logged():
+    """A world large enough for held-out sessions to tell taste from noise, and everyone's session log."""
+    world = worlds.make("demo", n_users=150, n_images=1500, n_ratings=15000, dim=48, seed=5)
+    return world, worlds.dataset(world), event_sim.simulate(world, "session", impressions=800)
+
+
+def test_events_alone_give_a_scorer_that_ranks_new_people_better_than_the_population(logged):
+    world, data, raw = logged
+    events = validate_events(raw, "sim")
     people = data.ratings["participant_id"].unique().sort()
-    train_ids, new = people.head(34), people.tail(14)
+    train_ids, new = people.head(120), people.tail(30)
     model = fit_events_only(events.filter(pl.col("participant_id").is_in(train_ids.implode())), data.embeddings,
-                            dict(n_components=8, n_prototypes=12, factors=4, head_trees=30, n_folds=3), threads=1)
+                            dict(n_prototypes=12), threads=1)
+    assert model.fitted_.events.strength > 0 and model.fitted_.events.report["strength"]["accepted"]
     empty = pl.DataFrame(schema={"participant_id": pl.String, "image_id": pl.Int64, "rating": pl.Int64})
     query = data.ratings.filter(pl.col("participant_id").is_in(new.implode()))
     mine = events.filter(pl.col("participant_id").is_in(new.implode()))
@@ -346,6 +355,21 @@ def test_events_alone_give_a_scorer_that_ranks_new_people_better_than_the_popula
     corr = frame.group_by("participant_id").agg(pl.corr("pop", "utility", method="spearman").alias("a"),
                                                 pl.corr("me", "utility", method="spearman").alias("b"))
     assert corr["b"].mean() > corr["a"].mean()
+
+
+def test_events_alone_whose_choices_are_random_get_no_strength(logged):
+    _, data, raw = logged
+    views = raw.filter(pl.col("event") == "view")
+    draw = pl.Series(np.random.default_rng(1).random(views.height))
+    # one download per session, on an image drawn at random: the log has the real exposure, no taste
+    random = (views.with_columns(_r=draw).filter(pl.col("_r") == pl.col("_r").max().over("participant_id", "session_id"))
+              .drop("_r").with_columns(event=pl.lit("download")))
+    model = fit_events_only(validate_events(pl.concat([views, random]), "sim"), data.embeddings,
+                            dict(n_prototypes=12), threads=1)
+    judged = model.fitted_.events.report["strength"]
+    assert model.fitted_.events.strength == 0.0 and judged["accepted"] is False
+    assert judged["chosen_on"] == "held-out sessions" and set(judged["srocc_by_strength"]) == {"0.0", "0.1", "0.3",
+                                                                                              "1.0", "3.0"}
 
 
 @pytest.fixture(scope="module")
