@@ -316,36 +316,72 @@ def _fit_on_choices(chosen: pl.DataFrame, embeddings: Embeddings, settings: dict
     return model
 
 
+MIN_JUDGED_PEOPLE = 10  # fewer people scored on held-out sessions: two standard errors mean little
+
+
+def _halves(events: pl.DataFrame, seed: int) -> pl.Series:
+    """Per event row, whether it falls in its person's first half (the rest is held out).
+
+    A person's sessions are sorted by id and permuted with the seed, and the first half of them
+    (at least one) is theirs to learn from, so everyone with two sessions or more appears on
+    both sides whatever the order of the rows. A person with a single session (a log without
+    session ids) is split by row order instead: the first half of their rows (by timestamp when
+    given) against the rest.
+    """
+    rng = np.random.default_rng(seed)
+    frame = events.with_row_index("_row")
+    sessions = frame.select("participant_id", "session_id").unique().sort("participant_id", "session_id")
+    sessions = sessions.with_columns(_rank=pl.int_range(pl.len()).over("participant_id"),
+                                     _n=pl.len().over("participant_id"))
+    draw = pl.Series(rng.random(sessions.height))  # a seeded order of each person's sessions
+    sessions = sessions.with_columns(_key=draw).with_columns(
+        _first=(pl.col("_key").rank("ordinal").over("participant_id") <= pl.col("_n") // 2))
+    frame = frame.join(sessions.select("participant_id", "session_id", "_first", "_n"),
+                       on=["participant_id", "session_id"], how="left")
+    order = ["timestamp", "_row"] if "timestamp" in events.columns else ["_row"]
+    frame = frame.sort(order).with_columns(_position=pl.int_range(pl.len()).over("participant_id"))
+    alone = pl.col("_position") < pl.len().over("participant_id") // 2  # a single session: its first rows
+    frame = frame.with_columns(_split=pl.when(pl.col("_n") > 1).then(pl.col("_first")).otherwise(alone))
+    return frame.sort("_row")["_split"]
+
+
 def _held_out_strength(events: pl.DataFrame, embeddings: Embeddings, settings: dict, vocabulary: dict,
                        seed: int) -> tuple[float, dict]:
     """The strength of a person's events against the population that held-out sessions choose
     (there is no rating to choose it on), and what was measured.
 
-    Each person's sessions are split in two at random. A scorer fitted on the first halves alone
+    Each person's log is split in two (:func:`_halves`). A scorer fitted on the first halves alone
     folds people in from them at each of :data:`ALONE_STRENGTHS` and is scored on the choices of
     the second halves (per-person SROCC of the score against the session-centred preference
-    ``p~``); nothing of the second halves is fitted on (with them in the image side, random
-    choices passed). Strength 0 is the population alone: a strength is kept only when it beats
-    that by two standard errors (paired over people), the rule :func:`calibrate` keeps a channel
-    by, so a person's events never rank their own held-out choices worse than no events would.
-    It is a check on the log, not on ratings: a log whose choices are consistent for reasons
+    ``p~``), on images the person was not shown in their first half; nothing of the second halves
+    is fitted on (with them in the image side, random choices passed). Strength 0 is the
+    population alone: a strength is kept only when, on the mean over at least
+    :data:`MIN_JUDGED_PEOPLE` people, it beats that by two standard errors (paired over people),
+    the rule :func:`calibrate` keeps a channel by; otherwise events get no weight. The strength is
+    chosen on a scorer fitted on about half of each log and applied to the one fitted on all of
+    it. It is a check on the log, not on ratings: a log whose choices are consistent for reasons
     other than taste passes it.
     """
-    keys = ["participant_id", "session_id"]
-    sessions = events.select(keys).unique(maintain_order=True)
-    sessions = sessions.with_columns(_first=pl.Series(np.random.default_rng(seed).random(sessions.height) < 0.5))
-    split = events.join(sessions, on=keys, how="left", maintain_order="left")["_first"]
+    split = _halves(events, seed)
     first, second = events.filter(split), events.filter(~split)
+    # a person's second half is renamed apart from the first when both are one session (no session ids)
+    second = second.with_columns(pl.col("session_id") + "#held-out")
+    seen = first.select("participant_id", "image_id").unique()
+    query = (choice_rows(second).join(seen, on=["participant_id", "image_id"], how="anti")
+             .filter(pl.col("participant_id").is_in(first["participant_id"].unique().implode())))
     chosen = choice_rows(first)
-    query = choice_rows(second).filter(pl.col("participant_id").is_in(first["participant_id"].unique().implode()))
-    if query["participant_id"].n_unique() < 5 or chosen["participant_id"].n_unique() < 2:
-        return 1.0, {"note": "fewer than 5 people with choices in held-out sessions: strength 1 kept"}
+    if chosen["participant_id"].n_unique() < 2 or not query.height:
+        return 0.0, {"note": "no held-out choices to judge events by: events get no weight", "accepted": False}
     model = _fit_on_choices(chosen, embeddings, settings, vocabulary)
     channel, scores = model.fitted_.events, {}
     for strength in ALONE_STRENGTHS:
         model.fitted_.events = replace(channel, strength=strength)
         states = model.fold_in(_no_ratings(first), embeddings, events=first)
         scores[strength] = _per_user_srocc(query, model.utility(query, embeddings, states))
+    people = len(scores[0.0])
+    if people < MIN_JUDGED_PEOPLE:
+        return 0.0, {"note": f"{people} people with enough held-out choices (fewer than {MIN_JUDGED_PEOPLE}): "
+                             f"events get no weight", "people": people, "accepted": False}
     best = max(ALONE_STRENGTHS[1:], key=lambda k: scores[k].mean())
     gain = scores[best] - scores[0.0]
     se = float(gain.std(ddof=1) / np.sqrt(len(gain))) if len(gain) > 1 else float("inf")

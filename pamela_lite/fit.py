@@ -169,7 +169,9 @@ def fit_on_events_only(args, watch: Stopwatch) -> int:
     watch.step(f"fitted on the events of {len(model.users_)} people in {report['fit_seconds']}s; scores are on a "
                f"preference scale (-1..1): rank by them")
     judged, strength = model.fitted_.events.report.get("strength", {}), model.fitted_.events.strength
-    if "srocc_by_strength" in judged:
+    if "note" in judged:
+        watch.step(f"a person's events weigh {strength:g} against the population: {judged['note']}")
+    elif "srocc_by_strength" in judged:
         watch.step(f"a person's events weigh {strength:g} against the population, chosen on held-out sessions of "
                    f"{judged['people']} people (SROCC of their choices {judged['srocc_by_strength']['0.0']:.4f} with "
                    f"no events; best {judged['gain']:+.4f} +- {judged['gain_se']:.4f}: "

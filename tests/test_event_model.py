@@ -753,3 +753,19 @@ def test_steer_points_an_unknown_person_to_their_events_on_a_model_fitted_with_t
               "--budget", "8", "--user", "zz9", "--out", tmp_path / "o")
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
     assert "pass their ratings as --context or their events as --context-events" in out.stderr
+
+
+def test_events_alone_without_session_ids_are_judged_on_the_later_half_of_each_log(logged):
+    world, data, raw = logged
+    model = fit_events_only(validate_events(raw.drop("session_id"), "sim"), data.embeddings, dict(n_prototypes=12),
+                            threads=1)
+    judged = model.fitted_.events.report["strength"]
+    assert "srocc_by_strength" in judged and judged["people"] >= 100  # judged, not waved through
+
+
+def test_events_alone_of_too_few_people_to_judge_get_no_weight(logged):
+    _, data, raw = logged
+    few = raw.filter(pl.col("participant_id").is_in(raw["participant_id"].unique().sort().head(6).implode()))
+    model = fit_events_only(validate_events(few, "sim"), data.embeddings, dict(n_prototypes=12), threads=1)
+    assert model.fitted_.events.strength == 0.0
+    assert "fewer than 10" in model.fitted_.events.report["strength"]["note"]
