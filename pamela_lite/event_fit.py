@@ -35,7 +35,7 @@ import polars as pl
 
 from .data import Embeddings, Scale
 from .event_channel import EventChannel, EventRows
-from .events import DEFAULT_EVENTS, WEIGHT
+from .events import DEFAULT_EVENTS, WEIGHT, no_ratings
 from .model import KEPT_COLUMNS, PersonalScorer, _demographic_columns, _users_table
 from .protocol import kshot_split
 
@@ -47,6 +47,8 @@ ALPHAS = (0.3, 3.0)  # tried after the default 1.0
 MULTIPLIERS = (0.0, 0.5, 2.0)  # each event's weight times these, tried one event at a time
 CONTEXTS = (0, 10)
 MAX_USERS = 400
+ALONE_STRENGTHS = (0.0, 0.1, 0.3, 1.0, 3.0)  # a person's events against the population, tried on held-out sessions
+MIN_JUDGED_PEOPLE = 10  # fewer people scored on held-out sessions: two standard errors mean little
 # Events alone: principal taste coordinates (the learned directions need ratings' noise to be
 # told from taste), the EM taste prior, no head (nothing to early-stop on). A plain ridge prior
 # (taste_prior="isotropic", shrinkage 10) let a new person's events pull their state far past what
@@ -297,14 +299,6 @@ def preference_rows(events: pl.DataFrame, alpha: float = 1.0) -> pl.DataFrame:
             .select("participant_id", "image_id", "session_id", "rating"))
 
 
-ALONE_STRENGTHS = (0.0, 0.1, 0.3, 1.0, 3.0)  # a person's events against the population, tried on held-out sessions
-
-
-def _no_ratings(events: pl.DataFrame) -> pl.DataFrame:
-    return pl.DataFrame(schema={"participant_id": events["participant_id"].dtype,
-                                "image_id": events["image_id"].dtype, "rating": pl.Int64})
-
-
 def _fit_on_choices(chosen: pl.DataFrame, embeddings: Embeddings, settings: dict, vocabulary: dict) -> PersonalScorer:
     """The events-only image side (population head, taste map and prior) fitted on `chosen`
     (:func:`choice_rows`), with a channel of strength 1 and gain 1 (its units)."""
@@ -314,9 +308,6 @@ def _fit_on_choices(chosen: pl.DataFrame, embeddings: Embeddings, settings: dict
     model.fitted_.events = EventChannel(vocabulary, 1.0, 1.0, 1.0,
                                         {"mode": "events only", "pseudo_observations": chosen.height})
     return model
-
-
-MIN_JUDGED_PEOPLE = 10  # fewer people scored on held-out sessions: two standard errors mean little
 
 
 def _halves(events: pl.DataFrame, seed: int) -> pl.Series:
@@ -331,8 +322,7 @@ def _halves(events: pl.DataFrame, seed: int) -> pl.Series:
     rng = np.random.default_rng(seed)
     frame = events.with_row_index("_row")
     sessions = frame.select("participant_id", "session_id").unique().sort("participant_id", "session_id")
-    sessions = sessions.with_columns(_rank=pl.int_range(pl.len()).over("participant_id"),
-                                     _n=pl.len().over("participant_id"))
+    sessions = sessions.with_columns(_n=pl.len().over("participant_id"))
     draw = pl.Series(rng.random(sessions.height))  # a seeded order of each person's sessions
     sessions = sessions.with_columns(_key=draw).with_columns(
         _first=(pl.col("_key").rank("ordinal").over("participant_id") <= pl.col("_n") // 2))
@@ -376,7 +366,7 @@ def _held_out_strength(events: pl.DataFrame, embeddings: Embeddings, settings: d
     channel, scores = model.fitted_.events, {}
     for strength in ALONE_STRENGTHS:
         model.fitted_.events = replace(channel, strength=strength)
-        states = model.fold_in(_no_ratings(first), embeddings, events=first)
+        states = model.fold_in(no_ratings(first), embeddings, events=first)
         scores[strength] = _per_user_srocc(query, model.utility(query, embeddings, states))
     people = len(scores[0.0])
     if people < MIN_JUDGED_PEOPLE:
@@ -444,7 +434,7 @@ def fit_events_only(events: pl.DataFrame, embeddings: Embeddings, params: dict |
     channel = model.fitted_.events
     model.fitted_.events = replace(channel, strength=strength, report={**channel.report, "strength": judged})
     # The known people's states: their events through the same channel a new person's go through.
-    ids, states = model.fold_in(_no_ratings(events), embeddings, events=events)
+    ids, states = model.fold_in(no_ratings(events), embeddings, events=events)
     model.users_, model.user_states_ = list(ids), states
     # No ratings to keep: the states of events-only users cannot be refolded from ratings.
     model.ratings_ = pl.DataFrame(schema={**KEPT_COLUMNS, "origin": pl.String})

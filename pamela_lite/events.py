@@ -254,6 +254,12 @@ def without_actions(evidence_rows: pl.DataFrame) -> pl.Series:
             .filter(~pl.col("evidence"))["participant_id"])
 
 
+def no_ratings(events: pl.DataFrame) -> pl.DataFrame:
+    """An empty ratings context typed like `events`: people folded in from their events alone."""
+    return pl.DataFrame(schema={"participant_id": events["participant_id"].dtype,
+                                "image_id": events["image_id"].dtype, "rating": pl.Int64})
+
+
 def evidence(events: pl.DataFrame, weights: dict[str, float] | None = None) -> pl.DataFrame:
     """One row per (participant, image, session): the summed signed evidence ``m`` of its events.
 

@@ -20,7 +20,7 @@ from .cli import (REFIT_KNOWN, Stopwatch, check_table_path, log, parser_for, ref
                   refuse_rating_context, run, warn_unknown_demographics, write_table)
 from .data import Scale, id_type_note, read_embeddings, read_pairs, read_ratings, validate_ratings
 from .errors import InputError, preview
-from .events import comparing_nothing, evidence, load_events, without_actions
+from .events import comparing_nothing, evidence, load_events, no_ratings, without_actions
 from .fitted import MODEL_FILES
 from .model import PersonalScorer
 
@@ -64,12 +64,6 @@ def load_context_events(path: Path, model: PersonalScorer, model_path, embedding
     events = load_events(path, embeddings, model.fitted_.events.weights)
     refuse_known_context(events["participant_id"], model.users_, path, refit_known, remedy)
     return events
-
-
-def no_ratings(events: pl.DataFrame) -> pl.DataFrame:
-    """An empty ratings context typed like `events`: people folded in from their events alone."""
-    return pl.DataFrame(schema={"participant_id": events["participant_id"].dtype,
-                                "image_id": events["image_id"].dtype, "rating": pl.Int64})
 
 
 def warn_idle_events(events: pl.DataFrame, model: PersonalScorer, model_path, path: Path) -> None:

@@ -1320,7 +1320,8 @@ def _phrase_effects(args, vocab: Vocabulary, generate, dim: int) -> PhraseEffect
 def _resolve_user(args, model, world):
     """(label, state, rated embeddings, ratings) of the person to steer for."""
     from .data import read_embeddings
-    from .predict import load_context, load_context_events, no_ratings, warn_idle_events
+    from .events import no_ratings
+    from .predict import load_context, load_context_events, warn_idle_events
 
     if args.context is not None or args.context_events is not None:
         source = args.context if args.context is not None else args.context_events
