@@ -35,7 +35,7 @@ import polars as pl
 
 from .data import Embeddings, Scale
 from .event_channel import EventChannel, EventRows
-from .events import DEFAULT_EVENTS, WEIGHT, no_ratings
+from .events import DEFAULT_EVENTS, WEIGHT, event_rows, no_ratings
 from .model import KEPT_COLUMNS, PersonalScorer, _demographic_columns, _users_table
 from .protocol import kshot_split
 
@@ -363,11 +363,19 @@ def _held_out_strength(events: pl.DataFrame, embeddings: Embeddings, settings: d
     if chosen["participant_id"].n_unique() < 2 or not query.height:
         return 0.0, {"note": "no held-out choices to judge events by: events get no weight", "accepted": False}
     model = _fit_on_choices(chosen, embeddings, settings, vocabulary)
-    channel, scores = model.fitted_.events, {}
+    fitted, scores = model.fitted_, {}
+    # The first halves' event rows and their features, once for every strength (as calibrate does).
+    ids = first["participant_id"].unique(maintain_order=True).to_list()
+    rows = event_rows(first, ids, embeddings, vocabulary)
+    rows.features = fitted.image_features(rows.embeddings)
+    demographics = _demographic_columns(_users_table(first.select("participant_id"), ids))
+    nothing = np.zeros((0, fitted.embedding_dim), dtype=np.float32)
+    channel = fitted.events
     for strength in ALONE_STRENGTHS:
-        model.fitted_.events = replace(channel, strength=strength)
-        states = model.fold_in(no_ratings(first), embeddings, events=first)
-        scores[strength] = _per_user_srocc(query, model.utility(query, embeddings, states))
+        fitted.events = replace(channel, strength=strength)
+        states = fitted.fold_in(np.zeros(0, dtype=np.int64), len(ids), np.zeros(0), nothing, *demographics,
+                                events=rows)
+        scores[strength] = _per_user_srocc(query, model.utility(query, embeddings, (ids, states)))
     people = len(scores[0.0])
     if people < MIN_JUDGED_PEOPLE:
         return 0.0, {"note": f"{people} people with enough held-out choices (fewer than {MIN_JUDGED_PEOPLE}): "
