@@ -25,7 +25,7 @@ the person before any image is generated (budget 0: reported for self, the other
 population head), then spends the budget checking and improving it; it is also run for the other
 person and the population head, so that self vs others compares like with like. Prompts are
 chosen on seeds 0.. and judged
-on 32 fresh seeds (10000..) by the person's TRUE utility from the world's truth, never by the
+on 32 fresh seeds (10000..; ``--fresh-seeds``) by the person's TRUE utility from the world's truth, never by the
 scorer; gains are in units of the person's SD of true utility over the catalogue. Paired win
 rates compare conditions person by person; Elo (Bradley-Terry over all paired outcomes) is a
 secondary view. The bandit's uncertainty is checked first: coverage of nominal intervals of
@@ -54,7 +54,7 @@ from pamela_lite.steer_sim import SimulatedGenerator  # noqa: E402
 
 CONDITIONS = ("self", "other", "population", "unsteered")
 HEADLINE = "greedy"
-FRESH = steer.fresh_seeds(32, range(10_000))     # 10000..10031; searches choose on seeds 0..
+FRESH = steer.fresh_seeds(32, range(10_000))     # 10000..10031; searches choose on seeds 0.. (--fresh-seeds)
 QUICK = dict(n_users=80, n_images=1200)
 TINY = dict(n_users=50, n_images=400)      # --tiny (with --quick): the test suite's smoke run
 TWO_BUDGET = 128
@@ -422,7 +422,8 @@ def markdown(payload: dict) -> str:
     lines = ["# Steering for one person (issue 10)", "",
              f"`{payload['command']}` — {machine_lines(payload['machine'])}", "",
              "Simulated generator (`pamela_lite.steer_sim`): edit directions random and independent of the taste "
-             "and principal bases; gains judged by the people's TRUE utility on 32 fresh seeds, in per-person SD "
+             "and principal bases; gains judged by the people's TRUE utility on "
+             f"{payload['fresh_seeds']} fresh seeds, in per-person SD "
              f"units. Headline search: **{HEADLINE}**; {payload['seeds_per_prompt']} seeds per prompt. Simulators "
              "(each world runs under every one, on the same people, base prompts and other people): "
              + "; ".join(edits_kind(b) for b in payload["settings"]["base_dependence"])
@@ -512,6 +513,7 @@ def fmt(values) -> str:
 
 
 def main(argv=None) -> int:
+    global FRESH  # the judging seeds every helper reads: set once from --fresh-seeds, before any search
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--worlds", default="demo,lowvar")
     parser.add_argument("--users", type=int, default=100)
@@ -524,6 +526,9 @@ def main(argv=None) -> int:
     parser.add_argument("--base-dependence", default="0,0.5",
                         help="simulators to run, by the share of a phrase's move that depends on the base image "
                              "(0: additive edits, the same on every base; comma-separated)")
+    parser.add_argument("--fresh-seeds", type=int, default=len(FRESH),
+                        help="seeds every chosen prompt is judged on, after those it was chosen on (more: "
+                             "less judging noise in the win rates)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0)
@@ -532,6 +537,7 @@ def main(argv=None) -> int:
                              "e.g. for a confirmation run)")
     args = parser.parse_args(argv)
     args.budgets = [int(b) for b in args.budgets.split(",")]
+    FRESH = steer.fresh_seeds(args.fresh_seeds, range(10_000))
     args.base_dependence = [float(b) for b in args.base_dependence.split(",")]
     if args.tiny:
         args.quick, args.users, args.budgets = True, min(args.users, 4), [8, 16]
