@@ -348,6 +348,16 @@ class CachedScoring:
         return best, np.clip(utility, *self.scale)
 
 
+def check_not_zero(rows: np.ndarray, what: str) -> np.ndarray:
+    """`rows` (k, D) unchanged, or ValueError naming the all-zero ones: an embedding of nothing,
+    which the scorer would silently treat as an image (the files' reader refuses it too)."""
+    zero = np.flatnonzero(~rows.any(axis=1)) if rows.size else []
+    if len(zero):
+        raise ValueError(f"{what}: {len(zero)} row(s) are all zeros ({', '.join(map(str, zero[:5]))}"
+                         + (" ..." if len(zero) > 5 else "") + "); an embedding of an image is never all zeros")
+    return rows
+
+
 def check_finite(values: np.ndarray, what: str) -> np.ndarray:
     """`values` unchanged, or ValueError naming the rows with NaN or inf (onnxruntime would score
     them silently: a NaN embedding gives a NaN score, or whatever the trees make of a missing value)."""

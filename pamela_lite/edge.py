@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from .cached import CachedScoring, FeatureCache, check_candidates, check_finite, check_k
+from .cached import CachedScoring, FeatureCache, check_candidates, check_finite, check_k, check_not_zero
 from .errors import InputError
 from .event_channel import EventRows, aggregate
 from .fitted import FittedScorer, read_users
@@ -202,12 +202,12 @@ class EdgeScorer(CachedScoring):
                                    [age], [gender], [nationality], events=rows)[0]
 
     def _embedding_rows(self, values, what: str) -> np.ndarray:
-        """`values` as finite float32 rows (k, D): one embedding (D,), several (k, D), or none."""
+        """`values` as finite, not all-zero float32 rows (k, D): one embedding (D,), several (k, D), or none."""
         rows = float32_array([] if values is None else values, what, self.embedding_dim)
         if rows.size and (rows.ndim > 2 or rows.shape[-1] != self.embedding_dim):
             raise ValueError(f"{what} must have shape (k, {self.embedding_dim}), or ({self.embedding_dim},) for "
                              f"one image, not {rows.shape}")
-        return check_finite(rows.reshape(-1, self.embedding_dim), what)
+        return check_not_zero(check_finite(rows.reshape(-1, self.embedding_dim), what), what)
 
     def _warn_unknown_demographics(self, gender, nationality) -> None:
         for name, value in (("gender", gender), ("nationality", nationality)):
@@ -306,7 +306,8 @@ class EdgeScorer(CachedScoring):
         check_candidates(candidates)
         if isinstance(embeddings, FeatureCache):
             return self.top_k_cached(user, embeddings, k, candidates)
-        utility = self.score_user(user, embeddings, clip=False)
+        # A gallery is checked as fold_in's rows are (score, the per-pair hot path, checks only its outputs)
+        utility = self.score_user(user, self._embedding_rows(embeddings, "embeddings"), clip=False)
         k = min(k, len(utility))
         best = np.argpartition(-utility, k - 1)[:k]
         best = best[np.argsort(-utility[best], kind="stable")]

@@ -204,7 +204,11 @@ def merge_with_encoder(scorer: onnx.ModelProto, encoder: onnx.ModelProto) -> onn
     def default_opset(m):
         return next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))
 
-    out_dim = encoder.graph.output[0].type.tensor_type.shape.dim[-1].dim_value
+    if len(encoder.graph.input) != 1 or len(encoder.graph.output) != 1:  # an empty file loads as an empty model
+        raise InputError(None, f"not an image encoder: its graph has {len(encoder.graph.input)} input(s) and "
+                               f"{len(encoder.graph.output)} output(s), not one of each (pixels in, embedding out)")
+    dims = encoder.graph.output[0].type.tensor_type.shape.dim
+    out_dim = dims[-1].dim_value if len(dims) else 0
     want = scorer.graph.input[0].type.tensor_type.shape.dim[1].dim_value
     if out_dim and out_dim != want:
         raise InputError(None, f"the encoder gives {out_dim}-d embeddings; the scorer takes {want}-d")

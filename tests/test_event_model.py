@@ -198,13 +198,14 @@ def test_device_counts_a_repeated_event_row_once(small, tmp_path):
     ({"event_embeddings": "half", "events": ["view", "download"]}, r"must have shape \(k, "),  # once: garbage rows
     ({"events": ["view", "download"]}, "no event_embeddings"),  # once: numpy's reshape error
     ({"event_embeddings": "two"}, "without events"),  # once: ignored, the prior came back
+    ({"event_embeddings": "zero", "events": ["view", "download"]}, r"1 row\(s\) are all zeros"),  # once: a state
 ])
 def test_device_event_fold_in_names_what_is_wrong(small, tmp_path, kwargs, problem):
     _, data, model, _ = small
     export(model, tmp_path / "scorer.onnx")
     edge = EdgeScorer(tmp_path / "scorer.onnx")
     rows = data.embeddings.matrix[:4]
-    given = {"half": rows[:, : rows.shape[1] // 2], "two": rows[:2]}
+    given = {"half": rows[:, : rows.shape[1] // 2], "two": rows[:2], "zero": np.vstack([rows[:1], 0 * rows[:1]])}
     kwargs = {k: given.get(v, v) if isinstance(v, str) else v for k, v in kwargs.items()}
     with pytest.raises(ValueError, match=problem):
         edge.fold_in([], [], **kwargs)

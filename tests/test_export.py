@@ -216,6 +216,16 @@ def test_encoder_of_another_dimension_is_refused(fitted, tmp_path, capsys):
     assert not (tmp_path / "s.pixels.onnx").exists() and not (tmp_path / "s.onnx").exists()
 
 
+def test_an_empty_encoder_file_is_refused_in_one_line(fitted, tmp_path, capsys):
+    # onnx loads a 0-byte file as an empty model, and the merge failed with "unexpected IndexError", exit 1
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    code = run(export.main, ["--model", str(_saved(fitted, tmp_path)), "--out", str(tmp_path / "s.onnx"),
+                             "--encoder", str(tmp_path / "empty.onnx")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "empty.onnx: not an image encoder" in err[0]
+    assert not (tmp_path / "s.pixels.onnx").exists() and not (tmp_path / "s.onnx").exists()
+
+
 def _saved(model, tmp_path):
     model.save(tmp_path / "model")
     return tmp_path / "model"
@@ -295,6 +305,21 @@ def test_device_refuses_non_finite_states_and_fold_in_embeddings(fitted, dataset
         else:
             cache = edge.cache_features(dataset.embeddings.matrix[:20])
             edge.top_k(np.full(edge.state_dim, np.nan, dtype=np.float32), cache, k=3)
+
+
+@pytest.mark.parametrize("where", ["fold_in", "cache", "top_k"])
+def test_device_refuses_an_all_zero_embedding_as_the_files_reader_does(fitted, dataset, exported, where):
+    # fold_in built a state from it and top_k ranked it, where score/predict refuse the same file
+    edge = EdgeScorer(exported)
+    rows = dataset.embeddings.matrix[:3].copy()
+    rows[1] = 0.0
+    with pytest.raises(ValueError, match=r"embeddings: 1 row\(s\) are all zeros \(1\)"):
+        if where == "fold_in":
+            edge.fold_in(rows, np.array([3.0, 4.0, 5.0]))
+        elif where == "cache":
+            edge.cache_features(rows)
+        else:
+            edge.top_k(str(fitted.users_[0]), rows, k=2)
 
 
 def test_add_user_refuses_a_known_id_unless_told_to_replace(fitted, exported):
