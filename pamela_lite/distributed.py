@@ -290,15 +290,22 @@ def _pair_files(pairs: Path) -> list[str]:
         if f.suffix.lower() not in (".parquet", ".pq"):
             raise InputError(f, "--dask reads pairs from Parquet (a file or a folder of files); "
                                 "convert the table with polars first")
-    try:
-        schema = pl.scan_parquet(files).collect_schema()
-    except Exception as err:
-        raise InputError(pairs, f"cannot read as Parquet: {str(err).splitlines()[0]}") from None
-    for column in ("participant_id", "image_id"):
-        if column not in schema:
-            raise InputError(pairs, f"no column {column!r} (columns: {', '.join(schema.names())})")
-        if not (schema[column] == pl.String or schema[column].is_integer()):
-            raise InputError(pairs, f"{column} must be integers or text, not {schema[column]}")
+    first = None
+    for f in files:  # each file's own schema: workers read slices across files, which must agree
+        source = f if pairs.is_dir() else pairs
+        try:
+            schema = pl.scan_parquet(f).collect_schema()
+        except Exception as err:
+            raise InputError(source, f"cannot read as Parquet: {str(err).splitlines()[0]}") from None
+        for column in ("participant_id", "image_id"):
+            if column not in schema:
+                raise InputError(source, f"no column {column!r} (columns: {', '.join(schema.names())})")
+            if not (schema[column] == pl.String or schema[column].is_integer()):
+                raise InputError(source, f"{column} must be integers or text, not {schema[column]}")
+            if first is not None and schema[column] != first[1][column]:
+                raise InputError(source, f"{column} is {schema[column]} here but {first[1][column]} in "
+                                         f"{first[0].name}: write every file of the folder with the same types")
+        first = first or (f, schema)
     return [str(f.resolve()) for f in files]
 
 

@@ -117,6 +117,22 @@ def test_pairs_in_a_csv_are_refused_in_one_line(exported, cache_path, tmp_path, 
     assert code == 2 and len(err) == 1 and "Parquet" in err[0]
 
 
+def test_a_pairs_folder_whose_files_disagree_on_id_types_is_refused_naming_the_file(exported, cache_path,
+                                                                                    pairs_path, tmp_path, capsys):
+    # workers crashed on it ("unexpected SchemaError", exit 1) and left the job folder behind
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    frame = pl.read_parquet(pairs_path).head(20)
+    frame.write_parquet(folder / "a.parquet")
+    frame.with_columns(pl.col("image_id").cast(pl.String)).write_parquet(folder / "b.parquet")
+    out = tmp_path / "out"
+    code = run(score.main, ["--dask", "--scorer", str(exported), "--cache", str(cache_path), "--pairs", str(folder),
+                            "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "b.parquet: image_id is String here but" in err[0]
+    assert "a.parquet" in err[0] and not out.exists()
+
+
 @pytest.mark.parametrize("extra, problem", [
     (["--top", "5", "--candidates", "3"], "--candidates 3 is below --top 5"),  # once: exit 0, 5 rows
     (["--pairs", "PAIRS", "--candidates", "3"], "go with --top K"),  # once silently ignored
