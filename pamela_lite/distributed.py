@@ -293,6 +293,8 @@ def _pair_files(pairs: Path) -> list[str]:
     first = None
     for f in files:  # each file's own schema: workers read slices across files, which must agree
         source = f if pairs.is_dir() else pairs
+        if f.stat().st_size == 0:  # as the single-machine reader says it (Parquet's own error is cryptic)
+            raise InputError(source, "the file is empty")
         try:
             schema = pl.scan_parquet(f).collect_schema()
         except Exception as err:

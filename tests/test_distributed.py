@@ -133,6 +133,14 @@ def test_a_pairs_folder_whose_files_disagree_on_id_types_is_refused_naming_the_f
     assert "a.parquet" in err[0] and not out.exists()
 
 
+def test_an_empty_pairs_file_is_named_as_empty_as_without_dask(exported, cache_path, tmp_path, capsys):
+    (tmp_path / "p.parquet").write_bytes(b"")  # "cannot read as Parquet: ... File out of specification"
+    code = run(score.main, ["--dask", "--scorer", str(exported), "--cache", str(cache_path),
+                            "--pairs", str(tmp_path / "p.parquet"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].endswith("p.parquet: the file is empty")
+
+
 @pytest.mark.parametrize("extra, problem", [
     (["--top", "5", "--candidates", "3"], "--candidates 3 is below --top 5"),  # once: exit 0, 5 rows
     (["--pairs", "PAIRS", "--candidates", "3"], "go with --top K"),  # once silently ignored
