@@ -66,7 +66,8 @@ from ._atomic import atomic_dir
 from .data import Embeddings, Scale, normalise_ages, person_demographics, validate_ratings
 from .errors import InputError, preview
 from .catalogue import CANDIDATES as CATALOGUE_CANDIDATES
-from .catalogue import MIN_VALIDATION_ROWS, Catalogue, fit_catalogue, ridge_rows
+from .catalogue import SCALES as CATALOGUE_SCALES
+from .catalogue import MIN_VALIDATION_ROWS, Catalogue, fit_catalogue, leave_one_out, ridge_rows
 from .metadata import metadata_indicators, metadata_map, orthogonal_blocks
 from .taste import MIN_BAND_WIDTH, N_NULL_DRAWS, fit_whitening, image_sample, taste_moment
 from .events import event_rows
@@ -769,8 +770,14 @@ class PersonalScorer(BaseEstimator):
                                 & pl.col("image_id").cast(pl.String).is_in(image_ids.cast(pl.String).implode()))
         if val.height < MIN_VALIDATION_ROWS:
             return None
-        # What the fitted model itself leaves on its training rows: the correction adds to it.
-        resid = y - self._utility(self.components(ratings.select("participant_id", "image_id"), embeddings))
+        # What the fitted model itself leaves on its training rows (the correction adds to it), each
+        # residual as if its rating had been left out of its user's solve.
+        train_cols = self.components(ratings.select("participant_id", "image_id"), embeddings)
+        solver = self.fitted_.solver
+        d = solver.taste_precision.shape[0] if solver.use_taste else 0  # the parts each user solve has
+        taste = self.fitted_.image_features(embeddings.take(ratings["image_id"])).pca[:, :d]
+        resid = leave_one_out(y - self._utility(train_cols), taste, user_index, len(self.users_),
+                              solver.taste_precision[:d, :d], self.bias_shrinkage if solver.use_bias else np.inf)
         cols = self.components(val, embeddings)
         val_resid = val["rating"].to_numpy().astype(np.float64) - self._utility(cols)
         val_images = _rows_in(val["image_id"], image_ids)
@@ -778,10 +785,11 @@ class PersonalScorer(BaseEstimator):
         for factors, penalty in CATALOGUE_CANDIDATES:
             bias, V, A = fit_catalogue(resid, user_index, image_index, len(self.users_), len(image_ids), factors,
                                        penalty, seed=self.random_state)
-            candidate = Catalogue(image_ids.to_numpy(), bias, V, A, penalty)
-            error = float(np.mean((val_resid - candidate.correction(val_images, cols["user_row"])) ** 2))
-            if error < best_error:
-                best_error, best = error, candidate
+            for scale in CATALOGUE_SCALES:  # A stays: a_u . (scale v_i) is the scaled interaction
+                candidate = Catalogue(image_ids.to_numpy(), scale * bias, scale * V, A, penalty)
+                error = float(np.mean((val_resid - candidate.correction(val_images, cols["user_row"])) ** 2))
+                if error < best_error:
+                    best_error, best = error, candidate
         return best
 
     def _fit_prior(self, prior_demo: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from pamela_lite import onnx_scorer, worlds
-from pamela_lite.catalogue import fit_catalogue
+from pamela_lite.catalogue import fit_catalogue, leave_one_out
 from pamela_lite.edge import EdgeScorer
 from pamela_lite.metrics import evaluate_scores
 from pamela_lite.model import PersonalScorer
@@ -33,6 +33,29 @@ def test_als_recovers_planted_image_factors():
     fitted = np.einsum("ij,ij->i", A[user_index], V[image_index]) + bias[image_index]
     assert np.corrcoef(fitted, np.einsum("ij,ij->i", users[user_index], images[image_index]))[0, 1] > 0.9
     assert np.abs(V).max() > 0.1 and np.abs(A).max() > 0.1
+
+
+@pytest.mark.parametrize("bias_shrinkage", [np.inf, 3.0], ids=["taste alone", "bias alone"])
+def test_leave_one_out_residuals_equal_refits_without_the_rating(bias_shrinkage):
+    # the correction is fitted on these: a residual of a rating the user solve was fitted to is shrunk
+    rng = np.random.default_rng(1)
+    n_users, n, d = 3, 12, 0 if np.isfinite(bias_shrinkage) else 4
+    user_index = np.repeat(np.arange(n_users), n)
+    Z, r = rng.standard_normal((n_users * n, d)), rng.standard_normal(n_users * n)
+    precision = np.diag(rng.uniform(0.5, 2.0, d))
+
+    def solve(rows):  # the user solve: a bias shrunk toward 0, or a ridge on the taste coordinates
+        if d == 0:
+            return lambda k: r[rows].sum() / (len(rows) + bias_shrinkage)
+        w = np.linalg.solve(Z[rows].T @ Z[rows] + precision, Z[rows].T @ r[rows])
+        return lambda k: Z[k] @ w
+
+    resid = np.array([r[k] - solve(np.flatnonzero(user_index == user_index[k]))(k) for k in range(len(r))])
+    refit = np.array([r[k] - solve(np.flatnonzero((user_index == user_index[k]) & (np.arange(len(r)) != k)))(k)
+                      for k in range(len(r))])
+    loo = leave_one_out(resid, Z, user_index, n_users, precision, bias_shrinkage, chunk=2)
+    np.testing.assert_allclose(loo, refit, rtol=1e-10)
+    assert np.all(np.abs(loo) > np.abs(resid))
 
 
 @pytest.fixture(scope="module")
