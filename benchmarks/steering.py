@@ -536,6 +536,8 @@ def main(argv=None) -> int:
                         help="results file stem in benchmarks/results/ (another name keeps the main results, "
                              "e.g. for a confirmation run)")
     args = parser.parse_args(argv)
+    if args.fresh_seeds < 1:
+        parser.error(f"--fresh-seeds must be at least 1, not {args.fresh_seeds}")
     args.budgets = [int(b) for b in args.budgets.split(",")]
     FRESH = steer.fresh_seeds(args.fresh_seeds, range(10_000))
     args.base_dependence = [float(b) for b in args.base_dependence.split(",")]

@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.encoder is not None:
         if not args.encoder.exists():
             raise InputError(args.encoder, "no such encoder file")
+        if args.encoder.is_file() and args.encoder.stat().st_size == 0:  # onnx loads it as an empty model
+            raise InputError(args.encoder, "the file is empty")
         try:
             encoder = onnx.load(args.encoder)
         except Exception as err:

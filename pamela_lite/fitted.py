@@ -151,6 +151,8 @@ class FittedScorer:
                              "genders": list(prior.genders), "nationalities": list(prior.nationalities)},
             "catalogue": None if catalogue is None else {
                 "penalty": float(catalogue.penalty),
+                # written only when not 1: files from before the option keep their JSON and digest
+                **({"scale": float(catalogue.scale)} if catalogue.scale != 1.0 else {}),
                 "image_id_type": "int" if np.issubdtype(np.asarray(catalogue.image_ids).dtype, np.integer) else "str"},
             "state_layout": {k: [s.start, s.stop] for k, s in self.layout.items()},
         }
@@ -175,7 +177,8 @@ class FittedScorer:
             ids = arrays["catalogue_image_ids"]
             catalogue = Catalogue(ids.astype(np.int64) if meta["catalogue"]["image_id_type"] == "int" else ids,
                                   arrays["catalogue_bias"], arrays["catalogue_factors"],
-                                  arrays["catalogue_user_factors"], meta["catalogue"]["penalty"])
+                                  arrays["catalogue_user_factors"], meta["catalogue"]["penalty"],
+                                  float(meta["catalogue"].get("scale", 1.0)))
         events = EventChannel.from_json(meta["events"]) if meta.get("events") is not None else None
         return cls((int(meta["scale"][0]), int(meta["scale"][1])), side, solver, prior,
                    np.array(meta["blend"], dtype=np.float64), head, catalogue, dict(meta["params"]), events,

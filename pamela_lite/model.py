@@ -775,9 +775,11 @@ class PersonalScorer(BaseEstimator):
         train_cols = self.components(ratings.select("participant_id", "image_id"), embeddings)
         solver = self.fitted_.solver
         d = solver.taste_precision.shape[0] if solver.use_taste else 0  # the parts each user solve has
-        taste = self.fitted_.image_features(embeddings.take(ratings["image_id"])).pca[:, :d]
-        resid = leave_one_out(y - self._utility(train_cols), taste, user_index, len(self.users_),
-                              solver.taste_precision[:d, :d], self.bias_shrinkage if solver.use_bias else np.inf)
+        taste = self.fitted_.image_features(embeddings.take(image_ids)).pca[image_index, :d]  # once per image
+        targets = y - train_cols["mean"] - train_cols["population"]
+        resid = leave_one_out(y - self._utility(train_cols), targets, taste, user_index, len(self.users_),
+                              solver.taste_precision[:d, :d], solver.bias_shrinkage if solver.use_bias else np.inf,
+                              float(self.fitted_.blend[0]))
         cols = self.components(val, embeddings)
         val_resid = val["rating"].to_numpy().astype(np.float64) - self._utility(cols)
         val_images = _rows_in(val["image_id"], image_ids)
@@ -785,8 +787,8 @@ class PersonalScorer(BaseEstimator):
         for factors, penalty in CATALOGUE_CANDIDATES:
             bias, V, A = fit_catalogue(resid, user_index, image_index, len(self.users_), len(image_ids), factors,
                                        penalty, seed=self.random_state)
-            for scale in CATALOGUE_SCALES:  # A stays: a_u . (scale v_i) is the scaled interaction
-                candidate = Catalogue(image_ids.to_numpy(), scale * bias, scale * V, A, penalty)
+            for scale in CATALOGUE_SCALES:
+                candidate = Catalogue(image_ids.to_numpy(), bias, V, A, penalty, scale)
                 error = float(np.mean((val_resid - candidate.correction(val_images, cols["user_row"])) ** 2))
                 if error < best_error:
                     best_error, best = error, candidate

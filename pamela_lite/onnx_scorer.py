@@ -204,9 +204,8 @@ def merge_with_encoder(scorer: onnx.ModelProto, encoder: onnx.ModelProto) -> onn
     def default_opset(m):
         return next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))
 
-    if len(encoder.graph.input) != 1 or len(encoder.graph.output) != 1:  # an empty file loads as an empty model
-        raise InputError(None, f"not an image encoder: its graph has {len(encoder.graph.input)} input(s) and "
-                               f"{len(encoder.graph.output)} output(s), not one of each (pixels in, embedding out)")
+    if not encoder.graph.input or not encoder.graph.output:  # its first input and output are used, as embed does
+        raise InputError(None, "not an image encoder: its graph has no input or no output")
     dims = encoder.graph.output[0].type.tensor_type.shape.dim
     out_dim = dims[-1].dim_value if len(dims) else 0
     want = scorer.graph.input[0].type.tensor_type.shape.dim[1].dim_value

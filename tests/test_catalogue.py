@@ -9,8 +9,10 @@ import pytest
 from pamela_lite import onnx_scorer, worlds
 from pamela_lite.catalogue import fit_catalogue, leave_one_out
 from pamela_lite.edge import EdgeScorer
+from pamela_lite.features import ImageFeatures
 from pamela_lite.metrics import evaluate_scores
 from pamela_lite.model import PersonalScorer
+from pamela_lite.user_solver import UserSolver
 
 SETTINGS = dict(n_components=8, n_prototypes=12, factors=4, head_trees=30, n_folds=3, random_state=0, n_threads=1)
 
@@ -35,27 +37,34 @@ def test_als_recovers_planted_image_factors():
     assert np.abs(V).max() > 0.1 and np.abs(A).max() > 0.1
 
 
-@pytest.mark.parametrize("bias_shrinkage", [np.inf, 3.0], ids=["taste alone", "bias alone"])
-def test_leave_one_out_residuals_equal_refits_without_the_rating(bias_shrinkage):
+@pytest.mark.parametrize("use_bias, use_taste", [(True, True), (False, True), (True, False)],
+                         ids=["bias then taste", "taste alone", "bias alone"])
+def test_leave_one_out_residuals_equal_the_user_solver_refitted_without_the_rating(use_bias, use_taste):
     # the correction is fitted on these: a residual of a rating the user solve was fitted to is shrunk
     rng = np.random.default_rng(1)
-    n_users, n, d = 3, 12, 0 if np.isfinite(bias_shrinkage) else 4
+    n_users, n, d, weight = 3, 12, 4, 0.8
     user_index = np.repeat(np.arange(n_users), n)
-    Z, r = rng.standard_normal((n_users * n, d)), rng.standard_normal(n_users * n)
+    Z = rng.standard_normal((n_users * n, d)) + 0.7  # not centred per user: bias and taste interact
+    targets = rng.standard_normal(n_users * n) + 0.5
     precision = np.diag(rng.uniform(0.5, 2.0, d))
+    solver = UserSolver(0.0, np.zeros((2, 0)), 1.0, 1.0, 1.0, 3.0, precision, use_bias=use_bias,
+                        use_population=False, use_taste=use_taste, use_mf=False)
 
-    def solve(rows):  # the user solve: a bias shrunk toward 0, or a ridge on the taste coordinates
-        if d == 0:
-            return lambda k: r[rows].sum() / (len(rows) + bias_shrinkage)
-        w = np.linalg.solve(Z[rows].T @ Z[rows] + precision, Z[rows].T @ r[rows])
-        return lambda k: Z[k] @ w
+    def score(rows, k):  # bias + weight * taste score of row k, from a state solved on `rows` only
+        index = np.unique(user_index[rows], return_inverse=True)[1]
+        feats = ImageFeatures(np.zeros(len(rows)), Z[rows], np.zeros((len(rows), 2)), np.zeros((len(rows), 0)))
+        state = solver.states(index, 1, targets[rows], feats, np.zeros((1, 1 + d)))[0][0]
+        return state[0] + weight * Z[k] @ state[1:]
 
-    resid = np.array([r[k] - solve(np.flatnonzero(user_index == user_index[k]))(k) for k in range(len(r))])
-    refit = np.array([r[k] - solve(np.flatnonzero((user_index == user_index[k]) & (np.arange(len(r)) != k)))(k)
-                      for k in range(len(r))])
-    loo = leave_one_out(resid, Z, user_index, n_users, precision, bias_shrinkage, chunk=2)
-    np.testing.assert_allclose(loo, refit, rtol=1e-10)
-    assert np.all(np.abs(loo) > np.abs(resid))
+    everyone = np.arange(len(targets))
+    own = [np.flatnonzero(user_index == user_index[k]) for k in everyone]
+    resid = np.array([targets[k] - score(own[k], k) for k in everyone])
+    refit = np.array([targets[k] - score(own[k][own[k] != k], k) for k in everyone])
+    loo = leave_one_out(resid, targets, Z[:, :d if use_taste else 0], user_index, n_users,
+                        precision[:d if use_taste else 0, :d if use_taste else 0],
+                        3.0 if use_bias else np.inf, weight, chunk=2)
+    np.testing.assert_allclose(loo, refit, rtol=1e-9, atol=1e-12)
+    assert np.mean(np.abs(loo) > np.abs(resid)) > 0.9
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +114,31 @@ def test_a_new_person_gets_catalogue_factors_from_ratings_on_catalogue_images(fi
     with_factors = fitted_shared.predict(query, shared.embeddings, folded)
     bias_only = fitted_shared.predict(query, shared.embeddings, (ids, states))
     assert not np.allclose(with_factors, bias_only)
+
+
+def test_the_chosen_size_scales_a_new_persons_correction_as_a_known_persons(fitted_shared, shared):
+    # once stored as 2c and 2V, a new person's factors were solved on 2V after taking 2c away
+    from dataclasses import replace
+
+    from pamela_lite.protocol import kshot_split
+    frame = shared.ratings.filter(pl.col("split").is_in(["val_unseen", "test_unseen"]))
+    context, query = kshot_split(frame, 30, seed=0)
+    query = query.filter(pl.col("image_id").is_in(pl.Series(fitted_shared.fitted_.catalogue.image_ids).implode()))
+    fitted = fitted_shared.fitted_
+    kept = fitted.catalogue
+    corrections = {}
+    try:
+        for scale in (1.0, 2.0):
+            fitted.catalogue = replace(kept, scale=scale)
+            folded = fitted_shared.fold_in(context, shared.embeddings)
+            base = fitted_shared.utility(query, shared.embeddings, folded)
+            rows = fitted_shared._catalogue_rows(query["image_id"])
+            users = fitted_shared.components(query, shared.embeddings, folded)["user_row"]
+            factors = np.zeros((len(fitted_shared.users_) + len(folded[0]), kept.factors.shape[1]))
+            factors[len(fitted_shared.users_):] = folded.catalogue_factors
+            corrections[scale] = fitted.catalogue.correction(rows, users, factors)
+            assert np.isfinite(base).all()
+    finally:
+        fitted.catalogue = kept
+    assert query.height > 20 and np.abs(corrections[1.0]).max() > 0
+    np.testing.assert_allclose(corrections[2.0], 2 * corrections[1.0], rtol=1e-9, atol=1e-12)

@@ -222,8 +222,22 @@ def test_an_empty_encoder_file_is_refused_in_one_line(fitted, tmp_path, capsys):
     code = run(export.main, ["--model", str(_saved(fitted, tmp_path)), "--out", str(tmp_path / "s.onnx"),
                              "--encoder", str(tmp_path / "empty.onnx")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "empty.onnx: not an image encoder" in err[0]
+    assert code == 2 and len(err) == 1 and err[0].endswith("empty.onnx: the file is empty")
     assert not (tmp_path / "s.pixels.onnx").exists() and not (tmp_path / "s.onnx").exists()
+
+
+def test_an_encoder_graph_without_outputs_is_refused_in_one_line(fitted, tmp_path, capsys):
+    import onnx
+
+    from pamela_lite import tiny_encoder
+
+    encoder = onnx.load(tiny_encoder.write(tmp_path / "enc.onnx", size=16, dim=fitted.fitted_.embedding_dim))
+    del encoder.graph.output[:]
+    onnx.save(encoder, tmp_path / "no_output.onnx")
+    code = run(export.main, ["--model", str(_saved(fitted, tmp_path)), "--out", str(tmp_path / "s.onnx"),
+                             "--encoder", str(tmp_path / "no_output.onnx")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "no_output.onnx: not an image encoder" in err[0]
 
 
 def _saved(model, tmp_path):
