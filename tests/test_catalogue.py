@@ -142,3 +142,18 @@ def test_the_chosen_size_scales_a_new_persons_correction_as_a_known_persons(fitt
         fitted.catalogue = kept
     assert query.height > 20 and np.abs(corrections[1.0]).max() > 0
     np.testing.assert_allclose(corrections[2.0], 2 * corrections[1.0], rtol=1e-9, atol=1e-12)
+
+
+def test_a_chosen_size_survives_save_and_load(fitted_shared, shared, tmp_path):
+    from dataclasses import replace
+
+    kept = fitted_shared.fitted_.catalogue
+    fitted_shared.fitted_.catalogue = replace(kept, scale=2.0)
+    try:
+        loaded = PersonalScorer.load(fitted_shared.save(tmp_path / "m"))
+        query = shared.split("test_seen")
+        np.testing.assert_array_equal(loaded.predict(query, shared.embeddings),
+                                      fitted_shared.predict(query, shared.embeddings))
+        assert loaded.fitted_.catalogue.scale == 2.0
+    finally:
+        fitted_shared.fitted_.catalogue = kept
