@@ -377,9 +377,16 @@ def main(argv: list[str] | None = None) -> int:
         watch.step(report_own_events(full, seen, rows, dataset, args.seed, report))
     if source is not None:
         refold(full, source, args.refold_from, dataset.embeddings, watch)
+    found = full.catalogue_report_
+    report["catalogue"] = found
     if full.fitted_.catalogue is not None:
-        watch.step(f"kept per-image catalogue corrections for {len(full.fitted_.catalogue.image_ids)} training images "
-                   f"(validation on them improved; predict applies them, the exported ONNX scorer does not)")
+        kept = full.fitted_.catalogue
+        watch.step(f"kept per-image catalogue corrections for {len(kept.image_ids)} training images ({found['factors']} "
+                   f"factors, penalty {found['penalty']:g}, size x{found['scale']:g}; validation error on such images "
+                   f"{found['validation_mse']['without']} -> {found['validation_mse']['with']} over "
+                   f"{found['validation_rows']} ratings; predict applies them, the exported ONNX scorer does not)")
+    else:
+        watch.step(f"no per-image catalogue corrections: {found['reason']}")
     full.save(args.out, extra_files={"metrics.json": report_json(report)})
     watch.step(f"wrote the model and metrics.json to {args.out}")
     return 0

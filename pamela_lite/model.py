@@ -427,6 +427,10 @@ class PersonalScorer(BaseEstimator):
 
         if self.use_head:
             self.fitted_.head, self.fitted_.tuning = self._tuned_head(oof, y, validation, embeddings)
+        # Why there are per-image corrections or not, and what validation said (fit prints it)
+        self.catalogue_report_ = {"kept": False, "reason": "use_catalogue is off" if not self.use_catalogue
+                                  else "no validation ratings were given" if validation is None
+                                  else "the model has no taste, factor or head part to correct"}
         if self.use_catalogue and oof is not None and validation is not None:
             self.fitted_.catalogue = self._fit_catalogue(ratings, y, user_index, image_index, image_ids,
                                                          validation, embeddings)
@@ -769,6 +773,8 @@ class PersonalScorer(BaseEstimator):
                                                                           strict=False).implode())
                                 & pl.col("image_id").cast(pl.String).is_in(image_ids.cast(pl.String).implode()))
         if val.height < MIN_VALIDATION_ROWS:
+            self.catalogue_report_ = {"kept": False, "reason": f"{val.height} validation rating(s) of known people on "
+                                                               f"images rated in training; {MIN_VALIDATION_ROWS} needed"}
             return None
         # What the fitted model itself leaves on its training rows (the correction adds to it), each
         # residual as if its rating had been left out of its user's solve.
@@ -792,6 +798,11 @@ class PersonalScorer(BaseEstimator):
                 error = float(np.mean((val_resid - candidate.correction(val_images, cols["user_row"])) ** 2))
                 if error < best_error:
                     best_error, best = error, candidate
+        self.catalogue_report_ = {
+            "kept": best is not None, "validation_rows": val.height,
+            "validation_mse": {"without": round(float(np.mean(val_resid**2)), 4), "with": round(best_error, 4)},
+            **({"reason": "no size, factor count or penalty lowered the validation error"} if best is None else
+               {"factors": int(best.factors.shape[1]), "penalty": float(best.penalty), "scale": float(best.scale)})}
         return best
 
     def _fit_prior(self, prior_demo: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -86,6 +86,16 @@ def test_images_rated_in_training_get_a_correction_that_helps(fitted_shared, sha
 def test_no_correction_without_validation_on_catalogue_images(fitted, dataset):
     # the small demo world splits by image: nothing in validation was rated in training
     assert fitted.fitted_.catalogue is None
+    assert fitted.catalogue_report_ == {"kept": False, "reason": "0 validation rating(s) of known people on images "
+                                                                 "rated in training; 100 needed"}
+
+
+def test_the_fit_reports_what_validation_said_of_the_correction(fitted_shared):
+    # fit said nothing when it kept none, and never by how much a kept one helped
+    found = fitted_shared.catalogue_report_
+    assert found["kept"] and found["validation_rows"] >= 100
+    assert found["validation_mse"]["with"] < found["validation_mse"]["without"]
+    assert found["scale"] == fitted_shared.fitted_.catalogue.scale
 
 
 def test_the_correction_survives_save_and_load(fitted_shared, shared, tmp_path):
