@@ -105,7 +105,7 @@ def _find(rows, world, protocol, k, model):
 def markdown(summaries, rows, seed_rows, info, args, seconds) -> str:
     order = (HEAD, MODEL, RIDGE, CEILING, BEFORE, ORACLE)
     out = [f"# World zoo{' (quick)' if args.quick else ''}", "",
-           f"`python benchmarks/zoo.py{' --quick' if args.quick else ''}` — seed {args.seed}, k-shot = mean over "
+           f"`{args.command}` — seed {args.seed}, k-shot = mean over "
            f"{args.draws} seeded context draws, {seconds / 60:.1f} min in all (1-min load average "
            f"{info['load_average_1min'][0]} at the start, {info['load_average_1min'][1]} at the end; the "
            f"pamela_lite fits, two per world and {args.fit_seeds - 1} test_seen refit(s), take most of the time).", "",
@@ -272,6 +272,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="results folder (default benchmarks/results for a full run, runs/zoo_quick for --quick)")
     args = parser.parse_args(argv)
+    # the command as run, for the results header (the defaults are not the only way it runs)
+    args.command = " ".join(["python benchmarks/zoo.py", *(sys.argv[1:] if argv is None else argv)])
     if args.fit_seeds is None:
         args.fit_seeds = 1 if args.quick else 3
     if args.fit_seeds < 1:
