@@ -100,7 +100,8 @@ def leave_one_out(resid: np.ndarray, targets: np.ndarray, Z: np.ndarray, user_in
     rating it was fitted to is shrunk by that rating's pull on the solve; this returns
     ``resid + (b + g z'w) - (b_k + g z'w_k)`` with ``b_k, w_k`` solved without the rating (g: the
     taste score's blend weight), exactly, by Sherman-Morrison: one (d x d) inverse per user. The
-    factor model's user vector is not re-solved (its blend weight is small where it is kept).
+    factor model's user vector is not re-solved: where the factor model has weight in the blend,
+    its share of the shrinkage stays (the validation-chosen size takes up what remains).
     ``bias_shrinkage=inf`` means no bias; a zero-width `Z`, no taste.
     """
     n = np.bincount(user_index, minlength=n_users).astype(np.float64)

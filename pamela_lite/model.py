@@ -212,6 +212,9 @@ class PersonalScorer(BaseEstimator):
         person known without ratings), so that a refit can fold the users in again (:meth:`refold`).
     events_ : polars.DataFrame
         The events of people added from their events (:meth:`add_users`), for the same purpose.
+    catalogue_report_ : dict
+        Whether the fit kept per-image catalogue corrections, and why not or what validation
+        said of them (``fit`` prints it and writes it to metrics.json; not saved with the model).
 
     Examples
     --------
@@ -427,13 +430,12 @@ class PersonalScorer(BaseEstimator):
 
         if self.use_head:
             self.fitted_.head, self.fitted_.tuning = self._tuned_head(oof, y, validation, embeddings)
-        # Why there are per-image corrections or not, and what validation said (fit prints it)
         self.catalogue_report_ = {"kept": False, "reason": "use_catalogue is off" if not self.use_catalogue
                                   else "no validation ratings were given" if validation is None
                                   else "the model has no taste, factor or head part to correct"}
         if self.use_catalogue and oof is not None and validation is not None:
-            self.fitted_.catalogue = self._fit_catalogue(ratings, y, user_index, image_index, image_ids,
-                                                         validation, embeddings)
+            self.fitted_.catalogue, self.catalogue_report_ = self._fit_catalogue(
+                ratings, y, user_index, image_index, image_ids, validation, embeddings)
         steps.update(1)
         steps.close()
         return self
@@ -767,15 +769,16 @@ class PersonalScorer(BaseEstimator):
         end = 4 + self.fitted_.image_side.pca_components.shape[1]  # after [population, bias, taste, mf, taste coords]
         head_x[:, end - n_metadata:end] = 0.0
 
-    def _fit_catalogue(self, ratings, y, user_index, image_index, image_ids, validation, embeddings) -> Catalogue | None:
-        """Per-image corrections for training images, if validation on such images says they help."""
+    def _fit_catalogue(self, ratings, y, user_index, image_index, image_ids, validation,
+                       embeddings) -> tuple[Catalogue | None, dict]:
+        """Per-image corrections for training images, if validation on such images says they help,
+        and the report of why not or what validation said (``catalogue_report_``)."""
         val = validation.filter(pl.col("participant_id").is_in(pl.Series(self.users_, dtype=validation["participant_id"].dtype,
                                                                           strict=False).implode())
                                 & pl.col("image_id").cast(pl.String).is_in(image_ids.cast(pl.String).implode()))
         if val.height < MIN_VALIDATION_ROWS:
-            self.catalogue_report_ = {"kept": False, "reason": f"{val.height} validation rating(s) of known people on "
-                                                               f"images rated in training; {MIN_VALIDATION_ROWS} needed"}
-            return None
+            return None, {"kept": False, "reason": f"{val.height} validation rating(s) of known people on images "
+                                                   f"rated in training; {MIN_VALIDATION_ROWS} needed"}
         # What the fitted model itself leaves on its training rows (the correction adds to it), each
         # residual as if its rating had been left out of its user's solve.
         train_cols = self.components(ratings.select("participant_id", "image_id"), embeddings)
@@ -798,12 +801,11 @@ class PersonalScorer(BaseEstimator):
                 error = float(np.mean((val_resid - candidate.correction(val_images, cols["user_row"])) ** 2))
                 if error < best_error:
                     best_error, best = error, candidate
-        self.catalogue_report_ = {
+        return best, {
             "kept": best is not None, "validation_rows": val.height,
             "validation_mse": {"without": round(float(np.mean(val_resid**2)), 4), "with": round(best_error, 4)},
             **({"reason": "no size, factor count or penalty lowered the validation error"} if best is None else
                {"factors": int(best.factors.shape[1]), "penalty": float(best.penalty), "scale": float(best.scale)})}
-        return best
 
     def _fit_prior(self, prior_demo: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Demographics → user state: the k=0 guess for a new person, and the shrinkage target.
