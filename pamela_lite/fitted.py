@@ -47,7 +47,9 @@ PARAMETER_FILES = ("model.json", "arrays.npz", "head.txt")
 USERS_FILE = "users.npz"
 RATINGS_FILE = "ratings.parquet"  # in a model folder: the ratings every known user's state was solved from
 EVENTS_FILE = "events.parquet"  # and the events of people added later from their events (only when there are any)
-MODEL_FILES = (*PARAMETER_FILES, USERS_FILE, RATINGS_FILE, EVENTS_FILE)  # what a model folder holds (PersonalScorer.save)
+# and the catalogue factors of people added later (only when there are any: a fit with catalogue corrections)
+CATALOGUE_USERS_FILE = "catalogue_users.npz"
+MODEL_FILES = (*PARAMETER_FILES, USERS_FILE, RATINGS_FILE, EVENTS_FILE, CATALOGUE_USERS_FILE)  # PersonalScorer.save
 
 _SOLVER_SCALARS = ("mean", "residual_scale", "alpha", "regularization", "bias_shrinkage", "use_bias",
                    "use_population", "use_taste", "use_mf")

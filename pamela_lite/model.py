@@ -73,7 +73,8 @@ from .taste import MIN_BAND_WIDTH, N_NULL_DRAWS, fit_whitening, image_sample, ta
 from .events import event_rows
 from .features import ImageFeatures, ImageSide, l2_normalise
 from .metrics import per_user
-from .fitted import (EVENTS_FILE, MODEL_FILES, RATINGS_FILE, USERS_FILE, FittedScorer, json_scalar, read_users,
+from .fitted import (CATALOGUE_USERS_FILE, EVENTS_FILE, MODEL_FILES, RATINGS_FILE, USERS_FILE, FittedScorer,
+                     json_scalar, read_users, write_arrays,
                      write_users)
 from .user_solver import DemographicPrior, UserSolver, als_row_values, state_layout, user_normal_equations
 
@@ -426,6 +427,7 @@ class PersonalScorer(BaseEstimator):
         self.user_states_ = np.column_stack([base.states, head_demo]).astype(np.float32)
         self.ratings_ = _kept_ratings(ratings, "train")
         self.events_ = _kept_events(None)
+        self.added_catalogue_factors_ = {}
         steps.update(1)
 
         if self.use_head:
@@ -910,6 +912,11 @@ class PersonalScorer(BaseEstimator):
                 known.append(user)
                 states = np.vstack([states, state[None, :]])
         self.users_, self.user_states_ = known, states
+        catalogue = self.fitted_.catalogue
+        if catalogue is not None:  # their own part of the correction, as fold_in gave it (zeros: no catalogue image rated)
+            factors = getattr(folded, "catalogue_factors", np.zeros((len(new), catalogue.factors.shape[1])))
+            self.added_catalogue_factors_ = {**getattr(self, "added_catalogue_factors_", {}),
+                                             **{str(u): np.asarray(f, dtype=np.float64) for u, f in zip(new, factors)}}
         replaced = pl.Series([str(u) for u in new], dtype=pl.String)
         added = _kept_ratings(context, "context")
         # users without ratings (known from demographics or events): a row without an image marks them
@@ -1017,6 +1024,10 @@ class PersonalScorer(BaseEstimator):
             extra = getattr(states, "catalogue_factors", None)
             user_factors = np.zeros((len(self.users_) + (0 if extra is None else len(extra)), kept.factors.shape[1]))
             user_factors[:len(kept.user_factors)] = kept.user_factors
+            if getattr(self, "added_catalogue_factors_", None):  # people added (or replaced) since the fit
+                rows = {str(u): k for k, u in enumerate(self.users_)}
+                for user, factors in self.added_catalogue_factors_.items():
+                    user_factors[rows[user]] = factors
             if extra is not None:
                 user_factors[len(self.users_):] = extra
             utility = utility + kept.correction(self._catalogue_rows(pairs["image_id"]), cols["user_row"],
@@ -1072,7 +1083,8 @@ class PersonalScorer(BaseEstimator):
         Files: the fitted scorer's ``model.json``, ``arrays.npz`` and ``head.txt``
         (:mod:`pamela_lite.fitted`), the known users' states (``users.npz``, tied to the fit by
         its digest), the ratings they were solved from (``ratings.parquet``, ids as text), the
-        events of people added from their events (``events.parquet``, only when there are any), plus
+        events of people added from their events (``events.parquet``, only when there are any), the
+        catalogue factors of people added since the fit (``catalogue_users.npz``, likewise), plus
         `extra_files` (name → text or bytes, e.g. metrics). Nothing is pickled.
         """
         self._check_fitted()
@@ -1086,6 +1098,10 @@ class PersonalScorer(BaseEstimator):
             self.ratings_.write_parquet(tmp / RATINGS_FILE)
             if self.events_.height:
                 self.events_.write_parquet(tmp / EVENTS_FILE)
+            added = getattr(self, "added_catalogue_factors_", None)
+            if added:
+                write_arrays(tmp / CATALOGUE_USERS_FILE, user_ids=np.array(list(added), dtype=str),
+                             factors=np.stack(list(added.values())))
             for name, content in (extra_files or {}).items():
                 (tmp / name).write_bytes(content if isinstance(content, bytes) else content.encode())
         return path
@@ -1101,6 +1117,7 @@ class PersonalScorer(BaseEstimator):
         model = cls(**{"gain_bin": 0, **fitted.params})  # fits from before gain_bin searched unweighted
         model.fitted_, model.users_, model.user_states_, model.ratings_ = fitted, ids, states, ratings
         model.events_ = read_kept_events(path)
+        model.added_catalogue_factors_ = _read_catalogue_users(path / CATALOGUE_USERS_FILE, ids, fitted.catalogue)
         owed = ratings.filter(pl.col("origin") == FROM_EVENTS)["participant_id"].unique()
         lost = owed.filter(~owed.is_in(model.events_["participant_id"].implode()))
         if len(lost):
@@ -1248,6 +1265,23 @@ def _kept_events(events: pl.DataFrame | None) -> pl.DataFrame:
     if events is None:
         return pl.DataFrame(schema=EVENT_COLUMNS)
     return events.select([pl.col(name).cast(dtype) for name, dtype in EVENT_COLUMNS.items()])
+
+
+def _read_catalogue_users(path: Path, known: list, catalogue: Catalogue | None) -> dict[str, np.ndarray]:
+    """Catalogue factors of people added since the fit (PersonalScorer.save), or {} without the file."""
+    if not path.exists():
+        return {}
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            ids, factors = npz["user_ids"].tolist(), npz["factors"]
+    except Exception as err:  # zip and numpy errors alike: damaged, or not ours
+        raise InputError(path, f"not a readable catalogue users file ({type(err).__name__})") from None
+    width = None if catalogue is None else catalogue.factors.shape[1]
+    unknown = set(ids) - {str(u) for u in known}
+    if width is None or factors.shape != (len(ids), width) or unknown:
+        raise InputError(path, "does not belong to this model folder (people or factors it does not have); "
+                               "remove it and add those people again (predict --add-to-model)")
+    return {user: row.astype(np.float64) for user, row in zip(ids, factors)}
 
 
 def read_kept_events(folder: str | Path) -> pl.DataFrame:

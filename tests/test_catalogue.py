@@ -167,3 +167,29 @@ def test_a_chosen_size_survives_save_and_load(fitted_shared, shared, tmp_path):
         assert loaded.fitted_.catalogue.scale == 2.0
     finally:
         fitted_shared.fitted_.catalogue = kept
+
+
+def test_people_kept_with_add_users_keep_their_catalogue_factors(fitted_shared, shared, tmp_path):
+    # they kept only the per-image bias: later predictions on training images moved by up to 0.36
+    import copy
+
+    from pamela_lite.protocol import kshot_split
+    model = copy.deepcopy(fitted_shared)
+    frame = shared.ratings.filter(pl.col("split").is_in(["val_unseen", "test_unseen"]))
+    context, query = kshot_split(frame, 30, seed=0)
+    first = model.predict(query, shared.embeddings, model.fold_in(context, shared.embeddings))
+    model.add_users(context, shared.embeddings)
+    kept = model.predict(query, shared.embeddings)
+    np.testing.assert_allclose(kept, first, rtol=0, atol=1e-6)
+    loaded = PersonalScorer.load(model.save(tmp_path / "m"))
+    np.testing.assert_allclose(loaded.predict(query, shared.embeddings), first, rtol=0, atol=1e-6)
+
+
+def test_a_catalogue_users_file_of_other_people_is_refused_in_one_line(fitted_shared, tmp_path):
+    from pamela_lite.errors import InputError
+    from pamela_lite.fitted import CATALOGUE_USERS_FILE, write_arrays
+    folder = fitted_shared.save(tmp_path / "m")
+    width = fitted_shared.fitted_.catalogue.factors.shape[1]
+    write_arrays(folder / CATALOGUE_USERS_FILE, user_ids=np.array(["nobody"]), factors=np.zeros((1, width)))
+    with pytest.raises(InputError, match="catalogue_users.npz: does not belong to this model folder"):
+        PersonalScorer.load(folder)
