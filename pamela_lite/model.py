@@ -901,6 +901,12 @@ class PersonalScorer(BaseEstimator):
         context = normalise_ages(context, "context") if isinstance(context, pl.DataFrame) else context
         users = normalise_ages(users, "users") if isinstance(users, pl.DataFrame) else users
         folded = self.fold_in(context, embeddings, users, events if fold_events else None)
+        catalogue = self.fitted_.catalogue
+        if catalogue is not None:  # their own part of the correction, as fold_in gave it (zeros: no catalogue image rated)
+            factors = folded.catalogue_factors
+            if factors is None:
+                factors = np.zeros((len(folded[0]), catalogue.factors.shape[1]))
+            own = {str(u): np.asarray(f, dtype=np.float64) for u, f in zip(folded[0], factors)}
         known, new = _merged_ids(self.users_, list(folded[0]))
         position = {str(u): k for k, u in enumerate(known)}
         states = self.user_states_
@@ -912,11 +918,8 @@ class PersonalScorer(BaseEstimator):
                 known.append(user)
                 states = np.vstack([states, state[None, :]])
         self.users_, self.user_states_ = known, states
-        catalogue = self.fitted_.catalogue
-        if catalogue is not None:  # their own part of the correction, as fold_in gave it (zeros: no catalogue image rated)
-            factors = getattr(folded, "catalogue_factors", np.zeros((len(new), catalogue.factors.shape[1])))
-            self.added_catalogue_factors_ = {**getattr(self, "added_catalogue_factors_", {}),
-                                             **{str(u): np.asarray(f, dtype=np.float64) for u, f in zip(new, factors)}}
+        if catalogue is not None:
+            self.added_catalogue_factors_ = {**getattr(self, "added_catalogue_factors_", {}), **own}
         replaced = pl.Series([str(u) for u in new], dtype=pl.String)
         added = _kept_ratings(context, "context")
         # users without ratings (known from demographics or events): a row without an image marks them
@@ -1278,9 +1281,12 @@ def _read_catalogue_users(path: Path, known: list, catalogue: Catalogue | None) 
         raise InputError(path, f"not a readable catalogue users file ({type(err).__name__})") from None
     width = None if catalogue is None else catalogue.factors.shape[1]
     unknown = set(ids) - {str(u) for u in known}
-    if width is None or factors.shape != (len(ids), width) or unknown:
+    if width is None or factors.shape != (len(ids), width) or unknown or len(set(ids)) != len(ids):
         raise InputError(path, "does not belong to this model folder (people or factors it does not have); "
                                "remove it and add those people again (predict --add-to-model)")
+    if not np.isfinite(factors).all():
+        raise InputError(path, "has NaN or infinite factors; remove it and add those people again "
+                               "(predict --add-to-model)")
     return {user: row.astype(np.float64) for user, row in zip(ids, factors)}
 
 

@@ -185,11 +185,44 @@ def test_people_kept_with_add_users_keep_their_catalogue_factors(fitted_shared, 
     np.testing.assert_allclose(loaded.predict(query, shared.embeddings), first, rtol=0, atol=1e-6)
 
 
-def test_a_catalogue_users_file_of_other_people_is_refused_in_one_line(fitted_shared, tmp_path):
+@pytest.mark.parametrize("case, problem", [("other people", "does not belong to this model folder"),
+                                           ("one person twice", "does not belong to this model folder"),
+                                           ("NaN", "has NaN or infinite factors")])
+def test_a_damaged_catalogue_users_file_is_refused_in_one_line(fitted_shared, tmp_path, case, problem):
     from pamela_lite.errors import InputError
     from pamela_lite.fitted import CATALOGUE_USERS_FILE, write_arrays
     folder = fitted_shared.save(tmp_path / "m")
     width = fitted_shared.fitted_.catalogue.factors.shape[1]
-    write_arrays(folder / CATALOGUE_USERS_FILE, user_ids=np.array(["nobody"]), factors=np.zeros((1, width)))
-    with pytest.raises(InputError, match="catalogue_users.npz: does not belong to this model folder"):
+    known = str(fitted_shared.users_[0])
+    ids = {"other people": ["nobody"], "one person twice": [known, known], "NaN": [known]}[case]
+    factors = np.full((len(ids), width), np.nan if case == "NaN" else 0.0)
+    write_arrays(folder / CATALOGUE_USERS_FILE, user_ids=np.array(ids), factors=factors)
+    with pytest.raises(InputError, match=f"catalogue_users.npz: {problem}"):
         PersonalScorer.load(folder)
+
+
+@pytest.mark.parametrize("case", ["no ratings", "bias-only catalogue"])
+def test_people_added_without_catalogue_factors_get_zeros_and_the_model_stays_whole(fitted_shared, shared, case):
+    # add_users crashed (None is not iterable) after changing users_ and user_states_ but not ratings_
+    import copy
+    from dataclasses import replace
+
+    from pamela_lite.protocol import kshot_split
+    model = copy.deepcopy(fitted_shared)
+    kept = model.fitted_.catalogue
+    if case == "bias-only catalogue":
+        model.fitted_.catalogue = replace(kept, factors=np.zeros((len(kept.image_ids), 0)),
+                                          user_factors=np.zeros((len(kept.user_factors), 0)))
+        frame = shared.ratings.filter(pl.col("split").is_in(["val_unseen", "test_unseen"]))
+        context, query = kshot_split(frame, 30, seed=0)
+        model.add_users(context, shared.embeddings)
+        new = context["participant_id"].unique().to_list()
+    else:
+        context = shared.split("train").head(0)
+        new = ["somebody"]
+        model.add_users(context, shared.embeddings, users=pl.DataFrame({"participant_id": new}))
+    width = model.fitted_.catalogue.factors.shape[1]
+    assert all(str(u) in model.added_catalogue_factors_ for u in new)
+    assert all(model.added_catalogue_factors_[str(u)].shape == (width,) for u in new)
+    assert len(model.users_) == len(model.user_states_)
+    assert set(map(str, new)) <= set(model.ratings_["participant_id"].to_list())
