@@ -213,6 +213,9 @@ class PersonalScorer(BaseEstimator):
         person known without ratings), so that a refit can fold the users in again (:meth:`refold`).
     events_ : polars.DataFrame
         The events of people added from their events (:meth:`add_users`), for the same purpose.
+    added_catalogue_factors_ : dict
+        Catalogue factors (id as text → vector) of people added or replaced since the fit
+        (:meth:`add_users`), kept by :meth:`save` so they score later as they did when folded in.
     catalogue_report_ : dict
         Whether the fit kept per-image catalogue corrections, and why not or what validation
         said of them (``fit`` prints it and writes it to metrics.json; not saved with the model).
@@ -919,7 +922,7 @@ class PersonalScorer(BaseEstimator):
                 states = np.vstack([states, state[None, :]])
         self.users_, self.user_states_ = known, states
         if catalogue is not None:
-            self.added_catalogue_factors_ = {**getattr(self, "added_catalogue_factors_", {}), **own}
+            self.added_catalogue_factors_ = {**self.added_catalogue_factors_, **own}
         replaced = pl.Series([str(u) for u in new], dtype=pl.String)
         added = _kept_ratings(context, "context")
         # users without ratings (known from demographics or events): a row without an image marks them
@@ -1027,7 +1030,7 @@ class PersonalScorer(BaseEstimator):
             extra = getattr(states, "catalogue_factors", None)
             user_factors = np.zeros((len(self.users_) + (0 if extra is None else len(extra)), kept.factors.shape[1]))
             user_factors[:len(kept.user_factors)] = kept.user_factors
-            if getattr(self, "added_catalogue_factors_", None):  # people added (or replaced) since the fit
+            if self.added_catalogue_factors_:  # people added (or replaced) since the fit
                 rows = {str(u): k for k, u in enumerate(self.users_)}
                 for user, factors in self.added_catalogue_factors_.items():
                     user_factors[rows[user]] = factors
@@ -1101,7 +1104,7 @@ class PersonalScorer(BaseEstimator):
             self.ratings_.write_parquet(tmp / RATINGS_FILE)
             if self.events_.height:
                 self.events_.write_parquet(tmp / EVENTS_FILE)
-            added = getattr(self, "added_catalogue_factors_", None)
+            added = self.added_catalogue_factors_
             if added:
                 write_arrays(tmp / CATALOGUE_USERS_FILE, user_ids=np.array(list(added), dtype=str),
                              factors=np.stack(list(added.values())))
