@@ -17,7 +17,7 @@ import numpy as np
 import polars as pl
 
 from .cached import CacheError, FeatureCache, TwoStage, is_feature_cache, write_cache
-from .cli import Stopwatch, parser_for, run
+from .cli import Stopwatch, output_path, parser_for, run
 from .data import read_embeddings
 from .edge import EdgeScorer
 from .errors import InputError
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "--out runs/catalogue.features.npz")
     parser.add_argument("--scorer", type=Path, required=True, help="ONNX file written by pamela_lite.export")
     parser.add_argument("--embeddings", type=Path, required=True, help="embeddings Parquet (image_id, embedding)")
-    parser.add_argument("--out", type=Path, required=True, help="feature cache to write (.npz)")
+    parser.add_argument("--out", type=output_path, required=True, help="feature cache to write (.npz)")
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
     return parser
 

@@ -138,6 +138,18 @@ def check_table_path(path: str | Path) -> Path:
     return path
 
 
+def output_path(text: str) -> Path:
+    """argparse type of ``--out``: refused at once when a folder on its way is a file, since the
+    write would otherwise fail only after all the work (an unexpected FileExistsError)."""
+    path = Path(text)
+    for parent in path.parents:  # the nearest first: only the first that exists matters
+        if parent.exists():
+            if not parent.is_dir():
+                raise argparse.ArgumentTypeError(f"cannot write {text}: {parent} is a file, not a folder")
+            break
+    return path
+
+
 def refuse_model_file(path: Path) -> None:
     """An output is never written over a file of the model folder it is in (fit's metrics included)."""
     from .fitted import MODEL_FILES  # here, not at the top: every command imports cli, and fitted pulls numpy in

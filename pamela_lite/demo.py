@@ -38,7 +38,7 @@ import polars as pl
 from scipy.special import ndtr
 
 from ._atomic import atomic_dir
-from .cli import Parser, prog, run, seed_arg
+from .cli import Parser, output_path, prog, run, seed_arg
 from .data import SCALE_PATTERN
 
 GROUPS = (
@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--world", default="demo", help="world family (default demo); 'list' lists them")
-    parser.add_argument("--out", type=Path, help="folder to write (replaced atomically)")
+    parser.add_argument("--out", type=output_path, help="folder to write (replaced atomically)")
     parser.add_argument("--seed", type=seed_arg, default=0, help="random seed (default 0)")
     parser.add_argument("--scale", type=_parse_scale, default=None,
                         help="rating scale: N for 1..N or LOW-HIGH such as 0-10, --scale=-3-3 for a negative "

@@ -34,7 +34,7 @@ import numpy as np
 import polars as pl
 
 from ._atomic import atomic_file, write_text
-from .cli import NO_REFIT, Stopwatch, parser_for, run
+from .cli import NO_REFIT, Stopwatch, output_path, parser_for, run
 from .errors import InputError, preview
 
 JOB_FILE, DONE_FILE, CATALOGUE_FILE, CONTEXT_FILE = "_job.json", "_done.json", "_catalogue.features.npz", "_context.npz"
@@ -358,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--partition-size", type=int,
                         help=f"pairs (default {DEFAULT_PAIRS_PER_PARTITION:,}) or users "
                              f"(default {DEFAULT_USERS_PER_PARTITION}) per partition")
-    parser.add_argument("--out", type=Path, required=True,
+    parser.add_argument("--out", type=output_path, required=True,
                         help="output folder of Parquet partitions and the job's own _* files: read the results "
                              'with pl.scan_parquet("OUT/part-*.parquet")')
     parser.add_argument("--quiet", action="store_true", help="no progress messages")

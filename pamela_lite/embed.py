@@ -14,7 +14,7 @@ from pathlib import Path
 import polars as pl
 
 from ._atomic import atomic_file
-from .cli import Stopwatch, parser_for, run, show_progress
+from .cli import Stopwatch, output_path, parser_for, run, show_progress
 from .encoder import Encoder, embed_images, list_images, pamela_ids, relative_to_root
 from .errors import InputError
 
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "--out /data/PAMELA/embeddings.parquet", defaults=True)
     parser.add_argument("--encoder", type=Path, required=True, help="ONNX image encoder (see embeddings/)")
     parser.add_argument("--images", type=Path, required=True, help="folder of images, or a file listing paths")
-    parser.add_argument("--out", type=Path, required=True, help="embeddings Parquet (created or extended)")
+    parser.add_argument("--out", type=output_path, required=True, help="embeddings Parquet (created or extended)")
     parser.add_argument("--pamela", type=Path, help="PAMELA root: ids from its image_path → image_id")
     parser.add_argument("--batch", type=int, default=32, help="images per encoder call")
     parser.add_argument("--checkpoint", type=int, default=1024, help="append to --out every N images")

@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 from ._atomic import write_text
-from .cli import Stopwatch, log, parse_kshot, parser_for, refuse_model_file, report_json, run, seed_arg
+from .cli import (Stopwatch, log, output_path, parse_kshot, parser_for, refuse_model_file, report_json, run,
+                  seed_arg)
 from .data import Scale, load_dataset
 from .protocol import SEEN_SPLITS, UNSEEN_SPLITS, evaluate_models, format_table
 from .errors import InputError
@@ -58,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-baselines", action="store_true",
                         help="evaluate the model alone (the data then needs no train split: its seen-split people "
                              "are the model's own users)")
-    parser.add_argument("--out", type=Path, help="also write the rows as JSON here")
+    parser.add_argument("--out", type=output_path, help="also write the rows as JSON here")
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
     return parser
 

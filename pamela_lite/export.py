@@ -16,7 +16,7 @@ from pathlib import Path
 import onnx
 
 from ._atomic import write_text
-from .cli import Stopwatch, parser_for, run
+from .cli import Stopwatch, output_path, parser_for, run
 from .errors import InputError
 from .model import PersonalScorer
 from .onnx_scorer import export, pixels_path
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   "(<name>.fitted/) and the known users' states (<name>.users.npz) beside it.",
                         "{prog} --model runs/model --out runs/scorer.onnx")
     parser.add_argument("--model", type=Path, required=True, help="model folder written by pamela_lite.fit")
-    parser.add_argument("--out", type=Path, required=True, help="ONNX file to write, e.g. scorer.onnx")
+    parser.add_argument("--out", type=output_path, required=True, help="ONNX file to write, e.g. scorer.onnx")
     parser.add_argument("--precision", choices=("exact", "fast"), default="exact",
                         help="exact: float64 image side, scores match predict (without catalogue corrections) to "
                              "float rounding (the README gives the measured figures); fast: float32 throughout, "

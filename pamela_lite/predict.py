@@ -16,7 +16,7 @@ from pathlib import Path
 
 import polars as pl
 
-from .cli import (REFIT_KNOWN, Stopwatch, check_table_path, log, parser_for, refuse_known_context,
+from .cli import (REFIT_KNOWN, Stopwatch, check_table_path, log, output_path, parser_for, refuse_known_context,
                   refuse_rating_context, run, warn_unknown_demographics, write_table)
 from .data import Scale, id_type_note, read_embeddings, read_pairs, read_ratings, validate_ratings
 from .errors import InputError, preview
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also keep the --context / --context-events users in the model folder (their "
                              "states, ratings and events), so later predict and export know them and a refit "
                              "folds them in again")
-    parser.add_argument("--out", type=Path, required=True, help="output table (.csv, .parquet or .json)")
+    parser.add_argument("--out", type=output_path, required=True, help="output table (.csv, .parquet or .json)")
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
     return parser
 

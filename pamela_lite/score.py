@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from .cli import (REFIT_KNOWN, Stopwatch, check_table_path, parser_for, refuse_known_context,
+from .cli import (REFIT_KNOWN, Stopwatch, check_table_path, output_path, parser_for, refuse_known_context,
                   refuse_rating_context, run, warn_unknown_demographics, write_table)
 from .data import (Embeddings, Scale, person_demographics, read_embeddings, read_pairs, read_ratings,
                    validate_ratings)
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "pamela_lite.distributed --help for its arguments; --out is then a folder of Parquet "
                              "partitions and the job's own _* files: read the results with "
                              'pl.scan_parquet("OUT/part-*.parquet")')
-    parser.add_argument("--out", type=Path, required=True, help="output table (.csv, .parquet or .json)")
+    parser.add_argument("--out", type=output_path, required=True, help="output table (.csv, .parquet or .json)")
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
     return parser
 

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .cli import Parser, run
+from .cli import Parser, output_path, run
 from .errors import InputError
 
 
@@ -56,7 +56,7 @@ def write(path: str | Path, size: int = 32, dim: int = 16, sidecar: dict | None 
 
 def main(argv: list[str] | None = None) -> int:
     parser = Parser(prog="python -m pamela_lite.tiny_encoder", description=__doc__.split("\n\n")[1])
-    parser.add_argument("--out", type=Path, required=True, help="ONNX file to write")
+    parser.add_argument("--out", type=output_path, required=True, help="ONNX file to write")
     parser.add_argument("--size", type=int, default=32, help="input image side in pixels (default 32)")
     parser.add_argument("--dim", type=int, default=16, help="embedding dimension (default 16: pass your scorer's, e.g. 512)")
     args = parser.parse_args(argv)

@@ -429,3 +429,17 @@ def test_every_front_door_answers_version(argv):
 
     out = subprocess.run([sys.executable, "-m", "pamela_lite", *argv], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == f"pamela_lite {__version__}", out.stderr
+
+
+@pytest.mark.parametrize("tool, args", [
+    ("fit", ["--data", "nowhere"]), ("demo", []), ("predict", ["--model", "m", "--pairs", "p.csv"]),
+    ("steer", ["--model", "m", "--user", "u", "--prompt", "a cat"]), ("export", ["--model", "m"]),
+])
+def test_an_output_under_a_file_is_refused_before_any_work(tool, args, tmp_path):
+    # it once failed after the whole fit, as an unexpected FileExistsError (exit 1)
+    (tmp_path / "f.csv").write_text("x\n")
+    out = subprocess.run([sys.executable, "-m", f"pamela_lite.{tool}", *args, "--out", str(tmp_path / "f.csv" / "o")],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "f.csv is a file, not a folder" in out.stderr
+    assert (tmp_path / "f.csv").read_text() == "x\n"
