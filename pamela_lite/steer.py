@@ -54,7 +54,7 @@ import numpy as np
 import polars as pl
 
 from ._atomic import atomic_dir, carry_over
-from .cli import Stopwatch, parser_for, run, seed_arg
+from .cli import Stopwatch, output_path, parser_for, run, seed_arg
 from .data import Embeddings
 from .errors import InputError
 
@@ -181,6 +181,26 @@ class Vocabulary:
 
     def base_choice(self) -> tuple[int, ...]:
         return (NONE,) * len(self.attributes)
+
+    def set_by(self, prompt: str) -> tuple["Vocabulary", dict[str, str]]:
+        """The vocabulary without the attributes `prompt` already sets, and {attribute: its phrase}.
+
+        A base prompt that says "close-up" has chosen its viewpoint: searching that attribute
+        would append a second viewpoint ("close-up, aerial view"), so it is kept as written and
+        the search edits the others. Phrases are matched as whole comma-separated parts of the
+        prompt, ignoring case.
+        """
+        parts = {part.strip().casefold() for part in str(prompt).split(",")}
+        fixed = {name: next(p for p in phrases if p.casefold() in parts)
+                 for name, phrases in self.attributes if any(p.casefold() in parts for p in phrases)}
+        if not fixed:
+            return self, {}
+        if len(fixed) == len(self.attributes):
+            raise InputError(self.source, f"the base prompt already sets every attribute of the vocabulary "
+                                          f"({', '.join(fixed)}): nothing is left to steer; drop some of those "
+                                          f"phrases from --prompt")
+        kept = tuple((name, phrases) for name, phrases in self.attributes if name not in fixed)
+        return Vocabulary(kept, self.source), fixed
 
     def random_choice(self, rng: np.random.Generator) -> tuple[int, ...]:
         """Each attribute: no phrase or one of its phrases, uniformly."""
@@ -1221,9 +1241,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--vocabulary", type=Path, help="prompt edits JSON (default: the packaged one, "
                                                         "pamela_lite/steer_vocabulary.json)")
     parser.add_argument("--generator", default="sim:demo",
-                        help="sim:WORLD (simulated generator on a zoo world), stub (a runnable stand-in for a "
-                             "diffusers pipeline + ONNX encoder) or module:factory (a callable returning a "
-                             "generate(prompts, seeds) adapter)")
+                        help="sim:WORLD (simulated generator on a zoo world at its default sizes and seed: the "
+                             "model must be fitted on that world, python -m pamela_lite.demo --world WORLD), stub "
+                             "(a runnable stand-in for a diffusers pipeline + ONNX encoder) or module:factory (a "
+                             "function called with no arguments that returns a generate(prompts, seeds) adapter; "
+                             "the module must be importable: in the current folder or on PYTHONPATH)")
     parser.add_argument("--budget", type=int, default=64, help="generator calls (images) to spend")
     parser.add_argument("--seeds-per-prompt", type=int, default=4, help="images per prompt evaluation")
     parser.add_argument("--method", choices=METHODS, default="greedy",
@@ -1240,7 +1262,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="steer for the person, by the population head, or both (for comparison)")
     parser.add_argument("--samples", type=int, default=16, help="posterior draws of the person's taste")
     parser.add_argument("--seed", type=seed_arg, default=0, help="seed of the search's randomness")
-    parser.add_argument("--out", type=Path, required=True, help="output folder: steer.json (+ steer.png)")
+    parser.add_argument("--out", type=output_path, required=True, help="output folder: steer.json (+ steer.png)")
     parser.add_argument("--no-plot", action="store_true", help="write no plot")
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
     return parser
@@ -1280,6 +1302,26 @@ def _generator(spec: str, dim: int, workdir: Path):
                                    f"generate(prompts, seeds) callable")
         return generate, None
     raise InputError(None, f"--generator {spec!r}: use sim:WORLD, stub or module:factory")
+
+
+def _check_fitted_on(world, model, args) -> None:
+    """Refuse a model fitted on another world than the simulated generator's: the world's images
+    would stand for the model's (a context file's image ids, the population head's catalogue) while
+    being other images under the same ids (a smaller demo world reuses the default world's ids).
+    The model's kept training ratings must all be ratings of that world; an events-only model keeps
+    none, and is only warned about."""
+    kept = model.ratings_.filter((pl.col("origin") == "train") & pl.col("image_id").is_not_null())
+    if not kept.height:
+        print(f"warning: {args.model} keeps no training ratings, so nothing tells whether it was fitted on the "
+              f"world of --generator {args.generator}; its images stand for the model's", file=sys.stderr)
+        return
+    theirs = world.ratings.select(pl.col("participant_id").cast(pl.String), pl.col("image_id").cast(pl.String))
+    foreign = kept.select("participant_id", "image_id").join(theirs, on=["participant_id", "image_id"], how="anti")
+    if foreign.height:
+        raise InputError(args.model, f"was not fitted on the world of --generator {args.generator} "
+                                     f"({foreign.height} of its {kept.height} training ratings are not that "
+                                     f"world's); fit it on python -m pamela_lite.demo --world {world.name} "
+                                     f"(default sizes), or use another generator")
 
 
 def _phrase_effects(args, vocab: Vocabulary, generate, dim: int) -> PhraseEffects | None:
@@ -1421,7 +1463,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.prompt.strip():
         raise InputError(None, "--prompt is empty")
     watch = Stopwatch(args.quiet)
-    vocab = Vocabulary.load(args.vocabulary)
+    full_vocab = Vocabulary.load(args.vocabulary)
+    vocab, fixed = full_vocab.set_by(args.prompt)
+    if fixed and not args.quiet:
+        print("note: the base prompt already sets " + ", ".join(f"{name} ({phrase!r})" for name, phrase in fixed.items())
+              + ": kept as written; the search edits the other attributes", file=sys.stderr)
     if not (args.model / "model.json").is_file():
         raise InputError(args.model, "no model here (model.json missing); fit one with pamela_lite.fit")
     from .model import PersonalScorer
@@ -1430,6 +1476,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out
     with atomic_dir(out, "steer.json", "steering") as tmp:
         generate, world = _generator(args.generator, model.fitted_.embedding_dim, tmp)
+        if world is not None:
+            _check_fitted_on(world, model, args)
         person = args.user is not None or args.context is not None or args.context_events is not None
         if args.objective == "population" and person:
             print("warning: --objective population steers by the population head alone: the person given "
@@ -1438,7 +1486,7 @@ def main(argv: list[str] | None = None) -> int:
             label, state, rated, ratings = "population", None, None, None  # the head steers for no one person
         else:
             label, state, rated, ratings = _resolve_user(args, model, world)
-        effects = _phrase_effects(args, vocab, generate, model.fitted_.embedding_dim)
+        effects = _phrase_effects(args, full_vocab, generate, model.fitted_.embedding_dim)  # the log's phrases: all
         if effects is not None and args.history is not None:
             effects.save(tmp / "phrase_effects.npz")
         posterior = None

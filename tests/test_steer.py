@@ -240,6 +240,37 @@ def test_cli_sim_generator_refuses_a_model_fitted_on_another_world(tmp_path):
     assert len(out.stderr.strip().splitlines()) == 1 and "was not fitted on the world" in out.stderr
 
 
+def test_cli_sim_generator_refuses_a_context_for_a_model_fitted_on_another_world(tmp_path):
+    # the context's image ids were looked up in the simulated world, whose images are others
+    from pamela_lite.model import PersonalScorer
+
+    default = worlds.make("sparse")
+    other = worlds.make("sparse", n_users=30, n_images=300, n_ratings=3000, dim=default.embeddings.shape[1], seed=9)
+    data = worlds.dataset(other)
+    model = PersonalScorer(random_state=0, **SMALL_MODEL).fit(data.split("train"), data.embeddings, data.scale)
+    pl.DataFrame({"participant_id": ["newp"] * 3, "image_id": default.images["image_id"][:3],
+                  "rating": [1, 3, 5]}).write_csv(tmp_path / "ctx.csv")
+    for person in (["--context", tmp_path / "ctx.csv"], ["--objective", "population"]):
+        out = cli("steer", "--model", model.save(tmp_path / "model"), *person, "--generator", "sim:sparse",
+                  "--prompt", default.images["prompt"][0], "--budget", "8", "--out", tmp_path / "o")
+        assert out.returncode == 2, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1 and "was not fitted on the world" in out.stderr
+        assert not (tmp_path / "o").exists()
+
+
+def test_sim_generator_takes_a_model_fitted_on_its_world(tmp_path):
+    from argparse import Namespace
+
+    from pamela_lite.model import PersonalScorer
+    from pamela_lite.steer import _check_fitted_on
+
+    world = worlds.make("sparse")
+    data = worlds.dataset(world)
+    some = data.split("train").filter(pl.col("participant_id").is_in(world.users["participant_id"][:20].implode()))
+    model = PersonalScorer(random_state=0, **SMALL_MODEL).fit(some, data.embeddings, data.scale)
+    _check_fitted_on(world, model, Namespace(model=tmp_path / "model", generator="sim:sparse"))  # no error
+
+
 def test_cli_missing_model_exits_2(tmp_path):
     out = cli("steer", "--model", tmp_path / "none", "--user", "x", "--prompt", "a cat", "--out", tmp_path / "o")
     assert out.returncode == 2 and "no model here" in out.stderr and len(out.stderr.strip().splitlines()) == 1
@@ -264,6 +295,31 @@ def test_cli_stub_generator_writes_the_trajectory(fitted, tmp_path):
     assert [r["objective"] for r in payload["results"]] == ["personal", "population"]
     assert all(r["calls"] <= 12 and r["trajectory"] for r in payload["results"])
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["steer.json"]
+
+
+def test_cli_keeps_the_attributes_a_base_prompt_already_sets(fitted, tmp_path):
+    # "close-up, oil painting" once came back as "close-up, oil painting, ..., aerial view, 35mm film photograph"
+    sets = dict(steer.Vocabulary.load().attributes)
+    out = cli("steer", "--model", fitted.save(tmp_path / "model"), "--user", fitted.users_[0], "--prompt",
+              "a food photo, Close-up, oil painting", "--generator", "stub", "--budget", "64", "--no-plot",
+              "--out", tmp_path / "o")
+    assert out.returncode == 0, out.stderr
+    assert "already sets viewpoint ('close-up'), medium ('oil painting')" in out.stderr
+    prompts = [row["prompt"] for r in json.loads((tmp_path / "o" / "steer.json").read_text())["results"]
+               for row in r["trajectory"]]
+    assert len(prompts) > 2
+    for prompt in prompts:
+        parts = [part.strip().casefold() for part in prompt.split(",")]
+        assert parts.count("close-up") == 1 and parts.count("oil painting") == 1
+        assert not any(p.casefold() in parts for p in sets["viewpoint"] + sets["medium"]
+                       if p not in ("close-up", "oil painting"))
+
+
+def test_a_base_prompt_setting_every_attribute_leaves_nothing_to_steer():
+    vocab = steer.Vocabulary.from_dict({"attributes": {"light": ["soft light"], "view": ["close-up", "aerial view"]}})
+    assert vocab.set_by("a cat, aerial view")[0].names == ["light"]
+    with pytest.raises(InputError, match="nothing is left to steer"):
+        vocab.set_by("a cat, soft light, close-up")
 
 
 def test_cli_population_objective_needs_no_person(fitted, tmp_path):
