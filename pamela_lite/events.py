@@ -28,7 +28,9 @@ confidence ``1 + alpha*|m|`` — implicit's feedback model (see :mod:`pamela_lit
 when validation prefers it, a negative sum is preference -1 (a skip then says more than a view).
 
 Duplicated rows (the same person, image, session and event logged twice) are the same fact:
-they count once, and a warning says how many rows were merged. Bad input raises one
+they count once, and a warning says how many rows were merged. A numeric weight names no
+action, so two rows of equal weight may be two actions (a save and a share): they are merged
+only when they agree in every column given (timestamp, position, ...), and otherwise add up. Bad input raises one
 :class:`~pamela_lite.errors.InputError` naming the file and the problem.
 """
 
@@ -201,13 +203,19 @@ def validate_events(frame: pl.DataFrame, source, vocabulary: dict[str, float] | 
 
     keys = ["participant_id", "image_id", "session_id", "event", WEIGHT]
     kept = [c for c in OPTIONAL if c in frame.columns and c != "session_id"]
-    merged = (frame.group_by(keys, maintain_order=True)
-              .agg(pl.len().alias("count"), *(pl.col(c).first() for c in kept)))
+    frame = frame.with_row_index("_row")
+    named = (frame.filter(pl.col("event").is_not_null()).group_by(keys, maintain_order=True)
+             .agg(pl.col("_row").first(), pl.len().alias("count"), *(pl.col(c).first() for c in kept)))
+    numeric = (frame.filter(pl.col("event").is_null()).group_by(keys + kept, maintain_order=True)
+               .agg(pl.col("_row").first(), pl.len().alias("count")))
+    merged = pl.concat([named, numeric.select(named.columns)]).sort("_row").drop("_row")
     _warn_missing_views(merged, source)
     extra = frame.height - merged.height
     if extra:
+        same = ("every column" if named.is_empty() else "same participant, image, session and event"
+                + ("" if numeric.is_empty() else "; numeric weights: every column"))
         log.warning(f"warning: {source}: {merged.filter(pl.col('count') > 1).height} event row(s) appear more than "
-                    f"once (same participant, image, session and event; {extra} extra cop(ies)); each counts once")
+                    f"once ({same}; {extra} extra cop(ies)); each counts once")
     return merged.select("participant_id", "image_id", "session_id", "event", WEIGHT, "count", *kept)
 
 

@@ -31,7 +31,8 @@ import polars as pl
 
 from . import __version__, demo
 from ._atomic import check_replaceable, write_text
-from .cli import Stopwatch, log, parse_kshot, parser_for, report_json, run, seed_arg, show_progress
+from .cli import (Stopwatch, log, output_path, parse_kshot, parser_for, report_json, run, seed_arg,
+                  show_progress)
 from .data import EMBEDDINGS_FILE, Scale, load_dataset, read_embeddings
 from .errors import InputError
 from .event_fit import NothingChosen, calibrate, fit_events_only, fold_seen_events, without_scored_pairs
@@ -99,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--embeddings", type=Path,
                         help="embeddings Parquet (image_id, embedding); default: embeddings.parquet beside "
                              "--data (without --data: beside --events)")
-    parser.add_argument("--out", type=Path, default=Path("runs/model"), help="model folder to write")
+    parser.add_argument("--out", type=output_path, default=Path("runs/model"), help="model folder to write")
     parser.add_argument("--seed", type=seed_arg, default=0, help="seed for the model, the demo and k-shot draws")
     parser.add_argument("--scale", type=Scale.parse,
                         help="rating scale LOW-HIGH such as 1-5 (a negative low end: --scale=-3-3); default: the "
@@ -299,6 +300,12 @@ def main(argv: list[str] | None = None) -> int:
     if events is not None:
         rated = dataset.split("train")["participant_id"].cast(pl.String).unique().implode()
         unrated = events.filter(~pl.col("participant_id").cast(pl.String).is_in(rated))["participant_id"].n_unique()
+        if unrated == events["participant_id"].n_unique():  # the model would be fitted as if no events were given
+            train_ids = dataset.split("train")["participant_id"]
+            raise InputError(args.events, f"none of its {unrated} people has training ratings in {data} (its ids "
+                                          f"such as {events['participant_id'][0]!r}, theirs such as "
+                                          f"{train_ids[0]!r}): check the ids, or fit on the events alone (--events "
+                                          f"without --data)")
         if unrated:  # their events choose nothing and fit nothing: the model is fitted on ratings
             log.warning(f"warning: {args.events}: {unrated} person(s) with events but no training ratings are "
                         f"left out (fold them in with predict --context-events, or fit on the events alone)")
@@ -368,10 +375,13 @@ def main(argv: list[str] | None = None) -> int:
         found = channel.report
         least = (f"; where events help least (k = 0 or 10 ratings) {found['gain']:+.4f} +- {found['gain_se']:.4f}"
                  if "gain" in found else "")
-        watch.step(f"event channel chosen on val_seen over {found.get('users', 0)} people: strength "
-                   f"{channel.strength:g}, centred per {channel.within} (SROCC "
-                   f"{found.get('srocc_without_events')} without events, {found.get('srocc_with_events')} with"
-                   f"{least}: {'kept' if channel.strength else 'not kept, it must be two standard errors above 0'})")
+        if "note" in found:  # too few people to choose on: the warning said why
+            watch.step(f"event channel not kept: {found['note']}")
+        else:
+            watch.step(f"event channel chosen on val_seen over {found.get('users', 0)} people: strength "
+                       f"{channel.strength:g}, centred per {channel.within} (SROCC "
+                       f"{found.get('srocc_without_events')} without events, {found.get('srocc_with_events')} with"
+                       f"{least}: {'kept' if channel.strength else 'not kept, it must be two standard errors above 0'})")
         seen = fold_seen_events(full, events, dataset.split("train"), dataset.split("val_seen"), dataset.embeddings)
         report["event_channel"] = full.fitted_.events.to_json()
         watch.step(report_own_events(full, seen, rows, dataset, args.seed, report))

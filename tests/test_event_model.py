@@ -602,6 +602,39 @@ def test_people_with_events_but_no_ratings_are_named_when_left_out(tmp_path, cap
     assert left_out and int(left_out.group(1)) >= 2
 
 
+def test_events_of_nobody_with_training_ratings_exit_2_before_the_fit(tmp_path, capsys):
+    # ids written another way ("001007" for 1007) once fitted and wrote a model as if no events were given
+    from pamela_lite import fit
+    from pamela_lite.cli import run
+
+    _demo_with_events(tmp_path / "w")
+    pl.read_parquet(tmp_path / "w" / "events.parquet").with_columns(
+        pl.concat_str(pl.lit("x"), pl.col("participant_id")).alias("participant_id")).write_parquet(
+        tmp_path / "renamed.parquet")
+    capsys.readouterr()
+    code = run(fit.main, ["--data", str(tmp_path / "w"), "--events", str(tmp_path / "renamed.parquet"),
+                          "--out", str(tmp_path / "m"), "--quiet"])
+    out, err = capsys.readouterr()
+    assert code == 2 and len(err.strip().splitlines()) == 1 and out == ""
+    assert "renamed.parquet" in err and "none of its" in err and "has training ratings" in err
+    assert not (tmp_path / "m").exists()
+
+
+def test_too_few_people_with_events_say_so_instead_of_an_empty_choice(tmp_path, capsys):
+    from pamela_lite import fit
+    from pamela_lite.cli import run
+
+    _demo_with_events(tmp_path / "w")
+    events = pl.read_parquet(tmp_path / "w" / "events.parquet")
+    events.filter(pl.col("participant_id").is_in(events["participant_id"].unique().sort()[:2].implode())).write_parquet(
+        tmp_path / "two.parquet")
+    params = json.dumps(dict(n_components=6, n_prototypes=8, factors=3, head_trees=20, n_folds=2))
+    assert run(fit.main, ["--data", str(tmp_path / "w"), "--events", str(tmp_path / "two.parquet"), "--out",
+                          str(tmp_path / "m"), "--params", params, "--no-baselines", "--kshot", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "event channel not kept: only" in err and "None" not in err
+
+
 def test_event_weights_without_events_exit_2(tmp_path, capsys):
     from pamela_lite import fit
     from pamela_lite.cli import run

@@ -68,6 +68,19 @@ def test_duplicated_rows_count_once_with_a_warning(caplog):
     assert m.filter(pl.col("image_id") == "a")["evidence"].item() == DEFAULT_EVENTS["save"]  # counted once
 
 
+def test_equal_numeric_weights_of_two_actions_add_up(caplog):
+    # a weight names no action: two rows of weight 1 at different times may be a save and a share
+    # (they once counted once, while weights of 1 and 1.0001 counted twice)
+    frame = pl.DataFrame({"participant_id": ["u"] * 4, "image_id": ["a", "a", "b", "b"],
+                          "weight": [1.0, 1.0, 1.0, 1.0], "timestamp": [1.0, 2.0, 3.0, 3.0]})
+    with caplog.at_level(logging.WARNING, logger="pamela_lite"):
+        out = validate_events(frame, "w.csv")
+    m = evidence(out)
+    assert m.filter(pl.col("image_id") == "a")["evidence"].item() == 2.0  # two actions
+    assert m.filter(pl.col("image_id") == "b")["evidence"].item() == 1.0  # one row logged twice
+    assert "1 event row(s) appear more than once (every column" in caplog.text
+
+
 def test_numeric_weight_column_replaces_event_names():
     frame = pl.DataFrame({"participant_id": [1, 1], "image_id": [10, 11], "weight": [2.5, -1.0]})
     out = validate_events(frame, "w.csv")
