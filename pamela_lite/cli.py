@@ -143,9 +143,15 @@ def output_path(text: str) -> Path:
     write would otherwise fail only after all the work (an unexpected FileExistsError)."""
     path = Path(text)
     for parent in path.parents:  # the nearest first: only the first that exists matters
-        if parent.exists():
-            if not parent.is_dir():
-                raise argparse.ArgumentTypeError(f"cannot write {text}: {parent} is a file, not a folder")
+        try:
+            present = parent.exists() or parent.is_symlink()  # a broken link is in the way too
+            folder = parent.is_dir()
+        except OSError:  # a folder we may not look into: the write itself will say so
+            break
+        if present:
+            if not folder:
+                what = "a broken link" if parent.is_symlink() and not parent.exists() else "a file"
+                raise argparse.ArgumentTypeError(f"cannot write {text}: {parent} is {what}, not a folder")
             break
     return path
 

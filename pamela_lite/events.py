@@ -30,7 +30,8 @@ when validation prefers it, a negative sum is preference -1 (a skip then says mo
 Duplicated rows (the same person, image, session and event logged twice) are the same fact:
 they count once, and a warning says how many rows were merged. A numeric weight names no
 action, so two rows of equal weight may be two actions (a save and a share): they are merged
-only when they agree in every column given (timestamp, position, ...), and otherwise add up. Bad input raises one
+only when they also agree in timestamp, position and prompt_id (those given), and otherwise add
+up; without any of those, equal rows cannot be told from a row logged twice, and are merged. Bad input raises one
 :class:`~pamela_lite.errors.InputError` naming the file and the problem.
 """
 
@@ -203,7 +204,7 @@ def validate_events(frame: pl.DataFrame, source, vocabulary: dict[str, float] | 
 
     keys = ["participant_id", "image_id", "session_id", "event", WEIGHT]
     kept = [c for c in OPTIONAL if c in frame.columns and c != "session_id"]
-    frame = frame.with_row_index("_row")
+    frame = frame.select(*keys, *kept).with_row_index("_row")  # the columns used: a user's own '_row' is not
     named = (frame.filter(pl.col("event").is_not_null()).group_by(keys, maintain_order=True)
              .agg(pl.col("_row").first(), pl.len().alias("count"), *(pl.col(c).first() for c in kept)))
     numeric = (frame.filter(pl.col("event").is_null()).group_by(keys + kept, maintain_order=True)
@@ -212,8 +213,9 @@ def validate_events(frame: pl.DataFrame, source, vocabulary: dict[str, float] | 
     _warn_missing_views(merged, source)
     extra = frame.height - merged.height
     if extra:
-        same = ("every column" if named.is_empty() else "same participant, image, session and event"
-                + ("" if numeric.is_empty() else "; numeric weights: every column"))
+        same = ("same participant, image, session, weight, timestamp, position and prompt" if named.is_empty() else
+                "same participant, image, session and event"
+                + ("" if numeric.is_empty() else "; numeric weights: and timestamp, position and prompt"))
         log.warning(f"warning: {source}: {merged.filter(pl.col('count') > 1).height} event row(s) appear more than "
                     f"once ({same}; {extra} extra cop(ies)); each counts once")
     return merged.select("participant_id", "image_id", "session_id", "event", WEIGHT, "count", *kept)

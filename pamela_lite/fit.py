@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--embeddings", type=Path,
                         help="embeddings Parquet (image_id, embedding); default: embeddings.parquet beside "
                              "--data (without --data: beside --events)")
-    parser.add_argument("--out", type=output_path, default=Path("runs/model"), help="model folder to write")
+    parser.add_argument("--out", type=output_path, default="runs/model", help="model folder to write")
     parser.add_argument("--seed", type=seed_arg, default=0, help="seed for the model, the demo and k-shot draws")
     parser.add_argument("--scale", type=Scale.parse,
                         help="rating scale LOW-HIGH such as 1-5 (a negative low end: --scale=-3-3); default: the "
@@ -376,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         least = (f"; where events help least (k = 0 or 10 ratings) {found['gain']:+.4f} +- {found['gain_se']:.4f}"
                  if "gain" in found else "")
         if "note" in found:  # too few people to choose on: the warning said why
-            watch.step(f"event channel not kept: {found['note']}")
+            watch.step("event channel not kept: too few people to choose its weight on (the warning above)")
         else:
             watch.step(f"event channel chosen on val_seen over {found.get('users', 0)} people: strength "
                        f"{channel.strength:g}, centred per {channel.within} (SROCC "

@@ -1245,7 +1245,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "model must be fitted on that world, python -m pamela_lite.demo --world WORLD), stub "
                              "(a runnable stand-in for a diffusers pipeline + ONNX encoder) or module:factory (a "
                              "function called with no arguments that returns a generate(prompts, seeds) adapter; "
-                             "the module must be importable: in the current folder or on PYTHONPATH)")
+                             "the module must be importable: on PYTHONPATH, or in the current folder with "
+                             "python -m)")
     parser.add_argument("--budget", type=int, default=64, help="generator calls (images) to spend")
     parser.add_argument("--seeds-per-prompt", type=int, default=4, help="images per prompt evaluation")
     parser.add_argument("--method", choices=METHODS, default="greedy",
@@ -1304,24 +1305,25 @@ def _generator(spec: str, dim: int, workdir: Path):
     raise InputError(None, f"--generator {spec!r}: use sim:WORLD, stub or module:factory")
 
 
-def _check_fitted_on(world, model, args) -> None:
+def _check_fitted_on(world, model, args) -> str | None:
     """Refuse a model fitted on another world than the simulated generator's: the world's images
     would stand for the model's (a context file's image ids, the population head's catalogue) while
     being other images under the same ids (a smaller demo world reuses the default world's ids).
     The model's kept training ratings must all be ratings of that world; an events-only model keeps
-    none, and is only warned about."""
+    none: the warning to print (after every input check) is returned."""
     kept = model.ratings_.filter((pl.col("origin") == "train") & pl.col("image_id").is_not_null())
     if not kept.height:
-        print(f"warning: {args.model} keeps no training ratings, so nothing tells whether it was fitted on the "
-              f"world of --generator {args.generator}; its images stand for the model's", file=sys.stderr)
-        return
+        return f"warning: {args.model} keeps no training ratings (fitted on events alone), so nothing tells " \
+               f"whether it was fitted on the world of --generator {args.generator}; that world's images stand in " \
+               f"for the ones it was fitted on"
     theirs = world.ratings.select(pl.col("participant_id").cast(pl.String), pl.col("image_id").cast(pl.String))
     foreign = kept.select("participant_id", "image_id").join(theirs, on=["participant_id", "image_id"], how="anti")
     if foreign.height:
         raise InputError(args.model, f"was not fitted on the world of --generator {args.generator} "
                                      f"({foreign.height} of its {kept.height} training ratings are not that "
                                      f"world's); fit it on python -m pamela_lite.demo --world {world.name} "
-                                     f"(default sizes), or use another generator")
+                                     f"(default sizes, seed and id types), or use another generator")
+    return None
 
 
 def _phrase_effects(args, vocab: Vocabulary, generate, dim: int) -> PhraseEffects | None:
@@ -1410,15 +1412,7 @@ def _resolve_user(args, model, world):
     rated, ratings = None, None
     # the ratings the model folder keeps of the person (rows without an image mark people known without ratings)
     rows = model.ratings_.filter((pl.col("participant_id") == str(args.user)) & pl.col("image_id").is_not_null())
-    if world is not None:  # the simulated world has the images
-        theirs = world.ratings.filter((pl.col("participant_id").cast(pl.String) == str(args.user))
-                                      & (pl.col("split") == "train"))["image_id"].cast(pl.String)
-        if rows.height and set(rows["image_id"].cast(pl.String).to_list()) != set(theirs.to_list()):
-            # a person of the same id in another world: their ratings would describe someone else
-            raise InputError(args.model, f"was not fitted on the world of --generator {args.generator} (its "
-                                         f"ratings of {args.user!r} are not that world's); fit it on "
-                                         f"python -m pamela_lite.demo --world {world.name} (default sizes), "
-                                         f"or use another generator")
+    if world is not None:  # the simulated world has the images (_check_fitted_on: the model is that world's)
         if rows.height:
             emb = Embeddings(world.images["image_id"], world.embeddings)
             rated = emb.take(rows["image_id"].cast(world.images["image_id"].dtype, strict=False))
@@ -1465,9 +1459,6 @@ def main(argv: list[str] | None = None) -> int:
     watch = Stopwatch(args.quiet)
     full_vocab = Vocabulary.load(args.vocabulary)
     vocab, fixed = full_vocab.set_by(args.prompt)
-    if fixed and not args.quiet:
-        print("note: the base prompt already sets " + ", ".join(f"{name} ({phrase!r})" for name, phrase in fixed.items())
-              + ": kept as written; the search edits the other attributes", file=sys.stderr)
     if not (args.model / "model.json").is_file():
         raise InputError(args.model, "no model here (model.json missing); fit one with pamela_lite.fit")
     from .model import PersonalScorer
@@ -1476,8 +1467,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out
     with atomic_dir(out, "steer.json", "steering") as tmp:
         generate, world = _generator(args.generator, model.fitted_.embedding_dim, tmp)
-        if world is not None:
-            _check_fitted_on(world, model, args)
+        unchecked = _check_fitted_on(world, model, args) if world is not None else None
         person = args.user is not None or args.context is not None or args.context_events is not None
         if args.objective == "population" and person:
             print("warning: --objective population steers by the population head alone: the person given "
@@ -1522,6 +1512,11 @@ def main(argv: list[str] | None = None) -> int:
         if posterior is not None and args.samples < 2 and args.method == "thompson" and args.objective != "population":
             print(f"warning: --samples {args.samples} draws no spread over {label!r}'s taste: the bandit samples "
                   f"only seed noise", file=sys.stderr)
+        if unchecked:  # after every input check: errors stay one line
+            print(unchecked, file=sys.stderr)
+        if fixed and not args.quiet:
+            print("note: the base prompt already sets " + ", ".join(f"{name} ({phrase!r})" for name, phrase in fixed.items())
+                  + ": kept as written; the search edits the other attributes", file=sys.stderr)
         results = []
         for objective in objectives:
             res = search(args.method, generate, objective, vocab, args.prompt, args.budget, args.seeds_per_prompt,
@@ -1541,7 +1536,8 @@ def main(argv: list[str] | None = None) -> int:
                        + (f"seed sd {res.spread_seed:.3f}" if np.isfinite(res.spread_seed) else
                           "seed sd n/a: one seed per prompt")
                        + f") after {res.calls} calls" + _unspent(res.calls, args))
-        payload = {"user": label, "base_prompt": args.prompt, "method": args.method, "budget": args.budget,
+        payload = {"user": label, "base_prompt": args.prompt, "kept_from_prompt": fixed, "method": args.method,
+                   "budget": args.budget,
                    "seeds_per_prompt": args.seeds_per_prompt, "generator": args.generator,
                    "vocabulary": vocab.source,
                    "phrase_effects": None if effects is None else effects.source, "posterior_ratings": 0 if posterior is None else posterior.n_ratings,

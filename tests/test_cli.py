@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import subprocess
@@ -443,3 +444,12 @@ def test_an_output_under_a_file_is_refused_before_any_work(tool, args, tmp_path)
     assert out.returncode == 2, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and "f.csv is a file, not a folder" in out.stderr
     assert (tmp_path / "f.csv").read_text() == "x\n"
+
+
+def test_an_output_under_a_broken_link_is_refused(tmp_path):
+    from pamela_lite.cli import output_path
+
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(argparse.ArgumentTypeError, match="is a broken link"):
+        output_path(str(tmp_path / "gone" / "m"))
+    assert output_path(str(tmp_path / "new" / "m")) == tmp_path / "new" / "m"  # a folder still to make is fine

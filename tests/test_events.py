@@ -78,7 +78,13 @@ def test_equal_numeric_weights_of_two_actions_add_up(caplog):
     m = evidence(out)
     assert m.filter(pl.col("image_id") == "a")["evidence"].item() == 2.0  # two actions
     assert m.filter(pl.col("image_id") == "b")["evidence"].item() == 1.0  # one row logged twice
-    assert "1 event row(s) appear more than once (every column" in caplog.text
+    assert "1 event row(s) appear more than once (same participant, image, session, weight, timestamp" in caplog.text
+
+
+def test_a_users_own_row_column_is_ignored():
+    frame = pl.DataFrame({"participant_id": ["u", "u"], "image_id": ["a", "b"], "event": ["save", "view"],
+                          "_row": [7, 8]})
+    assert validate_events(frame, "log.csv")["event"].to_list() == ["save", "view"]
 
 
 def test_numeric_weight_column_replaces_event_names():

@@ -271,6 +271,26 @@ def test_sim_generator_takes_a_model_fitted_on_its_world(tmp_path):
     _check_fitted_on(world, model, Namespace(model=tmp_path / "model", generator="sim:sparse"))  # no error
 
 
+def test_cli_sim_generator_steers_for_a_person_added_to_a_model_of_its_world(tmp_path):
+    # the per-person check compared an added person's ratings with the world's training ratings
+    from pamela_lite.model import PersonalScorer
+
+    world = worlds.make("sparse")
+    data = worlds.dataset(world)
+    some = data.split("train").filter(pl.col("participant_id").is_in(world.users["participant_id"][:20].implode()))
+    model = PersonalScorer(random_state=0, **SMALL_MODEL).fit(some, data.embeddings, data.scale)
+    model.add_users(pl.DataFrame({"participant_id": ["newp"] * 5, "image_id": world.images["image_id"][:5],
+                                  "rating": [1, 2, 3, 4, 5]}), data.embeddings)
+    out = cli("steer", "--model", model.save(tmp_path / "model"), "--user", "newp", "--generator", "sim:sparse",
+              "--prompt", world.images["prompt"][0], "--budget", "8", "--no-plot", "--quiet", "--out", tmp_path / "o")
+    assert out.returncode == 0, out.stderr
+
+
+def test_cli_a_note_about_the_base_prompt_never_joins_an_error(tmp_path):
+    out = cli("steer", "--model", tmp_path / "none", "--user", "x", "--prompt", "a cat, close-up", "--out", tmp_path / "o")
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and "no model here" in out.stderr
+
+
 def test_cli_missing_model_exits_2(tmp_path):
     out = cli("steer", "--model", tmp_path / "none", "--user", "x", "--prompt", "a cat", "--out", tmp_path / "o")
     assert out.returncode == 2 and "no model here" in out.stderr and len(out.stderr.strip().splitlines()) == 1
@@ -305,6 +325,8 @@ def test_cli_keeps_the_attributes_a_base_prompt_already_sets(fitted, tmp_path):
               "--out", tmp_path / "o")
     assert out.returncode == 0, out.stderr
     assert "already sets viewpoint ('close-up'), medium ('oil painting')" in out.stderr
+    kept = json.loads((tmp_path / "o" / "steer.json").read_text())["kept_from_prompt"]
+    assert kept == {"viewpoint": "close-up", "medium": "oil painting"}
     prompts = [row["prompt"] for r in json.loads((tmp_path / "o" / "steer.json").read_text())["results"]
                for row in r["trajectory"]]
     assert len(prompts) > 2
