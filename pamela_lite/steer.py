@@ -87,6 +87,11 @@ def _unique_keys(pairs: list) -> dict:
     return dict(pairs)
 
 
+def phrase_key(text: str) -> str:
+    """How phrases are compared: without case or runs of spaces ("Close-up" is "close-up")."""
+    return " ".join(str(text).split()).casefold()
+
+
 @dataclass(frozen=True)
 class Vocabulary:
     """Prompt edits grouped by attribute; a prompt takes at most one phrase per attribute.
@@ -156,9 +161,11 @@ class Vocabulary:
                 if not phrase or "," in phrase or any(unicodedata.category(c) == "Cc" for c in phrase):
                     raise InputError(source, f"attribute {name!r}: phrase {phrase!r} is empty or contains a comma "
                                              f"or a control character (a line break, a tab)")
-                if phrase in seen:
-                    raise InputError(source, f"phrase {phrase!r} appears twice ({seen[phrase]!r} and {name!r})")
-                seen[phrase] = name
+                if phrase_key(phrase) in seen:  # "Golden Hour light" is "golden hour light" to a prompt reader
+                    first, where = seen[phrase_key(phrase)]
+                    raise InputError(source, f"phrase {phrase!r} appears twice ({first!r} in {where!r}, and in "
+                                             f"{name!r}; case and spacing do not make another phrase)")
+                seen[phrase_key(phrase)] = (phrase, name)
             attributes.append((str(name), clean))
         return cls(tuple(attributes), source)
 
@@ -188,11 +195,11 @@ class Vocabulary:
         A base prompt that says "close-up" has chosen its viewpoint: searching that attribute
         would append a second viewpoint ("close-up, aerial view"), so it is kept as written and
         the search edits the others. Phrases are matched as whole comma-separated parts of the
-        prompt, ignoring case.
+        prompt, ignoring case and runs of spaces (:func:`phrase_key`).
         """
-        parts = {part.strip().casefold() for part in str(prompt).split(",")}
-        fixed = {name: next(p for p in phrases if p.casefold() in parts)
-                 for name, phrases in self.attributes if any(p.casefold() in parts for p in phrases)}
+        parts = {phrase_key(part) for part in str(prompt).split(",")}
+        fixed = {name: next(p for p in phrases if phrase_key(p) in parts)
+                 for name, phrases in self.attributes if any(phrase_key(p) in parts for p in phrases)}
         if not fixed:
             return self, {}
         if len(fixed) == len(self.attributes):
@@ -523,11 +530,21 @@ class PhraseEffects:
 
         A logged base prompt is its own anchor; an unknown one is stood in for by up to
         `limit` logged bases (gains averaged over them: what a phrase does to a typical image).
+        Phrases of the log that the prompt already holds add their shifts to the anchors.
         """
         if base.strip() in self.bases:
             return self.base_means[[self.bases.index(base.strip())]], True
+        # A base that holds phrases of the log ("X, close-up") is X moved by their shifts: the log
+        # keeps bases without their phrases, so X is what to look up.
+        keys = {phrase_key(p): k for k, p in enumerate(self.phrases)}
+        parts = [part.strip() for part in base.split(",")]
+        held = [keys[phrase_key(p)] for p in parts if phrase_key(p) in keys]
+        shift = self.shifts[held].sum(0) if held else np.zeros(self.dim)
+        text = ", ".join(p for p in parts if p and phrase_key(p) not in keys)
+        if held and text in self.bases:
+            return self.base_means[[self.bases.index(text)]] + shift, True
         step = max(1, len(self.bases) // limit)
-        return self.base_means[::step][:limit], False
+        return self.base_means[::step][:limit] + shift, False
 
     def shift_of(self, vocab: Vocabulary, choice: tuple[int, ...]) -> np.ndarray:
         """Summed shift of a choice's phrases (phrases unknown to the log add nothing)."""
@@ -1326,8 +1343,10 @@ def _check_fitted_on(world, model, args) -> str | None:
     return None
 
 
-def _phrase_effects(args, vocab: Vocabulary, generate, dim: int) -> PhraseEffects | None:
-    """The prompt-side model from --phrase-effects or --history (None without either)."""
+def _phrase_effects(args, vocab: Vocabulary, generate, dim: int, searched: Vocabulary | None = None
+                    ) -> PhraseEffects | None:
+    """The prompt-side model from --phrase-effects or --history (None without either), fitted on
+    every phrase of `vocab`; it must know a phrase of `searched` (the attributes left to steer)."""
     if args.phrase_effects is not None and args.history is not None:
         raise InputError(None, "give --phrase-effects or --history, not both")
     if args.history_embeddings is not None and args.history in (None, "sim"):
@@ -1340,7 +1359,9 @@ def _phrase_effects(args, vocab: Vocabulary, generate, dim: int) -> PhraseEffect
         if not isinstance(generate, SimulatedGenerator):
             raise InputError(None, "--history sim needs --generator sim:WORLD")
         # The log never holds the base prompt steered here, and its seeds are its own.
-        prompts, emb = generate.past_generations(vocab, exclude={args.prompt.strip()})
+        base_text = ", ".join(p.strip() for p in args.prompt.split(",")
+                              if p.strip() and phrase_key(p) not in {phrase_key(q) for _, qs in vocab.attributes for q in qs})
+        prompts, emb = generate.past_generations(vocab, exclude={args.prompt.strip(), base_text})
         effects = PhraseEffects.fit(prompts, emb, vocab, source="the simulated log")
     elif args.history is not None:
         from .data import read_embeddings
@@ -1358,6 +1379,9 @@ def _phrase_effects(args, vocab: Vocabulary, generate, dim: int) -> PhraseEffect
         raise InputError(effects.source, f"phrase effects of dimension {effects.dim}, the model's embeddings {dim}")
     if not any(effects.known(p) for _, ps in vocab.attributes for p in ps):
         raise InputError(effects.source, f"shares no phrase with the vocabulary {vocab.source}")
+    if searched is not None and not any(effects.known(p) for _, ps in searched.attributes for p in ps):
+        raise InputError(effects.source, "knows no phrase of the attributes left to steer (the base prompt sets "
+                                         "the others): drop those phrases from --prompt, or log more generations")
     return effects
 
 
@@ -1476,7 +1500,7 @@ def main(argv: list[str] | None = None) -> int:
             label, state, rated, ratings = "population", None, None, None  # the head steers for no one person
         else:
             label, state, rated, ratings = _resolve_user(args, model, world)
-        effects = _phrase_effects(args, full_vocab, generate, model.fitted_.embedding_dim)  # the log's phrases: all
+        effects = _phrase_effects(args, full_vocab, generate, model.fitted_.embedding_dim, vocab)
         if effects is not None and args.history is not None:
             effects.save(tmp / "phrase_effects.npz")
         posterior = None

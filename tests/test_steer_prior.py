@@ -48,6 +48,25 @@ def test_shifts_compare_within_a_base_prompt_so_bases_cancel():
     np.testing.assert_allclose(effects.base_means, [[0, 0], [10, 0]], atol=1e-5)
 
 
+def test_a_base_prompt_holding_a_logged_phrase_is_anchored_on_its_base_moved_by_that_phrase():
+    # the log keeps "a cat" without its phrases: "a cat, warm light" once fell back to an average of bases
+    vocab = steer.Vocabulary.from_dict({"attributes": {"light": ["warm light"]}})
+    prompts = ["a cat"] * 4 + ["a cat, warm light"] * 4 + ["a dog"] * 4
+    emb = np.array([[0.0, 0.0]] * 4 + [[0.0, 1.0]] * 4 + [[10.0, 0.0]] * 4)
+    effects = steer.PhraseEffects.fit(prompts, emb, vocab, ridge=1e-6)
+    anchors, logged = effects.anchors("a cat, Warm  Light")
+    assert logged and np.allclose(anchors, [[0.0, 1.0]], atol=1e-4)
+    assert np.allclose(effects.anchors("a bird")[0], effects.base_means, atol=1e-9)  # unknown: every base
+
+
+def test_phrases_differing_in_case_or_spacing_are_one_phrase():
+    for twin in ("Golden Hour Light", "golden  hour light"):
+        with pytest.raises(steer.InputError, match="appears twice"):
+            steer.Vocabulary.from_dict({"attributes": {"light": ["golden hour light"], "mood": [twin]}})
+    vocab = steer.Vocabulary.from_dict({"attributes": {"light": ["golden hour light"], "view": ["close-up"]}})
+    assert vocab.set_by("a cat,  Golden  Hour Light ")[1] == {"light": "golden hour light"}
+
+
 def test_predicted_phrase_gains_follow_the_true_gains_of_each_person(steer_world, sim, sim_effects):
     from pamela_lite.model import PersonalScorer
 
