@@ -132,6 +132,8 @@ TABLE_SUFFIXES = (".csv", ".parquet", ".json")
 def check_table_path(path: str | Path) -> Path:
     """Refuse an output name we cannot write, before any work is done."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(path, "is a folder: name an output file in it (.csv, .parquet or .json)")
     if path.suffix.lower() not in TABLE_SUFFIXES:
         raise InputError(path, f"unknown output type {path.suffix!r}; use .csv, .parquet or .json")
     refuse_model_file(path)

@@ -141,12 +141,29 @@ class Embeddings:
         found = wanted.join(index, on="_key", how="left", maintain_order="left")
         missing = found.filter(pl.col("_row").is_null())["image_id"].unique(maintain_order=True)
         if len(missing):
-            skipped = Path(f"{self.source}.skipped.csv")  # what embed writes beside its output
-            hint = f" (embed could not embed some images: see {skipped})" if skipped.is_file() else ""
             raise InputError(source or self.source,
                              f"{len(missing)} image id(s) have no embedding in {self.source}: "
-                             f"{preview(missing.to_list())}{id_type_note(image_ids, self.ids, 'the embeddings', missing)}{hint}")
+                             f"{preview(missing.to_list())}{id_type_note(image_ids, self.ids, 'the embeddings', missing)}"
+                             f"{self._skipped_hint(missing)}; its ids look like {preview(self.ids[:3].to_list(), 3)}")
         return found["_row"].to_numpy()
+
+    def _skipped_hint(self, missing: pl.Series) -> str:
+        """Points at embed's report of skipped files only when some missing ids are among them
+        (the report lists paths as given to embed; an id is a path's tail)."""
+        skipped = Path(f"{self.source}.skipped.csv")  # what embed writes beside its output
+        try:
+            report = pl.read_csv(skipped, infer_schema=False) if skipped.is_file() else None
+        except Exception:  # an unreadable report is no reason to hide the real message
+            return ""
+        if report is None or not report.height:
+            return ""
+        ids = [str(i) for i in missing.to_list()]
+        if "image_id" in report.columns:  # the id each skipped file would have had
+            hits = len(set(ids) & set(report["image_id"].to_list()))
+        else:  # a report of an earlier version: paths as given to embed, an id being a path's tail
+            paths = report["path"].to_list()
+            hits = sum(any(p == i or p.endswith("/" + i) for p in paths) for i in ids)
+        return f" ({hits} of them embed could not read: see {skipped})" if hits else ""
 
     def take(self, image_ids: pl.Series, source: str | Path | None = None) -> np.ndarray:
         """The embedding of each image id, in order."""

@@ -39,31 +39,44 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.batch < 1 or args.checkpoint < 1:
         raise InputError(None, "--batch and --checkpoint must be at least 1")
+    if args.out.suffix.lower() != ".parquet":  # fit and predict read embeddings by their suffix
+        raise InputError(args.out, "embeddings are written as Parquet: name the file .parquet")
     watch = Stopwatch(args.quiet)
     encoder = Encoder(args.encoder, args.threads)
     files = list_images(args.images)
-    absent = []
+    if not files:
+        raise InputError(args.images, "holds no files to embed")
+    absent = {}
     if args.pamela is not None:
         files, absent = _pamela_files(args.pamela, files, args.images, watch)
     report = embed_images(encoder, files, args.out, args.batch, args.checkpoint, progress=show_progress(args.quiet),
-                          log_lines=not args.quiet and not show_progress(args.quiet))
+                          log_lines=not args.quiet and not show_progress(args.quiet),
+                          root=args.pamela if args.pamela is not None  # PAMELA's ids are the dataset's own
+                          else args.images if args.images.is_dir() else args.images.parent)
     report_path = args.report or args.out.with_name(args.out.name + ".skipped.csv")
     report.skipped.extend((path, "in PAMELA's annotations, but there is no such file") for path in absent)
     if report.skipped:
-        table = pl.DataFrame({"path": [p for p, _ in report.skipped], "reason": [r for _, r in report.skipped]})
+        # the id each skipped file would have had: what fit's "no embedding" message looks up
+        ids = {str(path): image_id for path, image_id in files} | absent
+        table = pl.DataFrame({"path": [p for p, _ in report.skipped], "reason": [r for _, r in report.skipped],
+                              "image_id": [str(ids.get(p, "")) for p, _ in report.skipped]})
         with atomic_file(report_path, ".csv") as tmp:
             table.write_csv(tmp)
     elif _is_skipped_report(report_path):  # a run before listed files this one skipped no more
         report_path.unlink()
+    if not report.embedded and not report.already_present:  # every file failed: nothing to fit on
+        raise InputError(args.images, f"none of its {len(files)} file(s) could be embedded (why, per file: "
+                                      f"{report_path})")
     watch.step(f"embedded {report.embedded} image(s) at {report.images_per_second:.1f} images/s, "
                f"{report.already_present} already in {args.out}, {len(report.skipped)} skipped"
                + (f" (listed in {report_path})" if report.skipped else ""))
     return 0
 
 
-def _pamela_files(root: Path, files: list, images: Path, watch: Stopwatch) -> tuple[list, list[str]]:
+def _pamela_files(root: Path, files: list, images: Path, watch: Stopwatch) -> tuple[list, dict[str, object]]:
     """The files that are PAMELA images, with their image ids, and the annotated image paths
-    under `images` that have no file (they will have no embedding: fit would refuse them)."""
+    under `images` that have no file, with their ids (they will have no embedding: fit would
+    refuse them)."""
     mapping = pamela_ids(root)
     relative = {path: relative_to_root(path, root) for path, _ in files}  # once per file: it may resolve links
     matched = [(p, mapping[relative[p]]) for p, _ in files if relative[p] in mapping]
@@ -76,11 +89,11 @@ def _pamela_files(root: Path, files: list, images: Path, watch: Stopwatch) -> tu
         watch.step(f"{len(unmatched)} file(s) are not in PAMELA's annotations and are left out, e.g. {unmatched[0]}")
     within = relative_to_root(images, root) if images.is_dir() else None
     found = {relative[p] for p, _ in matched}
-    absent = [p for p in mapping if p not in found and within is not None
-              and (within == "." or p.startswith(within.rstrip("/") + "/")) and not (root / p).exists()]
+    absent = {p: mapping[p] for p in mapping if p not in found and within is not None
+              and (within == "." or p.startswith(within.rstrip("/") + "/")) and not (root / p).exists()}
     if absent:
-        watch.step(f"{len(absent)} annotated image(s) under {images} have no file, e.g. {absent[0]}: they get no "
-                   "embedding (listed in the skipped-files report)")
+        watch.step(f"{len(absent)} annotated image(s) under {images} have no file, e.g. {next(iter(absent))}: they "
+                   "get no embedding (listed in the skipped-files report)")
     return matched, absent
 
 
@@ -88,7 +101,7 @@ def _is_skipped_report(path: Path) -> bool:
     """Whether `path` is a skipped-files report (a CSV of path, reason), which a run may remove."""
     try:
         with open(path, encoding="utf-8") as fh:
-            return fh.readline().strip() == "path,reason"
+            return fh.readline().strip().startswith("path,reason")
     except (OSError, UnicodeDecodeError):
         return False
 

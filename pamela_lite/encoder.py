@@ -16,11 +16,13 @@ annotations (``image_path`` → ``image_id``); otherwise the id is the path rela
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import posixpath
 import sys
 import time
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -183,6 +185,11 @@ class Encoder:
             self.config = Preprocess(input_size=side)
             self.config.check(path)
         self._check_shape(path, sidecar)
+        # What made an embedding: the graph and its preprocessing (an embeddings file records it,
+        # so a resumed run with another encoder of the same width is refused, not mixed in).
+        digest = hashlib.sha256(path.read_bytes())
+        digest.update(json.dumps(dataclasses.asdict(self.config), sort_keys=True).encode())
+        self.identity = digest.hexdigest()
 
     def _side_from_shape(self) -> int | None:
         """The image side the encoder's input shape fixes (None when it is dynamic)."""
@@ -234,6 +241,9 @@ class EmbedReport:
         return self.embedded / self.seconds if self.seconds > 0 else 0.0
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+
+
 def list_images(images: Path) -> list[tuple[Path, str]]:
     """(file, id) pairs: a folder is searched recursively; a list file names one path per line."""
     if images.is_dir():
@@ -241,7 +251,13 @@ def list_images(images: Path) -> list[tuple[Path, str]]:
         return [(p, p.relative_to(images).as_posix()) for p in files]
     if not images.exists():
         raise InputError(images, "no such folder or list file")
-    lines = [line.strip() for line in images.read_text().splitlines() if line.strip()]
+    try:
+        text = images.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors write one) is not a path
+    except UnicodeDecodeError:
+        what = ("an image, not a folder or a list file of image paths: pass its folder"
+                if images.suffix.lower() in IMAGE_SUFFIXES else "not a list file of image paths (not UTF-8 text)")
+        raise InputError(images, what) from None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
         raise InputError(images, "the list file is empty")
     base, pairs = images.parent, {}
@@ -293,6 +309,40 @@ def relative_to_root(path: Path, root: Path) -> str | None:
     return None
 
 
+SOURCE_KEY = "pamela_lite.embedding_source"  # Parquet key-value metadata: {"encoder": sha256, "roots": [...]}
+
+
+def embeddings_source(out: Path) -> dict | None:
+    """What made an embeddings file (encoder identity, image roots), or None for a file that does
+    not say (written elsewhere, or before files recorded it)."""
+    try:
+        raw = pl.read_parquet_metadata(out).get(SOURCE_KEY)
+        return json.loads(raw) if raw else None
+    except Exception:  # not Parquet or unreadable: read_table names the problem
+        return None
+
+
+def _check_source(out: Path, existing: pl.DataFrame | None, encoder: "Encoder", root: str | None,
+                  files: list) -> dict:
+    """The source record to write, after refusing a resumed file another encoder made, or ids
+    already there that come from another image folder (they would keep that folder's vectors)."""
+    source = embeddings_source(out) if existing is not None and existing.height else None
+    if source is None:
+        return {"encoder": encoder.identity, "roots": [root] if root else []}
+    if source.get("encoder") != encoder.identity:
+        raise InputError(out, "was made by another encoder (or other preprocessing) than this one: its embeddings "
+                              "and this encoder's do not mix; use another --out, or the encoder that made it")
+    roots = list(source.get("roots") or [])
+    if root and roots and root not in roots:
+        have = set(existing["image_id"].cast(pl.String).to_list())
+        clash = [str(i) for _, i in files if str(i) in have]
+        if clash:
+            raise InputError(out, f"{len(clash)} image id(s) of {root} are already there from another folder "
+                                  f"({roots[0]}), e.g. {clash[0]!r}: they would keep that folder's embeddings; "
+                                  f"embed into another --out (or give the images other ids with a list file)")
+    return {"encoder": encoder.identity, "roots": roots + ([root] if root and root not in roots else [])}
+
+
 def _existing(out: Path) -> pl.DataFrame | None:
     if not out.exists():
         return None
@@ -311,7 +361,8 @@ def _dimension(column: pl.Series) -> int | None:
     return None
 
 
-def _write(out: Path, existing: pl.DataFrame | None, ids: list, vectors: list[np.ndarray]) -> pl.DataFrame:
+def _write(out: Path, existing: pl.DataFrame | None, ids: list, vectors: list[np.ndarray],
+           source: dict | None = None) -> pl.DataFrame:
     matrix = np.vstack(vectors)
     new = pl.DataFrame({"image_id": ids, "embedding": pl.Series(matrix, dtype=pl.Array(pl.Float32, matrix.shape[1]))})
     if existing is not None:
@@ -320,16 +371,19 @@ def _write(out: Path, existing: pl.DataFrame | None, ids: list, vectors: list[np
                                   f"{new['embedding'].dtype}: use another --out")
         new = pl.concat([existing, new.with_columns(pl.col("image_id").cast(existing["image_id"].dtype))])
     with atomic_file(out, ".parquet") as tmp:
-        new.write_parquet(tmp)
+        new.write_parquet(tmp, metadata=None if source is None else {SOURCE_KEY: json.dumps(source)})
     return new
 
 
 def embed_images(encoder: Encoder, files: list[tuple[Path, object]], out: Path, batch_size: int = 32,
-                 checkpoint: int = 1024, progress: bool = False, log_lines: bool = False) -> EmbedReport:
+                 checkpoint: int = 1024, progress: bool = False, log_lines: bool = False,
+                 root: str | Path | None = None) -> EmbedReport:
     """Embed `files` (path, id) into `out`, skipping ids already there; returns what happened.
 
     `progress` shows a bar (for a terminal); `log_lines` prints one plain line per checkpoint
-    instead (for a log file).
+    instead (for a log file). `root` is the folder (or list file) the ids are relative to: the
+    file records it and the encoder, and a resumed run with another encoder, or with ids that
+    are already there from another folder, is refused (they would be other images' vectors).
     """
     report = EmbedReport()
     existing = _existing(out)
@@ -338,6 +392,7 @@ def embed_images(encoder: Encoder, files: list[tuple[Path, object]], out: Path, 
         if have is not None and have != encoder.dim:
             raise InputError(out, f"holds {have}-d embeddings; this encoder gives {encoder.dim}-d: "
                                   f"use another --out (or the encoder that made the file)")
+    source = _check_source(out, existing, encoder, None if root is None else str(Path(root).resolve()), files)
     done = set(existing["image_id"].cast(pl.String).to_list()) if existing is not None else set()
     todo = [(p, i) for p, i in files if str(i) not in done]
     report.already_present = len(files) - len(todo)
@@ -360,11 +415,11 @@ def embed_images(encoder: Encoder, files: list[tuple[Path, object]], out: Path, 
         bar.update(len(todo[at:at + batch_size]))
         done += len(todo[at:at + batch_size])
         if pending >= checkpoint:
-            existing, ids, vectors, pending = _write(out, existing, ids, vectors), [], [], 0
+            existing, ids, vectors, pending = _write(out, existing, ids, vectors, source), [], [], 0
             if log_lines:
                 print(f"embedded {done}/{len(todo)} image(s); saved to {out}", file=sys.stderr, flush=True)
     if ids:
-        _write(out, existing, ids, vectors)
+        _write(out, existing, ids, vectors, source)
     bar.close()
     report.seconds = time.perf_counter() - start
     report.embedded = len(todo) - len(report.skipped)

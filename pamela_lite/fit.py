@@ -201,6 +201,7 @@ def fit_variants(variants: dict, dataset, seed: int, watch: Stopwatch, progress:
     """Fit one PersonalScorer per entry of `variants` (name -> switches) on the train split."""
     train = dataset.split("train")
     val = dataset.split("val_seen") if early_stop else None
+    val = val if val is not None and val.height else None  # no val_seen rows: nothing to early-stop or tune on
     models = {}
     for name, switches in variants.items():
         t0 = time.perf_counter()

@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_scorer(path: Path) -> EdgeScorer:
+    if path.is_dir():  # a model folder is not a scorer: the device reads the export
+        hint = (f" (a model folder: export it first, python -m pamela_lite.export --model {path} --out scorer.onnx)"
+                if (path / "model.json").is_file() else "")
+        raise InputError(path, f"is a folder, not the .onnx scorer python -m pamela_lite.export wrote{hint}")
     for needed in (path, fitted_path(path), users_path(path)):
         if not needed.exists():
             raise InputError(needed, "no such file (write it with python -m pamela_lite.export)")

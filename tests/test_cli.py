@@ -14,9 +14,10 @@ import pytest
 
 from pamela_lite import evaluate, fit, predict, protocol
 from pamela_lite.cli import CONSOLE_ENV, run
+from pamela_lite.errors import InputError
 from pamela_lite.model import PersonalScorer
 
-from .conftest import cli, write_embeddings
+from .conftest import SMALL_MODEL, cli, write_embeddings
 
 
 
@@ -453,3 +454,24 @@ def test_an_output_under_a_broken_link_is_refused(tmp_path):
     with pytest.raises(argparse.ArgumentTypeError, match="is a broken link"):
         output_path(str(tmp_path / "gone" / "m"))
     assert output_path(str(tmp_path / "new" / "m")) == tmp_path / "new" / "m"  # a folder still to make is fine
+
+
+def test_a_split_column_without_val_seen_fits_without_tuning(ratings_table, dataset, tmp_path):
+    # it stopped with "validation: no ratings", naming no file
+    ratings_table.filter(pl.col("split") != "val_seen").write_csv(tmp_path / "r.csv")
+    write_embeddings(tmp_path / "e.parquet", dataset.embeddings.ids, dataset.embeddings.matrix)
+    done = cli("fit", "--data", tmp_path / "r.csv", "--embeddings", tmp_path / "e.parquet", "--out", tmp_path / "m",
+               "--params", json.dumps({k: v for k, v in SMALL_MODEL.items() if k != "n_threads"}), "--no-baselines",
+               "--kshot", "0")
+    assert done.returncode == 0, done.stderr
+    assert "residual head not tuned" in done.stderr and (tmp_path / "m" / "model.json").is_file()
+
+
+def test_a_folder_as_an_output_table_or_as_a_scorer_is_named_as_a_folder(model_dir, tmp_path):
+    from pamela_lite.cli import check_table_path
+    from pamela_lite.score import load_scorer
+
+    with pytest.raises(InputError, match="is a folder: name an output file"):
+        check_table_path(tmp_path)
+    with pytest.raises(InputError, match="a model folder: export it first"):
+        load_scorer(model_dir)

@@ -220,7 +220,7 @@ def test_an_annotated_image_without_a_file_is_reported_and_named_by_fit(tmp_path
                             "--pamela", str(root), "--out", str(out), "--quiet"]) == 0
     report = pl.read_csv(tmp_path / "e.parquet.skipped.csv")
     assert report["path"].to_list() == ["images/food/img001.png"] and "no such file" in report["reason"][0]
-    with pytest.raises(InputError, match="embed could not embed some images: see"):
+    with pytest.raises(InputError, match="1 of them embed could not read: see"):
         read_embeddings(out).rows(pl.Series([501, 502]))
 
 
@@ -302,3 +302,60 @@ def test_the_encoder_export_tool_without_its_libraries_says_what_to_install(tmp_
     with pytest.raises(SystemExit) as stop:
         tool.main(["--hf-dir", str(tmp_path), "--out", str(tmp_path / "e.onnx")])
     assert stop.value.code == 2 and "exporting needs torch and transformers" in capsys.readouterr().err
+
+
+def _embed(encoder, images, out, capsys):
+    capsys.readouterr()
+    code = run(embed.main, ["--encoder", str(encoder), "--images", str(images), "--out", str(out), "--quiet"])
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+def test_resuming_with_another_encoder_of_the_same_width_is_refused(tmp_path, encoder_path, capsys):
+    # its vectors were appended beside the first encoder's, silently
+    images, out = _images(tmp_path / "imgs", 2), tmp_path / "e.parquet"
+    assert _embed(encoder_path, images, out, capsys)[0] == 0
+    other = tiny_encoder.write(tmp_path / "other.onnx", size=48, dim=16)
+    _images(images, 1, start=5)
+    code, err = _embed(other, images, out, capsys)
+    assert code == 2 and len(err) == 1 and "was made by another encoder" in err[0]
+    assert read_embeddings(out).matrix.shape[0] == 2  # the file is as it was
+
+
+def test_ids_already_there_from_another_folder_are_refused(tmp_path, encoder_path, capsys):
+    # b/img000.png kept a/img000.png's vector under the shared id 'img000.png'
+    out = tmp_path / "e.parquet"
+    assert _embed(encoder_path, _images(tmp_path / "a", 2), out, capsys)[0] == 0
+    code, err = _embed(encoder_path, _images(tmp_path / "b", 1, start=0), out, capsys)
+    assert code == 2 and len(err) == 1 and "already there from another folder" in err[0] and "img000.png" in err[0]
+    assert _embed(encoder_path, _images(tmp_path / "c", 1, start=7), out, capsys)[0] == 0  # new ids are welcome
+    assert sorted(read_embeddings(out).ids.to_list()) == ["img000.png", "img001.png", "img007.png"]
+
+
+@pytest.mark.parametrize("case, problem", [
+    ("csv_out", "name the file .parquet"), ("one_image", "an image, not a folder"),
+    ("empty_folder", "holds no files"), ("nothing_readable", "could be embedded"),
+])
+def test_embed_inputs_that_give_no_usable_file_exit_2_with_one_line(tmp_path, encoder_path, capsys, case, problem):
+    images, out = _images(tmp_path / "imgs", 1), tmp_path / "e.parquet"
+    if case == "csv_out":
+        out = tmp_path / "e.csv"  # it once held Parquet bytes that fit could not read
+    elif case == "one_image":
+        images = images / "img000.png"
+    elif case == "empty_folder":
+        images = tmp_path / "none"
+        images.mkdir()
+    else:
+        images = tmp_path / "text"
+        images.mkdir()
+        (images / "ratings.csv").write_text("participant_id,image_id,rating\n")
+    code, err = _embed(encoder_path, images, out, capsys)
+    assert code == 2 and len(err) == 1 and problem in err[0]
+    assert not out.exists()
+
+
+def test_an_unknown_image_id_is_shown_beside_ids_the_file_has(tmp_path, encoder_path):
+    images, out = _images(tmp_path / "imgs", 2), tmp_path / "e.parquet"
+    embed_images(Encoder(encoder_path), list_images(images), out)
+    with pytest.raises(InputError, match=r"its ids look like 'img000.png', 'img001.png'") as caught:
+        read_embeddings(out).rows(pl.Series(["imgs/img000.png"]))
+    assert "could not read" not in str(caught.value)  # nothing was skipped: no report to point at
