@@ -76,3 +76,29 @@ def test_benchmarks_quick_runs_write_to_the_scratch_folder(script, extra, stem, 
     stem = stem or script.removesuffix(".py")
     assert (BENCHMARKS / "results" / "quick" / f"{stem}.json").exists()
     assert _committed_results() == before  # git status stays clean
+
+
+def test_the_own_images_route_runs_as_written(tmp_path):
+    # README "Your own images and ratings": embed a folder, rate its images by their ids, fit, predict
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for k in range(60):
+        folder = tmp_path / "my_images" / ("cats" if k % 2 else "dogs")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(folder / f"{k:02d}.png")
+    _ok(cli("tiny_encoder", "--out", tmp_path / "tiny.onnx", "--dim", 16))
+    _ok(cli("embed", "--encoder", tmp_path / "tiny.onnx", "--images", tmp_path / "my_images",
+            "--out", tmp_path / "my_embeddings.parquet", "--quiet"))
+    ids = pl.read_parquet(tmp_path / "my_embeddings.parquet")["image_id"].to_list()
+    assert "cats/01.png" in ids  # the path relative to --images
+    people = [f"rater {p}" for p in range(12)]
+    rows = [(p, i, int(rng.integers(0, 11))) for p in people for i in rng.choice(ids, 40, replace=False)]
+    pl.DataFrame(rows, schema=["participant_id", "image_id", "rating"], orient="row").write_csv(tmp_path / "my_ratings.csv")
+    _ok(cli("fit", "--data", tmp_path / "my_ratings.csv", "--embeddings", tmp_path / "my_embeddings.parquet",
+            "--scale", "0-10", "--out", tmp_path / "runs" / "mine", "--no-baselines", "--kshot", "0",
+            "--params", '{"n_components": 4, "n_prototypes": 4, "factors": 2, "head_trees": 10, "n_folds": 2}'))
+    pl.DataFrame({"participant_id": people[:2], "image_id": ids[:2]}).write_csv(tmp_path / "pairs.csv")
+    _ok(cli("predict", "--model", tmp_path / "runs" / "mine", "--pairs", tmp_path / "pairs.csv",
+            "--embeddings", tmp_path / "my_embeddings.parquet", "--out", tmp_path / "scores.csv"))
+    assert pl.read_csv(tmp_path / "scores.csv")["score"].is_between(0, 10).all()
