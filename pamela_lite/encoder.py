@@ -400,24 +400,32 @@ def embed_images(encoder: Encoder, files: list[tuple[Path, object]], out: Path, 
     start = time.perf_counter()
     bar = tqdm(total=len(todo), desc="embed", unit="img", disable=not progress, file=sys.stderr)
     done = 0
-    for at in range(0, len(todo), batch_size):
-        pixels, batch_ids = [], []
-        for path, image_id in todo[at:at + batch_size]:
-            try:
-                pixels.append(load_pixels(path, encoder.config))
-                batch_ids.append(image_id)
-            except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
-                report.skipped.append((str(path), f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"))
-        if pixels:
-            vectors.append(encoder(np.stack(pixels)))
-            ids += batch_ids
-            pending += len(batch_ids)
-        bar.update(len(todo[at:at + batch_size]))
-        done += len(todo[at:at + batch_size])
-        if pending >= checkpoint:
-            existing, ids, vectors, pending = _write(out, existing, ids, vectors, source), [], [], 0
-            if log_lines:
-                print(f"embedded {done}/{len(todo)} image(s); saved to {out}", file=sys.stderr, flush=True)
+    try:
+        for at in range(0, len(todo), batch_size):
+            pixels, batch_ids = [], []
+            for path, image_id in todo[at:at + batch_size]:
+                try:
+                    pixels.append(load_pixels(path, encoder.config))
+                    batch_ids.append(image_id)
+                except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
+                    report.skipped.append((str(path),
+                                           f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"))
+            if pixels:
+                batch = encoder(np.stack(pixels))
+                vectors, ids, pending = vectors + [batch], ids + batch_ids, pending + len(batch_ids)  # together
+            bar.update(len(todo[at:at + batch_size]))
+            done += len(todo[at:at + batch_size])
+            if pending >= checkpoint:
+                existing, ids, vectors, pending = _write(out, existing, ids, vectors, source), [], [], 0
+                if log_lines:
+                    print(f"embedded {done}/{len(todo)} image(s); saved to {out}", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:  # keep what is embedded (minutes of a large encoder's work), then stop
+        if ids:
+            _write(out, existing, ids, vectors, source)
+        bar.close()
+        print(f"saved the {len(ids)} image(s) embedded since the last checkpoint to {out}; run the same command "
+              f"to go on", file=sys.stderr)
+        raise
     if ids:
         _write(out, existing, ids, vectors, source)
     bar.close()

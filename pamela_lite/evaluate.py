@@ -12,6 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import polars as pl
+
 from ._atomic import write_text
 from .cli import (Stopwatch, log, output_path, parse_kshot, parser_for, refuse_model_file, report_json, run,
                   seed_arg)
@@ -45,6 +47,20 @@ def present_splits(dataset, wanted: tuple[str, ...]) -> tuple[str, ...]:
     return present
 
 
+def warn_trained_on(model: PersonalScorer, dataset, splits: tuple[str, ...]) -> None:
+    """Warn when evaluated ratings are ratings the model was fitted on (the model folder keeps them):
+    their scores are not a test, e.g. a model fitted on a table without a split column, evaluated
+    on the same rows split later."""
+    kept = model.ratings_.filter(pl.col("image_id").is_not_null()).select("participant_id", "image_id")
+    as_text = [pl.col("participant_id").cast(pl.String), pl.col("image_id").cast(pl.String)]
+    scored = dataset.ratings.filter(pl.col("split").is_in(list(splits))).select(*as_text, "split")
+    seen = scored.join(kept.select(*as_text), on=["participant_id", "image_id"], how="semi")
+    if seen.height:
+        log.warning(f"warning: {dataset.source}: {seen.height} of the {scored.height} ratings evaluated "
+                    f"({', '.join(seen['split'].unique(maintain_order=True).to_list())}) are ratings the model was "
+                    f"fitted on: their scores are not a test of it")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = parser_for("evaluate", __doc__.split("\n\n")[1],
                         "{prog} --model runs/model --data runs/demo_world --kshot 0,10,50", defaults=True)
@@ -75,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                            require_train=not args.no_baselines)
     model.fitted_.check_dimension(dataset.embeddings.dim, dataset.embeddings.source)
     splits = present_splits(dataset, args.splits)
+    warn_trained_on(model, dataset, splits)
     models = {} if args.no_baselines else fit_variants(BASELINES, dataset, args.seed, watch, progress=False)
     models[f"model ({args.model.name})"] = model
     rows = evaluate_models(models, dataset, args.kshot, splits=splits, seed=args.seed)

@@ -475,3 +475,19 @@ def test_a_folder_as_an_output_table_or_as_a_scorer_is_named_as_a_folder(model_d
         check_table_path(tmp_path)
     with pytest.raises(InputError, match="a model folder: export it first"):
         load_scorer(model_dir)
+
+
+def test_evaluating_ratings_the_model_was_fitted_on_warns(model_dir, ratings_table, dataset, tmp_path):
+    # a model fitted on a table without splits, evaluated on the same rows split later: scores inflated, silently
+    relabelled = ratings_table.with_columns(
+        split=pl.when((pl.col("split") == "train") & (pl.int_range(pl.len()) % 7 == 0)).then(pl.lit("test_seen"))
+        .otherwise(pl.col("split")))
+    relabelled.write_csv(tmp_path / "r.csv")
+    write_embeddings(tmp_path / "e.parquet", dataset.embeddings.ids, dataset.embeddings.matrix)
+    done = cli("evaluate", "--model", model_dir, "--data", tmp_path / "r.csv", "--embeddings", tmp_path / "e.parquet",
+               "--no-baselines", "--splits", "test_seen")
+    assert done.returncode == 0, done.stderr
+    assert "are ratings the model was fitted on" in done.stderr
+    clean = cli("evaluate", "--model", model_dir, "--data", tmp_path / "r.csv", "--embeddings", tmp_path / "e.parquet",
+                "--no-baselines", "--splits", "val_seen")
+    assert clean.returncode == 0 and "fitted on: their" not in clean.stderr

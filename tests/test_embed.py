@@ -359,3 +359,24 @@ def test_an_unknown_image_id_is_shown_beside_ids_the_file_has(tmp_path, encoder_
     with pytest.raises(InputError, match=r"its ids look like 'img000.png', 'img001.png'") as caught:
         read_embeddings(out).rows(pl.Series(["imgs/img000.png"]))
     assert "could not read" not in str(caught.value)  # nothing was skipped: no report to point at
+
+
+def test_an_interrupted_embed_keeps_what_it_embedded_since_the_last_checkpoint(tmp_path, encoder_path, monkeypatch):
+    # Ctrl-C threw away everything after the last checkpoint (1,024 images by default)
+    images, out = _images(tmp_path / "imgs", 5), tmp_path / "e.parquet"
+    encoder, calls = Encoder(encoder_path), []
+    real = Encoder.__call__
+
+    def stop_on_third_batch(self, pixels):
+        calls.append(len(pixels))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, pixels)
+
+    monkeypatch.setattr(Encoder, "__call__", stop_on_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        embed_images(encoder, list_images(images), out, batch_size=2, checkpoint=100)
+    assert read_embeddings(out).matrix.shape[0] == 4  # two batches of two, none half-written
+    monkeypatch.setattr(Encoder, "__call__", real)
+    report = embed_images(encoder, list_images(images), out, batch_size=2)
+    assert report.already_present == 4 and report.embedded == 1
