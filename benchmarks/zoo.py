@@ -56,7 +56,7 @@ class OracleSubspace(PersonalScorer):
 
     def _taste_map(self, x_images, resid, user_index, image_index, n_users, reference=None):
         white = self.whitening_
-        k = min(self.n_components, white.matrix.shape[1])
+        k = min(self.n_components_, white.matrix.shape[1])  # as the model: the block validation chose
         basis = self.true_basis / np.std((x_images - white.mean) @ self.true_basis, axis=0)
         return white.mean, np.column_stack([white.matrix[:, :k], basis]), np.zeros((0, 0)), {}
 
@@ -134,8 +134,10 @@ def markdown(summaries, rows, seed_rows, info, args, seconds) -> str:
             "32 principal components, the taste prior as the moment of point estimates (taste_prior="
             "\"moment\"), no catalogue corrections, no tuning; **model** adds learned taste directions, the "
             f"directions that predict the image metadata (group, style, type), the EM taste prior, catalogue "
-            f"corrections and the tuned head; **{ORACLE}** is today's model handed the world's true "
-            "taste basis (the realistic target). *closed* = (model − before) / (oracle − before), shown "
+            f"corrections, the tuned head and 8 or 32 principal components chosen on out-of-fold training "
+            f"ratings; **{ORACLE}** "
+            "is today's model handed the world's true taste basis beside the principal components it chooses "
+            "the same way (the realistic target). *closed* = (model − before) / (oracle − before), shown "
             "when the oracle is at least 0.01 above before.", "",
             "| world | test_seen before / model / oracle | closed | pseudo-unseen k=10 head / before / model / oracle "
             "| model − head at k=10 |",
@@ -196,9 +198,9 @@ def fit_record(model) -> dict:
     """What one fit of the model chose: learned taste directions, metadata coordinates and the
     head the tuner kept."""
     tuning = model.fitted_.tuning
-    _, learned, metadata, _ = model.taste_dimensions()
-    return {"learned_directions": int(learned), "metadata_coordinates": int(sum(metadata.values())),
-            "head": None if tuning is None else tuning["head"]}
+    principal, learned, metadata, _ = model.taste_dimensions()
+    return {"principal_components": int(principal), "learned_directions": int(learned),
+            "metadata_coordinates": int(sum(metadata.values())), "head": None if tuning is None else tuning["head"]}
 
 
 def capturing(factories: dict, fits: list) -> dict:
@@ -221,10 +223,11 @@ def seed_table(summaries, rows, seed_rows, args) -> list[str]:
            f"The same world and split, every model refitted with random_state "
            f"{', '.join(str(args.seed + s) for s in seeds)} (the k-means prototypes, the taste search's half-splits "
            "and nulls, the out-of-fold splits and the trees change). Mean ± sample SD over the fits; "
-           "*closed* per seed, then its mean and range; *per fit*: the model's SROCC, learned taste "
-           "directions (+ metadata directions) and the residual head the tuner kept, in seed order.", "",
+           "*closed* per seed, then its mean and range; *per fit*: the model's SROCC, the principal "
+           "components the fit chose (8 or 32), learned taste directions (+ metadata directions) and the "
+           "residual head the tuner kept, in seed order.", "",
            "| world | before | model | oracle | model − before | closed, mean (range) | model per fit: SROCC, "
-           "directions, head |",
+           "principal, directions, head |",
            "|---|---|---|---|---:|---|---|"]
     for s in summaries:
         w = s["world"]
@@ -245,7 +248,8 @@ def seed_table(summaries, rows, seed_rows, args) -> list[str]:
             record = next((r.get("fit") for r in all_rows if r["world"] == w and r["model"] == MODEL
                            and r["fit_seed"] == seed), None) or {}
             metadata = f" + {record['metadata_coordinates']}" if record.get("metadata_coordinates") else ""
-            per_fit.append(f"{'–' if value is None else f'{value:.3f}'}, {record.get('learned_directions', '–')}"
+            per_fit.append(f"{'–' if value is None else f'{value:.3f}'}, {record.get('principal_components', '–')}, "
+                           f"{record.get('learned_directions', '–')}"
                            f"{metadata}, {record.get('head') or '–'}")
         out.append(f"| {w} | {stat(before)} | {stat(model)} | {stat(oracle)} | "
                    f"{'–' if not lift else f'{np.mean(lift):+.3f}'} | {shown} | {'; '.join(per_fit)} |")
