@@ -661,14 +661,14 @@ class PersonalScorer(BaseEstimator):
         a smaller block leaves the search to find what matters there, and each person has fewer
         coordinates to fit (sparse raters gain most); where it is (taste along the top
         components, as in the mixture world), the search finds those directions less well and a
-        small block costs (trial runs over 31 world configurations: -0.07 to +0.019 test_seen
-        SROCC). The judge is the base's blended score on the out-of-fold training rows — every
+        small block costs (trial runs over 27 world configurations: -0.07 to +0.019 test_seen
+        SROCC for the small block). The judge is the base's blended score on the out-of-fold training rows — every
         rating, held out by image as test images are new — compared per person: validation
         ratings were tried first and were too few (about 10 a person on an independent world,
         which lost 0.013 to a choice within their noise). The smaller block is kept when its mean
         paired per-user gain is at least :data:`TUNE_MIN_GAIN` (it costs nothing at scoring time,
-        so no margin of standard errors is asked: the out-of-fold gains that decided stood 5-9
-        standard errors from 0, those within 1 were all below the margin).
+        so no margin of standard errors is asked: in those trials the gains that chose it stood
+        2.7-8.7 standard errors from 0, and those within 1 were all below the margin).
         """
         small = SMALL_PRINCIPAL_BLOCK
         if (not self.tune or oof is None or self.taste_basis != "learned" or not self.use_taste
