@@ -664,9 +664,9 @@ class PersonalScorer(BaseEstimator):
         small block costs (trial runs over 27 world configurations: -0.07 to +0.019 test_seen
         SROCC for the small block). The judge is the base's blended score on the out-of-fold
         training rows — every rating, held out by image as test images are new — compared per
-        person: validation
-        ratings were tried first and were too few (about 10 a person on an independent world,
-        which lost 0.013 to a choice within their noise). The smaller block is kept when its mean
+        person: validation ratings were tried first and were too few (about 10 a person on an
+        independent world, which lost 0.013 to a choice within their noise). The smaller block
+        is kept when its mean
         paired per-user gain is at least :data:`TUNE_MIN_GAIN` (it costs nothing at scoring time,
         so no margin of standard errors is asked: in those trials the gains that chose it stood
         2.7-8.7 standard errors from 0, and those within 1 were all below the margin).
