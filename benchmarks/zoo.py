@@ -56,7 +56,7 @@ class OracleSubspace(PersonalScorer):
 
     def _taste_map(self, x_images, resid, user_index, image_index, n_users, reference=None):
         white = self.whitening_
-        k = min(self.n_components_, white.matrix.shape[1])  # as the model: the block validation chose
+        k = min(self.n_components_, white.matrix.shape[1])  # as the model: the block its out-of-fold ratings chose
         basis = self.true_basis / np.std((x_images - white.mean) @ self.true_basis, axis=0)
         return white.mean, np.column_stack([white.matrix[:, :k], basis]), np.zeros((0, 0)), {}
 

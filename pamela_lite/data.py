@@ -153,16 +153,16 @@ class Embeddings:
         skipped = Path(f"{self.source}.skipped.csv")  # what embed writes beside its output
         try:
             report = pl.read_csv(skipped, infer_schema=False) if skipped.is_file() else None
-        except Exception:  # an unreadable report is no reason to hide the real message
+            if report is None or not report.height:
+                return ""
+            ids = [str(i) for i in missing.to_list()]
+            if "image_id" in report.columns:  # the id each skipped file would have had
+                hits = len(set(ids) & set(report["image_id"].to_list()))
+            else:  # a report of an earlier version: paths as given to embed, an id being a path's tail
+                paths = report["path"].to_list()
+                hits = sum(any(p == i or p.endswith("/" + i) for p in paths) for i in ids)
+        except Exception:  # an unreadable or foreign report is no reason to hide the real message
             return ""
-        if report is None or not report.height:
-            return ""
-        ids = [str(i) for i in missing.to_list()]
-        if "image_id" in report.columns:  # the id each skipped file would have had
-            hits = len(set(ids) & set(report["image_id"].to_list()))
-        else:  # a report of an earlier version: paths as given to embed, an id being a path's tail
-            paths = report["path"].to_list()
-            hits = sum(any(p == i or p.endswith("/" + i) for p in paths) for i in ids)
         return f" ({hits} of them embed could not read: see {skipped})" if hits else ""
 
     def take(self, image_ids: pl.Series, source: str | Path | None = None) -> np.ndarray:

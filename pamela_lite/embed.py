@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.batch < 1 or args.checkpoint < 1:
         raise InputError(None, "--batch and --checkpoint must be at least 1")
-    if args.out.suffix.lower() != ".parquet":  # fit and predict read embeddings by their suffix
+    if args.out.suffix.lower() not in (".parquet", ".pq"):  # fit and predict read embeddings by their suffix
         raise InputError(args.out, "embeddings are written as Parquet: name the file .parquet")
     watch = Stopwatch(args.quiet)
     encoder = Encoder(args.encoder, args.threads)
@@ -101,7 +101,7 @@ def _is_skipped_report(path: Path) -> bool:
     """Whether `path` is a skipped-files report (a CSV of path, reason), which a run may remove."""
     try:
         with open(path, encoding="utf-8") as fh:
-            return fh.readline().strip().startswith("path,reason")
+            return fh.readline().strip() in ("path,reason", "path,reason,image_id")  # embed's own, no other CSV
     except (OSError, UnicodeDecodeError):
         return False
 

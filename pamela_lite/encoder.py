@@ -187,7 +187,10 @@ class Encoder:
         self._check_shape(path, sidecar)
         # What made an embedding: the graph and its preprocessing (an embeddings file records it,
         # so a resumed run with another encoder of the same width is refused, not mixed in).
-        digest = hashlib.sha256(path.read_bytes())
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:  # in chunks: a large encoder is a gigabyte
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
         digest.update(json.dumps(dataclasses.asdict(self.config), sort_keys=True).encode())
         self.identity = digest.hexdigest()
 
@@ -326,20 +329,26 @@ def _check_source(out: Path, existing: pl.DataFrame | None, encoder: "Encoder", 
                   files: list) -> dict:
     """The source record to write, after refusing a resumed file another encoder made, or ids
     already there that come from another image folder (they would keep that folder's vectors)."""
-    source = embeddings_source(out) if existing is not None and existing.height else None
-    if source is None:
+    if existing is None or not existing.height:
         return {"encoder": encoder.identity, "roots": [root] if root else []}
+    source = embeddings_source(out)
+    if source is None:  # rows of an unknown encoder: not stamped as this one's, which nothing could check
+        print(f"warning: {out} does not say which encoder made it (written elsewhere, or by an earlier version): "
+              f"its rows are taken to be this encoder's", file=sys.stderr)
+        return None
     if source.get("encoder") != encoder.identity:
         raise InputError(out, "was made by another encoder (or other preprocessing) than this one: its embeddings "
                               "and this encoder's do not mix; use another --out, or the encoder that made it")
     roots = list(source.get("roots") or [])
     if root and roots and root not in roots:
+        # Relative ids from another folder: the same images moved, or other images under the same
+        # names; only the person who moved them knows, so they are told (absolute ids say which file).
         have = set(existing["image_id"].cast(pl.String).to_list())
-        clash = [str(i) for _, i in files if str(i) in have]
+        clash = [str(i) for _, i in files if str(i) in have and not os.path.isabs(str(i))]
         if clash:
-            raise InputError(out, f"{len(clash)} image id(s) of {root} are already there from another folder "
-                                  f"({roots[0]}), e.g. {clash[0]!r}: they would keep that folder's embeddings; "
-                                  f"embed into another --out (or give the images other ids with a list file)")
+            print(f"warning: {out}: {len(clash)} image id(s) of {root} are already there from "
+                  f"{' or '.join(roots)}, e.g. {clash[0]!r}: they keep the embeddings made there (right if the "
+                  f"folder moved; if they are other images, embed into another --out)", file=sys.stderr)
     return {"encoder": encoder.identity, "roots": roots + ([root] if root and root not in roots else [])}
 
 
@@ -419,15 +428,16 @@ def embed_images(encoder: Encoder, files: list[tuple[Path, object]], out: Path, 
                 existing, ids, vectors, pending = _write(out, existing, ids, vectors, source), [], [], 0
                 if log_lines:
                     print(f"embedded {done}/{len(todo)} image(s); saved to {out}", file=sys.stderr, flush=True)
-    except KeyboardInterrupt:  # keep what is embedded (minutes of a large encoder's work), then stop
         if ids:
             _write(out, existing, ids, vectors, source)
+            ids = []
+    except KeyboardInterrupt:  # keep what is embedded (minutes of a large encoder's work), then stop
         bar.close()
-        print(f"saved the {len(ids)} image(s) embedded since the last checkpoint to {out}; run the same command "
-              f"to go on", file=sys.stderr)
+        if ids:
+            _write(out, existing, ids, vectors, source)
+            print(f"saved the {len(ids)} image(s) embedded since the last checkpoint to {out}; run the same "
+                  f"command to go on", file=sys.stderr)
         raise
-    if ids:
-        _write(out, existing, ids, vectors, source)
     bar.close()
     report.seconds = time.perf_counter() - start
     report.embedded = len(todo) - len(report.skipped)

@@ -121,15 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
                              '\'{"gain_bin": 0}\' turns the weighting off, which did better where taste sits in one '
                              "band and people are few (benchmarks/results/gain_ablation.md)")
     parser.add_argument("--no-tune", action="store_true",
-                        help="do not let val_seen choose the residual head's size and the number of principal "
-                             "components (by default a larger head is also fitted, about 1.5x the fit time, and "
-                             "kept only if it ranks the known users' validation images clearly better, its choice "
-                             "recorded in model.json under 'tuning'; and the taste model is also fitted on 8 "
-                             "principal components instead of n_components, about 1.5x the fit time again, kept if "
-                             "its per-user SROCC on out-of-fold training ratings rises by 0.002, recorded in "
-                             "metrics.json). Head settings given in --params "
-                             "also turn tuning off; "
-                             "without val_seen ratings of known people nothing is tuned (a progress line says so)")
+                        help="fit as the hyperparameters say, choosing nothing: by default val_seen chooses the "
+                             "residual head's size (a larger head is also fitted, about 1.5x the fit time, and "
+                             "kept only if it ranks the known users' validation images clearly better; recorded in "
+                             "model.json under 'tuning'; without val_seen ratings of known people the head is not "
+                             "tuned, a progress line says so), and the out-of-fold training ratings choose 8 "
+                             "principal components instead of n_components when they rank better by 0.002 (the "
+                             "taste model is fitted twice; recorded in metrics.json). Head settings given in "
+                             "--params turn both choices off")
     parser.add_argument("--threads", type=int, default=1,
                         help="threads for BLAS, OpenMP, implicit and LightGBM (1 measured fastest on a 2-core "
                              "machine shared with other work: 2 threads took 3x longer)")

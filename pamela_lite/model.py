@@ -511,7 +511,7 @@ class PersonalScorer(BaseEstimator):
         """(mean, components, learned directions, metadata blocks) of the taste coordinates
         ``z = (x - mean) @ components``.
 
-        The top `n_components` principal directions (where images differ most) come first; with
+        The top ``n_components_`` principal directions (where images differ most) come first; with
         ``taste_basis="learned"`` they are followed by up to `taste_rank` directions of their
         orthogonal complement in which users' tastes are found to differ (``pamela_lite.taste``),
         then by the directions that predict each metadata field, outside all of those

@@ -401,10 +401,12 @@ class EdgeObjective:
 
 def split_prompt(prompt: str, phrases) -> tuple[str, list[str]]:
     """(base, edit phrases) of a prompt: its comma-separated parts that are vocabulary phrases
-    are the edits, the others (in order) the base. `phrases` is a set of known phrases."""
+    (compared by :func:`phrase_key`, returned as the vocabulary spells them) are the edits, the
+    others (in order) the base. `phrases` is a set of known phrases."""
+    canonical = {phrase_key(p): p for p in phrases}  # "Warm  Light" in a log is the phrase "warm light"
     parts = [p.strip() for p in str(prompt).split(",")]
-    edits = [p for p in parts if p in phrases]
-    return ", ".join(p for p in parts if p and p not in phrases), edits
+    edits = [canonical[phrase_key(p)] for p in parts if phrase_key(p) in canonical]
+    return ", ".join(p for p in parts if p and phrase_key(p) not in canonical), edits
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -321,14 +322,36 @@ def test_resuming_with_another_encoder_of_the_same_width_is_refused(tmp_path, en
     assert read_embeddings(out).matrix.shape[0] == 2  # the file is as it was
 
 
-def test_ids_already_there_from_another_folder_are_refused(tmp_path, encoder_path, capsys):
-    # b/img000.png kept a/img000.png's vector under the shared id 'img000.png'
+def test_ids_already_there_from_another_folder_are_named(tmp_path, encoder_path, capsys):
+    # b/img000.png kept a/img000.png's vector under the shared id 'img000.png', silently; a moved folder
+    # gives the same ids for the same images, so it is a warning, not a refusal
     out = tmp_path / "e.parquet"
     assert _embed(encoder_path, _images(tmp_path / "a", 2), out, capsys)[0] == 0
     code, err = _embed(encoder_path, _images(tmp_path / "b", 1, start=0), out, capsys)
-    assert code == 2 and len(err) == 1 and "already there from another folder" in err[0] and "img000.png" in err[0]
-    assert _embed(encoder_path, _images(tmp_path / "c", 1, start=7), out, capsys)[0] == 0  # new ids are welcome
+    assert code == 0 and any("already there from" in line and "img000.png" in line for line in err)
+    code, err = _embed(encoder_path, _images(tmp_path / "c", 1, start=7), out, capsys)  # new ids: nothing to say
+    assert code == 0 and not any("already there" in line for line in err)
     assert sorted(read_embeddings(out).ids.to_list()) == ["img000.png", "img001.png", "img007.png"]
+
+
+def test_a_file_that_does_not_say_its_encoder_is_not_stamped_with_this_one(tmp_path, encoder_path, capsys):
+    from pamela_lite.encoder import embeddings_source
+
+    images, out = _images(tmp_path / "imgs", 2), tmp_path / "e.parquet"
+    assert _embed(encoder_path, images, out, capsys)[0] == 0
+    pl.read_parquet(out).write_parquet(out)  # as an earlier version (or another tool) wrote it
+    _images(images, 1, start=5)
+    code, err = _embed(encoder_path, images, out, capsys)
+    assert code == 0 and any("does not say which encoder made it" in line for line in err)
+    assert embeddings_source(out) is None and read_embeddings(out).matrix.shape[0] == 3
+
+
+def test_only_embeds_own_report_is_removed_by_a_clean_run(tmp_path, encoder_path, capsys):
+    mine = tmp_path / "mine.csv"
+    mine.write_text("path,reason_code\nx,1\n")  # a user's CSV named as --report
+    code = run(embed.main, ["--encoder", str(encoder_path), "--images", str(_images(tmp_path / "imgs", 1)),
+                            "--out", str(tmp_path / "e.parquet"), "--report", str(mine), "--quiet"])
+    assert code == 0 and mine.read_text() == "path,reason_code\nx,1\n"
 
 
 @pytest.mark.parametrize("case, problem", [
@@ -359,6 +382,9 @@ def test_an_unknown_image_id_is_shown_beside_ids_the_file_has(tmp_path, encoder_
     with pytest.raises(InputError, match=r"its ids look like 'img000.png', 'img001.png'") as caught:
         read_embeddings(out).rows(pl.Series(["imgs/img000.png"]))
     assert "could not read" not in str(caught.value)  # nothing was skipped: no report to point at
+    Path(f"{out}.skipped.csv").write_text("file,why\nx,y\n")  # not embed's: the message stays the real one
+    with pytest.raises(InputError, match="have no embedding"):
+        read_embeddings(out).rows(pl.Series(["imgs/img000.png"]))
 
 
 def test_an_interrupted_embed_keeps_what_it_embedded_since_the_last_checkpoint(tmp_path, encoder_path, monkeypatch):

@@ -67,6 +67,15 @@ def test_phrases_differing_in_case_or_spacing_are_one_phrase():
     assert vocab.set_by("a cat,  Golden  Hour Light ")[1] == {"light": "golden hour light"}
 
 
+def test_a_log_spelling_a_phrase_another_way_teaches_that_phrase():
+    # "a cat, Warm  Light" stayed a base of its own: the phrase learnt no shift from it
+    vocab = steer.Vocabulary.from_dict({"attributes": {"light": ["warm light"]}})
+    prompts = ["a cat"] * 4 + ["a cat, Warm  Light"] * 4
+    emb = np.array([[0.0, 0.0]] * 4 + [[0.0, 1.0]] * 4)
+    effects = steer.PhraseEffects.fit(prompts, emb, vocab, ridge=1e-6)
+    assert effects.bases == ["a cat"] and np.allclose(effects.shifts[0], [0.0, 1.0], atol=1e-4)
+
+
 def test_predicted_phrase_gains_follow_the_true_gains_of_each_person(steer_world, sim, sim_effects):
     from pamela_lite.model import PersonalScorer
 

@@ -144,6 +144,7 @@ def test_keeping_the_larger_block_gives_the_model_fitted_without_the_choice(smal
     # the choice fits the small block on the side: keeping the larger one changes nothing
     monkeypatch.setattr(model_module, "TUNE_MIN_GAIN", 1.0)
     chosen, given = _fit_train(small_block_world), _fit_train(small_block_world, tune=False)
+    assert chosen.principal_choice_ is not None and chosen.n_components_ == 32  # asked, and kept the larger
     pairs = small_block_world.split("test_seen").filter(pl.col("participant_id").is_in(given.users_))
     assert (chosen.predict(pairs, small_block_world.embeddings) == given.predict(pairs, small_block_world.embeddings)).all()
 
