@@ -73,7 +73,7 @@ def test_a_log_spelling_a_phrase_another_way_teaches_that_phrase():
     prompts = ["a cat"] * 4 + ["a cat, Warm  Light"] * 4
     emb = np.array([[0.0, 0.0]] * 4 + [[0.0, 1.0]] * 4)
     effects = steer.PhraseEffects.fit(prompts, emb, vocab, ridge=1e-6)
-    assert effects.bases == ["a cat"] and np.allclose(effects.shifts[0], [0.0, 1.0], atol=1e-4)
+    assert list(effects.bases) == ["a cat"] and np.allclose(effects.shifts[0], [0.0, 1.0], atol=1e-4)
 
 
 def test_predicted_phrase_gains_follow_the_true_gains_of_each_person(steer_world, sim, sim_effects):
