@@ -326,9 +326,10 @@ def embeddings_source(out: Path) -> dict | None:
 
 
 def _check_source(out: Path, existing: pl.DataFrame | None, encoder: "Encoder", root: str | None,
-                  files: list) -> dict:
-    """The source record to write, after refusing a resumed file another encoder made, or ids
-    already there that come from another image folder (they would keep that folder's vectors)."""
+                  files: list, have: set[str]) -> dict | None:
+    """The source record to write (None: the file does not say its encoder, and is not stamped),
+    after refusing a resumed file another encoder made and warning about ids already there
+    (`have`) that come from another image folder (they keep that folder's vectors)."""
     if existing is None or not existing.height:
         return {"encoder": encoder.identity, "roots": [root] if root else []}
     source = embeddings_source(out)
@@ -343,7 +344,6 @@ def _check_source(out: Path, existing: pl.DataFrame | None, encoder: "Encoder", 
     if root and roots and root not in roots:
         # Relative ids from another folder: the same images moved, or other images under the same
         # names; only the person who moved them knows, so they are told (absolute ids say which file).
-        have = set(existing["image_id"].cast(pl.String).to_list())
         clash = [str(i) for _, i in files if str(i) in have and not os.path.isabs(str(i))]
         if clash:
             print(f"warning: {out}: {len(clash)} image id(s) of {root} are already there from "
@@ -401,8 +401,8 @@ def embed_images(encoder: Encoder, files: list[tuple[Path, object]], out: Path, 
         if have is not None and have != encoder.dim:
             raise InputError(out, f"holds {have}-d embeddings; this encoder gives {encoder.dim}-d: "
                                   f"use another --out (or the encoder that made the file)")
-    source = _check_source(out, existing, encoder, None if root is None else str(Path(root).resolve()), files)
     done = set(existing["image_id"].cast(pl.String).to_list()) if existing is not None else set()
+    source = _check_source(out, existing, encoder, None if root is None else str(Path(root).resolve()), files, done)
     todo = [(p, i) for p, i in files if str(i) not in done]
     report.already_present = len(files) - len(todo)
     ids, vectors, pending = [], [], 0

@@ -676,13 +676,17 @@ class PersonalScorer(BaseEstimator):
                 or small >= min(self.n_components, self.whitening_.matrix.shape[1])):
             return base, oof, None
         rows = ratings.select("participant_id", "rating")
-        wide = _validation_users(rows, self._base_score(oof, self._fit_blend(oof, y)))
+
+        def per_user_srocc(out_of_fold: dict) -> pl.DataFrame:  # the blended base, as the fit will blend it
+            return _validation_users(rows, self._base_score(out_of_fold, self._fit_blend(out_of_fold, y)))
+
+        wide = per_user_srocc(oof)
         if not wide.height:  # nobody with spread in their ratings to rank
             return base, oof, None
         self.n_components_ = small
         narrow_base = self._fit_base(y, user_index, image_index, x_images, len(head_demo))
         narrow_oof = self._out_of_fold(narrow_base, y, user_index, image_index, x_images, head_demo, folds)
-        narrow = _validation_users(rows, self._base_score(narrow_oof, self._fit_blend(narrow_oof, y)))
+        narrow = per_user_srocc(narrow_oof)
         gain = narrow["srocc"] - wide["srocc"]  # the same people, in the same order
         keep_small = float(gain.mean()) >= TUNE_MIN_GAIN
         self.n_components_ = small if keep_small else self.n_components

@@ -538,11 +538,9 @@ class PhraseEffects:
             return self.base_means[[self.bases.index(base.strip())]], True
         # A base that holds phrases of the log ("X, close-up") is X moved by their shifts: the log
         # keeps bases without their phrases, so X is what to look up.
-        keys = {phrase_key(p): k for k, p in enumerate(self.phrases)}
-        parts = [part.strip() for part in base.split(",")]
-        held = [keys[phrase_key(p)] for p in parts if phrase_key(p) in keys]
+        text, phrases = split_prompt(base, self.phrases)
+        held = [self.phrases.index(p) for p in phrases]
         shift = self.shifts[held].sum(0) if held else np.zeros(self.dim)
-        text = ", ".join(p for p in parts if p and phrase_key(p) not in keys)
         if held and text in self.bases:
             return self.base_means[[self.bases.index(text)]] + shift, True
         step = max(1, len(self.bases) // limit)
@@ -1361,8 +1359,7 @@ def _phrase_effects(args, vocab: Vocabulary, generate, dim: int, searched: Vocab
         if not isinstance(generate, SimulatedGenerator):
             raise InputError(None, "--history sim needs --generator sim:WORLD")
         # The log never holds the base prompt steered here, and its seeds are its own.
-        base_text = ", ".join(p.strip() for p in args.prompt.split(",")
-                              if p.strip() and phrase_key(p) not in {phrase_key(q) for _, qs in vocab.attributes for q in qs})
+        base_text, _ = split_prompt(args.prompt, {q for _, qs in vocab.attributes for q in qs})
         prompts, emb = generate.past_generations(vocab, exclude={args.prompt.strip(), base_text})
         effects = PhraseEffects.fit(prompts, emb, vocab, source="the simulated log")
     elif args.history is not None:
