@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import polars as pl
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from ._atomic import atomic_file
@@ -117,8 +117,9 @@ def load_pixels(path: Path, config: Preprocess) -> np.ndarray:
 
 def image_pixels(img: Image.Image, config: Preprocess) -> np.ndarray:
     """One PIL image as float32 HxWx3 in [0, 1], resized and cropped as `config` says (the one
-    preprocessing of embed and of a generator adapter)."""
-    img = _rgb(img)
+    preprocessing of embed and of a generator adapter). A photo's EXIF orientation is applied first,
+    so the encoder sees the picture upright, as a viewer shows it."""
+    img = _rgb(ImageOps.exif_transpose(img))
     size = config.input_size
     resample = Image.Resampling.BICUBIC if config.interpolation == "bicubic" else Image.Resampling.BILINEAR
     if config.resize == "squash":
@@ -248,10 +249,12 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".ti
 
 
 def list_images(images: Path) -> list[tuple[Path, str]]:
-    """(file, id) pairs: a folder is searched recursively; a list file names one path per line."""
+    """(file, id) pairs: a folder is searched recursively; a list file names one path per line.
+
+    In a folder, hidden files and folders (names starting with ".": thumbnails, checkpoints,
+    version control) are left out, and linked subfolders are followed (each real folder once)."""
     if images.is_dir():
-        files = sorted(p for p in images.rglob("*") if p.is_file() and not p.name.startswith("."))
-        return [(p, p.relative_to(images).as_posix()) for p in files]
+        return [(images / name, name) for name in _folder_images(images)]
     if not images.exists():
         raise InputError(images, "no such folder or list file")
     try:
@@ -268,6 +271,21 @@ def list_images(images: Path) -> list[tuple[Path, str]]:
         image_id = posixpath.normpath(line) if not Path(line).is_absolute() else line
         pairs.setdefault(image_id, (base / image_id) if not Path(line).is_absolute() else Path(line))
     return [(path, image_id) for image_id, path in pairs.items()]
+
+
+def _folder_images(root: Path) -> list[str]:
+    """Sorted relative paths (posix) of the visible files under `root`, following linked folders."""
+    names, seen = [], set()
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a link back up the tree, or a second link to one folder
+            subfolders[:] = []
+            continue
+        seen.add(real)
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        relative = Path(folder).relative_to(root)
+        names += [(relative / f).as_posix() for f in files if not f.startswith(".") and os.path.isfile(os.path.join(folder, f))]
+    return sorted(names)
 
 
 def pamela_ids(root: Path) -> dict[str, object]:

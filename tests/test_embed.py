@@ -72,6 +72,37 @@ def test_a_list_naming_an_image_twice_gives_one_id(tmp_path, encoder_path):
     assert read_embeddings(tmp_path / "e.parquet").matrix.shape[0] == 2
 
 
+def test_hidden_files_and_folders_are_left_out(tmp_path):
+    # thumbnails and notebook checkpoints in hidden folders were embedded as images of their own
+    images = _images(tmp_path / "imgs", 2)
+    _images(images / ".thumbnails", 1)
+    (images / ".cover.png").write_bytes((images / "img000.png").read_bytes())
+    assert [i for _, i in list_images(images)] == ["img000.png", "img001.png"]
+
+
+def test_linked_subfolders_are_followed_once(tmp_path):
+    # a linked subfolder was silently skipped; a link back up the tree must not loop
+    images = _images(tmp_path / "imgs", 1)
+    _images(tmp_path / "elsewhere", 1, start=5)
+    (images / "more").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (images / "loop").symlink_to(images, target_is_directory=True)
+    assert [i for _, i in list_images(images)] == ["img000.png", "more/img005.png"]
+
+
+def test_a_photo_is_embedded_upright_as_its_exif_orientation_says(tmp_path):
+    # a phone photo stored sideways with an orientation tag was embedded sideways
+    rows, cols = np.mgrid[0:30, 0:40]
+    upright = Image.fromarray(np.stack([rows * 8, cols * 6, (rows * cols) % 256], axis=-1).astype(np.uint8))
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # what the camera wrote
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to view"
+    stored.save(tmp_path / "photo.jpg", exif=exif, quality=100)
+    upright.save(tmp_path / "upright.jpg", quality=100)
+    config = Preprocess(input_size=16, resize="squash", center_crop=False)
+    np.testing.assert_allclose(load_pixels(tmp_path / "photo.jpg", config),
+                               load_pixels(tmp_path / "upright.jpg", config), atol=0.08)
+
+
 def test_rerun_skips_done_images_and_appends_new_ones(tmp_path, encoder_path):
     images = _images(tmp_path / "imgs", 3)
     out = tmp_path / "e.parquet"
