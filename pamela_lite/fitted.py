@@ -69,6 +69,9 @@ class FittedScorer:
     params: dict = field(default_factory=dict)  # the hyperparameters it was fitted with (PersonalScorer's)
     events: EventChannel | None = None  # the implicit-feedback channel, when fitted with events
     tuning: dict | None = None  # what the fit chose on validation, and the scores it chose by
+    # How many of the taste coordinates are principal components, learned directions and metadata
+    # blocks (informative: `params` holds the constructor's n_components, the fit may use fewer).
+    taste_coordinates: dict | None = None
 
     @property
     def events_only(self) -> bool:
@@ -162,6 +165,8 @@ class FittedScorer:
             meta["events"] = self.events.to_json()
         if self.tuning is not None:
             meta["tuning"] = self.tuning
+        if self.taste_coordinates is not None:
+            meta["taste_coordinates"] = self.taste_coordinates
         return meta, arrays, self.head
 
     @classmethod
@@ -184,7 +189,7 @@ class FittedScorer:
         events = EventChannel.from_json(meta["events"]) if meta.get("events") is not None else None
         return cls((int(meta["scale"][0]), int(meta["scale"][1])), side, solver, prior,
                    np.array(meta["blend"], dtype=np.float64), head, catalogue, dict(meta["params"]), events,
-                   meta.get("tuning"))
+                   meta.get("tuning"), meta.get("taste_coordinates"))
 
     def digest(self) -> str:
         """sha256 of the fit's content (not of its files' bytes): what a users file is tied to."""

@@ -133,6 +133,17 @@ def test_out_of_fold_ratings_may_choose_the_smaller_principal_block(small_block_
         model.metadata_blocks_.values())  # the scorer is the chosen block's
 
 
+def test_the_saved_model_says_how_many_principal_components_it_uses(small_block_world, tmp_path):
+    # model.json showed only the constructor's n_components (32) for a fit that used 8
+    model = _fit_train(small_block_world)
+    meta = json.loads((model.save(tmp_path / "m") / "model.json").read_text())
+    principal, learned, metadata, _ = model.taste_dimensions()
+    assert meta["taste_coordinates"] == {"principal": principal, "learned": learned, "metadata": metadata}
+    assert meta["taste_coordinates"]["principal"] == model_module.SMALL_PRINCIPAL_BLOCK
+    assert meta["params"]["n_components"] == 32  # the parameter as given
+    assert PersonalScorer.load(tmp_path / "m").fitted_.taste_coordinates == meta["taste_coordinates"]
+
+
 def test_the_smaller_principal_block_must_clear_the_margin(small_block_world, monkeypatch):
     monkeypatch.setattr(model_module, "TUNE_MIN_GAIN", 1.0)
     model = _fit_train(small_block_world)
