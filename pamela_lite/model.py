@@ -1080,8 +1080,9 @@ class PersonalScorer(BaseEstimator):
         unknown = found.filter(pl.col("_row").is_null())["participant_id"].unique(maintain_order=True)
         if len(unknown):
             raise InputError(None, f"{len(unknown)} participant(s) unknown to the model and without context "
-                                   f"ratings: {preview(unknown.to_list())}; fold them in from their ratings or "
-                                   f"events (--context / --context-events; in Python fold_in or add_users)")
+                                   f"ratings: {preview(unknown.to_list())}; fold them in from their ratings, events or "
+                                   f"demographics (--context / --context-events / --people; in Python fold_in or "
+                                   f"add_users)")
         feats = self.image_features(embeddings.take(pairs["image_id"]))
         rows = found["_row"].to_numpy()
         return {**self._columns(self.fitted_.solver.mean, feats, table[rows]), "user_row": rows}

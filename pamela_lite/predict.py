@@ -3,8 +3,9 @@
 Users known at fit time are scored from their stored state. Users in ``--context`` (ratings of
 people not seen in training, same columns as a ratings table) are folded in first, without
 refitting; so are people in ``--context-events`` (what they did: an events table, see
-:mod:`pamela_lite.events`), from their events alone or with their ratings. A user who is neither
-known nor in a context is an error, not a silent mean.
+:mod:`pamela_lite.events`), from their events alone or with their ratings, and people in
+``--people`` (participant_id and demographics) with nothing rated yet, from the demographic prior
+(k = 0). A user who is neither known nor given is an error, not a silent mean.
 Output columns: participant_id, image_id, score.
 """
 
@@ -18,7 +19,8 @@ import polars as pl
 
 from .cli import (REFIT_KNOWN, Stopwatch, check_table_path, log, output_path, parser_for, refuse_known_context,
                   refuse_rating_context, run, warn_unknown_demographics, write_table)
-from .data import Scale, id_type_note, read_embeddings, read_pairs, read_ratings, validate_ratings
+from .data import (DEMOGRAPHICS, Scale, _require_columns, id_type_note, read_embeddings, read_pairs, read_ratings,
+                   read_table, validate_ratings)
 from .errors import InputError, preview
 from .events import comparing_nothing, evidence, load_events, no_ratings, without_actions
 from .fitted import MODEL_FILES
@@ -39,14 +41,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="events of new users (participant_id, image_id, event or weight [, session_id, ...]), "
                              "folded in with the model's event channel, alone or with --context; a numeric weight is "
                              "used as given (your own signed confidence), not replaced by the fitted event weights")
+    parser.add_argument("--people", type=Path,
+                        help="new people (participant_id [, age or age_binned, gender, nationality]); those with "
+                             "nothing in --context / --context-events are scored from their demographics alone "
+                             "(k = 0: what the model expects of anyone like them), the others get these "
+                             "demographics with their ratings or events")
     parser.add_argument("--refit-known", action="store_true",
-                        help="let --context / --context-events replace the stored state of users the model "
+                        help="let --context / --context-events / --people replace the stored state of users the model "
                              "already knows (with --add-to-model, also the ratings and events it kept of them)")
     parser.add_argument("--no-catalogue", action="store_true",
                         help="score every image by its embedding alone, as the exported ONNX scorer does (by "
                              "default images rated at fit time get the model's per-image correction, if it kept one)")
     parser.add_argument("--add-to-model", action="store_true",
-                        help="also keep the --context / --context-events users in the model folder (their "
+                        help="also keep the --context / --context-events / --people users in the model folder (their "
                              "states, ratings and events), so later predict and export know them and a refit "
                              "folds them in again")
     parser.add_argument("--out", type=output_path, required=True, help="output table (.csv, .parquet or .json)")
@@ -101,13 +108,36 @@ def load_context(path: Path, model: PersonalScorer, refit_known: bool = False, r
     return frame
 
 
+def load_people(path: Path, model: PersonalScorer, refit_known: bool = False, remedy: str = REFIT_KNOWN
+                ) -> pl.DataFrame:
+    """New people's ids and demographics, one row each; people the model knows are refused unless
+    `refit_known`, values of gender or nationality it never saw are reported once."""
+    frame = read_table(path)
+    _require_columns(frame, ("participant_id",), path)
+    frame = frame.select("participant_id", *(c for c in (*DEMOGRAPHICS, "age_binned") if c in frame.columns))
+    if frame.height == 0 or frame["participant_id"].null_count() == frame.height:
+        raise InputError(path, "no people in the file")
+    if frame["participant_id"].null_count():
+        raise InputError(path, f"{frame['participant_id'].null_count()} row(s) without a participant_id")
+    refuse_known_context(frame["participant_id"], model.users_, path, refit_known, remedy)
+    prior = model.fitted_.prior
+    warn_unknown_demographics(frame, {"gender": prior.genders, "nationality": prior.nationalities}, path)
+    return frame
+
+
 def add_to_model(model: PersonalScorer, context: pl.DataFrame, embeddings, folder: Path,
-                 events: pl.DataFrame | None = None) -> None:
-    """Keep context users (their ratings and events) in the model folder (atomically; the folder's
-    other files are kept as they are)."""
-    model.add_users(context, embeddings, events=events)
+                 events: pl.DataFrame | None = None, people: pl.DataFrame | None = None) -> None:
+    """Keep context users (their ratings, events and demographics) in the model folder (atomically;
+    the folder's other files are kept as they are)."""
+    model.add_users(context, embeddings, users=people, events=events)
     others = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and p.name not in MODEL_FILES}
     model.save(folder, extra_files=others)
+
+
+def _demographics_only(ids: list, context: pl.DataFrame, events: pl.DataFrame | None) -> int:
+    """How many of the folded-in `ids` have neither ratings nor events."""
+    given = {str(u) for f in (context, events) if f is not None for u in f["participant_id"].to_list()}
+    return sum(str(u) not in given for u in ids)
 
 
 def lookup_ids(pairs: pl.DataFrame, *others: pl.Series) -> pl.DataFrame:
@@ -123,8 +153,8 @@ def lookup_ids(pairs: pl.DataFrame, *others: pl.Series) -> pl.DataFrame:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_table_path(args.out)
-    if args.add_to_model and args.context is None and args.context_events is None:
-        raise InputError(None, "--add-to-model needs --context or --context-events (the users to add)")
+    if args.add_to_model and args.context is None and args.context_events is None and args.people is None:
+        raise InputError(None, "--add-to-model needs --context, --context-events or --people (the users to add)")
     watch = Stopwatch(args.quiet)
     model = PersonalScorer.load(args.model)
     embeddings = read_embeddings(args.embeddings)
@@ -137,16 +167,22 @@ def main(argv: list[str] | None = None) -> int:
         events = load_context_events(args.context_events, model, args.model, embeddings, args.refit_known)
         warn_idle_events(events, model, args.model, args.context_events)
         others.append(events["participant_id"])
-    if args.context is not None or events is not None:
+    people = None
+    if args.people is not None:
+        people = load_people(args.people, model, args.refit_known)
+        others.append(people["participant_id"])
+    if args.context is not None or events is not None or people is not None:
         if args.context is not None:
             context = load_context(args.context, model, args.refit_known)
             embeddings.rows(context["image_id"].unique(), args.context)
             others.append(context["participant_id"])
         else:
-            context = no_ratings(events)
-        states = model.fold_in(context, embeddings, events=events)
+            context = no_ratings(events if events is not None else people.with_columns(image_id=pl.lit(None, pl.String)))
+        states = model.fold_in(context, embeddings, users=people, events=events)
         watch.step(f"folded in {len(states[0])} user(s) from {context.height} context ratings"
-                   + (f" and {events.height} events" if events is not None else ""))
+                   + (f" and {events.height} events" if events is not None else "")
+                   + (f" ({_demographics_only(states[0], context, events)} from demographics alone)"
+                      if people is not None else ""))
     try:
         scores = model.predict(lookup_ids(pairs, *others), embeddings, states, catalogue=not args.no_catalogue)
     except InputError as err:
@@ -157,10 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     write_table(pairs.with_columns(score=pl.Series(scores)), args.out)
     watch.step(f"scored {pairs.height} pairs → {args.out}")
     if args.add_to_model:
-        add_to_model(model, context, embeddings, args.model, events)
+        add_to_model(model, context, embeddings, args.model, events, people)
         watch.step(f"kept {len(states[0])} context user(s) and their "
                    + ("ratings and events" if context.height and events is not None else
-                      "events" if events is not None else "ratings") + f" in {args.model}")
+                      "events" if events is not None else "ratings" if context.height else "demographics")
+                   + f" in {args.model}")
     return 0
 
 

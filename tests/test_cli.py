@@ -216,6 +216,57 @@ def test_predict_unknown_user_without_context_exits_2(model_dir, world, tmp_path
     assert not (tmp_path / "o.csv").exists()
 
 
+def _people_args(model_dir, world, tmp_path, people: pl.DataFrame, *extra):
+    people.write_csv(tmp_path / "people.csv")
+    ids = [u for u in people.get_column("participant_id", default=pl.Series(["new1"])).to_list() if u is not None]
+    pairs = pl.DataFrame({"participant_id": ids * 2, "image_id": [100000] * len(ids) + [100001] * len(ids)})
+    pairs.write_csv(tmp_path / "pairs.csv")
+    return pairs, ["--model", str(model_dir), "--pairs", str(tmp_path / "pairs.csv"), "--people",
+                   str(tmp_path / "people.csv"), "--embeddings", str(world / "embeddings.parquet"), *extra]
+
+
+def test_predict_scores_people_with_nothing_rated_from_their_demographics(model_dir, world, dataset, tmp_path):
+    # a brand-new person with no ratings could not be scored from the command line at all
+    people = pl.DataFrame({"participant_id": ["new1", "new2"], "age": [22, 67], "gender": ["Female", "Male"]})
+    pairs, args = _people_args(model_dir, world, tmp_path, people, "--out", str(tmp_path / "o.csv"))
+    assert run(predict.main, args) == 0
+    model = PersonalScorer.load(model_dir)
+    nobody_rated = pl.DataFrame(schema={"participant_id": pl.String, "image_id": pl.Int64, "rating": pl.Int64})
+    expected = model.predict(pairs, dataset.embeddings, model.fold_in(nobody_rated, dataset.embeddings, users=people))
+    np.testing.assert_allclose(pl.read_csv(tmp_path / "o.csv")["score"], expected, rtol=0, atol=1e-9)
+    assert expected[0] != expected[1]  # two people, two demographic priors (not one population mean)
+
+
+def test_predict_people_are_kept_with_add_to_model(model_dir, world, tmp_path):
+    people = pl.DataFrame({"participant_id": ["new1"], "age": [30]})
+    folder = tmp_path / "model"
+    shutil.copytree(model_dir, folder)
+    _, args = _people_args(folder, world, tmp_path, people, "--add-to-model", "--out", str(tmp_path / "a.csv"))
+    assert run(predict.main, args) == 0
+    again = ["--model", str(folder), "--pairs", str(tmp_path / "pairs.csv"), "--embeddings",
+             str(world / "embeddings.parquet"), "--out", str(tmp_path / "b.csv")]
+    assert run(predict.main, again) == 0  # known now, without --people
+    assert pl.read_csv(tmp_path / "a.csv")["score"].to_list() == pl.read_csv(tmp_path / "b.csv")["score"].to_list()
+
+
+@pytest.mark.parametrize("people, expected", [
+    (pl.DataFrame({"person": ["new1"]}), "missing column(s) participant_id"),
+    (pl.DataFrame({"participant_id": [None, "new1"]}, schema={"participant_id": pl.String}), "without a participant_id"),
+])
+def test_predict_bad_people_file_exits_2(model_dir, world, tmp_path, capsys, people, expected):
+    _, args = _people_args(model_dir, world, tmp_path, people, "--out", str(tmp_path / "o.csv"))
+    line = _one_line_error(capsys, run(predict.main, args))
+    assert "people.csv" in line and expected in line and not (tmp_path / "o.csv").exists()
+
+
+def test_predict_people_the_model_knows_are_refused(model_dir, world, dataset, tmp_path, capsys):
+    known = dataset.split("train")["participant_id"][0]
+    _, args = _people_args(model_dir, world, tmp_path, pl.DataFrame({"participant_id": [known]}),
+                           "--out", str(tmp_path / "o.csv"))
+    line = _one_line_error(capsys, run(predict.main, args))
+    assert "already known" in line and "people.csv" in line
+
+
 def test_predict_context_outside_scale_exits_2(model_dir, world, tmp_path, capsys):
     pl.DataFrame({"participant_id": ["new"], "image_id": [100000]}).write_csv(tmp_path / "pairs.csv")
     pl.DataFrame({"participant_id": ["new"], "image_id": [100001], "rating": [99]}).write_csv(tmp_path / "ctx.csv")
