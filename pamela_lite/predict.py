@@ -134,6 +134,19 @@ def add_to_model(model: PersonalScorer, context: pl.DataFrame, embeddings, folde
     model.save(folder, extra_files=others)
 
 
+def _with_demographics(context: pl.DataFrame, people: pl.DataFrame) -> pl.DataFrame:
+    """`context` with the demographics `people` gives where its own rows have none (ids compared as text)."""
+    given = [c for c in people.columns if c != "participant_id"]
+    theirs = people.unique("participant_id", keep="first").select(
+        pl.col("participant_id").cast(pl.String).alias("_key"), *(pl.col(c).alias(f"_{c}") for c in given))
+    joined = context.with_columns(_key=pl.col("participant_id").cast(pl.String)).join(theirs, on="_key", how="left",
+                                                                                     maintain_order="left")
+    # As text: an age may be a number in one file and a range ("25-34") in the other; fold-in reads both.
+    return joined.with_columns((pl.coalesce(pl.col(c).cast(pl.String), pl.col(f"_{c}").cast(pl.String))
+                                if c in context.columns else pl.col(f"_{c}")).alias(c)
+                               for c in given).drop("_key", *(f"_{c}" for c in given))
+
+
 def _demographics_only(ids: list, context: pl.DataFrame, events: pl.DataFrame | None) -> int:
     """How many of the folded-in `ids` have neither ratings nor events."""
     given = {str(u) for f in (context, events) if f is not None for u in f["participant_id"].to_list()}
@@ -178,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
             others.append(context["participant_id"])
         else:
             context = no_ratings(events if events is not None else people.with_columns(image_id=pl.lit(None, pl.String)))
+        if people is not None and context.height:  # kept with their ratings, so a refit folds them in alike
+            context = _with_demographics(context, people)
         states = model.fold_in(context, embeddings, users=people, events=events)
         watch.step(f"folded in {len(states[0])} user(s) from {context.height} context ratings"
                    + (f" and {events.height} events" if events is not None else "")

@@ -249,6 +249,25 @@ def test_predict_people_are_kept_with_add_to_model(model_dir, world, tmp_path):
     assert pl.read_csv(tmp_path / "a.csv")["score"].to_list() == pl.read_csv(tmp_path / "b.csv")["score"].to_list()
 
 
+def test_predict_people_give_demographics_to_context_people_and_a_refit_keeps_them(model_dir, world, dataset, tmp_path):
+    # --people and --context for one person: the demographics must reach the fold-in and the kept ratings
+    folder = tmp_path / "model"
+    shutil.copytree(model_dir, folder)
+    image = int(dataset.embeddings.ids[0])
+    pl.DataFrame({"participant_id": ["new1"], "image_id": [image], "rating": [3]}).write_csv(tmp_path / "ctx.csv")
+    people = pl.DataFrame({"participant_id": ["new1"], "age": ["25-34"], "gender": ["female"]})
+    _, args = _people_args(folder, world, tmp_path, people, "--context", str(tmp_path / "ctx.csv"),
+                           "--add-to-model", "--out", str(tmp_path / "o.csv"))
+    assert run(predict.main, args) == 0
+    model = PersonalScorer.load(folder)
+    kept = model.ratings_.filter(pl.col("participant_id") == "new1")
+    assert kept["gender"].to_list() == ["female"] and kept["age"].to_list() == [29.5]
+    context = pl.DataFrame({"participant_id": ["new1"], "image_id": [image], "rating": [3], "age": [29.5],
+                            "gender": ["female"]})
+    ids, states = model.fold_in(context, dataset.embeddings)
+    np.testing.assert_allclose(model.user_states_[model.users_.index("new1")], states[0], rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("people, expected", [
     (pl.DataFrame({"person": ["new1"]}), "missing column(s) participant_id"),
     (pl.DataFrame({"participant_id": [None, "new1"]}, schema={"participant_id": pl.String}), "without a participant_id"),
