@@ -349,9 +349,9 @@ def _check_plain_values(frame: pl.DataFrame, columns, source) -> None:
             raise InputError(source, f"column {col} holds lists or objects, not plain values")
 
 
-def _ids(frame: pl.DataFrame, source) -> pl.DataFrame:
-    """Id columns as integers or text, kept exactly; whole floats (JSON 77.0) become integers."""
-    for col in ID_COLUMNS:
+def _ids(frame: pl.DataFrame, source, columns: tuple[str, ...] = ID_COLUMNS) -> pl.DataFrame:
+    """Id `columns` as integers or text, kept exactly; whole floats (JSON 77.0) become integers."""
+    for col in columns:
         dtype = frame.schema[col]
         if dtype == pl.String or dtype.is_integer():
             continue

@@ -119,7 +119,11 @@ def image_pixels(img: Image.Image, config: Preprocess) -> np.ndarray:
     """One PIL image as float32 HxWx3 in [0, 1], resized and cropped as `config` says (the one
     preprocessing of embed and of a generator adapter). A photo's EXIF orientation is applied first,
     so the encoder sees the picture upright, as a viewer shows it."""
-    img = _rgb(ImageOps.exif_transpose(img))
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # noqa: BLE001 - damaged EXIF (some Pillow versions raise on it): use the image as stored
+        pass
+    img = _rgb(img)
     size = config.input_size
     resample = Image.Resampling.BICUBIC if config.interpolation == "bicubic" else Image.Resampling.BILINEAR
     if config.resize == "squash":
@@ -282,7 +286,10 @@ def _folder_images(root: Path) -> list[str]:
             subfolders[:] = []
             continue
         seen.add(real)
-        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        # Sorted, real folders before links: which path a linked folder's images get does not
+        # depend on the file system's listing order.
+        subfolders[:] = sorted((d for d in subfolders if not d.startswith(".")),
+                               key=lambda d: (os.path.islink(os.path.join(folder, d)), d))
         relative = Path(folder).relative_to(root)
         names += [(relative / f).as_posix() for f in files if not f.startswith(".") and os.path.isfile(os.path.join(folder, f))]
     return sorted(names)

@@ -432,9 +432,9 @@ class PersonalScorer(BaseEstimator):
         # The fitted scorer, completed below by the head and the catalogue (both fitted on its predictions).
         self.fitted_ = FittedScorer((scale.low, scale.high), base.image_side, base.solver, prior, blend,
                                     params={name: json_scalar(value) for name, value in self.get_params().items()})
-        principal = min(self.n_components_, self.whitening_.matrix.shape[1])
-        self.fitted_.taste_coordinates = {"principal": int(principal), "learned": int(base.directions.shape[1]),
-                                          "metadata": {name: int(size) for name, size in base.metadata_blocks.items()}}
+        principal, learned, metadata, _ = self.taste_dimensions()
+        self.fitted_.taste_coordinates = {"principal": int(principal), "learned": int(learned),
+                                          "metadata": {name: int(size) for name, size in metadata.items()}}
         self.users_ = user_ids
         # States are float32, the type the exported scorer takes them in, so both score alike.
         self.user_states_ = np.column_stack([base.states, head_demo]).astype(np.float32)

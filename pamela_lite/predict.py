@@ -19,8 +19,9 @@ import polars as pl
 
 from .cli import (REFIT_KNOWN, Stopwatch, check_table_path, log, output_path, parser_for, refuse_known_context,
                   refuse_rating_context, run, warn_unknown_demographics, write_table)
-from .data import (DEMOGRAPHICS, Scale, _require_columns, id_type_note, read_embeddings, read_pairs, read_ratings,
-                   read_table, validate_ratings)
+from .data import (DEMOGRAPHICS, Scale, _check_plain_values, _flatten_pamela, _ids, _reject_nulls, _require_columns,
+                   comparable_ids, id_type_note, normalise_ages, read_embeddings, read_pairs, read_ratings, read_table,
+                   validate_ratings)
 from .errors import InputError, preview
 from .events import comparing_nothing, evidence, load_events, no_ratings, without_actions
 from .fitted import MODEL_FILES
@@ -47,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "(k = 0: what the model expects of anyone like them), the others get these "
                              "demographics with their ratings or events")
     parser.add_argument("--refit-known", action="store_true",
-                        help="let --context / --context-events / --people replace the stored state of users the model "
+                        help="let --context / --context-events replace the stored state of users the model "
                              "already knows (with --add-to-model, also the ratings and events it kept of them)")
     parser.add_argument("--no-catalogue", action="store_true",
                         help="score every image by its embedding alone, as the exported ONNX scorer does (by "
@@ -108,21 +109,43 @@ def load_context(path: Path, model: PersonalScorer, refit_known: bool = False, r
     return frame
 
 
-def load_people(path: Path, model: PersonalScorer, refit_known: bool = False, remedy: str = REFIT_KNOWN
-                ) -> pl.DataFrame:
-    """New people's ids and demographics, one row each; people the model knows are refused unless
-    `refit_known`, values of gender or nationality it never saw are reported once."""
-    frame = read_table(path)
+def load_people(path: Path, model: PersonalScorer) -> pl.DataFrame:
+    """New people's ids and demographics (read as a ratings file's are: PAMELA's nested
+    ``user_demographics``, ``age_binned`` ranges, JSON ids such as 7.0), one row each: an id given
+    twice is refused. Values of gender or nationality the model never saw are reported once."""
+    frame = _flatten_pamela(read_table(path))
     _require_columns(frame, ("participant_id",), path)
     frame = frame.select("participant_id", *(c for c in (*DEMOGRAPHICS, "age_binned") if c in frame.columns))
-    if frame.height == 0 or frame["participant_id"].null_count() == frame.height:
+    _check_plain_values(frame, frame.columns, path)
+    if frame.height == 0:
         raise InputError(path, "no people in the file")
-    if frame["participant_id"].null_count():
-        raise InputError(path, f"{frame['participant_id'].null_count()} row(s) without a participant_id")
-    refuse_known_context(frame["participant_id"], model.users_, path, refit_known, remedy)
+    _reject_nulls(frame, ("participant_id",), path)
+    frame = normalise_ages(_ids(frame, path, ("participant_id",)), path)
+    twice = frame.filter(pl.col("participant_id").is_duplicated())["participant_id"].unique(maintain_order=True)
+    if len(twice):
+        raise InputError(path, f"{len(twice)} participant(s) are given more than once: {preview(twice.to_list())}; "
+                               f"give each person one row")
     prior = model.fitted_.prior
     warn_unknown_demographics(frame, {"gender": prior.genders, "nationality": prior.nationalities}, path)
     return frame
+
+
+def refuse_known_people(people: pl.DataFrame, known_ids, path: Path, *given: pl.DataFrame | None) -> None:
+    """People the model knows, named in --people but in no ratings or events given with it, are
+    refused: they would be scored from demographics alone instead of their own state (and with
+    --add-to-model lose their kept ratings). Those in --context / --context-events follow those
+    files' rule (--refit-known)."""
+    others = [f["participant_id"].cast(pl.String) for f in given if f is not None]
+    alone = people["participant_id"]
+    if others:
+        alone = alone.filter(~alone.cast(pl.String).is_in(pl.concat(others).implode()))
+    ids, known = comparable_ids(alone, pl.Series(list(known_ids)))
+    overlap = alone.filter(ids.is_in(known.implode()))
+    if len(overlap):
+        raise InputError(path, f"{len(overlap)} participant(s) are already known to the model: "
+                               f"{preview(overlap.to_list())}; --people is for people with nothing rated (the "
+                               f"model scores known people from their own state): leave them out, or give their "
+                               f"ratings as --context with --refit-known to replace that state")
 
 
 def add_to_model(model: PersonalScorer, context: pl.DataFrame, embeddings, folder: Path,
@@ -135,14 +158,15 @@ def add_to_model(model: PersonalScorer, context: pl.DataFrame, embeddings, folde
 
 
 def _with_demographics(context: pl.DataFrame, people: pl.DataFrame) -> pl.DataFrame:
-    """`context` with the demographics `people` gives where its own rows have none (ids compared as text)."""
+    """`context` with the demographics `people` gives (ids compared as text), over the context's own
+    values: what fold_in uses for these people, so the kept rows and the state agree."""
     given = [c for c in people.columns if c != "participant_id"]
     theirs = people.unique("participant_id", keep="first").select(
         pl.col("participant_id").cast(pl.String).alias("_key"), *(pl.col(c).alias(f"_{c}") for c in given))
     joined = context.with_columns(_key=pl.col("participant_id").cast(pl.String)).join(theirs, on="_key", how="left",
                                                                                      maintain_order="left")
     # As text: an age may be a number in one file and a range ("25-34") in the other; fold-in reads both.
-    return joined.with_columns((pl.coalesce(pl.col(c).cast(pl.String), pl.col(f"_{c}").cast(pl.String))
+    return joined.with_columns((pl.coalesce(pl.col(f"_{c}").cast(pl.String), pl.col(c).cast(pl.String))
                                 if c in context.columns else pl.col(f"_{c}")).alias(c)
                                for c in given).drop("_key", *(f"_{c}" for c in given))
 
@@ -180,10 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         events = load_context_events(args.context_events, model, args.model, embeddings, args.refit_known)
         warn_idle_events(events, model, args.model, args.context_events)
         others.append(events["participant_id"])
-    people = None
-    if args.people is not None:
-        people = load_people(args.people, model, args.refit_known)
-        others.append(people["participant_id"])
+    people = load_people(args.people, model) if args.people is not None else None
     if args.context is not None or events is not None or people is not None:
         if args.context is not None:
             context = load_context(args.context, model, args.refit_known)
@@ -191,8 +212,11 @@ def main(argv: list[str] | None = None) -> int:
             others.append(context["participant_id"])
         else:
             context = no_ratings(events if events is not None else people.with_columns(image_id=pl.lit(None, pl.String)))
-        if people is not None and context.height:  # kept with their ratings, so a refit folds them in alike
-            context = _with_demographics(context, people)
+        if people is not None:
+            refuse_known_people(people, model.users_, args.people, context, events)
+            others.append(people["participant_id"])
+            if context.height:  # kept with their ratings, so a refit folds them in alike
+                context = _with_demographics(context, people)
         states = model.fold_in(context, embeddings, users=people, events=events)
         watch.step(f"folded in {len(states[0])} user(s) from {context.height} context ratings"
                    + (f" and {events.height} events" if events is not None else "")

@@ -249,28 +249,30 @@ def test_predict_people_are_kept_with_add_to_model(model_dir, world, tmp_path):
     assert pl.read_csv(tmp_path / "a.csv")["score"].to_list() == pl.read_csv(tmp_path / "b.csv")["score"].to_list()
 
 
-def test_predict_people_give_demographics_to_context_people_and_a_refit_keeps_them(model_dir, world, dataset, tmp_path):
-    # --people and --context for one person: the demographics must reach the fold-in and the kept ratings
+def test_predict_people_give_demographics_to_context_people_and_the_kept_ratings_carry_them(
+        model_dir, world, dataset, tmp_path):
+    # --people and --context for one person: the people file's demographics win over the context's,
+    # in the fold-in and in the rows --add-to-model keeps (which a refit folds in again)
     folder = tmp_path / "model"
     shutil.copytree(model_dir, folder)
     image = int(dataset.embeddings.ids[0])
-    pl.DataFrame({"participant_id": ["new1"], "image_id": [image], "rating": [3]}).write_csv(tmp_path / "ctx.csv")
-    people = pl.DataFrame({"participant_id": ["new1"], "age": ["25-34"], "gender": ["female"]})
+    pl.DataFrame({"participant_id": ["new1"], "image_id": [image], "rating": [3], "age": [20],
+                  "gender": ["male"]}).write_csv(tmp_path / "ctx.csv")
+    people = pl.DataFrame({"participant_id": ["new1"], "age": ["65+"], "gender": ["female"]})
     _, args = _people_args(folder, world, tmp_path, people, "--context", str(tmp_path / "ctx.csv"),
                            "--add-to-model", "--out", str(tmp_path / "o.csv"))
     assert run(predict.main, args) == 0
     model = PersonalScorer.load(folder)
     kept = model.ratings_.filter(pl.col("participant_id") == "new1")
-    assert kept["gender"].to_list() == ["female"] and kept["age"].to_list() == [29.5]
-    context = pl.DataFrame({"participant_id": ["new1"], "image_id": [image], "rating": [3], "age": [29.5],
-                            "gender": ["female"]})
-    ids, states = model.fold_in(context, dataset.embeddings)
+    assert kept["gender"].to_list() == ["female"] and kept["age"].to_list() == [65.0]
+    ids, states = model.fold_in(kept.drop("origin"), dataset.embeddings)  # what a refit does with the kept rows
     np.testing.assert_allclose(model.user_states_[model.users_.index("new1")], states[0], rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("people, expected", [
     (pl.DataFrame({"person": ["new1"]}), "missing column(s) participant_id"),
-    (pl.DataFrame({"participant_id": [None, "new1"]}, schema={"participant_id": pl.String}), "without a participant_id"),
+    (pl.DataFrame({"participant_id": [None, "new1"]}, schema={"participant_id": pl.String}), "have no participant_id"),
+    (pl.DataFrame({"participant_id": ["new1", "new1"], "age": [70, 20]}), "given more than once: 'new1'"),
 ])
 def test_predict_bad_people_file_exits_2(model_dir, world, tmp_path, capsys, people, expected):
     _, args = _people_args(model_dir, world, tmp_path, people, "--out", str(tmp_path / "o.csv"))
@@ -278,12 +280,25 @@ def test_predict_bad_people_file_exits_2(model_dir, world, tmp_path, capsys, peo
     assert "people.csv" in line and expected in line and not (tmp_path / "o.csv").exists()
 
 
-def test_predict_people_the_model_knows_are_refused(model_dir, world, dataset, tmp_path, capsys):
+@pytest.mark.parametrize("refit", [[], ["--refit-known"]])
+def test_predict_people_the_model_knows_are_refused(model_dir, world, dataset, tmp_path, capsys, refit):
+    # even with --refit-known: a known person would be scored from demographics alone, and
+    # --add-to-model would drop the ratings the folder keeps of them
     known = dataset.split("train")["participant_id"][0]
     _, args = _people_args(model_dir, world, tmp_path, pl.DataFrame({"participant_id": [known]}),
-                           "--out", str(tmp_path / "o.csv"))
+                           "--out", str(tmp_path / "o.csv"), *refit)
     line = _one_line_error(capsys, run(predict.main, args))
-    assert "already known" in line and "people.csv" in line
+    assert "already known" in line and "people.csv" in line and "--context" in line
+
+
+def test_predict_people_from_a_json_file_read_like_ratings(model_dir, world, tmp_path, capsys):
+    # a list where a word belongs ended in a traceback (exit 1)
+    (tmp_path / "people.json").write_text('[{"participant_id": "new1", "gender": ["female"]}]')
+    pl.DataFrame({"participant_id": ["new1"], "image_id": [100000]}).write_csv(tmp_path / "pairs.csv")
+    line = _one_line_error(capsys, run(predict.main, [
+        "--model", str(model_dir), "--pairs", str(tmp_path / "pairs.csv"), "--people", str(tmp_path / "people.json"),
+        "--embeddings", str(world / "embeddings.parquet"), "--out", str(tmp_path / "o.csv")]))
+    assert "people.json" in line and "gender holds lists" in line
 
 
 def test_predict_context_outside_scale_exits_2(model_dir, world, tmp_path, capsys):

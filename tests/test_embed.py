@@ -89,6 +89,30 @@ def test_linked_subfolders_are_followed_once(tmp_path):
     assert [i for _, i in list_images(images)] == ["img000.png", "more/img005.png"]
 
 
+def test_a_linked_folder_is_listed_under_its_real_name_whatever_the_listing_order(tmp_path):
+    # links that sort before and after their folders: any one listing order puts a link first somewhere
+    images = tmp_path / "imgs"
+    _images(images / "b_real", 1)
+    _images(images / "y_real", 1, start=1)
+    (images / "a_link").symlink_to(images / "y_real", target_is_directory=True)
+    (images / "z_link").symlink_to(images / "b_real", target_is_directory=True)
+    assert [i for _, i in list_images(images)] == ["b_real/img000.png", "y_real/img001.png"]
+
+
+def test_damaged_exif_leaves_the_image_as_stored(tmp_path, monkeypatch):
+    # some Pillow versions raise on broken EXIF; one such photo must not end the whole run
+    from PIL import ImageOps
+
+    _images(tmp_path, 1)
+    config = Preprocess(input_size=16)
+    expected = load_pixels(tmp_path / "img000.png", config)
+
+    def broken(img):
+        raise TypeError("broken EXIF")
+    monkeypatch.setattr(ImageOps, "exif_transpose", broken)
+    np.testing.assert_array_equal(load_pixels(tmp_path / "img000.png", config), expected)
+
+
 def test_a_photo_is_embedded_upright_as_its_exif_orientation_says(tmp_path):
     # a phone photo stored sideways with an orientation tag was embedded sideways
     rows, cols = np.mgrid[0:30, 0:40]
