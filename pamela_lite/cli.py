@@ -239,6 +239,25 @@ def refuse_known_context(context_ids: pl.Series, known_ids, source, refit_known:
                     f"events the model folder kept of them)")
 
 
+def refuse_known_people(people: pl.DataFrame, known_ids, source, *given: pl.DataFrame | None) -> None:
+    """People the model knows, named in --people but in no ratings or events given with it, are
+    refused: they would be scored from demographics alone instead of their own state (and with
+    --add-to-model lose their kept ratings). Those in a context follow its rule (--refit-known)."""
+    from .data import comparable_ids
+
+    others = [f["participant_id"].cast(pl.String) for f in given if f is not None]
+    alone = people["participant_id"]
+    if others:
+        alone = alone.filter(~alone.cast(pl.String).is_in(pl.concat(others).implode()))
+    ids, known = comparable_ids(alone, pl.Series(list(known_ids)))
+    overlap = alone.filter(ids.is_in(known.implode()))
+    if len(overlap):
+        raise InputError(source, f"{len(overlap)} participant(s) are already known to the model: "
+                                 f"{preview(overlap.to_list())}; --people is for people with nothing rated (the "
+                                 f"model scores known people from their own state): leave them out, or give "
+                                 f"their ratings as --context with --refit-known to replace that state")
+
+
 def warn_unknown_demographics(frame: pl.DataFrame, vocabularies: dict[str, list[str]], source) -> None:
     """One warning listing gender/nationality values the model never saw (they count as unknown)."""
     parts = []

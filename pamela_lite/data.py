@@ -453,6 +453,29 @@ def read_pairs(path: str | Path) -> pl.DataFrame:
     return _ids(frame, path).select("participant_id", "image_id")
 
 
+def read_people(path: str | Path) -> pl.DataFrame:
+    """New people's ids and demographics (``participant_id`` and any of ``age``/``age_binned``,
+    ``gender``, ``nationality``), read as a ratings file's are (PAMELA's nested
+    ``user_demographics``, JSON ids such as 7.0, ages in years); one row each: an id given twice is
+    refused."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(path, "is a folder; --people takes a table file")
+    frame = _flatten_pamela(read_table(path))
+    _require_columns(frame, ("participant_id",), path)
+    frame = frame.select("participant_id", *(c for c in (*DEMOGRAPHICS, "age_binned") if c in frame.columns))
+    _check_plain_values(frame, frame.columns, path)
+    if frame.height == 0:
+        raise InputError(path, "no people in the file")
+    _reject_nulls(frame, ("participant_id",), path)
+    frame = normalise_ages(_ids(frame, path, ("participant_id",)), path)
+    twice = frame.filter(pl.col("participant_id").is_duplicated())["participant_id"].unique(maintain_order=True)
+    if len(twice):
+        raise InputError(path, f"{len(twice)} participant(s) are given more than once: {preview(twice.to_list())}; "
+                               f"give each person one row")
+    return frame
+
+
 # ----------------------------------------------------------------------------- validation
 
 

@@ -18,10 +18,8 @@ from pathlib import Path
 import polars as pl
 
 from .cli import (REFIT_KNOWN, Stopwatch, check_table_path, log, output_path, parser_for, refuse_known_context,
-                  refuse_rating_context, run, warn_unknown_demographics, write_table)
-from .data import (DEMOGRAPHICS, Scale, _check_plain_values, _flatten_pamela, _ids, _reject_nulls, _require_columns,
-                   comparable_ids, id_type_note, normalise_ages, read_embeddings, read_pairs, read_ratings, read_table,
-                   validate_ratings)
+                  refuse_known_people, refuse_rating_context, run, warn_unknown_demographics, write_table)
+from .data import Scale, id_type_note, read_embeddings, read_pairs, read_people, read_ratings, validate_ratings
 from .errors import InputError, preview
 from .events import comparing_nothing, evidence, load_events, no_ratings, without_actions
 from .fitted import MODEL_FILES
@@ -110,42 +108,12 @@ def load_context(path: Path, model: PersonalScorer, refit_known: bool = False, r
 
 
 def load_people(path: Path, model: PersonalScorer) -> pl.DataFrame:
-    """New people's ids and demographics (read as a ratings file's are: PAMELA's nested
-    ``user_demographics``, ``age_binned`` ranges, JSON ids such as 7.0), one row each: an id given
-    twice is refused. Values of gender or nationality the model never saw are reported once."""
-    frame = _flatten_pamela(read_table(path))
-    _require_columns(frame, ("participant_id",), path)
-    frame = frame.select("participant_id", *(c for c in (*DEMOGRAPHICS, "age_binned") if c in frame.columns))
-    _check_plain_values(frame, frame.columns, path)
-    if frame.height == 0:
-        raise InputError(path, "no people in the file")
-    _reject_nulls(frame, ("participant_id",), path)
-    frame = normalise_ages(_ids(frame, path, ("participant_id",)), path)
-    twice = frame.filter(pl.col("participant_id").is_duplicated())["participant_id"].unique(maintain_order=True)
-    if len(twice):
-        raise InputError(path, f"{len(twice)} participant(s) are given more than once: {preview(twice.to_list())}; "
-                               f"give each person one row")
+    """New people's ids and demographics (:func:`pamela_lite.data.read_people`); values of gender or
+    nationality the model never saw are reported once."""
+    frame = read_people(path)
     prior = model.fitted_.prior
     warn_unknown_demographics(frame, {"gender": prior.genders, "nationality": prior.nationalities}, path)
     return frame
-
-
-def refuse_known_people(people: pl.DataFrame, known_ids, path: Path, *given: pl.DataFrame | None) -> None:
-    """People the model knows, named in --people but in no ratings or events given with it, are
-    refused: they would be scored from demographics alone instead of their own state (and with
-    --add-to-model lose their kept ratings). Those in --context / --context-events follow those
-    files' rule (--refit-known)."""
-    others = [f["participant_id"].cast(pl.String) for f in given if f is not None]
-    alone = people["participant_id"]
-    if others:
-        alone = alone.filter(~alone.cast(pl.String).is_in(pl.concat(others).implode()))
-    ids, known = comparable_ids(alone, pl.Series(list(known_ids)))
-    overlap = alone.filter(ids.is_in(known.implode()))
-    if len(overlap):
-        raise InputError(path, f"{len(overlap)} participant(s) are already known to the model: "
-                               f"{preview(overlap.to_list())}; --people is for people with nothing rated (the "
-                               f"model scores known people from their own state): leave them out, or give their "
-                               f"ratings as --context with --refit-known to replace that state")
 
 
 def add_to_model(model: PersonalScorer, context: pl.DataFrame, embeddings, folder: Path,

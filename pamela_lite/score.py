@@ -21,8 +21,8 @@ import numpy as np
 import polars as pl
 
 from .cli import (REFIT_KNOWN, Stopwatch, check_table_path, output_path, parser_for, refuse_known_context,
-                  refuse_rating_context, run, warn_unknown_demographics, write_table)
-from .data import (Embeddings, Scale, person_demographics, read_embeddings, read_pairs, read_ratings,
+                  refuse_known_people, refuse_rating_context, run, warn_unknown_demographics, write_table)
+from .data import (Embeddings, Scale, person_demographics, read_embeddings, read_pairs, read_people, read_ratings,
                    validate_ratings)
 from .edge import EdgeScorer, UnknownUsers, fitted_path, users_path
 from .errors import InputError, preview
@@ -38,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pairs", type=Path, help="table or PAMELA JSON with participant_id, image_id")
     parser.add_argument("--context", type=Path,
                         help="ratings of new users (participant_id, image_id, rating [, age, gender, nationality])")
+    parser.add_argument("--people", type=Path,
+                        help="new people (participant_id [, age or age_binned, gender, nationality]); those not in "
+                             "--context are scored from their demographics alone (k = 0), the others get these "
+                             "demographics with their ratings (as predict --people)")
     parser.add_argument("--refit-known", action="store_true",
                         help="let --context replace the stored state of users the scorer already knows")
     parser.add_argument("--user", help="with --top: the participant whose gallery ranking is wanted")
@@ -71,23 +75,39 @@ def load_scorer(path: Path) -> EdgeScorer:
 
 
 def fold_in_context(scorer: EdgeScorer, path: Path, embeddings: Embeddings, refit_known: bool = False,
-                    remedy: str = REFIT_KNOWN) -> None:
-    """Fold each context user in with numpy (as a device would) and remember their state."""
+                    remedy: str = REFIT_KNOWN, people: pl.DataFrame | None = None) -> pl.DataFrame:
+    """Fold each context user in with numpy (as a device would) and remember their state; `people`
+    (from --people) gives demographics over the context's own. Returns the context ratings."""
     refuse_rating_context(scorer.fitted, path)
     frame, _ = validate_ratings(read_ratings(path), path, Scale(*scorer.scale))
     refuse_known_context(frame["participant_id"], scorer.user_ids, path, refit_known, remedy)
     warn_unknown_demographics(frame, scorer.demographic_values, path)
     rows = embeddings.rows(frame["image_id"], path)
     frame = frame.with_columns(_row=pl.Series(rows))
-    people = {row["participant_id"]: row for row in person_demographics(frame).iter_rows(named=True)}
+    demographics = {str(row["participant_id"]): row for row in person_demographics(frame).iter_rows(named=True)}
+    for row in ([] if people is None else people.iter_rows(named=True)):  # the --people file's values win
+        if str(row["participant_id"]) in demographics:
+            demographics[str(row["participant_id"])].update({k: v for k, v in row.items() if v is not None})
     for (user,), part in frame.group_by("participant_id", maintain_order=True):
-        first = people[user]
-        with warnings.catch_warnings():  # unknown demographics were listed above, once for the file
-            warnings.simplefilter("ignore", UserWarning)
-            state = scorer.fold_in(embeddings.matrix[part["_row"].to_numpy()], part["rating"].to_numpy(),
-                                   age=first.get("age"), gender=first.get("gender"),
-                                   nationality=first.get("nationality"))
+        state = _fold_in(scorer, demographics[str(user)], embeddings.matrix[part["_row"].to_numpy()],
+                         part["rating"].to_numpy())
         scorer.add_user(str(user), state, replace=refit_known)
+    return frame
+
+
+def fold_in_people(scorer: EdgeScorer, people: pl.DataFrame, context: pl.DataFrame | None) -> None:
+    """The demographic prior (k = 0) of each person in `people` without context ratings."""
+    rated = set() if context is None else {str(u) for u in context["participant_id"].to_list()}
+    for row in people.iter_rows(named=True):
+        if str(row["participant_id"]) not in rated:
+            scorer.add_user(str(row["participant_id"]), _fold_in(scorer, row, None, None))
+
+
+def _fold_in(scorer: EdgeScorer, person: dict, embeddings, ratings) -> np.ndarray:
+    with warnings.catch_warnings():  # unknown demographics were listed once for the file
+        warnings.simplefilter("ignore", UserWarning)
+        return scorer.fold_in(embeddings, ratings, age=person.get("age"), gender=person.get("gender"),
+                              nationality=person.get("nationality"))
 
 
 def user_states(scorer: EdgeScorer, ids: pl.Series, source: Path) -> np.ndarray:
@@ -95,7 +115,8 @@ def user_states(scorer: EdgeScorer, ids: pl.Series, source: Path) -> np.ndarray:
         return scorer.states_of(ids.to_list())
     except UnknownUsers as err:
         raise InputError(source, f"{len(err.users)} participant(s) unknown to the scorer and without context "
-                                 f"ratings: {preview(err.users)}; pass their ratings as --context") from None
+                                 f"ratings: {preview(err.users)}; pass their ratings as --context (or, with "
+                                 f"nothing rated, their demographics as --people)") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,9 +145,18 @@ def main(argv: list[str] | None = None) -> int:
     embeddings = read_embeddings(args.embeddings) if args.embeddings is not None else None
     if embeddings is not None:
         scorer.fitted.check_dimension(embeddings.dim, args.embeddings)
+    people = None
+    if args.people is not None:
+        people = read_people(args.people)
+        warn_unknown_demographics(people, scorer.demographic_values, args.people)
+    context = None
     if args.context is not None:
-        fold_in_context(scorer, args.context, embeddings, args.refit_known)
+        context = fold_in_context(scorer, args.context, embeddings, args.refit_known, people=people)
         watch.step(f"folded in context users from {args.context}")
+    if people is not None:
+        refuse_known_people(people, scorer.user_ids, args.people, context)
+        fold_in_people(scorer, people, context)
+        watch.step(f"folded in {people.height} people from {args.people}")
     if args.top is not None:
         state = user_states(scorer, pl.Series([args.user]), args.context or args.scorer)[0]
         if args.cache is not None:  # two-stage: the catalogue's features were computed once

@@ -47,6 +47,22 @@ def test_the_readme_commands_run_on_a_small_world(world, model_dir, tmp_path):
     assert pl.read_csv(tmp_path / "top10.csv").height == 10
 
 
+def test_the_readme_people_commands_run(world, model_dir, tmp_path):
+    # README: predict / score --people score people with nothing rated from their demographics
+    emb = world / "embeddings.parquet"
+    image = pl.read_json(world / "annotations" / "pamela_test_seen.json")["image_id"][0]
+    pl.DataFrame({"participant_id": ["someone_new"], "image_id": [image]}).write_csv(tmp_path / "pairs.csv")
+    pl.DataFrame({"participant_id": ["someone_new"], "age": [41], "gender": ["female"]}).write_csv(
+        tmp_path / "people.csv")
+    _ok(cli("predict", "--model", model_dir, "--pairs", tmp_path / "pairs.csv", "--embeddings", emb,
+            "--people", tmp_path / "people.csv", "--out", tmp_path / "scores.csv"))
+    _ok(cli("export", "--model", model_dir, "--out", tmp_path / "scorer.onnx"))
+    _ok(cli("score", "--scorer", tmp_path / "scorer.onnx", "--pairs", tmp_path / "pairs.csv", "--embeddings", emb,
+            "--people", tmp_path / "people.csv", "--out", tmp_path / "scores_edge.csv"))
+    a, b = pl.read_csv(tmp_path / "scores.csv"), pl.read_csv(tmp_path / "scores_edge.csv")
+    np.testing.assert_allclose(a["score"], b["score"], atol=1e-4)
+
+
 def test_the_console_command_is_the_same_tool(model_dir, tmp_path):
     done = subprocess.run([sys.executable, "-m", "pamela_lite", "export", "--model", str(model_dir),
                            "--out", str(tmp_path / "s.onnx"), "--quiet"], capture_output=True, text=True)

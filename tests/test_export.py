@@ -155,6 +155,44 @@ def test_score_cli_matches_predict_row_by_row(fitted, dataset, world, exported, 
     np.testing.assert_allclose(a["score"], b["score"], atol=1e-4)
 
 
+def test_score_cli_scores_people_with_nothing_rated_as_predict_does(fitted, dataset, world, exported, tmp_path):
+    # --people: one person with nothing rated, one with context ratings whose demographics the file
+    # gives (over the context's own); the device path must score both as predict does
+    test = dataset.split("test_unseen")
+    context, query = kshot_split(test, 5, seed=0)
+    rated = context["participant_id"][0]
+    context = context.filter(pl.col("participant_id") == rated).with_columns(gender=pl.lit("male"))
+    people = pl.DataFrame({"participant_id": [str(rated), "newcomer"], "age": ["55-64", "18-24"],
+                           "gender": ["female", "female"]})
+    images = query["image_id"].head(6).to_list()
+    pairs = pl.DataFrame({"participant_id": [str(rated)] * 6 + ["newcomer"] * 6, "image_id": images * 2})
+    pairs.write_csv(tmp_path / "pairs.csv")
+    context.write_parquet(tmp_path / "context.parquet")
+    people.write_csv(tmp_path / "people.csv")
+    fitted.save(tmp_path / "model")
+    common = ["--pairs", str(tmp_path / "pairs.csv"), "--embeddings", str(world / "embeddings.parquet"),
+              "--context", str(tmp_path / "context.parquet"), "--people", str(tmp_path / "people.csv"), "--quiet"]
+    assert run(score.main, ["--scorer", str(exported), "--out", str(tmp_path / "a.csv"), *common]) == 0
+    from pamela_lite import predict
+    assert run(predict.main, ["--model", str(tmp_path / "model"), "--out", str(tmp_path / "b.csv"), *common]) == 0
+    a, b = pl.read_csv(tmp_path / "a.csv"), pl.read_csv(tmp_path / "b.csv")
+    np.testing.assert_allclose(a["score"], b["score"], atol=1e-4)
+    device = EdgeScorer(exported)
+    newcomer = device.fold_in(None, None, age="18-24", gender="female")
+    np.testing.assert_allclose(a["score"].tail(6), device.score(dataset.embeddings.take(pl.Series(images)),
+                                                                 newcomer[None, :]), atol=1e-6)
+
+
+def test_score_cli_refuses_people_the_scorer_knows(fitted, world, exported, tmp_path, capsys):
+    pl.DataFrame({"participant_id": [str(fitted.users_[0])]}).write_csv(tmp_path / "people.csv")
+    pl.DataFrame({"participant_id": [str(fitted.users_[0])], "image_id": [100000]}).write_csv(tmp_path / "p.csv")
+    code = run(score.main, ["--scorer", str(exported), "--pairs", str(tmp_path / "p.csv"), "--people",
+                            str(tmp_path / "people.csv"), "--embeddings", str(world / "embeddings.parquet"),
+                            "--out", str(tmp_path / "o.csv")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "already known" in err[0] and "people.csv" in err[0]
+
+
 def test_score_cli_ranks_a_gallery(fitted, world, exported, tmp_path):
     out = tmp_path / "top.json"
     assert run(score.main, ["--scorer", str(exported), "--embeddings", str(world / "embeddings.parquet"),
