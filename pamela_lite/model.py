@@ -1497,6 +1497,11 @@ def _taste_prior_em(states, y, user_index, n_users, feats, solver, iterations: i
     taste = states[:, state_layout(d, 0)["taste"]]
     noise = float(np.mean((resid - np.einsum("ij,ij->i", taste[user_index], feats.pca)) ** 2))
     second = taste.T @ taste / len(taste)
+    if not (np.trace(second) > 0 and noise > 0):
+        # Residuals without spread (every rating alike, or an out-of-fold part of such ratings): no
+        # taste to learn, and no scale to set a prior by. A prior far below unit noise keeps every
+        # taste at the population's (the EM below would invert a zero matrix).
+        return _TastePrior(1e-6 * np.eye(d), 1.0)
     second = _blocked(second + 0.05 * np.trace(second) / d * np.eye(d), isotropic_blocks)
     if not iterations:  # taste_prior="moment": the moment of the point estimates, EM's starting point
         return _TastePrior(second, noise)

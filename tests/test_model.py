@@ -106,6 +106,17 @@ def test_a_catalogue_smaller_than_twice_the_prototypes_still_fits(tmp_path):
     assert np.isfinite(model.predict(data.split("test_seen"), data.embeddings)).all()
 
 
+@pytest.mark.parametrize("odd_ones", [0, 1])
+def test_ratings_without_spread_fit_a_model_that_learns_no_taste(dataset, odd_ones):
+    # every rating alike (or all but one, so some out-of-fold parts had none different) ended in
+    # "unexpected LinAlgError: Singular matrix" (exit 1) from the taste prior's EM
+    train = dataset.split("train").head(2000).with_columns(rating=pl.lit(3, dtype=pl.Int64))
+    train = train.with_columns(rating=pl.when(pl.int_range(pl.len()) < odd_ones).then(4).otherwise(pl.col("rating")))
+    model = PersonalScorer(random_state=0, **SMALL_MODEL).fit(train, dataset.embeddings, dataset.scale)
+    scores = model.predict(train.tail(50), dataset.embeddings)
+    assert np.isfinite(scores).all() and np.ptp(scores) < 0.05
+
+
 def test_numpy_integer_hyperparameters_fit_save_and_load_as_the_same_model(dataset, fitted, tmp_path):
     # a grid search over np.arange hands numpy integers; they were refused as "not a number"
     numpy_params = {name: np.int64(value) if type(value) is int else value for name, value in SMALL_MODEL.items()}
