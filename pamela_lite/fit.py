@@ -34,7 +34,7 @@ from ._atomic import check_replaceable, write_text
 from .cli import (Stopwatch, log, output_path, parse_kshot, parser_for, report_json, run, seed_arg,
                   show_progress)
 from .data import EMBEDDINGS_FILE, Scale, load_dataset, read_embeddings
-from .errors import InputError
+from .errors import InputError, preview
 from .event_fit import NothingChosen, calibrate, fit_events_only, fold_seen_events, without_scored_pairs
 from .events import load_events, parse_event_weights
 from .protocol import evaluate_models, format_table
@@ -194,7 +194,14 @@ def demo_stamp(seed: int) -> str:
 def ensure_demo(folder: Path, seed: int) -> Path:
     """The demo world at `folder`, written once per seed and generator version (it is deterministic)."""
     stamp = folder / "demo_seed.txt"
-    if not (stamp.exists() and stamp.read_text().strip() == demo_stamp(seed)):
+    held = stamp.read_text().strip() if stamp.exists() else None
+    if held != demo_stamp(seed):
+        held_seed = held.split(";")[0].removeprefix("seed ").strip() if held is not None else None
+        if held_seed is not None and held_seed != str(seed):  # (older generators' stamps hold the seed alone)
+            # Same image ids, other embeddings: models fitted on the old world would score them unwarned.
+            log.warning(f"warning: {folder}: held the demo world of seed {held_seed}; rewritten for seed {seed} "
+                        f"(models fitted on the old one no longer match its embeddings; --demo-dir keeps each "
+                        f"seed's world apart)")
         demo.write_world(folder, demo.DemoConfig(seed=seed))
         write_text(stamp, demo_stamp(seed))
     return folder
@@ -228,9 +235,20 @@ def read_refold_source(folder: Path) -> PersonalScorer:
 
 def check_refold_images(source: PersonalScorer, dataset, folder: Path, with_events: bool) -> None:
     """Before the fit: every image of the kept people it will fold in again (those not in its
-    training ratings) has an embedding here; a missing one is blamed on the kept file that names it.
-    Kept events are read only by a fit with events."""
+    training ratings) has an embedding here, and their ratings lie on this fit's scale; a missing
+    image or an outside rating is blamed on the kept file that names it. Kept events are read only
+    by a fit with events."""
     trained = dataset.split("train")["participant_id"].cast(pl.String).unique().implode()
+    rated = source.ratings_.filter(~pl.col("participant_id").cast(pl.String).is_in(trained)
+                                   & pl.col("rating").is_not_null())
+    scale = dataset.scale
+    outside = rated.filter((pl.col("rating") < scale.low) | (pl.col("rating") > scale.high))
+    if outside.height:
+        who = outside["participant_id"].unique(maintain_order=True).to_list()
+        low, high = min(scale.low, int(outside["rating"].min())), max(scale.high, int(outside["rating"].max()))
+        raise InputError(folder / RATINGS_FILE, f"{outside.height} kept rating(s) of {len(who)} person(s) to fold in "
+                                                f"again ({preview(who)}) lie outside this fit's scale {scale}: "
+                                                f"give {'--scale=' if low < 0 else '--scale '}{low}-{high}")
     kept = [(source.ratings_, RATINGS_FILE)] + ([(source.events_, EVENTS_FILE)] if with_events else [])
     for table, name in kept:
         # (a person added from events alone keeps a ratings row without an image)
@@ -352,8 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     if full.fitted_.tuning is None and full.use_head:
         why = ("--no-tune, or head settings given in --params" if not full.tune else
                "val_seen has no known people with enough ratings (5+, not all equal) to rank")
-        watch.step(f"residual head not tuned ({why}): {full._booster().num_trees()} trees of at most "
-                   f"{full.head_leaves} leaves, as set")
+        watch.step(f"residual head not tuned ({why}): {full._booster().num_trees()} trees (of at most "
+                   f"{full.head_trees}, as set) of at most {full.head_leaves} leaves")
     if full.fitted_.tuning is not None:
         chosen = full.fitted_.tuning
         watch.step(f"tuned on val_seen: kept the {chosen['head']} residual head (per-user SROCC "

@@ -193,6 +193,23 @@ def test_refold_of_people_whose_images_are_not_embedded_here_fails_before_the_fi
     assert not (tmp_path / "new").exists()
 
 
+def test_refold_of_people_rated_outside_the_new_scale_fails_before_the_fit(world, model_dir, tmp_path):
+    # once: "error: context: 2 rating(s) outside the scale ..." after the whole fit, naming no file
+    old = tmp_path / "old"
+    shutil.copytree(model_dir, old)
+    kept = pl.read_parquet(old / "ratings.parquet")
+    high = int(kept["rating"].max())
+    added = kept.head(1).with_columns(participant_id=pl.lit("zed"), rating=pl.lit(high + 3, dtype=kept["rating"].dtype),
+                                      origin=pl.lit("context"))
+    pl.concat([kept, added]).write_parquet(old / "ratings.parquet")
+    done = cli("fit", "--data", world, "--out", tmp_path / "new", "--refold-from", old)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1
+    assert lines[0].startswith(f"error: {old / 'ratings.parquet'}: 1 kept rating(s) of 1 person(s)") and "'zed'" in lines[0]
+    assert f"-{high + 3}" in lines[0] and "--scale" in lines[0]
+    assert not (tmp_path / "new").exists()
+
+
 def test_one_writer_of_parameter_files_and_no_pickle_anywhere():
     sources = {p.name: p.read_text() for p in PACKAGE.glob("*.py")}
     writers = sorted(name for name, text in sources.items() if "np.savez" in text)

@@ -350,6 +350,18 @@ def test_a_demo_world_of_an_older_generator_is_written_again(tmp_path, monkeypat
     assert calls == [0, 0]
 
 
+def test_a_demo_world_of_another_seed_is_rewritten_with_a_warning(tmp_path, monkeypatch, caplog):
+    # fit --seed 1 silently replaced the seed-0 world (same image ids, other embeddings)
+    monkeypatch.setattr(fit.demo, "write_world", lambda folder, cfg: folder.mkdir(parents=True, exist_ok=True))
+    folder = tmp_path / "demo"
+    fit.ensure_demo(folder, 0)
+    (folder / "demo_seed.txt").write_text("0")  # an older generator's stamp of the same seed: no warning
+    fit.ensure_demo(folder, 0)
+    assert "rewritten" not in caplog.text
+    fit.ensure_demo(folder, 1)
+    assert f"{folder}: held the demo world of seed 0; rewritten for seed 1" in caplog.text
+
+
 def test_a_scale_read_off_the_data_with_a_hole_is_flagged(caplog):
     from pamela_lite.data import validate_ratings
     frame = pl.DataFrame({"participant_id": ["a"] * 6, "image_id": [1, 2, 3, 4, 5, 6], "rating": [1, 2, 3, 4, 5, 7]})
