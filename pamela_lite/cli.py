@@ -239,16 +239,20 @@ def refuse_known_context(context_ids: pl.Series, known_ids, source, refit_known:
                     f"events the model folder kept of them)")
 
 
-def refuse_known_people(people: pl.DataFrame, known_ids, source, *given: pl.DataFrame | None) -> None:
+def refuse_known_people(people: pl.DataFrame, known_ids, source, *given: pl.DataFrame | None,
+                        replaceable: frozenset[str] = frozenset()) -> None:
     """People the model knows, named in --people but in no ratings or events given with it, are
     refused: they would be scored from demographics alone instead of their own state (and with
-    --add-to-model lose their kept ratings). Those in a context follow its rule (--refit-known)."""
+    --add-to-model lose their kept ratings). Those in a context follow its rule (--refit-known);
+    so do the `replaceable` ids (text): people known from their demographics alone, whose
+    demographics --refit-known may correct."""
     from .data import comparable_ids
 
     others = [f["participant_id"].cast(pl.String) for f in given if f is not None]
     alone = people["participant_id"]
     if others:
         alone = alone.filter(~alone.cast(pl.String).is_in(pl.concat(others).implode()))
+    alone = alone.filter(~alone.cast(pl.String).is_in(list(replaceable)))
     ids, known = comparable_ids(alone, pl.Series(list(known_ids)))
     overlap = alone.filter(ids.is_in(known.implode()))
     if len(overlap):
@@ -256,6 +260,24 @@ def refuse_known_people(people: pl.DataFrame, known_ids, source, *given: pl.Data
                                  f"{preview(overlap.to_list())}; --people is for people with nothing rated (the "
                                  f"model scores known people from their own state): leave them out, or give "
                                  f"their ratings as --context with --refit-known to replace that state")
+
+
+def warn_demographic_conflicts(context: pl.DataFrame, people: pl.DataFrame, source) -> None:
+    """One warning naming the people whose --people demographics (`source`) differ from those their
+    context ratings carry: the --people values are used. Both tables hold ages in years
+    (:func:`pamela_lite.data.normalise_ages`)."""
+    columns = [c for c in ("age", "gender", "nationality") if c in context.columns and c in people.columns]
+    if not columns:
+        return
+    theirs = context.group_by(pl.col("participant_id").cast(pl.String), maintain_order=True).agg(
+        pl.col(c).drop_nulls().first().cast(pl.String).alias(f"_{c}") for c in columns)
+    given = people.select(pl.col("participant_id").cast(pl.String), *(pl.col(c).cast(pl.String) for c in columns))
+    both = given.join(theirs, on="participant_id")
+    differ = both.filter(pl.any_horizontal(pl.col(c).is_not_null() & pl.col(f"_{c}").is_not_null()
+                                           & (pl.col(c) != pl.col(f"_{c}")) for c in columns))
+    if differ.height:
+        log.warning(f"warning: {source}: the demographics of {differ.height} person(s) differ from those in their "
+                    f"context ratings; this file's are used: {preview(differ['participant_id'].to_list())}")
 
 
 def warn_unknown_demographics(frame: pl.DataFrame, vocabularies: dict[str, list[str]], source) -> None:

@@ -468,7 +468,8 @@ def read_people(path: str | Path) -> pl.DataFrame:
     if frame.height == 0:
         raise InputError(path, "no people in the file")
     _reject_nulls(frame, ("participant_id",), path)
-    frame = normalise_ages(_ids(frame, path, ("participant_id",)), path)
+    # age in years from here on (age_binned read once: later readers would warn of its bad values again)
+    frame = normalise_ages(_ids(frame, path, ("participant_id",)), path).drop("age_binned", strict=False)
     twice = frame.filter(pl.col("participant_id").is_duplicated())["participant_id"].unique(maintain_order=True)
     if len(twice):
         raise InputError(path, f"{len(twice)} participant(s) are given more than once: {preview(twice.to_list())}; "

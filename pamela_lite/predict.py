@@ -18,12 +18,14 @@ from pathlib import Path
 import polars as pl
 
 from .cli import (REFIT_KNOWN, Stopwatch, check_table_path, log, output_path, parser_for, refuse_known_context,
-                  refuse_known_people, refuse_rating_context, run, warn_unknown_demographics, write_table)
-from .data import Scale, id_type_note, read_embeddings, read_pairs, read_people, read_ratings, validate_ratings
+                  refuse_known_people, refuse_rating_context, run, warn_demographic_conflicts,
+                  warn_unknown_demographics, write_table)
+from .data import (Scale, id_type_note, normalise_ages, read_embeddings, read_pairs, read_people, read_ratings,
+                   validate_ratings)
 from .errors import InputError, preview
 from .events import comparing_nothing, evidence, load_events, no_ratings, without_actions
 from .fitted import MODEL_FILES
-from .model import PersonalScorer
+from .model import FROM_EVENTS, PersonalScorer
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,6 +141,14 @@ def _with_demographics(context: pl.DataFrame, people: pl.DataFrame) -> pl.DataFr
                                for c in given).drop("_key", *(f"_{c}" for c in given))
 
 
+def demographics_only(model: PersonalScorer) -> frozenset[str]:
+    """Ids (text) of the people the model knows from demographics alone (kept without a rating or
+    an event: added with --people)."""
+    kept = model.ratings_.group_by("participant_id").agg(
+        bare=pl.col("image_id").is_null().all() & (pl.col("origin") != FROM_EVENTS).all())
+    return frozenset(kept.filter("bare")["participant_id"].cast(pl.String).to_list())
+
+
 def _demographics_only(ids: list, context: pl.DataFrame, events: pl.DataFrame | None) -> int:
     """How many of the folded-in `ids` have neither ratings nor events."""
     given = {str(u) for f in (context, events) if f is not None for u in f["participant_id"].to_list()}
@@ -181,9 +191,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             context = no_ratings(events if events is not None else people.with_columns(image_id=pl.lit(None, pl.String)))
         if people is not None:
-            refuse_known_people(people, model.users_, args.people, context, events)
+            refuse_known_people(people, model.users_, args.people, context, events,
+                                replaceable=demographics_only(model) if args.refit_known else frozenset())
             others.append(people["participant_id"])
             if context.height:  # kept with their ratings, so a refit folds them in alike
+                context = normalise_ages(context, args.context)
+                warn_demographic_conflicts(context, people, args.people)
                 context = _with_demographics(context, people)
         states = model.fold_in(context, embeddings, users=people, events=events)
         watch.step(f"folded in {len(states[0])} user(s) from {context.height} context ratings"

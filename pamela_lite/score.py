@@ -21,9 +21,10 @@ import numpy as np
 import polars as pl
 
 from .cli import (REFIT_KNOWN, Stopwatch, check_table_path, output_path, parser_for, refuse_known_context,
-                  refuse_known_people, refuse_rating_context, run, warn_unknown_demographics, write_table)
-from .data import (Embeddings, Scale, person_demographics, read_embeddings, read_pairs, read_people, read_ratings,
-                   validate_ratings)
+                  refuse_known_people, refuse_rating_context, run, warn_demographic_conflicts,
+                  warn_unknown_demographics, write_table)
+from .data import (Embeddings, Scale, normalise_ages, person_demographics, read_embeddings, read_pairs, read_people,
+                   read_ratings, validate_ratings)
 from .edge import EdgeScorer, UnknownUsers, fitted_path, users_path
 from .errors import InputError, preview
 
@@ -75,7 +76,8 @@ def load_scorer(path: Path) -> EdgeScorer:
 
 
 def fold_in_context(scorer: EdgeScorer, path: Path, embeddings: Embeddings, refit_known: bool = False,
-                    remedy: str = REFIT_KNOWN, people: pl.DataFrame | None = None) -> pl.DataFrame:
+                    remedy: str = REFIT_KNOWN, people: pl.DataFrame | None = None, people_source=None
+                    ) -> pl.DataFrame:
     """Fold each context user in with numpy (as a device would) and remember their state; `people`
     (from --people) gives demographics over the context's own. Returns the context ratings."""
     refuse_rating_context(scorer.fitted, path)
@@ -85,6 +87,8 @@ def fold_in_context(scorer: EdgeScorer, path: Path, embeddings: Embeddings, refi
     rows = embeddings.rows(frame["image_id"], path)
     frame = frame.with_columns(_row=pl.Series(rows))
     demographics = {str(row["participant_id"]): row for row in person_demographics(frame).iter_rows(named=True)}
+    if people is not None:
+        warn_demographic_conflicts(normalise_ages(frame, path), people, people_source)
     for row in ([] if people is None else people.iter_rows(named=True)):  # the --people file's values win
         if str(row["participant_id"]) in demographics:
             demographics[str(row["participant_id"])].update({k: v for k, v in row.items() if v is not None})
@@ -151,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         warn_unknown_demographics(people, scorer.demographic_values, args.people)
     context = None
     if args.context is not None:
-        context = fold_in_context(scorer, args.context, embeddings, args.refit_known, people=people)
+        context = fold_in_context(scorer, args.context, embeddings, args.refit_known, people=people,
+                                  people_source=args.people)
         watch.step(f"folded in context users from {args.context}")
     if people is not None:
         refuse_known_people(people, scorer.user_ids, args.people, context)

@@ -250,7 +250,7 @@ def test_predict_people_are_kept_with_add_to_model(model_dir, world, tmp_path):
 
 
 def test_predict_people_give_demographics_to_context_people_and_the_kept_ratings_carry_them(
-        model_dir, world, dataset, tmp_path):
+        model_dir, world, dataset, tmp_path, caplog):
     # --people and --context for one person: the people file's demographics win over the context's,
     # in the fold-in and in the rows --add-to-model keeps (which a refit folds in again)
     folder = tmp_path / "model"
@@ -262,11 +262,33 @@ def test_predict_people_give_demographics_to_context_people_and_the_kept_ratings
     _, args = _people_args(folder, world, tmp_path, people, "--context", str(tmp_path / "ctx.csv"),
                            "--add-to-model", "--out", str(tmp_path / "o.csv"))
     assert run(predict.main, args) == 0
+    assert "the demographics of 1 person(s) differ from those in their context ratings; this file's are used: " \
+           "'new1'" in caplog.text
     model = PersonalScorer.load(folder)
     kept = model.ratings_.filter(pl.col("participant_id") == "new1")
     assert kept["gender"].to_list() == ["female"] and kept["age"].to_list() == [65.0]
     ids, states = model.fold_in(kept.drop("origin"), dataset.embeddings)  # what a refit does with the kept rows
     np.testing.assert_allclose(model.user_states_[model.users_.index("new1")], states[0], rtol=0, atol=1e-6)
+
+
+def test_predict_people_bad_age_range_is_warned_once(model_dir, world, tmp_path, caplog):
+    people = pl.DataFrame({"participant_id": ["new1"], "age_binned": ["thirty-ish"]})
+    _, args = _people_args(model_dir, world, tmp_path, people, "--out", str(tmp_path / "o.csv"))
+    assert run(predict.main, args) == 0
+    warned = [r.getMessage() for r in caplog.records if "thirty-ish" in r.getMessage()]
+    assert len(warned) == 1 and "people.csv" in warned[0]
+
+
+def test_predict_people_known_from_demographics_alone_may_be_corrected_with_refit_known(model_dir, world, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(model_dir, folder)
+    _, args = _people_args(folder, world, tmp_path, pl.DataFrame({"participant_id": ["new1"], "age": [20]}),
+                           "--add-to-model", "--out", str(tmp_path / "a.csv"))
+    assert run(predict.main, args) == 0
+    _, args = _people_args(folder, world, tmp_path, pl.DataFrame({"participant_id": ["new1"], "age": [80]}),
+                           "--add-to-model", "--refit-known", "--out", str(tmp_path / "b.csv"))
+    assert run(predict.main, args) == 0
+    assert PersonalScorer.load(folder).ratings_.filter(pl.col("participant_id") == "new1")["age"].to_list() == [80.0]
 
 
 @pytest.mark.parametrize("people, expected", [
