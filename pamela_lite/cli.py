@@ -239,38 +239,55 @@ def refuse_known_context(context_ids: pl.Series, known_ids, source, refit_known:
                     f"events the model folder kept of them)")
 
 
+def read_new_people(path: Path, vocabularies: dict[str, list[str]]) -> pl.DataFrame:
+    """A --people file (:func:`pamela_lite.data.read_people`); gender and nationality values outside
+    `vocabularies` (the model's) are reported once."""
+    from .data import read_people
+
+    people = read_people(path)
+    warn_unknown_demographics(people, vocabularies, path)
+    return people
+
+
 def refuse_known_people(people: pl.DataFrame, known_ids, source, *given: pl.DataFrame | None,
-                        replaceable: frozenset[str] = frozenset()) -> None:
+                        from_demographics: frozenset[str] = frozenset(), refit_known: bool = False) -> None:
     """People the model knows, named in --people but in no ratings or events given with it, are
     refused: they would be scored from demographics alone instead of their own state (and with
     --add-to-model lose their kept ratings). Those in a context follow its rule (--refit-known);
-    so do the `replaceable` ids (text): people known from their demographics alone, whose
-    demographics --refit-known may correct."""
+    so do the ids (text) in `from_demographics`: people the model knows from their demographics
+    alone, whose demographics --refit-known may correct."""
     from .data import comparable_ids
 
     others = [f["participant_id"].cast(pl.String) for f in given if f is not None]
     alone = people["participant_id"]
     if others:
         alone = alone.filter(~alone.cast(pl.String).is_in(pl.concat(others).implode()))
-    alone = alone.filter(~alone.cast(pl.String).is_in(list(replaceable)))
+    if refit_known:
+        alone = alone.filter(~alone.cast(pl.String).is_in(list(from_demographics)))
     ids, known = comparable_ids(alone, pl.Series(list(known_ids)))
     overlap = alone.filter(ids.is_in(known.implode()))
-    if len(overlap):
-        raise InputError(source, f"{len(overlap)} participant(s) are already known to the model: "
-                                 f"{preview(overlap.to_list())}; --people is for people with nothing rated (the "
-                                 f"model scores known people from their own state): leave them out, or give "
-                                 f"their ratings as --context with --refit-known to replace that state")
+    if not len(overlap):
+        return
+    if set(overlap.cast(pl.String).to_list()) <= from_demographics:
+        remedy = "they were added from demographics alone: add --refit-known to correct them"
+    else:
+        remedy = ("--people is for people with nothing rated (the model scores known people from their own state): "
+                  "leave them out, or give their ratings as --context with --refit-known to replace that state")
+    raise InputError(source, f"{len(overlap)} participant(s) are already known to the model: "
+                             f"{preview(overlap.to_list())}; {remedy}")
 
 
 def warn_demographic_conflicts(context: pl.DataFrame, people: pl.DataFrame, source) -> None:
     """One warning naming the people whose --people demographics (`source`) differ from those their
-    context ratings carry: the --people values are used. Both tables hold ages in years
-    (:func:`pamela_lite.data.normalise_ages`)."""
+    context ratings carry: the --people values are used. Both tables hold ages in years (as
+    ``read_ratings`` and ``read_people`` leave them)."""
+    from .data import person_demographics
+
     columns = [c for c in ("age", "gender", "nationality") if c in context.columns and c in people.columns]
     if not columns:
         return
-    theirs = context.group_by(pl.col("participant_id").cast(pl.String), maintain_order=True).agg(
-        pl.col(c).drop_nulls().first().cast(pl.String).alias(f"_{c}") for c in columns)
+    theirs = person_demographics(context).select(pl.col("participant_id").cast(pl.String),
+                                                 *(pl.col(c).cast(pl.String).alias(f"_{c}") for c in columns))
     given = people.select(pl.col("participant_id").cast(pl.String), *(pl.col(c).cast(pl.String) for c in columns))
     both = given.join(theirs, on="participant_id")
     differ = both.filter(pl.any_horizontal(pl.col(c).is_not_null() & pl.col(f"_{c}").is_not_null()

@@ -192,16 +192,16 @@ def demo_stamp(seed: int) -> str:
 
 
 def ensure_demo(folder: Path, seed: int) -> Path:
-    """The demo world at `folder`, written once per seed and generator version (it is deterministic)."""
+    """The demo world at `folder`, written once per seed and generator version (it is deterministic).
+    Rewriting a world of another seed or generator is warned: its image ids stay, its embeddings
+    change, so models fitted on the old world would score them unwarned."""
     stamp = folder / "demo_seed.txt"
     held = stamp.read_text().strip() if stamp.exists() else None
     if held != demo_stamp(seed):
-        held_seed = held.split(";")[0].removeprefix("seed ").strip() if held is not None else None
-        if held_seed is not None and held_seed != str(seed):  # (older generators' stamps hold the seed alone)
-            # Same image ids, other embeddings: models fitted on the old world would score them unwarned.
-            log.warning(f"warning: {folder}: held the demo world of seed {held_seed}; rewritten for seed {seed} "
-                        f"(models fitted on the old one no longer match its embeddings; --demo-dir keeps each "
-                        f"seed's world apart)")
+        if held is not None:
+            log.warning(f"warning: {folder}: held a demo world of {held or 'an unknown generator'}; rewritten for "
+                        f"{demo_stamp(seed)} (models fitted on the old one no longer match its embeddings; "
+                        f"--demo-dir keeps worlds apart)")
         demo.write_world(folder, demo.DemoConfig(seed=seed))
         write_text(stamp, demo_stamp(seed))
     return folder
@@ -241,6 +241,10 @@ def check_refold_images(source: PersonalScorer, dataset, folder: Path, with_even
     trained = dataset.split("train")["participant_id"].cast(pl.String).unique().implode()
     rated = source.ratings_.filter(~pl.col("participant_id").cast(pl.String).is_in(trained)
                                    & pl.col("rating").is_not_null())
+    odd = rated.filter(~pl.col("rating").cast(pl.Float64).is_finite() | (pl.col("rating") != pl.col("rating").round()))
+    if odd.height:  # a model folder keeps whole ratings only: the file was changed by hand or damaged
+        raise InputError(folder / RATINGS_FILE, f"{odd.height} kept rating(s) are not whole numbers "
+                                                f"({preview(odd['rating'].to_list(), 3)}): the file is damaged")
     scale = dataset.scale
     outside = rated.filter((pl.col("rating") < scale.low) | (pl.col("rating") > scale.high))
     if outside.height:

@@ -17,11 +17,10 @@ from pathlib import Path
 
 import polars as pl
 
-from .cli import (REFIT_KNOWN, Stopwatch, check_table_path, log, output_path, parser_for, refuse_known_context,
-                  refuse_known_people, refuse_rating_context, run, warn_demographic_conflicts,
+from .cli import (REFIT_KNOWN, Stopwatch, check_table_path, log, output_path, parser_for, read_new_people,
+                  refuse_known_context, refuse_known_people, refuse_rating_context, run, warn_demographic_conflicts,
                   warn_unknown_demographics, write_table)
-from .data import (Scale, id_type_note, normalise_ages, read_embeddings, read_pairs, read_people, read_ratings,
-                   validate_ratings)
+from .data import Scale, id_type_note, read_embeddings, read_pairs, read_ratings, validate_ratings
 from .errors import InputError, preview
 from .events import comparing_nothing, evidence, load_events, no_ratings, without_actions
 from .fitted import MODEL_FILES
@@ -49,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "demographics with their ratings or events")
     parser.add_argument("--refit-known", action="store_true",
                         help="let --context / --context-events replace the stored state of users the model "
-                             "already knows (with --add-to-model, also the ratings and events it kept of them)")
+                             "already knows (with --add-to-model, also the ratings and events it kept of them), and "
+                             "--people correct the demographics of people it knows from demographics alone")
     parser.add_argument("--no-catalogue", action="store_true",
                         help="score every image by its embedding alone, as the exported ONNX scorer does (by "
                              "default images rated at fit time get the model's per-image correction, if it kept one)")
@@ -109,15 +109,6 @@ def load_context(path: Path, model: PersonalScorer, refit_known: bool = False, r
     return frame
 
 
-def load_people(path: Path, model: PersonalScorer) -> pl.DataFrame:
-    """New people's ids and demographics (:func:`pamela_lite.data.read_people`); values of gender or
-    nationality the model never saw are reported once."""
-    frame = read_people(path)
-    prior = model.fitted_.prior
-    warn_unknown_demographics(frame, {"gender": prior.genders, "nationality": prior.nationalities}, path)
-    return frame
-
-
 def add_to_model(model: PersonalScorer, context: pl.DataFrame, embeddings, folder: Path,
                  events: pl.DataFrame | None = None, people: pl.DataFrame | None = None) -> None:
     """Keep context users (their ratings, events and demographics) in the model folder (atomically;
@@ -141,7 +132,7 @@ def _with_demographics(context: pl.DataFrame, people: pl.DataFrame) -> pl.DataFr
                                for c in given).drop("_key", *(f"_{c}" for c in given))
 
 
-def demographics_only(model: PersonalScorer) -> frozenset[str]:
+def known_from_demographics_alone(model: PersonalScorer) -> frozenset[str]:
     """Ids (text) of the people the model knows from demographics alone (kept without a rating or
     an event: added with --people)."""
     kept = model.ratings_.group_by("participant_id").agg(
@@ -149,7 +140,7 @@ def demographics_only(model: PersonalScorer) -> frozenset[str]:
     return frozenset(kept.filter("bare")["participant_id"].cast(pl.String).to_list())
 
 
-def _demographics_only(ids: list, context: pl.DataFrame, events: pl.DataFrame | None) -> int:
+def _count_without_ratings_or_events(ids: list, context: pl.DataFrame, events: pl.DataFrame | None) -> int:
     """How many of the folded-in `ids` have neither ratings nor events."""
     given = {str(u) for f in (context, events) if f is not None for u in f["participant_id"].to_list()}
     return sum(str(u) not in given for u in ids)
@@ -182,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         events = load_context_events(args.context_events, model, args.model, embeddings, args.refit_known)
         warn_idle_events(events, model, args.model, args.context_events)
         others.append(events["participant_id"])
-    people = load_people(args.people, model) if args.people is not None else None
+    prior = model.fitted_.prior
+    people = (read_new_people(args.people, {"gender": prior.genders, "nationality": prior.nationalities})
+              if args.people is not None else None)
     if args.context is not None or events is not None or people is not None:
         if args.context is not None:
             context = load_context(args.context, model, args.refit_known)
@@ -192,16 +185,15 @@ def main(argv: list[str] | None = None) -> int:
             context = no_ratings(events if events is not None else people.with_columns(image_id=pl.lit(None, pl.String)))
         if people is not None:
             refuse_known_people(people, model.users_, args.people, context, events,
-                                replaceable=demographics_only(model) if args.refit_known else frozenset())
+                                from_demographics=known_from_demographics_alone(model), refit_known=args.refit_known)
             others.append(people["participant_id"])
             if context.height:  # kept with their ratings, so a refit folds them in alike
-                context = normalise_ages(context, args.context)
                 warn_demographic_conflicts(context, people, args.people)
                 context = _with_demographics(context, people)
         states = model.fold_in(context, embeddings, users=people, events=events)
         watch.step(f"folded in {len(states[0])} user(s) from {context.height} context ratings"
                    + (f" and {events.height} events" if events is not None else "")
-                   + (f" ({_demographics_only(states[0], context, events)} from demographics alone)"
+                   + (f" ({_count_without_ratings_or_events(states[0], context, events)} from demographics alone)"
                       if people is not None else ""))
     try:
         scores = model.predict(lookup_ids(pairs, *others), embeddings, states, catalogue=not args.no_catalogue)

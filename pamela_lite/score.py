@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from .cli import (REFIT_KNOWN, Stopwatch, check_table_path, output_path, parser_for, refuse_known_context,
-                  refuse_known_people, refuse_rating_context, run, warn_demographic_conflicts,
+from .cli import (REFIT_KNOWN, Stopwatch, check_table_path, output_path, parser_for, read_new_people,
+                  refuse_known_context, refuse_known_people, refuse_rating_context, run, warn_demographic_conflicts,
                   warn_unknown_demographics, write_table)
-from .data import (Embeddings, Scale, normalise_ages, person_demographics, read_embeddings, read_pairs, read_people,
-                   read_ratings, validate_ratings)
+from .data import (Embeddings, Scale, person_demographics, read_embeddings, read_pairs, read_ratings,
+                   validate_ratings)
 from .edge import EdgeScorer, UnknownUsers, fitted_path, users_path
 from .errors import InputError, preview
 
@@ -44,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "--context are scored from their demographics alone (k = 0), the others get these "
                              "demographics with their ratings (as predict --people)")
     parser.add_argument("--refit-known", action="store_true",
-                        help="let --context replace the stored state of users the scorer already knows")
+                        help="let --context replace the stored state of users the scorer already knows (not "
+                             "--people: the scorer keeps no ratings, so it cannot tell who was added from demographics "
+                             "alone; predict --refit-known can)")
     parser.add_argument("--user", help="with --top: the participant whose gallery ranking is wanted")
     parser.add_argument("--top", type=int, help="rank the whole embeddings file for --user and keep the best K")
     parser.add_argument("--cache", type=Path, help="with --top: rank this feature cache (pamela_lite.cache)")
@@ -88,7 +90,7 @@ def fold_in_context(scorer: EdgeScorer, path: Path, embeddings: Embeddings, refi
     frame = frame.with_columns(_row=pl.Series(rows))
     demographics = {str(row["participant_id"]): row for row in person_demographics(frame).iter_rows(named=True)}
     if people is not None:
-        warn_demographic_conflicts(normalise_ages(frame, path), people, people_source)
+        warn_demographic_conflicts(frame, people, people_source)
     for row in ([] if people is None else people.iter_rows(named=True)):  # the --people file's values win
         if str(row["participant_id"]) in demographics:
             demographics[str(row["participant_id"])].update({k: v for k, v in row.items() if v is not None})
@@ -151,8 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         scorer.fitted.check_dimension(embeddings.dim, args.embeddings)
     people = None
     if args.people is not None:
-        people = read_people(args.people)
-        warn_unknown_demographics(people, scorer.demographic_values, args.people)
+        people = read_new_people(args.people, scorer.demographic_values)
     context = None
     if args.context is not None:
         context = fold_in_context(scorer, args.context, embeddings, args.refit_known, people=people,

@@ -279,15 +279,19 @@ def test_predict_people_bad_age_range_is_warned_once(model_dir, world, tmp_path,
     assert len(warned) == 1 and "people.csv" in warned[0]
 
 
-def test_predict_people_known_from_demographics_alone_may_be_corrected_with_refit_known(model_dir, world, tmp_path):
+def test_predict_people_known_from_demographics_alone_may_be_corrected_with_refit_known(model_dir, world, tmp_path,
+                                                                                        capsys):
     folder = tmp_path / "model"
     shutil.copytree(model_dir, folder)
     _, args = _people_args(folder, world, tmp_path, pl.DataFrame({"participant_id": ["new1"], "age": [20]}),
                            "--add-to-model", "--out", str(tmp_path / "a.csv"))
     assert run(predict.main, args) == 0
+    capsys.readouterr()
     _, args = _people_args(folder, world, tmp_path, pl.DataFrame({"participant_id": ["new1"], "age": [80]}),
-                           "--add-to-model", "--refit-known", "--out", str(tmp_path / "b.csv"))
-    assert run(predict.main, args) == 0
+                           "--add-to-model", "--out", str(tmp_path / "b.csv"))
+    line = _one_line_error(capsys, run(predict.main, args))
+    assert "added from demographics alone: add --refit-known to correct them" in line
+    assert run(predict.main, [*args, "--refit-known"]) == 0
     assert PersonalScorer.load(folder).ratings_.filter(pl.col("participant_id") == "new1")["age"].to_list() == [80.0]
 
 

@@ -210,6 +210,18 @@ def test_refold_of_people_rated_outside_the_new_scale_fails_before_the_fit(world
     assert not (tmp_path / "new").exists()
 
 
+def test_refold_of_damaged_kept_ratings_fails_before_the_fit(world, model_dir, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(model_dir, old)
+    kept = pl.read_parquet(old / "ratings.parquet")
+    added = kept.head(2).with_columns(participant_id=pl.lit("zed"), origin=pl.lit("context"),
+                                      rating=pl.Series([2.5, float("nan")]))
+    pl.concat([kept.with_columns(pl.col("rating").cast(pl.Float64)), added]).write_parquet(old / "ratings.parquet")
+    done = cli("fit", "--data", world, "--out", tmp_path / "new", "--refold-from", old)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "2 kept rating(s) are not whole numbers" in lines[0]
+
+
 def test_one_writer_of_parameter_files_and_no_pickle_anywhere():
     sources = {p.name: p.read_text() for p in PACKAGE.glob("*.py")}
     writers = sorted(name for name, text in sources.items() if "np.savez" in text)
