@@ -24,7 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "{prog} --encoder clip_b32.onnx --images /data/PAMELA/images --pamela /data/PAMELA "
                         "--out /data/PAMELA/embeddings.parquet", defaults=True)
     parser.add_argument("--encoder", type=Path, required=True, help="ONNX image encoder (see embeddings/)")
-    parser.add_argument("--images", type=Path, required=True, help="folder of images, or a file listing paths")
+    parser.add_argument("--images", type=Path, required=True,
+                        help="folder of images (searched recursively; an image's id is its path relative to the "
+                             "folder; hidden files and folders left out, linked folders followed), or a text file "
+                             "listing one path per line (relative to the file's folder or absolute; the id is the "
+                             "path as written; lines starting with # are comments)")
     parser.add_argument("--out", type=output_path, required=True, help="embeddings Parquet (created or extended)")
     parser.add_argument("--pamela", type=Path, help="PAMELA root: ids from its image_path → image_id")
     parser.add_argument("--batch", type=int, default=32, help="images per encoder call")

@@ -267,7 +267,8 @@ def list_images(images: Path) -> list[tuple[Path, str]]:
         what = ("an image, not a folder or a list file of image paths: pass its folder"
                 if images.suffix.lower() in IMAGE_SUFFIXES else "not a list file of image paths (not UTF-8 text)")
         raise InputError(images, what) from None
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    # one path per line; blank lines and lines starting with "#" (comments) are not paths
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
     if not lines:
         raise InputError(images, "the list file is empty")
     base, pairs = images.parent, {}
@@ -441,7 +442,9 @@ def embed_images(encoder: Encoder, files: list[tuple[Path, object]], out: Path, 
                 try:
                     pixels.append(load_pixels(path, encoder.config))
                     batch_ids.append(image_id)
-                except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
+                except UnidentifiedImageError:  # Pillow's name for "not an image", which says little to a reader
+                    report.skipped.append((str(path), "not an image (or a format Pillow cannot read)"))
+                except (OSError, ValueError, Image.DecompressionBombError) as err:
                     report.skipped.append((str(path),
                                            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"))
             if pixels:

@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="table or PAMELA JSON with participant_id, image_id")
     parser.add_argument("--embeddings", type=Path, required=True, help="embeddings Parquet (image_id, embedding)")
     parser.add_argument("--context", type=Path,
-                        help="ratings of new users (participant_id, image_id, rating [, age, gender, nationality])")
+                        help="ratings of new users (participant_id, image_id, rating [, age or age_binned, gender, "
+                             "nationality])")
     parser.add_argument("--context-events", type=Path,
                         help="events of new users (participant_id, image_id, event or weight [, session_id, ...]), "
                              "folded in with the model's event channel, alone or with --context; a numeric weight is "

@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "not needed with --top and --cache")
     parser.add_argument("--pairs", type=Path, help="table or PAMELA JSON with participant_id, image_id")
     parser.add_argument("--context", type=Path,
-                        help="ratings of new users (participant_id, image_id, rating [, age, gender, nationality])")
+                        help="ratings of new users (participant_id, image_id, rating [, age or age_binned, gender, "
+                             "nationality])")
     parser.add_argument("--people", type=Path,
                         help="new people (participant_id [, age or age_binned, gender, nationality]); those not in "
                              "--context are scored from their demographics alone (k = 0), the others get these "

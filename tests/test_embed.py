@@ -49,6 +49,8 @@ def test_corrupt_and_non_image_files_are_reported_not_fatal(tmp_path, encoder_pa
     assert read_embeddings(out).matrix.shape[0] == 3
     skipped = pl.read_csv(tmp_path / "e.parquet.skipped.csv")
     assert sorted(p.rsplit("/", 1)[1] for p in skipped["path"]) == ["broken.png", "notes.txt"]
+    reasons = dict(zip((p.rsplit("/", 1)[1] for p in skipped["path"]), skipped["reason"]))
+    assert reasons["notes.txt"] == "not an image (or a format Pillow cannot read)"  # not "UnidentifiedImageError"
 
 
 def test_a_rerun_that_skips_nothing_removes_the_last_runs_skipped_report(tmp_path, encoder_path):
@@ -64,9 +66,10 @@ def test_a_rerun_that_skips_nothing_removes_the_last_runs_skipped_report(tmp_pat
 
 
 def test_a_list_naming_an_image_twice_gives_one_id(tmp_path, encoder_path):
-    # "img000.png" twice, or as "./img000.png", wrote two rows of one id, which every reader then refused
+    # "img000.png" twice, or as "./img000.png", wrote two rows of one id, which every reader then refused;
+    # a "# comment" line was read as a path
     images = _images(tmp_path / "imgs", 2)
-    (images / "list.txt").write_text("img000.png\n./img000.png\nimg000.png\nimg001.png\n")
+    (images / "list.txt").write_text("# my picks\nimg000.png\n./img000.png\nimg000.png\nimg001.png\n")
     assert [i for _, i in list_images(images / "list.txt")] == ["img000.png", "img001.png"]
     embed_images(Encoder(encoder_path), list_images(images / "list.txt"), tmp_path / "e.parquet", batch_size=2)
     assert read_embeddings(tmp_path / "e.parquet").matrix.shape[0] == 2
