@@ -239,13 +239,13 @@ def refuse_known_context(context_ids: pl.Series, known_ids, source, refit_known:
                     f"events the model folder kept of them)")
 
 
-def read_new_people(path: Path, vocabularies: dict[str, list[str]]) -> pl.DataFrame:
-    """A --people file (:func:`pamela_lite.data.read_people`); gender and nationality values outside
-    `vocabularies` (the model's) are reported once."""
+def read_new_people(path: Path, prior) -> pl.DataFrame:
+    """A --people file (:func:`pamela_lite.data.read_people`); demographics the model's `prior`
+    cannot use are reported once (:func:`warn_unknown_demographics`)."""
     from .data import read_people
 
     people = read_people(path)
-    warn_unknown_demographics(people, vocabularies, path)
+    warn_unknown_demographics(people, prior, path)
     return people
 
 
@@ -297,10 +297,13 @@ def warn_demographic_conflicts(context: pl.DataFrame, people: pl.DataFrame, sour
                     f"context ratings; this file's are used: {preview(differ['participant_id'].to_list())}")
 
 
-def warn_unknown_demographics(frame: pl.DataFrame, vocabularies: dict[str, list[str]], source) -> None:
-    """One warning listing gender/nationality values the model never saw (they count as unknown)."""
+def warn_unknown_demographics(frame: pl.DataFrame, prior, source) -> None:
+    """One warning listing gender/nationality values the model's demographic `prior` never saw (they
+    count as unknown), and ages given to a model fitted without any (they change no score)."""
+    if "age" in frame.columns and frame["age"].drop_nulls().len() and not prior.knows_ages:
+        log.warning(f"warning: {source}: the model was fitted without ages, so the ages given here change no score")
     parts = []
-    for column, known in vocabularies.items():
+    for column, known in {"gender": prior.genders, "nationality": prior.nationalities}.items():
         if column in frame.columns:
             values = frame[column].drop_nulls().cast(pl.String).unique(maintain_order=True)
             odd = values.filter(~values.is_in(pl.Series(list(known), dtype=pl.String).implode()))

@@ -177,7 +177,7 @@ class EdgeScorer(CachedScoring):
         k = 0 (empty arrays, or None) and no events gives the demographic prior. `age` is years
         or a range such as "25-34" (the command line's rule, :func:`pamela_lite.rules.age_years`);
         a gender or nationality the model was not fitted with counts as unknown, with a warning
-        (see :attr:`demographic_values`). `events` are event names (or signed numeric weights),
+        (see :attr:`demographic_values`), and so does an age given to a model fitted without ages. `events` are event names (or signed numeric weights),
         one per row of `event_embeddings` (the image acted on or shown; a shown-and-ignored image
         is a "view"); `sessions` (optional, one per row) say which images were shown together.
         Same arithmetic as ``PersonalScorer.fold_in`` with ``events=``; no refit, no re-export.
@@ -191,7 +191,7 @@ class EdgeScorer(CachedScoring):
         if len(ratings) != len(embeddings):
             raise ValueError(f"{len(embeddings)} embeddings but {len(ratings)} ratings")
         age = age_years(age)
-        self._warn_unknown_demographics(gender, nationality)
+        self._warn_unknown_demographics(gender, nationality, age)
         rows = None
         events = None if events is None else np.atleast_1d(np.asarray(events))
         if events is not None and len(events):
@@ -209,7 +209,9 @@ class EdgeScorer(CachedScoring):
                              f"one image, not {rows.shape}")
         return check_not_zero(check_finite(rows.reshape(-1, self.embedding_dim), what), what)
 
-    def _warn_unknown_demographics(self, gender, nationality) -> None:
+    def _warn_unknown_demographics(self, gender, nationality, age=None) -> None:
+        if age is not None and not np.isnan(age) and not self.fitted.prior.knows_ages:
+            warnings.warn("the model was fitted without ages, so age changes no score", stacklevel=3)
         for name, value in (("gender", gender), ("nationality", nationality)):
             known = self.demographic_values[name]
             if value is not None and str(value) not in known:

@@ -106,7 +106,7 @@ def load_context(path: Path, model: PersonalScorer, refit_known: bool = False, r
     frame, _ = validate_ratings(read_ratings(path), path, Scale(*model.fitted_.scale))
     refuse_known_context(frame["participant_id"], model.users_, path, refit_known, remedy)
     prior = model.fitted_.prior
-    warn_unknown_demographics(frame, {"gender": prior.genders, "nationality": prior.nationalities}, path)
+    warn_unknown_demographics(frame, prior, path)
     return frame
 
 
@@ -175,8 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         warn_idle_events(events, model, args.model, args.context_events)
         others.append(events["participant_id"])
     prior = model.fitted_.prior
-    people = (read_new_people(args.people, {"gender": prior.genders, "nationality": prior.nationalities})
-              if args.people is not None else None)
+    people = read_new_people(args.people, prior) if args.people is not None else None
     if args.context is not None or events is not None or people is not None:
         if args.context is not None:
             context = load_context(args.context, model, args.refit_known)

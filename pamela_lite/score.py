@@ -86,7 +86,7 @@ def fold_in_context(scorer: EdgeScorer, path: Path, embeddings: Embeddings, refi
     refuse_rating_context(scorer.fitted, path)
     frame, _ = validate_ratings(read_ratings(path), path, Scale(*scorer.scale))
     refuse_known_context(frame["participant_id"], scorer.user_ids, path, refit_known, remedy)
-    warn_unknown_demographics(frame, scorer.demographic_values, path)
+    warn_unknown_demographics(frame, scorer.fitted.prior, path)
     rows = embeddings.rows(frame["image_id"], path)
     frame = frame.with_columns(_row=pl.Series(rows))
     demographics = {str(row["participant_id"]): row for row in person_demographics(frame).iter_rows(named=True)}
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         scorer.fitted.check_dimension(embeddings.dim, args.embeddings)
     people = None
     if args.people is not None:
-        people = read_new_people(args.people, scorer.demographic_values)
+        people = read_new_people(args.people, scorer.fitted.prior)
     context = None
     if args.context is not None:
         context = fold_in_context(scorer, args.context, embeddings, args.refit_known, people=people,

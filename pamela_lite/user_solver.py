@@ -199,6 +199,12 @@ class DemographicPrior:
     coef: np.ndarray | None = None  # (1 + genders + nationalities, 1 + d + f), fitted after the states
     intercept: np.ndarray | None = None  # (1 + d + f,)
 
+    @property
+    def knows_ages(self) -> bool:
+        """Whether it was fitted with ages: without any, the fit sets mean 0 and spread 1 (no real
+        set of ages has mean 0), and an age given later changes no score."""
+        return not (self.age_mean == 0.0 and self.age_std == 1.0)
+
     def vectors(self, ages, genders, nationalities) -> tuple[np.ndarray, np.ndarray]:
         """(head features: the state's demographic tail, prior features) of users (see demographic_vectors)."""
         return demographic_vectors(ages, genders, nationalities, self.age_mean, self.age_std, self.genders,

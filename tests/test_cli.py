@@ -295,6 +295,19 @@ def test_predict_people_known_from_demographics_alone_may_be_corrected_with_refi
     assert PersonalScorer.load(folder).ratings_.filter(pl.col("participant_id") == "new1")["age"].to_list() == [80.0]
 
 
+def test_ages_for_a_model_fitted_without_ages_are_warned_about(fitted, caplog):
+    # they changed no score, silently (a gender the model never saw was already warned about)
+    from pamela_lite.cli import warn_unknown_demographics
+    from pamela_lite.user_solver import DemographicPrior
+
+    frame = pl.DataFrame({"participant_id": ["a"], "age": [30.0]})
+    assert fitted.fitted_.prior.knows_ages  # the demo world has ages
+    warn_unknown_demographics(frame, fitted.fitted_.prior, "people.csv")
+    assert "without ages" not in caplog.text
+    warn_unknown_demographics(frame, DemographicPrior(0.0, 1.0, [], []), "people.csv")  # what a fit without ages keeps
+    assert "people.csv: the model was fitted without ages, so the ages given here change no score" in caplog.text
+
+
 @pytest.mark.parametrize("people, expected", [
     (pl.DataFrame({"person": ["new1"]}), "missing column(s) participant_id"),
     (pl.DataFrame({"participant_id": [None, "new1"]}, schema={"participant_id": pl.String}), "have no participant_id"),
