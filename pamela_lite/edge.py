@@ -177,9 +177,10 @@ class EdgeScorer(CachedScoring):
         k = 0 (empty arrays, or None) and no events gives the demographic prior. `age` is years
         or a range such as "25-34" (the command line's rule, :func:`pamela_lite.rules.age_years`);
         a gender or nationality the model was not fitted with counts as unknown, with a warning
-        (see :attr:`demographic_values`), and so does an age given to a model fitted without ages. `events` are event names (or signed numeric weights),
-        one per row of `event_embeddings` (the image acted on or shown; a shown-and-ignored image
-        is a "view"); `sessions` (optional, one per row) say which images were shown together.
+        (see :attr:`demographic_values`), and so does an age given to a model fitted without ages.
+        `events` are event names (or signed numeric weights), one per row of `event_embeddings`
+        (the image acted on or shown; a shown-and-ignored image is a "view"); `sessions`
+        (optional, one per row) say which images were shown together.
         Same arithmetic as ``PersonalScorer.fold_in`` with ``events=``; no refit, no re-export.
         """
         ratings = [] if ratings is None else ratings

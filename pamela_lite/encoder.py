@@ -292,7 +292,8 @@ def _folder_images(root: Path) -> list[str]:
         subfolders[:] = sorted((d for d in subfolders if not d.startswith(".")),
                                key=lambda d: (os.path.islink(os.path.join(folder, d)), d))
         relative = Path(folder).relative_to(root)
-        names += [(relative / f).as_posix() for f in files if not f.startswith(".") and os.path.isfile(os.path.join(folder, f))]
+        names += [(relative / f).as_posix() for f in files
+                  if not f.startswith(".") and os.path.isfile(os.path.join(folder, f))]
     return sorted(names)
 
 

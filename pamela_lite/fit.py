@@ -127,9 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "model.json under 'tuning'; without val_seen ratings of known people the head is not "
                              "tuned, a progress line says so), and the out-of-fold training ratings choose 8 "
                              "principal components instead of n_components when they rank better by 0.002 (the "
-                             "taste model is fitted twice; the choice is in metrics.json, the count used in model.json under "
-                             "'taste_coordinates'). Head settings given in "
-                             "--params turn both choices off")
+                             "taste model is fitted twice; the choice is in metrics.json, the count used in "
+                             "model.json under 'taste_coordinates'). Head settings given in --params turn both "
+                             "choices off")
     parser.add_argument("--threads", type=int, default=1,
                         help="threads for BLAS, OpenMP, implicit and LightGBM (1 measured fastest on a 2-core "
                              "machine shared with other work: 2 threads took 3x longer)")

@@ -58,8 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = Parser(prog="python -m pamela_lite.tiny_encoder", description=__doc__.split("\n\n")[1])
     parser.add_argument("--out", type=output_path, required=True, help="ONNX file to write")
     parser.add_argument("--size", type=int, default=32, help="input image side in pixels (default 32)")
-    parser.add_argument("--dim", type=int, default=16, help="embedding dimension (default 16: pass your scorer's, e.g. 512); the vectors span at most 8 "
-                             "directions whatever it is (8 channels): a pipeline check, not a taste encoder")
+    parser.add_argument("--dim", type=int, default=16,
+                        help="embedding dimension (default 16: pass your scorer's, e.g. 512); the vectors span at "
+                             "most 8 directions whatever it is (8 channels): a pipeline check, not a taste encoder")
     args = parser.parse_args(argv)
     if args.size < 8 or args.dim < 1:  # the smallest image embed reads (Preprocess.check), one value at least
         parser.error(f"--size must be at least 8 and --dim at least 1, not {args.size} and {args.dim}")
