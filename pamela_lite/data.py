@@ -477,6 +477,21 @@ def read_people(path: str | Path) -> pl.DataFrame:
     return frame
 
 
+def with_demographics(context: pl.DataFrame, people: pl.DataFrame) -> pl.DataFrame:
+    """`context` (ratings) with the demographics `people` (a --people file) gives, over the context's
+    own values (ids compared as text): the one rule of predict's and score's fold-ins, so kept rows
+    and states agree."""
+    given = [c for c in people.columns if c != "participant_id"]
+    theirs = people.unique("participant_id", keep="first").select(
+        pl.col("participant_id").cast(pl.String).alias("_key"), *(pl.col(c).alias(f"_{c}") for c in given))
+    joined = context.with_columns(_key=pl.col("participant_id").cast(pl.String)).join(theirs, on="_key", how="left",
+                                                                                     maintain_order="left")
+    # As text: the two files may type a column differently (integers, floats, all nulls); fold-ins read both.
+    return joined.with_columns((pl.coalesce(pl.col(f"_{c}").cast(pl.String), pl.col(c).cast(pl.String))
+                                if c in context.columns else pl.col(f"_{c}")).alias(c)
+                               for c in given).drop("_key", *(f"_{c}" for c in given))
+
+
 # ----------------------------------------------------------------------------- validation
 
 

@@ -22,8 +22,7 @@ import os
 import posixpath
 import sys
 import time
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -196,7 +195,7 @@ class Encoder:
         with open(path, "rb") as fh:  # in chunks: a large encoder is a gigabyte
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(chunk)
-        digest.update(json.dumps(dataclasses.asdict(self.config), sort_keys=True).encode())
+        digest.update(json.dumps(asdict(self.config), sort_keys=True).encode())
         self.identity = digest.hexdigest()
 
     def _side_from_shape(self) -> int | None:
@@ -418,8 +417,9 @@ def embed_images(encoder: Encoder, files: list[tuple[Path, object]], out: Path, 
 
     `progress` shows a bar (for a terminal); `log_lines` prints one plain line per checkpoint
     instead (for a log file). `root` is the folder (or list file) the ids are relative to: the
-    file records it and the encoder, and a resumed run with another encoder, or with ids that
-    are already there from another folder, is refused (they would be other images' vectors).
+    file records it and the encoder; a resumed run with another encoder is refused (its vectors
+    would not mix), and ids already there from another folder are warned about (they keep the
+    vectors made there).
     """
     report = EmbedReport()
     existing = _existing(out)

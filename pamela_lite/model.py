@@ -669,10 +669,10 @@ class PersonalScorer(BaseEstimator):
         training rows — every rating, held out by image as test images are new — compared per
         person: validation ratings were tried first and were too few (about 10 a person on an
         independent world, which lost 0.013 to a choice within their noise). The smaller block
-        is kept when its mean
-        paired per-user gain is at least :data:`TUNE_MIN_GAIN` (it costs nothing at scoring time,
-        so no margin of standard errors is asked: in those trials the gains that chose it stood
-        2.7-8.7 standard errors from 0, and those within 1 were all below the margin).
+        is kept when its mean paired per-user gain is at least :data:`TUNE_MIN_GAIN` (it costs
+        nothing at scoring time, so no margin of standard errors is asked: in those trials the
+        gains that chose it stood 2.7-8.7 standard errors from 0, and those within 1 were all
+        below the margin).
         """
         small = SMALL_PRINCIPAL_BLOCK
         if (not self.tune or oof is None or self.taste_basis != "learned" or not self.use_taste

@@ -20,7 +20,7 @@ import polars as pl
 from .cli import (REFIT_KNOWN, Stopwatch, check_table_path, log, output_path, parser_for, read_new_people,
                   refuse_known_context, refuse_known_people, refuse_rating_context, run, warn_demographic_conflicts,
                   warn_unknown_demographics, write_table)
-from .data import Scale, id_type_note, read_embeddings, read_pairs, read_ratings, validate_ratings
+from .data import Scale, id_type_note, read_embeddings, read_pairs, read_ratings, validate_ratings, with_demographics
 from .errors import InputError, preview
 from .events import comparing_nothing, evidence, load_events, no_ratings, without_actions
 from .fitted import MODEL_FILES
@@ -119,20 +119,6 @@ def add_to_model(model: PersonalScorer, context: pl.DataFrame, embeddings, folde
     model.save(folder, extra_files=others)
 
 
-def _with_demographics(context: pl.DataFrame, people: pl.DataFrame) -> pl.DataFrame:
-    """`context` with the demographics `people` gives (ids compared as text), over the context's own
-    values: what fold_in uses for these people, so the kept rows and the state agree."""
-    given = [c for c in people.columns if c != "participant_id"]
-    theirs = people.unique("participant_id", keep="first").select(
-        pl.col("participant_id").cast(pl.String).alias("_key"), *(pl.col(c).alias(f"_{c}") for c in given))
-    joined = context.with_columns(_key=pl.col("participant_id").cast(pl.String)).join(theirs, on="_key", how="left",
-                                                                                     maintain_order="left")
-    # As text: an age may be a number in one file and a range ("25-34") in the other; fold-in reads both.
-    return joined.with_columns((pl.coalesce(pl.col(f"_{c}").cast(pl.String), pl.col(c).cast(pl.String))
-                                if c in context.columns else pl.col(f"_{c}")).alias(c)
-                               for c in given).drop("_key", *(f"_{c}" for c in given))
-
-
 def known_from_demographics_alone(model: PersonalScorer) -> frozenset[str]:
     """Ids (text) of the people the model knows from demographics alone (kept without a rating or
     an event: added with --people)."""
@@ -189,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             others.append(people["participant_id"])
             if context.height:  # kept with their ratings, so a refit folds them in alike
                 warn_demographic_conflicts(context, people, args.people)
-                context = _with_demographics(context, people)
+                context = with_demographics(context, people)
         states = model.fold_in(context, embeddings, users=people, events=events)
         watch.step(f"folded in {len(states[0])} user(s) from {context.height} context ratings"
                    + (f" and {events.height} events" if events is not None else "")

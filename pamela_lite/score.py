@@ -24,7 +24,7 @@ from .cli import (REFIT_KNOWN, Stopwatch, check_table_path, output_path, parser_
                   refuse_known_context, refuse_known_people, refuse_rating_context, run, warn_demographic_conflicts,
                   warn_unknown_demographics, write_table)
 from .data import (Embeddings, Scale, person_demographics, read_embeddings, read_pairs, read_ratings,
-                   validate_ratings)
+                   validate_ratings, with_demographics)
 from .edge import EdgeScorer, UnknownUsers, fitted_path, users_path
 from .errors import InputError, preview
 
@@ -89,12 +89,10 @@ def fold_in_context(scorer: EdgeScorer, path: Path, embeddings: Embeddings, refi
     warn_unknown_demographics(frame, scorer.fitted.prior, path)
     rows = embeddings.rows(frame["image_id"], path)
     frame = frame.with_columns(_row=pl.Series(rows))
-    demographics = {str(row["participant_id"]): row for row in person_demographics(frame).iter_rows(named=True)}
     if people is not None:
         warn_demographic_conflicts(frame, people, people_source)
-    for row in ([] if people is None else people.iter_rows(named=True)):  # the --people file's values win
-        if str(row["participant_id"]) in demographics:
-            demographics[str(row["participant_id"])].update({k: v for k, v in row.items() if v is not None})
+        frame = with_demographics(frame, people)
+    demographics = {str(row["participant_id"]): row for row in person_demographics(frame).iter_rows(named=True)}
     for (user,), part in frame.group_by("participant_id", maintain_order=True):
         state = _fold_in(scorer, demographics[str(user)], embeddings.matrix[part["_row"].to_numpy()],
                          part["rating"].to_numpy())

@@ -161,13 +161,19 @@ class Vocabulary:
                 if not phrase or "," in phrase or any(unicodedata.category(c) == "Cc" for c in phrase):
                     raise InputError(source, f"attribute {name!r}: phrase {phrase!r} is empty or contains a comma "
                                              f"or a control character (a line break, a tab)")
-                if phrase_key(phrase) in seen:  # "Golden Hour light" is "golden hour light" to a prompt reader
-                    first, where = seen[phrase_key(phrase)]
+                key = phrase_key(phrase)  # "Golden Hour light" is "golden hour light" to a prompt reader
+                if key in seen:
+                    first, where = seen[key]
                     raise InputError(source, f"phrase {phrase!r} appears twice ({first!r} in {where!r}, and in "
                                              f"{name!r}; case and spacing do not make another phrase)")
-                seen[phrase_key(phrase)] = (phrase, name)
+                seen[key] = (phrase, name)
             attributes.append((str(name), clean))
         return cls(tuple(attributes), source)
+
+    @property
+    def phrases(self) -> list[str]:
+        """Every phrase, attribute by attribute."""
+        return [p for _, ps in self.attributes for p in ps]
 
     @property
     def names(self) -> list[str]:
@@ -472,7 +478,7 @@ class PhraseEffects:
             raise InputError(source, f"{len(prompts)} prompts but embeddings of shape {y.shape}: need one row each")
         if not np.isfinite(y).all():
             raise InputError(source, "the logged embeddings contain NaN or inf")
-        phrases = [p for _, ps in vocab.attributes for p in ps]
+        phrases = vocab.phrases
         column = {p: k for k, p in enumerate(phrases)}
         split = [split_prompt(p, column) for p in prompts]
         x = np.zeros((len(y), len(phrases)))
@@ -1359,7 +1365,7 @@ def _phrase_effects(args, vocab: Vocabulary, generate, dim: int, searched: Vocab
         if not isinstance(generate, SimulatedGenerator):
             raise InputError(None, "--history sim needs --generator sim:WORLD")
         # The log never holds the base prompt steered here, and its seeds are its own.
-        base_text, _ = split_prompt(args.prompt, {q for _, qs in vocab.attributes for q in qs})
+        base_text, _ = split_prompt(args.prompt, set(vocab.phrases))
         prompts, emb = generate.past_generations(vocab, exclude={args.prompt.strip(), base_text})
         effects = PhraseEffects.fit(prompts, emb, vocab, source="the simulated log")
     elif args.history is not None:
@@ -1376,9 +1382,9 @@ def _phrase_effects(args, vocab: Vocabulary, generate, dim: int, searched: Vocab
         return None
     if effects.dim != dim:
         raise InputError(effects.source, f"phrase effects of dimension {effects.dim}, the model's embeddings {dim}")
-    if not any(effects.known(p) for _, ps in vocab.attributes for p in ps):
+    if not any(effects.known(p) for p in vocab.phrases):
         raise InputError(effects.source, f"shares no phrase with the vocabulary {vocab.source}")
-    if searched is not None and not any(effects.known(p) for _, ps in searched.attributes for p in ps):
+    if searched is not None and not any(effects.known(p) for p in searched.phrases):
         raise InputError(effects.source, "knows no phrase of the attributes left to steer (the base prompt sets "
                                          "the others): drop those phrases from --prompt, or log more generations")
     return effects
