@@ -144,6 +144,7 @@ class Embeddings:
             raise InputError(source or self.source,
                              f"{len(missing)} image id(s) have no embedding in {self.source}: "
                              f"{preview(missing.to_list())}{id_type_note(image_ids, self.ids, 'the embeddings', missing)}"
+                             f"{near_miss_note(missing, self.ids)}"
                              f"{self._skipped_hint(missing)}; its ids look like {preview(self.ids[:3].to_list(), 3)}")
         return found["_row"].to_numpy()
 
@@ -214,6 +215,24 @@ def id_type_note(given: pl.Series, known: pl.Series, where: str, missing: pl.Ser
             return ""
     return (f" (these ids are {_id_kind(given)}, those of {where} are {_id_kind(known)}: they are compared as "
             f"text, e.g. {known[0]!r} matches {str(known[0])!r} only)")
+
+
+def near_miss_note(missing, known) -> str:
+    """A hint when some `missing` ids differ from a `known` id only in surrounding spaces or in
+    letter case (" u7" or "U7" against "u7": a spreadsheet's padding, another export's casing);
+    ids are matched exactly, so such an id is unknown. Empty when none does."""
+    key = lambda ids: pl.Series(list(ids), dtype=pl.String, strict=False).str.strip_chars().str.to_lowercase()
+    known = pl.Series(list(known)).cast(pl.String)
+    exact = set(known.to_list())
+    table = pl.DataFrame({"_key": key(known), "known": known}).unique("_key", keep="first", maintain_order=True)
+    given = pl.Series(list(missing)).cast(pl.String)
+    # an id that matches once both sides are text is id_type_note's case, not a near miss
+    near = (pl.DataFrame({"_key": key(given), "given": given}).filter(~pl.col("given").is_in(list(exact)))
+            .join(table, on="_key", how="inner", maintain_order="left"))
+    if not near.height:
+        return ""
+    return (f" ({near.height} of them differ from a known id only in spaces or letter case, e.g. "
+            f"{near['given'][0]!r} against {near['known'][0]!r}: ids must match exactly)")
 
 
 # ----------------------------------------------------------------------------- reading files

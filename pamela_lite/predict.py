@@ -20,7 +20,8 @@ import polars as pl
 from .cli import (REFIT_KNOWN, Stopwatch, check_table_path, log, output_path, parser_for, read_new_people,
                   refuse_known_context, refuse_known_people, refuse_rating_context, run, warn_demographic_conflicts,
                   warn_unknown_demographics, write_table)
-from .data import Scale, id_type_note, read_embeddings, read_pairs, read_ratings, validate_ratings, with_demographics
+from .data import (Scale, id_type_note, near_miss_note, read_embeddings, read_pairs, read_ratings, validate_ratings,
+                   with_demographics)
 from .errors import InputError, preview
 from .events import comparing_nothing, evidence, load_events, no_ratings, without_actions
 from .fitted import MODEL_FILES
@@ -186,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         known = pl.concat([o.cast(pl.String) for o in others])
         missing = pairs.filter(~pl.col("participant_id").cast(pl.String).is_in(known.implode()))["participant_id"]
-        note = id_type_note(pairs["participant_id"], others[0], "the model", missing) if "unknown" in err.problem else ""
+        note = (id_type_note(pairs["participant_id"], others[0], "the model", missing) + near_miss_note(missing, known)
+                if "unknown" in err.problem else "")
         raise InputError(args.pairs, err.problem + note) from None
     write_table(pairs.with_columns(score=pl.Series(scores)), args.out)
     watch.step(f"scored {pairs.height} pairs → {args.out}")

@@ -23,8 +23,8 @@ import polars as pl
 from .cli import (REFIT_KNOWN, Stopwatch, check_table_path, output_path, parser_for, read_new_people,
                   refuse_known_context, refuse_known_people, refuse_rating_context, run, warn_demographic_conflicts,
                   warn_unknown_demographics, write_table)
-from .data import (Embeddings, Scale, person_demographics, read_embeddings, read_pairs, read_ratings,
-                   validate_ratings, with_demographics)
+from .data import (Embeddings, Scale, near_miss_note, person_demographics, read_embeddings, read_pairs,
+                   read_ratings, validate_ratings, with_demographics)
 from .edge import EdgeScorer, UnknownUsers, fitted_path, users_path
 from .errors import InputError, preview
 
@@ -119,8 +119,9 @@ def user_states(scorer: EdgeScorer, ids: pl.Series, source: Path) -> np.ndarray:
     try:
         return scorer.states_of(ids.to_list())
     except UnknownUsers as err:
+        near = near_miss_note(err.users, scorer.user_ids)
         raise InputError(source, f"{len(err.users)} participant(s) unknown to the scorer and without context "
-                                 f"ratings: {preview(err.users)}; pass their ratings as --context (or, with "
+                                 f"ratings: {preview(err.users)}{near}; pass their ratings as --context (or, with "
                                  f"nothing rated, their demographics as --people)") from None
 
 

@@ -401,3 +401,24 @@ def test_predict_explains_id_types_only_for_ids_that_would_match_as_numbers(tmp_
         err = capsys.readouterr().err
         assert code == 2 and f"'{written}'" in err
         assert ("these ids are text, those of the model are integers" in err) == explained, err
+
+
+@pytest.mark.parametrize("cli", ["predict", "score"])
+def test_an_id_off_by_spaces_or_case_is_pointed_at_the_id_it_nearly_is(cli, saved, dataset, tmp_path, capsys):
+    person, image = dataset.split("train")["participant_id"][0], dataset.split("train")["image_id"][0]
+    near, far = f" {str(person).upper()} ", "nobody-at-all"
+    for written, hinted in ((near, True), (far, False)):
+        pl.DataFrame({"participant_id": [written], "image_id": [image]}).write_csv(tmp_path / "pairs.csv")
+        capsys.readouterr()
+        source = ["--model", str(saved / "model")] if cli == "predict" else ["--scorer", str(saved / "scorer.onnx")]
+        code = run({"predict": predict.main, "score": score.main}[cli],
+                   [*source, "--pairs", str(tmp_path / "pairs.csv"), "--embeddings", dataset.embeddings.source,
+                    "--out", str(tmp_path / "o.csv"), "--quiet"])
+        line = _one_line_error(capsys, code)
+        assert (f"e.g. {near!r} against {str(person)!r}: ids must match exactly" in line) == hinted, line
+
+
+def test_an_image_id_off_by_spaces_is_pointed_at_the_id_it_nearly_is(dataset):
+    image = str(dataset.embeddings.ids[0])
+    message = str(pytest.raises(InputError, dataset.embeddings.rows, pl.Series([f"{image} "])).value)
+    assert f"e.g. '{image} ' against '{image}'" in message
