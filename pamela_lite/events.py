@@ -9,8 +9,9 @@ participant_id  who acted (kept as given: integers or text, never "077" -> 77)
 image_id   the image acted on; it must have an embedding
 event      a name from the vocabulary (default :data:`DEFAULT_EVENTS`; ``--event-weights`` adds or
            changes names) — or, instead of ``event``, a numeric ``weight`` (signed evidence)
-timestamp  optional; a number, a date-time, or ISO 8601 text (``2024-05-01T12:30:00Z``); kept as
-           given (first of duplicates), used to order a person's events
+timestamp  optional; a number, a date-time, or ISO 8601 text (``2024-05-01T12:30:00Z``), one kind
+           per file; kept as given (first of duplicates; numbers written as text become numbers,
+           so "10" comes after "9"), used to order a person's events
 session_id optional; images shown together (one prompt's batch, one feed page). Choices are
            compared within a session, or (when validation prefers it) across the person's
            sessions too; without it, within everything the person was shown
@@ -90,23 +91,33 @@ def _is_iso_time(text: str) -> bool:
     return True
 
 
-def _check_timestamps(frame: pl.DataFrame, source) -> None:
+def _check_timestamps(frame: pl.DataFrame, source) -> pl.DataFrame:
     """Text timestamps must be times or numbers: "abc" would silently sort a person's events anyhow.
 
     Numeric and date-time columns are times already; text is parsed value by value (distinct
     values only), because a log may mix dates with date-times and a single inferred format would not.
+    Text that holds numbers only becomes numbers (as text, "10" would sort before "9"); numbers
+    mixed with date-times are refused (no order holds between them).
     """
     dtype = frame.schema.get("timestamp")
     if dtype is None or not (dtype == pl.String or isinstance(dtype, (pl.Categorical, pl.Enum))):
-        return
+        return frame
     text = pl.col("timestamp").cast(pl.String)
     number = text.str.strip_chars().cast(pl.Float64, strict=False)
-    values = frame.filter(text.is_not_null() & ~number.is_finite().fill_null(False))["timestamp"].cast(pl.String)
+    is_number = number.is_finite().fill_null(False)
+    values = frame.filter(text.is_not_null() & ~is_number)["timestamp"].cast(pl.String)
     odd = [v for v in values.unique(maintain_order=True).to_list() if not _is_iso_time(v)]
     if odd:
         bad = text.is_in(pl.Series(odd, dtype=pl.String).implode())
         raise InputError(source, f"timestamp must be a number, a date-time or ISO 8601 text such as "
                                  f"2024-05-01T12:30:00, not {preview(odd, 3)} ({_where(frame, bad)})")
+    if not len(values):
+        return frame.with_columns(number.alias("timestamp"))
+    if frame.select(is_number.any()).item():
+        raise InputError(source, f"timestamp mixes numbers with date-times (e.g. {values[0]!r}), which cannot be "
+                                 f"ordered together; give every timestamp in one form "
+                                 f"(numbers: {_where(frame, is_number)})")
+    return frame
 
 
 def read_events(path: str | Path) -> pl.DataFrame:
@@ -151,7 +162,7 @@ def validate_events(frame: pl.DataFrame, source, vocabulary: dict[str, float] | 
                                  f"per row); found: {found}")
     _check_plain_values(frame, ("participant_id", "image_id", "event", WEIGHT, *OPTIONAL), source)
     _reject_nulls(frame, ("participant_id", "image_id"), source)
-    _check_timestamps(frame, source)
+    frame = _check_timestamps(frame, source)
     frame = _ids(frame, source)
     if "event" in frame.columns:
         name = pl.col("event").cast(pl.String).str.strip_chars().str.to_lowercase()
@@ -182,6 +193,14 @@ def validate_events(frame: pl.DataFrame, source, vocabulary: dict[str, float] | 
                                      f"named) ({_where(frame, bad)})")
         # A number given beside a name is the evidence, used as given: the name is dropped, so that
         # neither --event-weights nor the weights a fit chooses replace it (they act on names).
+        # Said when the two disagree on a known name (a weight of 1 on every row once turned views
+        # into actions unremarked); a name of one's own beside its number is the documented way.
+        clash = frame.filter(given.is_not_null() & pl.col("_w").is_not_null() & (given != pl.col("_w")))
+        if clash.height:
+            log.warning(f"warning: {source}: {clash.height} row(s) give a {WEIGHT} other than their event's "
+                        f"(e.g. {clash['event'][0]!r}, which weighs {clash['_w'][0]:g}, with {clash[WEIGHT][0]}): "
+                        f"the {WEIGHT} is used and the name ignored; leave {WEIGHT} empty on rows whose name "
+                        f"should count")
         frame = frame.with_columns(pl.coalesce(given, pl.col("_w")).alias(WEIGHT),
                                    pl.when(given.is_not_null()).then(None).otherwise(pl.col("event")).alias("event"))
     else:
@@ -194,8 +213,8 @@ def validate_events(frame: pl.DataFrame, source, vocabulary: dict[str, float] | 
         if frame.select(bad.any()).item():
             raise InputError(source, f"position must be a whole number >= 0 ({_where(frame, bad)})")
         frame = frame.with_columns(position.alias("position"))
-    session = (pl.col("session_id").cast(pl.String).fill_null(NO_SESSION) if "session_id" in frame.columns
-               else pl.lit(NO_SESSION))
+    has_sessions = "session_id" in frame.columns
+    session = pl.col("session_id").cast(pl.String).fill_null(NO_SESSION) if has_sessions else pl.lit(NO_SESSION)
     frame = frame.with_columns(session.alias("session_id"))
     if "prompt_id" in frame.columns:
         frame = frame.with_columns(pl.col("prompt_id").cast(pl.String))
@@ -216,8 +235,11 @@ def validate_events(frame: pl.DataFrame, source, vocabulary: dict[str, float] | 
         same = ("same participant, image, session, weight, timestamp, position and prompt" if named.is_empty() else
                 "same participant, image, session and event"
                 + ("" if numeric.is_empty() else "; numeric weights: and timestamp, position and prompt"))
+        one_session = ("" if has_sessions or named.is_empty() else
+                       " (without a session_id column a person's whole log is one session: give session_id to keep "
+                       "the same event on the same image at different times apart)")
         log.warning(f"warning: {source}: {merged.filter(pl.col('count') > 1).height} event row(s) appear more than "
-                    f"once ({same}; {extra} extra cop(ies)); each counts once")
+                    f"once ({same}; {extra} extra cop(ies)); each counts once{one_session}")
     return merged.select("participant_id", "image_id", "session_id", "event", WEIGHT, "count", *kept)
 
 

@@ -133,10 +133,47 @@ def test_timestamp_text_that_is_not_a_time_is_refused_naming_file_and_column(tmp
 
 
 @pytest.mark.parametrize("stamps", [["2024-05-01T12:30:00Z", "2024-05-01 12:30:00+02:00", "2024-05-01"],
-                                    ["3", "1.5", None], [3.0, 1.5, 2.0], [datetime(2024, 5, 1), None, None]])
+                                    [3.0, 1.5, 2.0], [datetime(2024, 5, 1), None, None]])
 def test_times_numbers_and_datetimes_are_accepted_as_timestamps(stamps):
     out = validate_events(_events(timestamp=stamps), "x.csv")
     assert out["timestamp"].to_list() == _events(timestamp=stamps)["timestamp"].to_list()  # kept as given
+
+
+def test_numbers_written_as_text_are_timestamps_in_number_order():
+    frame = pl.DataFrame({"participant_id": ["u"] * 3, "image_id": ["a", "b", "c"], "event": ["view"] * 3,
+                          "timestamp": ["10", "9", " 1.5"]})
+    out = validate_events(frame, "x.json")
+    assert out["timestamp"].to_list() == [10.0, 9.0, 1.5]
+    assert first_events(out, 2)["image_id"].to_list() == ["b", "c"]  # as text, "10" came before "9"
+
+
+def test_timestamps_mixing_numbers_and_datetimes_are_refused_in_one_line(tmp_path):
+    path = tmp_path / "events.csv"
+    _events(timestamp=["9", "2024-05-01T12:30:00", "100"]).write_csv(path)
+    with pytest.raises(InputError) as err:
+        load_events(path)
+    text = str(err.value)
+    assert text.startswith(str(path)) and "mixes numbers with date-times" in text and "lines 2, 4" in text
+    assert "\n" not in text
+
+
+def test_a_weight_other_than_its_event_names_is_warned_about(caplog):
+    with caplog.at_level(logging.WARNING, logger="pamela_lite"):
+        validate_events(_events(weight=[1.0, 1.0, None]), "both.csv")  # save weighs 1: only the view clashes
+    assert "both.csv: 1 row(s) give a weight other than their event's (e.g. 'view', which weighs 0, with 1.0)" \
+        in caplog.text
+
+
+def test_repeats_without_session_ids_say_the_whole_log_is_one_session(caplog):
+    frame = pl.DataFrame({"participant_id": ["u"] * 3, "image_id": ["a", "a", "b"], "event": ["regenerate"] * 2 + ["view"],
+                          "timestamp": [1.0, 9.0, 2.0]})
+    with caplog.at_level(logging.WARNING, logger="pamela_lite"):
+        validate_events(frame, "log.csv")
+    assert "without a session_id column a person's whole log is one session" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pamela_lite"):
+        validate_events(frame.with_columns(session_id=pl.lit("s1")), "log.csv")
+    assert "appear more than once" in caplog.text and "whole log is one session" not in caplog.text
 
 
 def test_missing_event_and_weight_columns_is_refused():
