@@ -154,8 +154,25 @@ def output_path(text: str) -> Path:
             if not folder:
                 what = "a broken link" if parent.is_symlink() and not parent.exists() else "a file"
                 raise argparse.ArgumentTypeError(f"cannot write {text}: {parent} is {what}, not a folder")
+            if not _writable(parent):
+                raise argparse.ArgumentTypeError(f"cannot write {text}: {parent} is a folder this user cannot "
+                                                 f"write in (or a read-only or virtual file system)")
             break
     return path
+
+
+def _writable(folder: Path) -> bool:
+    """Whether a file can be created in `folder`, tried with a temporary file (as the atomic
+    write will make one there): permission bits do not tell for root, read-only mounts or /proc."""
+    import tempfile
+
+    try:
+        fd, name = tempfile.mkstemp(dir=folder, prefix=".pamela_lite.", suffix=".probe")
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(name)
+    return True
 
 
 def refuse_model_file(path: Path) -> None:

@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         refuse_model_file(args.out)  # before the evaluation, not after it
     watch = Stopwatch(args.quiet)
     model = PersonalScorer.load(args.model)
+    if model.fitted_.events_only:  # its scale is a preference's: every rating would be "outside the scale"
+        raise InputError(args.model, "a scorer fitted on events alone (its scores are preferences, not ratings) "
+                                     "cannot be evaluated on ratings: fit it with --data beside --events to compare")
     # The baselines are fitted on the data's train split; the model alone needs none.
     dataset = load_dataset(args.data, args.embeddings, Scale(*model.fitted_.scale), seed=args.seed,
                            require_train=not args.no_baselines)

@@ -384,8 +384,10 @@ def _held_out_strength(events: pl.DataFrame, embeddings: Embeddings, settings: d
     gain = scores[best] - scores[0.0]
     se = float(gain.std(ddof=1) / np.sqrt(len(gain))) if len(gain) > 1 else float("inf")
     accepted = bool(gain.mean() > 2 * se)
+    sessions = events.group_by("participant_id").agg(pl.col("session_id").n_unique())["session_id"].max() > 1
     return (best if accepted else 0.0), {
-        "chosen_on": "held-out sessions", "people": int(len(gain)),
+        "chosen_on": "held-out sessions" if sessions else "held-out later halves of each log (no session ids)",
+        "people": int(len(gain)),
         "srocc_by_strength": {str(k): round(float(v.mean()), 4) for k, v in scores.items()},
         "gain": round(float(gain.mean()), 4), "gain_se": round(se, 4), "accepted": accepted}
 

@@ -155,7 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
 def fit_on_events_only(args, watch: Stopwatch) -> int:
     """``fit --events FILE`` without ``--data``: a scorer from events alone (pamela_lite.event_fit)."""
     vocabulary = parse_event_weights(args.event_weights)
-    embeddings = read_embeddings(args.embeddings or args.events.parent / EMBEDDINGS_FILE)
+    beside = args.events.parent / EMBEDDINGS_FILE
+    if args.embeddings is None and not beside.exists():  # the default, which the user may not know they asked for
+        raise InputError(beside, f"no such file (the embeddings looked for beside {args.events}); "
+                                 f"pass --embeddings FILE")
+    embeddings = read_embeddings(args.embeddings or beside)
     events = load_events(args.events, embeddings, vocabulary)
     people = events["participant_id"].n_unique()
     if people < 2:  # one person's choices say nothing about what people share: the fit would be degenerate
@@ -177,8 +181,8 @@ def fit_on_events_only(args, watch: Stopwatch) -> int:
     if "note" in judged:
         watch.step(f"a person's events weigh {strength:g} against the population: {judged['note']}")
     elif "srocc_by_strength" in judged:
-        watch.step(f"a person's events weigh {strength:g} against the population, chosen on held-out sessions of "
-                   f"{judged['people']} people (SROCC of their choices {judged['srocc_by_strength']['0.0']:.4f} with "
+        watch.step(f"a person's events weigh {strength:g} against the population, chosen on "
+                   f"{judged.get('chosen_on', 'held-out sessions')} of {judged['people']} people (SROCC of their choices {judged['srocc_by_strength']['0.0']:.4f} with "
                    f"no events; best {judged['gain']:+.4f} +- {judged['gain_se']:.4f}: "
                    f"{'kept' if judged['accepted'] else 'not two standard errors better, so events get no weight'})")
     watch.step(f"wrote the model and metrics.json to {args.out}")

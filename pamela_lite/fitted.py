@@ -292,8 +292,8 @@ def read_users(path: str | Path, fit_sha256: str, scorer: str, remedy: str, stat
         raise InputError(path, f"users file format {meta.get('format_version')}; this pamela_lite reads "
                                f"{USERS_FORMAT_VERSION} only: {remedy}")
     if meta.get("fit_sha256") != fit_sha256:
-        raise InputError(path, f"this users file was written for another scorer than {scorer} "
-                               f"(a refit changes what every state means): {remedy}")
+        raise InputError(path, f"this users file was written for another scorer than {scorer}, or that scorer's "
+                               f"parameters were edited since (a refit changes what every state means): {remedy}")
     _check_users(path, ids, states, state_dim)
     return ([int(u) for u in ids] if meta["id_type"] == "int" else ids), states.astype(np.float32)
 

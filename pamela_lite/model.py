@@ -1329,7 +1329,8 @@ def read_kept_ratings(folder: str | Path) -> pl.DataFrame:
     try:
         ratings = pl.read_parquet(path)
     except Exception as err:  # polars/arrow raise their own types for a damaged file
-        raise InputError(path, f"cannot read ({type(err).__name__})") from None
+        raise InputError(path, f"cannot read: a damaged model folder file ({type(err).__name__}); restore it "
+                               f"from a copy, or refit") from None
     missing = [c for c in (*KEPT_COLUMNS, "origin") if c not in ratings.columns]
     if missing:
         raise InputError(path, f"not ratings kept by a model folder (no column {missing[0]!r})")

@@ -82,12 +82,15 @@ def warn_idle_events(events: pl.DataFrame, model: PersonalScorer, model_path, pa
     channel = model.fitted_.events
     if channel.strength <= 0:
         log.warning(f"warning: {model_path}: the fit gave events no weight (validation found they did not "
-                    f"help; metrics.json's event_channel says by how much), so {Path(path).name} changes no score")
+                    f"help; metrics.json's event_channel says by how much), so {path} changes no score")
         return
     quiet = without_actions(evidence(events, channel.weights))
     if len(quiet):
+        # Not "no change": a shown image is an observation even unacted on (implicit's confident 0), so
+        # a log without actions says the person preferred none of the images shown to another.
         log.warning(f"warning: {path}: the events of {len(quiet)} person(s) hold no action (every event weighs 0 "
-                    f"under the model's event weights), so they change no score: {preview(quiet.to_list())}")
+                    f"under the model's event weights): they say only that nothing shown stood out, so their "
+                    f"scores move toward ranking the images they were shown alike: {preview(quiet.to_list())}")
     idle = comparing_nothing(events, channel.within)
     if len(idle):
         log.warning(f"warning: {path}: the events of {len(idle)} person(s) compare nothing "

@@ -1,6 +1,8 @@
 """Command-line front end: score pairs with an exported ONNX scorer, ``python -m pamela_lite.score``.
 
-Takes the same inputs as ``pamela_lite.predict`` and writes the same columns (participant_id,
+Takes predict's pairs, embeddings, ``--context`` ratings and ``--people`` demographics (not its
+events: people fold in from events with ``pamela_lite.predict --context-events``, or on a device
+with ``EdgeScorer.fold_in``) and writes the same columns (participant_id,
 image_id, score), so the two can be compared row by row — but scores with onnxruntime through
 :mod:`pamela_lite.edge`, exactly as a device would. With ``--top K --user ID`` it ranks every
 image of the embeddings file for one user instead (columns rank, image_id, score, utility: the

@@ -571,6 +571,16 @@ def test_an_output_under_a_file_is_refused_before_any_work(tool, args, tmp_path)
     assert (tmp_path / "f.csv").read_text() == "x\n"
 
 
+@pytest.mark.parametrize("tool, args", [("fit", ["--data", "nowhere"]), ("predict", ["--model", "m", "--pairs", "p.csv"])])
+def test_an_output_in_a_folder_nobody_can_write_in_is_refused_before_any_work(tool, args, tmp_path):
+    # /proc refuses new files even to root (permission bits would not tell); the error once came
+    # after the whole fit, as an unexpected FileNotFoundError (exit 1)
+    out = subprocess.run([sys.executable, "-m", f"pamela_lite.{tool}", *args, "--out", "/proc/pamela_lite_out"],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "/proc is a folder this user cannot write in" in out.stderr
+
+
 def test_an_output_under_a_broken_link_is_refused(tmp_path):
     from pamela_lite.cli import output_path
 

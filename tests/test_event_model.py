@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -533,6 +534,10 @@ def test_fit_and_predict_from_events_on_the_command_line(tmp_path):
                out / "embeddings.parquet", "--context", tmp_path / "rated.csv", "--out", tmp_path / "u.csv")
     assert done.returncode == 2 and "fitted on events alone" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+    # nor be evaluated on ratings (every rating was once called "outside the scale -1-1")
+    done = cli("evaluate", "--model", tmp_path / "m", "--data", out, "--no-baselines")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert "fitted on events alone" in done.stderr and "outside the scale" not in done.stderr
 
 
 def test_fit_on_events_alone_is_silent_under_quiet(tmp_path, capsys):
@@ -586,6 +591,20 @@ def test_events_alone_of_one_person_exit_2_with_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "at least two people" in err[0]
     assert not (tmp_path / "m").exists()
+
+
+def test_events_alone_without_embeddings_beside_them_point_to_the_option(tmp_path, capsys):
+    from pamela_lite import fit
+    from pamela_lite.cli import run
+
+    _demo_with_events(tmp_path / "w")
+    (tmp_path / "logs").mkdir()
+    shutil.copy(tmp_path / "w" / "events.parquet", tmp_path / "logs" / "events.parquet")
+    capsys.readouterr()
+    code = run(fit.main, ["--events", str(tmp_path / "logs" / "events.parquet"), "--out", str(tmp_path / "m")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert str(tmp_path / "logs" / "embeddings.parquet") in err[0] and "pass --embeddings FILE" in err[0]
 
 
 def test_people_with_events_but_no_ratings_are_named_when_left_out(tmp_path, caplog):
@@ -740,12 +759,20 @@ def test_the_library_refuses_events_alone_without_any_choice(small):
         fit_events_only(events.with_columns(event=pl.lit("view"), weight=pl.lit(0.0)), data.embeddings)
 
 
-def test_context_events_of_views_only_are_named(small, tmp_path, caplog):
+def test_context_events_of_views_only_are_named_and_said_to_even_out_what_was_shown(small, tmp_path, caplog):
     _, data, model, events = small
     model.save(tmp_path / "m")
     me = _newcomer(events, 80).filter(pl.col("event") == "view")
     assert _predict_from_context_events(data, me, tmp_path) == 0
     assert "the events of 1 person(s) hold no action" in caplog.text and "newcomer" in caplog.text
+    assert "scores move toward ranking the images they were shown alike" in caplog.text
+    # what the warning says: the shown images' utilities spread less than with no event at all
+    empty = pl.DataFrame(schema={"participant_id": pl.String, "image_id": pl.Int64, "rating": pl.Int64})
+    pairs = me.select("participant_id", "image_id").unique()
+    alone = model.fold_in(empty, data.embeddings, users=pairs.select("participant_id").unique())
+    viewed = model.fold_in(empty, data.embeddings, events=me)
+    spread = lambda states: float(np.std(model.utility(pairs, data.embeddings, states)))
+    assert spread(viewed) < spread(alone)
 
 
 def test_steer_folds_a_new_person_in_from_their_events(small, tmp_path):
@@ -795,6 +822,7 @@ def test_events_alone_without_session_ids_are_judged_on_the_later_half_of_each_l
                             threads=1)
     judged = model.fitted_.events.report["strength"]
     assert "srocc_by_strength" in judged and judged["people"] >= 100  # judged, not waved through
+    assert judged["chosen_on"] == "held-out later halves of each log (no session ids)"  # not "sessions"
 
 
 def test_events_alone_of_too_few_people_to_judge_get_no_weight(logged):

@@ -73,6 +73,15 @@ def test_a_model_folder_with_the_users_file_of_another_fit_is_refused(fitted, ot
     assert "\n" not in str(err.value)
 
 
+def test_a_truncated_kept_ratings_file_is_called_a_damaged_model_file(fitted, tmp_path):
+    fitted.save(tmp_path / "m")
+    path = tmp_path / "m" / "ratings.parquet"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(InputError, match="a damaged model folder file .*restore it from a copy, or refit") as err:
+        PersonalScorer.load(tmp_path / "m")
+    assert str(err.value).startswith(str(path)) and "\n" not in str(err.value)
+
+
 def test_a_device_refuses_parameters_of_another_fit(fitted, other, tmp_path):
     onnx_scorer.export(fitted, tmp_path / "s.onnx")
     onnx_scorer.export(other, tmp_path / "o.onnx")
