@@ -230,11 +230,12 @@ def fit_variants(variants: dict, dataset, seed: int, watch: Stopwatch, progress:
 def read_refold_source(folder: Path) -> PersonalScorer:
     """The model in `folder` whose users a fit folds in again, read before the fit so a folder
     that cannot serve fails in seconds. The kept ratings file is looked for before the rest: its
-    message says what a folder written before models kept ratings lacks (load then reads it)."""
+    message says what a folder written before models kept ratings lacks (load then reads it). Kept
+    rows edited since are not warned about: the fit solves everyone from them again (and checks them)."""
     if folder.is_dir() and not (folder / "model.json").exists():
         raise InputError(folder, "not a model folder (no model.json): --refold-from takes a folder written by fit")
     kept_ratings_path(folder)
-    return PersonalScorer.load(folder)
+    return PersonalScorer.load(folder, check_kept=False)
 
 
 def check_refold_images(source: PersonalScorer, dataset, folder: Path, with_events: bool) -> None:

@@ -244,17 +244,37 @@ class FittedScorer:
 # ---------------------------------------------------------------------- the users file
 
 
-def write_users(path: str | Path, ids: list, states: np.ndarray, fit_sha256: str) -> Path:
-    """Write a users file atomically: ids (as text, with their type), states (float32), the fit's digest."""
+def write_users(path: str | Path, ids: list, states: np.ndarray, fit_sha256: str,
+                kept: dict[str, str] | None = None) -> Path:
+    """Write a users file atomically: ids (as text, with their type), states (float32), the fit's digest
+    and, in a model folder, the digests of the files the states were solved from (`kept`: file name ->
+    sha256; :func:`check_kept_files`)."""
     path = Path(path)
     meta = {"format": USERS_FORMAT, "format_version": USERS_FORMAT_VERSION, "fit_sha256": fit_sha256,
-            "id_type": "int" if ids and all(isinstance(u, (int, np.integer)) for u in ids) else "str"}
+            "id_type": "int" if ids and all(isinstance(u, (int, np.integer)) for u in ids) else "str",
+            **({"kept_sha256": kept} if kept else {})}
     with atomic_file(path, ".npz") as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, user_ids=np.array([str(u) for u in ids], dtype=str),
                      user_states=np.asarray(states, dtype=np.float32).reshape(len(ids), -1),
                      meta=np.array(json.dumps(meta)))
     return path
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def changed_kept_files(folder: str | Path) -> list[Path]:
+    """The kept files of a model folder (ratings, events, added people's catalogue factors) that are
+    not the ones its users file was written with: copied in from another fit, or edited by hand.
+    Missing files are left to their readers (which say what they held); folders written before the
+    digests were kept have none to compare."""
+    folder = Path(folder)
+    with np.load(folder / USERS_FILE, allow_pickle=False) as npz:
+        kept = json.loads(str(npz["meta"])).get("kept_sha256", {})
+    return [folder / name for name, digest in kept.items()
+            if (folder / name).exists() and file_sha256(folder / name) != digest]
 
 
 def write_arrays(path: str | Path, **arrays: np.ndarray) -> Path:

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import numbers
 import os
 import sys
@@ -74,9 +75,10 @@ from .events import event_rows
 from .features import ImageFeatures, ImageSide, l2_normalise
 from .metrics import per_user
 from .fitted import (CATALOGUE_USERS_FILE, EVENTS_FILE, MODEL_FILES, RATINGS_FILE, USERS_FILE, FittedScorer,
-                     json_scalar, read_users, write_arrays,
-                     write_users)
+                     changed_kept_files, file_sha256, json_scalar, read_users, write_arrays, write_users)
 from .user_solver import DemographicPrior, UserSolver, als_row_values, state_layout, user_normal_equations
+
+log = logging.getLogger("pamela_lite")
 
 FROM_EVENTS = "context events"  # ratings.parquet's origin of people added with their events (events.parquet keeps them)
 
@@ -1174,7 +1176,6 @@ class PersonalScorer(BaseEstimator):
                 raise InputError(path, f"extra file {name!r} is a model file or not a plain file name")
         with atomic_dir(path, "model.json", "model") as tmp:
             self.fitted_.write(tmp)
-            write_users(tmp / USERS_FILE, self.users_, self.user_states_, self.fitted_.digest())
             self.ratings_.write_parquet(tmp / RATINGS_FILE)
             if self.events_.height:
                 self.events_.write_parquet(tmp / EVENTS_FILE)
@@ -1182,17 +1183,28 @@ class PersonalScorer(BaseEstimator):
             if added:
                 write_arrays(tmp / CATALOGUE_USERS_FILE, user_ids=np.array(list(added), dtype=str),
                              factors=np.stack(list(added.values())))
+            # the states were solved from these files: a copy from another fit is refused on load
+            kept = {name: file_sha256(tmp / name) for name in (RATINGS_FILE, EVENTS_FILE, CATALOGUE_USERS_FILE)
+                    if (tmp / name).exists()}
+            write_users(tmp / USERS_FILE, self.users_, self.user_states_, self.fitted_.digest(), kept)
             for name, content in (extra_files or {}).items():
                 (tmp / name).write_bytes(content if isinstance(content, bytes) else content.encode())
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "PersonalScorer":
-        """Read a model folder written by :meth:`save`; any damage raises InputError (one line)."""
+    def load(cls, path: str | Path, check_kept: bool = True) -> "PersonalScorer":
+        """Read a model folder written by :meth:`save`; any damage raises InputError (one line).
+
+        A kept file (ratings, events) that is not the one the folder was written with is warned
+        about (its people's states were solved from other rows); ``check_kept=False`` skips that,
+        for a reader that solves everyone from the kept rows again (``fit --refold-from``)."""
         path = Path(path)
         fitted = FittedScorer.read(path)
         ids, states = read_users(path / USERS_FILE, fitted.digest(), f"the model in {path}",
                                  "the model folder was assembled from two fits; fit it again", fitted.state_dim)
+        for changed in changed_kept_files(path) if check_kept else []:  # the rows are still checked where read
+            log.warning(f"warning: {changed}: not the file this model folder was written with (copied from another "
+                        f"fit, or edited): its people's states were solved from other rows")
         ratings = read_kept_ratings(path)
         model = cls(**{"gain_bin": 0, **fitted.params})  # fits from before gain_bin searched unweighted
         model.fitted_, model.users_, model.user_states_, model.ratings_ = fitted, ids, states, ratings

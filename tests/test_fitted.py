@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -55,13 +56,36 @@ def test_the_fitted_scorer_reads_back_exactly(fitted, tmp_path):
 def test_users_files_hold_ids_states_and_the_fits_digest_only(fitted, tmp_path):
     fitted.save(tmp_path / "m")
     _, exported_users = onnx_scorer.export(fitted, tmp_path / "s.onnx")
-    for path in (tmp_path / "m" / "users.npz", exported_users):
+    for path, kept in ((tmp_path / "m" / "users.npz", True), (exported_users, False)):
         with np.load(path, allow_pickle=False) as users:
             assert sorted(users.files) == ["meta", "user_ids", "user_states"]
             assert users["user_states"].shape == (len(fitted.users_), fitted.state_dim)
             meta = json.loads(str(users["meta"]))
-        assert set(meta) == {"format", "format_version", "fit_sha256", "id_type"}
+        # a model folder's users file also names the digests of the ratings its states were solved from
+        assert set(meta) == {"format", "format_version", "fit_sha256", "id_type", *(["kept_sha256"] if kept else [])}
         assert meta["fit_sha256"] == fitted.fitted_.digest()
+        if kept:
+            assert set(meta["kept_sha256"]) == {"ratings.parquet"}
+
+
+def test_kept_ratings_of_another_fit_are_warned_about(fitted, dataset, tmp_path, caplog):
+    fitted.save(tmp_path / "m")
+    less = dataset.split("train").filter(pl.col("participant_id") != fitted.users_[0])
+    PersonalScorer(random_state=0, **SMALL_MODEL).fit(less, dataset.embeddings, dataset.scale).save(tmp_path / "o")
+    PersonalScorer.load(tmp_path / "m")
+    assert "not the file this model folder was written with" not in caplog.text
+    shutil.copy(tmp_path / "o" / "ratings.parquet", tmp_path / "m" / "ratings.parquet")
+    with caplog.at_level(logging.WARNING, logger="pamela_lite"):
+        PersonalScorer.load(tmp_path / "m")
+    assert f"{tmp_path / 'm' / 'ratings.parquet'}: not the file this model folder was written with" in caplog.text
+
+
+def test_a_model_folder_written_before_kept_digests_still_loads(fitted, tmp_path):
+    from pamela_lite.fitted import write_users
+
+    fitted.save(tmp_path / "m")
+    write_users(tmp_path / "m" / "users.npz", fitted.users_, fitted.user_states_, fitted.fitted_.digest())
+    assert PersonalScorer.load(tmp_path / "m").users_ == fitted.users_
 
 
 def test_a_model_folder_with_the_users_file_of_another_fit_is_refused(fitted, other, tmp_path):
