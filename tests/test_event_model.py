@@ -14,7 +14,8 @@ import pytest
 from pamela_lite import event_sim, worlds
 from pamela_lite.edge import EdgeScorer
 from pamela_lite.event_channel import EventChannel, EventRows
-from pamela_lite.event_fit import calibrate, fit_events_only, fold_seen_events, without_scored_pairs
+from pamela_lite.event_fit import (calibrate, candidate_rank, fit_events_only, fold_seen_events,
+                                   without_scored_pairs)
 from pamela_lite.errors import InputError
 from pamela_lite.events import DEFAULT_EVENTS, validate_events
 from pamela_lite.features import ImageFeatures
@@ -726,6 +727,17 @@ def test_unknown_event_in_context_events_exits_2_with_one_line(small, tmp_path):
                "--context-events", tmp_path / "new.csv", "--out", tmp_path / "s.csv")
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1 and "adored" in lines[0] and "Traceback" not in done.stderr
+
+
+def test_channels_are_ranked_by_their_mean_gain_over_context_sizes_among_those_lowering_none():
+    base = np.zeros((2, 3))  # context sizes 0 and 10, three validation users
+    gains = lambda at_0, at_10: np.array([[at_0] * 3, [at_10] * 3])
+    # helping events alone much more beats helping both a little more evenly (the worst gain once decided)
+    assert candidate_rank(gains(0.08, 0.01), base) > candidate_rank(gains(0.03, 0.02), base)
+    # lowering either context size ranks below helping both, however much it helps the other
+    assert candidate_rank(gains(0.01, 0.01), base) > candidate_rank(gains(0.30, -0.001), base)
+    # among those that lower one, the one that lowers least comes first
+    assert candidate_rank(gains(0.0, -0.01), base) > candidate_rank(gains(0.3, -0.02), base)
 
 
 def test_events_given_only_as_numeric_weights_are_calibrated(small):
