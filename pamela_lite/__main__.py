@@ -1,4 +1,4 @@
-"""The console entry point: pamela-lite fit|predict|evaluate|export|score|cache|embed|steer|demo.
+"""The console entry point: pamela-lite fit|predict|evaluate|export|score|cache|embed|steer|events|demo.
 
 Each command is the same tool as python -m pamela_lite.<command>, with the same arguments; the
 tool's module is imported only once its command is chosen, so pamela-lite --help is instant.
@@ -27,6 +27,8 @@ COMMANDS = {
               "pamela-lite embed --encoder clip_b32.onnx --images photos/ --out embeddings.parquet"),
     "steer": ("steer a text-to-image prompt toward one person (or the population) within a budget",
               "pamela-lite steer --model runs/model --user p0007 --prompt 'a portrait photo' --out runs/steer"),
+    "events": ("check an events file (as fit --events reads it) and say what it holds",
+               "pamela-lite events --events runs/demo_events/events.parquet --embeddings e.parquet"),
     "demo": ("write the deterministic PAMELA-shaped demo world",
              "pamela-lite demo --out runs/demo_world --seed 0"),
 }

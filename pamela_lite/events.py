@@ -343,5 +343,69 @@ def first_events(events: pl.DataFrame, n: int) -> pl.DataFrame:
     return ranked.filter(pl.col("_rank") < n).sort("_i").drop("_i", "_rank")
 
 
+def summary(events: pl.DataFrame, vocabulary: dict[str, float] | None = None) -> list[str]:
+    """What a validated events table holds, as lines to print (``python -m pamela_lite.events``):
+    people, shown images, sessions, each action's rate per shown image, and the people whose
+    events can teach nothing (no action; or, centred per session, one image a session)."""
+    m = evidence(events, vocabulary)
+    people, shown = m["participant_id"].n_unique(), m.height
+    sessions = events.select("participant_id", "session_id").n_unique()
+    has_sessions = bool(events.select((pl.col("session_id") != NO_SESSION).any()).item())
+    lines = [f"{people} people, {shown} shown image(s) (distinct person, image and session)"
+             + (f", {sessions} sessions ({shown / sessions:.1f} images each)" if has_sessions
+                else "; no session_id: each person's log is one session")]
+    actions = (events.filter(pl.col("event").is_not_null() & (pl.col("event") != "view"))
+               .group_by("event").agg(pl.len().alias("rows")).sort("rows", descending=True))
+    if actions.height:
+        lines.append("actions per shown image: " + ", ".join(
+            f"{name} {rows / shown:.4f}" for name, rows in actions.iter_rows()))
+    numeric = events.filter(pl.col("event").is_null())
+    if numeric.height:
+        lines.append(f"{numeric.height} row(s) of numeric weights ({(numeric[WEIGHT] != 0).sum()} nonzero)")
+    quiet = without_actions(m)
+    if len(quiet):
+        lines.append(f"{len(quiet)} person(s) with no action (every event weighs 0): {preview(quiet.to_list())}")
+    idle = comparing_nothing(events)
+    if len(idle):
+        lines.append(f"{len(idle)} person(s) whose every session shows one image (a choice there has no "
+                     f"alternative): {preview(idle.to_list())}")
+    return lines
+
+
+def build_parser():
+    from .cli import parser_for  # here: cli is for the command line, this module for everything
+
+    parser = parser_for("events", "Check an events file as fit --events would (one line and exit 2 on the first "
+                        "problem, warnings for what it merges) and say what it holds: people, shown images, "
+                        "sessions, each action's rate per shown image, and people whose events teach nothing.",
+                        "{prog} --events runs/demo_events/events.parquet --embeddings e.parquet")
+    parser.add_argument("--events", type=Path, required=True, help="events table (.csv, .parquet or .json)")
+    parser.add_argument("--embeddings", type=Path,
+                        help="embeddings Parquet: every image must have one (default: not checked)")
+    parser.add_argument("--event-weights", metavar="JSON",
+                        help='signed weight of event names, added to or replacing the defaults, as for fit')
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pamela_lite.events --events FILE``: check an events file as fit would, and summarise it."""
+    from .data import read_embeddings
+
+    args = build_parser().parse_args(argv)
+    vocabulary = parse_event_weights(args.event_weights)
+    embeddings = read_embeddings(args.embeddings) if args.embeddings else None
+    for line in summary(load_events(args.events, embeddings, vocabulary), vocabulary):
+        print(line)
+    return 0
+
+
 __all__ = ["DEFAULT_EVENTS", "evidence", "first_events", "load_events", "parse_event_weights", "read_events",
-           "validate_events", "LINE", "FILE"]
+           "summary", "validate_events", "LINE", "FILE"]
+
+
+if __name__ == "__main__":
+    import sys
+
+    from .cli import run
+
+    sys.exit(run(main))

@@ -16,7 +16,7 @@ from pamela_lite import __main__ as console
 from pamela_lite.cli import CONSOLE_ENV
 from pamela_lite.model import PersonalScorer
 
-TOOLS = ("fit", "predict", "evaluate", "export", "score", "embed")
+TOOLS = ("fit", "predict", "evaluate", "export", "score", "embed", "events")
 
 
 def test_public_names_import_from_the_package():

@@ -101,7 +101,7 @@ def test_fit_help_explains_the_defaults():
     assert done.returncode == 0 and "--data" in done.stdout and "demo" in done.stdout
 
 
-TOOLS = ["fit", "predict", "evaluate", "export", "score", "cache", "embed", "steer", "distributed"]
+TOOLS = ["fit", "predict", "evaluate", "export", "score", "cache", "embed", "steer", "distributed", "events"]
 
 
 @pytest.mark.parametrize("tool", TOOLS)

@@ -63,6 +63,14 @@ def test_the_readme_people_commands_run(world, model_dir, tmp_path):
     np.testing.assert_allclose(a["score"], b["score"], atol=1e-4)
 
 
+def test_the_readme_events_check_runs(tmp_path):
+    # README: demo --events writes a log; python -m pamela_lite.events checks it and says what it holds
+    _ok(cli("demo", "--world", "demo", "--events", "session", "--users", 20, "--images", 120, "--ratings", 800,
+            "--dim", 16, "--impressions", 40, "--out", tmp_path / "demo_events"))
+    out = _ok(cli("events", "--events", tmp_path / "demo_events" / "events.parquet"))
+    assert out.startswith("20 people, ") and "actions per shown image: " in out
+
+
 def test_the_console_command_is_the_same_tool(model_dir, tmp_path):
     done = subprocess.run([sys.executable, "-m", "pamela_lite", "export", "--model", str(model_dir),
                            "--out", str(tmp_path / "s.onnx"), "--quiet"], capture_output=True, text=True)

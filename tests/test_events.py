@@ -165,8 +165,8 @@ def test_a_weight_other_than_its_event_names_is_warned_about(caplog):
 
 
 def test_repeats_without_session_ids_say_the_whole_log_is_one_session(caplog):
-    frame = pl.DataFrame({"participant_id": ["u"] * 3, "image_id": ["a", "a", "b"], "event": ["regenerate"] * 2 + ["view"],
-                          "timestamp": [1.0, 9.0, 2.0]})
+    frame = pl.DataFrame({"participant_id": ["u"] * 3, "image_id": ["a", "a", "b"],
+                          "event": ["regenerate"] * 2 + ["view"], "timestamp": [1.0, 9.0, 2.0]})
     with caplog.at_level(logging.WARNING, logger="pamela_lite"):
         validate_events(frame, "log.csv")
     assert "without a session_id column a person's whole log is one session" in caplog.text
@@ -273,3 +273,28 @@ def test_a_name_of_ones_own_weighing_0_counts_as_a_view(caplog):
     with caplog.at_level(logging.WARNING, logger="pamela_lite"):
         validate_events(frame, "log.csv", {**DEFAULT_EVENTS, "impression": 0.0})
     assert "'view' row" not in caplog.text
+
+
+def test_the_events_command_says_what_a_log_holds(tmp_path, capsys):
+    from pamela_lite import events as events_cli
+    from pamela_lite.cli import run
+
+    frame = pl.DataFrame({"participant_id": ["u", "u", "u", "u", "v", "v"], "image_id": ["a", "b", "a", "c", "a", "b"],
+                          "session_id": ["s1", "s1", "s2", "s2", "t1", "t1"],
+                          "event": ["view", "view", "view", "save", "view", "view"]})
+    frame.write_csv(tmp_path / "log.csv")
+    assert run(events_cli.main, ["--events", str(tmp_path / "log.csv")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "2 people, 6 shown image(s) (distinct person, image and session), 3 sessions (2.0 images each)"
+    assert out[1] == "actions per shown image: save 0.1667"
+    assert out[2].startswith("1 person(s) with no action") and "'v'" in out[2]
+
+
+def test_the_events_command_refuses_a_bad_log_in_one_line(tmp_path, capsys):
+    from pamela_lite import events as events_cli
+    from pamela_lite.cli import run
+
+    _events(event=["save", "view", "bookmark"]).write_csv(tmp_path / "log.csv")
+    assert run(events_cli.main, ["--events", str(tmp_path / "log.csv")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(tmp_path / "log.csv") in err[0] and "unknown event name" in err[0]
