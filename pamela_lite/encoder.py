@@ -367,6 +367,8 @@ def _check_source(out: Path, existing: pl.DataFrame | None, encoder: "Encoder", 
         raise InputError(out, "was made by another encoder (or other preprocessing) than this one: its embeddings "
                               "and this encoder's do not mix; use another --out, or the encoder that made it")
     roots = list(source.get("roots") or [])
+    if root:
+        _warn_second_ids(out, root, roots, files, have)
     if root and roots and root not in roots:
         # Relative ids from another folder: the same images moved, or other images under the same
         # names; only the person who moved them knows, so they are told (absolute ids say which file).
@@ -376,6 +378,30 @@ def _check_source(out: Path, existing: pl.DataFrame | None, encoder: "Encoder", 
                   f"{' or '.join(roots)}, e.g. {clash[0]!r}: they keep the embeddings made there (right if the "
                   f"folder moved; if they are other images, embed into another --out)", file=sys.stderr)
     return {"encoder": encoder.identity, "roots": roots + ([root] if root and root not in roots else [])}
+
+
+def _warn_second_ids(out: Path, root: str, roots: list[str], files: list, have: set[str]) -> None:
+    """Warn when images of `root` are already in `out` under ids relative to a folder that holds
+    it, or that it holds (``cats/c0.png`` embedded from ``photos/``, now ``c0.png`` from
+    ``photos/cats/``): they would be embedded again under a second id, and a ratings file can
+    name only one of the two."""
+    ids = [str(i) for _, i in files if not os.path.isabs(str(i))]
+    for other in roots:
+        here, there = Path(root), Path(other)
+        if here == there:
+            continue
+        if here.is_relative_to(there):  # a subfolder of a folder embedded before
+            prefix = here.relative_to(there).as_posix()
+            twice = [(i, f"{prefix}/{i}") for i in ids if f"{prefix}/{i}" in have]
+        elif there.is_relative_to(here):  # the parent of a folder embedded before
+            prefix = there.relative_to(here).as_posix() + "/"
+            twice = [(i, i[len(prefix):]) for i in ids if i.startswith(prefix) and i[len(prefix):] in have]
+        else:
+            continue
+        if twice:
+            print(f"warning: {out}: {len(twice)} image(s) of {root} are already there under ids relative to "
+                  f"{other}, e.g. {twice[0][1]!r}, and get a second id now ({twice[0][0]!r}); ratings should "
+                  f"name one of the two, or embed into another --out to keep one id per image", file=sys.stderr)
 
 
 def _existing(out: Path) -> pl.DataFrame | None:

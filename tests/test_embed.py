@@ -392,6 +392,19 @@ def test_ids_already_there_from_another_folder_are_named(tmp_path, encoder_path,
     assert sorted(read_embeddings(out).ids.to_list()) == ["img000.png", "img001.png", "img007.png"]
 
 
+@pytest.mark.parametrize("first, then", [("photos", "photos/cats"), ("photos/cats", "photos")])
+def test_images_of_a_folder_inside_or_around_one_embedded_before_are_said_to_get_a_second_id(
+        first, then, tmp_path, encoder_path, capsys):
+    # cats/img000.png embedded from photos/ became img000.png too from photos/cats/, silently
+    _images(tmp_path / "photos" / "cats", 2)
+    out = tmp_path / "e.parquet"
+    assert _embed(encoder_path, tmp_path / first, out, capsys)[0] == 0
+    code, err = _embed(encoder_path, tmp_path / then, out, capsys)
+    warned = [line for line in err if "get a second id now" in line]
+    assert code == 0 and len(warned) == 1 and "2 image(s)" in warned[0]
+    assert "'cats/img000.png'" in warned[0] and "'img000.png'" in warned[0]
+
+
 def test_a_file_that_does_not_say_its_encoder_is_not_stamped_with_this_one(tmp_path, encoder_path, capsys):
     from pamela_lite.encoder import embeddings_source
 
