@@ -8,6 +8,7 @@ are listed in <out>.skipped.csv. Details: the library behind it, pamela_lite.enc
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import polars as pl
 
 from ._atomic import atomic_file
 from .cli import Stopwatch, output_path, parser_for, run, show_progress
+from .data import read_table
 from .encoder import Encoder, embed_images, list_images, pamela_ids, relative_to_root
 from .errors import InputError
 
@@ -34,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=32, help="images per encoder call")
     parser.add_argument("--checkpoint", type=int, default=1024, help="append to --out every N images")
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
-    parser.add_argument("--report", type=Path, help="skipped files report; default <out>.skipped.csv")
+    parser.add_argument("--report", type=output_path,
+                        help="skipped files report (.csv; files an earlier run skipped and no run has embedded since "
+                             "stay listed); default <out>.skipped.csv")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -45,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError(None, "--batch and --checkpoint must be at least 1")
     if args.out.suffix.lower() not in (".parquet", ".pq"):  # fit and predict read embeddings by their suffix
         raise InputError(args.out, "embeddings are written as Parquet: name the file .parquet")
+    report_path = args.report or args.out.with_name(args.out.name + ".skipped.csv")
+    _check_report_path(report_path, args)
     watch = Stopwatch(args.quiet)
     encoder = Encoder(args.encoder, args.threads)
     files = list_images(args.images)
@@ -57,24 +63,56 @@ def main(argv: list[str] | None = None) -> int:
                           log_lines=not args.quiet and not show_progress(args.quiet),
                           root=args.pamela if args.pamela is not None  # PAMELA's ids are the dataset's own
                           else args.images if args.images.is_dir() else args.images.parent)
-    report_path = args.report or args.out.with_name(args.out.name + ".skipped.csv")
     report.skipped.extend((path, "in PAMELA's annotations, but there is no such file") for path in absent)
-    if report.skipped:
-        # the id each skipped file would have had: what fit's "no embedding" message looks up
-        ids = {str(path): image_id for path, image_id in files} | absent
-        table = pl.DataFrame({"path": [p for p, _ in report.skipped], "reason": [r for _, r in report.skipped],
-                              "image_id": [str(ids.get(p, "")) for p, _ in report.skipped]})
+    # the id each skipped file would have had: what fit's "no embedding" message looks up
+    ids = {str(path): image_id for path, image_id in files} | absent
+    table = pl.DataFrame({"path": [p for p, _ in report.skipped], "reason": [r for _, r in report.skipped],
+                          "image_id": [str(ids.get(p, "")) for p, _ in report.skipped]},
+                         schema={"path": pl.String, "reason": pl.String, "image_id": pl.String})
+    table = pl.concat([table, _still_skipped(report_path, args.out, set(ids))])
+    if table.height:
         with atomic_file(report_path, ".csv") as tmp:
             table.write_csv(tmp)
-    elif _is_skipped_report(report_path):  # a run before listed files this one skipped no more
+    elif _is_skipped_report(report_path):  # a run before listed files that are embedded now
         report_path.unlink()
     if not report.embedded and not report.already_present:  # every file failed: nothing to fit on
         raise InputError(args.images, f"none of its {len(files)} file(s) could be embedded (why, per file: "
                                       f"{report_path})")
+    earlier = table.height - len(report.skipped)
     watch.step(f"embedded {report.embedded} image(s) at {report.images_per_second:.1f} images/s, "
                f"{report.already_present} already in {args.out}, {len(report.skipped)} skipped"
-               + (f" (listed in {report_path})" if report.skipped else ""))
+               + (f" (listed in {report_path}" + (f", beside {earlier} an earlier run skipped" if earlier else "")
+                  + ")" if table.height else ""))
     return 0
+
+
+def _check_report_path(report: Path, args) -> None:
+    """Refuse, before any work, a report that would be written over something else: the
+    embeddings themselves, the encoder, the image list, or any file that is not a report."""
+    if report.suffix.lower() != ".csv":
+        raise InputError(report, "the skipped-files report is written as CSV: name it .csv")
+    same = [name for name, path in (("--out", args.out), ("--encoder", args.encoder), ("--images", args.images))
+            if report.absolute() == path.absolute()
+            or (path.exists() and report.exists() and os.path.samefile(report, path))]
+    if same:
+        raise InputError(report, f"is also {same[0]}: the report would be written over it; choose another --report")
+    if report.exists() and not _is_skipped_report(report):
+        raise InputError(report, "exists and is not a skipped-files report of embed: it is not replaced; "
+                                 "choose another --report")
+
+
+def _still_skipped(report: Path, out: Path, tried: set[str]) -> pl.DataFrame:
+    """The rows of an earlier run's report whose files this run did not try again and that have no
+    embedding in `out` now: still skipped, so still listed."""
+    empty = pl.DataFrame(schema={"path": pl.String, "reason": pl.String, "image_id": pl.String})
+    if not _is_skipped_report(report):
+        return empty
+    earlier = pl.read_csv(report, infer_schema=False)
+    if "image_id" not in earlier.columns:
+        earlier = earlier.with_columns(image_id=pl.lit("", pl.String))
+    embedded = read_table(out)["image_id"].cast(pl.String) if out.exists() else pl.Series([], dtype=pl.String)
+    return (earlier.select("path", "reason", pl.col("image_id").fill_null(""))
+            .filter(~pl.col("path").is_in(list(tried)) & ~pl.col("image_id").is_in(embedded.implode())))
 
 
 def _pamela_files(root: Path, files: list, images: Path, watch: Stopwatch) -> tuple[list, dict[str, object]]:

@@ -291,8 +291,9 @@ def _folder_images(root: Path) -> list[str]:
         subfolders[:] = sorted((d for d in subfolders if not d.startswith(".")),
                                key=lambda d: (os.path.islink(os.path.join(folder, d)), d))
         relative = Path(folder).relative_to(root)
-        names += [(relative / f).as_posix() for f in files
-                  if not f.startswith(".") and os.path.isfile(os.path.join(folder, f))]
+        # a link to a file that is gone is listed too: it is reported as skipped, not lost silently
+        names += [(relative / f).as_posix() for f in files if not f.startswith(".") and (
+            os.path.isfile(os.path.join(folder, f)) or not os.path.exists(os.path.join(folder, f)))]
     return sorted(names)
 
 
@@ -471,6 +472,9 @@ def embed_images(encoder: Encoder, files: list[tuple[Path, object]], out: Path, 
                     batch_ids.append(image_id)
                 except UnidentifiedImageError:  # Pillow's name for "not an image", which says little to a reader
                     report.skipped.append((str(path), "not an image (or a format Pillow cannot read)"))
+                except FileNotFoundError:
+                    what = "a link to a file that does not exist" if os.path.islink(path) else "no such file"
+                    report.skipped.append((str(path), what))
                 except (OSError, ValueError, Image.DecompressionBombError) as err:
                     report.skipped.append((str(path),
                                            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"))

@@ -417,12 +417,45 @@ def test_a_file_that_does_not_say_its_encoder_is_not_stamped_with_this_one(tmp_p
     assert embeddings_source(out) is None and read_embeddings(out).matrix.shape[0] == 3
 
 
-def test_only_embeds_own_report_is_removed_by_a_clean_run(tmp_path, encoder_path, capsys):
-    mine = tmp_path / "mine.csv"
-    mine.write_text("path,reason_code\nx,1\n")  # a user's CSV named as --report
-    code = run(embed.main, ["--encoder", str(encoder_path), "--images", str(_images(tmp_path / "imgs", 1)),
-                            "--out", str(tmp_path / "e.parquet"), "--report", str(mine), "--quiet"])
-    assert code == 0 and mine.read_text() == "path,reason_code\nx,1\n"
+@pytest.mark.parametrize("report", ["mine.csv", "e.parquet", "enc.onnx"])
+def test_a_report_named_over_another_file_is_refused_before_any_work(report, tmp_path, encoder_path, capsys):
+    # --report naming --out once turned the embeddings into a 375-byte CSV, exit 0; a user's own CSV
+    # was kept by a clean run but written over by one that skipped a file
+    images, out = _images(tmp_path / "imgs", 1), tmp_path / "e.parquet"
+    assert _embed(encoder_path, images, out, capsys)[0] == 0
+    (tmp_path / "mine.csv").write_text("path,reason_code\nx,1\n")
+    (images / "broken.png").write_bytes(b"not a png")
+    before = {p: p.read_bytes() for p in (out, encoder_path, tmp_path / "mine.csv")}
+    target = {"mine.csv": tmp_path / "mine.csv", "e.parquet": out, "enc.onnx": encoder_path}[report]
+    capsys.readouterr()
+    code = run(embed.main, ["--encoder", str(encoder_path), "--images", str(images), "--out", str(out),
+                            "--report", str(target), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and str(target) in err[0], err
+    assert all(p.read_bytes() == content for p, content in before.items())
+
+
+def test_files_an_earlier_run_skipped_stay_in_the_report_until_embedded(tmp_path, encoder_path, capsys):
+    out = tmp_path / "e.parquet"
+    first = _images(tmp_path / "a", 1)
+    (first / "broken.png").write_bytes(b"not a png")
+    assert _embed(encoder_path, first, out, capsys)[0] == 0
+    report = tmp_path / "e.parquet.skipped.csv"
+    assert pl.read_csv(report)["image_id"].to_list() == ["broken.png"]
+    code, err = _embed(encoder_path, _images(tmp_path / "b", 1, start=3), out, capsys)  # nothing skipped here
+    assert code == 0 and pl.read_csv(report)["image_id"].to_list() == ["broken.png"]  # once removed
+    _images(first, 1, start=9)
+    (first / "broken.png").unlink()
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(first / "broken.png")  # fixed, embedded now
+    assert _embed(encoder_path, first, out, capsys)[0] == 0 and not report.exists()
+
+
+def test_a_link_to_a_missing_file_is_reported_as_skipped(tmp_path, encoder_path, capsys):
+    images = _images(tmp_path / "imgs", 1)
+    (images / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    assert _embed(encoder_path, images, tmp_path / "e.parquet", capsys)[0] == 0
+    rows = pl.read_csv(tmp_path / "e.parquet.skipped.csv")
+    assert rows["image_id"].to_list() == ["gone.png"] and rows["reason"][0] == "a link to a file that does not exist"
 
 
 @pytest.mark.parametrize("case, problem", [
@@ -477,3 +510,13 @@ def test_an_interrupted_embed_keeps_what_it_embedded_since_the_last_checkpoint(t
     monkeypatch.setattr(Encoder, "__call__", real)
     report = embed_images(encoder, list_images(images), out, batch_size=2)
     assert report.already_present == 4 and report.embedded == 1
+
+
+def test_a_report_nobody_can_write_is_refused_before_any_work(tmp_path, encoder_path, capsys):
+    # it failed after the embedding, as an unexpected FileNotFoundError (exit 1)
+    with pytest.raises(SystemExit) as done:  # an argument error, as for --out
+        run(embed.main, ["--encoder", str(encoder_path), "--images", str(_images(tmp_path / "imgs", 1)),
+                         "--out", str(tmp_path / "e.parquet"), "--report", "/proc/pamela_lite_r.csv", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert done.value.code == 2 and len(err) == 1 and "/proc is a folder this user cannot write in" in err[0]
+    assert not (tmp_path / "e.parquet").exists()
