@@ -60,7 +60,9 @@ class Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         from . import __version__
 
-        super().__init__(*args, **kwargs)
+        # No abbreviations: score --dask took "--user p0007" for its "--users FILE" and looked for a
+        # file named p0007; a prefix that names one option today can name another tomorrow.
+        super().__init__(*args, **{"allow_abbrev": False, **kwargs})
         self.add_argument("-V", "--version", action="version", version=f"pamela_lite {__version__}")
 
     def error(self, message: str) -> NoReturn:

@@ -218,10 +218,12 @@ def id_type_note(given: pl.Series, known: pl.Series, where: str, missing: pl.Ser
 
 
 def near_miss_note(missing, known) -> str:
-    """A hint when some `missing` ids differ from a `known` id only in surrounding spaces or in
-    letter case (" u7" or "U7" against "u7": a spreadsheet's padding, another export's casing);
-    ids are matched exactly, so such an id is unknown. Empty when none does."""
-    key = lambda ids: pl.Series(list(ids), dtype=pl.String, strict=False).str.strip_chars().str.to_lowercase()
+    """A hint when some `missing` ids differ from a `known` id only in surrounding spaces, letter
+    case or Unicode form (" u7" or "U7" against "u7": a spreadsheet's padding, another export's
+    casing; "café" typed against a macOS file name's decomposed "café"); ids are matched exactly,
+    so such an id is unknown. Empty when none does."""
+    key = lambda ids: (pl.Series(list(ids), dtype=pl.String, strict=False).str.normalize("NFKC")
+                       .str.strip_chars().str.to_lowercase())
     known = pl.Series(list(known)).cast(pl.String)
     exact = set(known.to_list())
     table = pl.DataFrame({"_key": key(known), "known": known}).unique("_key", keep="first", maintain_order=True)
@@ -231,8 +233,9 @@ def near_miss_note(missing, known) -> str:
             .join(table, on="_key", how="inner", maintain_order="left"))
     if not near.height:
         return ""
-    return (f" ({near.height} of them differ from a known id only in spaces or letter case, e.g. "
-            f"{near['given'][0]!r} against {near['known'][0]!r}: ids must match exactly)")
+    return (f" ({near.height} of them differ from a known id only in spaces, letter case or Unicode form "
+            f"(composed or decomposed accents), e.g. {near['given'][0]!r} against {near['known'][0]!r}: ids must "
+            f"match exactly)")
 
 
 # ----------------------------------------------------------------------------- reading files
@@ -480,10 +483,11 @@ def read_people(path: str | Path) -> pl.DataFrame:
     path = Path(path)
     if path.is_dir():
         raise InputError(path, "is a folder; --people takes a table file")
-    frame = _flatten_pamela(read_table(path))
+    frame = _flatten_pamela(_with_positions(read_table(path), path))  # messages name a CSV row by its line
     _require_columns(frame, ("participant_id",), path)
-    frame = frame.select("participant_id", *(c for c in (*DEMOGRAPHICS, "age_binned") if c in frame.columns))
-    _check_plain_values(frame, frame.columns, path)
+    fields = ["participant_id", *(c for c in (*DEMOGRAPHICS, "age_binned") if c in frame.columns)]
+    frame = frame.select(*fields, LINE, FILE)
+    _check_plain_values(frame, fields, path)
     if frame.height == 0:
         raise InputError(path, "no people in the file")
     _reject_nulls(frame, ("participant_id",), path)
@@ -493,7 +497,7 @@ def read_people(path: str | Path) -> pl.DataFrame:
     if len(twice):
         raise InputError(path, f"{len(twice)} participant(s) are given more than once: {preview(twice.to_list())}; "
                                f"give each person one row")
-    return frame
+    return frame.drop(LINE, FILE)
 
 
 def with_demographics(context: pl.DataFrame, people: pl.DataFrame) -> pl.DataFrame:

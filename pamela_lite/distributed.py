@@ -344,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dask", nargs="?", const="local", default="local", metavar="ADDRESS",
                         help="Dask scheduler address (tcp://host:8786); without one, a LocalCluster here")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="LocalCluster only: worker processes (one thread each)")
+                        help="LocalCluster only: worker processes (one thread each; default: one per core)")
     parser.add_argument("--scorer", type=Path, required=True, help="ONNX file written by pamela_lite.export")
     parser.add_argument("--pairs", type=Path, help="Parquet file or folder of Parquet files: participant_id, image_id")
     parser.add_argument("--top", type=int, help="rank the whole catalogue for every user and keep the best K")
@@ -362,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="output folder of Parquet partitions and the job's own _* files: read the results "
                              'with pl.scan_parquet("OUT/part-*.parquet")')
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
+    # score's single-person options, refused by name (argparse would call them unrecognized)
+    for name in ("--user", "--people", "--refit-known"):
+        parser.add_argument(name, help=argparse.SUPPRESS, default=None, nargs="?", const=True)
     return parser
 
 
@@ -382,6 +385,10 @@ def _discard_fresh_job(out: Path, before: set[str] | None) -> None:
 
 def _check_args(parser: argparse.ArgumentParser, args) -> None:
     """The option rules (those of ``score``, plus the Dask job's own), before any work."""
+    given = [f"--{name.replace('_', '-')}" for name in ("user", "people", "refit_known") if getattr(args, name)]
+    if given:
+        parser.error(f"{given[0]} is not available with --dask, which scores pairs or ranks for many users "
+                     f"(--top K with --users FILE, or everyone); run score without --dask for that")
     if (args.top is None) == (args.pairs is None):
         parser.error("give either --pairs P, or --top K")
     if args.cache is None and args.embeddings is None:

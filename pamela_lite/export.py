@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.out.suffix.lower() != ".onnx":  # score, cache and the device find its sidecars by this name
+        raise InputError(args.out, "the scorer is written as ONNX: name the file .onnx")
     watch = Stopwatch(args.quiet)
     model = PersonalScorer.load(args.model)
     encoder = None

@@ -15,7 +15,7 @@ import polars as pl
 
 from .data import SPLITS, Dataset, person_demographics
 from .errors import InputError, preview
-from .metrics import evaluate_scores
+from .metrics import MIN_RATINGS, evaluate_scores
 from .model import PersonalScorer
 
 log = logging.getLogger("pamela_lite")
@@ -132,13 +132,22 @@ def few_people_note(rows: list[dict]) -> str | None:
             small.setdefault(r["split"], []).append(r["n_users"])
     if not small:
         return None
+    # "has 0 people" read as an empty split when it held ratings: say what the count counts
+    nobody = [split for split, counts in small.items() if max(counts) == 0]
+    small = {split: counts for split, counts in small.items() if split not in nobody}
 
     def people(counts):  # the range over k: users with too few ratings drop out at larger k
         low, high = min(counts), max(counts)
         return f"{low if low == high else f'{low}-{high}'} {'person' if high == 1 else 'people'}"
 
-    counts = " and ".join(f"{split} has {people(n)}" for split, n in small.items())
-    return f"note: {counts}: rough figures (benchmarks/accuracy.py gives intervals and leave-users-out CV)"
+    notes = []
+    if small:
+        counts = " and ".join(f"{split} has {people(n)}" for split, n in small.items())
+        notes.append(f"note: {counts}: rough figures (benchmarks/accuracy.py gives intervals and leave-users-out CV)")
+    if nobody:
+        notes.append(f"note: in {' and '.join(nobody)} nobody has the {MIN_RATINGS} ratings that differ which "
+                     f"per-person SROCC, PLCC and pair accuracy need (nan); MAE and RMSE cover every rating scored")
+    return "\n".join(notes)
 
 
 def format_table(rows: list[dict]) -> str:

@@ -40,6 +40,15 @@ def test_a_table_over_few_people_says_so():
     assert protocol.format_table(rows).splitlines()[-1] == note
 
 
+def test_a_split_where_nobody_can_be_ranked_is_not_called_empty():
+    # "test_seen has 0 people" was printed for 32 ratings of people with fewer than 5 each
+    row = dict(k=None, model="m", srocc=float("nan"), plcc=float("nan"), pairwise_acc=float("nan"), mae=2.5, rmse=2.9)
+    rows = [{**row, "split": "test_seen", "n_users": 0}, {**row, "split": "test_unseen", "k": 0, "n_users": 7}]
+    lines = protocol.few_people_note(rows).splitlines()
+    assert lines[0].startswith("note: test_unseen has 7 people:") and "test_seen" not in lines[0]
+    assert lines[1].startswith("note: in test_seen nobody has the 5 ratings that differ") and "has 0 people" not in lines[1]
+
+
 def _one_line_error(capsys, code):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
@@ -110,6 +119,14 @@ def test_help_prints_no_none_default(tool):
 
     text = importlib.import_module(f"pamela_lite.{tool}").build_parser().format_help()
     assert "default: None" not in " ".join(text.split())
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_options_are_never_taken_from_a_prefix(tool):
+    import importlib
+
+    parser = importlib.import_module(f"pamela_lite.{tool}").build_parser()
+    assert parser.allow_abbrev is False
 
 
 def test_help_still_prints_real_defaults():

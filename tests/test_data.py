@@ -10,7 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pamela_lite.data import (SPLITS, Scale, load_dataset, read_embeddings, read_ratings,
+from pamela_lite.data import (SPLITS, Scale, load_dataset, read_embeddings, read_people, read_ratings,
                               validate_ratings)
 from pamela_lite.errors import InputError
 
@@ -271,3 +271,12 @@ def test_a_nan_age_is_unknown_not_an_error(tmp_path):
     pl.DataFrame({"participant_id": ["a", "b"], "image_id": [1, 2], "rating": [1, 2], "age": [float("nan"), 40.0]}
                  ).write_parquet(path)
     assert read_ratings(path)["age"].to_list() == [None, 40.0]
+
+
+def test_a_people_file_names_a_bad_row_by_its_line_as_a_ratings_file_does(tmp_path):
+    # it said "(row 1)" where the same age in a ratings file said "(line 2)"
+    (tmp_path / "people.csv").write_text("participant_id,age\nsomeone,30\nnew,200\n")
+    with pytest.raises(InputError, match=r"age must be between 0 and 120 years, not 200.0 \(line 3\)"):
+        read_people(tmp_path / "people.csv")
+    (tmp_path / "people.csv").write_text("participant_id,age\nsomeone,30\n")
+    assert read_people(tmp_path / "people.csv").columns == ["participant_id", "age"]  # no place columns

@@ -229,3 +229,13 @@ def test_the_readmes_line_reads_a_dask_output_folder(client, exported, dataset, 
 @pytest.mark.parametrize("tool", [score, dd])
 def test_help_says_how_to_read_the_dask_output_folder(tool):
     assert Path(_documented_glob(tool.build_parser().format_help())).name == "part-*.parquet"
+
+
+@pytest.mark.parametrize("option", [["--user", "p0007"], ["--people", "people.csv"]])
+def test_single_person_options_are_refused_by_name_under_dask(option, exported, cache_path, tmp_path, capsys):
+    # --user p0007 was taken for --users and "p0007: no such file" came back
+    with pytest.raises(SystemExit) as done:
+        run(score.main, ["--dask", "--scorer", str(exported), "--cache", str(cache_path), "--top", "3", *option,
+                         "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert done.value.code == 2 and len(err) == 1 and f"{option[0]} is not available with --dask" in err[0]

@@ -216,6 +216,15 @@ def test_score_cli_missing_scorer_exits_2(world, tmp_path, capsys):
     assert code == 2 and "no such file" in capsys.readouterr().err
 
 
+def test_export_to_a_name_that_is_not_onnx_is_refused_before_any_work(fitted, tmp_path, capsys):
+    # x.txt once held the graph, beside x.fitted/ and x.users.npz, which score then could not find
+    fitted.save(tmp_path / "model")
+    code = run(export.main, ["--model", str(tmp_path / "model"), "--out", str(tmp_path / "x.txt"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "name the file .onnx" in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
 def test_export_cli_writes_scorer_and_users(fitted, tmp_path):
     fitted.save(tmp_path / "model")
     assert run(export.main, ["--model", str(tmp_path / "model"), "--out", str(tmp_path / "s.onnx"), "--quiet"]) == 0

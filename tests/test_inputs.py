@@ -422,3 +422,15 @@ def test_an_image_id_off_by_spaces_is_pointed_at_the_id_it_nearly_is(dataset):
     image = str(dataset.embeddings.ids[0])
     message = str(pytest.raises(InputError, dataset.embeddings.rows, pl.Series([f"{image} "])).value)
     assert f"e.g. '{image} ' against '{image}'" in message
+
+
+def test_an_image_id_in_another_unicode_form_is_pointed_at_the_id_it_nearly_is():
+    import unicodedata
+
+    from pamela_lite.data import Embeddings
+
+    stored = unicodedata.normalize("NFD", "later/café.png")  # as a macOS file name gives it
+    embeddings = Embeddings(pl.Series([stored, "cats/c0.jpg"]), np.eye(2, 4, dtype=np.float32), "emb.parquet")
+    typed = unicodedata.normalize("NFC", "later/café.png")
+    message = str(pytest.raises(InputError, embeddings.rows, pl.Series([typed])).value)
+    assert "1 of them differ from a known id only in spaces, letter case or Unicode form" in message
