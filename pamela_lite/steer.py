@@ -713,6 +713,7 @@ class Evaluation:
     seeds: list[int]
     scores: np.ndarray          # (m, 1 + K)
     calls_after: int
+    embeddings: np.ndarray | None = None  # (m, D) the images scored (not in the trajectory's JSON)
 
     def as_dict(self, vocab: Vocabulary) -> dict:
         return {"step": self.step, "prompt": self.prompt, "edits": vocab.edits(self.choice),
@@ -746,6 +747,12 @@ class SteerResult:
     proposal : Proposal or None
         The prompt-side model's proposal and phrase ranking, made before any generator call
         (when phrase effects were given).
+    chosen_images : numpy.ndarray
+        (n, D) the embeddings of the chosen prompt's images, as scored (so another objective can
+        score the same images: the person's score of the population's pick, with no new call).
+    predicted_for_user : float or None
+        Set by ``steer`` for the population's result beside a person's: that person's mean
+        point score of the chosen prompt's images.
     """
 
     method: str
@@ -763,9 +770,12 @@ class SteerResult:
     picks: dict = field(default_factory=dict)
     proposal: Proposal | None = None
     proposed: dict | None = None     # the proposal as JSON (filled by search)
+    chosen_images: np.ndarray | None = None
+    predicted_for_user: float | None = None
 
     def as_dict(self) -> dict:
-        out = {k: v for k, v in self.__dict__.items() if k not in ("picks", "choice", "proposal")}
+        out = {k: v for k, v in self.__dict__.items() if k not in ("picks", "choice", "proposal", "chosen_images")
+               and not (k == "predicted_for_user" and v is None)}
         out["gain"] = self.predicted - self.base_predicted
         return _finite(json.loads(json.dumps(out, default=float)))
 
@@ -829,7 +839,7 @@ class _Runner:
         scores = np.asarray(self.objective(x), dtype=np.float64)
         self.calls += self.m
         self.visits.setdefault(choice, []).append(len(self.log))
-        self.log.append(Evaluation(len(self.log), choice, prompt, seeds, scores, self.calls))
+        self.log.append(Evaluation(len(self.log), choice, prompt, seeds, scores, self.calls, x))
         for c in self.checkpoints:   # the pick at budget c: once no further evaluation fits within c
             if c not in self.picks and self.calls + self.m > c:
                 self.picks[c] = self.pick(self)
@@ -867,7 +877,8 @@ class _Runner:
                            float(draws.std(ddof=1)) if len(draws) > 1 else float("nan"),
                            float(s[:, 0].std(ddof=1)) if len(s) > 1 else float("nan"),
                            self.calls, trajectory, dict(self.picks), self.proposal,
-                           None if self.proposal is None else self.proposal.as_dict(self.vocab))
+                           None if self.proposal is None else self.proposal.as_dict(self.vocab),
+                           np.vstack([self.log[r].embeddings for r in self.visits[choice]]))
 
 
 def _best_of_n(r: _Runner, rng: np.random.Generator) -> tuple[int, ...]:
@@ -1565,6 +1576,10 @@ def main(argv: list[str] | None = None) -> int:
                        + (f"seed sd {res.spread_seed:.3f}" if np.isfinite(res.spread_seed) else
                           "seed sd n/a: one seed per prompt")
                        + f") after {res.calls} calls" + _unspent(res.calls, args))
+        if len(results) == 2:  # the person's score of the population's pick: the comparison that matters
+            results[1].predicted_for_user = float(np.asarray(objectives[0](results[1].chosen_images))[:, 0].mean())
+            watch.step(f"population: its prompt scores {results[1].predicted_for_user:.3f} for {label!r} (their own "
+                       f"pick {results[0].predicted:.3f}; {results[1].predicted:.3f} is the population head's score)")
         payload = {"user": label, "base_prompt": args.prompt, "kept_from_prompt": fixed, "method": args.method,
                    "budget": args.budget,
                    "seeds_per_prompt": args.seeds_per_prompt, "generator": args.generator,
@@ -1584,6 +1599,8 @@ def main(argv: list[str] | None = None) -> int:
         carry_over(out, tmp, exclude=("steer.json", "steer.png"))
     for res in results:
         print(json.dumps(_finite({"objective": res.objective, "prompt": res.prompt, "predicted": round(res.predicted, 4),
+                                  **({} if res.predicted_for_user is None else
+                                     {"predicted_for_user": round(res.predicted_for_user, 4)}),
                                   "spread_taste": round(res.spread_taste, 4), "spread_seed": round(res.spread_seed, 4)})))
     watch.step(f"wrote {out}/steer.json" + ("" if args.no_plot or not (out / "steer.png").is_file() else
                                              " and steer.png"))

@@ -50,6 +50,19 @@ def test_best_of_n_returns_the_argmax_of_the_scorer():
     assert res.prompt == max(means, key=means.get)
 
 
+@pytest.mark.parametrize("method", ["best_of_n", "greedy", "thompson"])
+def test_a_result_keeps_the_images_its_prompt_was_scored_on(method):
+    # so another objective (the person's) can score the population's pick without a generator call
+    res = steer.search(method, ToyGenerator(noise=0.5), first_coordinate, VOCAB, "a cat", budget=30,
+                       seeds_per_prompt=3)
+    assert res.chosen_images.shape[1] == 2 and len(res.chosen_images) % 3 == 0
+    assert first_coordinate(res.chosen_images)[:, 0].mean() == pytest.approx(res.predicted)
+    again = ToyGenerator(noise=0.5)(*zip(*[(res.prompt, s) for row in res.trajectory if row["prompt"] == res.prompt
+                                           for s in row["seeds"]]))
+    np.testing.assert_allclose(res.chosen_images, again)
+    assert "chosen_images" not in res.as_dict() and "predicted_for_user" not in res.as_dict()
+
+
 def test_greedy_never_returns_a_prompt_below_the_base_on_the_choosing_seeds():
     for seed in range(5):
         res = steer.search("greedy", ToyGenerator(noise=1.0), lambda x: -first_coordinate(x), VOCAB, "a cat",
@@ -314,6 +327,11 @@ def test_cli_stub_generator_writes_the_trajectory(fitted, tmp_path):
     payload = json.loads((tmp_path / "o" / "steer.json").read_text())
     assert [r["objective"] for r in payload["results"]] == ["personal", "population"]
     assert all(r["calls"] <= 12 and r["trajectory"] for r in payload["results"])
+    # the person's score of the population's pick, beside the head's own score of it
+    personal, population = payload["results"]
+    assert "predicted_for_user" not in personal and np.isfinite(population["predicted_for_user"])
+    printed = [json.loads(line) for line in out.stdout.splitlines()]
+    assert printed[1]["predicted_for_user"] == round(population["predicted_for_user"], 4)
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["steer.json"]
 
 
