@@ -339,13 +339,14 @@ class CachedScoring:
             check_finite(features, "features")
         return out
 
-    def top_k_cached(self, user, cache: FeatureCache, k: int = 10,
-                     candidates: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Rows of the user's k best cached images, best first, and their scores (see TwoStage.top_k)."""
+    def top_k_cached(self, user, cache: FeatureCache, k: int = 10, candidates: int | None = None,
+                     clip: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of the user's k best cached images, best first, and their scores (the unclipped
+        utility with ``clip=False``; see TwoStage.top_k)."""
         check_k(k)
         check_candidates(candidates)
         best, utility = self.stages.top_k(self.state(user), cache, k, candidates)  # state() refuses NaN/inf
-        return best, np.clip(utility, *self.scale)
+        return best, np.clip(utility, *self.scale) if clip else utility
 
 
 def check_not_zero(rows: np.ndarray, what: str) -> np.ndarray:

@@ -297,22 +297,24 @@ class EdgeScorer(CachedScoring):
         return self.score(embeddings, states, clip)
 
     def top_k(self, user: str | np.ndarray, embeddings: np.ndarray | FeatureCache, k: int = 10,
-              candidates: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+              candidates: int | None = None, clip: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Indices of the user's k best images in a gallery, best first, and their scores.
 
         Ranked by the unclipped utility: images the model rates above the top of the scale
-        still come out in order instead of as a tie. A feature cache is ranked with the
-        two-stage graphs; with it, `candidates` M turns on the retrieval mode (linear part over
-        the whole catalogue, trees on its best M only). A plain gallery is always ranked exactly.
+        still come out in order instead of as a tie; ``clip=False`` returns that utility instead
+        of the scores (a person whose best images all score the top rating sees them apart). A
+        feature cache is ranked with the two-stage graphs; with it, `candidates` M turns on the
+        retrieval mode (linear part over the whole catalogue, trees on its best M only). A plain
+        gallery is always ranked exactly.
         """
         check_k(k)
         check_candidates(candidates)
         if isinstance(embeddings, FeatureCache):
-            return self.top_k_cached(user, embeddings, k, candidates)
+            return self.top_k_cached(user, embeddings, k, candidates, clip)
         # A gallery is checked as fold_in's rows are (score, the per-pair hot path, checks only its outputs)
         utility = self.score_user(user, self._embedding_rows(embeddings, "embeddings"), clip=False)
         k = min(k, len(utility))
         best = np.argpartition(-utility, k - 1)[:k]
         best = best[np.argsort(-utility[best], kind="stable")]
         low, high = self.scale
-        return best, np.clip(utility[best], low, high)
+        return best, np.clip(utility[best], low, high) if clip else utility[best]

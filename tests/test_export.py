@@ -99,6 +99,19 @@ def test_top_k_ranks_a_gallery_best_first(fitted, dataset, exported):
     assert list(scores) == sorted(scores, reverse=True)
 
 
+def test_top_k_can_return_the_utility_it_ranks_by(fitted, dataset, exported):
+    # a person whose best images all score the top rating saw [5. 5. 5. 5. 5.]
+    edge = EdgeScorer(exported)
+    gallery, user = dataset.embeddings.matrix[:200], str(fitted.users_[0])
+    best, utility = edge.top_k(user, gallery, k=7, clip=False)
+    np.testing.assert_array_equal(best, edge.top_k(user, gallery, k=7)[0])
+    np.testing.assert_array_equal(utility, edge.score_user(user, gallery, clip=False)[best])
+    cache = edge.cache_features(gallery, np.arange(200))
+    cached_best, cached_utility = edge.top_k(user, cache, k=7, clip=False)
+    np.testing.assert_array_equal(cached_best, best)
+    np.testing.assert_allclose(cached_utility, utility, rtol=1e-5, atol=1e-5)
+
+
 def test_edge_rejects_wrong_shapes(exported):
     edge = EdgeScorer(exported)
     with pytest.raises(ValueError, match="shape"):
