@@ -143,8 +143,9 @@ def check_table_path(path: str | Path) -> Path:
 
 
 def output_path(text: str) -> Path:
-    """argparse type of ``--out``: refused at once when a folder on its way is a file, since the
-    write would otherwise fail only after all the work (an unexpected FileExistsError)."""
+    """argparse type of ``--out``: refused at once when a folder on its way is a file, or the folder
+    the output goes in takes no new file (the atomic write makes its temporary file there), since
+    the write would otherwise fail only after all the work (an unexpected FileExistsError)."""
     path = Path(text)
     for parent in path.parents:  # the nearest first: only the first that exists matters
         try:
@@ -161,6 +162,18 @@ def output_path(text: str) -> Path:
                                                  f"write in (or a read-only or virtual file system)")
             break
     return path
+
+
+def output_folder(text: str) -> Path:
+    """argparse type of an ``--out`` folder written *into* (a resumable job's partitions), not
+    replaced: an existing folder must take new files itself; otherwise as :func:`output_path`."""
+    path = Path(text)
+    if path.is_dir():
+        if not _writable(path):
+            raise argparse.ArgumentTypeError(f"cannot write into {text}: a folder this user cannot write in "
+                                             f"(or a read-only or virtual file system)")
+        return path
+    return output_path(text)
 
 
 def _writable(folder: Path) -> bool:

@@ -222,7 +222,7 @@ def near_miss_note(missing, known) -> str:
     case or Unicode form (" u7" or "U7" against "u7": a spreadsheet's padding, another export's
     casing; "café" typed against a macOS file name's decomposed "café"); ids are matched exactly,
     so such an id is unknown. Empty when none does."""
-    key = lambda ids: (pl.Series(list(ids), dtype=pl.String, strict=False).str.normalize("NFKC")
+    key = lambda ids: (pl.Series(list(ids), dtype=pl.String, strict=False).str.normalize("NFC")
                        .str.strip_chars().str.to_lowercase())
     known = pl.Series(list(known)).cast(pl.String)
     exact = set(known.to_list())
@@ -233,7 +233,8 @@ def near_miss_note(missing, known) -> str:
             .join(table, on="_key", how="inner", maintain_order="left"))
     if not near.height:
         return ""
-    return (f" ({near.height} of them differ from a known id only in spaces, letter case or Unicode form "
+    return (f" ({near.height} of them {'differs' if near.height == 1 else 'differ'} from a known id only in "
+            f"spaces, letter case or Unicode form "
             f"(composed or decomposed accents), e.g. {near['given'][0]!r} against {near['known'][0]!r}: ids must "
             f"match exactly)")
 

@@ -34,7 +34,7 @@ import numpy as np
 import polars as pl
 
 from ._atomic import atomic_file, write_text
-from .cli import NO_REFIT, Stopwatch, output_path, parser_for, run
+from .cli import NO_REFIT, Stopwatch, output_folder, parser_for, run
 from .errors import InputError, preview
 
 JOB_FILE, DONE_FILE, CATALOGUE_FILE, CONTEXT_FILE = "_job.json", "_done.json", "_catalogue.features.npz", "_context.npz"
@@ -358,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--partition-size", type=int,
                         help=f"pairs (default {DEFAULT_PAIRS_PER_PARTITION:,}) or users "
                              f"(default {DEFAULT_USERS_PER_PARTITION}) per partition")
-    parser.add_argument("--out", type=output_path, required=True,
+    parser.add_argument("--out", type=output_folder, required=True,
                         help="output folder of Parquet partitions and the job's own _* files: read the results "
                              'with pl.scan_parquet("OUT/part-*.parquet")')
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
@@ -385,7 +385,8 @@ def _discard_fresh_job(out: Path, before: set[str] | None) -> None:
 
 def _check_args(parser: argparse.ArgumentParser, args) -> None:
     """The option rules (those of ``score``, plus the Dask job's own), before any work."""
-    given = [f"--{name.replace('_', '-')}" for name in ("user", "people", "refit_known") if getattr(args, name)]
+    given = [f"--{name.replace('_', '-')}" for name in ("user", "people", "refit_known")
+             if getattr(args, name) is not None]
     if given:
         parser.error(f"{given[0]} is not available with --dask, which scores pairs or ranks for many users "
                      f"(--top K with --users FILE, or everyone); run score without --dask for that")

@@ -16,7 +16,6 @@ import polars as pl
 
 from ._atomic import atomic_file
 from .cli import Stopwatch, output_path, parser_for, run, show_progress
-from .data import read_table
 from .encoder import Encoder, embed_images, list_images, pamela_ids, relative_to_root
 from .errors import InputError
 
@@ -69,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     table = pl.DataFrame({"path": [p for p, _ in report.skipped], "reason": [r for _, r in report.skipped],
                           "image_id": [str(ids.get(p, "")) for p, _ in report.skipped]},
                          schema={"path": pl.String, "reason": pl.String, "image_id": pl.String})
-    table = pl.concat([table, _still_skipped(report_path, args.out, set(ids))])
+    table = pl.concat([table, _still_skipped(report_path, args.out, set(ids), {str(i) for i in ids.values()})])
     if table.height:
         with atomic_file(report_path, ".csv") as tmp:
             table.write_csv(tmp)
@@ -81,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     earlier = table.height - len(report.skipped)
     watch.step(f"embedded {report.embedded} image(s) at {report.images_per_second:.1f} images/s, "
                f"{report.already_present} already in {args.out}, {len(report.skipped)} skipped"
-               + (f" (listed in {report_path}" + (f", beside {earlier} an earlier run skipped" if earlier else "")
-                  + ")" if table.height else ""))
+               + (f" (listed in {report_path})" if report.skipped else "")
+               + (f"; {report_path} still lists {earlier} file(s) an earlier run skipped" if earlier else ""))
     return 0
 
 
@@ -101,18 +100,22 @@ def _check_report_path(report: Path, args) -> None:
                                  "choose another --report")
 
 
-def _still_skipped(report: Path, out: Path, tried: set[str]) -> pl.DataFrame:
-    """The rows of an earlier run's report whose files this run did not try again and that have no
-    embedding in `out` now: still skipped, so still listed."""
+def _still_skipped(report: Path, out: Path, tried: set[str], tried_ids: set[str]) -> pl.DataFrame:
+    """The rows of an earlier run's report that still stand: files still there (a link to nothing
+    counts) that this run did not try again, by path or by id, and that have no embedding in
+    `out` now."""
     empty = pl.DataFrame(schema={"path": pl.String, "reason": pl.String, "image_id": pl.String})
     if not _is_skipped_report(report):
         return empty
     earlier = pl.read_csv(report, infer_schema=False)
     if "image_id" not in earlier.columns:
         earlier = earlier.with_columns(image_id=pl.lit("", pl.String))
-    embedded = read_table(out)["image_id"].cast(pl.String) if out.exists() else pl.Series([], dtype=pl.String)
-    return (earlier.select("path", "reason", pl.col("image_id").fill_null(""))
-            .filter(~pl.col("path").is_in(list(tried)) & ~pl.col("image_id").is_in(embedded.implode())))
+    embedded = (pl.read_parquet(out, columns=["image_id"])["image_id"].cast(pl.String) if out.exists()
+                else pl.Series([], dtype=pl.String))  # the ids only: the vectors may be gigabytes
+    earlier = earlier.select("path", "reason", pl.col("image_id").fill_null(""))
+    still_there = pl.Series([os.path.lexists(p) for p in earlier["path"].to_list()], dtype=pl.Boolean)
+    return earlier.filter(still_there & ~pl.col("path").is_in(list(tried)) & ~pl.col("image_id").is_in(list(tried_ids))
+                          & ~pl.col("image_id").is_in(embedded.implode()))
 
 
 def _pamela_files(root: Path, files: list, images: Path, watch: Stopwatch) -> tuple[list, dict[str, object]]:

@@ -386,7 +386,8 @@ def _warn_second_ids(out: Path, root: str, roots: list[str], files: list, have: 
     it, or that it holds (``cats/c0.png`` embedded from ``photos/``, now ``c0.png`` from
     ``photos/cats/``): they would be embedded again under a second id, and a ratings file can
     name only one of the two."""
-    ids = [str(i) for _, i in files if not os.path.isabs(str(i))]
+    # ids embedded already (a second run of the same folder) were warned about when they were new
+    ids = [str(i) for _, i in files if not os.path.isabs(str(i)) and str(i) not in have]
     for other in roots:
         here, there = Path(root), Path(other)
         if here == there:

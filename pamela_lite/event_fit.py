@@ -394,9 +394,13 @@ def _held_out_strength(events: pl.DataFrame, embeddings: Embeddings, settings: d
     gain = scores[best] - scores[0.0]
     se = float(gain.std(ddof=1) / np.sqrt(len(gain))) if len(gain) > 1 else float("inf")
     accepted = bool(gain.mean() > 2 * se)
-    sessions = events.group_by("participant_id").agg(pl.col("session_id").n_unique())["session_id"].max() > 1
+    per_person = events.group_by("participant_id").agg(pl.col("session_id").n_unique())["session_id"]
+    single = int((per_person == 1).sum())  # people split by row order: their log is one session
+    chosen_on = ("held-out later halves of each log (one session a person)" if single == len(per_person) else
+                 "held-out sessions" if not single else
+                 f"held-out sessions (later halves of the log for the {single} people with one session)")
     return (best if accepted else 0.0), {
-        "chosen_on": "held-out sessions" if sessions else "held-out later halves of each log (no session ids)",
+        "chosen_on": chosen_on,
         "people": int(len(gain)),
         "srocc_by_strength": {str(k): round(float(v.mean()), 4) for k, v in scores.items()},
         "gain": round(float(gain.mean()), 4), "gain_se": round(se, 4), "accepted": accepted}

@@ -281,7 +281,8 @@ def comparing_nothing(events: pl.DataFrame, within: str = "session") -> pl.Serie
 
 def without_actions(evidence_rows: pl.DataFrame) -> pl.Series:
     """People whose :func:`evidence` rows are all 0: they were shown images and did nothing with
-    them (or only what weighs 0), which says nothing about what they like."""
+    them (or only what weighs 0), which says no image they were shown stood out (a fold-in then
+    moves their scores toward ranking those images alike, nothing more)."""
     return (evidence_rows.group_by("participant_id", maintain_order=True).agg((pl.col("evidence") != 0).any())
             .filter(~pl.col("evidence"))["participant_id"])
 
@@ -299,14 +300,18 @@ def evidence(events: pl.DataFrame, weights: dict[str, float] | None = None) -> p
     the weights of the named events; numeric weights are used as given. Rows keep the order of
     first appearance.
     """
-    weight = pl.col(WEIGHT)
-    if weights:
-        table = pl.DataFrame({"event": list(weights), "_k": list(weights.values())},
-                             schema={"event": pl.String, "_k": pl.Float64})
-        events = events.join(table, on="event", how="left", maintain_order="left")
-        weight = pl.coalesce(pl.col("_k"), weight)
-    return (events.group_by("participant_id", "image_id", "session_id", maintain_order=True)
-            .agg(weight.sum().alias("evidence")))
+    return (weighted(events, weights).group_by("participant_id", "image_id", "session_id", maintain_order=True)
+            .agg(pl.col(WEIGHT).sum().alias("evidence")))
+
+
+def weighted(events: pl.DataFrame, weights: dict[str, float] | None = None) -> pl.DataFrame:
+    """`events` with each row's weight as it counts: `weights` replace the named events' weights."""
+    if not weights:
+        return events
+    table = pl.DataFrame({"event": list(weights), "_k": list(weights.values())},
+                         schema={"event": pl.String, "_k": pl.Float64})
+    return (events.join(table, on="event", how="left", maintain_order="left")
+            .with_columns(pl.coalesce(pl.col("_k"), pl.col(WEIGHT)).alias(WEIGHT)).drop("_k"))
 
 
 def event_rows(events: pl.DataFrame, ids: list, embeddings: Embeddings,
@@ -354,7 +359,8 @@ def summary(events: pl.DataFrame, vocabulary: dict[str, float] | None = None) ->
     lines = [f"{people} people, {shown} shown image(s) (distinct person, image and session)"
              + (f", {sessions} sessions ({shown / sessions:.1f} images each)" if has_sessions
                 else "; no session_id: each person's log is one session")]
-    actions = (events.filter(pl.col("event").is_not_null() & (pl.col("event") != "view"))
+    # an action is a row that weighs something (a name of one's own may weigh 0, as a view does)
+    actions = (weighted(events, vocabulary).filter(pl.col("event").is_not_null() & (pl.col(WEIGHT) != 0))
                .group_by("event").agg(pl.len().alias("rows")).sort("rows", descending=True))
     if actions.height:
         lines.append("actions per shown image: " + ", ".join(
@@ -381,7 +387,8 @@ def build_parser():
                         "{prog} --events runs/demo_events/events.parquet --embeddings e.parquet")
     parser.add_argument("--events", type=Path, required=True, help="events table (.csv, .parquet or .json)")
     parser.add_argument("--embeddings", type=Path,
-                        help="embeddings Parquet: every image must have one (default: not checked)")
+                        help="embeddings Parquet: every image must have one (default: embeddings.parquet "
+                             "beside the events file, as fit --events looks for it; without one, not checked)")
     parser.add_argument("--event-weights", metavar="JSON",
                         help='signed weight of event names, added to or replacing the defaults, as for fit')
     return parser
@@ -389,13 +396,17 @@ def build_parser():
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m pamela_lite.events --events FILE``: check an events file as fit would, and summarise it."""
-    from .data import read_embeddings
+    from .data import EMBEDDINGS_FILE, read_embeddings
 
     args = build_parser().parse_args(argv)
     vocabulary = parse_event_weights(args.event_weights)
-    embeddings = read_embeddings(args.embeddings) if args.embeddings else None
+    beside = args.events.parent / EMBEDDINGS_FILE
+    source = args.embeddings or (beside if beside.exists() else None)
+    embeddings = read_embeddings(source) if source is not None else None
     for line in summary(load_events(args.events, embeddings, vocabulary), vocabulary):
         print(line)
+    print(f"every image has an embedding in {source}" if source is not None else
+          "image ids not checked: no --embeddings, and no embeddings.parquet beside the events file")
     return 0
 
 

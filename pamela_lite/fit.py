@@ -182,8 +182,8 @@ def fit_on_events_only(args, watch: Stopwatch) -> int:
         watch.step(f"a person's events weigh {strength:g} against the population: {judged['note']}")
     elif "srocc_by_strength" in judged:
         watch.step(f"a person's events weigh {strength:g} against the population, chosen on "
-                   f"{judged.get('chosen_on', 'held-out sessions')} of {judged['people']} people (SROCC of their choices {judged['srocc_by_strength']['0.0']:.4f} with "
-                   f"no events; best {judged['gain']:+.4f} +- {judged['gain_se']:.4f}: "
+                   f"{judged.get('chosen_on', 'held-out sessions')} of {judged['people']} people (SROCC of their "
+                   f"choices {judged['srocc_by_strength']['0.0']:.4f} with no events; best {judged['gain']:+.4f} +- {judged['gain_se']:.4f}: "
                    f"{'kept' if judged['accepted'] else 'not two standard errors better, so events get no weight'})")
     watch.step(f"wrote the model and metrics.json to {args.out}")
     return 0

@@ -248,7 +248,7 @@ def write_users(path: str | Path, ids: list, states: np.ndarray, fit_sha256: str
                 kept: dict[str, str] | None = None) -> Path:
     """Write a users file atomically: ids (as text, with their type), states (float32), the fit's digest
     and, in a model folder, the digests of the files the states were solved from (`kept`: file name ->
-    sha256; :func:`check_kept_files`)."""
+    sha256; :func:`changed_kept_files`)."""
     path = Path(path)
     meta = {"format": USERS_FORMAT, "format_version": USERS_FORMAT_VERSION, "fit_sha256": fit_sha256,
             "id_type": "int" if ids and all(isinstance(u, (int, np.integer)) for u in ids) else "str",

@@ -1183,7 +1183,7 @@ class PersonalScorer(BaseEstimator):
             if added:
                 write_arrays(tmp / CATALOGUE_USERS_FILE, user_ids=np.array(list(added), dtype=str),
                              factors=np.stack(list(added.values())))
-            # the states were solved from these files: a copy from another fit is refused on load
+            # the states were solved from these files: a copy from another fit is warned about on load
             kept = {name: file_sha256(tmp / name) for name in (RATINGS_FILE, EVENTS_FILE, CATALOGUE_USERS_FILE)
                     if (tmp / name).exists()}
             write_users(tmp / USERS_FILE, self.users_, self.user_states_, self.fitted_.digest(), kept)

@@ -124,8 +124,8 @@ FEW_PEOPLE = 10  # below it a split's per-user mean is a rough figure, and the t
 
 
 def few_people_note(rows: list[dict]) -> str | None:
-    """One line naming the splits scored on fewer than FEW_PEOPLE people (None if none); PAMELA's
-    unseen splits have 7 and 3-4."""
+    """Note lines naming the splits scored on fewer than FEW_PEOPLE people, and apart those where
+    nobody could be ranked (None if none); PAMELA's unseen splits have 7 and 3-4."""
     small: dict[str, list[int]] = {}
     for r in rows:
         if r["n_users"] < FEW_PEOPLE:
@@ -145,13 +145,13 @@ def few_people_note(rows: list[dict]) -> str | None:
         counts = " and ".join(f"{split} has {people(n)}" for split, n in small.items())
         notes.append(f"note: {counts}: rough figures (benchmarks/accuracy.py gives intervals and leave-users-out CV)")
     if nobody:
-        notes.append(f"note: in {' and '.join(nobody)} nobody has the {MIN_RATINGS} ratings that differ which "
-                     f"per-person SROCC, PLCC and pair accuracy need (nan); MAE and RMSE cover every rating scored")
+        notes.append(f"note: in {' and '.join(nobody)} nobody has the {MIN_RATINGS} or more ratings, not all equal, "
+                     f"that per-person SROCC, PLCC and pair accuracy need (nan); MAE and RMSE cover every rating")
     return "\n".join(notes)
 
 
 def format_table(rows: list[dict]) -> str:
-    """A plain-text table, one line per row, for the terminal and the README; a last line says when
+    """A plain-text table, one line per row, for the terminal and the README; last lines say when
     a split was scored on few people (:func:`few_people_note`). Without rows, one line says so."""
     if not rows:
         return "nothing scored: the data has no ratings in these splits (or no one with two left to rank)"

@@ -825,7 +825,7 @@ class _Runner:
         seeds = [self.seeds[(visit * self.m + j) % len(self.seeds)] for j in range(self.m)]
         prompt = self.vocab.render(self.base, choice)
         try:
-            x = np.asarray(self.generate([prompt] * self.m, seeds))
+            x = np.array(self.generate([prompt] * self.m, seeds))  # a copy: kept, and a generator may reuse its buffer
         except InputError:
             raise
         except Exception as err:  # the user's generator: its failure is theirs to read, in one line

@@ -46,7 +46,8 @@ def test_a_split_where_nobody_can_be_ranked_is_not_called_empty():
     rows = [{**row, "split": "test_seen", "n_users": 0}, {**row, "split": "test_unseen", "k": 0, "n_users": 7}]
     lines = protocol.few_people_note(rows).splitlines()
     assert lines[0].startswith("note: test_unseen has 7 people:") and "test_seen" not in lines[0]
-    assert lines[1].startswith("note: in test_seen nobody has the 5 ratings that differ") and "has 0 people" not in lines[1]
+    assert lines[1].startswith("note: in test_seen nobody has the 5 or more ratings, not all equal,")
+    assert "has 0 people" not in lines[1]
 
 
 def _one_line_error(capsys, code):
@@ -596,6 +597,17 @@ def test_an_output_in_a_folder_nobody_can_write_in_is_refused_before_any_work(to
                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert out.returncode == 2, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and "/proc is a folder this user cannot write in" in out.stderr
+
+
+def test_a_job_folder_written_into_is_checked_itself_not_its_parent(tmp_path):
+    from pamela_lite.cli import output_folder
+
+    # score --dask writes into --out: a writable folder under a parent it cannot write in is fine
+    assert output_folder(str(tmp_path)) == tmp_path
+    with pytest.raises(argparse.ArgumentTypeError, match="cannot write into /proc"):
+        output_folder("/proc")
+    with pytest.raises(argparse.ArgumentTypeError, match="/proc is a folder this user cannot write in"):
+        output_folder("/proc/new_job")
 
 
 def test_an_output_under_a_broken_link_is_refused(tmp_path):

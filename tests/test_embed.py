@@ -403,6 +403,8 @@ def test_images_of_a_folder_inside_or_around_one_embedded_before_are_said_to_get
     warned = [line for line in err if "get a second id now" in line]
     assert code == 0 and len(warned) == 1 and "2 image(s)" in warned[0]
     assert "'cats/img000.png'" in warned[0] and "'img000.png'" in warned[0]
+    code, err = _embed(encoder_path, tmp_path / then, out, capsys)  # again: nothing new gets a second id
+    assert code == 0 and not any("get a second id now" in line for line in err)
 
 
 def test_a_file_that_does_not_say_its_encoder_is_not_stamped_with_this_one(tmp_path, encoder_path, capsys):
@@ -417,7 +419,7 @@ def test_a_file_that_does_not_say_its_encoder_is_not_stamped_with_this_one(tmp_p
     assert embeddings_source(out) is None and read_embeddings(out).matrix.shape[0] == 3
 
 
-@pytest.mark.parametrize("report", ["mine.csv", "e.parquet", "enc.onnx"])
+@pytest.mark.parametrize("report", ["mine.csv", "e.parquet", "enc.onnx", "link.csv"])
 def test_a_report_named_over_another_file_is_refused_before_any_work(report, tmp_path, encoder_path, capsys):
     # --report naming --out once turned the embeddings into a 375-byte CSV, exit 0; a user's own CSV
     # was kept by a clean run but written over by one that skipped a file
@@ -426,12 +428,15 @@ def test_a_report_named_over_another_file_is_refused_before_any_work(report, tmp
     (tmp_path / "mine.csv").write_text("path,reason_code\nx,1\n")
     (images / "broken.png").write_bytes(b"not a png")
     before = {p: p.read_bytes() for p in (out, encoder_path, tmp_path / "mine.csv")}
-    target = {"mine.csv": tmp_path / "mine.csv", "e.parquet": out, "enc.onnx": encoder_path}[report]
+    (tmp_path / "link.csv").symlink_to(out)  # a .csv name that is --out all the same
+    target = {"mine.csv": tmp_path / "mine.csv", "e.parquet": out, "enc.onnx": encoder_path,
+              "link.csv": tmp_path / "link.csv"}[report]
     capsys.readouterr()
     code = run(embed.main, ["--encoder", str(encoder_path), "--images", str(images), "--out", str(out),
                             "--report", str(target), "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and str(target) in err[0], err
+    assert report != "link.csv" or "is also --out" in err[0]
     assert all(p.read_bytes() == content for p, content in before.items())
 
 
@@ -448,6 +453,15 @@ def test_files_an_earlier_run_skipped_stay_in_the_report_until_embedded(tmp_path
     (first / "broken.png").unlink()
     Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(first / "broken.png")  # fixed, embedded now
     assert _embed(encoder_path, first, out, capsys)[0] == 0 and not report.exists()
+
+
+def test_a_skipped_file_deleted_since_leaves_the_report(tmp_path, encoder_path, capsys):
+    out, first = tmp_path / "e.parquet", _images(tmp_path / "a", 1)
+    (first / "broken.png").write_bytes(b"not a png")
+    assert _embed(encoder_path, first, out, capsys)[0] == 0
+    (first / "broken.png").unlink()  # the obvious fix for "not an image"
+    code, err = _embed(encoder_path, _images(tmp_path / "b", 1, start=3), out, capsys)
+    assert code == 0 and not (tmp_path / "e.parquet.skipped.csv").exists()
 
 
 def test_a_link_to_a_missing_file_is_reported_as_skipped(tmp_path, encoder_path, capsys):

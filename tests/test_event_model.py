@@ -834,7 +834,7 @@ def test_events_alone_without_session_ids_are_judged_on_the_later_half_of_each_l
                             threads=1)
     judged = model.fitted_.events.report["strength"]
     assert "srocc_by_strength" in judged and judged["people"] >= 100  # judged, not waved through
-    assert judged["chosen_on"] == "held-out later halves of each log (no session ids)"  # not "sessions"
+    assert judged["chosen_on"] == "held-out later halves of each log (one session a person)"  # not "sessions"
 
 
 def test_events_alone_of_too_few_people_to_judge_get_no_weight(logged):

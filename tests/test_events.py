@@ -295,3 +295,28 @@ def test_the_events_command_refuses_a_bad_log_in_one_line(tmp_path, capsys):
     assert run(events_cli.main, ["--events", str(tmp_path / "log.csv")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(tmp_path / "log.csv") in err[0] and "unknown event name" in err[0]
+
+
+def test_a_name_of_ones_own_that_weighs_nothing_is_not_counted_as_an_action():
+    from pamela_lite.events import summary
+
+    vocabulary = {**DEFAULT_EVENTS, "hover": 0.0}
+    frame = pl.DataFrame({"participant_id": ["u", "u"], "image_id": ["a", "b"], "event": ["view", "hover"]})
+    lines = summary(validate_events(frame, "log.csv", vocabulary), vocabulary)
+    assert not any(line.startswith("actions per shown image") for line in lines)
+    assert any(line.startswith("1 person(s) with no action") for line in lines)
+
+
+def test_the_events_command_checks_the_embeddings_beside_the_log_as_fit_does(tmp_path, capsys):
+    from pamela_lite import events as events_cli
+    from pamela_lite.cli import run
+
+    from .conftest import write_embeddings
+
+    _events().write_csv(tmp_path / "log.csv")
+    write_embeddings(tmp_path / "embeddings.parquet", pl.Series(["a"]), np.eye(1, 4, dtype=np.float32))
+    assert run(events_cli.main, ["--events", str(tmp_path / "log.csv")]) == 2  # image b has no embedding
+    assert "have no embedding" in capsys.readouterr().err
+    write_embeddings(tmp_path / "embeddings.parquet", pl.Series(["a", "b"]), np.eye(2, 4, dtype=np.float32))
+    assert run(events_cli.main, ["--events", str(tmp_path / "log.csv")]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("every image has an embedding in ")

@@ -433,4 +433,4 @@ def test_an_image_id_in_another_unicode_form_is_pointed_at_the_id_it_nearly_is()
     embeddings = Embeddings(pl.Series([stored, "cats/c0.jpg"]), np.eye(2, 4, dtype=np.float32), "emb.parquet")
     typed = unicodedata.normalize("NFC", "later/café.png")
     message = str(pytest.raises(InputError, embeddings.rows, pl.Series([typed])).value)
-    assert "1 of them differ from a known id only in spaces, letter case or Unicode form" in message
+    assert "1 of them differs from a known id only in spaces, letter case or Unicode form" in message
