@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import glob
+import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -12,6 +15,8 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import InputError
+
+log = logging.getLogger("pamela_lite")
 
 
 def _umask() -> int:
@@ -70,6 +75,7 @@ def atomic_dir(path: str | Path, marker: str, kind: str) -> Iterator[Path]:
     path = Path(path)
     check_replaceable(path, marker, kind)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _warn_leftovers(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     _respect_umask(tmp, directory=True)
     try:
@@ -86,6 +92,20 @@ def atomic_dir(path: str | Path, marker: str, kind: str) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _warn_leftovers(path: Path) -> None:
+    """Name the hidden folders an interrupted write of `path` left beside it (a kill -9 or a power
+    cut skips the clean-up): nothing reads them, and a fit's may hold hundreds of megabytes. They
+    are not removed here: another process may be writing `path` right now."""
+    # mkdtemp's names: ".NAME." + 8 random characters + ".tmp" (or ".old", the two-rename swap's)
+    ours = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.(tmp|old)")
+    left = sorted(p.name for p in path.parent.glob(f".{glob.escape(path.name)}.*")
+                  if p.is_dir() and ours.fullmatch(p.name))
+    if left:
+        log.warning(f"warning: {path.parent}: {len(left)} folder(s) left by an interrupted write of {path.name} "
+                    f"({', '.join(left[:3])}{' ...' if len(left) > 3 else ''}): nothing reads them; delete them "
+                    f"once no other run is writing {path.name}")
 
 
 def _exchange(a: Path, b: Path) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from pamela_lite import _atomic
@@ -19,6 +21,24 @@ def test_a_finished_folder_replaces_the_old_one_and_leaves_nothing_beside_it(tmp
         (tmp / "model.json").write_text("new")
     assert (tmp_path / "m" / "model.json").read_text() == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["m"]
+
+
+def test_folders_an_interrupted_write_left_are_named_and_kept(tmp_path, caplog):
+    # a kill -9 mid-fit left .m.abc12345.tmp (a whole model's worth) beside m, unmentioned
+    _model(tmp_path / "m", "old")
+    (tmp_path / ".m.abc12345.tmp").mkdir()
+    (tmp_path / ".mine.x.tmp").mkdir()  # another output's: not named
+    (tmp_path / ".m.v2.k3j4h5g6.tmp").mkdir()  # m.v2's, whose name starts like m's
+    with caplog.at_level(logging.WARNING, logger="pamela_lite"):
+        with atomic_dir(tmp_path / "m", "model.json", "model") as tmp:
+            (tmp / "model.json").write_text("new")
+    assert "1 folder(s) left by an interrupted write of m (.m.abc12345.tmp)" in caplog.text
+    assert (tmp_path / ".m.abc12345.tmp").is_dir()  # another run may be writing it: not removed here
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pamela_lite"):
+        with atomic_dir(tmp_path / "clean", "model.json", "model") as tmp:
+            (tmp / "model.json").write_text("new")
+    assert "interrupted" not in caplog.text
 
 
 def test_an_error_while_writing_keeps_the_old_folder(tmp_path):
