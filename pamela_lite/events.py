@@ -352,7 +352,8 @@ def summary(events: pl.DataFrame, vocabulary: dict[str, float] | None = None) ->
     """What a validated events table holds, as lines to print (``python -m pamela_lite.events``):
     people, shown images, sessions, each action's rate per shown image, and the people whose
     events can teach nothing (no action; or, centred per session, one image a session)."""
-    m = evidence(events, vocabulary)
+    events = weighted(events, vocabulary)  # once: the evidence and the actions below read the same weights
+    m = evidence(events)
     people, shown = m["participant_id"].n_unique(), m.height
     sessions = events.select("participant_id", "session_id").n_unique()
     has_sessions = bool(events.select((pl.col("session_id") != NO_SESSION).any()).item())
@@ -360,7 +361,7 @@ def summary(events: pl.DataFrame, vocabulary: dict[str, float] | None = None) ->
              + (f", {sessions} sessions ({shown / sessions:.1f} images each)" if has_sessions
                 else "; no session_id: each person's log is one session")]
     # an action is a row that weighs something (a name of one's own may weigh 0, as a view does)
-    actions = (weighted(events, vocabulary).filter(pl.col("event").is_not_null() & (pl.col(WEIGHT) != 0))
+    actions = (events.filter(pl.col("event").is_not_null() & (pl.col(WEIGHT) != 0))
                .group_by("event").agg(pl.len().alias("rows")).sort("rows", descending=True))
     if actions.height:
         lines.append("actions per shown image: " + ", ".join(

@@ -201,7 +201,7 @@ class FittedScorer:
         np.savez(folder / "arrays.npz", **arrays)
         (folder / "head.txt").write_text(head)
         meta.update(fit_sha256=_digest(meta, arrays, head), pamela_lite_version=__version__,
-                    checksums={name: _sha256(folder / name) for name in ("arrays.npz", "head.txt")})
+                    checksums={name: file_sha256(folder / name) for name in ("arrays.npz", "head.txt")})
         (folder / "model.json").write_text(json.dumps(meta, indent=1))
 
     def save(self, path: str | Path) -> Path:
@@ -232,7 +232,7 @@ class FittedScorer:
             for name, digest in meta["checksums"].items():
                 if not (folder / name).exists():
                     raise InputError(folder / name, "missing from the model folder")
-                if _sha256(folder / name) != digest:
+                if file_sha256(folder / name) != digest:
                     raise InputError(folder / name, "corrupted (checksum does not match model.json)")
             with np.load(folder / "arrays.npz", allow_pickle=False) as npz:
                 arrays = {name: npz[name] for name in npz.files}
@@ -259,10 +259,6 @@ def write_users(path: str | Path, ids: list, states: np.ndarray, fit_sha256: str
                      user_states=np.asarray(states, dtype=np.float32).reshape(len(ids), -1),
                      meta=np.array(json.dumps(meta)))
     return path
-
-
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def changed_kept_files(folder: str | Path) -> list[Path]:
@@ -354,5 +350,7 @@ def _get(meta, key):
     return meta.get(key) if isinstance(meta, dict) else None
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes: model.json's checksums of its parameter files, and the users
+    file's of the files its states were solved from."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
